@@ -1,0 +1,404 @@
+/*!
+Configuration: one TOML file describes the data, the environment, costs, risk limits, the reward
+weights and (later) training. Every field has a documented default, so a config file only names what
+it changes; unknown fields are rejected so that a typo is an error, not a silently ignored setting.
+
+`Config::from_file` reports a malformed file with its path and the offending field.
+*/
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The whole configuration. Sections mirror the modules that consume them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub data: DataConfig,
+    pub env: EnvConfig,
+    pub costs: CostConfig,
+    pub risk: RiskConfig,
+    pub master: MasterConfig,
+    pub reward: RewardConfig,
+}
+
+impl Config {
+    /// Parse a TOML string; `origin` names the source in error messages.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Self> {
+        let cfg: Config =
+            toml::from_str(text).map_err(|e| Error::config(origin, e.message().to_string(), e.span()))?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    /// Read and validate a TOML config file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// Serialise back to TOML (written next to checkpoints and reports).
+    pub fn to_toml_string(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// Check ranges that serde cannot express. Each error names the field.
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        let bad = |field: &str, why: String| Err(Error::config_field(origin, field, why));
+        let s = &self.data.synthetic;
+        if s.symbols == 0 {
+            return bad("data.synthetic.symbols", "must be >= 1".into());
+        }
+        if s.paths == 0 {
+            return bad("data.synthetic.paths", "must be >= 1".into());
+        }
+        if s.bars_per_day == 0 {
+            return bad("data.synthetic.bars_per_day", "must be >= 1".into());
+        }
+        if s.sectors == 0 {
+            return bad("data.synthetic.sectors", "must be >= 1".into());
+        }
+        if !(0.0..=1.0).contains(&s.signal_strength) {
+            return bad(
+                "data.synthetic.signal_strength",
+                format!("must be in [0, 1], got {}", s.signal_strength),
+            );
+        }
+        if self.data.min_bars < crate::features::WARMUP + 2 {
+            return bad(
+                "data.min_bars",
+                format!("must be >= {} (feature warm-up + 2)", crate::features::WARMUP + 2),
+            );
+        }
+        let e = &self.env;
+        if e.scenarios == 0 {
+            return bad("env.scenarios", "must be >= 1".into());
+        }
+        if e.episode_len == 0 {
+            return bad("env.episode_len", "must be >= 1".into());
+        }
+        if !(e.initial_capital.is_finite() && e.initial_capital > 0.0) {
+            return bad("env.initial_capital", "must be a positive number".into());
+        }
+        if !(0.0..1.0).contains(&e.train_fraction) || e.train_fraction == 0.0 {
+            return bad("env.train_fraction", "must be in (0, 1)".into());
+        }
+        let c = &self.costs;
+        for (name, v) in [
+            ("costs.commission_bps", c.commission_bps),
+            ("costs.half_spread_bps", c.half_spread_bps),
+            ("costs.impact_coef", c.impact_coef),
+            ("costs.max_slippage_bps", c.max_slippage_bps),
+            ("costs.borrow_rate_annual", c.borrow_rate_annual),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(name, format!("must be a finite number >= 0, got {v}"));
+            }
+        }
+        let r = &self.risk;
+        if !(r.leverage_cap.is_finite() && r.leverage_cap >= 0.0) {
+            return bad("risk.leverage_cap", "must be >= 0".into());
+        }
+        if !(r.kill_drawdown > 0.0 && r.kill_drawdown <= 1.0) {
+            return bad("risk.kill_drawdown", "must be in (0, 1]".into());
+        }
+        for (name, v) in [
+            ("risk.buy_small", r.buy_small),
+            ("risk.buy_medium", r.buy_medium),
+            ("risk.buy_large", r.buy_large),
+            ("risk.add_to_winner", r.add_to_winner),
+            ("risk.sell_partial", r.sell_partial),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= 1.0) {
+                return bad(name, format!("must be in (0, 1], got {v}"));
+            }
+        }
+        let m = &self.master;
+        if m.risk_multipliers.len() != 4 {
+            return bad("master.risk_multipliers", "needs exactly 4 values".into());
+        }
+        if m.position_caps.len() != 4 {
+            return bad("master.position_caps", "needs exactly 4 values".into());
+        }
+        if m.regime_max_open.len() != 3 {
+            return bad(
+                "master.regime_max_open",
+                "needs exactly 3 values (defensive, neutral, aggressive)".into(),
+            );
+        }
+        if m.risk_multipliers.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+            return bad("master.risk_multipliers", "values must be > 0".into());
+        }
+        if m.position_caps.iter().any(|v| !(*v > 0.0 && *v <= 1.0)) {
+            return bad("master.position_caps", "values must be in (0, 1]".into());
+        }
+        if m.default_action as usize >= crate::env::MASTER_ACTIONS {
+            return bad(
+                "master.default_action",
+                format!("must be < {}", crate::env::MASTER_ACTIONS),
+            );
+        }
+        let w = &self.reward;
+        if !(w.dsr_eta > 0.0 && w.dsr_eta < 1.0) {
+            return bad("reward.dsr_eta", "must be in (0, 1)".into());
+        }
+        if !(w.trade_dd_threshold > 0.0 && w.trade_dd_threshold < 1.0) {
+            return bad("reward.trade_dd_threshold", "must be in (0, 1)".into());
+        }
+        if !(w.util_target > 0.0) {
+            return bad("reward.util_target", "must be > 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// Where market data comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// `"synthetic"` (the embedded default generator) or `"file"` (parquet / CSV at `path`).
+    pub source: DataSource,
+    /// Data file for `source = "file"`: long-format OHLCV, `.parquet` or `.csv` (optionally `.gz`).
+    pub path: Option<String>,
+    /// Benchmark symbol in a data file (also the name of the synthetic benchmark).
+    pub benchmark: String,
+    /// A symbol with fewer bars than this is rejected by the loader.
+    pub min_bars: usize,
+    /// Calendar-gap policy for real data (see `data::loader` docs).
+    pub align: AlignPolicy,
+    pub synthetic: SyntheticConfig,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            source: DataSource::Synthetic,
+            path: None,
+            benchmark: "SPY".into(),
+            min_bars: 128,
+            align: AlignPolicy::Intersection,
+            synthetic: SyntheticConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataSource {
+    Synthetic,
+    File,
+}
+
+/// How bars of symbols that trade on different timestamps are aligned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AlignPolicy {
+    /// Keep only timestamps at which every symbol (and the benchmark) has a bar.
+    Intersection,
+    /// Keep the union of timestamps from the first one at which every symbol has traded; a missing
+    /// bar is filled with the previous close as O=H=L=C and zero volume (no trade possible: zero
+    /// dollar volume makes the fill capped at max slippage, see docs/env-spec.md).
+    ForwardFill,
+}
+
+/// The synthetic market generator (see `data::synthetic`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyntheticConfig {
+    /// Number of symbols S (the benchmark comes on top).
+    pub symbols: usize,
+    /// Bars per path T.
+    pub bars: usize,
+    /// Bars per trading day (hourly bars: 7).
+    pub bars_per_day: usize,
+    /// Independent paths P (scenarios draw a path and a start offset).
+    pub paths: usize,
+    /// Number of sectors; symbols are assigned round-robin.
+    pub sectors: usize,
+    /// Seed: the same seed gives bit-identical data.
+    pub seed: u64,
+    /// Strength of the planted predictive signal in [0, 1]; 0 means none.
+    pub signal_strength: f64,
+    /// Which signal is planted.
+    pub signal_kind: SignalKind,
+}
+
+impl Default for SyntheticConfig {
+    fn default() -> Self {
+        Self {
+            symbols: 143,
+            bars: 8192,
+            bars_per_day: 7,
+            paths: 1,
+            sectors: 11,
+            seed: 7,
+            signal_strength: 0.0,
+            signal_kind: SignalKind::Sentiment,
+        }
+    }
+}
+
+/// Planted signal families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignalKind {
+    /// The sentiment series at bar t carries information about the return of bar t+1.
+    Sentiment,
+    /// In bull regimes the return of bar t+1 continues the trailing momentum.
+    Momentum,
+}
+
+/// The vectorised environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnvConfig {
+    /// Parallel scenarios N.
+    pub scenarios: usize,
+    /// Steps per episode before auto-reset (an episode also ends at the data's end or on the kill switch).
+    pub episode_len: usize,
+    /// Starting cash of every scenario, in currency units.
+    pub initial_capital: f64,
+    /// Fraction of bars (from the start) used for training; later bars are the held-out test period.
+    pub train_fraction: f64,
+}
+
+impl Default for EnvConfig {
+    fn default() -> Self {
+        Self { scenarios: 128, episode_len: 2048, initial_capital: 1_000_000.0, train_fraction: 0.7 }
+    }
+}
+
+/// Execution costs (docs/env-spec.md, "Fills").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CostConfig {
+    /// Commission per side in basis points of traded notional (7.5 bps = 15 bps round trip).
+    pub commission_bps: f64,
+    /// Half the bid-ask spread in basis points, paid on every fill.
+    pub half_spread_bps: f64,
+    /// Square-root impact: slippage fraction += impact_coef * sqrt(order notional / bar dollar volume).
+    pub impact_coef: f64,
+    /// Cap on total slippage (spread + impact), in basis points.
+    pub max_slippage_bps: f64,
+    /// Annual rate charged on negative cash, accrued per bar.
+    pub borrow_rate_annual: f64,
+}
+
+impl Default for CostConfig {
+    fn default() -> Self {
+        Self {
+            commission_bps: 7.5,
+            half_spread_bps: 1.0,
+            impact_coef: 0.1,
+            max_slippage_bps: 50.0,
+            borrow_rate_annual: 0.05,
+        }
+    }
+}
+
+/// Hard risk limits and order sizes (docs/env-spec.md, "Orders" and "Limits").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RiskConfig {
+    /// Gross exposure may not exceed leverage_cap x equity (buys are scaled down to fit).
+    pub leverage_cap: f64,
+    /// Portfolio drawdown from peak at which the kill switch liquidates and ends the episode.
+    pub kill_drawdown: f64,
+    /// BUY_SMALL / BUY_MEDIUM / BUY_LARGE order size as a fraction of equity (before the risk multiplier).
+    pub buy_small: f64,
+    pub buy_medium: f64,
+    pub buy_large: f64,
+    /// ADD_TO_WINNER order size as a fraction of equity (before the risk multiplier).
+    pub add_to_winner: f64,
+    /// SELL_PARTIAL sells this fraction of the position.
+    pub sell_partial: f64,
+}
+
+impl Default for RiskConfig {
+    fn default() -> Self {
+        Self {
+            leverage_cap: 1.5,
+            kill_drawdown: 0.30,
+            buy_small: 0.005,
+            buy_medium: 0.01,
+            buy_large: 0.02,
+            add_to_winner: 0.01,
+            sell_partial: 0.5,
+        }
+    }
+}
+
+/// The master's 4 x 4 x 3 action grid (docs/env-spec.md, "Master action").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MasterConfig {
+    /// Multiplies every buy size.
+    pub risk_multipliers: Vec<f64>,
+    /// Per-position cap as a fraction of equity.
+    pub position_caps: Vec<f64>,
+    /// Open-position limit for regime modes defensive, neutral, aggressive (clamped to S).
+    pub regime_max_open: Vec<u32>,
+    /// Master action used by callers that do not drive the master (index into the 48-way grid).
+    pub default_action: u32,
+}
+
+impl Default for MasterConfig {
+    fn default() -> Self {
+        Self {
+            risk_multipliers: vec![0.5, 1.0, 1.5, 2.0],
+            position_caps: vec![0.02, 0.05, 0.10, 0.20],
+            regime_max_open: vec![10, 40, 143],
+            // risk 1.0, cap 0.05, neutral
+            default_action: 1 * 12 + 1 * 3 + 1,
+        }
+    }
+}
+
+/// Reward weights and shaping parameters (docs/env-spec.md, "Reward").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewardConfig {
+    pub w_pnl: f64,
+    pub w_cost: f64,
+    pub w_timing: f64,
+    pub w_sharpe: f64,
+    pub w_drawdown: f64,
+    pub w_util: f64,
+    pub w_divers: f64,
+    /// EMA rate of the differential Sharpe ratio's moment estimates.
+    pub dsr_eta: f64,
+    /// The differential Sharpe term is clipped to [-dsr_clip, dsr_clip].
+    pub dsr_clip: f64,
+    /// Intra-trade drawdown beyond which the drawdown penalty applies.
+    pub trade_dd_threshold: f64,
+    /// Target gross exposure / equity for the utilisation term.
+    pub util_target: f64,
+    /// Master reward weights: differential Sharpe of the portfolio, diversification, excess return over the benchmark.
+    pub master_w_sharpe: f64,
+    pub master_w_divers: f64,
+    pub master_w_excess: f64,
+}
+
+impl Default for RewardConfig {
+    fn default() -> Self {
+        Self {
+            w_pnl: 10.0,
+            w_cost: 5.0,
+            w_timing: 2.0,
+            w_sharpe: 3.0,
+            w_drawdown: 5.0,
+            w_util: 0.5,
+            w_divers: 1.0,
+            dsr_eta: 0.01,
+            dsr_clip: 1.0,
+            trade_dd_threshold: 0.10,
+            util_target: 0.8,
+            master_w_sharpe: 1.0,
+            master_w_divers: 0.1,
+            master_w_excess: 100.0,
+        }
+    }
+}

@@ -1,0 +1,88 @@
+/*!
+Execution costs: slippage (half-spread plus square-root market impact, capped), commission per side
+and borrow fees on negative cash. These are the per-element formulas of docs/env-spec.md §4.5 and
+§4.9; `kernels/env_logic.cuh` implements the same functions for the CUDA backend.
+
+All inputs and outputs are fractions or currency amounts in `f64`.
+*/
+
+use crate::config::CostConfig;
+
+/// Cost parameters in the units the step uses (fractions per fill, a rate per bar).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct CostParams {
+    /// Commission per side, fraction of fill notional.
+    pub commission: f64,
+    /// Half spread, fraction of price.
+    pub half_spread: f64,
+    /// Square-root impact coefficient.
+    pub impact_coef: f64,
+    /// Cap on the slippage fraction.
+    pub max_slippage: f64,
+    /// Borrow rate per bar on negative cash.
+    pub borrow_per_bar: f64,
+}
+
+impl CostParams {
+    pub fn new(c: &CostConfig, bars_per_year: f64) -> Self {
+        Self {
+            commission: c.commission_bps * 1e-4,
+            half_spread: c.half_spread_bps * 1e-4,
+            impact_coef: c.impact_coef,
+            max_slippage: c.max_slippage_bps * 1e-4,
+            borrow_per_bar: c.borrow_rate_annual / bars_per_year,
+        }
+    }
+}
+
+/// Slippage fraction of an order of notional `x` against a bar dollar volume `dv` (spec §4.5):
+/// `min(half_spread + impact_coef * sqrt(x / max(dv, 1)), max_slippage)`.
+#[inline]
+pub fn slippage(p: &CostParams, x: f64, dv: f64) -> f64 {
+    let part = x / dv.max(1.0);
+    (p.half_spread + p.impact_coef * part.sqrt()).min(p.max_slippage)
+}
+
+/// Borrow fee for one bar on a cash balance (spec §4.9): positive when cash is negative.
+#[inline]
+pub fn borrow_fee(p: &CostParams, cash: f64) -> f64 {
+    if cash < 0.0 { -cash * p.borrow_per_bar } else { 0.0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> CostParams {
+        CostParams::new(&CostConfig::default(), 252.0 * 7.0)
+    }
+
+    #[test]
+    fn round_trip_commission_is_15_bps() {
+        let p = params();
+        assert!((2.0 * p.commission - 0.0015).abs() < 1e-15);
+    }
+
+    #[test]
+    fn slippage_grows_with_size_and_is_capped() {
+        let p = params();
+        let dv = 1e7;
+        let small = slippage(&p, 1e3, dv);
+        let big = slippage(&p, 1e6, dv);
+        assert!(small < big);
+        // hand value: 1 bp + 0.1 * sqrt(1e-4) = 1e-4 + 1e-3
+        assert!((small - (1e-4 + 0.1 * (1e-4f64).sqrt())).abs() < 1e-15);
+        assert_eq!(slippage(&p, 1e12, dv), p.max_slippage);
+        // no volume: capped, never NaN
+        assert_eq!(slippage(&p, 1e6, 0.0), p.max_slippage);
+    }
+
+    #[test]
+    fn borrow_only_on_negative_cash() {
+        let p = params();
+        assert_eq!(borrow_fee(&p, 10.0), 0.0);
+        let f = borrow_fee(&p, -1000.0);
+        assert!((f - 1000.0 * 0.05 / 1764.0).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,593 @@
+/*!
+The CPU backend: the reference implementation of docs/env-spec.md. Scenarios run in parallel with
+rayon; within a scenario the symbols are processed in passes over struct-of-arrays state, and the
+per-scenario reductions (budget, equity, kill switch) are plain loops between the passes.
+*/
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use super::logic::{self, Directive, HOLD, N_ACTIONS, StepParams};
+use super::obs::{self, DYN_OBS, OBS_DIM, TECH_WINDOW_LEN};
+use super::{Backend, EnvLayout, EpisodeRecord, ScenarioState, Snapshot, StepOutputs, SymbolState};
+use crate::costs::{borrow_fee, slippage};
+use crate::data::{MACRO, MarketData};
+use crate::error::Result;
+use crate::features::{Features, N_REGIME};
+use crate::reward::{self, ComponentSums, N_COMPONENTS, PortfolioTerms, SymbolTerms};
+
+/// Per-scenario host state: the spec's scenario state plus episode accumulators.
+#[derive(Debug, Clone, Default)]
+struct Lane {
+    st: ScenarioState,
+    sums: ComponentSums,
+    records: Vec<EpisodeRecord>,
+}
+
+/// Per-symbol scratch of one scenario's step.
+#[derive(Debug, Clone, Default)]
+struct Scratch {
+    q0: Vec<f64>,
+    qb: Vec<f64>,
+    qs: Vec<f64>,
+    slip: Vec<f64>,
+    opener: Vec<bool>,
+}
+
+impl Scratch {
+    fn new(s: usize) -> Self {
+        Self {
+            q0: vec![0.0; s],
+            qb: vec![0.0; s],
+            qs: vec![0.0; s],
+            slip: vec![0.0; s],
+            opener: vec![false; s],
+        }
+    }
+}
+
+/// Number of f64 fields of per-symbol state, stored `[N][FIELDS][S]`.
+const FIELDS: usize = 5;
+const F_Q: usize = 0;
+const F_ENTRY: usize = 1;
+const F_PEAK: usize = 2;
+const F_DSR_A: usize = 3;
+const F_DSR_B: usize = 4;
+
+/// The reference backend.
+pub struct CpuBackend {
+    layout: EnvLayout,
+    data: Arc<MarketData>,
+    features: Arc<Features>,
+    seed: u64,
+    lanes: Vec<Lane>,
+    /// `[N][FIELDS][S]`
+    sym: Vec<f64>,
+    /// `[N][S]`
+    entry_k: Vec<u32>,
+    out: StepOutputs,
+}
+
+/// Read-only context of a step.
+struct Ctx<'a> {
+    l: &'a EnvLayout,
+    md: &'a MarketData,
+    seed: u64,
+}
+
+impl CpuBackend {
+    pub fn new(layout: EnvLayout, data: Arc<MarketData>, features: Arc<Features>) -> Self {
+        let (n, s) = (layout.n_scenarios, layout.n_symbols);
+        Self {
+            layout,
+            data,
+            features,
+            seed: 0,
+            lanes: vec![Lane::default(); n],
+            sym: vec![0.0; n * FIELDS * s],
+            entry_k: vec![0; n * s],
+            out: StepOutputs::new(n, s),
+        }
+    }
+}
+
+/// Start episode `e` of scenario `n` (spec §1-2).
+fn reset_lane(ctx: &Ctx, n: usize, e: u32, lane: &mut Lane, sym: &mut [f64], entry_k: &mut [u32]) {
+    let (path, t0) = ctx.l.episode_start(ctx.seed, n, e);
+    let c0 = ctx.l.params.initial_capital;
+    lane.st = ScenarioState {
+        cash: c0,
+        equity: c0,
+        peak: c0,
+        gross: 0.0,
+        dsr_a: 0.0,
+        dsr_b: 0.0,
+        path,
+        t0,
+        k: 0,
+        episode: e,
+        directive: ctx.l.params.default_action,
+        open_count: 0,
+        invalid_actions: 0,
+        limited_orders: 0,
+    };
+    lane.sums = ComponentSums::default();
+    sym.fill(0.0);
+    entry_k.fill(0);
+}
+
+/// One scenario's step (spec §4), writing its outputs.
+#[allow(clippy::too_many_arguments)]
+fn step_lane(
+    ctx: &Ctx,
+    n: usize,
+    lane: &mut Lane,
+    sym: &mut [f64],
+    entry_k: &mut [u32],
+    actions: &[u8],
+    m: u8,
+    reward_out: &mut [f32],
+    comp_out: &mut [f32],
+    master_out: &mut f32,
+    term_out: &mut u8,
+    trunc_out: &mut u8,
+    sc: &mut Scratch,
+) {
+    let l = ctx.l;
+    let md = ctx.md;
+    let p: &StepParams = &l.params;
+    let s_n = l.n_symbols;
+    let st = &mut lane.st;
+    let t = (st.t0 + st.k) as usize;
+    let base = md.px(st.path as usize, t, 0);
+    let base1 = md.px(st.path as usize, t + 1, 0);
+    let close = &md.close[base..base + s_n + 1];
+    let close1 = &md.close[base1..base1 + s_n + 1];
+    let open1 = &md.open[base1..base1 + s_n];
+    let vol = &md.volume[base..base + s_n];
+    let vol1 = &md.volume[base1..base1 + s_n];
+
+    let (q, rest) = sym.split_at_mut(s_n);
+    let (entry, rest) = rest.split_at_mut(s_n);
+    let (peak_px, rest) = rest.split_at_mut(s_n);
+    let (dsr_a, dsr_b) = rest.split_at_mut(s_n);
+
+    // §4.1 directive
+    let d: Directive = logic::directive(p, m);
+    let e0 = st.equity;
+    let open0 = st.open_count;
+    let comm = p.costs.commission;
+
+    // §4.2-4.3, 4.5-4.6: mask, size, slippage, sells
+    let mut sell_cash = 0.0;
+    for s in 0..s_n {
+        let c = close[s] as f64;
+        let o1 = open1[s] as f64;
+        let q0 = q[s];
+        let v0 = q0 * c;
+        let bits = logic::mask_bits(q0, v0, e0, c, entry[s], open0, &d);
+        let mut a = actions[s];
+        if bits & (1 << a) == 0 {
+            st.invalid_actions += 1;
+            a = HOLD;
+        }
+        let ord = logic::size_order(p, a, q0, v0, e0, c, o1, &d);
+        let qty = ord.qb + ord.qs;
+        let slip = if qty > 0.0 { slippage(&p.costs, qty * o1, c * vol[s] as f64) } else { 0.0 };
+        if ord.qs > 0.0 {
+            sell_cash += ord.qs * (o1 * (1.0 - slip)) * (1.0 - comm);
+        }
+        sc.q0[s] = q0;
+        sc.qb[s] = ord.qb;
+        sc.qs[s] = ord.qs;
+        sc.slip[s] = slip;
+        sc.opener[s] = ord.opener;
+    }
+    let mut cash = st.cash + sell_cash;
+
+    // §4.4 open-position limit, rotated symbol order
+    let r = st.k as usize % s_n;
+    let mut rank = 0u32;
+    for i in 0..s_n {
+        let s = (r + i) % s_n;
+        if sc.opener[s] {
+            if open0 + rank >= d.max_open {
+                sc.qb[s] = 0.0;
+                st.limited_orders += 1;
+            }
+            rank += 1;
+        }
+    }
+
+    // §4.7 budget
+    let lev = p.leverage_cap;
+    let mut g1 = 0.0;
+    let mut req = 0.0;
+    for s in 0..s_n {
+        let o1 = open1[s] as f64;
+        g1 += (sc.q0[s] - sc.qs[s]) * o1;
+        let pb = o1 * (1.0 + sc.slip[s]);
+        req += sc.qb[s] * (o1 + lev * (pb - o1 + comm * pb));
+    }
+    let avail = (lev * (cash + g1) - g1).max(0.0);
+    let lambda = if req > 0.0 { (avail / req).min(1.0) } else { 1.0 };
+
+    // §4.8 buys
+    let mut buy_cash = 0.0;
+    let mut g_open = 0.0;
+    for s in 0..s_n {
+        let o1 = open1[s] as f64;
+        let qb = sc.qb[s] * lambda;
+        sc.qb[s] = qb;
+        let q_rest = sc.q0[s] - sc.qs[s];
+        let q1 = q_rest + qb;
+        if qb > 0.0 {
+            let pb = o1 * (1.0 + sc.slip[s]);
+            buy_cash += qb * pb * (1.0 + comm);
+            entry[s] = (q_rest * entry[s] + qb * pb) / q1;
+            if q_rest == 0.0 {
+                entry_k[s] = st.k + 1;
+                peak_px[s] = pb;
+            }
+        }
+        if q1 == 0.0 {
+            entry[s] = 0.0;
+            peak_px[s] = 0.0;
+        }
+        q[s] = q1;
+        g_open += q1 * o1;
+    }
+    cash -= buy_cash;
+
+    // §4.9 borrow fee
+    let fee = borrow_fee(&p.costs, cash);
+    cash -= fee;
+
+    // §4.10 mark to market; pnl and cost per symbol (kept in scratch: qs -> pnl not needed, reuse)
+    let mut gross = 0.0;
+    for s in 0..s_n {
+        let c1 = close1[s] as f64;
+        let q1 = q[s];
+        gross += q1 * c1;
+        if q1 > 0.0 && c1 > peak_px[s] {
+            peak_px[s] = c1;
+        }
+    }
+    let mut e1 = cash + gross;
+    if e1 > st.peak {
+        st.peak = e1;
+    }
+
+    // §4.11 kill switch
+    let killed = 1.0 - e1 / st.peak >= p.kill_drawdown;
+    let mut liq_cost = vec_or_empty(killed, s_n);
+    if killed {
+        let mut proceeds = 0.0;
+        for s in 0..s_n {
+            let q1 = q[s];
+            if q1 > 0.0 {
+                let c1 = close1[s] as f64;
+                let slip = slippage(&p.costs, q1 * c1, c1 * vol1[s] as f64);
+                let ps = c1 * (1.0 - slip);
+                proceeds += q1 * ps * (1.0 - comm);
+                liq_cost[s] = comm * q1 * ps + q1 * (c1 - ps);
+                q[s] = 0.0;
+                entry[s] = 0.0;
+                peak_px[s] = 0.0;
+            }
+        }
+        cash += proceeds;
+        gross = 0.0;
+        e1 = cash;
+    }
+
+    // §5 rewards
+    let pf = PortfolioTerms {
+        initial_capital: p.initial_capital,
+        equity_before: e0,
+        equity_after: e1,
+        gross,
+        cap: d.cap,
+        n_symbols: s_n as f64,
+    };
+    let mut hhi = 0.0;
+    let mut open_count = 0u32;
+    for s in 0..s_n {
+        let c = close[s] as f64;
+        let c1 = close1[s] as f64;
+        let o1 = open1[s] as f64;
+        let (q0, qb, qs) = (sc.q0[s], sc.qb[s], sc.qs[s]);
+        let q1 = q[s];
+        // position before a kill-switch sale, for the mid-price P&L
+        let q_held = q0 - qs + qb;
+        let slip = sc.slip[s];
+        let pb = o1 * (1.0 + slip);
+        let ps = o1 * (1.0 - slip);
+        let fee_s = if fee > 0.0 && g_open > 0.0 { fee * (q_held * o1) / g_open } else { 0.0 };
+        let pnl = q_held * c1 - q0 * c - (qb - qs) * o1;
+        let mut cost = comm * (qb * pb + qs * ps) + qb * (pb - o1) + qs * (o1 - ps) + fee_s;
+        if killed {
+            cost += liq_cost[s];
+        }
+        let v1 = q1 * c1;
+        let terms = SymbolTerms {
+            pnl,
+            cost,
+            dir: if qb > 0.0 { 1.0 } else if qs > 0.0 { -1.0 } else { 0.0 },
+            trade_notional: (qb + qs) * o1,
+            bar_move: c1 / o1 - 1.0,
+            trade_dd: if q1 > 0.0 { 1.0 - c1 / peak_px[s] } else { 0.0 },
+            value: v1,
+        };
+        let (comps, a, b) = terms.components(&pf, &p.reward, dsr_a[s], dsr_b[s]);
+        dsr_a[s] = a;
+        dsr_b[s] = b;
+        let mut wt = [0.0; N_COMPONENTS];
+        let mut total = 0.0;
+        for i in 0..N_COMPONENTS {
+            wt[i] = p.reward.w[i] * comps[i];
+            total += wt[i];
+            comp_out[s * N_COMPONENTS + i] = comps[i] as f32;
+        }
+        reward_out[s] = total as f32;
+        lane.sums.add(&wt);
+        if gross > 0.0 {
+            let w = v1 / gross;
+            hhi += w * w;
+        }
+        open_count += (q1 > 0.0) as u32;
+    }
+    let bench_ret = close1[s_n] as f64 / close[s_n] as f64 - 1.0;
+    let (mr, pa, pb) = reward::master_reward(&pf, &p.reward, hhi, bench_ret, st.dsr_a, st.dsr_b);
+    *master_out = mr as f32;
+    st.dsr_a = pa;
+    st.dsr_b = pb;
+
+    // §4.13 advance
+    st.k += 1;
+    st.cash = cash;
+    st.equity = e1;
+    st.gross = gross;
+    st.open_count = open_count;
+    st.directive = m as u32;
+    let truncated = !killed && (st.k as usize == l.episode_len || (st.t0 + st.k) as usize == l.hi - 1);
+    *term_out = killed as u8;
+    *trunc_out = truncated as u8;
+    if killed || truncated {
+        lane.records.push(EpisodeRecord {
+            scenario: n as u32,
+            path: st.path,
+            start: st.t0,
+            length: st.k,
+            total_return: e1 / p.initial_capital - 1.0,
+            killed,
+            invalid_actions: st.invalid_actions,
+            limited_orders: st.limited_orders,
+            components: lane.sums,
+        });
+        let e = st.episode + 1;
+        reset_lane(ctx, n, e, lane, sym, entry_k);
+    }
+}
+
+/// A scratch vector only when the kill switch fired (the rare path).
+fn vec_or_empty(needed: bool, s: usize) -> Vec<f64> {
+    if needed { vec![0.0; s] } else { Vec::new() }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn layout(&self) -> &EnvLayout {
+        &self.layout
+    }
+
+    fn reset(&mut self, seed: u64) -> Result<()> {
+        self.seed = seed;
+        let s = self.layout.n_symbols;
+        let ctx = Ctx { l: &self.layout, md: &self.data, seed };
+        self.lanes
+            .par_iter_mut()
+            .zip(self.sym.par_chunks_mut(FIELDS * s))
+            .zip(self.entry_k.par_chunks_mut(s))
+            .enumerate()
+            .for_each(|(n, ((lane, sym), ek))| {
+                lane.records.clear();
+                reset_lane(&ctx, n, 0, lane, sym, ek);
+            });
+        Ok(())
+    }
+
+    fn step(&mut self, symbol_actions: &[u8], master_actions: &[u8]) -> Result<()> {
+        let s = self.layout.n_symbols;
+        let ctx = Ctx { l: &self.layout, md: &self.data, seed: self.seed };
+        let out = &mut self.out;
+        self.lanes
+            .par_iter_mut()
+            .zip(self.sym.par_chunks_mut(FIELDS * s))
+            .zip(self.entry_k.par_chunks_mut(s))
+            .zip(symbol_actions.par_chunks(s))
+            .zip(master_actions.par_iter())
+            .zip(out.reward.par_chunks_mut(s))
+            .zip(out.components.par_chunks_mut(s * N_COMPONENTS))
+            .zip(out.master_reward.par_iter_mut())
+            .zip(out.terminated.par_iter_mut())
+            .zip(out.truncated.par_iter_mut())
+            .enumerate()
+            .for_each_init(
+                || Scratch::new(s),
+                |sc, (n, (((((((((lane, sym), ek), acts), &m), rw), cp), mr), te), tr))| {
+                    step_lane(&ctx, n, lane, sym, ek, acts, m, rw, cp, mr, te, tr, sc);
+                },
+            );
+        Ok(())
+    }
+
+    fn read_outputs(&mut self, out: &mut StepOutputs) -> Result<()> {
+        out.clone_from(&self.out);
+        Ok(())
+    }
+
+    fn dyn_obs(&mut self, out: &mut [f32]) -> Result<()> {
+        let s = self.layout.n_symbols;
+        let ctx = ObsCtx { l: &self.layout, md: &self.data, f: &self.features };
+        out.par_chunks_mut(s * DYN_OBS)
+            .zip(self.lanes.par_iter())
+            .zip(self.sym.par_chunks(FIELDS * s))
+            .zip(self.entry_k.par_chunks(s))
+            .for_each(|(((o, lane), sym), ek)| {
+                for (i, row) in o.chunks_exact_mut(DYN_OBS).enumerate() {
+                    ctx.dynamic(&lane.st, sym, ek, i, row);
+                }
+            });
+        Ok(())
+    }
+
+    fn gather_obs(&mut self, out: &mut [f32]) -> Result<()> {
+        let s = self.layout.n_symbols;
+        let ctx = ObsCtx { l: &self.layout, md: &self.data, f: &self.features };
+        out.par_chunks_mut(s * OBS_DIM)
+            .zip(self.lanes.par_iter())
+            .zip(self.sym.par_chunks(FIELDS * s))
+            .zip(self.entry_k.par_chunks(s))
+            .for_each(|(((o, lane), sym), ek)| {
+                let st = &lane.st;
+                let t = (st.t0 + st.k) as usize;
+                for (i, row) in o.chunks_exact_mut(OBS_DIM).enumerate() {
+                    let (win, dynamic) = row.split_at_mut(TECH_WINDOW_LEN);
+                    ctx.f.window_into(st.path as usize, t, i, win);
+                    ctx.dynamic(st, sym, ek, i, dynamic);
+                }
+            });
+        Ok(())
+    }
+
+    fn action_mask(&mut self, out: &mut [u8]) -> Result<()> {
+        let s = self.layout.n_symbols;
+        let l = &self.layout;
+        let md = &*self.data;
+        out.par_chunks_mut(s * N_ACTIONS)
+            .zip(self.lanes.par_iter())
+            .zip(self.sym.par_chunks(FIELDS * s))
+            .for_each(|((o, lane), sym)| {
+                let st = &lane.st;
+                let d = logic::directive(&l.params, st.directive as u8);
+                let base = md.px(st.path as usize, (st.t0 + st.k) as usize, 0);
+                for i in 0..s {
+                    let c = md.close[base + i] as f64;
+                    let q0 = sym[F_Q * s + i];
+                    let bits = logic::mask_bits(q0, q0 * c, st.equity, c, sym[F_ENTRY * s + i], st.open_count, &d);
+                    for a in 0..N_ACTIONS {
+                        o[i * N_ACTIONS + a] = (bits >> a) & 1;
+                    }
+                }
+            });
+        Ok(())
+    }
+
+    fn obs_index(&mut self, out: &mut [u32]) -> Result<()> {
+        for (o, lane) in out.chunks_exact_mut(2).zip(&self.lanes) {
+            o[0] = lane.st.path;
+            o[1] = lane.st.t0 + lane.st.k;
+        }
+        Ok(())
+    }
+
+    fn snapshot(&mut self) -> Result<Snapshot> {
+        let (n, s) = (self.layout.n_scenarios, self.layout.n_symbols);
+        let field = |f: usize| -> Vec<f64> {
+            (0..n).flat_map(|i| self.sym[(i * FIELDS + f) * s..(i * FIELDS + f + 1) * s].iter().copied()).collect()
+        };
+        Ok(Snapshot {
+            seed: self.seed,
+            scenarios: self.lanes.iter().map(|l| l.st).collect(),
+            symbols: SymbolState {
+                q: field(F_Q),
+                entry: field(F_ENTRY),
+                peak_px: field(F_PEAK),
+                dsr_a: field(F_DSR_A),
+                dsr_b: field(F_DSR_B),
+                entry_k: self.entry_k.clone(),
+            },
+        })
+    }
+
+    fn load_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
+        let (n, s) = (self.layout.n_scenarios, self.layout.n_symbols);
+        self.seed = snap.seed;
+        for (lane, st) in self.lanes.iter_mut().zip(&snap.scenarios) {
+            lane.st = *st;
+            lane.sums = ComponentSums::default();
+        }
+        let sy = &snap.symbols;
+        for i in 0..n {
+            for (f, src) in [(F_Q, &sy.q), (F_ENTRY, &sy.entry), (F_PEAK, &sy.peak_px), (F_DSR_A, &sy.dsr_a), (F_DSR_B, &sy.dsr_b)] {
+                self.sym[(i * FIELDS + f) * s..(i * FIELDS + f + 1) * s].copy_from_slice(&src[i * s..(i + 1) * s]);
+            }
+        }
+        self.entry_k.copy_from_slice(&sy.entry_k);
+        Ok(())
+    }
+
+    fn drain_episodes(&mut self) -> Result<Vec<EpisodeRecord>> {
+        let mut v = Vec::new();
+        for lane in &mut self.lanes {
+            v.append(&mut lane.records);
+        }
+        Ok(v)
+    }
+}
+
+/// Read-only context of the observation builders.
+struct ObsCtx<'a> {
+    l: &'a EnvLayout,
+    md: &'a MarketData,
+    f: &'a Features,
+}
+
+impl ObsCtx<'_> {
+    /// The dynamic observation of symbol `i` (spec §6), into `row` (`DYN_OBS` floats).
+    #[inline]
+    fn dynamic(&self, st: &ScenarioState, sym: &[f64], entry_k: &[u32], i: usize, row: &mut [f32]) {
+        let s_n = self.l.n_symbols;
+        let md = self.md;
+        let p = st.path as usize;
+        let t = (st.t0 + st.k) as usize;
+        let c = md.close[md.px(p, t, i)] as f64;
+        let q = sym[F_Q * s_n + i];
+        let entry = sym[F_ENTRY * s_n + i];
+        let peak_px = sym[F_PEAK * s_n + i];
+        let e = st.equity;
+        let has = q > 0.0;
+        let mi = (p * md.bars + t) * MACRO;
+        row[obs::SENT_MACRO.start] = md.sentiment[md.sx(p, t, i)];
+        row[obs::SENT_MACRO.start + 1] = md.macro_series[mi];
+        row[obs::SENT_MACRO.start + 2] = md.macro_series[mi + 1] / 100.0;
+        row[obs::SL_PROBS].fill(0.0);
+        let pos = obs::POSITION.start;
+        row[pos] = has as u8 as f32;
+        row[pos + 1] = if has { (c / entry - 1.0) as f32 } else { 0.0 };
+        row[pos + 2] = if has { (st.k - entry_k[i]) as f32 / self.l.episode_len as f32 } else { 0.0 };
+        row[pos + 3] = (q * c / e) as f32;
+        row[pos + 4] = if has { (1.0 - c / peak_px) as f32 } else { 0.0 };
+        let pf = obs::PORTFOLIO.start;
+        let d = logic::directive(&self.l.params, st.directive as u8);
+        let var = st.dsr_b - st.dsr_a * st.dsr_a;
+        row[pf] = (st.cash / e) as f32;
+        row[pf + 1] = (1.0 - e / st.peak) as f32;
+        row[pf + 2] = if var > 1e-18 { (st.dsr_a / var.sqrt()).clamp(-10.0, 10.0) as f32 } else { 0.0 };
+        row[pf + 3] = (st.gross / e) as f32;
+        row[pf + 4] = st.open_count as f32 / d.max_open.max(1) as f32;
+        row[obs::REGIME].copy_from_slice(&self.f.regime_at(p, t)[..N_REGIME]);
+        let ms = obs::MASTER.start;
+        row[ms] = d.risk as f32;
+        row[ms + 1] = d.cap as f32;
+        row[ms + 2] = d.max_open as f32 / s_n as f32;
+        for g in 0..3 {
+            row[ms + 3 + g] = (d.mode == g as u32) as u8 as f32;
+        }
+    }
+}

@@ -1,0 +1,219 @@
+/*!
+Per-element step logic of docs/env-spec.md, as pure functions over plain values: the master
+directive (§3), the action mask (§4.2), order sizing (§4.3). Together with [`crate::costs`] and
+[`crate::reward`] this is everything the CPU backend computes per symbol; `kernels/env_logic.cuh`
+mirrors each function for the CUDA backend and `tests/host_parity.rs` checks they agree.
+*/
+
+use crate::config::Config;
+use crate::costs::CostParams;
+use crate::reward::RewardParams;
+
+/// Symbol actions.
+pub const HOLD: u8 = 0;
+pub const BUY_SMALL: u8 = 1;
+pub const BUY_MEDIUM: u8 = 2;
+pub const BUY_LARGE: u8 = 3;
+pub const SELL_PARTIAL: u8 = 4;
+pub const SELL_ALL: u8 = 5;
+pub const ADD_TO_WINNER: u8 = 6;
+/// Number of symbol actions.
+pub const N_ACTIONS: usize = 7;
+/// Action names, by index.
+pub const ACTION_NAMES: [&str; N_ACTIONS] =
+    ["HOLD", "BUY_SMALL", "BUY_MEDIUM", "BUY_LARGE", "SELL_PARTIAL", "SELL_ALL", "ADD_TO_WINNER"];
+/// Size of the master's grid: 4 risk multipliers x 4 position caps x 3 regime modes.
+pub const MASTER_ACTIONS: usize = 48;
+
+/// Everything a step reads from the config, flattened (mirrored as a `#[repr(C)]` struct on the GPU).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct StepParams {
+    pub costs: CostParams,
+    pub reward: RewardParams,
+    pub initial_capital: f64,
+    pub leverage_cap: f64,
+    pub kill_drawdown: f64,
+    /// Buy sizes of BUY_SMALL, BUY_MEDIUM, BUY_LARGE, ADD_TO_WINNER (fractions of equity).
+    pub buy_size: [f64; 4],
+    pub sell_partial: f64,
+    pub risk_multipliers: [f64; 4],
+    pub position_caps: [f64; 4],
+    /// Open-position limits of the regime modes, already clamped to S.
+    pub max_open: [u32; 3],
+    pub n_symbols: u32,
+    pub episode_len: u32,
+    pub default_action: u32,
+}
+
+impl StepParams {
+    pub fn new(cfg: &Config, n_symbols: usize, bars_per_year: f64) -> Self {
+        let r = &cfg.risk;
+        let m = &cfg.master;
+        let arr4 = |v: &[f64]| [v[0], v[1], v[2], v[3]];
+        let mo = |i: usize| m.regime_max_open[i].min(n_symbols as u32);
+        Self {
+            costs: CostParams::new(&cfg.costs, bars_per_year),
+            reward: RewardParams::new(&cfg.reward),
+            initial_capital: cfg.env.initial_capital,
+            leverage_cap: r.leverage_cap,
+            kill_drawdown: r.kill_drawdown,
+            buy_size: [r.buy_small, r.buy_medium, r.buy_large, r.add_to_winner],
+            sell_partial: r.sell_partial,
+            risk_multipliers: arr4(&m.risk_multipliers),
+            position_caps: arr4(&m.position_caps),
+            max_open: [mo(0), mo(1), mo(2)],
+            n_symbols: n_symbols as u32,
+            episode_len: cfg.env.episode_len as u32,
+            default_action: m.default_action,
+        }
+    }
+}
+
+/// The master's directive for a step (spec §3).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Directive {
+    pub risk: f64,
+    pub cap: f64,
+    pub max_open: u32,
+    /// 0 defensive, 1 neutral, 2 aggressive.
+    pub mode: u32,
+}
+
+/// Decode a master action `m < 48` (spec §3).
+#[inline]
+pub fn directive(p: &StepParams, m: u8) -> Directive {
+    let m = m as usize;
+    let (ri, ci, gi) = (m / 12, (m / 3) % 4, m % 3);
+    Directive {
+        risk: p.risk_multipliers[ri],
+        cap: p.position_caps[ci],
+        max_open: p.max_open[gi],
+        mode: gi as u32,
+    }
+}
+
+/// Mask bits (bit a set = action a allowed) for one symbol (spec §4.2).
+#[inline]
+pub fn mask_bits(
+    q0: f64,
+    v0: f64,
+    e0: f64,
+    close: f64,
+    entry: f64,
+    open0: u32,
+    d: &Directive,
+) -> u8 {
+    let has = q0 > 0.0;
+    let full = v0 >= d.cap * e0;
+    let buy_ok = !full && (has || open0 < d.max_open);
+    let mut bits = 1u8 << HOLD;
+    if buy_ok {
+        bits |= (1 << BUY_SMALL) | (1 << BUY_MEDIUM) | (1 << BUY_LARGE);
+    }
+    if has {
+        bits |= (1 << SELL_PARTIAL) | (1 << SELL_ALL);
+        if close > entry && !full {
+            bits |= 1 << ADD_TO_WINNER;
+        }
+    }
+    bits
+}
+
+/// An order before the open-position limit and the budget (spec §4.3).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Order {
+    /// Buy quantity (shares) and sell quantity; at most one is non-zero.
+    pub qb: f64,
+    pub qs: f64,
+    /// A buy that opens a new position.
+    pub opener: bool,
+}
+
+/// Size the order of a (non-masked) action (spec §4.3). `close` is `C[t]`, `open_next` is `O[t']`.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub fn size_order(
+    p: &StepParams,
+    action: u8,
+    q0: f64,
+    v0: f64,
+    e0: f64,
+    close: f64,
+    open_next: f64,
+    d: &Directive,
+) -> Order {
+    match action {
+        BUY_SMALL | BUY_MEDIUM | BUY_LARGE | ADD_TO_WINNER => {
+            let idx = if action == ADD_TO_WINNER { 3 } else { (action - BUY_SMALL) as usize };
+            let room = d.cap * e0 - v0;
+            let dollars = (p.buy_size[idx] * d.risk * e0).min(room);
+            if dollars > 0.0 {
+                Order { qb: dollars / close, qs: 0.0, opener: q0 <= 0.0 }
+            } else {
+                Order::default()
+            }
+        }
+        SELL_PARTIAL | SELL_ALL => {
+            let mut qs = if action == SELL_ALL { q0 } else { p.sell_partial * q0 };
+            if (q0 - qs) * open_next < 1e-6 * p.initial_capital {
+                qs = q0;
+            }
+            Order { qb: 0.0, qs, opener: false }
+        }
+        _ => Order::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> StepParams {
+        StepParams::new(&Config::default(), 143, 1764.0)
+    }
+
+    #[test]
+    fn master_grid_decodes_every_axis() {
+        let p = params();
+        let d = directive(&p, 47);
+        assert_eq!((d.risk, d.cap, d.max_open, d.mode), (2.0, 0.20, 143, 2));
+        let d = directive(&p, 0);
+        assert_eq!((d.risk, d.cap, d.max_open, d.mode), (0.5, 0.02, 10, 0));
+        let d = directive(&p, Config::default().master.default_action as u8);
+        assert_eq!((d.risk, d.cap, d.mode), (1.0, 0.05, 1));
+    }
+
+    #[test]
+    fn mask_rules() {
+        let p = params();
+        let d = directive(&p, 0); // cap 0.02, max_open 10
+        // flat, room for new positions: buys only
+        let m = mask_bits(0.0, 0.0, 1e6, 10.0, 0.0, 0, &d);
+        assert_eq!(m, 0b0001111);
+        // flat, open limit reached: HOLD only
+        assert_eq!(mask_bits(0.0, 0.0, 1e6, 10.0, 0.0, 10, &d), 0b1);
+        // holding a loser below cap: buys, sells, no add
+        assert_eq!(mask_bits(100.0, 1000.0, 1e6, 10.0, 11.0, 10, &d), 0b0111111);
+        // holding a winner at the cap: sells only
+        assert_eq!(mask_bits(2000.0, 20000.0, 1e6, 10.0, 9.0, 10, &d), 0b0110001);
+        // holding a winner below cap: everything
+        assert_eq!(mask_bits(100.0, 1000.0, 1e6, 10.0, 9.0, 10, &d), 0b1111111);
+    }
+
+    #[test]
+    fn orders_respect_cap_and_dust() {
+        let p = params();
+        let d = directive(&p, 0); // risk 0.5, cap 0.02
+        let o = size_order(&p, BUY_LARGE, 0.0, 0.0, 1e6, 10.0, 10.0, &d);
+        assert!((o.qb - 0.02 * 0.5 * 1e6 / 10.0).abs() < 1e-9 && o.opener);
+        // near the cap: clipped to the room
+        let o = size_order(&p, BUY_LARGE, 1900.0, 19000.0, 1e6, 10.0, 10.0, &d);
+        assert!((o.qb - 100.0).abs() < 1e-9 && !o.opener);
+        let o = size_order(&p, SELL_PARTIAL, 100.0, 1000.0, 1e6, 10.0, 10.0, &d);
+        assert_eq!(o.qs, 50.0);
+        // a partial sell that would leave dust sells everything
+        let o = size_order(&p, SELL_PARTIAL, 1e-4, 1e-3, 1e6, 10.0, 10.0, &d);
+        assert_eq!(o.qs, 1e-4);
+    }
+}

@@ -1,0 +1,473 @@
+/*!
+The vectorised environment: N parallel market scenarios x S symbols behind one batched `reset()` /
+`step()`, in the style of Gymnasium's vector API (same-step autoreset).
+
+[`VecEnv`] validates inputs, owns the host-side outputs and the [`RewardShaper`], and delegates the
+work to a [`Backend`]: [`cpu::CpuBackend`] (the reference, rayon over scenarios) or, with the
+`cuda` feature, `cuda::CudaBackend`. Both implement docs/env-spec.md.
+
+```
+use std::sync::Arc;
+use marl_trade::{Config, data, features::Features, env::{VecEnv, Period, BackendKind}};
+
+let mut cfg = Config::default();
+cfg.data.synthetic.symbols = 4;
+cfg.data.synthetic.bars = 400;
+cfg.env.scenarios = 2;
+cfg.env.episode_len = 16;
+let md = Arc::new(data::generate(&cfg.data.synthetic, "SPY"));
+let feats = Arc::new(Features::compute(&md));
+let mut env = VecEnv::new(&cfg, md, feats, Period::Train, BackendKind::Cpu).unwrap();
+env.reset(1).unwrap();
+let actions = vec![1u8; env.n_scenarios() * env.n_symbols()]; // BUY_SMALL everywhere
+let master = vec![cfg.master.default_action as u8; env.n_scenarios()];
+let out = env.step(&actions, &master).unwrap();
+assert_eq!(out.reward.len(), 2 * 4);
+```
+*/
+
+pub mod cpu;
+pub mod logic;
+pub mod obs;
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::data::MarketData;
+use crate::error::{Error, Result};
+use crate::features::{Features, WARMUP};
+use crate::reward::{ComponentSums, ComponentStat, N_COMPONENTS, RewardShaper};
+
+pub use logic::{MASTER_ACTIONS, N_ACTIONS, StepParams};
+
+/// Which backend runs the environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Cpu,
+    Cuda,
+}
+
+impl FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(BackendKind::Cpu),
+            "cuda" => Ok(BackendKind::Cuda),
+            other => Err(Error::invalid(format!("unknown backend `{other}` (expected cpu or cuda)"))),
+        }
+    }
+}
+
+/// Which bars an environment plays (spec §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    /// `[0, floor(T * train_fraction))`
+    Train,
+    /// `[floor(T * train_fraction), T)`: held out.
+    Test,
+    /// An explicit `[lo, hi)`.
+    Bars(usize, usize),
+}
+
+/// Sizes and the bar range of an environment, fixed at construction.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EnvLayout {
+    pub n_scenarios: usize,
+    pub n_symbols: usize,
+    pub paths: usize,
+    pub bars: usize,
+    /// Period `[lo, hi)`.
+    pub lo: usize,
+    pub hi: usize,
+    /// Start bars are drawn from `[start_a, start_b]` (spec §1).
+    pub start_a: usize,
+    pub start_b: usize,
+    pub episode_len: usize,
+    pub params: StepParams,
+}
+
+impl EnvLayout {
+    pub fn new(cfg: &Config, md: &MarketData, period: Period) -> Result<Self> {
+        let t = md.bars;
+        let split = (t as f64 * cfg.env.train_fraction).floor() as usize;
+        let (lo, hi) = match period {
+            Period::Train => (0, split),
+            Period::Test => (split, t),
+            Period::Bars(lo, hi) => (lo, hi.min(t)),
+        };
+        let a = lo.max(WARMUP);
+        if a + 2 > hi {
+            return Err(Error::invalid(format!(
+                "period [{lo}, {hi}) of {t} bars is too short: episodes start at bar >= {WARMUP} \
+                 (feature warm-up) and need one more bar to fill"
+            )));
+        }
+        let l = cfg.env.episode_len;
+        let b = a.max(hi.saturating_sub(1 + l));
+        Ok(Self {
+            n_scenarios: cfg.env.scenarios,
+            n_symbols: md.n_symbols(),
+            paths: md.paths,
+            bars: t,
+            lo,
+            hi,
+            start_a: a,
+            start_b: b,
+            episode_len: l,
+            params: StepParams::new(cfg, md.n_symbols(), md.bars_per_year()),
+        })
+    }
+
+    /// `(path, t0)` of the e-th episode of scenario n after `reset(seed)` (spec §1).
+    #[inline]
+    pub fn episode_start(&self, seed: u64, n: usize, e: u32) -> (u32, u32) {
+        let key = 2 * (((n as u64) << 20) + e as u64);
+        let h1 = crate::rng::hash2(seed, key);
+        let h2 = crate::rng::hash2(seed, key + 1);
+        let p = h1 % self.paths as u64;
+        let t0 = self.start_a as u64 + h2 % (self.start_b - self.start_a + 1) as u64;
+        (p as u32, t0 as u32)
+    }
+}
+
+/// Per-scenario state (spec §2). `#[repr(C)]`: the CUDA backend mirrors it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[repr(C)]
+pub struct ScenarioState {
+    pub cash: f64,
+    /// Equity marked at the close of the current bar.
+    pub equity: f64,
+    /// Peak equity of the episode.
+    pub peak: f64,
+    /// Gross position value at the current close.
+    pub gross: f64,
+    /// Differential-Sharpe moments of the portfolio return.
+    pub dsr_a: f64,
+    pub dsr_b: f64,
+    pub path: u32,
+    pub t0: u32,
+    /// Step within the episode; the current bar is `t0 + k`.
+    pub k: u32,
+    /// Episode counter since reset (drives the start draws).
+    pub episode: u32,
+    /// The stored master directive (last master action).
+    pub directive: u32,
+    pub open_count: u32,
+    /// Actions executed as HOLD because they were masked, this episode.
+    pub invalid_actions: u32,
+    /// Buy orders dropped by the open-position limit, this episode.
+    pub limited_orders: u32,
+}
+
+/// Per-symbol state, `[N * S]` each (spec §2).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SymbolState {
+    /// Shares held (>= 0; the env is long-only per symbol, leverage comes from negative cash).
+    pub q: Vec<f64>,
+    /// Average entry price including slippage.
+    pub entry: Vec<f64>,
+    /// Highest close since the position was opened (starts at the fill price).
+    pub peak_px: Vec<f64>,
+    pub dsr_a: Vec<f64>,
+    pub dsr_b: Vec<f64>,
+    /// Step at which the position was opened.
+    pub entry_k: Vec<u32>,
+}
+
+/// The whole environment state, read back to the host (tests, parity, telemetry).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub seed: u64,
+    pub scenarios: Vec<ScenarioState>,
+    pub symbols: SymbolState,
+}
+
+/// One finished episode (spec §7).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EpisodeRecord {
+    pub scenario: u32,
+    pub path: u32,
+    pub start: u32,
+    pub length: u32,
+    /// Final equity / initial capital - 1.
+    pub total_return: f64,
+    pub killed: bool,
+    pub invalid_actions: u32,
+    pub limited_orders: u32,
+    /// Weighted reward components summed over the episode's symbol-steps.
+    pub components: ComponentSums,
+}
+
+/// Outputs of the last step, on the host.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepOutputs {
+    /// Total reward per symbol agent `[N, S]`.
+    pub reward: Vec<f32>,
+    /// Unweighted reward components `[N, S, 7]` (order of `reward::COMPONENT_NAMES`).
+    pub components: Vec<f32>,
+    /// Master reward `[N]`.
+    pub master_reward: Vec<f32>,
+    /// Episode ended by the kill switch `[N]` (0/1).
+    pub terminated: Vec<u8>,
+    /// Episode ended by its length or the end of the period `[N]` (0/1).
+    pub truncated: Vec<u8>,
+}
+
+impl StepOutputs {
+    pub fn new(n: usize, s: usize) -> Self {
+        Self {
+            reward: vec![0.0; n * s],
+            components: vec![0.0; n * s * N_COMPONENTS],
+            master_reward: vec![0.0; n],
+            terminated: vec![0; n],
+            truncated: vec![0; n],
+        }
+    }
+
+    /// `terminated || truncated` of scenario n.
+    pub fn done(&self, n: usize) -> bool {
+        self.terminated[n] != 0 || self.truncated[n] != 0
+    }
+}
+
+/// What a backend implements. Inputs are validated by [`VecEnv`] before they reach a backend.
+pub trait Backend: Send {
+    fn name(&self) -> &'static str;
+    fn layout(&self) -> &EnvLayout;
+    /// Spec §1-2 for every scenario.
+    fn reset(&mut self, seed: u64) -> Result<()>;
+    /// Spec §4 for every scenario. `symbol_actions` is `[N, S]`, `master_actions` `[N]`.
+    fn step(&mut self, symbol_actions: &[u8], master_actions: &[u8]) -> Result<()>;
+    /// Copy the last step's outputs to the host.
+    fn read_outputs(&mut self, out: &mut StepOutputs) -> Result<()>;
+    /// Dynamic observation `[N, S, DYN_OBS]` (spec §6).
+    fn dyn_obs(&mut self, out: &mut [f32]) -> Result<()>;
+    /// Full observation `[N, S, OBS_DIM]` (spec §6).
+    fn gather_obs(&mut self, out: &mut [f32]) -> Result<()>;
+    /// Action mask `[N, S, 7]`, 1 = allowed (spec §4.2 with the stored directive).
+    fn action_mask(&mut self, out: &mut [u8]) -> Result<()>;
+    /// `(path, bar)` of every scenario's current observation, `[N, 2]`: with the symbol index it
+    /// addresses the technical window in the feature array.
+    fn obs_index(&mut self, out: &mut [u32]) -> Result<()>;
+    /// Read the whole state back.
+    fn snapshot(&mut self) -> Result<Snapshot>;
+    /// Overwrite the whole state (tests drive both backends from the same random state).
+    fn load_snapshot(&mut self, snap: &Snapshot) -> Result<()>;
+    /// Finished episodes since the last call.
+    fn drain_episodes(&mut self) -> Result<Vec<EpisodeRecord>>;
+}
+
+/// Build a backend of the given kind.
+pub fn make_backend(
+    kind: BackendKind,
+    layout: EnvLayout,
+    data: Arc<MarketData>,
+    features: Arc<Features>,
+) -> Result<Box<dyn Backend>> {
+    match kind {
+        BackendKind::Cpu => Ok(Box::new(cpu::CpuBackend::new(layout, data, features))),
+        BackendKind::Cuda => make_cuda(layout, data, features),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn make_cuda(
+    layout: EnvLayout,
+    data: Arc<MarketData>,
+    features: Arc<Features>,
+) -> Result<Box<dyn Backend>> {
+    Ok(Box::new(cuda::CudaBackend::new(layout, data, features)?))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn make_cuda(_: EnvLayout, _: Arc<MarketData>, _: Arc<Features>) -> Result<Box<dyn Backend>> {
+    Err(Error::Backend {
+        backend: "cuda",
+        message: "this binary was built without the `cuda` feature; rebuild with \
+                  `cargo build --release --features cuda`"
+            .into(),
+    })
+}
+
+/// The batched environment.
+pub struct VecEnv {
+    backend: Box<dyn Backend>,
+    layout: EnvLayout,
+    out: StepOutputs,
+    shaper: RewardShaper,
+    finished: Vec<EpisodeRecord>,
+    data: Arc<MarketData>,
+    features: Arc<Features>,
+    needs_reset: bool,
+}
+
+impl VecEnv {
+    /// An environment over `period` of `data`, on the chosen backend.
+    pub fn new(
+        cfg: &Config,
+        data: Arc<MarketData>,
+        features: Arc<Features>,
+        period: Period,
+        kind: BackendKind,
+    ) -> Result<Self> {
+        if features.bars != data.bars || features.symbols != data.n_symbols() || features.paths != data.paths {
+            return Err(Error::invalid("features were computed from other data"));
+        }
+        let layout = EnvLayout::new(cfg, &data, period)?;
+        let backend = make_backend(kind, layout, data.clone(), features.clone())?;
+        Ok(Self::from_backend(backend, data, features))
+    }
+
+    /// Wrap an already built backend.
+    pub fn from_backend(backend: Box<dyn Backend>, data: Arc<MarketData>, features: Arc<Features>) -> Self {
+        let layout = *backend.layout();
+        Self {
+            out: StepOutputs::new(layout.n_scenarios, layout.n_symbols),
+            backend,
+            layout,
+            shaper: RewardShaper::new(),
+            finished: Vec::new(),
+            data,
+            features,
+            needs_reset: true,
+        }
+    }
+
+    pub fn n_scenarios(&self) -> usize {
+        self.layout.n_scenarios
+    }
+    pub fn n_symbols(&self) -> usize {
+        self.layout.n_symbols
+    }
+    pub fn layout(&self) -> &EnvLayout {
+        &self.layout
+    }
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+    pub fn data(&self) -> &Arc<MarketData> {
+        &self.data
+    }
+    pub fn features(&self) -> &Arc<Features> {
+        &self.features
+    }
+
+    /// Reset every scenario (spec §1-2).
+    pub fn reset(&mut self, seed: u64) -> Result<()> {
+        self.backend.reset(seed)?;
+        self.finished.clear();
+        self.shaper = RewardShaper::new();
+        self.needs_reset = false;
+        Ok(())
+    }
+
+    /// One batched step (spec §4). Returns the outputs, valid until the next call.
+    pub fn step(&mut self, symbol_actions: &[u8], master_actions: &[u8]) -> Result<&StepOutputs> {
+        if self.needs_reset {
+            return Err(Error::invalid("step() before reset()"));
+        }
+        let (n, s) = (self.layout.n_scenarios, self.layout.n_symbols);
+        if symbol_actions.len() != n * s {
+            return Err(Error::invalid(format!(
+                "symbol actions: {} values, expected N*S = {}",
+                symbol_actions.len(),
+                n * s
+            )));
+        }
+        if master_actions.len() != n {
+            return Err(Error::invalid(format!(
+                "master actions: {} values, expected N = {n}",
+                master_actions.len()
+            )));
+        }
+        if let Some(i) = symbol_actions.iter().position(|&a| a as usize >= N_ACTIONS) {
+            return Err(Error::invalid(format!(
+                "symbol action {} at index {i} is not in 0..{N_ACTIONS}",
+                symbol_actions[i]
+            )));
+        }
+        if let Some(i) = master_actions.iter().position(|&a| a as usize >= MASTER_ACTIONS) {
+            return Err(Error::invalid(format!(
+                "master action {} at scenario {i} is not in 0..{MASTER_ACTIONS}",
+                master_actions[i]
+            )));
+        }
+        self.backend.step(symbol_actions, master_actions)?;
+        self.backend.read_outputs(&mut self.out)?;
+        if self.out.terminated.iter().chain(&self.out.truncated).any(|&d| d != 0) {
+            for rec in self.backend.drain_episodes()? {
+                self.shaper.record(&rec.components);
+                self.finished.push(rec);
+            }
+        }
+        Ok(&self.out)
+    }
+
+    /// The last step's outputs.
+    pub fn outputs(&self) -> &StepOutputs {
+        &self.out
+    }
+
+    /// Full observations `[N, S, OBS_DIM]`.
+    pub fn gather_obs(&mut self, out: &mut [f32]) -> Result<()> {
+        self.check_len("gather_obs", out.len(), obs::OBS_DIM)?;
+        self.backend.gather_obs(out)
+    }
+
+    /// Dynamic observations `[N, S, DYN_OBS]`.
+    pub fn dyn_obs(&mut self, out: &mut [f32]) -> Result<()> {
+        self.check_len("dyn_obs", out.len(), obs::DYN_OBS)?;
+        self.backend.dyn_obs(out)
+    }
+
+    /// Action mask `[N, S, 7]`.
+    pub fn action_mask(&mut self, out: &mut [u8]) -> Result<()> {
+        self.check_len("action_mask", out.len(), N_ACTIONS)?;
+        self.backend.action_mask(out)
+    }
+
+    /// `(path, bar)` per scenario, `[N, 2]`.
+    pub fn obs_index(&mut self, out: &mut [u32]) -> Result<()> {
+        if out.len() != 2 * self.layout.n_scenarios {
+            return Err(Error::invalid("obs_index: buffer must hold 2 * N values"));
+        }
+        self.backend.obs_index(out)
+    }
+
+    pub fn snapshot(&mut self) -> Result<Snapshot> {
+        self.backend.snapshot()
+    }
+
+    pub fn load_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
+        let (n, s) = (self.layout.n_scenarios, self.layout.n_symbols);
+        let sy = &snap.symbols;
+        if snap.scenarios.len() != n
+            || [sy.q.len(), sy.entry.len(), sy.peak_px.len(), sy.dsr_a.len(), sy.dsr_b.len(), sy.entry_k.len()]
+                .iter()
+                .any(|&l| l != n * s)
+        {
+            return Err(Error::invalid("snapshot does not match the env's N and S"));
+        }
+        self.needs_reset = false;
+        self.backend.load_snapshot(snap)
+    }
+
+    /// Episodes finished since the last call.
+    pub fn drain_finished(&mut self) -> Vec<EpisodeRecord> {
+        std::mem::take(&mut self.finished)
+    }
+
+    /// Per-component statistics of the episodes finished since the last call (spec §5).
+    pub fn episode_stats(&mut self) -> [ComponentStat; N_COMPONENTS] {
+        self.shaper.episode_stats()
+    }
+
+    fn check_len(&self, what: &str, got: usize, per: usize) -> Result<()> {
+        let want = self.layout.n_scenarios * self.layout.n_symbols * per;
+        if got != want {
+            return Err(Error::invalid(format!("{what}: buffer holds {got} values, expected {want}")));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,30 @@
+/*!
+# marl-trade
+
+A hierarchical multi-agent reinforcement-learning trading system whose whole environment runs batched
+next to the policies: N parallel market scenarios x S symbols, one `reset()` / `step()` in the style of
+Gymnasium's vector API, with fills, costs, risk limits and a 7-term reward inside the environment.
+
+Modules, one per concept:
+- [`config`]: the TOML configuration.
+- [`data`]: market data arrays, the synthetic generator, the polars loader.
+- [`features`]: causal technical and regime features.
+- [`env`]: the vectorised environment, its backends and the observation layout.
+- [`costs`]: slippage, commission and borrow fees.
+- [`reward`]: the 7-term symbol reward, the master reward and their episode statistics.
+- [`eval`]: metrics and scripted baseline policies.
+
+The semantics of a step are written once in `docs/env-spec.md`; both backends implement it.
+*/
+
+pub mod config;
+pub mod costs;
+pub mod data;
+pub mod env;
+pub mod error;
+pub mod features;
+pub mod reward;
+pub mod rng;
+
+pub use config::Config;
+pub use error::{Error, Result};

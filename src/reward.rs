@@ -1,0 +1,298 @@
+/*!
+The reward: seven weighted components per symbol agent, the master's reward, and the per-component
+episode statistics that show when one term dominates or collapses (docs/env-spec.md §5).
+
+The per-element formulas ([`dsr`], [`SymbolTerms::components`], [`master_reward`]) are shared by the
+CPU backend and mirrored in `kernels/env_logic.cuh`. [`RewardShaper`] aggregates finished episodes
+on the host, whatever the backend.
+*/
+
+use crate::config::RewardConfig;
+
+/// Number of reward components.
+pub const N_COMPONENTS: usize = 7;
+/// Component names, in storage order.
+pub const COMPONENT_NAMES: [&str; N_COMPONENTS] =
+    ["pnl", "cost", "timing", "sharpe", "drawdown", "util", "divers"];
+
+/// Reward weights and shaping constants in the order the step uses them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct RewardParams {
+    /// Weights of pnl, cost, timing, sharpe, drawdown, util, divers.
+    pub w: [f64; N_COMPONENTS],
+    pub dsr_eta: f64,
+    pub dsr_clip: f64,
+    pub trade_dd_threshold: f64,
+    pub util_target: f64,
+    /// Master weights: sharpe, divers, excess.
+    pub master_w: [f64; 3],
+}
+
+impl RewardParams {
+    pub fn new(c: &RewardConfig) -> Self {
+        Self {
+            w: [c.w_pnl, c.w_cost, c.w_timing, c.w_sharpe, c.w_drawdown, c.w_util, c.w_divers],
+            dsr_eta: c.dsr_eta,
+            dsr_clip: c.dsr_clip,
+            trade_dd_threshold: c.trade_dd_threshold,
+            util_target: c.util_target,
+            master_w: [c.master_w_sharpe, c.master_w_divers, c.master_w_excess],
+        }
+    }
+}
+
+/// Differential Sharpe ratio (spec §5): returns `(D, A', B')` from the moments `(a, b)` before the
+/// update and the new return `r`.
+#[inline]
+pub fn dsr(a: f64, b: f64, r: f64, eta: f64, clip: f64) -> (f64, f64, f64) {
+    let da = r - a;
+    let db = r * r - b;
+    let var = b - a * a;
+    let d = if var > 1e-18 { (b * da - 0.5 * a * db) / (var * var.sqrt()) } else { 0.0 };
+    (d.clamp(-clip, clip), a + eta * da, b + eta * db)
+}
+
+/// What one symbol's step produced, as needed by the reward (spec §5).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SymbolTerms {
+    /// Mid-price P&L of the step, currency.
+    pub pnl: f64,
+    /// Commission + slippage + borrow fee, currency (>= 0).
+    pub cost: f64,
+    /// +1 buy, -1 sell, 0 no trade by the agent.
+    pub dir: f64,
+    /// Traded notional at the fill bar's open.
+    pub trade_notional: f64,
+    /// `C[t'] / O[t'] - 1`.
+    pub bar_move: f64,
+    /// Intra-trade drawdown `1 - C[t'] / peak_px` (0 without a position).
+    pub trade_dd: f64,
+    /// Position value after the step.
+    pub value: f64,
+}
+
+/// Portfolio quantities every symbol's reward reads (spec §5).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PortfolioTerms {
+    pub initial_capital: f64,
+    /// Equity before the step (E0) and after (E1).
+    pub equity_before: f64,
+    pub equity_after: f64,
+    /// Gross position value after the step.
+    pub gross: f64,
+    /// Per-position cap of this step's directive.
+    pub cap: f64,
+    /// Number of symbols S.
+    pub n_symbols: f64,
+}
+
+impl SymbolTerms {
+    /// The 7 unweighted components and the updated DSR moments `(comps, A', B')`.
+    #[inline]
+    pub fn components(
+        &self,
+        pf: &PortfolioTerms,
+        p: &RewardParams,
+        dsr_a: f64,
+        dsr_b: f64,
+    ) -> ([f64; N_COMPONENTS], f64, f64) {
+        let c0 = pf.initial_capital;
+        let pnl = self.pnl / c0;
+        let cost = -self.cost / c0;
+        let full = pf.cap * pf.equity_before;
+        let size = if full > 0.0 { (self.trade_notional / full).min(1.0) } else { 0.0 };
+        let timing = self.dir * self.bar_move * size;
+        let (sharpe, a, b) = dsr(dsr_a, dsr_b, (self.pnl - self.cost) / c0, p.dsr_eta, p.dsr_clip);
+        let e1 = pf.equity_after;
+        let w = if e1 > 0.0 { self.value / e1 } else { 0.0 };
+        let thr = p.trade_dd_threshold;
+        let drawdown = if self.trade_dd > thr { -((self.trade_dd - thr) / thr) * w } else { 0.0 };
+        let u = if e1 > 0.0 { pf.gross / e1 } else { 0.0 };
+        let util = -(u - p.util_target).abs() / pf.n_symbols;
+        let divers = -(w * w);
+        ([pnl, cost, timing, sharpe, drawdown, util, divers], a, b)
+    }
+}
+
+/// Weighted sum of the components.
+#[inline]
+pub fn weighted(comps: &[f64; N_COMPONENTS], p: &RewardParams) -> f64 {
+    let mut r = 0.0;
+    for i in 0..N_COMPONENTS {
+        r += p.w[i] * comps[i];
+    }
+    r
+}
+
+/// Master reward (spec §5): `(reward, A_p', B_p')`. `hhi_gross` is `sum_s (v1 / G)^2` (0 when G = 0),
+/// `bench_ret` the benchmark's close-to-close return.
+#[inline]
+pub fn master_reward(
+    pf: &PortfolioTerms,
+    p: &RewardParams,
+    hhi_gross: f64,
+    bench_ret: f64,
+    a: f64,
+    b: f64,
+) -> (f64, f64, f64) {
+    let rp = pf.equity_after / pf.equity_before - 1.0;
+    let (d, a1, b1) = dsr(a, b, rp, p.dsr_eta, p.dsr_clip);
+    let divers = if hhi_gross > 0.0 { 1.0 / (pf.n_symbols * hhi_gross) } else { 0.0 };
+    let excess = rp - bench_ret;
+    (p.master_w[0] * d + p.master_w[1] * divers + p.master_w[2] * excess, a1, b1)
+}
+
+/// Per-episode sums of the weighted components over all symbol-steps, as recorded by the env.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ComponentSums {
+    pub sum: [f64; N_COMPONENTS],
+    pub sum_sq: [f64; N_COMPONENTS],
+    /// Symbol-steps counted.
+    pub count: u64,
+}
+
+impl ComponentSums {
+    #[inline]
+    pub fn add(&mut self, weighted_terms: &[f64; N_COMPONENTS]) {
+        for i in 0..N_COMPONENTS {
+            self.sum[i] += weighted_terms[i];
+            self.sum_sq[i] += weighted_terms[i] * weighted_terms[i];
+        }
+        self.count += 1;
+    }
+
+    pub fn merge(&mut self, o: &ComponentSums) {
+        for i in 0..N_COMPONENTS {
+            self.sum[i] += o.sum[i];
+            self.sum_sq[i] += o.sum_sq[i];
+        }
+        self.count += o.count;
+    }
+}
+
+/// Statistics of one component over the episodes aggregated.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct ComponentStat {
+    pub name: &'static str,
+    pub sum: f64,
+    pub mean: f64,
+    pub std: f64,
+    /// `|sum| / sum over components of |sum|` (0 when all sums are 0).
+    pub share: f64,
+}
+
+/// Aggregates the component sums of finished episodes (spec §5, "Episode statistics").
+#[derive(Debug, Clone, Default)]
+pub struct RewardShaper {
+    acc: ComponentSums,
+    episodes: u64,
+}
+
+impl RewardShaper {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add one finished episode's sums.
+    pub fn record(&mut self, sums: &ComponentSums) {
+        self.acc.merge(sums);
+        self.episodes += 1;
+    }
+
+    /// Episodes recorded since the last `episode_stats` call.
+    pub fn episodes(&self) -> u64 {
+        self.episodes
+    }
+
+    /// Statistics of each component over the episodes recorded since the last call, then reset.
+    pub fn episode_stats(&mut self) -> [ComponentStat; N_COMPONENTS] {
+        let stats = Self::stats_of(&self.acc);
+        *self = Self::default();
+        stats
+    }
+
+    /// Statistics of a set of sums without consuming anything.
+    pub fn stats_of(acc: &ComponentSums) -> [ComponentStat; N_COMPONENTS] {
+        let total_abs: f64 = acc.sum.iter().map(|s| s.abs()).sum();
+        let n = acc.count.max(1) as f64;
+        std::array::from_fn(|i| {
+            let mean = acc.sum[i] / n;
+            let var = (acc.sum_sq[i] / n - mean * mean).max(0.0);
+            ComponentStat {
+                name: COMPONENT_NAMES[i],
+                sum: acc.sum[i],
+                mean,
+                std: var.sqrt(),
+                share: if total_abs > 0.0 { acc.sum[i].abs() / total_abs } else { 0.0 },
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dsr_matches_hand_computation() {
+        // A = 0.01, B = 0.0002 -> var = 0.0001, sd = 0.01; r = 0.02: dA = 0.01, dB = 0.0002
+        // D = (0.0002*0.01 - 0.5*0.01*0.0002) / (0.0001 * 0.01) = (2e-6 - 1e-6) / 1e-6 = 1
+        let (d, a, b) = dsr(0.01, 0.0002, 0.02, 0.1, 10.0);
+        assert!((d - 1.0).abs() < 1e-9, "{d}");
+        assert!((a - 0.011).abs() < 1e-15);
+        assert!((b - 0.00022).abs() < 1e-15);
+        // zero variance -> 0, clip applies
+        assert_eq!(dsr(0.0, 0.0, 0.5, 0.1, 1.0).0, 0.0);
+        assert_eq!(dsr(0.01, 0.0002, 1.0, 0.1, 1.0).0, 1.0);
+    }
+
+    #[test]
+    fn components_follow_the_spec() {
+        let p = RewardParams::new(&RewardConfig::default());
+        let pf = PortfolioTerms {
+            initial_capital: 1000.0,
+            equity_before: 1000.0,
+            equity_after: 1010.0,
+            gross: 505.0,
+            cap: 0.1,
+            n_symbols: 4.0,
+        };
+        let t = SymbolTerms {
+            pnl: 12.0,
+            cost: 2.0,
+            dir: 1.0,
+            trade_notional: 50.0,
+            bar_move: 0.02,
+            trade_dd: 0.15,
+            value: 101.0,
+        };
+        let (c, _, _) = t.components(&pf, &p, 0.0, 0.0);
+        assert!((c[0] - 0.012).abs() < 1e-15);
+        assert!((c[1] + 0.002).abs() < 1e-15);
+        assert!((c[2] - 0.02 * 0.5).abs() < 1e-15);
+        assert_eq!(c[3], 0.0); // no variance yet
+        assert!((c[4] + 0.5 * 0.1).abs() < 1e-12); // (0.15-0.1)/0.1 * 0.1
+        assert!((c[5] + (0.5 - 0.8f64).abs() / 4.0).abs() < 1e-12);
+        assert!((c[6] + 0.01).abs() < 1e-12);
+        let r = weighted(&c, &p);
+        let hand = 10.0 * 0.012 - 5.0 * 0.002 + 2.0 * 0.01 - 5.0 * 0.05 - 0.5 * 0.075 - 0.01;
+        assert!((r - hand).abs() < 1e-12, "{r} vs {hand}");
+    }
+
+    #[test]
+    fn shaper_reports_share_and_resets() {
+        let mut sh = RewardShaper::new();
+        let mut s = ComponentSums::default();
+        s.add(&[1.0, -1.0, 0.0, 0.0, 0.0, 0.0, 2.0]);
+        s.add(&[3.0, -1.0, 0.0, 0.0, 0.0, 0.0, 2.0]);
+        sh.record(&s);
+        let st = sh.episode_stats();
+        assert_eq!(st[0].sum, 4.0);
+        assert_eq!(st[0].mean, 2.0);
+        assert!((st[0].std - 1.0).abs() < 1e-12);
+        assert!((st[0].share - 0.4).abs() < 1e-12);
+        assert!((st[6].share - 0.4).abs() < 1e-12);
+        assert_eq!(sh.episodes(), 0);
+    }
+}
