@@ -5,7 +5,7 @@
  *   `static inline` in plain C (kernels/host_shim.c, built by build.rs for the host parity test).
  * - Integer types without host headers (NVRTC sees no system headers).
  * - `mix64` / `hash2`: bit-identical to src/rng.rs (tests/host_parity.rs checks known values).
- * - Block reductions over shared memory (device only).
+ * - Block primitives (ordered folds, integer sums and scans) shared by the device and the host.
  *
  * Floating point: money is double; the only libm function used is sqrt, which is correctly
  * rounded on both sides (IEEE 754), and contraction into FMA is disabled on both sides
@@ -69,43 +69,49 @@ HD double marl_clamp(double x, double lo, double hi) {
     return x;
 }
 
-#if MARL_DEVICE
-/* ---- block-level reductions (device only) ----
+/* ---- block-level primitives, written once for both sides ----
  *
- * Every step quantity that sums over symbols is reduced in a fixed order so that the device
- * reproduces the CPU backend's sequential loops bit for bit: each thread writes its symbols'
- * terms to a shared buffer, then thread 0 folds them in symbol order starting from `init`
- * (`((init + x_0) + x_1) + ...`, exactly `for s in 0..S { acc += x[s] }`). For S <= 1024 this is a
- * few hundred dependent adds from shared memory per reduction. Define MARL_TREE_SUMS to use a
- * pairwise tree instead (faster for large S, equal up to rounding, no longer bit-identical).
+ * A scenario is stepped by one thread block on the GPU (threadIdx.x walks the symbols) and by one
+ * plain loop on the host (MARL_NT = 1, MARL_TID = 0, no barriers). The same source then runs on both
+ * sides: `for (u32 s = MARL_TID; s < S; s += MARL_NT)` visits every symbol on either side.
+ *
+ * Floating-point sums over symbols are folds in symbol order (`((init + x_0) + x_1) + ...`, exactly
+ * the CPU backend's `for s in 0..S { acc += x[s] }`), so the device reproduces the CPU bit for bit:
+ * every thread writes its symbols' terms into a row of a shared buffer, then thread j folds row j.
+ * Independent sums of one phase are folded by different threads at once. For S <= 1024 a fold is a
+ * few hundred dependent adds from shared memory.
  */
-
-/* Sum of buf[0..n) in symbol order, added to init; the result is broadcast to every thread.
- * Caller has written buf and must not touch it until this returns. Contains __syncthreads(). */
-__device__ __forceinline__ double marl_block_fold(double init, double* buf, u32 n, double* slot) {
-    __syncthreads();
-#ifndef MARL_TREE_SUMS
-    if (threadIdx.x == 0) {
-        double acc = init;
-        for (u32 i = 0; i < n; ++i) acc += buf[i];
-        *slot = acc;
-    }
+#if MARL_DEVICE
+#define MARL_BLOCKFN __device__ __forceinline__
+#define MARL_TID ((u32)threadIdx.x)
+#define MARL_NT ((u32)blockDim.x)
+#define MARL_SYNC() __syncthreads()
 #else
-    for (u32 width = 1; width < n; width *= 2) {
-        for (u32 i = threadIdx.x * 2 * width; i + width < n; i += blockDim.x * 2 * width) {
-            buf[i] += buf[i + width];
-        }
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) *slot = init + (n > 0 ? buf[0] : 0.0);
+#define MARL_BLOCKFN static inline
+#define MARL_TID 0u
+#define MARL_NT 1u
+#define MARL_SYNC() \
+    do {            \
+    } while (0)
 #endif
-    __syncthreads();
-    return *slot;
+
+/* Fold rows[j * stride + 0 .. n) into out[j] for j < nrows (out[j] holds the initial value and
+ * receives the result, visible to every thread on return). The caller's writes to rows and out
+ * must precede the call. Contains barriers: call from every thread. */
+MARL_BLOCKFN void marl_fold_rows(const double* rows, u32 stride, u32 n, u32 nrows, double* out) {
+    MARL_SYNC();
+    for (u32 j = MARL_TID; j < nrows; j += MARL_NT) {
+        const double* r = rows + (u64)j * stride;
+        double acc = out[j];
+        for (u32 i = 0; i < n; ++i) acc += r[i];
+        out[j] = acc;
+    }
+    MARL_SYNC();
 }
 
-/* Integer sum over the block (exact, any order): warp shuffles, then one warp over the partials.
- * `scratch` holds >= 32 u32. Contains __syncthreads(). */
-__device__ __forceinline__ u32 marl_block_sum_u32(u32 v, u32* scratch) {
+/* Sum of one u32 per thread over the block (exact). `scratch` holds >= 33 u32. Contains barriers. */
+MARL_BLOCKFN u32 marl_block_sum_u32(u32 v, u32* scratch) {
+#if MARL_DEVICE
     const u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
     const u32 nwarps = (blockDim.x + 31u) >> 5;
     for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
@@ -119,39 +125,40 @@ __device__ __forceinline__ u32 marl_block_sum_u32(u32 v, u32* scratch) {
     }
     __syncthreads();
     return scratch[32];
+#else
+    (void)scratch;
+    return v;
+#endif
 }
 
-/* Exclusive prefix sum of flags[0..n) in place (integers, exact). Used for the opener ranks of
- * spec §4.4. Each thread scans a contiguous chunk, one warp scans the chunk totals.
- * `scratch` holds >= 1024 + 32 u32. Contains __syncthreads(). */
-__device__ __forceinline__ void marl_block_exclusive_scan_u32(u32* flags, u32 n, u32* scratch) {
-    __syncthreads();
-    const u32 nt = blockDim.x;
-    const u32 chunk = (n + nt - 1) / nt;
-    const u32 lo = threadIdx.x * chunk;
-    u32 hi = lo + chunk;
-    if (hi > n) hi = n;
+/* Exclusive prefix sum of flags[0 .. n) in place (integers, exact). Each thread scans a contiguous
+ * chunk; thread 0 scans the chunk totals. `scratch` holds >= MARL_NT u32. Contains barriers. */
+MARL_BLOCKFN void marl_exclusive_scan_u32(u32* flags, u32 n, u32* scratch) {
+    MARL_SYNC();
+    const u32 nt = MARL_NT;
+    const u32 chunk = (n + nt - 1u) / nt;
+    const u32 lo = MARL_TID * chunk;
+    const u32 hi = lo + chunk < n ? lo + chunk : n;
     u32 total = 0;
     for (u32 i = lo; i < hi; ++i) total += flags[i];
-    scratch[threadIdx.x] = total;
-    __syncthreads();
-    if (threadIdx.x == 0) {
+    scratch[MARL_TID] = total;
+    MARL_SYNC();
+    if (MARL_TID == 0u) {
         u32 acc = 0;
         for (u32 i = 0; i < nt; ++i) {
-            u32 t = scratch[i];
+            const u32 t = scratch[i];
             scratch[i] = acc;
             acc += t;
         }
     }
-    __syncthreads();
-    u32 acc = scratch[threadIdx.x];
+    MARL_SYNC();
+    u32 acc = scratch[MARL_TID];
     for (u32 i = lo; i < hi; ++i) {
-        u32 f = flags[i];
+        const u32 f = flags[i];
         flags[i] = acc;
         acc += f;
     }
-    __syncthreads();
+    MARL_SYNC();
 }
-#endif /* MARL_DEVICE */
 
 #endif /* MARL_COMMON_CUH */

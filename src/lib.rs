@@ -22,6 +22,7 @@ pub mod costs;
 pub mod data;
 pub mod env;
 pub mod error;
+pub mod eval;
 pub mod features;
 pub mod reward;
 pub mod rng;

@@ -11,8 +11,8 @@ Real data has P = 1.
 pub mod loader;
 pub mod synthetic;
 
-pub use loader::load_file;
-pub use synthetic::generate;
+pub use loader::{load, load_file, load_files};
+pub use synthetic::{generate, write_parquet};
 
 /// Number of macro series: (short rate, VIX-like index).
 pub const MACRO: usize = 2;

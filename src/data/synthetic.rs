@@ -346,7 +346,7 @@ fn push_bar(
     nz: &BarNoise,
 ) -> f64 {
     let lc = (lc_prev + r).clamp(LOG_PRICE_MIN, LOG_PRICE_MAX);
-    let gap_sd = if b == 0 { GAP_OPEN } else { GAP_INTRADAY } * sig;
+    let gap_sd = (if b == 0 { GAP_OPEN } else { GAP_INTRADAY }) * sig;
     let lo_open = if first { lc_prev } else { (lc_prev + gap_sd * nz.gap).clamp(LOG_PRICE_MIN, LOG_PRICE_MAX) };
     let (o, c) = (lo_open.exp(), lc.exp());
     let h = o.max(c) * (HL_SCALE * sig * nz.hi.abs()).exp();

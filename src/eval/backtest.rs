@@ -1,0 +1,319 @@
+/*!
+Deterministic backtests: a [`Policy`] plays a whole period once per data path, and the per-bar
+equity, exposure, traded notional and costs become [`Metrics`].
+
+# Layout of a run
+
+For a period `[lo, hi)` the env starts at `a = max(lo, WARMUP)` (spec §1) and steps at bars
+`t = a, a + 1, ..., hi - 2` (each fills at `t + 1`), so a path has `n = hi - 1 - a` steps and its curve
+`n + 1` bars (`a ..= hi - 1`). The env is built with `env.scenarios = P` (one scenario per data
+path) and `env.episode_len = n`, which makes the start draw deterministic (`start_a = start_b = a`);
+after `reset` the scenario `n`'s path is set to `n` through a snapshot. One episode spans the period:
+it ends (truncated) exactly at the last step.
+
+# What is recorded per step (scenario with path p, step at bar t)
+
+From the snapshots before and after the step, in `f64` (`q0`, `q1` shares, `E0`, `E1` equity):
+- equity `E1` and gross exposure `G = sum_s q1 * C[t+1]` (the env's state);
+- traded notional `sum_s |q1 - q0| * O[t+1]` (a step either buys or sells a symbol, never both), plus,
+  when the kill switch fires, the liquidation notional `sum_s q1 * C[t+1]`;
+- costs from the identity of spec §4.10: `sum_s pnl_s - (E1 - E0)` with the mid-price P&L
+  `pnl_s = q1 * C[t+1] - q0 * C[t] - (q1 - q0) * O[t+1]` (commission, slippage and borrow fees, exact
+  in `f64` rather than the `f32` cost component of the step outputs).
+
+At a step that ends the episode (the last step, or the kill switch) the env resets the scenario at
+once, so its post-step state is not in the snapshot: `E1` then comes from the episode record
+(`C0 * (1 + total_return)`) and `q1` (before any kill-switch sale) from replaying that one step on a
+CPU "shadow" backend loaded with the pre-step snapshot, whose layout never truncates and whose kill
+switch is disabled. A path stopped by the kill switch keeps its final equity, flat, with no exposure,
+trades or costs, for its remaining bars (the env keeps stepping it with HOLD; those steps are ignored).
+
+Metrics are computed per path and averaged over the paths ([`Metrics::average`]).
+*/
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::baselines::{EqualWeight, Hold, Policy, PolicyView, RandomPolicy, spy_buy_and_hold};
+use super::metrics::{Curve, Metrics};
+use crate::config::Config;
+use crate::data::MarketData;
+use crate::env::logic::HOLD;
+use crate::env::obs::{DYN_OBS, OBS_DIM};
+use crate::env::{Backend, BackendKind, EnvLayout, N_ACTIONS, Period, Snapshot, VecEnv, cpu::CpuBackend};
+use crate::error::{Error, Result};
+use crate::features::Features;
+
+/// The scripted baselines (see [`super::baselines`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Baseline {
+    Hold,
+    Random,
+    EqualWeight,
+    Spy,
+}
+
+impl Baseline {
+    /// Every baseline, in report order.
+    pub const ALL: [Baseline; 4] = [Baseline::Hold, Baseline::Random, Baseline::EqualWeight, Baseline::Spy];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Baseline::Hold => "hold",
+            Baseline::Random => "random",
+            Baseline::EqualWeight => "equal-weight",
+            Baseline::Spy => "spy",
+        }
+    }
+
+    /// The env policy of a baseline; `None` for `Spy` (computed from benchmark prices).
+    pub fn policy(self, seed: u64) -> Option<Box<dyn Policy>> {
+        match self {
+            Baseline::Hold => Some(Box::new(Hold)),
+            Baseline::Random => Some(Box::new(RandomPolicy::new(seed))),
+            Baseline::EqualWeight => Some(Box::new(EqualWeight)),
+            Baseline::Spy => None,
+        }
+    }
+}
+
+impl FromStr for Baseline {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Baseline::ALL.into_iter().find(|b| b.name() == s).ok_or_else(|| {
+            Error::invalid(format!("unknown policy `{s}` (expected hold, random, equal-weight or spy)"))
+        })
+    }
+}
+
+/// How to run a backtest.
+#[derive(Debug, Clone, Copy)]
+pub struct BacktestOptions {
+    pub period: Period,
+    pub backend: BackendKind,
+    /// Seed of stochastic policies (the env itself is deterministic here).
+    pub seed: u64,
+    /// Show a progress bar on stderr (drawn only when stderr is a terminal).
+    pub progress: bool,
+}
+
+impl Default for BacktestOptions {
+    fn default() -> Self {
+        Self { period: Period::Test, backend: BackendKind::Cpu, seed: 0, progress: false }
+    }
+}
+
+/// The outcome of one policy's backtest.
+#[derive(Debug, Clone)]
+pub struct BacktestResult {
+    /// Metrics averaged over the paths.
+    pub metrics: Metrics,
+    /// Metrics of each path.
+    pub per_path: Vec<Metrics>,
+    /// Per-bar series of each path.
+    pub curves: Vec<Curve>,
+    /// First decision bar `a` and last bar `hi - 1` of every curve.
+    pub first_bar: usize,
+    pub last_bar: usize,
+}
+
+impl BacktestResult {
+    fn from_curves(policy: &str, curves: Vec<Curve>, first_bar: usize, last_bar: usize) -> Self {
+        let per_path: Vec<Metrics> = curves.iter().map(|c| Metrics::from_curve(policy, c)).collect();
+        let metrics = Metrics::average(policy, &per_path).unwrap_or_default();
+        Self { metrics, per_path, curves, first_bar, last_bar }
+    }
+}
+
+/// The config and layout of a backtest over `period` (module docs): one scenario per path, one
+/// episode spanning the period. Returns the adjusted config and its layout (`episode_len` is the
+/// number of steps).
+pub fn backtest_config(cfg: &Config, md: &MarketData, period: Period) -> Result<(Config, EnvLayout)> {
+    let probe = EnvLayout::new(cfg, md, period)?;
+    let steps = probe.hi - 1 - probe.start_a;
+    let mut c = cfg.clone();
+    c.env.scenarios = md.paths;
+    c.env.episode_len = steps;
+    let layout = EnvLayout::new(&c, md, period)?;
+    debug_assert_eq!(layout.start_a, layout.start_b);
+    Ok((c, layout))
+}
+
+fn progress_bar(show: bool, len: usize, name: &str) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len as u64);
+    if let Ok(style) = ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos}/{len} bars ({eta})") {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_prefix(name.to_string());
+    pb
+}
+
+/// Run `policy` over the period of `opts` once per path (module docs).
+pub fn run_policy(
+    cfg: &Config,
+    data: Arc<MarketData>,
+    features: Arc<Features>,
+    opts: &BacktestOptions,
+    policy: &mut dyn Policy,
+) -> Result<BacktestResult> {
+    let (bcfg, layout) = backtest_config(cfg, &data, opts.period)?;
+    let steps = layout.episode_len;
+    let (n, s) = (layout.n_scenarios, layout.n_symbols);
+    let c0 = layout.params.initial_capital;
+    let md = data.clone();
+    let mut env = VecEnv::new(&bcfg, data.clone(), features.clone(), opts.period, opts.backend)?;
+    env.reset(opts.seed)?;
+    let mut snap = env.snapshot()?;
+    for (i, st) in snap.scenarios.iter_mut().enumerate() {
+        st.path = i as u32;
+    }
+    env.load_snapshot(&snap)?;
+    policy.reset();
+
+    let default_master = layout.params.default_action as u8;
+    let mut curves: Vec<Curve> = (0..n).map(|_| Curve::new(c0, md.bars_per_year())).collect();
+    let mut active = vec![true; n];
+    let mut mask = vec![0u8; n * s * N_ACTIONS];
+    let mut dyn_obs = vec![0f32; n * s * DYN_OBS];
+    let mut full = if policy.needs_full_obs() { vec![0f32; n * s * OBS_DIM] } else { Vec::new() };
+    let mut obs_index = vec![0u32; 2 * n];
+    let mut step_k = vec![0u32; n];
+    let mut acts = vec![HOLD; n * s];
+    let mut masters = vec![default_master; n];
+    let mut shadow: Option<Box<dyn Backend>> = None;
+    let pb = progress_bar(opts.progress, steps, policy.name());
+
+    for _ in 0..steps {
+        env.action_mask(&mut mask)?;
+        env.dyn_obs(&mut dyn_obs)?;
+        env.obs_index(&mut obs_index)?;
+        if !full.is_empty() {
+            env.gather_obs(&mut full)?;
+        }
+        for (k, st) in step_k.iter_mut().zip(&snap.scenarios) {
+            *k = st.k;
+        }
+        let view = PolicyView {
+            layout: &layout,
+            data: &md,
+            features: &features,
+            mask: &mask,
+            dyn_obs: &dyn_obs,
+            obs: if full.is_empty() { None } else { Some(&full) },
+            obs_index: &obs_index,
+            step_in_episode: &step_k,
+        };
+        policy.act(&view, &mut acts, &mut masters)?;
+        for i in (0..n).filter(|&i| !active[i]) {
+            acts[i * s..(i + 1) * s].fill(HOLD);
+            masters[i] = default_master;
+        }
+        let out = env.step(&acts, &masters)?;
+        let done: Vec<bool> = (0..n).map(|i| out.done(i)).collect();
+        let post = env.snapshot()?;
+        let records = if done.iter().any(|&d| d) { env.drain_finished() } else { Vec::new() };
+        let held: Option<Snapshot> = if (0..n).any(|i| done[i] && active[i]) {
+            let sh = match &mut shadow {
+                Some(sh) => sh,
+                None => shadow.insert(make_shadow(&layout, &data, &features)),
+            };
+            sh.load_snapshot(&snap)?;
+            sh.step(&acts, &masters)?;
+            Some(sh.snapshot()?)
+        } else {
+            None
+        };
+
+        for i in 0..n {
+            if !active[i] {
+                let last = *curves[i].equity.last().unwrap_or(&c0);
+                curves[i].push(last, 0.0, 0.0, 0.0);
+                continue;
+            }
+            let st0 = &snap.scenarios[i];
+            let (p, t) = (st0.path as usize, (st0.t0 + st0.k) as usize);
+            let q0 = &snap.symbols.q[i * s..(i + 1) * s];
+            let (q1, e1, killed) = if !done[i] {
+                (&post.symbols.q[i * s..(i + 1) * s], post.scenarios[i].equity, false)
+            } else {
+                let rec = records.iter().find(|r| r.scenario as usize == i).ok_or_else(|| {
+                    Error::invalid(format!("backtest: scenario {i} ended without an episode record"))
+                })?;
+                let q1 = match &held {
+                    Some(h) => &h.symbols.q[i * s..(i + 1) * s],
+                    None => unreachable!("shadow state exists whenever an active scenario is done"),
+                };
+                (q1, c0 * (1.0 + rec.total_return), rec.killed)
+            };
+            let e0 = st0.equity;
+            let (mut traded, mut pnl, mut gross) = (0.0, 0.0, 0.0);
+            for j in 0..s {
+                let c = md.close[md.px(p, t, j)] as f64;
+                let c1 = md.close[md.px(p, t + 1, j)] as f64;
+                let o1 = md.open[md.px(p, t + 1, j)] as f64;
+                let dq = q1[j] - q0[j];
+                traded += dq.abs() * o1;
+                pnl += q1[j] * c1 - q0[j] * c - dq * o1;
+                gross += q1[j] * c1;
+            }
+            let cost = pnl - (e1 - e0);
+            if killed {
+                traded += gross;
+                gross = 0.0;
+            } else if !done[i] {
+                gross = post.scenarios[i].gross;
+            }
+            curves[i].push(e1, gross, traded, cost);
+            if done[i] {
+                curves[i].killed = killed;
+                active[i] = false;
+            }
+        }
+        snap = post;
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(BacktestResult::from_curves(policy.name(), curves, layout.start_a, layout.hi - 1))
+}
+
+/// A CPU backend that replays one step without ending the episode (module docs).
+fn make_shadow(layout: &EnvLayout, data: &Arc<MarketData>, features: &Arc<Features>) -> Box<dyn Backend> {
+    let mut l = *layout;
+    l.hi = usize::MAX;
+    l.episode_len = usize::MAX;
+    l.params.kill_drawdown = f64::INFINITY;
+    Box::new(CpuBackend::new(l, data.clone(), features.clone()))
+}
+
+/// Buy-and-hold of the benchmark over the period of `opts`, one curve per path (see
+/// [`spy_buy_and_hold`]), on the same bars as [`run_policy`].
+pub fn run_spy(cfg: &Config, data: &MarketData, opts: &BacktestOptions) -> Result<BacktestResult> {
+    let (_, layout) = backtest_config(cfg, data, opts.period)?;
+    let (a, last) = (layout.start_a, layout.hi - 1);
+    let curves = (0..data.paths)
+        .map(|p| spy_buy_and_hold(data, &layout.params.costs, layout.params.initial_capital, p, a, last))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(BacktestResult::from_curves(Baseline::Spy.name(), curves, a, last))
+}
+
+/// Backtest each of `which` (module docs); `opts.seed` seeds `random`.
+pub fn run_baselines(
+    cfg: &Config,
+    data: Arc<MarketData>,
+    features: Arc<Features>,
+    opts: &BacktestOptions,
+    which: &[Baseline],
+) -> Result<Vec<BacktestResult>> {
+    which
+        .iter()
+        .map(|b| match b.policy(opts.seed) {
+            Some(mut p) => run_policy(cfg, data.clone(), features.clone(), opts, p.as_mut()),
+            None => run_spy(cfg, &data, opts),
+        })
+        .collect()
+}

@@ -1,0 +1,265 @@
+/*!
+Scripted baseline policies behind the [`Policy`] trait, and the buy-and-hold benchmark.
+
+A [`Policy`] sees a [`PolicyView`] of the environment (everything `VecEnv` exposes between steps) and
+writes one symbol action per (scenario, symbol) and one master action per scenario. A trained
+policy implements the same trait (it can ask for the full observation with
+[`Policy::needs_full_obs`]).
+
+The baselines (their master action is `master.default_action` unless stated):
+
+- `hold` ([`Hold`]): HOLD everywhere. Never trades, pays nothing: its equity stays at the initial
+  capital.
+- `random` ([`RandomPolicy`]): per (scenario, symbol), an action drawn uniformly among those the
+  action mask allows, from a [`SplitMix64`] stream seeded with the policy's seed (re-seeded by
+  [`Policy::reset`], so two runs are identical). The mask is the env's, i.e. computed with the
+  stored directive, which is the default action at reset and then the default action it keeps
+  sending, so a drawn action is never executed as HOLD by the mask (the open-position limit and the
+  budget may still shrink it).
+- `equal-weight` ([`EqualWeight`]): buy-and-hold of every symbol in equal dollar amounts. On the first
+  step of each episode (step-in-episode 0) it sends BUY_SMALL for every symbol, then HOLD. Its
+  master action, on every step, is [`equal_weight_master`]:
+  risk index `ri` = the largest risk multiplier `m` with `S * risk.buy_small * m <= 1` (so the total
+  bought is at most the equity; if no multiplier qualifies, the smallest one), position cap index
+  `ci` = the smallest cap `>= risk.buy_small * m` (so the cap does not clip the order; if none, the
+  largest cap), regime mode aggressive (`gi = 2`): `m = 12 ri + 3 ci + 2`. Each symbol gets
+  `d = risk.buy_small * m * E0` dollars at `C[t0]` (spec §4.3), filled at the next open with slippage
+  and commission. With the defaults (S = 143, buy_small 0.005, multipliers 0.5/1/1.5/2, caps
+  0.02/0.05/0.10/0.20): `ri = 1` (143 * 0.005 * 1.5 = 1.07 > 1), `ci = 0`, `m = 14`, 71.5% of the
+  equity invested. If `regime_max_open[2] < S` the env's open-position limit keeps only the first
+  `max_open` openers (spec §4.4).
+- `spy` ([`spy_buy_and_hold`]): the benchmark (column S of the data) is not tradeable in the env, so
+  this curve is computed directly from the benchmark's prices: at the decision bar `t0` the whole
+  initial capital `C0` buys `q = C0 / (O[t0+1] * (1 + half_spread) * (1 + commission))` at the open of
+  the first fill bar `t0 + 1` (half spread and commission as in spec §4.5; no market impact: the
+  index is taken as infinitely liquid), and the position is marked at the closes:
+  `equity[t] = q * C[t]` for `t0 < t`. Traded notional `q * O[t0+1]`, costs `C0 - q * O[t0+1]`.
+*/
+
+use super::metrics::Curve;
+use crate::costs::CostParams;
+use crate::data::MarketData;
+use crate::env::EnvLayout;
+use crate::env::logic::{BUY_SMALL, HOLD, N_ACTIONS, StepParams};
+use crate::error::{Error, Result};
+use crate::features::Features;
+use crate::rng::SplitMix64;
+
+/// What a policy sees before a step. All arrays are row-major, scenario first.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyView<'a> {
+    /// Sizes, bar range and the step parameters (master grid, order sizes, costs).
+    pub layout: &'a EnvLayout,
+    pub data: &'a MarketData,
+    pub features: &'a Features,
+    /// Action mask `[N, S, 7]`, 1 = allowed (spec §4.2 with the stored directive).
+    pub mask: &'a [u8],
+    /// Dynamic observation `[N, S, DYN_OBS]` (spec §6).
+    pub dyn_obs: &'a [f32],
+    /// Full observation `[N, S, OBS_DIM]`, only when the policy asked for it
+    /// ([`Policy::needs_full_obs`]).
+    pub obs: Option<&'a [f32]>,
+    /// `(path, bar)` of every scenario's current observation, `[N, 2]`.
+    pub obs_index: &'a [u32],
+    /// Step within the current episode per scenario `[N]` (0 right after a reset).
+    pub step_in_episode: &'a [u32],
+}
+
+impl PolicyView<'_> {
+    pub fn n_scenarios(&self) -> usize {
+        self.layout.n_scenarios
+    }
+    pub fn n_symbols(&self) -> usize {
+        self.layout.n_symbols
+    }
+    /// The env's step parameters.
+    pub fn params(&self) -> &StepParams {
+        &self.layout.params
+    }
+}
+
+/// A policy driving a `VecEnv`: symbol actions `[N, S]` (values `0..7`) and master actions `[N]`
+/// (values `0..48`).
+pub trait Policy {
+    /// Short name, used in reports.
+    fn name(&self) -> &str;
+    /// Whether [`PolicyView::obs`] must be filled (costly: `N * S * OBS_DIM` floats per step).
+    fn needs_full_obs(&self) -> bool {
+        false
+    }
+    /// Called at the start of every run; a stochastic policy restarts its random stream here.
+    fn reset(&mut self) {}
+    /// Decide the actions of one step. `sym_out` is `[N, S]`, `master_out` `[N]`.
+    fn act(&mut self, view: &PolicyView, sym_out: &mut [u8], master_out: &mut [u8]) -> Result<()>;
+}
+
+fn check_out(view: &PolicyView, sym_out: &[u8], master_out: &[u8]) -> Result<()> {
+    let (n, s) = (view.n_scenarios(), view.n_symbols());
+    if sym_out.len() != n * s || master_out.len() != n || view.mask.len() != n * s * N_ACTIONS {
+        return Err(Error::invalid(format!(
+            "policy buffers: {} symbol actions, {} master actions, {} mask values for N = {n}, S = {s}",
+            sym_out.len(),
+            master_out.len(),
+            view.mask.len()
+        )));
+    }
+    Ok(())
+}
+
+/// HOLD everywhere, master `default_action`.
+#[derive(Debug, Clone, Default)]
+pub struct Hold;
+
+impl Policy for Hold {
+    fn name(&self) -> &str {
+        "hold"
+    }
+    fn act(&mut self, view: &PolicyView, sym_out: &mut [u8], master_out: &mut [u8]) -> Result<()> {
+        check_out(view, sym_out, master_out)?;
+        sym_out.fill(HOLD);
+        master_out.fill(view.params().default_action as u8);
+        Ok(())
+    }
+}
+
+/// Uniform among the allowed actions (module docs).
+#[derive(Debug, Clone)]
+pub struct RandomPolicy {
+    seed: u64,
+    rng: SplitMix64,
+}
+
+impl RandomPolicy {
+    pub fn new(seed: u64) -> Self {
+        Self { seed, rng: SplitMix64::new(seed) }
+    }
+}
+
+impl Policy for RandomPolicy {
+    fn name(&self) -> &str {
+        "random"
+    }
+    fn reset(&mut self) {
+        self.rng = SplitMix64::new(self.seed);
+    }
+    fn act(&mut self, view: &PolicyView, sym_out: &mut [u8], master_out: &mut [u8]) -> Result<()> {
+        check_out(view, sym_out, master_out)?;
+        for (a, m) in sym_out.iter_mut().zip(view.mask.chunks_exact(N_ACTIONS)) {
+            let allowed = m.iter().filter(|&&x| x != 0).count() as u64;
+            // HOLD is never masked; an all-zero row (impossible) falls back to HOLD.
+            let mut j = if allowed > 0 { self.rng.below(allowed) } else { 0 };
+            *a = HOLD;
+            for (i, &x) in m.iter().enumerate() {
+                if x != 0 {
+                    if j == 0 {
+                        *a = i as u8;
+                        break;
+                    }
+                    j -= 1;
+                }
+            }
+        }
+        master_out.fill(view.params().default_action as u8);
+        Ok(())
+    }
+}
+
+/// The equal-weight buy-and-hold master action (module docs): aggressive mode, the largest risk
+/// multiplier whose `S * buy_small * risk <= 1`, the smallest cap `>=` that order size.
+pub fn equal_weight_master(p: &StepParams) -> u8 {
+    let s = p.n_symbols as f64;
+    let small = p.buy_size[0];
+    let rm = &p.risk_multipliers;
+    let fits: Option<usize> = (0..4)
+        .filter(|&i| s * small * rm[i] <= 1.0)
+        .fold(None, |best, i| match best {
+            Some(b) if rm[b] >= rm[i] => Some(b),
+            _ => Some(i),
+        });
+    let ri = fits.unwrap_or_else(|| (0..4).fold(0, |b, i| if rm[i] < rm[b] { i } else { b }));
+    let size = small * rm[ri];
+    let caps = &p.position_caps;
+    let ci = (0..4)
+        .filter(|&i| caps[i] >= size)
+        .fold(None, |best: Option<usize>, i| match best {
+            Some(b) if caps[b] <= caps[i] => Some(b),
+            _ => Some(i),
+        })
+        .unwrap_or_else(|| (0..4).fold(0, |b, i| if caps[i] > caps[b] { i } else { b }));
+    (12 * ri + 3 * ci + 2) as u8
+}
+
+/// Equal-weight buy-and-hold (module docs).
+#[derive(Debug, Clone, Default)]
+pub struct EqualWeight;
+
+impl Policy for EqualWeight {
+    fn name(&self) -> &str {
+        "equal-weight"
+    }
+    fn act(&mut self, view: &PolicyView, sym_out: &mut [u8], master_out: &mut [u8]) -> Result<()> {
+        check_out(view, sym_out, master_out)?;
+        let s = view.n_symbols();
+        master_out.fill(equal_weight_master(view.params()));
+        for (row, &k) in sym_out.chunks_exact_mut(s).zip(view.step_in_episode) {
+            row.fill(if k == 0 { BUY_SMALL } else { HOLD });
+        }
+        Ok(())
+    }
+}
+
+/// Buy-and-hold of the benchmark on path `path` from decision bar `t0` to bar `t_end` (module docs):
+/// a curve of `t_end - t0 + 1` bars. Errors if the bars are out of range or `t_end <= t0`.
+pub fn spy_buy_and_hold(
+    md: &MarketData,
+    costs: &CostParams,
+    initial_capital: f64,
+    path: usize,
+    t0: usize,
+    t_end: usize,
+) -> Result<Curve> {
+    if path >= md.paths || t_end >= md.bars || t_end <= t0 {
+        return Err(Error::invalid(format!(
+            "benchmark buy-and-hold over bars {t0}..={t_end} of path {path}: the data has {} paths of {} bars",
+            md.paths, md.bars
+        )));
+    }
+    let b = md.n_symbols();
+    let o1 = md.open[md.px(path, t0 + 1, b)] as f64;
+    let q = initial_capital / (o1 * (1.0 + costs.half_spread) * (1.0 + costs.commission));
+    let mut c = Curve::new(initial_capital, md.bars_per_year());
+    for t in t0 + 1..=t_end {
+        let v = q * md.close[md.px(path, t, b)] as f64;
+        let (traded, cost) = if t == t0 + 1 { (q * o1, initial_capital - q * o1) } else { (0.0, 0.0) };
+        c.push(v, v, traded, cost);
+    }
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn params(cfg: &Config, s: usize) -> StepParams {
+        StepParams::new(cfg, s, 1764.0)
+    }
+
+    #[test]
+    fn equal_weight_master_defaults() {
+        let cfg = Config::default();
+        // S = 143: 143 * 0.005 * 1.0 = 0.715 <= 1 < 1.0725 = 143 * 0.005 * 1.5 -> ri = 1;
+        // size 0.005 -> smallest cap >= 0.005 is 0.02 (ci = 0); aggressive: m = 12 + 0 + 2 = 14.
+        assert_eq!(equal_weight_master(&params(&cfg, 143)), 14);
+        // S = 8: 8 * 0.005 * 2 = 0.08 -> ri = 3, size 0.01 -> cap 0.02 (ci = 0): m = 36 + 0 + 2 = 38.
+        assert_eq!(equal_weight_master(&params(&cfg, 8)), 38);
+        // S = 400: even 0.5 gives 400 * 0.005 * 0.5 = 1.0 <= 1 -> ri = 0, m = 2.
+        assert_eq!(equal_weight_master(&params(&cfg, 400)), 2);
+        // S = 1000: nothing fits -> the smallest multiplier (ri = 0).
+        assert_eq!(equal_weight_master(&params(&cfg, 1000)), 2);
+        // buy_small 0.2 and S = 2: 2 * 0.2 * 2 = 0.8 -> ri = 3, size 0.4 > every cap -> largest cap (ci = 3).
+        let mut c2 = Config::default();
+        c2.risk.buy_small = 0.2;
+        assert_eq!(equal_weight_master(&params(&c2, 2)), 36 + 9 + 2);
+    }
+}

@@ -1,0 +1,30 @@
+/*!
+Evaluation: performance [`metrics`] of equity curves, scripted [`baselines`] behind the [`Policy`]
+trait, and deterministic [`backtest`]s of a policy over the train or test period.
+
+```no_run
+use std::sync::Arc;
+use marl_trade::{Config, data, features::Features, env::Period};
+use marl_trade::eval::{Baseline, BacktestOptions, format_table, run_baselines};
+
+let cfg = Config::from_file("configs/small.toml").unwrap();
+let md = Arc::new(data::generate(&cfg.data.synthetic, "SPY"));
+let feats = Arc::new(Features::compute(&md));
+let opts = BacktestOptions { period: Period::Test, ..Default::default() };
+let res = run_baselines(&cfg, md, feats, &opts, &Baseline::ALL).unwrap();
+let rows: Vec<_> = res.into_iter().map(|r| r.metrics).collect();
+print!("{}", format_table(&rows));
+```
+*/
+
+pub mod backtest;
+pub mod baselines;
+pub mod metrics;
+
+pub use backtest::{
+    BacktestOptions, BacktestResult, Baseline, backtest_config, run_baselines, run_policy, run_spy,
+};
+pub use baselines::{
+    EqualWeight, Hold, Policy, PolicyView, RandomPolicy, equal_weight_master, spy_buy_and_hold,
+};
+pub use metrics::{Curve, Metrics, format_table};
