@@ -1,6 +1,11 @@
-//! Build script: compiles `kernels/host_shim.c` (the CUDA backend's kernels compiled for the host,
-//! see docs/gpu.md) into a small static library. Only the tests reference its symbols
-//! (`tests/host_parity.rs`), so it costs nothing in the binary; it builds without CUDA.
+//! Build script: compiles `kernels/host_shim.c` (the CUDA backend's kernel code compiled for the
+//! host, see docs/gpu.md) into two small static libraries:
+//! - `marl_host_shim`: the kernels' exact logic, exported as `marl_host_*`;
+//! - `marl_host_shim_mutant`: the same with one formula deliberately perturbed
+//!   (`MARL_PARITY_MUTANT`, exported as `marl_mutant_host_*`), which the parity test must reject.
+//!
+//! Only `tests/host_parity.rs` references their symbols, so nothing from them reaches the library
+//! or binaries. Needs a C compiler, no CUDA.
 
 fn main() {
     for f in [
@@ -12,13 +17,18 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={f}");
     }
-    cc::Build::new()
-        .file("kernels/host_shim.c")
-        .include("kernels")
-        // No contraction into FMA: the host must round like the Rust CPU backend and like the GPU
-        // (NVRTC runs with --fmad=false).
-        .flag("-ffp-contract=off")
-        .flag("-std=c11")
-        .opt_level(2)
-        .compile("marl_host_shim");
+    for (lib, mutant) in [("marl_host_shim", false), ("marl_host_shim_mutant", true)] {
+        let mut b = cc::Build::new();
+        b.file("kernels/host_shim.c")
+            .include("kernels")
+            // No contraction into FMA: the host must round like the Rust CPU backend and like the
+            // GPU (NVRTC runs with --fmad=false).
+            .flag("-ffp-contract=off")
+            .flag("-std=c11")
+            .opt_level(2);
+        if mutant {
+            b.define("MARL_PARITY_MUTANT", None);
+        }
+        b.compile(lib);
+    }
 }

@@ -200,7 +200,12 @@ HD Order marl_size_order(const StepParams* p, u32 action, double q0, double v0, 
 
 /* Slippage fraction of an order of notional x against a bar dollar volume dv. */
 HD double marl_slippage(const CostParams* c, double x, double dv) {
-    const double part = x / marl_max(dv, 1.0);
+    double part = x / marl_max(dv, 1.0);
+#ifdef MARL_PARITY_MUTANT
+    /* Deliberately wrong by one part in 1e9: only in the test-only "mutant" build of the host shim
+     * (build.rs), which tests/host_parity.rs must catch (`parity_detects_a_one_ulp_class_change`). */
+    part = part * (1.0 + 1e-9);
+#endif
     return marl_min(c->half_spread + c->impact_coef * MARL_SQRT(part), c->max_slippage);
 }
 

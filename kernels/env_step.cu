@@ -95,5 +95,6 @@ extern "C" __global__ void env_step(StepParams p, EnvDims dm, u64 seed, const fl
     out.truncated = truncated + n;
     out.recs = recs + (u64)n * dm.record_cap;
     out.rec_count = rec_count + n;
+    out.debug = 0;
     marl_step_scenario(&p, &dm, seed, n, mk, actions + off, (u32)master[n], scen + n, sy, ac, out, sc, w);
 }

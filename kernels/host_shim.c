@@ -12,6 +12,14 @@
 #include "scenario.cuh"
 #include "obs.cuh"
 
+/* Exported names: `marl_<name>`, or `marl_mutant_<name>` in the deliberately wrong build (build.rs
+ * compiles this file twice; the mutant defines MARL_PARITY_MUTANT, see env_logic.cuh). */
+#ifdef MARL_PARITY_MUTANT
+#define EXPORT(name) marl_mutant_##name
+#else
+#define EXPORT(name) marl_##name
+#endif
+
 /* ---- ABI checks: sizes and offsets of every struct a kernel receives ---- */
 
 #define PUT(x) \
@@ -22,7 +30,7 @@
 
 /* Writes the layout list documented in tests/host_parity.rs (`abi_layout_matches`) and returns its
  * length. */
-u32 marl_abi_layout(u64* out, u32 cap) {
+u32 EXPORT(abi_layout)(u64* out, u32 cap) {
     u32 i = 0;
     PUT(sizeof(CostParams));
     PUT(offsetof(CostParams, commission));
@@ -94,7 +102,7 @@ u32 marl_abi_layout(u64* out, u32 cap) {
 
 /* Layout constants the headers assume: N_ACTIONS, N_COMPONENTS, MASTER_ACTIONS, N_TECH, WINDOW,
  * N_REGIME, MACRO, TECH_WINDOW_LEN, DYN_OBS, OBS_DIM and the dynamic slice starts. */
-u32 marl_host_constants(u64* out, u32 cap) {
+u32 EXPORT(host_constants)(u64* out, u32 cap) {
     u32 i = 0;
     PUT(MARL_N_ACTIONS);
     PUT(MARL_N_COMPONENTS);
@@ -117,8 +125,8 @@ u32 marl_host_constants(u64* out, u32 cap) {
 
 #undef PUT
 
-u64 marl_host_hash2(u64 key, u64 counter) { return marl_hash2(key, counter); }
-u64 marl_host_mix64(u64 z) { return marl_mix64(z); }
+u64 EXPORT(host_hash2)(u64 key, u64 counter) { return marl_hash2(key, counter); }
+u64 EXPORT(host_mix64)(u64 z) { return marl_mix64(z); }
 
 /* ---- whole-environment entry points, same arguments as the kernels of env_step.cu / obs.cu ---- */
 
@@ -142,7 +150,7 @@ static MarlAccum accum(u32 n, double* comp_sum, double* comp_sumsq, u64* comp_co
     return ac;
 }
 
-void marl_host_reset(const StepParams* p, const EnvDims* dm, u64 seed, ScenarioState* scen, double* q,
+void EXPORT(host_reset)(const StepParams* p, const EnvDims* dm, u64 seed, ScenarioState* scen, double* q,
                      double* entry, double* peak_px, double* dsr_a, double* dsr_b, u32* entry_k, double* comp_sum,
                      double* comp_sumsq, u64* comp_count, u32* rec_count) {
     for (u32 n = 0; n < dm->n_scenarios; ++n) {
@@ -153,12 +161,12 @@ void marl_host_reset(const StepParams* p, const EnvDims* dm, u64 seed, ScenarioS
     }
 }
 
-/* Returns 0, or -1 when scratch memory could not be allocated. */
-int marl_host_step(const StepParams* p, const EnvDims* dm, u64 seed, const float* open, const float* close,
+/* Returns 0, or -1 when scratch memory could not be allocated. `debug` is NULL or [N, MARL_DEBUG_LEN]. */
+int EXPORT(host_step)(const StepParams* p, const EnvDims* dm, u64 seed, const float* open, const float* close,
                    const float* volume, const u8* actions, const u8* master, ScenarioState* scen, double* q,
                    double* entry, double* peak_px, double* dsr_a, double* dsr_b, u32* entry_k, double* comp_sum,
                    double* comp_sumsq, u64* comp_count, float* reward, float* comps, float* master_reward,
-                   u8* terminated, u8* truncated, EpisodeRecordC* recs, u32* rec_count) {
+                   u8* terminated, u8* truncated, EpisodeRecordC* recs, u32* rec_count, double* debug) {
     const u32 S = dm->n_symbols;
     double* dbuf = (double*)malloc(sizeof(double) * ((u64)MARL_FOLD_ROWS * S + MARL_ACC_SLOTS + 5u * (u64)S));
     u32* ubuf = (u32*)malloc(sizeof(u32) * (2u * (u64)S + 33u));
@@ -193,6 +201,7 @@ int marl_host_step(const StepParams* p, const EnvDims* dm, u64 seed, const float
         out.truncated = truncated + n;
         out.recs = recs + (u64)n * dm->record_cap;
         out.rec_count = rec_count + n;
+        out.debug = debug ? debug + (u64)n * MARL_DEBUG_LEN : 0;
         marl_step_scenario(p, dm, seed, n, mk, actions + off, (u32)master[n], scen + n,
                            sym_state(off, q, entry, peak_px, dsr_a, dsr_b, entry_k),
                            accum(n, comp_sum, comp_sumsq, comp_count), out, sc, w);
@@ -202,7 +211,7 @@ int marl_host_step(const StepParams* p, const EnvDims* dm, u64 seed, const float
     return 0;
 }
 
-void marl_host_gather_obs(const StepParams* p, const EnvDims* dm, const float* close, const float* sentiment,
+void EXPORT(host_gather_obs)(const StepParams* p, const EnvDims* dm, const float* close, const float* sentiment,
                           const float* macro, const float* regime, const float* tech, const ScenarioState* scen,
                           const double* q, const double* entry, const double* peak_px, const u32* entry_k,
                           float* out, u32 window) {
@@ -226,7 +235,7 @@ void marl_host_gather_obs(const StepParams* p, const EnvDims* dm, const float* c
     }
 }
 
-void marl_host_action_mask(const StepParams* p, const EnvDims* dm, const float* close, const ScenarioState* scen,
+void EXPORT(host_action_mask)(const StepParams* p, const EnvDims* dm, const float* close, const ScenarioState* scen,
                            const double* q, const double* entry, u8* out) {
     for (u32 n = 0; n < dm->n_scenarios; ++n) {
         const u64 off = (u64)n * dm->n_symbols;
@@ -237,7 +246,7 @@ void marl_host_action_mask(const StepParams* p, const EnvDims* dm, const float* 
     }
 }
 
-void marl_host_sample(const StepParams* p, const EnvDims* dm, u64 seed, u64 it, u32 fixed_master, const float* close,
+void EXPORT(host_sample)(const StepParams* p, const EnvDims* dm, u64 seed, u64 it, u32 fixed_master, const float* close,
                       const ScenarioState* scen, const double* q, const double* entry, u8* actions, u8* master) {
     for (u32 n = 0; n < dm->n_scenarios; ++n) {
         const u64 off = (u64)n * dm->n_symbols;

@@ -87,7 +87,25 @@ typedef struct {
     u8* truncated;       /* [1] */
     EpisodeRecordC* recs; /* [record_cap] */
     u32* rec_count;      /* [1] finished episodes since the last drain */
+    double* debug;       /* NULL, or [MARL_DEBUG_LEN] scalars of the step (host tests, debugging) */
 } MarlStepOut;
+
+/* Scalars of one scenario's step written to MarlStepOut.debug when it is not NULL. */
+#define MARL_DEBUG_LEN 14u
+#define MARL_DBG_LAMBDA 0u
+#define MARL_DBG_FEE 1u
+#define MARL_DBG_G1 2u
+#define MARL_DBG_REQ 3u
+#define MARL_DBG_AVAIL 4u
+#define MARL_DBG_SELL_CASH 5u
+#define MARL_DBG_BUY_CASH 6u
+#define MARL_DBG_GROSS 7u
+#define MARL_DBG_E1 8u
+#define MARL_DBG_KILLED 9u
+#define MARL_DBG_INVALID 10u
+#define MARL_DBG_LIMITED 11u
+#define MARL_DBG_G_OPEN 12u
+#define MARL_DBG_HHI 13u
 
 /* Spec §1-2: start episode e of scenario n. */
 MARL_BLOCKFN void marl_reset_scenario(const StepParams* p, const EnvDims* dm, u64 seed, u32 n, u32 e,
@@ -375,6 +393,23 @@ MARL_BLOCKFN void marl_step_scenario(const StepParams* p, const EnvDims* dm, u64
             ac.sum_sq[i] = w.acc[MARL_ACC_COMP + MARL_N_COMPONENTS + i];
         }
         *ac.count += (u64)S;
+        if (out.debug) {
+            double* g = out.debug;
+            g[MARL_DBG_LAMBDA] = lambda;
+            g[MARL_DBG_FEE] = fee;
+            g[MARL_DBG_G1] = g1;
+            g[MARL_DBG_REQ] = req;
+            g[MARL_DBG_AVAIL] = avail;
+            g[MARL_DBG_SELL_CASH] = w.acc[MARL_ACC_SELL];
+            g[MARL_DBG_BUY_CASH] = w.acc[MARL_ACC_BUY];
+            g[MARL_DBG_GROSS] = gross;
+            g[MARL_DBG_E1] = e1;
+            g[MARL_DBG_KILLED] = killed ? 1.0 : 0.0;
+            g[MARL_DBG_INVALID] = (double)invalid;
+            g[MARL_DBG_LIMITED] = (double)limited;
+            g[MARL_DBG_G_OPEN] = g_open;
+            g[MARL_DBG_HHI] = hhi;
+        }
         *out.terminated = (u8)(killed ? 1 : 0);
         *out.truncated = (u8)(truncated ? 1 : 0);
         if (done) {

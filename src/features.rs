@@ -11,7 +11,9 @@ a function of bars `<= t` only, normalisation included. The environment starts e
 No global statistics: every scale is causal. `r(t) = ln(C[t] / C[t-1])` (0 at t = 0); `vol(t)` is the
 EWMA of `r^2` with `alpha = 2 / (VOL_SPAN + 1)` (`VOL_SPAN = 96` bars; during the first bars
 `alpha = max(alpha, 1 / t)`, i.e. the plain mean of what is available), square-rooted and floored
-at `VOL_FLOOR`. Trailing windows of n bars use the `min(n, t + 1)` bars available. Features that divide
+at `VOL_FLOOR`. Trailing windows of n bars use the `min(n, t + 1)` bars available; window sums come
+from prefix sums accumulated in time order (so they too depend on bars `<= t` only), and a price
+window whose sd is below `1e-5` of its mean counts as flat. Features that divide
 by `vol` are 0 at t = 0 (no return known yet). Every feature is finally clipped (`[-5, 5]` unless noted)
 and a non-finite value (impossible with validated data) becomes 0.
 
@@ -98,7 +100,6 @@ impl Features {
         }
     }
 
-
     /// Compute all features of `md` (see the module docs for the definitions). Parallel over
     /// paths and symbols; the result does not depend on the thread count.
     pub fn compute(md: &MarketData) -> Features {
@@ -116,13 +117,15 @@ impl Features {
 
         let mut tech = vec![0.0f32; p_len * t_len * s * N_TECH];
         if s > 0 {
-            tech.par_chunks_mut(s * N_TECH).enumerate().for_each(|(pt, dst)| {
-                let (p, t) = (pt / t_len, pt % t_len);
-                for (sym, chunk) in dst.chunks_exact_mut(N_TECH).enumerate() {
-                    let o = &outs[p * s + sym];
-                    chunk.copy_from_slice(&o.tech[t * N_TECH..(t + 1) * N_TECH]);
-                }
-            });
+            tech.par_chunks_mut(s * N_TECH)
+                .enumerate()
+                .for_each(|(pt, dst)| {
+                    let (p, t) = (pt / t_len, pt % t_len);
+                    for (sym, chunk) in dst.chunks_exact_mut(N_TECH).enumerate() {
+                        let o = &outs[p * s + sym];
+                        chunk.copy_from_slice(&o.tech[t * N_TECH..(t + 1) * N_TECH]);
+                    }
+                });
         }
 
         let mut regime = vec![0.0f32; p_len * t_len * N_REGIME];
@@ -131,7 +134,13 @@ impl Features {
             let dst = &mut regime[p * t_len * N_REGIME..(p + 1) * t_len * N_REGIME];
             regime_pass(md, p, outs_p, bpy, dst);
         }
-        Features { paths: p_len, bars: t_len, symbols: s, tech, regime }
+        Features {
+            paths: p_len,
+            bars: t_len,
+            symbols: s,
+            tech,
+            regime,
+        }
     }
 }
 
@@ -183,6 +192,9 @@ const RSI_N: f64 = 14.0;
 const ATR_N: f64 = 14.0;
 const VOLZ_N: usize = 48;
 const MA_NS: [usize; 3] = [10, 24, 48];
+/// A price window whose sd is below this fraction of its mean counts as flat (rounding of the
+/// prefix sums).
+const FLAT_REL: f64 = 1e-5;
 
 /// One symbol's series as f64, `[T]`.
 struct SymInput {
@@ -226,19 +238,11 @@ fn pos(x: f64) -> f64 {
 /// Clip to `[-lim, lim]`; non-finite becomes 0.
 #[inline]
 fn clip(x: f64, lim: f64) -> f32 {
-    if x.is_finite() { x.clamp(-lim, lim) as f32 } else { 0.0 }
-}
-
-/// Mean and population standard deviation of a slice (two passes: exact 0 for constant input).
-#[inline]
-fn mean_sd(x: &[f64]) -> (f64, f64) {
-    let n = x.len() as f64;
-    if x.is_empty() {
-        return (0.0, 0.0);
+    if x.is_finite() {
+        x.clamp(-lim, lim) as f32
+    } else {
+        0.0
     }
-    let m = x.iter().sum::<f64>() / n;
-    let v = x.iter().map(|a| (a - m) * (a - m)).sum::<f64>() / n;
-    (m, v.sqrt())
 }
 
 /// Start of the trailing window of `w` bars ending at t (inclusive), clipped at `lo`.
@@ -260,13 +264,46 @@ struct SymOut {
     above: Vec<u8>,
 }
 
+/// Prefix sums `P[0] = 0, P[t + 1] = P[t] + f(x[t])`, accumulated in order (so `P[..=t + 1]` depends
+/// on `x[..=t]` only).
+fn prefix(x: &[f64], f: impl Fn(f64) -> f64) -> Vec<f64> {
+    let mut p = Vec::with_capacity(x.len() + 1);
+    let mut acc = 0.0f64;
+    p.push(acc);
+    for &v in x {
+        acc += f(v);
+        p.push(acc);
+    }
+    p
+}
+
+/// Trailing-window mean and population variance from prefix sums of x and x^2: window of `w` values
+/// ending at t, clipped at `lo`. Returns (n, mean, var); var is clamped at 0 (rounding).
+#[inline]
+fn win_moments(p1: &[f64], p2: &[f64], t: usize, w: usize, lo: usize) -> (f64, f64, f64) {
+    let a = win_start(t, w, lo);
+    if a > t {
+        return (0.0, 0.0, 0.0);
+    }
+    let n = (t + 1 - a) as f64;
+    let m = (p1[t + 1] - p1[a]) / n;
+    let v = ((p2[t + 1] - p2[a]) / n - m * m).max(0.0);
+    (n, m, v)
+}
+
 fn symbol_pass(x: &SymInput, bpy: f64) -> SymOut {
     let t_len = x.c.len();
     let mut tech = vec![0.0f32; t_len * N_TECH];
     let lc: Vec<f64> = x.c.iter().map(|c| c.ln()).collect();
     let lv: Vec<f64> = x.v.iter().map(|v| v.ln_1p()).collect();
     let mut lr = vec![0.0f64; t_len];
-    let mut lr2 = vec![0.0f64; t_len];
+    for t in 1..t_len {
+        lr[t] = lc[t] - lc[t - 1];
+    }
+    // prefix sums: close, close^2, r, r^2, log volume, log volume^2
+    let (pc, pc2) = (prefix(&x.c, |v| v), prefix(&x.c, |v| v * v));
+    let (pr, pr2) = (prefix(&lr, |v| v), prefix(&lr, |v| v * v));
+    let (pv, pv2) = (prefix(&lv, |v| v), prefix(&lv, |v| v * v));
     let mut r_mean = vec![0.0f64; t_len];
     let mut r_inv_sd = vec![0.0f64; t_len];
     let mut above = vec![0u8; t_len];
@@ -280,36 +317,41 @@ fn symbol_pass(x: &SymInput, bpy: f64) -> SymOut {
     let mut atr = 0.0f64;
     let ann = bpy.sqrt();
 
-    for t in 0..t_len {
+    for (t, f) in tech.chunks_exact_mut(N_TECH).enumerate() {
         let c = x.c[t];
-        let f = &mut tech[t * N_TECH..(t + 1) * N_TECH];
         if t > 0 {
-            lr[t] = lc[t] - lc[t - 1];
-            lr2[t] = lr[t] * lr[t];
             let a = ew_alpha.max(1.0 / t as f64);
-            ewvar = (1.0 - a) * ewvar + a * lr2[t];
+            ewvar = (1.0 - a) * ewvar + a * lr[t] * lr[t];
         }
         let has_vol = t > 0 && ewvar > 0.0;
         let vol = ewvar.sqrt().max(VOL_FLOOR);
         // scale-free division by the EWMA volatility; 0 before any return is known
         let by_vol = |num: f64| if has_vol { num / vol } else { 0.0 };
 
-        // 0..5: log returns over horizons, in units of vol * sqrt(horizon)
+        // 0..=4: log returns over horizons, in units of vol * sqrt(horizon)
         for (k, &h) in RET_HORIZONS.iter().enumerate() {
             let back = h.min(t);
-            f[k] = if back > 0 { clip(by_vol((lc[t] - lc[t - back]) / (back as f64).sqrt()), CLIP) } else { 0.0 };
+            f[k] = if back > 0 {
+                clip(by_vol((lc[t] - lc[t - back]) / (back as f64).sqrt()), CLIP)
+            } else {
+                0.0
+            };
         }
         // 5: log ratio of 12-bar realised vol to the EWMA vol; 6: annualised 48-bar realised vol
         if t > 0 {
             let rv = |w: usize| {
-                let sl = &lr2[win_start(t, w, 1)..=t];
-                (sl.iter().sum::<f64>() / sl.len() as f64).sqrt()
+                let a = win_start(t, w, 1);
+                ((pr2[t + 1] - pr2[a]).max(0.0) / (t + 1 - a) as f64).sqrt()
             };
-            f[5] = if has_vol { clip((rv(12).max(1e-12) / vol).ln(), CLIP) } else { 0.0 };
+            f[5] = if has_vol {
+                clip((rv(12).max(1e-12) / vol).ln(), CLIP)
+            } else {
+                0.0
+            };
             f[6] = clip(rv(48) * ann, CLIP);
-            let (m, sd) = mean_sd(&lr[win_start(t, REGIME_WINDOW, 1)..=t]);
+            let (_, m, var) = win_moments(&pr, &pr2, t, REGIME_WINDOW, 1);
             r_mean[t] = m;
-            r_inv_sd[t] = if sd > 1e-9 { 1.0 / sd } else { 0.0 };
+            r_inv_sd[t] = if var > 1e-18 { 1.0 / var.sqrt() } else { 0.0 };
         }
         // 7: RSI(14), Wilder smoothing, as (RSI - 50) / 50 = (gain - loss) / (gain + loss)
         if t > 0 {
@@ -317,9 +359,13 @@ fn symbol_pass(x: &SymInput, bpy: f64) -> SymOut {
             let a = (1.0 / RSI_N).max(1.0 / t as f64);
             rsi_g = (1.0 - a) * rsi_g + a * d.max(0.0);
             rsi_l = (1.0 - a) * rsi_l + a * (-d).max(0.0);
-            f[7] = if rsi_g + rsi_l > 0.0 { clip((rsi_g - rsi_l) / (rsi_g + rsi_l), 1.0) } else { 0.0 };
+            f[7] = if rsi_g + rsi_l > 0.0 {
+                clip((rsi_g - rsi_l) / (rsi_g + rsi_l), 1.0)
+            } else {
+                0.0
+            };
         }
-        // 8..10: MACD(12, 26) / close / vol, its EMA(9) signal and the histogram
+        // 8..=10: MACD(12, 26) / close / vol, its EMA(9) signal and the histogram
         ema12 += (2.0 / 13.0) * (c - ema12);
         ema26 += (2.0 / 27.0) * (c - ema26);
         let macd = MACD_SCALE * by_vol((ema12 - ema26) / c);
@@ -328,27 +374,42 @@ fn symbol_pass(x: &SymInput, bpy: f64) -> SymOut {
         f[9] = clip(macd_sig, CLIP);
         f[10] = clip(2.0 * (macd - macd_sig), CLIP);
         // 11, 12: Bollinger(20, 2): %B - 0.5 and log band width relative to vol
-        let (m20, sd20) = mean_sd(&x.c[win_start(t, BB_N, 0)..=t]);
-        if sd20 > 0.0 {
+        let (_, m20, var20) = win_moments(&pc, &pc2, t, BB_N, 0);
+        let sd20 = var20.sqrt();
+        if sd20 > FLAT_REL * m20 {
             f[11] = clip((c - m20) / (4.0 * sd20), 2.0);
-            f[12] = if has_vol { clip((4.0 * sd20 / m20 / vol).ln() - 2.0, CLIP) } else { 0.0 };
+            f[12] = if has_vol {
+                clip((4.0 * sd20 / m20 / vol).ln() - 2.0, CLIP)
+            } else {
+                0.0
+            };
         }
         // 13: ATR(14) / close / vol, as a log ratio
         let tr = if t > 0 {
             let cp = x.c[t - 1];
-            (x.h[t] - x.l[t]).max((x.h[t] - cp).abs()).max((x.l[t] - cp).abs())
+            (x.h[t] - x.l[t])
+                .max((x.h[t] - cp).abs())
+                .max((x.l[t] - cp).abs())
         } else {
             x.h[t] - x.l[t]
         };
         atr += (1.0 / ATR_N).max(1.0 / (t + 1) as f64) * (tr - atr);
-        f[13] = if has_vol { clip((by_vol(atr / c).max(1e-6)).ln(), CLIP) } else { 0.0 };
+        f[13] = if has_vol {
+            clip((by_vol(atr / c).max(1e-6)).ln(), CLIP)
+        } else {
+            0.0
+        };
         // 14: volume z-score of log(1 + volume) over 48 bars
-        let (mv, sv) = mean_sd(&lv[win_start(t, VOLZ_N, 0)..=t]);
-        f[14] = if sv > 1e-3 { clip((lv[t] - mv) / sv, CLIP) } else { 0.0 };
-        // 15..17: close / MA(n) - 1, in units of vol * sqrt(n)
+        let (_, mv, varv) = win_moments(&pv, &pv2, t, VOLZ_N, 0);
+        f[14] = if varv > 1e-6 {
+            clip((lv[t] - mv) / varv.sqrt(), CLIP)
+        } else {
+            0.0
+        };
+        // 15..=17: close / MA(n) - 1, in units of vol * sqrt(n)
         for (k, &n) in MA_NS.iter().enumerate() {
-            let sl = &x.c[win_start(t, n, 0)..=t];
-            let ma = sl.iter().sum::<f64>() / sl.len() as f64;
+            let a = win_start(t, n, 0);
+            let ma = (pc[t + 1] - pc[a]) / (t + 1 - a) as f64;
             f[15 + k] = clip(by_vol((c / ma - 1.0) / (n as f64).sqrt()), CLIP);
             if n == 24 {
                 above[t] = u8::from(c > ma);
@@ -358,18 +419,56 @@ fn symbol_pass(x: &SymInput, bpy: f64) -> SymOut {
         let s0 = win_start(t, STOCH_N, 0);
         let hh = x.h[s0..=t].iter().fold(f64::MIN, |a, &b| a.max(b));
         let ll = x.l[s0..=t].iter().fold(f64::MAX, |a, &b| a.min(b));
-        stoch_k[t] = if hh > ll { (2.0 * (c - ll) / (hh - ll) - 1.0).clamp(-1.0, 1.0) } else { 0.0 };
+        stoch_k[t] = if hh > ll {
+            (2.0 * (c - ll) / (hh - ll) - 1.0).clamp(-1.0, 1.0)
+        } else {
+            0.0
+        };
         f[18] = stoch_k[t] as f32;
         let sk = &stoch_k[win_start(t, 3, 0)..=t];
         f[19] = clip(sk.iter().sum::<f64>() / sk.len() as f64, 1.0);
         // 20: intrabar range (high - low) / close / vol, as a log ratio; 21: close-location value
         let range = x.h[t] - x.l[t];
-        f[20] = if has_vol { clip((by_vol(range / c).max(1e-6)).ln(), CLIP) } else { 0.0 };
-        f[21] = if range > 0.0 { clip(((c - x.l[t]) - (x.h[t] - c)) / range, 1.0) } else { 0.0 };
+        f[20] = if has_vol {
+            clip((by_vol(range / c).max(1e-6)).ln(), CLIP)
+        } else {
+            0.0
+        };
+        f[21] = if range > 0.0 {
+            clip(((c - x.l[t]) - (x.h[t] - c)) / range, 1.0)
+        } else {
+            0.0
+        };
         // 22: sentiment as given
         f[22] = clip(x.sent[t], CLIP);
     }
-    SymOut { tech, lr, r_mean, r_inv_sd, above }
+    SymOut {
+        tech,
+        lr,
+        r_mean,
+        r_inv_sd,
+        above,
+    }
+}
+
+/// `sum_i (r_i - m_i) * w_i`, with four partial sums (the order is fixed: deterministic).
+#[inline]
+fn standardized_sum(r: &[f64], m: &[f64], w: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let (rc, mc, wc) = (r.chunks_exact(4), m.chunks_exact(4), w.chunks_exact(4));
+    let tail: f64 = rc
+        .remainder()
+        .iter()
+        .zip(mc.remainder())
+        .zip(wc.remainder())
+        .map(|((r, m), w)| (r - m) * w)
+        .sum();
+    for ((r4, m4), w4) in rc.zip(mc).zip(wc) {
+        for k in 0..4 {
+            acc[k] += (r4[k] - m4[k]) * w4[k];
+        }
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }
 
 /// Regime features of path p into `dst` (`[T, N_REGIME]`).
@@ -377,8 +476,19 @@ fn regime_pass(md: &MarketData, p: usize, outs: &[SymOut], bpy: f64, dst: &mut [
     let t_len = md.bars;
     let s = outs.len();
     let bench = md.n_symbols();
-    let bc: Vec<f64> = (0..t_len).map(|t| pos(md.close[md.px(p, t, bench)] as f64)).collect();
+    let bc: Vec<f64> = (0..t_len)
+        .map(|t| pos(md.close[md.px(p, t, bench)] as f64))
+        .collect();
     let blc: Vec<f64> = bc.iter().map(|c| c.ln()).collect();
+    let mut blr = vec![0.0f64; t_len];
+    for t in 1..t_len {
+        blr[t] = blc[t] - blc[t - 1];
+    }
+    let (pb, pbr, pbr2) = (
+        prefix(&bc, |v| v),
+        prefix(&blr, |v| v),
+        prefix(&blr, |v| v * v),
+    );
     let ew_alpha = 2.0 / (VOL_SPAN + 1.0);
     let mut ewvar = 0.0f64;
     let ann = bpy.sqrt();
@@ -409,7 +519,7 @@ fn regime_pass(md: &MarketData, p: usize, outs: &[SymOut], bpy: f64, dst: &mut [
             let mut acc = 0.0;
             for tau in t0..=t {
                 let row = &lr_ts[tau * s..(tau + 1) * s];
-                let z: f64 = row.iter().zip(m).zip(isd).map(|((r, m), i)| (r - m) * i).sum();
+                let z = standardized_sum(row, m, isd);
                 acc += z * z;
             }
             let var_sum = acc / (t + 1 - t0) as f64;
@@ -418,19 +528,20 @@ fn regime_pass(md: &MarketData, p: usize, outs: &[SymOut], bpy: f64, dst: &mut [
         })
         .collect();
 
-    for t in 0..t_len {
-        let f = &mut dst[t * N_REGIME..(t + 1) * N_REGIME];
+    for (t, f) in dst.chunks_exact_mut(N_REGIME).enumerate() {
         if t > 0 {
-            let r = blc[t] - blc[t - 1];
             let a = ew_alpha.max(1.0 / t as f64);
-            ewvar = (1.0 - a) * ewvar + a * r * r;
+            ewvar = (1.0 - a) * ewvar + a * blr[t] * blr[t];
         }
         // trend: benchmark close / MA(48) - 1, in units of vol * sqrt(48)
-        let sl = &bc[win_start(t, REGIME_WINDOW, 0)..=t];
-        let ma = sl.iter().sum::<f64>() / sl.len() as f64;
+        let a = win_start(t, REGIME_WINDOW, 0);
+        let ma = (pb[t + 1] - pb[a]) / (t + 1 - a) as f64;
         let vol = ewvar.sqrt().max(VOL_FLOOR);
         f[0] = if t > 0 && ewvar > 0.0 {
-            clip((bc[t] / ma - 1.0) / (vol * (REGIME_WINDOW as f64).sqrt()), CLIP)
+            clip(
+                (bc[t] / ma - 1.0) / (vol * (REGIME_WINDOW as f64).sqrt()),
+                CLIP,
+            )
         } else {
             0.0
         };
@@ -444,9 +555,8 @@ fn regime_pass(md: &MarketData, p: usize, outs: &[SymOut], bpy: f64, dst: &mut [
         f[2] = clip(corr[t], 1.0);
         // VIX proxy: annualised sd of the benchmark's 1-bar log returns over 48 bars (VIX / 100)
         f[3] = if t > 1 {
-            let w = win_start(t, REGIME_WINDOW, 1);
-            let rets: Vec<f64> = (w..=t).map(|u| blc[u] - blc[u - 1]).collect();
-            clip(mean_sd(&rets).1 * ann, CLIP)
+            let (_, _, var) = win_moments(&pbr, &pbr2, t, REGIME_WINDOW, 1);
+            clip(var.sqrt() * ann, CLIP)
         } else {
             0.0
         };

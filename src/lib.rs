@@ -17,6 +17,7 @@ Modules, one per concept:
 The semantics of a step are written once in `docs/env-spec.md`; both backends implement it.
 */
 
+pub mod agents;
 pub mod config;
 pub mod costs;
 pub mod data;
@@ -26,6 +27,7 @@ pub mod eval;
 pub mod features;
 pub mod reward;
 pub mod rng;
+pub mod train;
 
 pub use config::Config;
 pub use error::{Error, Result};

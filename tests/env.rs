@@ -2,9 +2,9 @@
 //! pattern): `cpu` always, `cuda` with the feature (ignored unless a GPU is present).
 //! Each test cites the section of docs/env-spec.md it checks.
 
-mod common;
+mod envkit;
 
-use common::*;
+use envkit::*;
 use marl_trade::env::logic::{BUY_LARGE, BUY_SMALL, HOLD, SELL_ALL};
 use marl_trade::env::obs::{DYN_OBS, OBS_DIM};
 use marl_trade::env::{BackendKind, Period};
@@ -17,6 +17,10 @@ fn accounting_identity(kind: BackendKind) {
     for seed in 0..6u64 {
         let mut cfg = small_config(4, 40);
         cfg.risk.leverage_cap = 1.0 + 0.3 * seed as f64; // with and without borrowing
+        // large orders and caps so that the budget scaling and borrowing are exercised
+        (cfg.risk.buy_small, cfg.risk.buy_medium, cfg.risk.buy_large) = (0.1, 0.2, 0.4);
+        cfg.master.position_caps = vec![0.2, 0.3, 0.5, 0.8];
+        cfg.risk.kill_drawdown = 0.5;
         let md = toy_market(6, 400, 2, seed);
         let closes = md.close.clone();
         let s1 = md.n_symbols() + 1;
@@ -26,6 +30,7 @@ fn accounting_identity(kind: BackendKind) {
         let (n, s) = (env.n_scenarios(), env.n_symbols());
         let mut r = SplitMix64::new(100 + seed);
         let mut before = env.snapshot().unwrap();
+        let mut borrowed = false;
         for _ in 0..150 {
             let (a, m) = random_actions(&mut r, n, s);
             let out = env.step(&a, &m).unwrap().clone();
@@ -36,6 +41,7 @@ fn accounting_identity(kind: BackendKind) {
                 let marked: f64 = (0..s)
                     .map(|j| snap.symbols.q[i * s + j] * closes[(st.path as usize * bars + t) * s1 + j] as f64)
                     .sum();
+                borrowed |= st.cash < 0.0;
                 let e = st.cash + marked;
                 assert!((e - st.equity).abs() <= 1e-9 * st.equity.abs(), "seed {seed} scen {i}: {e} vs {}", st.equity);
                 assert!((st.gross - marked).abs() <= 1e-9 * st.equity.abs());
@@ -54,6 +60,7 @@ fn accounting_identity(kind: BackendKind) {
             }
             before = snap;
         }
+        assert!(borrowed || seed == 0, "seed {seed}: leverage never used, the test would not cover borrow fees");
     }
 }
 
@@ -205,6 +212,66 @@ fn dyn_obs_is_tail_of_full_obs(kind: BackendKind) {
     }
 }
 
+/// No look-ahead (spec §4, §6): perturbing every series after bar `t*` changes no observation of a
+/// bar `<= t*` and no reward of a step that ends at a bar `<= t*`; later ones do change.
+fn no_look_ahead(kind: BackendKind) {
+    let (s, t, lo) = (5, 400, 120);
+    let mut cfg = small_config(2, 1000); // one episode spans the period: deterministic start
+    cfg.risk.kill_drawdown = 1.0;
+    let base = toy_market(s, t, 1, 21);
+    let t_star = 200;
+    let mut perturbed = base.clone();
+    let mut r = SplitMix64::new(77);
+    let s1 = s + 1;
+    for ti in t_star + 1..t {
+        for j in 0..s1 {
+            let i = ti * s1 + j;
+            let f = (1.0 + 0.05 * r.normal()).max(0.5) as f32;
+            for v in [&mut perturbed.open, &mut perturbed.high, &mut perturbed.low, &mut perturbed.close] {
+                v[i] *= f;
+            }
+            perturbed.volume[i] *= 2.0;
+        }
+        for j in 0..s {
+            perturbed.sentiment[ti * s + j] = -perturbed.sentiment[ti * s + j];
+        }
+        perturbed.macro_series[ti * 2 + 1] += 10.0;
+    }
+    let run = |md: marl_trade::data::MarketData| {
+        let mut env = env_on(&cfg, md, Period::Bars(lo, t), kind);
+        env.reset(3).unwrap();
+        let (n, s) = (env.n_scenarios(), env.n_symbols());
+        let mut r = SplitMix64::new(8);
+        let mut obs = vec![0f32; n * s * OBS_DIM];
+        let mut mask = vec![0u8; n * s * 7];
+        let mut trace = Vec::new();
+        let start = env.snapshot().unwrap().scenarios[0].t0 as usize;
+        for _ in 0..150 {
+            env.gather_obs(&mut obs).unwrap();
+            env.action_mask(&mut mask).unwrap();
+            let a = masked_actions(&mut r, &mask);
+            let out = env.step(&a, &vec![30; n]).unwrap();
+            trace.push((obs.clone(), mask.clone(), out.reward.clone(), out.master_reward.clone()));
+        }
+        (start, trace)
+    };
+    let (start, a) = run(base);
+    let (start_b, b) = run(perturbed);
+    assert_eq!(start, start_b);
+    assert!(start < t_star && start + 150 > t_star + 2);
+    for (k, (x, y)) in a.iter().zip(&b).enumerate() {
+        let bar = start + k; // observation bar of step k; its reward lands at bar + 1
+        if bar <= t_star {
+            assert!(x.0 == y.0 && x.1 == y.1, "observation of bar {bar} changed");
+        }
+        if bar < t_star {
+            assert!(x.2 == y.2 && x.3 == y.3, "reward of the step into bar {} changed", bar + 1);
+        }
+    }
+    let after = start + 150 - 1;
+    assert!(a[after - start].0 != b[after - start].0, "perturbation had no effect at all");
+}
+
 /// Bad calls are errors, not panics.
 fn bad_inputs_are_errors(kind: BackendKind) {
     let cfg = small_config(2, 40);
@@ -229,6 +296,7 @@ macro_rules! env_suite {
             $(#[$attr])* #[test] fn kill_switch_trips() { super::kill_switch_trips($kind) }
             $(#[$attr])* #[test] fn masking_and_open_limit() { super::masking_and_open_limit($kind) }
             $(#[$attr])* #[test] fn dyn_obs_is_tail_of_full_obs() { super::dyn_obs_is_tail_of_full_obs($kind) }
+            $(#[$attr])* #[test] fn no_look_ahead() { super::no_look_ahead($kind) }
             $(#[$attr])* #[test] fn bad_inputs_are_errors() { super::bad_inputs_are_errors($kind) }
         }
     };

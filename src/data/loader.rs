@@ -84,7 +84,10 @@ pub fn load_files(paths: &[PathBuf], cfg: &DataConfig) -> Result<MarketData> {
             if let Some(prev) = all.iter().find(|x| x.name == sb.name) {
                 return Err(Error::data(
                     path,
-                    Location { symbol: Some(sb.name.clone()), ..Default::default() },
+                    Location {
+                        symbol: Some(sb.name.clone()),
+                        ..Default::default()
+                    },
                     format!("symbol also present in {}", prev.file.display()),
                 ));
             }
@@ -95,8 +98,16 @@ pub fn load_files(paths: &[PathBuf], cfg: &DataConfig) -> Result<MarketData> {
         if sb.bars.len() < cfg.min_bars {
             return Err(Error::data(
                 &sb.file,
-                Location { column: Some("timestamp".into()), row: None, symbol: Some(sb.name.clone()) },
-                format!("symbol has {} bars, fewer than min_bars = {}", sb.bars.len(), cfg.min_bars),
+                Location {
+                    column: Some("timestamp".into()),
+                    row: None,
+                    symbol: Some(sb.name.clone()),
+                },
+                format!(
+                    "symbol has {} bars, fewer than min_bars = {}",
+                    sb.bars.len(),
+                    cfg.min_bars
+                ),
             ));
         }
     }
@@ -105,7 +116,11 @@ pub fn load_files(paths: &[PathBuf], cfg: &DataConfig) -> Result<MarketData> {
         let found: Vec<&str> = all.iter().map(|x| x.name.as_str()).take(20).collect();
         return Err(Error::data(
             &origin,
-            Location { column: Some("symbol".into()), row: None, symbol: Some(cfg.benchmark.clone()) },
+            Location {
+                column: Some("symbol".into()),
+                row: None,
+                symbol: Some(cfg.benchmark.clone()),
+            },
             format!(
                 "benchmark `{}` not found (symbols: {}); add a file holding it or set data.benchmark",
                 cfg.benchmark,
@@ -115,7 +130,11 @@ pub fn load_files(paths: &[PathBuf], cfg: &DataConfig) -> Result<MarketData> {
     };
     let bench = all.remove(bi);
     if all.is_empty() {
-        return Err(Error::data(&origin, Location::default(), "no symbols besides the benchmark"));
+        return Err(Error::data(
+            &origin,
+            Location::default(),
+            "no symbols besides the benchmark",
+        ));
     }
     all.push(bench); // column S
     let md = align(&all, cfg, &origin)?;
@@ -130,10 +149,18 @@ pub fn load(cfg: &DataConfig) -> Result<MarketData> {
         DataSource::Synthetic => Ok(super::synthetic::generate(&cfg.synthetic, &cfg.benchmark)),
         DataSource::File => {
             let Some(p) = cfg.path.as_deref() else {
-                return Err(Error::config_field("data", "data.path", "source = \"file\" needs a path".into()));
+                return Err(Error::config_field(
+                    "data",
+                    "data.path",
+                    "source = \"file\" needs a path".into(),
+                ));
             };
-            let paths: Vec<PathBuf> =
-                p.split(',').map(str::trim).filter(|s| !s.is_empty()).map(PathBuf::from).collect();
+            let paths: Vec<PathBuf> = p
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+                .collect();
             load_files(&paths, cfg)
         }
     }
@@ -143,7 +170,13 @@ fn files_origin(paths: &[PathBuf]) -> PathBuf {
     if paths.len() == 1 {
         return paths[0].clone();
     }
-    PathBuf::from(paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" + "))
+    PathBuf::from(
+        paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" + "),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -165,10 +198,20 @@ fn panic_text(e: Box<dyn std::any::Any + Send>) -> String {
 
 /// Read a file into a data frame (CSV columns as strings).
 fn read_frame(path: &Path) -> Result<DataFrame> {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
     let mut bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     if bytes.is_empty() {
-        return Err(Error::data(path, Location { row: Some(0), ..Default::default() }, "empty file"));
+        return Err(Error::data(
+            path,
+            Location {
+                row: Some(0),
+                ..Default::default()
+            },
+            "empty file",
+        ));
     }
     let is_parquet = name.ends_with(".parquet") || name.ends_with(".pq");
     if is_parquet {
@@ -177,8 +220,14 @@ fn read_frame(path: &Path) -> Result<DataFrame> {
         }));
         return match res {
             Ok(Ok(df)) => Ok(df),
-            Ok(Err(e)) => Err(file_error(path, format!("corrupt or unreadable parquet file: {e}"))),
-            Err(p) => Err(file_error(path, format!("corrupt parquet file (reader failed: {})", panic_text(p)))),
+            Ok(Err(e)) => Err(file_error(
+                path,
+                format!("corrupt or unreadable parquet file: {e}"),
+            )),
+            Err(p) => Err(file_error(
+                path,
+                format!("corrupt parquet file (reader failed: {})", panic_text(p)),
+            )),
         };
     }
     if bytes.starts_with(&[0x1f, 0x8b]) {
@@ -188,10 +237,20 @@ fn read_frame(path: &Path) -> Result<DataFrame> {
             .map_err(|e| file_error(path, format!("corrupt or truncated gzip data: {e}")))?;
         bytes = out;
     } else if !(name.ends_with(".csv") || name.ends_with(".txt")) {
-        return Err(file_error(path, "unsupported file type: expected .parquet, .csv or .csv.gz"));
+        return Err(file_error(
+            path,
+            "unsupported file type: expected .parquet, .csv or .csv.gz",
+        ));
     }
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(Error::data(path, Location { row: Some(0), ..Default::default() }, "empty file"));
+        return Err(Error::data(
+            path,
+            Location {
+                row: Some(0),
+                ..Default::default()
+            },
+            "empty file",
+        ));
     }
     let res = catch_unwind(AssertUnwindSafe(|| {
         CsvReadOptions::default()
@@ -203,7 +262,10 @@ fn read_frame(path: &Path) -> Result<DataFrame> {
     match res {
         Ok(Ok(df)) => Ok(df),
         Ok(Err(e)) => Err(file_error(path, format!("malformed CSV: {e}"))),
-        Err(p) => Err(file_error(path, format!("malformed CSV (reader failed: {})", panic_text(p)))),
+        Err(p) => Err(file_error(
+            path,
+            format!("malformed CSV (reader failed: {})", panic_text(p)),
+        )),
     }
 }
 
@@ -239,24 +301,42 @@ struct Columns<'a> {
 
 impl<'a> Columns<'a> {
     fn new(df: &'a DataFrame) -> Self {
-        let names = df.get_column_names().iter().map(|n| (n.trim().to_lowercase(), n.to_string())).collect();
+        let names = df
+            .get_column_names()
+            .iter()
+            .map(|n| (n.trim().to_lowercase(), n.to_string()))
+            .collect();
         Self { df, names }
     }
 
     fn find(&self, path: &Path, aliases: &[&str]) -> Result<Option<&'a Series>> {
-        let hits: Vec<&(String, String)> = self.names.iter().filter(|(l, _)| aliases.contains(&l.as_str())).collect();
+        let hits: Vec<&(String, String)> = self
+            .names
+            .iter()
+            .filter(|(l, _)| aliases.contains(&l.as_str()))
+            .collect();
         match hits.as_slice() {
             [] => Ok(None),
             [(_, actual)] => {
-                let col = self.df.column(actual).map_err(|e| file_error(path, e.to_string()))?;
+                let col = self
+                    .df
+                    .column(actual)
+                    .map_err(|e| file_error(path, e.to_string()))?;
                 Ok(Some(col.as_materialized_series()))
             }
             many => Err(Error::data(
                 path,
-                Location { column: Some(many[1].1.clone()), row: Some(0), symbol: None },
+                Location {
+                    column: Some(many[1].1.clone()),
+                    row: Some(0),
+                    symbol: None,
+                },
                 format!(
                     "ambiguous columns: {} all mean `{}`",
-                    many.iter().map(|(_, a)| format!("`{a}`")).collect::<Vec<_>>().join(", "),
+                    many.iter()
+                        .map(|(_, a)| format!("`{a}`"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     aliases[0]
                 ),
             )),
@@ -268,8 +348,16 @@ impl<'a> Columns<'a> {
             let found: Vec<&str> = self.names.iter().map(|(_, a)| a.as_str()).collect();
             Error::data(
                 path,
-                Location { column: Some(aliases[0].to_string()), row: Some(0), symbol: None },
-                format!("missing required column `{}` (columns: {})", aliases[0], found.join(", ")),
+                Location {
+                    column: Some(aliases[0].to_string()),
+                    row: Some(0),
+                    symbol: None,
+                },
+                format!(
+                    "missing required column `{}` (columns: {})",
+                    aliases[0],
+                    found.join(", ")
+                ),
             )
         })
     }
@@ -288,7 +376,14 @@ enum Cells {
 fn cells(path: &Path, s: &Series, timestamp: bool) -> Result<Cells> {
     let name = s.name().to_string();
     let err = |e: PolarsError| {
-        Error::data(path, Location { column: Some(name.clone()), ..Default::default() }, format!("unusable column: {e}"))
+        Error::data(
+            path,
+            Location {
+                column: Some(name.clone()),
+                ..Default::default()
+            },
+            format!("unusable column: {e}"),
+        )
     };
     let dt = s.dtype().clone();
     if timestamp {
@@ -470,15 +565,25 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
 
 /// File stem without data extensions: `dir/sp500.csv.gz` -> `sp500`.
 fn series_name(path: &Path) -> String {
-    let mut name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     loop {
         let lower = name.to_lowercase();
-        let Some(ext) = [".gz", ".csv", ".txt", ".parquet", ".pq"].into_iter().find(|e| lower.ends_with(e)) else {
+        let Some(ext) = [".gz", ".csv", ".txt", ".parquet", ".pq"]
+            .into_iter()
+            .find(|e| lower.ends_with(e))
+        else {
             break;
         };
         name.truncate(name.len() - ext.len());
     }
-    if name.is_empty() { "series".into() } else { name }
+    if name.is_empty() {
+        "series".into()
+    } else {
+        name
+    }
 }
 
 const TS_ALIASES: &[&str] = &["timestamp", "date", "datetime", "time", "ts"];
@@ -495,19 +600,35 @@ fn parse_frame(path: &Path, df: &DataFrame) -> Result<Vec<SymbolBars>> {
         cols.require(path, &["close"])?,
     ];
     let vol_s = cols.require(path, &["volume"])?;
-    let opt_s = [cols.find(path, &["sentiment"])?, cols.find(path, &["rate"])?, cols.find(path, &["vix"])?];
+    let opt_s = [
+        cols.find(path, &["sentiment"])?,
+        cols.find(path, &["rate"])?,
+        cols.find(path, &["vix"])?,
+    ];
     let path_s = cols.find(path, &["path"])?;
     let n = df.height();
     if n == 0 {
-        return Err(Error::data(path, Location { row: Some(0), ..Default::default() }, "file has no data rows"));
+        return Err(Error::data(
+            path,
+            Location {
+                row: Some(0),
+                ..Default::default()
+            },
+            "file has no data rows",
+        ));
     }
     if let Some(ps) = path_s {
         let distinct = ps.n_unique().map_err(|e| file_error(path, e.to_string()))?;
         if distinct > 1 {
             return Err(Error::data(
                 path,
-                Location { column: Some(ps.name().to_string()), ..Default::default() },
-                format!("file holds {distinct} paths; the loader reads single-path files (filter one path first)"),
+                Location {
+                    column: Some(ps.name().to_string()),
+                    ..Default::default()
+                },
+                format!(
+                    "file holds {distinct} paths; the loader reads single-path files (filter one path first)"
+                ),
             ));
         }
     }
@@ -517,12 +638,17 @@ fn parse_frame(path: &Path, df: &DataFrame) -> Result<Vec<SymbolBars>> {
         Some(s) => Some((s.name().to_string(), cells(path, s, false)?)),
         None => None,
     };
-    let price_c: Vec<(String, Cells)> =
-        price_s.iter().map(|s| Ok((s.name().to_string(), cells(path, s, false)?))).collect::<Result<_>>()?;
+    let price_c: Vec<(String, Cells)> = price_s
+        .iter()
+        .map(|s| Ok((s.name().to_string(), cells(path, s, false)?)))
+        .collect::<Result<_>>()?;
     let vol_c = (vol_s.name().to_string(), cells(path, vol_s, false)?);
     let opt_c: Vec<Option<(String, Cells)>> = opt_s
         .iter()
-        .map(|o| o.map(|s| Ok((s.name().to_string(), cells(path, s, false)?))).transpose())
+        .map(|o| {
+            o.map(|s| Ok((s.name().to_string(), cells(path, s, false)?)))
+                .transpose()
+        })
         .collect::<Result<_>>()?;
 
     let single = series_name(path);
@@ -537,21 +663,37 @@ fn parse_frame(path: &Path, df: &DataFrame) -> Result<Vec<SymbolBars>> {
                 _ => {
                     return Err(Error::data(
                         path,
-                        Location { column: Some(cname.clone()), row: Some(row), symbol: None },
+                        Location {
+                            column: Some(cname.clone()),
+                            row: Some(row),
+                            symbol: None,
+                        },
                         "missing symbol",
                     ));
                 }
             },
         };
-        let loc = |col: &str| Location { column: Some(col.to_string()), row: Some(row), symbol: Some(sym.to_string()) };
+        let loc = |col: &str| Location {
+            column: Some(col.to_string()),
+            row: Some(row),
+            symbol: Some(sym.to_string()),
+        };
         let ts = match ts_c.get(i) {
             Cell::Secs(v) => v,
             Cell::Num(v) if v.fract() == 0.0 && v.abs() < 9e18 => epoch_auto_unit(v as i64),
             Cell::Text(s) => parse_timestamp(s).ok_or_else(|| {
-                Error::data(path, loc(ts_s.name()), format!("cannot parse `{s}` as a timestamp"))
+                Error::data(
+                    path,
+                    loc(ts_s.name()),
+                    format!("cannot parse `{s}` as a timestamp"),
+                )
             })?,
             Cell::Num(v) => {
-                return Err(Error::data(path, loc(ts_s.name()), format!("cannot use {v} as a timestamp")));
+                return Err(Error::data(
+                    path,
+                    loc(ts_s.name()),
+                    format!("cannot use {v} as a timestamp"),
+                ));
             }
             Cell::Null => return Err(Error::data(path, loc(ts_s.name()), "missing timestamp")),
         };
@@ -561,9 +703,9 @@ fn parse_frame(path: &Path, df: &DataFrame) -> Result<Vec<SymbolBars>> {
                 Cell::Null => Ok(None),
                 Cell::Num(v) => Ok(Some(v)),
                 Cell::Secs(v) => Ok(Some(v as f64)),
-                Cell::Text(s) => parse_f64(s)
-                    .map(Some)
-                    .ok_or_else(|| Error::data(path, loc(cname), format!("cannot parse `{s}` as a number"))),
+                Cell::Text(s) => parse_f64(s).map(Some).ok_or_else(|| {
+                    Error::data(path, loc(cname), format!("cannot parse `{s}` as a number"))
+                }),
             }
         };
         let mut px = [0f32; 4];
@@ -571,45 +713,86 @@ fn parse_frame(path: &Path, df: &DataFrame) -> Result<Vec<SymbolBars>> {
             let v = value(cname, c, true)?.unwrap_or(f64::NAN);
             let v32 = v as f32;
             if !(v.is_finite() && v32.is_finite() && v32 > 0.0) {
-                return Err(Error::data(path, loc(cname), format!("price must be finite and > 0, got {v}")));
+                return Err(Error::data(
+                    path,
+                    loc(cname),
+                    format!("price must be finite and > 0, got {v}"),
+                ));
             }
             px[k] = v32;
         }
         let [o, h, l, c] = px;
         if h < l {
-            return Err(Error::data(path, loc(&price_c[1].0), format!("high {h} < low {l}")));
+            return Err(Error::data(
+                path,
+                loc(&price_c[1].0),
+                format!("high {h} < low {l}"),
+            ));
         }
         if o < l || o > h {
-            return Err(Error::data(path, loc(&price_c[0].0), format!("open {o} outside [low {l}, high {h}]")));
+            return Err(Error::data(
+                path,
+                loc(&price_c[0].0),
+                format!("open {o} outside [low {l}, high {h}]"),
+            ));
         }
         if c < l || c > h {
-            return Err(Error::data(path, loc(&price_c[3].0), format!("close {c} outside [low {l}, high {h}]")));
+            return Err(Error::data(
+                path,
+                loc(&price_c[3].0),
+                format!("close {c} outside [low {l}, high {h}]"),
+            ));
         }
         let v = value(&vol_c.0, &vol_c.1, true)?.unwrap_or(f64::NAN);
         if !(v.is_finite() && (v as f32).is_finite()) {
-            return Err(Error::data(path, loc(&vol_c.0), format!("volume must be finite, got {v}")));
+            return Err(Error::data(
+                path,
+                loc(&vol_c.0),
+                format!("volume must be finite, got {v}"),
+            ));
         }
         if v < 0.0 {
-            return Err(Error::data(path, loc(&vol_c.0), format!("negative volume {v}")));
+            return Err(Error::data(
+                path,
+                loc(&vol_c.0),
+                format!("negative volume {v}"),
+            ));
         }
         let mut opt = [None; 3];
         for (k, oc) in opt_c.iter().enumerate() {
-            if let Some((cname, cc)) = oc {
-                if let Some(x) = value(cname, cc, false)? {
-                    if !(x.is_finite() && (x as f32).is_finite()) {
-                        return Err(Error::data(path, loc(cname), format!("value must be finite, got {x}")));
-                    }
-                    opt[k] = Some(x as f32);
+            let Some((cname, cc)) = oc else { continue };
+            if let Some(x) = value(cname, cc, false)? {
+                if !(x.is_finite() && (x as f32).is_finite()) {
+                    return Err(Error::data(
+                        path,
+                        loc(cname),
+                        format!("value must be finite, got {x}"),
+                    ));
                 }
+                opt[k] = Some(x as f32);
             }
         }
-        let bar = Bar { ts, o, h, l, c, v: v as f32, sent: opt[0].unwrap_or(0.0), rate: opt[1], vix: opt[2] };
+        let bar = Bar {
+            ts,
+            o,
+            h,
+            l,
+            c,
+            v: v as f32,
+            sent: opt[0].unwrap_or(0.0),
+            rate: opt[1],
+            vix: opt[2],
+        };
 
         let k = match index.get(sym) {
             Some(&k) => k,
             None => {
                 index.insert(sym.to_string(), out.len());
-                out.push(SymbolBars { name: sym.to_string(), file: path.to_path_buf(), bars: Vec::new() });
+                out.push(SymbolBars {
+                    name: sym.to_string(),
+                    file: path.to_path_buf(),
+                    bars: Vec::new(),
+                });
                 out.len() - 1
             }
         };
@@ -658,10 +841,23 @@ fn align(all: &[SymbolBars], cfg: &DataConfig, origin: &Path) -> Result<MarketDa
             common
         }
         AlignPolicy::ForwardFill => {
-            let start = all.iter().filter_map(|s| s.bars.first()).map(|b| b.ts).max().unwrap_or(0);
-            let end = all.iter().filter_map(|s| s.bars.last()).map(|b| b.ts).min().unwrap_or(0);
-            let mut u: Vec<i64> =
-                all.iter().flat_map(|s| s.bars.iter().map(|b| b.ts)).filter(|&t| t >= start && t <= end).collect();
+            let start = all
+                .iter()
+                .filter_map(|s| s.bars.first())
+                .map(|b| b.ts)
+                .max()
+                .unwrap_or(0);
+            let end = all
+                .iter()
+                .filter_map(|s| s.bars.last())
+                .map(|b| b.ts)
+                .min()
+                .unwrap_or(0);
+            let mut u: Vec<i64> = all
+                .iter()
+                .flat_map(|s| s.bars.iter().map(|b| b.ts))
+                .filter(|&t| t >= start && t <= end)
+                .collect();
             u.sort_unstable();
             u.dedup();
             u
@@ -671,7 +867,10 @@ fn align(all: &[SymbolBars], cfg: &DataConfig, origin: &Path) -> Result<MarketDa
     if t_len < cfg.min_bars.max(2) {
         return Err(Error::data(
             origin,
-            Location { column: Some("timestamp".into()), ..Default::default() },
+            Location {
+                column: Some("timestamp".into()),
+                ..Default::default()
+            },
             format!(
                 "only {t_len} bars remain after {:?} alignment of {} series, fewer than min_bars = {}",
                 cfg.align,
@@ -715,7 +914,11 @@ fn align(all: &[SymbolBars], cfg: &DataConfig, origin: &Path) -> Result<MarketDa
                 let b = sb.bars[j];
                 last = Some(b);
                 j += 1;
-                let slot = if si == s { &mut macro_bench[t] } else { &mut macro_other[t] };
+                let slot = if si == s {
+                    &mut macro_bench[t]
+                } else {
+                    &mut macro_other[t]
+                };
                 for (k, v) in [b.rate, b.vix].into_iter().enumerate() {
                     if slot[k].is_none() {
                         slot[k] = v;
@@ -727,11 +930,24 @@ fn align(all: &[SymbolBars], cfg: &DataConfig, origin: &Path) -> Result<MarketDa
                 let Some(p) = last else {
                     return Err(Error::data(
                         &sb.file,
-                        Location { symbol: Some(sb.name.clone()), ..Default::default() },
+                        Location {
+                            symbol: Some(sb.name.clone()),
+                            ..Default::default()
+                        },
                         "no bar to forward-fill from",
                     ));
                 };
-                Bar { ts, o: p.c, h: p.c, l: p.c, c: p.c, v: 0.0, sent: p.sent, rate: None, vix: None }
+                Bar {
+                    ts,
+                    o: p.c,
+                    h: p.c,
+                    l: p.c,
+                    c: p.c,
+                    v: 0.0,
+                    sent: p.sent,
+                    rate: None,
+                    vix: None,
+                }
             };
             md.open[i] = bar.o;
             md.high[i] = bar.h;
@@ -786,15 +1002,27 @@ mod tests {
         assert_eq!(parse_timestamp("2000-03-01"), Some(951_868_800));
         assert_eq!(parse_timestamp("3/1/2000"), Some(951_868_800));
         assert_eq!(parse_timestamp("2000/03/01"), Some(951_868_800));
-        assert_eq!(parse_timestamp("2000-03-01T01:00:00Z"), Some(951_868_800 + 3600));
-        assert_eq!(parse_timestamp("2000-03-01 01:00"), Some(951_868_800 + 3600));
-        assert_eq!(parse_timestamp("2000-03-01T02:00:00+01:00"), Some(951_868_800 + 3600));
+        assert_eq!(
+            parse_timestamp("2000-03-01T01:00:00Z"),
+            Some(951_868_800 + 3600)
+        );
+        assert_eq!(
+            parse_timestamp("2000-03-01 01:00"),
+            Some(951_868_800 + 3600)
+        );
+        assert_eq!(
+            parse_timestamp("2000-03-01T02:00:00+01:00"),
+            Some(951_868_800 + 3600)
+        );
         assert_eq!(parse_timestamp("951868800"), Some(951_868_800));
         assert_eq!(parse_timestamp("951868800000"), Some(951_868_800));
         assert_eq!(parse_timestamp("2000-02-30"), None);
         assert_eq!(parse_timestamp("yesterday"), None);
         assert_eq!(parse_timestamp("1/4/99"), None);
         assert_eq!(series_name(Path::new("/a/sp500.csv.gz")), "sp500");
-        assert_eq!(infer_bars_per_day(&[0, 3600, 7200, 86_400, 90_000, 93_600]), 3);
+        assert_eq!(
+            infer_bars_per_day(&[0, 3600, 7200, 86_400, 90_000, 93_600]),
+            3
+        );
     }
 }

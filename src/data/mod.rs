@@ -84,36 +84,65 @@ impl MarketData {
             ("low", &self.low, n),
             ("close", &self.close, n),
             ("volume", &self.volume, n),
-            ("sentiment", &self.sentiment, self.paths * self.bars * self.symbols.len()),
+            (
+                "sentiment",
+                &self.sentiment,
+                self.paths * self.bars * self.symbols.len(),
+            ),
             ("macro", &self.macro_series, self.paths * self.bars * MACRO),
         ] {
             if v.len() != len {
                 return Err(Error::data(
                     origin,
-                    Location { column: Some(name.into()), ..Default::default() },
+                    Location {
+                        column: Some(name.into()),
+                        ..Default::default()
+                    },
                     format!("array has {} values, expected {len}", v.len()),
                 ));
             }
         }
         if self.timestamps.len() != self.bars {
-            return Err(Error::data(origin, Location::default(), "timestamps length differs from bars"));
+            return Err(Error::data(
+                origin,
+                Location::default(),
+                "timestamps length differs from bars",
+            ));
         }
         for i in 0..n {
-            let (o, h, l, c, v) = (self.open[i], self.high[i], self.low[i], self.close[i], self.volume[i]);
+            let (o, h, l, c, v) = (
+                self.open[i],
+                self.high[i],
+                self.low[i],
+                self.close[i],
+                self.volume[i],
+            );
             let sym = i % s1;
             let t = (i / s1) % self.bars;
             let loc = |col: &str| Location {
                 column: Some(col.into()),
                 row: Some(t + 1),
-                symbol: Some(if sym == self.symbols.len() { self.benchmark.clone() } else { self.symbols[sym].clone() }),
+                symbol: Some(if sym == self.symbols.len() {
+                    self.benchmark.clone()
+                } else {
+                    self.symbols[sym].clone()
+                }),
             };
             for (col, x) in [("open", o), ("high", h), ("low", l), ("close", c)] {
                 if !(x.is_finite() && x > 0.0) {
-                    return Err(Error::data(origin, loc(col), format!("price must be finite and > 0, got {x}")));
+                    return Err(Error::data(
+                        origin,
+                        loc(col),
+                        format!("price must be finite and > 0, got {x}"),
+                    ));
                 }
             }
             if !(v.is_finite() && v >= 0.0) {
-                return Err(Error::data(origin, loc("volume"), format!("volume must be finite and >= 0, got {v}")));
+                return Err(Error::data(
+                    origin,
+                    loc("volume"),
+                    format!("volume must be finite and >= 0, got {v}"),
+                ));
             }
             if h < l || o > h || o < l || c > h || c < l {
                 return Err(Error::data(

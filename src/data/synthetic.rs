@@ -172,14 +172,27 @@ pub fn generate_with_regimes(cfg: &SyntheticConfig, benchmark: &str) -> (MarketD
     let bpd = cfg.bars_per_day.max(1);
     let sectors = cfg.sectors.max(1);
     let dt = 1.0 / (252.0 * bpd as f64);
-    let strength = if cfg.signal_strength.is_finite() { cfg.signal_strength.clamp(0.0, 1.0) } else { 0.0 };
+    let strength = if cfg.signal_strength.is_finite() {
+        cfg.signal_strength.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
     let root = SplitMix64::new(cfg.seed);
 
     let params = symbol_params(&mut root.fork(0), s, sectors, dt);
-    let ctx = Ctx { t_len, bpd, sectors, dt, strength, kind: cfg.signal_kind };
+    let ctx = Ctx {
+        t_len,
+        bpd,
+        sectors,
+        dt,
+        strength,
+        kind: cfg.signal_kind,
+    };
 
-    let paths: Vec<PathData> =
-        (0..cfg.paths).into_par_iter().map(|p| gen_path(&ctx, &params, root.fork(1 + p as u64))).collect();
+    let paths: Vec<PathData> = (0..cfg.paths)
+        .into_par_iter()
+        .map(|p| gen_path(&ctx, &params, root.fork(1 + p as u64)))
+        .collect();
 
     let s1 = s + 1;
     let n = cfg.paths * t_len * s1;
@@ -267,7 +280,16 @@ fn symbol_params(rng: &mut SplitMix64, s: usize, sectors: usize, dt: f64) -> Vec
                     + (REG_IDIO_MULT[k] * idio_vol).powi(2);
                 (var * dt).sqrt()
             });
-            SymbolParams { sector: i % sectors, beta, gamma, idio_vol, alpha, log_p0, base_volume, sig }
+            SymbolParams {
+                sector: i % sectors,
+                beta,
+                gamma,
+                idio_vol,
+                alpha,
+                log_p0,
+                base_volume,
+                sig,
+            }
         })
         .collect()
 }
@@ -326,7 +348,12 @@ struct BarNoise {
 impl BarNoise {
     #[inline]
     fn draw(rng: &mut SplitMix64) -> Self {
-        Self { gap: rng.normal(), hi: rng.normal(), lo: rng.normal(), vol: rng.normal() }
+        Self {
+            gap: rng.normal(),
+            hi: rng.normal(),
+            lo: rng.normal(),
+            vol: rng.normal(),
+        }
     }
 }
 
@@ -347,7 +374,11 @@ fn push_bar(
 ) -> f64 {
     let lc = (lc_prev + r).clamp(LOG_PRICE_MIN, LOG_PRICE_MAX);
     let gap_sd = (if b == 0 { GAP_OPEN } else { GAP_INTRADAY }) * sig;
-    let lo_open = if first { lc_prev } else { (lc_prev + gap_sd * nz.gap).clamp(LOG_PRICE_MIN, LOG_PRICE_MAX) };
+    let lo_open = if first {
+        lc_prev
+    } else {
+        (lc_prev + gap_sd * nz.gap).clamp(LOG_PRICE_MIN, LOG_PRICE_MAX)
+    };
     let (o, c) = (lo_open.exp(), lc.exp());
     let h = o.max(c) * (HL_SCALE * sig * nz.hi.abs()).exp();
     let l = o.min(c) * (-HL_SCALE * sig * nz.lo.abs()).exp();
@@ -413,7 +444,11 @@ fn gen_common(ctx: &Ctx, mut rng: SplitMix64) -> Common {
         let z = rng.student_t_unit(FACTOR_DOF);
         let jump = rng.chance(REG_MKT_JUMP_P[k]);
         let jn = rng.normal();
-        let jm = if jump { MKT_JUMP_MEAN + MKT_JUMP_SD * jn } else { 0.0 };
+        let jm = if jump {
+            MKT_JUMP_MEAN + MKT_JUMP_SD * jn
+        } else {
+            0.0
+        };
         let f = REG_DRIFT[k] * dt + REG_MKT_VOL[k] * sdt * z + jm;
         mkt.push(f);
         for _ in 0..ctx.sectors {
@@ -421,16 +456,36 @@ fn gen_common(ctx: &Ctx, mut rng: SplitMix64) -> Common {
         }
         let nz = BarNoise::draw(&mut rng);
         let sig = REG_MKT_VOL[k] * sdt;
-        lc = push_bar(&mut bench, lc, f, sig, t % bpd, bpd, t == 0, BENCH_VOLUME, REG_VOLUME_MULT[k], &nz);
+        lc = push_bar(
+            &mut bench,
+            lc,
+            f,
+            sig,
+            t % bpd,
+            bpd,
+            t == 0,
+            BENCH_VOLUME,
+            REG_VOLUME_MULT[k],
+            &nz,
+        );
 
         let (nr, nv) = (rng.normal(), rng.normal());
-        rate = (rate + RATE_KAPPA * (REG_RATE_TARGET[k] - rate) * dt + RATE_VOL * sdt * nr).clamp(RATE_MIN, RATE_MAX);
+        rate = (rate + RATE_KAPPA * (REG_RATE_TARGET[k] - rate) * dt + RATE_VOL * sdt * nr)
+            .clamp(RATE_MIN, RATE_MAX);
         ewvar = (1.0 - a) * ewvar + a * f * f;
-        let vix = (110.0 * (0.5 * ewvar / dt + 0.5 * REG_MKT_VOL[k].powi(2)).sqrt() * (0.03 * nv).exp()).clamp(5.0, 150.0);
+        let vix =
+            (110.0 * (0.5 * ewvar / dt + 0.5 * REG_MKT_VOL[k].powi(2)).sqrt() * (0.03 * nv).exp())
+                .clamp(5.0, 150.0);
         macro_series.push(rate as f32);
         macro_series.push(vix as f32);
     }
-    Common { regime, mkt, sector, bench, macro_series }
+    Common {
+        regime,
+        mkt,
+        sector,
+        bench,
+        macro_series,
+    }
 }
 
 fn gen_symbol(ctx: &Ctx, sp: &SymbolParams, common: &Common, mut rng: SplitMix64) -> Series {
@@ -468,10 +523,22 @@ fn gen_symbol(ctx: &Ctx, sp: &SymbolParams, common: &Common, mut rng: SplitMix64
             _ => 0.0,
         };
         let r = base + ctx.strength * signal;
-        lc = push_bar(&mut out, lc, r, sig, t % bpd, bpd, t == 0, sp.base_volume, REG_VOLUME_MULT[k], &nz);
+        lc = push_bar(
+            &mut out,
+            lc,
+            r,
+            sig,
+            t % bpd,
+            bpd,
+            t == 0,
+            sp.base_volume,
+            REG_VOLUME_MULT[k],
+            &nz,
+        );
 
         let zr = (r / sig).clamp(-3.0, 3.0);
-        sent = (SENT_PHI * sent + sent_innov * (SENT_FEEDBACK * zr + fb_noise * eta)).clamp(-1.0, 1.0);
+        sent =
+            (SENT_PHI * sent + sent_innov * (SENT_FEEDBACK * zr + fb_noise * eta)).clamp(-1.0, 1.0);
         out.sentiment.push(sent as f32);
         let slot = t % MOM_WINDOW;
         mom += r - ring[slot];
@@ -505,7 +572,11 @@ fn gen_path(ctx: &Ctx, params: &[SymbolParams], rng: SplitMix64) -> PathData {
             dst[t * s1 + col] = x;
         }
     };
-    for (i, se) in series.iter().chain(std::iter::once(&common.bench)).enumerate() {
+    for (i, se) in series
+        .iter()
+        .chain(std::iter::once(&common.bench))
+        .enumerate()
+    {
         scatter(&mut pd.open, i, &se.open);
         scatter(&mut pd.high, i, &se.high);
         scatter(&mut pd.low, i, &se.low);
@@ -534,7 +605,11 @@ pub fn write_parquet(md: &MarketData, path: &Path) -> Result<()> {
     let mut cols: [Vec<f64>; 8] = std::array::from_fn(|_| Vec::with_capacity(rows));
     for p in 0..md.paths {
         for sym in 0..s1 {
-            let name = if sym == s { md.benchmark.as_str() } else { md.symbols[sym].as_str() };
+            let name = if sym == s {
+                md.benchmark.as_str()
+            } else {
+                md.symbols[sym].as_str()
+            };
             for t in 0..md.bars {
                 let i = md.px(p, t, sym);
                 if md.paths > 1 {
@@ -549,7 +624,11 @@ pub fn write_parquet(md: &MarketData, path: &Path) -> Result<()> {
                     md.low[i],
                     md.close[i],
                     md.volume[i],
-                    if sym == s { 0.0 } else { md.sentiment[md.sx(p, t, sym)] },
+                    if sym == s {
+                        0.0
+                    } else {
+                        md.sentiment[md.sx(p, t, sym)]
+                    },
                     md.macro_series[m],
                     md.macro_series[m + 1],
                 ];
@@ -559,7 +638,16 @@ pub fn write_parquet(md: &MarketData, path: &Path) -> Result<()> {
             }
         }
     }
-    let names = ["open", "high", "low", "close", "volume", "sentiment", "rate", "vix"];
+    let names = [
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+        "sentiment",
+        "rate",
+        "vix",
+    ];
     let mut columns: Vec<Column> = Vec::with_capacity(11);
     if md.paths > 1 {
         columns.push(Column::new("path".into(), c_path));
@@ -570,7 +658,8 @@ pub fn write_parquet(md: &MarketData, path: &Path) -> Result<()> {
         columns.push(Column::new((*name).into(), c));
     }
     let err = |m: String| Error::data(path, Location::default(), m);
-    let mut df = DataFrame::new(rows, columns).map_err(|e| err(format!("cannot build frame: {e}")))?;
+    let mut df =
+        DataFrame::new(rows, columns).map_err(|e| err(format!("cannot build frame: {e}")))?;
 
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");

@@ -575,7 +575,7 @@ impl ObsCtx<'_> {
         let pos = obs::POSITION.start;
         row[pos] = has as u8 as f32;
         row[pos + 1] = if has { (c / entry - 1.0) as f32 } else { 0.0 };
-        row[pos + 2] = if has { (st.k - entry_k[i]) as f32 / self.l.episode_len as f32 } else { 0.0 };
+        row[pos + 2] = if has { st.k.saturating_sub(entry_k[i]) as f32 / self.l.episode_len as f32 } else { 0.0 };
         row[pos + 3] = (q * c / e) as f32;
         row[pos + 4] = if has { (1.0 - c / peak_px) as f32 } else { 0.0 };
         let pf = obs::PORTFOLIO.start;

@@ -26,7 +26,10 @@ assert_eq!(out.reward.len(), 2 * 4);
 ```
 */
 
+pub mod abi;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod logic;
 pub mod obs;
 

@@ -42,7 +42,9 @@ use crate::config::Config;
 use crate::data::MarketData;
 use crate::env::logic::HOLD;
 use crate::env::obs::{DYN_OBS, OBS_DIM};
-use crate::env::{Backend, BackendKind, EnvLayout, N_ACTIONS, Period, Snapshot, VecEnv, cpu::CpuBackend};
+use crate::env::{
+    Backend, BackendKind, EnvLayout, N_ACTIONS, Period, Snapshot, VecEnv, cpu::CpuBackend,
+};
 use crate::error::{Error, Result};
 use crate::features::Features;
 
@@ -57,7 +59,12 @@ pub enum Baseline {
 
 impl Baseline {
     /// Every baseline, in report order.
-    pub const ALL: [Baseline; 4] = [Baseline::Hold, Baseline::Random, Baseline::EqualWeight, Baseline::Spy];
+    pub const ALL: [Baseline; 4] = [
+        Baseline::Hold,
+        Baseline::Random,
+        Baseline::EqualWeight,
+        Baseline::Spy,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -82,9 +89,14 @@ impl Baseline {
 impl FromStr for Baseline {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        Baseline::ALL.into_iter().find(|b| b.name() == s).ok_or_else(|| {
-            Error::invalid(format!("unknown policy `{s}` (expected hold, random, equal-weight or spy)"))
-        })
+        Baseline::ALL
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "unknown policy `{s}` (expected hold, random, equal-weight or spy)"
+                ))
+            })
     }
 }
 
@@ -101,7 +113,12 @@ pub struct BacktestOptions {
 
 impl Default for BacktestOptions {
     fn default() -> Self {
-        Self { period: Period::Test, backend: BackendKind::Cpu, seed: 0, progress: false }
+        Self {
+            period: Period::Test,
+            backend: BackendKind::Cpu,
+            seed: 0,
+            progress: false,
+        }
     }
 }
 
@@ -121,16 +138,29 @@ pub struct BacktestResult {
 
 impl BacktestResult {
     fn from_curves(policy: &str, curves: Vec<Curve>, first_bar: usize, last_bar: usize) -> Self {
-        let per_path: Vec<Metrics> = curves.iter().map(|c| Metrics::from_curve(policy, c)).collect();
+        let per_path: Vec<Metrics> = curves
+            .iter()
+            .map(|c| Metrics::from_curve(policy, c))
+            .collect();
         let metrics = Metrics::average(policy, &per_path).unwrap_or_default();
-        Self { metrics, per_path, curves, first_bar, last_bar }
+        Self {
+            metrics,
+            per_path,
+            curves,
+            first_bar,
+            last_bar,
+        }
     }
 }
 
 /// The config and layout of a backtest over `period` (module docs): one scenario per path, one
 /// episode spanning the period. Returns the adjusted config and its layout (`episode_len` is the
 /// number of steps).
-pub fn backtest_config(cfg: &Config, md: &MarketData, period: Period) -> Result<(Config, EnvLayout)> {
+pub fn backtest_config(
+    cfg: &Config,
+    md: &MarketData,
+    period: Period,
+) -> Result<(Config, EnvLayout)> {
     let probe = EnvLayout::new(cfg, md, period)?;
     let steps = probe.hi - 1 - probe.start_a;
     let mut c = cfg.clone();
@@ -146,7 +176,9 @@ fn progress_bar(show: bool, len: usize, name: &str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::new(len as u64);
-    if let Ok(style) = ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos}/{len} bars ({eta})") {
+    if let Ok(style) =
+        ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos}/{len} bars ({eta})")
+    {
         pb.set_style(style.progress_chars("=> "));
     }
     pb.set_prefix(name.to_string());
@@ -166,7 +198,13 @@ pub fn run_policy(
     let (n, s) = (layout.n_scenarios, layout.n_symbols);
     let c0 = layout.params.initial_capital;
     let md = data.clone();
-    let mut env = VecEnv::new(&bcfg, data.clone(), features.clone(), opts.period, opts.backend)?;
+    let mut env = VecEnv::new(
+        &bcfg,
+        data.clone(),
+        features.clone(),
+        opts.period,
+        opts.backend,
+    )?;
     env.reset(opts.seed)?;
     let mut snap = env.snapshot()?;
     for (i, st) in snap.scenarios.iter_mut().enumerate() {
@@ -180,7 +218,11 @@ pub fn run_policy(
     let mut active = vec![true; n];
     let mut mask = vec![0u8; n * s * N_ACTIONS];
     let mut dyn_obs = vec![0f32; n * s * DYN_OBS];
-    let mut full = if policy.needs_full_obs() { vec![0f32; n * s * OBS_DIM] } else { Vec::new() };
+    let mut full = if policy.needs_full_obs() {
+        vec![0f32; n * s * OBS_DIM]
+    } else {
+        Vec::new()
+    };
     let mut obs_index = vec![0u32; 2 * n];
     let mut step_k = vec![0u32; n];
     let mut acts = vec![HOLD; n * s];
@@ -216,7 +258,11 @@ pub fn run_policy(
         let out = env.step(&acts, &masters)?;
         let done: Vec<bool> = (0..n).map(|i| out.done(i)).collect();
         let post = env.snapshot()?;
-        let records = if done.iter().any(|&d| d) { env.drain_finished() } else { Vec::new() };
+        let records = if done.iter().any(|&d| d) {
+            env.drain_finished()
+        } else {
+            Vec::new()
+        };
         let held: Option<Snapshot> = if (0..n).any(|i| done[i] && active[i]) {
             let sh = match &mut shadow {
                 Some(sh) => sh,
@@ -239,11 +285,20 @@ pub fn run_policy(
             let (p, t) = (st0.path as usize, (st0.t0 + st0.k) as usize);
             let q0 = &snap.symbols.q[i * s..(i + 1) * s];
             let (q1, e1, killed) = if !done[i] {
-                (&post.symbols.q[i * s..(i + 1) * s], post.scenarios[i].equity, false)
+                (
+                    &post.symbols.q[i * s..(i + 1) * s],
+                    post.scenarios[i].equity,
+                    false,
+                )
             } else {
-                let rec = records.iter().find(|r| r.scenario as usize == i).ok_or_else(|| {
-                    Error::invalid(format!("backtest: scenario {i} ended without an episode record"))
-                })?;
+                let rec = records
+                    .iter()
+                    .find(|r| r.scenario as usize == i)
+                    .ok_or_else(|| {
+                        Error::invalid(format!(
+                            "backtest: scenario {i} ended without an episode record"
+                        ))
+                    })?;
                 let q1 = match &held {
                     Some(h) => &h.symbols.q[i * s..(i + 1) * s],
                     None => unreachable!("shadow state exists whenever an active scenario is done"),
@@ -278,11 +333,20 @@ pub fn run_policy(
         pb.inc(1);
     }
     pb.finish_and_clear();
-    Ok(BacktestResult::from_curves(policy.name(), curves, layout.start_a, layout.hi - 1))
+    Ok(BacktestResult::from_curves(
+        policy.name(),
+        curves,
+        layout.start_a,
+        layout.hi - 1,
+    ))
 }
 
 /// A CPU backend that replays one step without ending the episode (module docs).
-fn make_shadow(layout: &EnvLayout, data: &Arc<MarketData>, features: &Arc<Features>) -> Box<dyn Backend> {
+fn make_shadow(
+    layout: &EnvLayout,
+    data: &Arc<MarketData>,
+    features: &Arc<Features>,
+) -> Box<dyn Backend> {
     let mut l = *layout;
     l.hi = usize::MAX;
     l.episode_len = usize::MAX;
@@ -296,9 +360,23 @@ pub fn run_spy(cfg: &Config, data: &MarketData, opts: &BacktestOptions) -> Resul
     let (_, layout) = backtest_config(cfg, data, opts.period)?;
     let (a, last) = (layout.start_a, layout.hi - 1);
     let curves = (0..data.paths)
-        .map(|p| spy_buy_and_hold(data, &layout.params.costs, layout.params.initial_capital, p, a, last))
+        .map(|p| {
+            spy_buy_and_hold(
+                data,
+                &layout.params.costs,
+                layout.params.initial_capital,
+                p,
+                a,
+                last,
+            )
+        })
         .collect::<Result<Vec<_>>>()?;
-    Ok(BacktestResult::from_curves(Baseline::Spy.name(), curves, a, last))
+    Ok(BacktestResult::from_curves(
+        Baseline::Spy.name(),
+        curves,
+        a,
+        last,
+    ))
 }
 
 /// Backtest each of `which` (module docs); `opts.seed` seeds `random`.

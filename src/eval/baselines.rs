@@ -131,7 +131,10 @@ pub struct RandomPolicy {
 
 impl RandomPolicy {
     pub fn new(seed: u64) -> Self {
-        Self { seed, rng: SplitMix64::new(seed) }
+        Self {
+            seed,
+            rng: SplitMix64::new(seed),
+        }
     }
 }
 
@@ -147,7 +150,11 @@ impl Policy for RandomPolicy {
         for (a, m) in sym_out.iter_mut().zip(view.mask.chunks_exact(N_ACTIONS)) {
             let allowed = m.iter().filter(|&&x| x != 0).count() as u64;
             // HOLD is never masked; an all-zero row (impossible) falls back to HOLD.
-            let mut j = if allowed > 0 { self.rng.below(allowed) } else { 0 };
+            let mut j = if allowed > 0 {
+                self.rng.below(allowed)
+            } else {
+                0
+            };
             *a = HOLD;
             for (i, &x) in m.iter().enumerate() {
                 if x != 0 {
@@ -230,7 +237,11 @@ pub fn spy_buy_and_hold(
     let mut c = Curve::new(initial_capital, md.bars_per_year());
     for t in t0 + 1..=t_end {
         let v = q * md.close[md.px(path, t, b)] as f64;
-        let (traded, cost) = if t == t0 + 1 { (q * o1, initial_capital - q * o1) } else { (0.0, 0.0) };
+        let (traded, cost) = if t == t0 + 1 {
+            (q * o1, initial_capital - q * o1)
+        } else {
+            (0.0, 0.0)
+        };
         c.push(v, v, traded, cost);
     }
     Ok(c)

@@ -108,14 +108,28 @@ impl Metrics {
         let bpy = c.bars_per_year;
         let rets: Vec<f64> = e.windows(2).map(|w| w[1] / w[0] - 1.0).collect();
         let nf = n as f64;
-        let mean = if n > 0 { rets.iter().sum::<f64>() / nf } else { 0.0 };
+        let mean = if n > 0 {
+            rets.iter().sum::<f64>() / nf
+        } else {
+            0.0
+        };
         let sd = if n > 1 {
             (rets.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (nf - 1.0)).sqrt()
         } else {
             0.0
         };
-        let dd = if n > 0 { (rets.iter().map(|r| r.min(0.0).powi(2)).sum::<f64>() / nf).sqrt() } else { 0.0 };
-        let ratio = |num: f64, den: f64| if den > 0.0 { num / den * bpy.sqrt() } else { 0.0 };
+        let dd = if n > 0 {
+            (rets.iter().map(|r| r.min(0.0).powi(2)).sum::<f64>() / nf).sqrt()
+        } else {
+            0.0
+        };
+        let ratio = |num: f64, den: f64| {
+            if den > 0.0 {
+                num / den * bpy.sqrt()
+            } else {
+                0.0
+            }
+        };
 
         let mut peak = f64::NEG_INFINITY;
         let mut max_dd: f64 = 0.0;
@@ -127,7 +141,12 @@ impl Metrics {
         let (turnover, exposure) = if n > 0 {
             let mean_eq = e[1..].iter().sum::<f64>() / nf;
             let traded: f64 = c.traded.iter().sum();
-            let exposure = e[1..].iter().zip(&c.gross[1..]).map(|(eq, g)| g / eq).sum::<f64>() / nf;
+            let exposure = e[1..]
+                .iter()
+                .zip(&c.gross[1..])
+                .map(|(eq, g)| g / eq)
+                .sum::<f64>()
+                / nf;
             (traded / mean_eq * bpy / nf, exposure)
         } else {
             (0.0, 0.0)
@@ -172,8 +191,18 @@ impl Metrics {
 }
 
 /// Column headers of [`format_table`].
-pub const TABLE_HEADERS: [&str; 10] =
-    ["policy", "return %", "sharpe", "sortino", "max dd %", "turnover/y", "exposure", "costs %", "killed", "paths"];
+pub const TABLE_HEADERS: [&str; 10] = [
+    "policy",
+    "return %",
+    "sharpe",
+    "sortino",
+    "max dd %",
+    "turnover/y",
+    "exposure",
+    "costs %",
+    "killed",
+    "paths",
+];
 
 /// A plain-text table, one row per policy, columns aligned (text left, numbers right).
 pub fn format_table(rows: &[Metrics]) -> String {
@@ -264,10 +293,18 @@ mod tests {
         // traded 100 + 0 + 49.5 + 119.79 = 269.29; mean equity over bars 1..=4
         // = (110 + 99 + 108.9 + 119.79) / 4 = 437.69 / 4 = 109.4225
         // turnover = 269.29 / 109.4225 * 252 / 4 = 155.04485...
-        assert!(close(m.turnover, 269.29 / 109.4225 * 63.0), "{}", m.turnover);
+        assert!(
+            close(m.turnover, 269.29 / 109.4225 * 63.0),
+            "{}",
+            m.turnover
+        );
         // exposure = (50/110 + 49.5/99 + 0/108.9 + 119.79/119.79) / 4
         //          = (0.454545... + 0.5 + 0 + 1) / 4 = 1.954545... / 4 = 0.488636...
-        assert!(close(m.exposure, (50.0 / 110.0 + 0.5 + 1.0) / 4.0), "{}", m.exposure);
+        assert!(
+            close(m.exposure, (50.0 / 110.0 + 0.5 + 1.0) / 4.0),
+            "{}",
+            m.exposure
+        );
         // costs 0.5 + 0 + 0.25 + 0.25 = 1.0 over initial capital 100 = 0.01
         assert!(close(m.costs_paid, 0.01), "{}", m.costs_paid);
         assert_eq!((m.paths, m.steps, m.killed), (1, 4.0, 0.0));
@@ -281,7 +318,15 @@ mod tests {
         }
         let m = Metrics::from_curve("hold", &c);
         assert_eq!(
-            (m.total_return, m.sharpe, m.sortino, m.max_drawdown, m.turnover, m.exposure, m.costs_paid),
+            (
+                m.total_return,
+                m.sharpe,
+                m.sortino,
+                m.max_drawdown,
+                m.turnover,
+                m.exposure,
+                m.costs_paid
+            ),
             (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
         );
     }
@@ -295,14 +340,32 @@ mod tests {
         let m = Metrics::from_curve("up", &c);
         assert_eq!(m.sortino, 0.0);
         // mean 0.015, sample sd = sqrt((0.005^2 * 2) / 1) = 0.0070710678...
-        assert!(close(m.sharpe, 0.015 / (0.00005f64).sqrt() * 252f64.sqrt()), "{}", m.sharpe);
+        assert!(
+            close(m.sharpe, 0.015 / (0.00005f64).sqrt() * 252f64.sqrt()),
+            "{}",
+            m.sharpe
+        );
         assert_eq!(m.max_drawdown, 0.0);
     }
 
     #[test]
     fn average_is_fieldwise() {
-        let a = Metrics { total_return: 0.1, sharpe: 1.0, killed: 1.0, steps: 4.0, paths: 1, ..Default::default() };
-        let b = Metrics { total_return: 0.3, sharpe: 3.0, killed: 0.0, steps: 4.0, paths: 1, ..Default::default() };
+        let a = Metrics {
+            total_return: 0.1,
+            sharpe: 1.0,
+            killed: 1.0,
+            steps: 4.0,
+            paths: 1,
+            ..Default::default()
+        };
+        let b = Metrics {
+            total_return: 0.3,
+            sharpe: 3.0,
+            killed: 0.0,
+            steps: 4.0,
+            paths: 1,
+            ..Default::default()
+        };
         let m = Metrics::average("avg", &[a, b]).unwrap();
         assert!(close(m.total_return, 0.2) && close(m.sharpe, 2.0) && close(m.killed, 0.5));
         assert_eq!((m.paths, m.policy.as_str()), (2, "avg"));

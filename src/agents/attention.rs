@@ -1,0 +1,184 @@
+/*!
+Multi-head self-attention, written from matmul and softmax (candle-nn has none).
+
+For an input `x` of shape `[B, L, D]` and `H` heads of size `d = D / H`:
+
+```text
+Q = x Wq^T + bq,  K = x Wk^T + bk,  V = x Wv^T + bv          (each [B, L, D], split into [B, H, L, d])
+A = softmax(Q K^T / sqrt(d))                                 ([B, H, L, L], over the last axis)
+y = concat_heads(A V) Wo^T + bo                              ([B, L, D])
+```
+
+Only differentiable candle ops are used (`candle_nn::ops::softmax`, not the fused
+`softmax_last_dim`, which has no backward pass), so the layer trains.
+
+```
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::VarMap;
+use marl_trade::agents::{attention::MultiHeadAttention, init::seeded_var_builder};
+
+let vm = VarMap::new();
+let mha = MultiHeadAttention::new(8, 2, seeded_var_builder(&vm, 0, DType::F32, &Device::Cpu))?;
+let x = Tensor::zeros((3, 5, 8), DType::F32, &Device::Cpu)?;
+assert_eq!(mha.forward(&x)?.dims(), &[3, 5, 8]);
+# Ok::<(), candle_core::Error>(())
+```
+*/
+
+use candle_core::{D, Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+/// Multi-head scaled dot-product self-attention with Q/K/V/O projections.
+#[derive(Debug, Clone)]
+pub struct MultiHeadAttention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    num_heads: usize,
+    head_dim: usize,
+}
+
+impl MultiHeadAttention {
+    /// Projections `q`, `k`, `v`, `o` (each `d_model -> d_model`, with bias) under `vb`.
+    pub fn new(d_model: usize, num_heads: usize, vb: VarBuilder) -> Result<Self> {
+        if num_heads == 0 || !d_model.is_multiple_of(num_heads) {
+            candle_core::bail!(
+                "attention: d_model {d_model} is not a multiple of num_heads {num_heads}"
+            )
+        }
+        let q = candle_nn::linear(d_model, d_model, vb.pp("q"))?;
+        let k = candle_nn::linear(d_model, d_model, vb.pp("k"))?;
+        let v = candle_nn::linear(d_model, d_model, vb.pp("v"))?;
+        let o = candle_nn::linear(d_model, d_model, vb.pp("o"))?;
+        Ok(Self::from_linears(q, k, v, o, num_heads))
+    }
+
+    /// Build from given projections (used by tests with hand-set weights).
+    pub fn from_linears(q: Linear, k: Linear, v: Linear, o: Linear, num_heads: usize) -> Self {
+        let d_model = q.weight().dims()[0];
+        Self {
+            q,
+            k,
+            v,
+            o,
+            num_heads,
+            head_dim: d_model / num_heads,
+        }
+    }
+
+    pub fn num_heads(&self) -> usize {
+        self.num_heads
+    }
+
+    /// `[B, L, D] -> [B, H, L, d]`
+    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, l, _) = x.dims3()?;
+        x.reshape((b, l, self.num_heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// The attention weights `softmax(Q K^T / sqrt(d))`, `[B, H, L, L]`.
+    pub fn attention_weights(&self, x: &Tensor) -> Result<Tensor> {
+        let q = self.split_heads(&self.q.forward(x)?)?;
+        let k = self.split_heads(&self.k.forward(x)?)?;
+        let scores = (q.matmul(&k.t()?.contiguous()?)? / (self.head_dim as f64).sqrt())?;
+        candle_nn::ops::softmax(&scores, D::Minus1)
+    }
+}
+
+impl Module for MultiHeadAttention {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, l, d_model) = x.dims3()?;
+        let attn = self.attention_weights(x)?;
+        let v = self.split_heads(&self.v.forward(x)?)?;
+        let y = attn
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, l, d_model))?;
+        self.o.forward(&y)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+
+    fn lin(w: &[[f32; 2]; 2], b: [f32; 2]) -> Linear {
+        let dev = Device::Cpu;
+        Linear::new(
+            Tensor::new(w, &dev).unwrap(),
+            Some(Tensor::new(&b, &dev).unwrap()),
+        )
+    }
+
+    /// One head, d = 2, two tokens, weights set by hand.
+    ///
+    /// x = [[1, 2], [3, 4]], Wq = Wk = I, Wv = diag(1, 2), Wo = I, bo = [0.5, -0.5], other biases 0.
+    /// Q = K = x, so the scores are x x^T / sqrt(2): x0.x0 = 5, x0.x1 = 11, x1.x1 = 25.
+    ///   row 0: softmax([5, 11] / 1.41421) = softmax([3.53553, 7.77817]):
+    ///          p1 = 1 / (1 + e^-4.24264) = 0.9858340, p0 = 0.0141660
+    ///   row 1: softmax([11, 25] / 1.41421): p0 = 1 / (1 + e^9.89949) = 0.0000502, p1 = 0.9999498
+    /// V = x diag(1, 2) = [[1, 4], [3, 8]]
+    ///   y0 = 0.0141660 [1, 4] + 0.9858340 [3, 8] = [2.971668, 7.943336], + bo = [3.471668, 7.443336]
+    ///   y1 = 0.0000502 [1, 4] + 0.9999498 [3, 8] = [2.999900, 7.999799], + bo = [3.499900, 7.499799]
+    #[test]
+    fn hand_computed_single_head() -> Result<()> {
+        let eye = [[1f32, 0.], [0., 1.]];
+        let mha = MultiHeadAttention::from_linears(
+            lin(&eye, [0., 0.]),
+            lin(&eye, [0., 0.]),
+            lin(&[[1., 0.], [0., 2.]], [0., 0.]),
+            lin(&eye, [0.5, -0.5]),
+            1,
+        );
+        let x = Tensor::new(&[[[1f32, 2.], [3., 4.]]], &Device::Cpu)?;
+        let a = mha.attention_weights(&x)?.squeeze(0)?.to_vec3::<f32>()?; // [H, L, L]
+        assert!((a[0][0][0] - 0.0141660).abs() < 1e-6 && (a[0][0][1] - 0.9858340).abs() < 1e-6);
+        assert!((a[0][1][0] - 0.0000502).abs() < 1e-6);
+        let y = mha.forward(&x)?.to_vec3::<f32>()?;
+        let want = [[3.471668f32, 7.443336], [3.499900, 7.499799]];
+        for i in 0..2 {
+            for j in 0..2 {
+                assert!(
+                    (y[0][i][j] - want[i][j]).abs() < 1e-5,
+                    "y[{i}][{j}] = {}",
+                    y[0][i][j]
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Two heads are two independent one-head attentions on the two halves of the projections.
+    #[test]
+    fn two_heads_split_the_model_dimension() -> Result<()> {
+        let dev = Device::Cpu;
+        let vm = candle_nn::VarMap::new();
+        let vb = crate::agents::init::seeded_var_builder(&vm, 5, DType::F32, &dev);
+        let mha = MultiHeadAttention::new(4, 2, vb)?;
+        let x = Tensor::arange(0f32, 24., &dev)?
+            .reshape((2, 3, 4))?
+            .affine(0.1, -1.0)?;
+        let a = mha.attention_weights(&x)?;
+        assert_eq!(a.dims(), &[2, 2, 3, 3]);
+        let row_sums = a.sum(D::Minus1)?.flatten_all()?.to_vec1::<f32>()?;
+        assert!(row_sums.iter().all(|s| (s - 1.0).abs() < 1e-6));
+        // Gradients reach every projection.
+        let xv = Var::from_tensor(&x)?;
+        let loss = mha.forward(xv.as_tensor())?.sqr()?.sum_all()?;
+        let grads = loss.backward()?;
+        for name in ["q.weight", "k.weight", "v.weight", "o.weight"] {
+            let var = &vm.data().lock().unwrap()[name];
+            let g = grads.get(var.as_tensor()).expect(name);
+            assert!(
+                g.abs()?.sum_all()?.to_scalar::<f32>()? > 0.0,
+                "{name} has zero grad"
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,38 @@
+/*!
+Policies, written with candle against a `candle_core::Device` (CPU here, CUDA unchanged).
+
+Layers follow candle-nn's style: a small struct, a constructor taking a `VarBuilder`, one
+`Module`/`forward`.
+
+- [`attention`]: multi-head self-attention from matmul + softmax.
+- [`norm`]: a LayerNorm that has a backward pass.
+- [`encoder`]: the shared window encoder (transformer, bidirectional LSTM, 1-D CNN, symbol graph)
+  and its [`EncoderConfig`].
+- [`graph`]: the causal correlation graph and message passing over symbols.
+- [`heads`]: symbol-specific actor/critic heads as one batched matmul.
+- [`symbol`]: the symbol agent, its PPO adapter and the window sources.
+- [`dist`]: the masked categorical distribution.
+- [`mlp`]: CleanRL's MLP actor-critic (CartPole).
+- [`policy`]: the [`Policy`] and [`ObsBatch`] traits the trainer is generic over.
+- [`init`]: seeded, order-independent initialisation (candle's CPU RNG cannot be seeded).
+*/
+
+pub mod attention;
+pub mod dist;
+pub mod encoder;
+pub mod graph;
+pub mod heads;
+pub mod init;
+pub mod mlp;
+pub mod norm;
+pub mod policy;
+pub mod symbol;
+
+pub use attention::MultiHeadAttention;
+pub use dist::MaskedCategorical;
+pub use encoder::{EncoderConfig, SharedEncoder};
+pub use graph::{GraphMessagePassing, correlation_graph};
+pub use heads::SymbolHeads;
+pub use mlp::{MlpActorCritic, MlpConfig};
+pub use policy::{ObsBatch, Policy};
+pub use symbol::{AgentConfig, SymbolAgent, SymbolObs, SymbolPolicy, WindowSource};

@@ -1,0 +1,59 @@
+/*!
+The interface between policies and the trainer.
+
+A rollout is stored per *unit*: one environment (one scenario) at one step. A unit holds
+`agents_per_env` rows (1 for CartPole, `S` symbols for the trading environment), and a minibatch is
+a set of units, so all symbols of a scenario stay together (the symbol heads need them grouped).
+
+- [`ObsBatch`]: what a policy reads, batched over units; it can be concatenated over the steps of a
+  rollout and indexed by unit. A plain `Tensor` (`[units, ...]`) is one; the trading environment's
+  [`SymbolObs`](super::symbol::SymbolObs) stores only the dynamic observation and a window index.
+- [`Policy`]: unmasked logits and values for every row of a batch.
+*/
+
+use candle_core::{Device, Tensor};
+
+use crate::Result;
+
+/// A batch of observations indexed by unit (environment x step).
+pub trait ObsBatch: Sized + Clone {
+    /// Number of units in the batch.
+    fn units(&self) -> usize;
+    /// Concatenate batches (unit order preserved).
+    fn concat(parts: &[Self]) -> Result<Self>;
+    /// The units `idx`, in that order.
+    fn select_units(&self, idx: &[u32]) -> Result<Self>;
+}
+
+/// A tensor whose first axis is the unit.
+impl ObsBatch for Tensor {
+    fn units(&self) -> usize {
+        self.dims().first().copied().unwrap_or(0)
+    }
+
+    fn concat(parts: &[Self]) -> Result<Self> {
+        Ok(Tensor::cat(parts, 0)?)
+    }
+
+    fn select_units(&self, idx: &[u32]) -> Result<Self> {
+        let idx = Tensor::from_slice(idx, idx.len(), self.device())?;
+        Ok(self.index_select(&idx, 0)?)
+    }
+}
+
+/// An actor-critic over discrete actions.
+pub trait Policy {
+    type Obs: ObsBatch;
+
+    /// Unmasked logits `[R, A]` and state values `[R]` for the `R = units x agents_per_env` rows of
+    /// `obs`, rows in unit-major order.
+    fn forward(&self, obs: &Self::Obs) -> Result<(Tensor, Tensor)>;
+
+    /// State values `[R]` (the critic alone, when it is cheaper).
+    fn value(&self, obs: &Self::Obs) -> Result<Tensor> {
+        Ok(self.forward(obs)?.1)
+    }
+
+    /// The device the policy's parameters live on.
+    fn device(&self) -> &Device;
+}

@@ -1,0 +1,684 @@
+/*!
+The CUDA backend: the whole step of docs/env-spec.md as handwritten kernels (`kernels/`), compiled
+at run time with NVRTC ([`nvrtc`]) and launched with cudarc. No CUDA toolkit is needed to build;
+running needs an NVIDIA driver and NVRTC (docs/gpu.md).
+
+Layout on the device, struct-of-arrays like the CPU backend:
+- market data `[P, T, S + 1]` (open, close, volume), sentiment, macro, features: uploaded once;
+- per-scenario `ScenarioState` `[N]` (the `#[repr(C)]` struct of `env`, mirrored in
+  `kernels/env_logic.cuh`), per-symbol `q, entry, peak_px, dsr_a, dsr_b` `[N, S]` f64 and
+  `entry_k` `[N, S]` u32, episode accumulators `[N, 7]`;
+- step outputs (rewards, components, master reward, dones) and finished-episode records.
+
+One step is one fused kernel (`env_step`): a block per scenario, threads over symbols, per-scenario
+reductions as ordered folds in shared memory so that the results equal the CPU backend's bit for
+bit (`kernels/common.cuh`). Whole rollouts can stay on the device: [`CudaBackend::random_rollout`]
+samples actions on the device (`kernels/sampler.cu`), steps and gathers observations with no host
+round trip, and times itself with CUDA events.
+
+The same kernel source, compiled for the host by build.rs, is checked against the CPU backend in
+`tests/host_parity.rs` on every CI run; `tests/nvrtc_compile.rs` compiles every kernel with NVRTC;
+`tests/cuda_parity.rs` (ignored: needs an NVIDIA GPU) steps both backends side by side.
+*/
+
+pub mod nvrtc;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::sys::CUfunction_attribute_enum;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, DriverError, LaunchConfig, PushKernelArg,
+    ValidAsZeroBits,
+};
+use cudarc::nvrtc::Ptx;
+
+use super::abi::{EnvDims, EpisodeRecordC};
+use super::obs::{DYN_OBS, OBS_DIM};
+use super::{Backend, EnvLayout, EpisodeRecord, N_ACTIONS, ScenarioState, Snapshot, StepOutputs, StepParams, SymbolState};
+use crate::data::MarketData;
+use crate::error::{Error, Result};
+use crate::features::Features;
+use crate::reward::N_COMPONENTS;
+
+// SAFETY (all four): `#[repr(C)]` structs of plain f64/u32/u64 fields (and arrays of them) with no
+// pointers, mirrored field for field by the C structs in kernels/env_logic.cuh; sizes and offsets
+// are checked against the C compiler's by tests/host_parity.rs (`abi_layout_matches`). Every bit
+// pattern of zeros is a valid value.
+unsafe impl DeviceRepr for StepParams {}
+unsafe impl DeviceRepr for ScenarioState {}
+unsafe impl ValidAsZeroBits for ScenarioState {}
+unsafe impl DeviceRepr for EnvDims {}
+unsafe impl DeviceRepr for EpisodeRecordC {}
+unsafe impl ValidAsZeroBits for EpisodeRecordC {}
+
+/// Kernel headers, passed to NVRTC in memory under these include names.
+pub const HEADERS: [(&str, &str); 4] = [
+    ("common.cuh", include_str!("../../kernels/common.cuh")),
+    ("env_logic.cuh", include_str!("../../kernels/env_logic.cuh")),
+    ("scenario.cuh", include_str!("../../kernels/scenario.cuh")),
+    ("obs.cuh", include_str!("../../kernels/obs.cuh")),
+];
+
+/// Kernel programs: (file name, source, kernels it defines).
+pub const PROGRAMS: [(&str, &str, &[&str]); 3] = [
+    ("env_step.cu", include_str!("../../kernels/env_step.cu"), &["env_reset", "env_step"]),
+    ("obs.cu", include_str!("../../kernels/obs.cu"), &["gather_obs", "dyn_obs", "action_mask"]),
+    ("sampler.cu", include_str!("../../kernels/sampler.cu"), &["sample_actions"]),
+];
+
+/// Episode-record slots per scenario on the device. `VecEnv` drains after every step with a done,
+/// so one slot would do; device rollouts count finished episodes without keeping them.
+const RECORD_CAP: u32 = 4;
+
+/// NVRTC options for a virtual architecture such as `compute_90`.
+///
+/// `--fmad=false`: no contraction into FMA, so the device rounds like the host (the CPU backend and
+/// the host shim). Layout constants come from the Rust side so the kernels cannot drift from them.
+pub fn nvrtc_options(arch: &str) -> Vec<String> {
+    use crate::data::MACRO;
+    use crate::features::{N_REGIME, N_TECH, WINDOW};
+    vec![
+        format!("--gpu-architecture={arch}"),
+        "--fmad=false".into(),
+        "-default-device".into(),
+        "--std=c++17".into(),
+        format!("-DMARL_N_TECH={N_TECH}u"),
+        format!("-DMARL_WINDOW={WINDOW}u"),
+        format!("-DMARL_N_REGIME={N_REGIME}u"),
+        format!("-DMARL_MACRO={MACRO}u"),
+    ]
+}
+
+/// One compiled program.
+#[derive(Debug, Clone)]
+pub struct CompiledProgram {
+    pub name: &'static str,
+    pub ptx: String,
+    /// NVRTC's log (empty when there were no warnings).
+    pub log: String,
+}
+
+/// Compile every kernel program for `arch` (e.g. `compute_80`). Errors carry the NVRTC log.
+pub fn compile_all(arch: &str) -> Result<Vec<CompiledProgram>> {
+    let lib = nvrtc::Nvrtc::get().map_err(backend_err)?;
+    let opts = nvrtc_options(arch);
+    PROGRAMS
+        .iter()
+        .map(|(name, src, _)| {
+            let c = lib.compile(name, src, &HEADERS, &opts).map_err(backend_err)?;
+            Ok(CompiledProgram { name, ptx: c.ptx, log: c.log })
+        })
+        .collect()
+}
+
+/// PTX per architecture, compiled once per process.
+fn cached_ptx(arch: &str) -> Result<Arc<Vec<CompiledProgram>>> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<Vec<CompiledProgram>>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(p) = cache.lock().expect("ptx cache").get(arch) {
+        return Ok(p.clone());
+    }
+    let progs = Arc::new(compile_all(arch)?);
+    cache.lock().expect("ptx cache").insert(arch.to_string(), progs.clone());
+    Ok(progs)
+}
+
+fn backend_err(message: impl Into<String>) -> Error {
+    Error::Backend { backend: "cuda", message: message.into() }
+}
+
+fn drv(what: &str) -> impl FnOnce(DriverError) -> Error + '_ {
+    move |e| backend_err(format!("{what}: {e}"))
+}
+
+/// Timing of a device-side rollout ([`CudaBackend::random_rollout`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RolloutTiming {
+    pub steps: usize,
+    /// Device time between the first and the last kernel, CUDA events.
+    pub device_ms: f32,
+    pub scenario_steps_per_s: f64,
+    /// Episodes that finished during the rollout (all scenarios).
+    pub episodes_finished: u64,
+}
+
+struct Kernels {
+    reset: CudaFunction,
+    step: CudaFunction,
+    gather_obs: CudaFunction,
+    dyn_obs: CudaFunction,
+    mask: CudaFunction,
+    sample: CudaFunction,
+}
+
+/// The CUDA backend (see the module docs).
+pub struct CudaBackend {
+    layout: EnvLayout,
+    dims: EnvDims,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    k: Kernels,
+    /// Threads per block of the step kernel, its dynamic shared memory, and whether the per-symbol
+    /// carry of the phases lives in shared memory (else in `scratch`).
+    block: u32,
+    smem: u32,
+    carry_in_smem: u32,
+    seed: u64,
+    // market data and features
+    open: CudaSlice<f32>,
+    close: CudaSlice<f32>,
+    volume: CudaSlice<f32>,
+    sentiment: CudaSlice<f32>,
+    macro_series: CudaSlice<f32>,
+    regime: CudaSlice<f32>,
+    tech: CudaSlice<f32>,
+    // state
+    scen: CudaSlice<ScenarioState>,
+    q: CudaSlice<f64>,
+    entry: CudaSlice<f64>,
+    peak_px: CudaSlice<f64>,
+    dsr_a: CudaSlice<f64>,
+    dsr_b: CudaSlice<f64>,
+    entry_k: CudaSlice<u32>,
+    comp_sum: CudaSlice<f64>,
+    comp_sumsq: CudaSlice<f64>,
+    comp_count: CudaSlice<u64>,
+    scratch: CudaSlice<f64>,
+    opener: CudaSlice<u32>,
+    // step inputs and outputs
+    actions: CudaSlice<u8>,
+    master: CudaSlice<u8>,
+    reward: CudaSlice<f32>,
+    comps: CudaSlice<f32>,
+    master_reward: CudaSlice<f32>,
+    terminated: CudaSlice<u8>,
+    truncated: CudaSlice<u8>,
+    recs: CudaSlice<EpisodeRecordC>,
+    rec_count: CudaSlice<u32>,
+    // observation buffers, allocated on first use
+    obs: Option<CudaSlice<f32>>,
+    dyn_buf: Option<CudaSlice<f32>>,
+    mask_buf: Option<CudaSlice<u8>>,
+}
+
+/// Dynamic shared memory of the step kernel (`env_step` in kernels/env_step.cu): fold rows and
+/// broadcast slots (f64), per-symbol carry when `carry` (5 f64 + 1 u32 per symbol), opener flags
+/// and scan scratch (u32).
+pub fn step_smem_bytes(s: usize, block: usize, carry: bool) -> usize {
+    const FOLD_ROWS: usize = 15; // MARL_FOLD_ROWS
+    const ACC_SLOTS: usize = 24; // MARL_ACC_SLOTS
+    let f64s = FOLD_ROWS * s + ACC_SLOTS + if carry { 5 * s } else { 0 };
+    let u32s = s + block.max(33) + if carry { s } else { 0 };
+    8 * f64s + 4 * u32s
+}
+
+impl CudaBackend {
+    /// Build the backend on GPU 0: checks for the driver, compiles (once per process) and loads the
+    /// kernels, uploads the data and allocates the state. Errors are `Error::Backend`.
+    pub fn new(layout: EnvLayout, data: Arc<MarketData>, features: Arc<Features>) -> Result<Self> {
+        // SAFETY: only probes whether the driver library can be dlopen'ed; no CUDA call is made.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(backend_err(
+                "no NVIDIA driver library (libcuda.so) found: the CUDA backend needs an NVIDIA GPU and its driver \
+                 (use --backend cpu here; see docs/gpu.md)",
+            ));
+        }
+        let (n, s) = (layout.n_scenarios, layout.n_symbols);
+        if n == 0 || s == 0 || s > 1 << 20 {
+            return Err(Error::invalid(format!("cuda backend: unsupported N = {n}, S = {s}")));
+        }
+        let ctx = CudaContext::new(0).map_err(drv("creating a context on GPU 0"))?;
+        let (major, minor) = ctx.compute_capability().map_err(drv("compute capability"))?;
+        let arch = format!("compute_{major}{minor}");
+        let progs = cached_ptx(&arch)?;
+        let stream = ctx.default_stream();
+        // SAFETY: the backend uses a single stream for every copy and launch, so stream order alone
+        // orders all accesses; cudarc's per-buffer events are not needed.
+        unsafe { ctx.disable_event_tracking() };
+        let mut funcs: HashMap<&str, CudaFunction> = HashMap::new();
+        for (prog, (_, _, names)) in progs.iter().zip(PROGRAMS.iter()) {
+            let module = ctx.load_module(Ptx::from_src(prog.ptx.clone())).map_err(drv(prog.name))?;
+            for name in names.iter() {
+                funcs.insert(name, module.load_function(name).map_err(drv(name))?);
+            }
+        }
+        let mut take = |name: &str| funcs.remove(name).expect("every kernel is listed in PROGRAMS");
+        let k = Kernels {
+            reset: take("env_reset"),
+            step: take("env_step"),
+            gather_obs: take("gather_obs"),
+            dyn_obs: take("dyn_obs"),
+            mask: take("action_mask"),
+            sample: take("sample_actions"),
+        };
+
+        let block = s.div_ceil(32).clamp(1, 32) * 32;
+        let carry = step_smem_bytes(s, block, true) <= 48 * 1024;
+        let smem = step_smem_bytes(s, block, carry);
+        if smem > 48 * 1024 {
+            k.step
+                .set_attribute(CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
+                .map_err(drv("raising the step kernel's shared memory limit (S too large for this GPU?)"))?;
+        }
+
+        let up = |v: &[f32], what: &str| stream.clone_htod(v).map_err(drv(what));
+        let zeros_f64 = |len: usize| stream.alloc_zeros::<f64>(len.max(1)).map_err(drv("alloc"));
+        let ns = n * s;
+        Ok(Self {
+            dims: EnvDims::new(&layout, RECORD_CAP),
+            layout,
+            block: block as u32,
+            smem: smem as u32,
+            carry_in_smem: carry as u32,
+            seed: 0,
+            open: up(&data.open, "upload open")?,
+            close: up(&data.close, "upload close")?,
+            volume: up(&data.volume, "upload volume")?,
+            sentiment: up(&data.sentiment, "upload sentiment")?,
+            macro_series: up(&data.macro_series, "upload macro")?,
+            regime: up(&features.regime, "upload regime features")?,
+            tech: up(&features.tech, "upload technical features")?,
+            scen: stream.alloc_zeros::<ScenarioState>(n).map_err(drv("alloc"))?,
+            q: zeros_f64(ns)?,
+            entry: zeros_f64(ns)?,
+            peak_px: zeros_f64(ns)?,
+            dsr_a: zeros_f64(ns)?,
+            dsr_b: zeros_f64(ns)?,
+            entry_k: stream.alloc_zeros::<u32>(ns).map_err(drv("alloc"))?,
+            comp_sum: zeros_f64(n * N_COMPONENTS)?,
+            comp_sumsq: zeros_f64(n * N_COMPONENTS)?,
+            comp_count: stream.alloc_zeros::<u64>(n).map_err(drv("alloc"))?,
+            scratch: zeros_f64(if carry { 1 } else { 5 * ns })?,
+            opener: stream.alloc_zeros::<u32>(if carry { 1 } else { ns }).map_err(drv("alloc"))?,
+            actions: stream.alloc_zeros::<u8>(ns).map_err(drv("alloc"))?,
+            master: stream.alloc_zeros::<u8>(n).map_err(drv("alloc"))?,
+            reward: stream.alloc_zeros::<f32>(ns).map_err(drv("alloc"))?,
+            comps: stream.alloc_zeros::<f32>(ns * N_COMPONENTS).map_err(drv("alloc"))?,
+            master_reward: stream.alloc_zeros::<f32>(n).map_err(drv("alloc"))?,
+            terminated: stream.alloc_zeros::<u8>(n).map_err(drv("alloc"))?,
+            truncated: stream.alloc_zeros::<u8>(n).map_err(drv("alloc"))?,
+            recs: stream.alloc_zeros::<EpisodeRecordC>(n * RECORD_CAP as usize).map_err(drv("alloc"))?,
+            rec_count: stream.alloc_zeros::<u32>(n).map_err(drv("alloc"))?,
+            obs: None,
+            dyn_buf: None,
+            mask_buf: None,
+            k,
+            stream,
+            ctx,
+        })
+    }
+
+    /// The device's name and compute capability, for reports.
+    pub fn device_description(&self) -> String {
+        let name = self.ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let cc = self.ctx.compute_capability().map(|(a, b)| format!("sm_{a}{b}")).unwrap_or_default();
+        format!("{name} ({cc})")
+    }
+
+    fn rows_cfg(&self, rows: usize, per_row_threads: usize) -> LaunchConfig {
+        let threads = rows * per_row_threads;
+        LaunchConfig { grid_dim: (threads.div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+    }
+
+    fn launch_step(&mut self) -> Result<()> {
+        let cfg = LaunchConfig {
+            grid_dim: (self.dims.n_scenarios, 1, 1),
+            block_dim: (self.block, 1, 1),
+            shared_mem_bytes: self.smem,
+        };
+        let p = self.layout.params;
+        let mut b = self.stream.launch_builder(&self.k.step);
+        b.arg(&p)
+            .arg(&self.dims)
+            .arg(&self.seed)
+            .arg(&self.open)
+            .arg(&self.close)
+            .arg(&self.volume)
+            .arg(&self.actions)
+            .arg(&self.master)
+            .arg(&mut self.scen)
+            .arg(&mut self.q)
+            .arg(&mut self.entry)
+            .arg(&mut self.peak_px)
+            .arg(&mut self.dsr_a)
+            .arg(&mut self.dsr_b)
+            .arg(&mut self.entry_k)
+            .arg(&mut self.comp_sum)
+            .arg(&mut self.comp_sumsq)
+            .arg(&mut self.comp_count)
+            .arg(&mut self.reward)
+            .arg(&mut self.comps)
+            .arg(&mut self.master_reward)
+            .arg(&mut self.terminated)
+            .arg(&mut self.truncated)
+            .arg(&mut self.recs)
+            .arg(&mut self.rec_count)
+            .arg(&mut self.scratch)
+            .arg(&mut self.opener)
+            .arg(&self.carry_in_smem);
+        // SAFETY: the arguments match `env_step` in kernels/env_step.cu in order and type; every
+        // buffer has the length the kernel indexes (N, N*S, N*S*7, N*7, N*RECORD_CAP, and 5*N*S /
+        // N*S for scratch/opener when carry_in_smem is 0); `smem` is what the kernel carves
+        // (`step_smem_bytes`) and was allowed via the function attribute when above 48 KiB.
+        unsafe { b.launch(cfg) }.map_err(drv("env_step launch"))?;
+        Ok(())
+    }
+
+    fn launch_sample(&mut self, seed: u64, it: u64, fixed_master: u32) -> Result<()> {
+        let rows = self.layout.n_scenarios * self.layout.n_symbols;
+        let cfg = self.rows_cfg(rows, 1);
+        let p = self.layout.params;
+        let mut b = self.stream.launch_builder(&self.k.sample);
+        b.arg(&p)
+            .arg(&self.dims)
+            .arg(&seed)
+            .arg(&it)
+            .arg(&fixed_master)
+            .arg(&self.close)
+            .arg(&self.scen)
+            .arg(&self.q)
+            .arg(&self.entry)
+            .arg(&mut self.actions)
+            .arg(&mut self.master);
+        // SAFETY: arguments match `sample_actions` in kernels/sampler.cu; actions is [N*S], master [N],
+        // the state buffers are [N] / [N*S]; the grid covers N*S threads and the kernel bounds-checks.
+        unsafe { b.launch(cfg) }.map_err(drv("sample_actions launch"))?;
+        Ok(())
+    }
+
+    /// Draw the actions of step `it` on the device (`kernels/sampler.cu`) and copy them to the host:
+    /// `(symbol actions [N, S], master actions [N])`. The device-side rollout uses the same draws
+    /// without the copy; tests use this to replay them on the CPU backend.
+    pub fn sample_actions(&mut self, seed: u64, it: u64, fixed_master: Option<u8>) -> Result<(Vec<u8>, Vec<u8>)> {
+        self.launch_sample(seed, it, fixed_master.map(u32::from).unwrap_or(u32::MAX))?;
+        let a = self.stream.clone_dtoh(&self.actions).map_err(drv("read sampled actions"))?;
+        let m = self.stream.clone_dtoh(&self.master).map_err(drv("read sampled master actions"))?;
+        Ok((a, m))
+    }
+
+    /// Gather full observations `[N, S, OBS_DIM]` into a device buffer and return it (no copy to the
+    /// host): the input of a policy that runs on the same GPU.
+    pub fn gather_obs_device(&mut self) -> Result<&CudaSlice<f32>> {
+        let rows = self.layout.n_scenarios * self.layout.n_symbols;
+        if self.obs.is_none() {
+            self.obs = Some(self.stream.alloc_zeros::<f32>(rows * OBS_DIM).map_err(drv("alloc obs"))?);
+        }
+        let cfg = self.rows_cfg(rows, 32);
+        let p = self.layout.params;
+        let out = self.obs.as_mut().expect("allocated above");
+        let mut b = self.stream.launch_builder(&self.k.gather_obs);
+        b.arg(&p)
+            .arg(&self.dims)
+            .arg(&self.close)
+            .arg(&self.sentiment)
+            .arg(&self.macro_series)
+            .arg(&self.regime)
+            .arg(&self.tech)
+            .arg(&self.scen)
+            .arg(&self.q)
+            .arg(&self.entry)
+            .arg(&self.peak_px)
+            .arg(&self.entry_k)
+            .arg(out);
+        // SAFETY: arguments match `gather_obs` in kernels/obs.cu; out holds N*S*OBS_DIM floats; the grid
+        // has one warp per (scenario, symbol) row and the kernel bounds-checks the row.
+        unsafe { b.launch(cfg) }.map_err(drv("gather_obs launch"))?;
+        Ok(self.obs.as_ref().expect("allocated above"))
+    }
+
+    /// Step outputs on the device (rewards `[N, S]`, master rewards `[N]`, terminated and truncated
+    /// `[N]`), for a learner on the same GPU.
+    pub fn outputs_device(&self) -> (&CudaSlice<f32>, &CudaSlice<f32>, &CudaSlice<u8>, &CudaSlice<u8>) {
+        (&self.reward, &self.master_reward, &self.terminated, &self.truncated)
+    }
+
+    /// Run `steps` steps entirely on the device with random actions from `kernels/sampler.cu`
+    /// (master action `fixed_master`, or uniform when `None`), gathering full observations after every
+    /// step when `with_obs`. Timed with CUDA events around the launches; the episode records of the
+    /// rollout are counted, not kept.
+    pub fn random_rollout(
+        &mut self,
+        steps: usize,
+        seed: u64,
+        fixed_master: Option<u8>,
+        with_obs: bool,
+    ) -> Result<RolloutTiming> {
+        let fixed = fixed_master.map(u32::from).unwrap_or(u32::MAX);
+        // drain first, so that the count below is this rollout's
+        let zeros = vec![0u32; self.layout.n_scenarios];
+        self.stream.memcpy_htod(&zeros, &mut self.rec_count).map_err(drv("reset record counts"))?;
+        if with_obs {
+            self.gather_obs_device()?; // allocate outside the timed region
+        }
+        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = self.ctx.new_event(timing).map_err(drv("event"))?;
+        let end = self.ctx.new_event(timing).map_err(drv("event"))?;
+        start.record(&self.stream).map_err(drv("event record"))?;
+        for it in 0..steps {
+            self.launch_sample(seed, it as u64, fixed)?;
+            self.launch_step()?;
+            if with_obs {
+                self.gather_obs_device()?;
+            }
+        }
+        end.record(&self.stream).map_err(drv("event record"))?;
+        let ms = start.elapsed_ms(&end).map_err(drv("event elapsed"))?;
+        let counts = self.stream.clone_dtoh(&self.rec_count).map_err(drv("read record counts"))?;
+        self.stream.memcpy_htod(&zeros, &mut self.rec_count).map_err(drv("reset record counts"))?;
+        let ss = (steps * self.layout.n_scenarios) as f64;
+        Ok(RolloutTiming {
+            steps,
+            device_ms: ms,
+            scenario_steps_per_s: if ms > 0.0 { ss / (ms as f64 / 1e3) } else { f64::INFINITY },
+            episodes_finished: counts.iter().map(|&c| c as u64).sum(),
+        })
+    }
+
+    fn check_host_len(what: &str, got: usize, want: usize) -> Result<()> {
+        if got != want {
+            return Err(Error::invalid(format!("{what}: buffer holds {got} values, expected {want}")));
+        }
+        Ok(())
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn layout(&self) -> &EnvLayout {
+        &self.layout
+    }
+
+    fn reset(&mut self, seed: u64) -> Result<()> {
+        self.seed = seed;
+        let cfg = LaunchConfig {
+            grid_dim: (self.dims.n_scenarios, 1, 1),
+            block_dim: (self.block, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let p = self.layout.params;
+        let mut b = self.stream.launch_builder(&self.k.reset);
+        b.arg(&p)
+            .arg(&self.dims)
+            .arg(&self.seed)
+            .arg(&mut self.scen)
+            .arg(&mut self.q)
+            .arg(&mut self.entry)
+            .arg(&mut self.peak_px)
+            .arg(&mut self.dsr_a)
+            .arg(&mut self.dsr_b)
+            .arg(&mut self.entry_k)
+            .arg(&mut self.comp_sum)
+            .arg(&mut self.comp_sumsq)
+            .arg(&mut self.comp_count)
+            .arg(&mut self.rec_count);
+        // SAFETY: arguments match `env_reset` in kernels/env_step.cu; buffers are [N], [N*S], [N*7], [N];
+        // one block per scenario.
+        unsafe { b.launch(cfg) }.map_err(drv("env_reset launch"))?;
+        Ok(())
+    }
+
+    fn step(&mut self, symbol_actions: &[u8], master_actions: &[u8]) -> Result<()> {
+        let (n, s) = (self.layout.n_scenarios, self.layout.n_symbols);
+        Self::check_host_len("symbol actions", symbol_actions.len(), n * s)?;
+        Self::check_host_len("master actions", master_actions.len(), n)?;
+        self.stream.memcpy_htod(symbol_actions, &mut self.actions).map_err(drv("upload actions"))?;
+        self.stream.memcpy_htod(master_actions, &mut self.master).map_err(drv("upload master actions"))?;
+        self.launch_step()
+    }
+
+    fn read_outputs(&mut self, out: &mut StepOutputs) -> Result<()> {
+        let (n, s) = (self.layout.n_scenarios, self.layout.n_symbols);
+        if out.reward.len() != n * s {
+            *out = StepOutputs::new(n, s);
+        }
+        let st = &self.stream;
+        st.memcpy_dtoh(&self.reward, &mut out.reward[..]).map_err(drv("read rewards"))?;
+        st.memcpy_dtoh(&self.comps, &mut out.components[..]).map_err(drv("read components"))?;
+        st.memcpy_dtoh(&self.master_reward, &mut out.master_reward[..]).map_err(drv("read master rewards"))?;
+        st.memcpy_dtoh(&self.terminated, &mut out.terminated[..]).map_err(drv("read terminated"))?;
+        st.memcpy_dtoh(&self.truncated, &mut out.truncated[..]).map_err(drv("read truncated"))?;
+        Ok(())
+    }
+
+    fn dyn_obs(&mut self, out: &mut [f32]) -> Result<()> {
+        let rows = self.layout.n_scenarios * self.layout.n_symbols;
+        Self::check_host_len("dyn_obs", out.len(), rows * DYN_OBS)?;
+        if self.dyn_buf.is_none() {
+            self.dyn_buf = Some(self.stream.alloc_zeros::<f32>(rows * DYN_OBS).map_err(drv("alloc"))?);
+        }
+        let cfg = self.rows_cfg(rows, 1);
+        let p = self.layout.params;
+        let buf = self.dyn_buf.as_mut().expect("allocated above");
+        let mut b = self.stream.launch_builder(&self.k.dyn_obs);
+        b.arg(&p)
+            .arg(&self.dims)
+            .arg(&self.close)
+            .arg(&self.sentiment)
+            .arg(&self.macro_series)
+            .arg(&self.regime)
+            .arg(&self.scen)
+            .arg(&self.q)
+            .arg(&self.entry)
+            .arg(&self.peak_px)
+            .arg(&self.entry_k)
+            .arg(&mut *buf);
+        // SAFETY: arguments match `dyn_obs` in kernels/obs.cu; buf holds N*S*DYN_OBS floats; one thread
+        // per row, bounds-checked in the kernel.
+        unsafe { b.launch(cfg) }.map_err(drv("dyn_obs launch"))?;
+        self.stream.memcpy_dtoh(&*buf, out).map_err(drv("read dyn_obs"))?;
+        Ok(())
+    }
+
+    fn gather_obs(&mut self, out: &mut [f32]) -> Result<()> {
+        let rows = self.layout.n_scenarios * self.layout.n_symbols;
+        Self::check_host_len("gather_obs", out.len(), rows * OBS_DIM)?;
+        let stream = self.stream.clone();
+        let dev = self.gather_obs_device()?;
+        stream.memcpy_dtoh(dev, out).map_err(drv("read observations"))?;
+        Ok(())
+    }
+
+    fn action_mask(&mut self, out: &mut [u8]) -> Result<()> {
+        let rows = self.layout.n_scenarios * self.layout.n_symbols;
+        Self::check_host_len("action_mask", out.len(), rows * N_ACTIONS)?;
+        if self.mask_buf.is_none() {
+            self.mask_buf = Some(self.stream.alloc_zeros::<u8>(rows * N_ACTIONS).map_err(drv("alloc"))?);
+        }
+        let cfg = self.rows_cfg(rows, 1);
+        let p = self.layout.params;
+        let buf = self.mask_buf.as_mut().expect("allocated above");
+        let mut b = self.stream.launch_builder(&self.k.mask);
+        b.arg(&p).arg(&self.dims).arg(&self.close).arg(&self.scen).arg(&self.q).arg(&self.entry).arg(&mut *buf);
+        // SAFETY: arguments match `action_mask` in kernels/obs.cu; buf holds N*S*7 bytes; one thread per
+        // (scenario, symbol), bounds-checked in the kernel.
+        unsafe { b.launch(cfg) }.map_err(drv("action_mask launch"))?;
+        self.stream.memcpy_dtoh(&*buf, out).map_err(drv("read action mask"))?;
+        Ok(())
+    }
+
+    fn obs_index(&mut self, out: &mut [u32]) -> Result<()> {
+        Self::check_host_len("obs_index", out.len(), 2 * self.layout.n_scenarios)?;
+        let scen = self.stream.clone_dtoh(&self.scen).map_err(drv("read state"))?;
+        for (o, st) in out.chunks_exact_mut(2).zip(&scen) {
+            o[0] = st.path;
+            o[1] = st.t0 + st.k;
+        }
+        Ok(())
+    }
+
+    fn snapshot(&mut self) -> Result<Snapshot> {
+        let st = &self.stream;
+        let rd = |x: &CudaSlice<f64>| st.clone_dtoh(x).map_err(drv("read state"));
+        Ok(Snapshot {
+            seed: self.seed,
+            scenarios: st.clone_dtoh(&self.scen).map_err(drv("read state"))?,
+            symbols: SymbolState {
+                q: rd(&self.q)?,
+                entry: rd(&self.entry)?,
+                peak_px: rd(&self.peak_px)?,
+                dsr_a: rd(&self.dsr_a)?,
+                dsr_b: rd(&self.dsr_b)?,
+                entry_k: st.clone_dtoh(&self.entry_k).map_err(drv("read state"))?,
+            },
+        })
+    }
+
+    fn load_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
+        let (n, s) = (self.layout.n_scenarios, self.layout.n_symbols);
+        let sy = &snap.symbols;
+        if snap.scenarios.len() != n
+            || [sy.q.len(), sy.entry.len(), sy.peak_px.len(), sy.dsr_a.len(), sy.dsr_b.len(), sy.entry_k.len()]
+                .iter()
+                .any(|&l| l != n * s)
+        {
+            return Err(Error::invalid("snapshot does not match the env's N and S"));
+        }
+        self.seed = snap.seed;
+        let st = self.stream.clone();
+        let e = drv("load state");
+        st.memcpy_htod(&snap.scenarios, &mut self.scen).map_err(e)?;
+        for (src, dst) in [
+            (&sy.q, &mut self.q),
+            (&sy.entry, &mut self.entry),
+            (&sy.peak_px, &mut self.peak_px),
+            (&sy.dsr_a, &mut self.dsr_a),
+            (&sy.dsr_b, &mut self.dsr_b),
+        ] {
+            st.memcpy_htod(src, dst).map_err(drv("load state"))?;
+        }
+        st.memcpy_htod(&sy.entry_k, &mut self.entry_k).map_err(drv("load state"))?;
+        // episode accumulators restart, as in the CPU backend
+        st.memset_zeros(&mut self.comp_sum).map_err(drv("load state"))?;
+        st.memset_zeros(&mut self.comp_sumsq).map_err(drv("load state"))?;
+        st.memset_zeros(&mut self.comp_count).map_err(drv("load state"))?;
+        Ok(())
+    }
+
+    fn drain_episodes(&mut self) -> Result<Vec<EpisodeRecord>> {
+        let counts = self.stream.clone_dtoh(&self.rec_count).map_err(drv("read record counts"))?;
+        if counts.iter().all(|&c| c == 0) {
+            return Ok(Vec::new());
+        }
+        let recs = self.stream.clone_dtoh(&self.recs).map_err(drv("read episode records"))?;
+        let cap = RECORD_CAP as usize;
+        let mut out = Vec::new();
+        let mut lost = 0usize;
+        for (n, &c) in counts.iter().enumerate() {
+            let c = c as usize;
+            out.extend(recs[n * cap..n * cap + c.min(cap)].iter().map(EpisodeRecord::from));
+            lost += c.saturating_sub(cap);
+        }
+        let zeros = vec![0u32; counts.len()];
+        self.stream.memcpy_htod(&zeros, &mut self.rec_count).map_err(drv("reset record counts"))?;
+        if lost > 0 {
+            return Err(backend_err(format!(
+                "{lost} episode records were lost: more than {cap} episodes of one scenario finished between two drains"
+            )));
+        }
+        Ok(out)
+    }
+}

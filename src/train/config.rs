@@ -1,0 +1,223 @@
+/*!
+PPO hyperparameters. Defaults are CleanRL's `ppo.py` defaults (CartPole-v1), so an empty TOML table
+reproduces that script; unknown fields are rejected.
+*/
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// Every hyperparameter of [`Ppo`](super::Ppo), documented where it is declared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PpoConfig {
+    /// Seed of everything random in training: environment resets, action sampling and minibatch
+    /// shuffling (each from its own stream).
+    pub seed: u64,
+    /// Parallel environments (scenarios) per rollout; must equal the environment's `num_envs()`.
+    pub num_envs: usize,
+    /// Steps per environment per rollout. The batch is `num_envs * num_steps` units.
+    pub num_steps: usize,
+    /// Total environment steps (units) of the run: `total_timesteps / batch_size` iterations.
+    pub total_timesteps: u64,
+    /// Adam learning rate (the initial one when annealed).
+    pub learning_rate: f64,
+    /// Anneal the learning rate linearly to 0 over the iterations:
+    /// `lr_i = (1 - (i - 1) / num_iterations) * learning_rate` for iteration `i = 1..`.
+    pub anneal_lr: bool,
+    /// Discount factor.
+    pub gamma: f64,
+    /// GAE lambda.
+    pub gae_lambda: f64,
+    /// Minibatches per epoch; `batch_size` must be a multiple of it.
+    pub num_minibatches: usize,
+    /// Passes over the batch per iteration.
+    pub update_epochs: usize,
+    /// Normalise advantages per minibatch: `(A - mean) / (std + 1e-8)`, std unbiased as in torch.
+    pub norm_adv: bool,
+    /// Surrogate clipping: the ratio is clipped to `[1 - clip_coef, 1 + clip_coef]`.
+    pub clip_coef: f64,
+    /// Clip the value loss around the rollout's values with the same `clip_coef`.
+    pub clip_vloss: bool,
+    /// Entropy bonus coefficient at the first iteration ...
+    pub ent_coef_start: f64,
+    /// ... and at the last: linear in between, with the same schedule as the learning rate
+    /// (equal values, CleanRL's default 0.01, mean a constant coefficient).
+    pub ent_coef_end: f64,
+    /// Value loss coefficient.
+    pub vf_coef: f64,
+    /// Global gradient-norm clipping: all gradients are scaled by
+    /// `min(1, max_grad_norm / (total_norm + 1e-6))` (torch's `clip_grad_norm_`).
+    pub max_grad_norm: f64,
+    /// Stop the epochs of an iteration early when the last minibatch's approx KL exceeds this.
+    pub target_kl: Option<f64>,
+    /// Adam epsilon (CleanRL: 1e-5, not torch's 1e-8).
+    pub adam_eps: f64,
+    /// Decoupled weight decay of AdamW (0: plain Adam, as CleanRL).
+    pub weight_decay: f64,
+}
+
+impl Default for PpoConfig {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            num_envs: 4,
+            num_steps: 128,
+            total_timesteps: 500_000,
+            learning_rate: 2.5e-4,
+            anneal_lr: true,
+            gamma: 0.99,
+            gae_lambda: 0.95,
+            num_minibatches: 4,
+            update_epochs: 4,
+            norm_adv: true,
+            clip_coef: 0.2,
+            clip_vloss: true,
+            ent_coef_start: 0.01,
+            ent_coef_end: 0.01,
+            vf_coef: 0.5,
+            max_grad_norm: 0.5,
+            target_kl: None,
+            adam_eps: 1e-5,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+impl PpoConfig {
+    /// Units (environment steps) per rollout.
+    pub fn batch_size(&self) -> usize {
+        self.num_envs * self.num_steps
+    }
+
+    /// Units per minibatch.
+    pub fn minibatch_size(&self) -> usize {
+        self.batch_size() / self.num_minibatches.max(1)
+    }
+
+    /// Number of iterations of the run.
+    pub fn num_iterations(&self) -> usize {
+        (self.total_timesteps / self.batch_size().max(1) as u64) as usize
+    }
+
+    /// The fraction of the schedule left at iteration `i` (1-based): `1 - (i - 1) / num_iterations`.
+    pub fn schedule_frac(&self, iteration: usize) -> f64 {
+        1.0 - (iteration as f64 - 1.0) / self.num_iterations().max(1) as f64
+    }
+
+    /// Learning rate of iteration `i` (1-based).
+    pub fn lr_at(&self, iteration: usize) -> f64 {
+        if self.anneal_lr {
+            self.schedule_frac(iteration) * self.learning_rate
+        } else {
+            self.learning_rate
+        }
+    }
+
+    /// Entropy coefficient of iteration `i` (1-based).
+    pub fn ent_coef_at(&self, iteration: usize) -> f64 {
+        let f = self.schedule_frac(iteration);
+        self.ent_coef_end + f * (self.ent_coef_start - self.ent_coef_end)
+    }
+
+    /// Parse TOML (`origin` names the source in errors).
+    pub fn from_toml_str(text: &str, origin: &str) -> crate::Result<Self> {
+        let cfg: Self = toml::from_str(text)
+            .map_err(|e| Error::config(origin, e.message().to_string(), e.span()))?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    /// Range checks; an error names the field.
+    pub fn validate(&self, origin: &str) -> crate::Result<()> {
+        let bad = |field: &str, why: String| Err(Error::config_field(origin, field, why));
+        if self.num_envs == 0 {
+            return bad("ppo.num_envs", "must be >= 1".into());
+        }
+        if self.num_steps == 0 {
+            return bad("ppo.num_steps", "must be >= 1".into());
+        }
+        if self.num_minibatches == 0 || !self.batch_size().is_multiple_of(self.num_minibatches) {
+            return bad(
+                "ppo.num_minibatches",
+                format!(
+                    "must divide the batch size {} (num_envs x num_steps)",
+                    self.batch_size()
+                ),
+            );
+        }
+        if self.update_epochs == 0 {
+            return bad("ppo.update_epochs", "must be >= 1".into());
+        }
+        if self.num_iterations() == 0 {
+            return bad(
+                "ppo.total_timesteps",
+                format!("must be >= the batch size {}", self.batch_size()),
+            );
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return bad("ppo.learning_rate", "must be > 0".into());
+        }
+        for (f, v) in [
+            ("ppo.gamma", self.gamma),
+            ("ppo.gae_lambda", self.gae_lambda),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return bad(f, format!("must be in [0, 1], got {v}"));
+            }
+        }
+        for (f, v) in [
+            ("ppo.clip_coef", self.clip_coef),
+            ("ppo.vf_coef", self.vf_coef),
+            ("ppo.max_grad_norm", self.max_grad_norm),
+            ("ppo.ent_coef_start", self.ent_coef_start),
+            ("ppo.ent_coef_end", self.ent_coef_end),
+            ("ppo.adam_eps", self.adam_eps),
+            ("ppo.weight_decay", self.weight_decay),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(f, format!("must be a finite number >= 0, got {v}"));
+            }
+        }
+        if let Some(k) = self.target_kl {
+            if !(k > 0.0) {
+                return bad("ppo.target_kl", "must be > 0 when set".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_schedules() {
+        let c = PpoConfig::default();
+        assert_eq!(
+            (c.batch_size(), c.minibatch_size(), c.num_iterations()),
+            (512, 128, 976)
+        );
+        assert_eq!(c.lr_at(1), 2.5e-4);
+        assert!((c.lr_at(977) - 0.0).abs() < 1e-12);
+        let c = PpoConfig {
+            ent_coef_start: 0.02,
+            ent_coef_end: 0.0,
+            ..c
+        };
+        assert_eq!(c.ent_coef_at(1), 0.02);
+        assert!((c.ent_coef_at(489) - 0.01).abs() < 1e-4);
+        let e = PpoConfig::from_toml_str("num_minibatch = 4", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("num_minibatch"), "{e}");
+        let e = PpoConfig::from_toml_str("num_minibatches = 3", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ppo.num_minibatches"), "{e}");
+        let c =
+            PpoConfig::from_toml_str("target_kl = 0.01\nlearning_rate = 1e-3", "t.toml").unwrap();
+        assert_eq!(c.target_kl, Some(0.01));
+    }
+}

@@ -1,0 +1,102 @@
+/*!
+Per-iteration training metrics, named as CleanRL logs them, written as JSON lines.
+*/
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::Result;
+use crate::error::Error;
+
+/// What one PPO iteration reports. Losses and KL values are those of the last minibatch (as CleanRL
+/// logs them); `clipfrac` is the mean over all minibatches of the iteration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// 1-based iteration.
+    pub iteration: usize,
+    /// Environment steps (units) so far.
+    pub global_step: u64,
+    pub learning_rate: f64,
+    pub ent_coef: f64,
+    /// Clipped surrogate loss.
+    pub policy_loss: f64,
+    /// Value loss (half the (clipped) squared error).
+    pub value_loss: f64,
+    /// Mean policy entropy.
+    pub entropy: f64,
+    /// `mean(-log ratio)`.
+    pub old_approx_kl: f64,
+    /// CleanRL's `mean((ratio - 1) - log ratio)`.
+    pub approx_kl: f64,
+    /// Fraction of rows whose ratio was clipped.
+    pub clipfrac: f64,
+    /// `1 - Var[returns - values] / Var[returns]` over the batch; `None` when Var[returns] = 0.
+    pub explained_variance: Option<f64>,
+    /// Global gradient norm before clipping (last minibatch).
+    pub grad_norm: f64,
+    /// Epochs run (fewer than `update_epochs` when `target_kl` stopped the update).
+    pub epochs: usize,
+    /// Environment steps per second since the trainer was created or resumed.
+    pub sps: f64,
+    /// Episodes that ended during the rollout.
+    pub episodes: usize,
+    /// Their mean return and length.
+    pub episode_return_mean: Option<f64>,
+    pub episode_length_mean: Option<f64>,
+}
+
+/// Appends [`Metrics`] to a JSONL file, one object per line, flushed after every line.
+pub struct MetricsWriter {
+    path: PathBuf,
+    out: BufWriter<File>,
+}
+
+impl MetricsWriter {
+    /// Create (truncate) `path`.
+    pub fn create(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let f = File::create(&path).map_err(|e| Error::io(&path, e))?;
+        Ok(Self {
+            path,
+            out: BufWriter::new(f),
+        })
+    }
+
+    /// Append to `path` (a resumed run).
+    pub fn append(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(Self {
+            path,
+            out: BufWriter::new(f),
+        })
+    }
+
+    pub fn write(&mut self, m: &Metrics) -> Result<()> {
+        let line = serde_json::to_string(m).expect("metrics serialise");
+        writeln!(self.out, "{line}")
+            .and_then(|_| self.out.flush())
+            .map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// Read a JSONL metrics file.
+pub fn read_metrics(path: impl AsRef<Path>) -> Result<Vec<Metrics>> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| Error::invalid(format!("{}:{}: {e}", path.display(), i + 1)))
+        })
+        .collect()
+}

@@ -1,0 +1,593 @@
+/*!
+PPO, following CleanRL's `ppo.py` line by line.
+
+One iteration ([`Ppo::iterate`]):
+
+1. **Schedules.** `lr = (1 - (i - 1) / num_iterations) * learning_rate` when `anneal_lr`; the entropy
+   coefficient follows the same fraction from `ent_coef_start` to `ent_coef_end`.
+2. **Rollout.** For `num_steps` steps: store the observation and the done flags that came with it,
+   run the policy (no gradient), sample an action per row from the masked categorical, store its
+   log-probability and the value, step the environment (which auto-resets finished copies), store
+   the rewards.
+3. **GAE.** Bootstrap from the value of the observation after the last step
+   ([`gae`](super::buffer::gae), CleanRL's loop verbatim); `returns = advantages + values`.
+4. **Update.** For `update_epochs` epochs: shuffle the units (environment x step) with the seeded
+   shuffle stream, split them into `num_minibatches` minibatches, and for each:
+   - recompute log-probabilities, entropy and values with the *same* masks as in the rollout;
+   - `ratio = exp(new_logprob - old_logprob)`; diagnostics `old_approx_kl = mean(-log ratio)`,
+     `approx_kl = mean((ratio - 1) - log ratio)`, `clipfrac = mean(|ratio - 1| > clip_coef)`;
+   - advantages normalised per minibatch when `norm_adv` (`(A - mean) / (std + 1e-8)`, unbiased std);
+   - policy loss `mean(max(-A * ratio, -A * clip(ratio, 1 - c, 1 + c)))`;
+   - value loss `0.5 * mean(max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2))` when
+     `clip_vloss`, else `0.5 * mean((V - R)^2)`;
+   - `loss = policy_loss - ent_coef * mean(entropy) + vf_coef * value_loss`;
+   - backward, **global** gradient-norm clipping over all parameters, AdamW step.
+
+   After each epoch, stop early if `target_kl` is set and the last `approx_kl` exceeds it.
+5. **Metrics.** Losses of the last minibatch, mean clip fraction, explained variance of the batch,
+   SPS, and the episodes that ended during the rollout ([`Metrics`]).
+
+Randomness comes from three streams derived from `seed`: the environment's resets, action sampling
+and minibatch shuffling. With the policy's seeded initialisation the whole run is deterministic, and
+[`Ppo::save_checkpoint`] / [`Ppo::resume`] continue it bit for bit.
+*/
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+
+use super::adamw::{AdamW, AdamWConfig};
+use super::buffer::{RolloutBuffer, explained_variance};
+use super::checkpoint::{self, ENV_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, TrainState};
+use super::config::PpoConfig;
+use super::metrics::{Metrics, MetricsWriter};
+use super::vec_env::{ResumableRng, VecEnv};
+use crate::Result;
+use crate::agents::dist::{MaskedCategorical, sample_row};
+use crate::agents::init::named_vars;
+use crate::agents::{ObsBatch, Policy};
+use crate::error::Error;
+use crate::rng::hash2;
+
+/// Scale every gradient of `params` in `grads` so that their global L2 norm is at most `max_norm`
+/// (torch's `clip_grad_norm_`: factor `min(1, max_norm / (norm + 1e-6))`). Returns the norm before
+/// clipping.
+pub fn clip_grad_norm(
+    grads: &mut GradStore,
+    params: &[(String, Var)],
+    max_norm: f64,
+) -> Result<f64> {
+    let mut sq = Vec::with_capacity(params.len());
+    for (_, p) in params {
+        if let Some(g) = grads.get(p.as_tensor()) {
+            sq.push(g.to_dtype(DType::F32)?.sqr()?.sum_all()?);
+        }
+    }
+    if sq.is_empty() {
+        return Ok(0.0);
+    }
+    let total = Tensor::stack(&sq, 0)?
+        .sum_all()?
+        .sqrt()?
+        .to_scalar::<f32>()? as f64;
+    let coef = max_norm / (total + 1e-6);
+    if coef < 1.0 {
+        for (_, p) in params {
+            if let Some(g) = grads.remove(p.as_tensor()) {
+                grads.insert(p.as_tensor(), (g * coef)?);
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// The PPO trainer for environment `E` and policy `P`.
+pub struct Ppo<E: VecEnv, P: Policy<Obs = E::Obs>> {
+    cfg: PpoConfig,
+    env: E,
+    policy: P,
+    params: Vec<(String, Var)>,
+    varmap: VarMap,
+    opt: AdamW,
+    policy_config: serde_json::Value,
+    rng_action: ResumableRng,
+    rng_shuffle: ResumableRng,
+    /// Completed iterations.
+    iteration: usize,
+    global_step: u64,
+    next_obs: E::Obs,
+    next_done: Vec<bool>,
+    clock: Instant,
+    clock_step: u64,
+}
+
+impl<E: VecEnv, P: Policy<Obs = E::Obs>> Ppo<E, P> {
+    /// A fresh run: resets `env` from the config's seed. `varmap` holds the policy's parameters;
+    /// `policy_config` is stored in checkpoints so that the policy can be rebuilt.
+    pub fn new(
+        cfg: PpoConfig,
+        mut env: E,
+        policy: P,
+        varmap: VarMap,
+        policy_config: serde_json::Value,
+    ) -> Result<Self> {
+        Self::check(&cfg, &env, &varmap)?;
+        let params = named_vars(&varmap);
+        let opt = AdamW::new(params.clone(), Self::adam_config(&cfg))?;
+        let next_obs = env.reset(hash2(cfg.seed, 0))?;
+        let n = env.num_envs();
+        Ok(Self {
+            rng_action: ResumableRng::new(hash2(cfg.seed, 1)),
+            rng_shuffle: ResumableRng::new(hash2(cfg.seed, 2)),
+            cfg,
+            env,
+            policy,
+            params,
+            varmap,
+            opt,
+            policy_config,
+            iteration: 0,
+            global_step: 0,
+            next_obs,
+            next_done: vec![false; n],
+            clock: Instant::now(),
+            clock_step: 0,
+        })
+    }
+
+    fn adam_config(cfg: &PpoConfig) -> AdamWConfig {
+        AdamWConfig {
+            lr: cfg.learning_rate,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: cfg.adam_eps,
+            weight_decay: cfg.weight_decay,
+        }
+    }
+
+    fn check(cfg: &PpoConfig, env: &E, varmap: &VarMap) -> Result<()> {
+        cfg.validate("ppo")?;
+        if env.num_envs() != cfg.num_envs {
+            return Err(Error::config_field(
+                "ppo",
+                "ppo.num_envs",
+                format!(
+                    "is {}, the environment has {}",
+                    cfg.num_envs,
+                    env.num_envs()
+                ),
+            ));
+        }
+        if named_vars(varmap).is_empty() {
+            return Err(Error::invalid(
+                "the policy has no parameters in the given VarMap",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn config(&self) -> &PpoConfig {
+        &self.cfg
+    }
+
+    pub fn env(&self) -> &E {
+        &self.env
+    }
+
+    pub fn policy(&self) -> &P {
+        &self.policy
+    }
+
+    pub fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+
+    /// Completed iterations.
+    pub fn iteration(&self) -> usize {
+        self.iteration
+    }
+
+    pub fn global_step(&self) -> u64 {
+        self.global_step
+    }
+
+    /// Whether all `num_iterations` iterations have run.
+    pub fn is_done(&self) -> bool {
+        self.iteration >= self.cfg.num_iterations()
+    }
+
+    fn device(&self) -> Device {
+        self.policy.device().clone()
+    }
+
+    /// Run `num_steps` steps of every environment with the current policy.
+    fn rollout(
+        &mut self,
+        buf: &mut RolloutBuffer<E::Obs>,
+        episodes: &mut Vec<super::EpisodeInfo>,
+    ) -> Result<()> {
+        let dev = self.device();
+        let n = self.env.num_envs();
+        let rows = buf.rows_per_step();
+        let na = buf.num_actions;
+        for _ in 0..self.cfg.num_steps {
+            self.global_step += n as u64;
+            buf.obs.push(self.next_obs.clone());
+            buf.dones
+                .extend(self.next_done.iter().map(|&d| f32::from(u8::from(d))));
+            let mask = self.env.action_mask();
+            if let Some(m) = &mask {
+                if m.len() != rows * na {
+                    return Err(Error::invalid(format!(
+                        "action mask has {} values, expected {}",
+                        m.len(),
+                        rows * na
+                    )));
+                }
+            }
+            let (logits, value) = self.policy.forward(&self.next_obs)?;
+            let mask_t = match &mask {
+                Some(m) => Some(Tensor::from_slice(m, (rows, na), &dev)?),
+                None => None,
+            };
+            let dist = MaskedCategorical::new(&logits.detach(), mask_t.as_ref())?;
+            let lp = dist.log_probs().to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            if lp.len() != rows || lp.first().is_some_and(|r| r.len() != na) {
+                return Err(Error::invalid(format!(
+                    "policy returned logits for {} rows x {} actions, the environment has {rows} x {na}",
+                    lp.len(),
+                    lp.first().map_or(0, |r| r.len())
+                )));
+            }
+            let mut actions = Vec::with_capacity(rows);
+            for row in &lp {
+                let a = sample_row(row, self.rng_action.uniform());
+                actions.push(a);
+                buf.logprobs.push(row[a as usize]);
+            }
+            buf.actions.extend_from_slice(&actions);
+            buf.values.extend(
+                value
+                    .detach()
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            );
+            buf.push_mask(mask);
+            let out = self.env.step(&actions)?;
+            if out.rewards.len() != rows || out.dones.len() != n {
+                return Err(Error::invalid(
+                    "environment returned rewards/dones of the wrong length",
+                ));
+            }
+            buf.rewards.extend_from_slice(&out.rewards);
+            self.next_obs = out.obs;
+            self.next_done = out.dones;
+            episodes.extend(out.episodes);
+        }
+        Ok(())
+    }
+
+    /// One iteration: rollout, GAE, update. Returns its metrics.
+    pub fn iterate(&mut self) -> Result<Metrics> {
+        let cfg = self.cfg.clone();
+        let it = self.iteration + 1;
+        let lr = cfg.lr_at(it);
+        self.opt.set_learning_rate(lr);
+        let ent_coef = cfg.ent_coef_at(it);
+        let dev = self.device();
+        let (n, g, na) = (
+            self.env.num_envs(),
+            self.env.agents_per_env(),
+            self.env.num_actions(),
+        );
+
+        // Rollout and advantages.
+        let mut buf = RolloutBuffer::new(cfg.num_steps, n, g, na);
+        let mut episodes = Vec::new();
+        self.rollout(&mut buf, &mut episodes)?;
+        let next_value = self
+            .policy
+            .value(&self.next_obs)?
+            .detach()
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let next_done: Vec<f32> = self
+            .next_done
+            .iter()
+            .map(|&d| f32::from(u8::from(d)))
+            .collect();
+        buf.compute_gae(
+            &next_value,
+            &next_done,
+            cfg.gamma as f32,
+            cfg.gae_lambda as f32,
+        );
+
+        // Update.
+        let b_obs = <E::Obs as ObsBatch>::concat(&buf.obs)?;
+        let units = cfg.batch_size();
+        let mb_units = cfg.minibatch_size();
+        let mut inds: Vec<u32> = (0..units as u32).collect();
+        let mut clipfracs = Vec::new();
+        let mut last = LastMinibatch::default();
+        let mut epochs = 0;
+        for _ in 0..cfg.update_epochs {
+            self.rng_shuffle.shuffle(&mut inds);
+            for mb in inds.chunks(mb_units) {
+                let rows: Vec<usize> = mb
+                    .iter()
+                    .flat_map(|&u| (0..g).map(move |a| u as usize * g + a))
+                    .collect();
+                let r = rows.len();
+                let pick = |v: &[f32]| -> Vec<f32> { rows.iter().map(|&i| v[i]).collect() };
+                let actions = Tensor::from_vec(
+                    rows.iter().map(|&i| buf.actions[i]).collect::<Vec<u32>>(),
+                    r,
+                    &dev,
+                )?;
+                let old_logprob = Tensor::from_vec(pick(&buf.logprobs), r, &dev)?;
+                let old_values = Tensor::from_vec(pick(&buf.values), r, &dev)?;
+                let returns = Tensor::from_vec(pick(&buf.returns), r, &dev)?;
+                let mut adv = pick(&buf.advantages);
+                if cfg.norm_adv {
+                    normalize(&mut adv);
+                }
+                let adv = Tensor::from_vec(adv, r, &dev)?;
+                let mask = match &buf.masks {
+                    Some(m) => {
+                        let v: Vec<u8> = rows
+                            .iter()
+                            .flat_map(|&i| m[i * na..(i + 1) * na].iter().copied())
+                            .collect();
+                        Some(Tensor::from_vec(v, (r, na), &dev)?)
+                    }
+                    None => None,
+                };
+
+                let (logits, new_value) = self.policy.forward(&b_obs.select_units(mb)?)?;
+                let dist = MaskedCategorical::new(&logits, mask.as_ref())?;
+                let new_logprob = dist.log_prob(&actions)?;
+                let entropy = dist.entropy()?;
+                let logratio = (new_logprob - old_logprob)?;
+                let ratio = logratio.exp()?;
+
+                // Diagnostics, without gradient.
+                let (lr_d, ratio_d) = (logratio.detach(), ratio.detach());
+                last.old_approx_kl = scalar(&lr_d.neg()?.mean_all()?)?;
+                last.approx_kl = scalar(&((&ratio_d - 1.0)? - &lr_d)?.mean_all()?)?;
+                clipfracs.push(scalar(
+                    &(&ratio_d - 1.0)?
+                        .abs()?
+                        .gt(cfg.clip_coef)?
+                        .to_dtype(DType::F32)?
+                        .mean_all()?,
+                )?);
+
+                // Clipped surrogate.
+                let neg_adv = adv.neg()?;
+                let pg1 = (&neg_adv * &ratio)?;
+                let pg2 = (&neg_adv * ratio.clamp(1.0 - cfg.clip_coef, 1.0 + cfg.clip_coef)?)?;
+                let pg_loss = pg1.maximum(&pg2)?.mean_all()?;
+
+                // Value loss.
+                let new_value = new_value.flatten_all()?;
+                let v_unclipped = (&new_value - &returns)?.sqr()?;
+                let v_loss = if cfg.clip_vloss {
+                    let delta = (&new_value - &old_values)?.clamp(-cfg.clip_coef, cfg.clip_coef)?;
+                    let v_clipped = ((&old_values + delta)? - &returns)?.sqr()?;
+                    (v_unclipped.maximum(&v_clipped)?.mean_all()? * 0.5)?
+                } else {
+                    (v_unclipped.mean_all()? * 0.5)?
+                };
+                let entropy_loss = entropy.mean_all()?;
+                let loss = ((&pg_loss - (&entropy_loss * ent_coef)?)? + (&v_loss * cfg.vf_coef)?)?;
+
+                let mut grads = loss.backward()?;
+                last.grad_norm = clip_grad_norm(&mut grads, &self.params, cfg.max_grad_norm)?;
+                self.opt.step(&grads)?;
+                last.policy_loss = scalar(&pg_loss)?;
+                last.value_loss = scalar(&v_loss)?;
+                last.entropy = scalar(&entropy_loss)?;
+            }
+            epochs += 1;
+            if cfg.target_kl.is_some_and(|k| last.approx_kl > k) {
+                break;
+            }
+        }
+
+        self.iteration = it;
+        let elapsed = self.clock.elapsed().as_secs_f64().max(1e-9);
+        let ep_n = episodes.len();
+        let mean = |f: &dyn Fn(&super::EpisodeInfo) -> f64| {
+            (ep_n > 0).then(|| episodes.iter().map(f).sum::<f64>() / ep_n as f64)
+        };
+        Ok(Metrics {
+            iteration: it,
+            global_step: self.global_step,
+            learning_rate: lr,
+            ent_coef,
+            policy_loss: last.policy_loss,
+            value_loss: last.value_loss,
+            entropy: last.entropy,
+            old_approx_kl: last.old_approx_kl,
+            approx_kl: last.approx_kl,
+            clipfrac: clipfracs.iter().sum::<f64>() / clipfracs.len().max(1) as f64,
+            explained_variance: explained_variance(&buf.values, &buf.returns),
+            grad_norm: last.grad_norm,
+            epochs,
+            sps: (self.global_step - self.clock_step) as f64 / elapsed,
+            episodes: ep_n,
+            episode_return_mean: mean(&|e| e.ret),
+            episode_length_mean: mean(&|e| e.len as f64),
+        })
+    }
+
+    /// Run up to `max_iterations` more iterations (stopping at `num_iterations`), writing each
+    /// iteration's metrics to `log` when given, with a progress bar when `progress`.
+    pub fn train(
+        &mut self,
+        max_iterations: usize,
+        mut log: Option<&mut MetricsWriter>,
+        progress: bool,
+    ) -> Result<Vec<Metrics>> {
+        let todo = max_iterations.min(self.cfg.num_iterations().saturating_sub(self.iteration));
+        let bar = if progress {
+            indicatif::ProgressBar::new(todo as u64)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        let mut out = Vec::with_capacity(todo);
+        for _ in 0..todo {
+            let m = self.iterate()?;
+            if let Some(w) = log.as_deref_mut() {
+                w.write(&m)?;
+            }
+            bar.set_message(format!(
+                "return {:.1}",
+                m.episode_return_mean.unwrap_or(f64::NAN)
+            ));
+            bar.inc(1);
+            out.push(m);
+        }
+        bar.finish_and_clear();
+        Ok(out)
+    }
+
+    /// Write a checkpoint to `dir` (created if needed); see [`checkpoint`](super::checkpoint).
+    pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        checkpoint::save_params(&self.varmap, &dir.join(MODEL_FILE))?;
+        checkpoint::save_tensors_atomic(&dir.join(OPTIMIZER_FILE), &self.opt.state_tensors())?;
+        checkpoint::write_atomic(&dir.join(ENV_FILE), &self.env.save_state()?)?;
+        let st = TrainState {
+            format: checkpoint::FORMAT,
+            ppo: self.cfg.clone(),
+            policy: self.policy_config.clone(),
+            iteration: self.iteration,
+            global_step: self.global_step,
+            adam_step: self.opt.step_count(),
+            rng_action: self.rng_action.state(),
+            rng_shuffle: self.rng_shuffle.state(),
+            next_done: self.next_done.clone(),
+        };
+        let json = serde_json::to_vec_pretty(&st).expect("train state serialises");
+        checkpoint::write_atomic(&dir.join(STATE_FILE), &json)
+    }
+
+    /// Continue the run saved in `dir`. `env`, `policy` and `varmap` must be built from the stored
+    /// configurations (see [`checkpoint::read_policy_config`]); every stored tensor is checked
+    /// against the model's shapes ([`Error::Shape`] on a mismatch).
+    pub fn resume(dir: &Path, mut env: E, policy: P, varmap: VarMap) -> Result<Self> {
+        let st = checkpoint::read_state(dir)?;
+        Self::check(&st.ppo, &env, &varmap)?;
+        let dev = policy.device().clone();
+        checkpoint::load_params(&varmap, &dir.join(MODEL_FILE))?;
+        let params = named_vars(&varmap);
+        let mut opt = AdamW::new(params.clone(), Self::adam_config(&st.ppo))?;
+        let opt_tensors =
+            checkpoint::load_tensors_checked(&dir.join(OPTIMIZER_FILE), &opt.state_shapes(), &dev)?;
+        opt.restore(st.adam_step, |name| Ok(opt_tensors[name].clone()))?;
+        let env_path = dir.join(ENV_FILE);
+        env.load_state(&std::fs::read(&env_path).map_err(|e| Error::io(&env_path, e))?)?;
+        if st.next_done.len() != env.num_envs() {
+            return Err(Error::invalid(format!(
+                "{}: next_done has the wrong length",
+                dir.join(STATE_FILE).display()
+            )));
+        }
+        let next_obs = env.observe()?;
+        Ok(Self {
+            cfg: st.ppo,
+            env,
+            policy,
+            params,
+            varmap,
+            opt,
+            policy_config: st.policy,
+            rng_action: ResumableRng::from_state(st.rng_action),
+            rng_shuffle: ResumableRng::from_state(st.rng_shuffle),
+            iteration: st.iteration,
+            global_step: st.global_step,
+            next_obs,
+            next_done: st.next_done,
+            clock: Instant::now(),
+            clock_step: st.global_step,
+        })
+    }
+}
+
+/// The quantities CleanRL logs from the last minibatch.
+#[derive(Default)]
+struct LastMinibatch {
+    policy_loss: f64,
+    value_loss: f64,
+    entropy: f64,
+    old_approx_kl: f64,
+    approx_kl: f64,
+    grad_norm: f64,
+}
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
+/// `(x - mean) / (std + 1e-8)` with torch's unbiased std, in place (computed in f64).
+fn normalize(x: &mut [f32]) {
+    let n = x.len();
+    if n == 0 {
+        return;
+    }
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+    let var = if n > 1 {
+        x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / (n - 1) as f64
+    } else {
+        f64::NAN
+    };
+    let std = var.sqrt();
+    for v in x.iter_mut() {
+        *v = ((*v as f64 - mean) / (std + 1e-8)) as f32;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grad_clipping_scales_to_max_norm() -> Result<()> {
+        let dev = Device::Cpu;
+        let a = Var::new(&[1f32, 2.], &dev)?;
+        let b = Var::new(&[3f32], &dev)?;
+        // loss = 3 a0 + 4 a1 + 12 b: grads (3, 4) and (12), global norm 13.
+        let loss = ((a.as_tensor() * &Tensor::new(&[3f32, 4.], &dev)?)?.sum_all()?
+            + (b.as_tensor() * 12.0)?.sum_all()?)?;
+        let mut grads = loss.backward()?;
+        let params = vec![("a".to_string(), a.clone()), ("b".to_string(), b.clone())];
+        let norm = clip_grad_norm(&mut grads, &params, 1.3)?;
+        assert!((norm - 13.0).abs() < 1e-5);
+        let ga = grads.get(a.as_tensor()).unwrap().to_vec1::<f32>()?;
+        let gb = grads.get(b.as_tensor()).unwrap().to_vec1::<f32>()?;
+        let k = 1.3 / (13.0 + 1e-6);
+        assert!((ga[0] as f64 - 3.0 * k).abs() < 1e-6 && (ga[1] as f64 - 4.0 * k).abs() < 1e-6);
+        assert!((gb[0] as f64 - 12.0 * k).abs() < 1e-6);
+        // Below the threshold nothing changes.
+        let norm2 = clip_grad_norm(&mut grads, &params, 100.0)?;
+        assert!((norm2 - 1.3).abs() < 1e-4);
+        assert_eq!(grads.get(b.as_tensor()).unwrap().to_vec1::<f32>()?, gb);
+        Ok(())
+    }
+
+    #[test]
+    fn advantage_normalisation_is_torch_like() {
+        let mut x = [1f32, 2., 3., 4.];
+        normalize(&mut x);
+        // mean 2.5, unbiased std sqrt(5/3) = 1.2909944
+        assert!((x[0] + 1.5 / 1.2909944).abs() < 1e-6);
+        assert!((x.iter().sum::<f32>()).abs() < 1e-6);
+    }
+}

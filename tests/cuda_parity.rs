@@ -1,0 +1,131 @@
+//! The CUDA backend against the CPU backend on a GPU: `cargo test --release --features cuda --test
+//! cuda_parity -- --ignored --nocapture` (or the carried test binary with `--ignored`, docs/gpu.md).
+//!
+//! - `cuda_matches_cpu`: every parity case of tests/parity (the same as tests/host_parity.rs) plus a
+//!   143-symbol case, each for at least two full episodes, comparing after every step the whole state,
+//!   rewards, the 7 components, master rewards, dones, episode records, full and dynamic observations,
+//!   masks and observation indices, **exactly** (the kernels fold sums in symbol order and run with
+//!   `--fmad=false`, so no tolerance is expected to be needed; a failure names the first differing
+//!   value).
+//! - `device_sampler_replays_on_cpu`: actions drawn on the device, replayed on the CPU backend.
+//! - `cuda_rollout_throughput`: whole 128 x 2048 rollouts on the device, timed with CUDA events.
+//! - `construction_without_gpu_is_a_clear_error` runs everywhere (not ignored): without a driver the
+//!   backend must return `Error::Backend`, never panic.
+#![cfg(feature = "cuda")]
+
+mod parity;
+
+use std::sync::Arc;
+
+use parity::{Plan, cases, cmp_outputs, cmp_records, cmp_snapshots, cmp_views, run_parity};
+use marl_trade::Config;
+use marl_trade::Error;
+use marl_trade::env::cpu::CpuBackend;
+use marl_trade::env::cuda::CudaBackend;
+use marl_trade::env::{Backend, EnvLayout, Period, StepOutputs};
+
+#[test]
+fn construction_without_gpu_is_a_clear_error() {
+    let cfg = parity::stress_config(2, 10);
+    let md = parity::stress_market(1, 200, 3, 1);
+    let feats = parity::random_features(&md, 2);
+    let layout = EnvLayout::new(&cfg, &md, Period::Train).unwrap();
+    match CudaBackend::new(layout, Arc::new(md), Arc::new(feats)) {
+        Ok(b) => eprintln!("GPU present: {}", b.device_description()),
+        Err(Error::Backend { backend, message }) => {
+            assert_eq!(backend, "cuda");
+            assert!(message.contains("driver") || message.contains("NVRTC") || message.contains("GPU"), "{message}");
+            eprintln!("as expected without a GPU: {message}");
+        }
+        Err(e) => panic!("unexpected error kind: {e}"),
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn cuda_matches_cpu() {
+    let mut all = cases();
+    // a realistic width: 143 symbols (more than 4 warps), 16 scenarios
+    {
+        let mut cfg = Config::default();
+        cfg.env.scenarios = 16;
+        cfg.env.episode_len = 128;
+        let md = parity::stress_market(1, 600, 143, 9);
+        let feats = parity::random_features(&md, 10);
+        let layout = EnvLayout::new(&cfg, &md, Period::Train).unwrap();
+        all.push(parity::Case {
+            plan: Plan { name: "s143", seed: 21, steps: 0, random_state: true, p_unmasked: 0.1, action_seed: 22 },
+            cfg,
+            md: Arc::new(md),
+            feats: Arc::new(feats),
+            layout,
+        });
+    }
+    for mut case in all {
+        // at least two full episodes of the longest kind
+        let l = case.layout;
+        let ep = l.episode_len.min(l.hi - l.start_a);
+        case.plan.steps = case.plan.steps.max(2 * ep + 1);
+        let mut cpu = CpuBackend::new(l, case.md.clone(), case.feats.clone());
+        let mut gpu = CudaBackend::new(l, case.md.clone(), case.feats.clone()).expect("CUDA backend");
+        let cov = run_parity(&mut cpu, &mut gpu, &case.md, &case.plan, |_, _| {})
+            .unwrap_or_else(|e| panic!("CUDA differs from CPU: {e}"));
+        eprintln!("{} on {}: {cov:?}", case.plan.name, gpu.device_description());
+        assert!(cov.episodes >= 1);
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn device_sampler_replays_on_cpu() {
+    let case = cases().into_iter().next().unwrap();
+    let l = case.layout;
+    let mut cpu = CpuBackend::new(l, case.md.clone(), case.feats.clone());
+    let mut gpu = CudaBackend::new(l, case.md.clone(), case.feats.clone()).expect("CUDA backend");
+    cpu.reset(3).unwrap();
+    gpu.reset(3).unwrap();
+    let (mut oa, mut ob) = (StepOutputs::new(l.n_scenarios, l.n_symbols), StepOutputs::new(l.n_scenarios, l.n_symbols));
+    for it in 0..(3 * l.episode_len as u64) {
+        let (acts, master) = gpu.sample_actions(1234, it, None).unwrap();
+        cpu.step(&acts, &master).unwrap();
+        gpu.step(&acts, &master).unwrap();
+        cpu.read_outputs(&mut oa).unwrap();
+        gpu.read_outputs(&mut ob).unwrap();
+        let ctx = |e: String| format!("step {it}: {e}");
+        cmp_outputs(&oa, &ob).map_err(ctx).unwrap();
+        let (sa, sb) = (cpu.snapshot().unwrap(), gpu.snapshot().unwrap());
+        cmp_snapshots(&sa, &sb).map_err(ctx).unwrap();
+        assert!(sa.scenarios.iter().all(|s| s.invalid_actions == 0), "sampled actions were masked");
+        cmp_records(&cpu.drain_episodes().unwrap(), &gpu.drain_episodes().unwrap()).map_err(ctx).unwrap();
+        cmp_views(&mut cpu, &mut gpu).map_err(ctx).unwrap();
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn cuda_rollout_throughput() {
+    let cfg = Config::default(); // 128 scenarios x 2048 steps, 143 symbols
+    let mut syn = cfg.data.synthetic.clone();
+    syn.bars = 8192;
+    let md = Arc::new(marl_trade::data::generate(&syn, "SPY"));
+    let feats = Arc::new(parity::random_features(&md, 1));
+    let layout = EnvLayout::new(&cfg, &md, Period::Train).unwrap();
+    let mut gpu = CudaBackend::new(layout, md, feats).expect("CUDA backend");
+    gpu.reset(1).unwrap();
+    let _warm = gpu.random_rollout(16, 9, None, true).unwrap();
+    for with_obs in [false, true] {
+        gpu.reset(1).unwrap();
+        let t = gpu.random_rollout(cfg.env.episode_len, 7, None, with_obs).unwrap();
+        eprintln!(
+            "{}: N={} S={} steps={} obs={with_obs}: {:.1} ms device, {:.3e} scenario-steps/s, {:.2} us/step, {} episodes",
+            gpu.device_description(),
+            layout.n_scenarios,
+            layout.n_symbols,
+            t.steps,
+            t.device_ms,
+            t.scenario_steps_per_s,
+            t.device_ms as f64 * 1e3 / t.steps as f64,
+            t.episodes_finished
+        );
+    }
+}
