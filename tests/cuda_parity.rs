@@ -17,12 +17,12 @@ mod parity;
 
 use std::sync::Arc;
 
-use parity::{Plan, cases, cmp_outputs, cmp_records, cmp_snapshots, cmp_views, run_parity};
 use marl_trade::Config;
 use marl_trade::Error;
 use marl_trade::env::cpu::CpuBackend;
 use marl_trade::env::cuda::CudaBackend;
 use marl_trade::env::{Backend, EnvLayout, Period, StepOutputs};
+use parity::{Plan, cases, cmp_outputs, cmp_records, cmp_snapshots, cmp_views, run_parity};
 
 #[test]
 fn construction_without_gpu_is_a_clear_error() {
@@ -34,7 +34,10 @@ fn construction_without_gpu_is_a_clear_error() {
         Ok(b) => eprintln!("GPU present: {}", b.device_description()),
         Err(Error::Backend { backend, message }) => {
             assert_eq!(backend, "cuda");
-            assert!(message.contains("driver") || message.contains("NVRTC") || message.contains("GPU"), "{message}");
+            assert!(
+                message.contains("driver") || message.contains("NVRTC") || message.contains("GPU"),
+                "{message}"
+            );
             eprintln!("as expected without a GPU: {message}");
         }
         Err(e) => panic!("unexpected error kind: {e}"),
@@ -54,7 +57,14 @@ fn cuda_matches_cpu() {
         let feats = parity::random_features(&md, 10);
         let layout = EnvLayout::new(&cfg, &md, Period::Train).unwrap();
         all.push(parity::Case {
-            plan: Plan { name: "s143", seed: 21, steps: 0, random_state: true, p_unmasked: 0.1, action_seed: 22 },
+            plan: Plan {
+                name: "s143",
+                seed: 21,
+                steps: 0,
+                random_state: true,
+                p_unmasked: 0.1,
+                action_seed: 22,
+            },
             cfg,
             md: Arc::new(md),
             feats: Arc::new(feats),
@@ -67,10 +77,15 @@ fn cuda_matches_cpu() {
         let ep = l.episode_len.min(l.hi - l.start_a);
         case.plan.steps = case.plan.steps.max(2 * ep + 1);
         let mut cpu = CpuBackend::new(l, case.md.clone(), case.feats.clone());
-        let mut gpu = CudaBackend::new(l, case.md.clone(), case.feats.clone()).expect("CUDA backend");
+        let mut gpu =
+            CudaBackend::new(l, case.md.clone(), case.feats.clone()).expect("CUDA backend");
         let cov = run_parity(&mut cpu, &mut gpu, &case.md, &case.plan, |_, _| {})
             .unwrap_or_else(|e| panic!("CUDA differs from CPU: {e}"));
-        eprintln!("{} on {}: {cov:?}", case.plan.name, gpu.device_description());
+        eprintln!(
+            "{} on {}: {cov:?}",
+            case.plan.name,
+            gpu.device_description()
+        );
         assert!(cov.episodes >= 1);
     }
 }
@@ -84,7 +99,10 @@ fn device_sampler_replays_on_cpu() {
     let mut gpu = CudaBackend::new(l, case.md.clone(), case.feats.clone()).expect("CUDA backend");
     cpu.reset(3).unwrap();
     gpu.reset(3).unwrap();
-    let (mut oa, mut ob) = (StepOutputs::new(l.n_scenarios, l.n_symbols), StepOutputs::new(l.n_scenarios, l.n_symbols));
+    let (mut oa, mut ob) = (
+        StepOutputs::new(l.n_scenarios, l.n_symbols),
+        StepOutputs::new(l.n_scenarios, l.n_symbols),
+    );
     for it in 0..(3 * l.episode_len as u64) {
         let (acts, master) = gpu.sample_actions(1234, it, None).unwrap();
         cpu.step(&acts, &master).unwrap();
@@ -95,8 +113,16 @@ fn device_sampler_replays_on_cpu() {
         cmp_outputs(&oa, &ob).map_err(ctx).unwrap();
         let (sa, sb) = (cpu.snapshot().unwrap(), gpu.snapshot().unwrap());
         cmp_snapshots(&sa, &sb).map_err(ctx).unwrap();
-        assert!(sa.scenarios.iter().all(|s| s.invalid_actions == 0), "sampled actions were masked");
-        cmp_records(&cpu.drain_episodes().unwrap(), &gpu.drain_episodes().unwrap()).map_err(ctx).unwrap();
+        assert!(
+            sa.scenarios.iter().all(|s| s.invalid_actions == 0),
+            "sampled actions were masked"
+        );
+        cmp_records(
+            &cpu.drain_episodes().unwrap(),
+            &gpu.drain_episodes().unwrap(),
+        )
+        .map_err(ctx)
+        .unwrap();
         cmp_views(&mut cpu, &mut gpu).map_err(ctx).unwrap();
     }
 }
@@ -115,7 +141,9 @@ fn cuda_rollout_throughput() {
     let _warm = gpu.random_rollout(16, 9, None, true).unwrap();
     for with_obs in [false, true] {
         gpu.reset(1).unwrap();
-        let t = gpu.random_rollout(cfg.env.episode_len, 7, None, with_obs).unwrap();
+        let t = gpu
+            .random_rollout(cfg.env.episode_len, 7, None, with_obs)
+            .unwrap();
         eprintln!(
             "{}: N={} S={} steps={} obs={with_obs}: {:.1} ms device, {:.3e} scenario-steps/s, {:.2} us/step, {} episodes",
             gpu.device_description(),

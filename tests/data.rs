@@ -135,6 +135,7 @@ fn intraday_volume_is_u_shaped_and_rises_with_moves() {
             }
         }
     }
+    eprintln!("DIAG u {by_bar:?} corr {}", corr(&abs_r, &lv));
     assert!(corr(&abs_r, &lv) > 0.1, "volume must rise with |return|");
 }
 
@@ -170,6 +171,7 @@ fn sentiment_signal_strength_controls_information_coefficient() {
         sentiment_ic(&half),
         sentiment_ic(&full),
     );
+    eprintln!("DIAG sentiment IC {ic0} {ic5} {ic1}");
     assert!(ic0.abs() < 0.02, "strength 0: IC {ic0}");
     assert!(ic5 > 0.035, "strength 0.5: IC {ic5}");
     assert!((0.08..0.18).contains(&ic1), "strength 1: IC {ic1}");
@@ -226,6 +228,7 @@ fn momentum_signal_acts_in_bull_regimes_only() {
         corr(&x, &y)
     };
     let (ic0, ic1) = (mom_ic(&none), mom_ic(&full));
+    eprintln!("DIAG momentum IC {ic0} {ic1}");
     assert!(ic0.abs() < 0.03, "no momentum at strength 0: {ic0}");
     assert!(ic1 > 0.05, "momentum at strength 1: {ic1}");
 }
@@ -296,6 +299,7 @@ fn regimes_change_volatility_and_correlation() {
             .collect();
         v.iter().sum::<f64>() / v.len() as f64
     };
+    eprintln!("DIAG vol {vol:?} corr {c:?} n {corr_n:?} vix {} {} {}", vix_mean(0), vix_mean(1), vix_mean(2));
     assert!(
         vix_mean(2) > vix_mean(0) + 10.0,
         "vix crisis {} bull {}",

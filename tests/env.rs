@@ -12,16 +12,32 @@ use marl_trade::reward::N_COMPONENTS;
 use marl_trade::rng::SplitMix64;
 
 /// Accounting (spec §4.10): after every step `cash + sum q * C[t] == equity`, and the per-symbol
-/// pnl and cost components add up to the equity change. Random actions, several seeds.
+/// pnl and cost components add up to the equity change. A property test over random actions,
+/// seeds, leverage caps and symbol counts; the fixed sweep at the end also proves that borrowing
+/// (and so the borrow fee) is exercised.
 fn accounting_identity(kind: BackendKind) {
-    for seed in 0..6u64 {
+    use proptest::test_runner::{Config as PtConfig, TestRunner};
+    let mut runner = TestRunner::new(PtConfig { cases: 12, ..PtConfig::default() });
+    runner
+        .run(&(0u64..10_000, 1.0f64..2.5, 1usize..9), |(seed, lev, syms)| {
+            check_accounting(kind, seed, lev, syms);
+            Ok(())
+        })
+        .unwrap();
+    let borrowed = (1..6u64).filter(|&seed| check_accounting(kind, seed, 1.0 + 0.3 * seed as f64, 6)).count();
+    assert!(borrowed >= 3, "leverage used in only {borrowed} of 5 runs: borrow fees not covered");
+}
+
+/// One accounting run; returns whether cash ever went negative.
+fn check_accounting(kind: BackendKind, seed: u64, lev: f64, syms: usize) -> bool {
+    {
         let mut cfg = small_config(4, 40);
-        cfg.risk.leverage_cap = 1.0 + 0.3 * seed as f64; // with and without borrowing
+        cfg.risk.leverage_cap = lev;
         // large orders and caps so that the budget scaling and borrowing are exercised
         (cfg.risk.buy_small, cfg.risk.buy_medium, cfg.risk.buy_large) = (0.1, 0.2, 0.4);
         cfg.master.position_caps = vec![0.2, 0.3, 0.5, 0.8];
         cfg.risk.kill_drawdown = 0.5;
-        let md = toy_market(6, 400, 2, seed);
+        let md = toy_market(syms, 400, 2, seed);
         let closes = md.close.clone();
         let s1 = md.n_symbols() + 1;
         let bars = md.bars;
@@ -60,7 +76,7 @@ fn accounting_identity(kind: BackendKind) {
             }
             before = snap;
         }
-        assert!(borrowed || seed == 0, "seed {seed}: leverage never used, the test would not cover borrow fees");
+        borrowed
     }
 }
 
@@ -272,6 +288,43 @@ fn no_look_ahead(kind: BackendKind) {
     assert!(a[after - start].0 != b[after - start].0, "perturbation had no effect at all");
 }
 
+/// Spec §5 "Episode statistics": the per-component sums of finished episodes equal the weighted
+/// components returned step by step; shares add up to 1; the record has the episode's length.
+fn episode_stats_add_up(kind: BackendKind) {
+    let mut cfg = small_config(3, 20);
+    cfg.risk.kill_drawdown = 1.0;
+    let w = [10.0, 5.0, 2.0, 3.0, 5.0, 0.5, 1.0];
+    let mut env = env_on(&cfg, toy_market(4, 300, 1, 12), Period::Train, kind);
+    env.reset(4).unwrap();
+    let (n, s) = (env.n_scenarios(), env.n_symbols());
+    let mut r = SplitMix64::new(3);
+    let mut mask = vec![0u8; n * s * 7];
+    let mut seen = [0f64; N_COMPONENTS];
+    for k in 0..20 {
+        env.action_mask(&mut mask).unwrap();
+        let a = masked_actions(&mut r, &mask);
+        let out = env.step(&a, &vec![20; n]).unwrap();
+        for c in out.components.chunks_exact(N_COMPONENTS) {
+            for i in 0..N_COMPONENTS {
+                seen[i] += w[i] * c[i] as f64;
+            }
+        }
+        assert_eq!(out.truncated.iter().all(|&d| d == 1), k == 19);
+    }
+    let recs = env.drain_finished();
+    assert_eq!(recs.len(), n);
+    assert!(recs.iter().all(|r| r.length == 20 && !r.killed && r.components.count == 20 * s as u64));
+    let stats = env.episode_stats();
+    let share: f64 = stats.iter().map(|c| c.share).sum();
+    assert!((share - 1.0).abs() < 1e-12);
+    for (i, st) in stats.iter().enumerate() {
+        assert!((st.sum - seen[i]).abs() <= 1e-5 * seen[i].abs() + 1e-9, "{}: {} vs {}", st.name, st.sum, seen[i]);
+        assert!((st.mean - st.sum / (n * s * 20) as f64).abs() < 1e-12);
+    }
+    assert!(stats[1].sum < 0.0, "trading paid costs");
+    assert_eq!(env.episode_stats()[0].sum, 0.0, "stats reset after reading");
+}
+
 /// Bad calls are errors, not panics.
 fn bad_inputs_are_errors(kind: BackendKind) {
     let cfg = small_config(2, 40);
@@ -297,6 +350,7 @@ macro_rules! env_suite {
             $(#[$attr])* #[test] fn masking_and_open_limit() { super::masking_and_open_limit($kind) }
             $(#[$attr])* #[test] fn dyn_obs_is_tail_of_full_obs() { super::dyn_obs_is_tail_of_full_obs($kind) }
             $(#[$attr])* #[test] fn no_look_ahead() { super::no_look_ahead($kind) }
+            $(#[$attr])* #[test] fn episode_stats_add_up() { super::episode_stats_add_up($kind) }
             $(#[$attr])* #[test] fn bad_inputs_are_errors() { super::bad_inputs_are_errors($kind) }
         }
     };

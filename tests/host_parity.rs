@@ -29,17 +29,18 @@ mod parity;
 
 use std::sync::Arc;
 
-use parity::{Coverage, cases, run_parity};
 use marl_trade::data::MarketData;
 use marl_trade::env::abi::{EnvDims, EpisodeRecordC, abi_layout, kernel_constants};
 use marl_trade::env::cpu::CpuBackend;
 use marl_trade::env::logic::{directive, mask_bits};
 use marl_trade::env::{
-    Backend, EnvLayout, EpisodeRecord, ScenarioState, Snapshot, StepOutputs, StepParams, SymbolState, obs,
+    Backend, EnvLayout, EpisodeRecord, ScenarioState, Snapshot, StepOutputs, StepParams,
+    SymbolState, obs,
 };
 use marl_trade::features::Features;
 use marl_trade::reward::N_COMPONENTS;
 use marl_trade::rng::{hash2, mix64};
+use parity::{Coverage, cases, run_parity};
 
 /// Scalars per scenario written by the shim's step when asked (`MARL_DEBUG_LEN`, kernels/scenario.cuh).
 const DEBUG_LEN: usize = 14;
@@ -258,9 +259,18 @@ struct Shim {
     mask: MaskFn,
 }
 
-const EXACT: Shim = Shim { reset: marl_host_reset, step: marl_host_step, obs: marl_host_gather_obs, mask: marl_host_action_mask };
-const MUTANT: Shim =
-    Shim { reset: marl_mutant_host_reset, step: marl_mutant_host_step, obs: marl_host_gather_obs, mask: marl_host_action_mask };
+const EXACT: Shim = Shim {
+    reset: marl_host_reset,
+    step: marl_host_step,
+    obs: marl_host_gather_obs,
+    mask: marl_host_action_mask,
+};
+const MUTANT: Shim = Shim {
+    reset: marl_mutant_host_reset,
+    step: marl_mutant_host_step,
+    obs: marl_host_gather_obs,
+    mask: marl_host_action_mask,
+};
 
 const RECORD_CAP: u32 = 4;
 
@@ -414,17 +424,26 @@ impl Backend for HostShimBackend {
         Ok(())
     }
     fn dyn_obs(&mut self, out: &mut [f32]) -> marl_trade::Result<()> {
-        assert_eq!(out.len(), self.layout.n_scenarios * self.layout.n_symbols * obs::DYN_OBS);
+        assert_eq!(
+            out.len(),
+            self.layout.n_scenarios * self.layout.n_symbols * obs::DYN_OBS
+        );
         self.obs_into(out, false);
         Ok(())
     }
     fn gather_obs(&mut self, out: &mut [f32]) -> marl_trade::Result<()> {
-        assert_eq!(out.len(), self.layout.n_scenarios * self.layout.n_symbols * obs::OBS_DIM);
+        assert_eq!(
+            out.len(),
+            self.layout.n_scenarios * self.layout.n_symbols * obs::OBS_DIM
+        );
         self.obs_into(out, true);
         Ok(())
     }
     fn action_mask(&mut self, out: &mut [u8]) -> marl_trade::Result<()> {
-        assert_eq!(out.len(), self.layout.n_scenarios * self.layout.n_symbols * 7);
+        assert_eq!(
+            out.len(),
+            self.layout.n_scenarios * self.layout.n_symbols * 7
+        );
         // SAFETY: as in obs_into; out holds N*S*7 bytes.
         unsafe {
             (self.shim.mask)(
@@ -447,7 +466,11 @@ impl Backend for HostShimBackend {
         Ok(())
     }
     fn snapshot(&mut self) -> marl_trade::Result<Snapshot> {
-        Ok(Snapshot { seed: self.seed, scenarios: self.scen.clone(), symbols: self.sym.clone() })
+        Ok(Snapshot {
+            seed: self.seed,
+            scenarios: self.scen.clone(),
+            symbols: self.sym.clone(),
+        })
     }
     fn load_snapshot(&mut self, snap: &Snapshot) -> marl_trade::Result<()> {
         self.seed = snap.seed;
@@ -463,7 +486,11 @@ impl Backend for HostShimBackend {
         let mut v = Vec::new();
         for (n, c) in self.rec_count.iter_mut().enumerate() {
             assert!(*c as usize <= cap, "record slots overflowed");
-            v.extend(self.recs[n * cap..n * cap + *c as usize].iter().map(EpisodeRecord::from));
+            v.extend(
+                self.recs[n * cap..n * cap + *c as usize]
+                    .iter()
+                    .map(EpisodeRecord::from),
+            );
             *c = 0;
         }
         Ok(v)
@@ -476,7 +503,11 @@ fn abi_layout_matches() {
     let mut c = vec![0u64; 256];
     // SAFETY: the shim writes at most `cap` values.
     let len = unsafe { marl_abi_layout(c.as_mut_ptr(), c.len() as u32) } as usize;
-    assert_eq!(len, rust.len(), "the C and Rust layout lists differ in length");
+    assert_eq!(
+        len,
+        rust.len(),
+        "the C and Rust layout lists differ in length"
+    );
     for ((name, r), c) in rust.iter().zip(&c) {
         assert_eq!(*r as u64, *c, "{name}: Rust {r}, C {c}");
     }
@@ -509,7 +540,8 @@ fn parity_with_cpu_backend() {
     let (mut lambda_lt_1, mut fees) = (0usize, 0usize);
     for case in cases() {
         let mut cpu = CpuBackend::new(case.layout, case.md.clone(), case.feats.clone());
-        let mut host = HostShimBackend::new(EXACT, case.layout, case.md.clone(), case.feats.clone());
+        let mut host =
+            HostShimBackend::new(EXACT, case.layout, case.md.clone(), case.feats.clone());
         let cov = run_parity(&mut cpu, &mut host, &case.md, &case.plan, |_, h| {
             for d in h.debug.chunks_exact(DEBUG_LEN) {
                 lambda_lt_1 += (d[DBG_LAMBDA] < 1.0) as usize;
@@ -522,8 +554,14 @@ fn parity_with_cpu_backend() {
     }
     eprintln!("total: {total:?}; budget scaled (lambda < 1): {lambda_lt_1}; borrow fees: {fees}");
     assert!(total.killed > 0, "no kill switch reached: {total:?}");
-    assert!(total.truncated_by_length > 0 && total.truncated_by_period_end > 0, "{total:?}");
-    assert!(total.invalid_actions > 0 && total.limited_orders > 0, "{total:?}");
+    assert!(
+        total.truncated_by_length > 0 && total.truncated_by_period_end > 0,
+        "{total:?}"
+    );
+    assert!(
+        total.invalid_actions > 0 && total.limited_orders > 0,
+        "{total:?}"
+    );
     assert!(lambda_lt_1 > 0, "budget scaling never reached");
     assert!(fees > 0, "borrow fee never charged");
 }
@@ -577,7 +615,11 @@ fn sampler_respects_the_mask() {
         sample(&mut acts, &mut master, &host);
         let (mut acts2, mut master2) = (vec![0u8; n * s], vec![0u8; n]);
         sample(&mut acts2, &mut master2, &host);
-        assert_eq!((&acts, &master), (&acts2, &master2), "sampler is not deterministic");
+        assert_eq!(
+            (&acts, &master),
+            (&acts2, &master2),
+            "sampler is not deterministic"
+        );
         for i in 0..n {
             let st = &host.scen[i];
             let d = directive(&l.params, master[i]);
@@ -585,19 +627,40 @@ fn sampler_respects_the_mask() {
             for j in 0..s {
                 let c = case.md.close[case.md.px(st.path as usize, t, j)] as f64;
                 let q0 = host.sym.q[i * s + j];
-                let bits = mask_bits(q0, q0 * c, st.equity, c, host.sym.entry[i * s + j], st.open_count, &d);
+                let bits = mask_bits(
+                    q0,
+                    q0 * c,
+                    st.equity,
+                    c,
+                    host.sym.entry[i * s + j],
+                    st.open_count,
+                    &d,
+                );
                 let a = acts[i * s + j];
-                assert!(bits & (1 << a) != 0, "sampled a masked action {a} (mask {bits:#09b})");
+                assert!(
+                    bits & (1 << a) != 0,
+                    "sampled a masked action {a} (mask {bits:#09b})"
+                );
                 seen[a as usize] += 1;
             }
         }
-        invalid_before += host.scen.iter().map(|x| x.invalid_actions as u64).sum::<u64>();
+        invalid_before += host
+            .scen
+            .iter()
+            .map(|x| x.invalid_actions as u64)
+            .sum::<u64>();
         host.step(&acts, &master).unwrap();
         let after: u64 = host.scen.iter().map(|x| x.invalid_actions as u64).sum();
         // auto-reset zeroes the counter; otherwise it must not grow
-        assert!(after <= invalid_before, "sampled actions were counted invalid");
+        assert!(
+            after <= invalid_before,
+            "sampled actions were counted invalid"
+        );
         invalid_before = 0;
         host.drain_episodes().unwrap();
     }
-    assert!(seen.iter().all(|&c| c > 0), "some action never sampled: {seen:?}");
+    assert!(
+        seen.iter().all(|&c| c > 0),
+        "some action never sampled: {seen:?}"
+    );
 }

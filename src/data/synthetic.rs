@@ -136,7 +136,7 @@ const SENT_FEEDBACK: f64 = 0.3;
 /// Sentiment signal gain: information coefficient about 0.12 at strength 1.
 pub const K_SENT: f64 = 0.13;
 /// Momentum signal gain (bull regime only).
-pub const K_MOM: f64 = 0.15;
+pub const K_MOM: f64 = 0.08;
 /// Trailing window of the momentum signal, in bars.
 pub const MOM_WINDOW: usize = 24;
 

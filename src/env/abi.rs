@@ -75,7 +75,11 @@ impl From<&EpisodeRecordC> for EpisodeRecord {
             killed: r.killed != 0,
             invalid_actions: r.invalid_actions,
             limited_orders: r.limited_orders,
-            components: ComponentSums { sum: r.sum, sum_sq: r.sum_sq, count: r.count },
+            components: ComponentSums {
+                sum: r.sum,
+                sum_sq: r.sum_sq,
+                count: r.count,
+            },
         }
     }
 }
@@ -89,31 +93,73 @@ pub fn abi_layout() -> Vec<(&'static str, usize)> {
     vec![
         ("sizeof CostParams", size_of::<CostParams>()),
         ("CostParams.commission", offset_of!(CostParams, commission)),
-        ("CostParams.half_spread", offset_of!(CostParams, half_spread)),
-        ("CostParams.impact_coef", offset_of!(CostParams, impact_coef)),
-        ("CostParams.max_slippage", offset_of!(CostParams, max_slippage)),
-        ("CostParams.borrow_per_bar", offset_of!(CostParams, borrow_per_bar)),
+        (
+            "CostParams.half_spread",
+            offset_of!(CostParams, half_spread),
+        ),
+        (
+            "CostParams.impact_coef",
+            offset_of!(CostParams, impact_coef),
+        ),
+        (
+            "CostParams.max_slippage",
+            offset_of!(CostParams, max_slippage),
+        ),
+        (
+            "CostParams.borrow_per_bar",
+            offset_of!(CostParams, borrow_per_bar),
+        ),
         ("sizeof RewardParams", size_of::<RewardParams>()),
         ("RewardParams.w", offset_of!(RewardParams, w)),
         ("RewardParams.dsr_eta", offset_of!(RewardParams, dsr_eta)),
         ("RewardParams.dsr_clip", offset_of!(RewardParams, dsr_clip)),
-        ("RewardParams.trade_dd_threshold", offset_of!(RewardParams, trade_dd_threshold)),
-        ("RewardParams.util_target", offset_of!(RewardParams, util_target)),
+        (
+            "RewardParams.trade_dd_threshold",
+            offset_of!(RewardParams, trade_dd_threshold),
+        ),
+        (
+            "RewardParams.util_target",
+            offset_of!(RewardParams, util_target),
+        ),
         ("RewardParams.master_w", offset_of!(RewardParams, master_w)),
         ("sizeof StepParams", size_of::<StepParams>()),
         ("StepParams.costs", offset_of!(StepParams, costs)),
         ("StepParams.reward", offset_of!(StepParams, reward)),
-        ("StepParams.initial_capital", offset_of!(StepParams, initial_capital)),
-        ("StepParams.leverage_cap", offset_of!(StepParams, leverage_cap)),
-        ("StepParams.kill_drawdown", offset_of!(StepParams, kill_drawdown)),
+        (
+            "StepParams.initial_capital",
+            offset_of!(StepParams, initial_capital),
+        ),
+        (
+            "StepParams.leverage_cap",
+            offset_of!(StepParams, leverage_cap),
+        ),
+        (
+            "StepParams.kill_drawdown",
+            offset_of!(StepParams, kill_drawdown),
+        ),
         ("StepParams.buy_size", offset_of!(StepParams, buy_size)),
-        ("StepParams.sell_partial", offset_of!(StepParams, sell_partial)),
-        ("StepParams.risk_multipliers", offset_of!(StepParams, risk_multipliers)),
-        ("StepParams.position_caps", offset_of!(StepParams, position_caps)),
+        (
+            "StepParams.sell_partial",
+            offset_of!(StepParams, sell_partial),
+        ),
+        (
+            "StepParams.risk_multipliers",
+            offset_of!(StepParams, risk_multipliers),
+        ),
+        (
+            "StepParams.position_caps",
+            offset_of!(StepParams, position_caps),
+        ),
         ("StepParams.max_open", offset_of!(StepParams, max_open)),
         ("StepParams.n_symbols", offset_of!(StepParams, n_symbols)),
-        ("StepParams.episode_len", offset_of!(StepParams, episode_len)),
-        ("StepParams.default_action", offset_of!(StepParams, default_action)),
+        (
+            "StepParams.episode_len",
+            offset_of!(StepParams, episode_len),
+        ),
+        (
+            "StepParams.default_action",
+            offset_of!(StepParams, default_action),
+        ),
         ("sizeof ScenarioState", size_of::<ScenarioState>()),
         ("ScenarioState.cash", offset_of!(ScenarioState, cash)),
         ("ScenarioState.equity", offset_of!(ScenarioState, equity)),
@@ -125,10 +171,22 @@ pub fn abi_layout() -> Vec<(&'static str, usize)> {
         ("ScenarioState.t0", offset_of!(ScenarioState, t0)),
         ("ScenarioState.k", offset_of!(ScenarioState, k)),
         ("ScenarioState.episode", offset_of!(ScenarioState, episode)),
-        ("ScenarioState.directive", offset_of!(ScenarioState, directive)),
-        ("ScenarioState.open_count", offset_of!(ScenarioState, open_count)),
-        ("ScenarioState.invalid_actions", offset_of!(ScenarioState, invalid_actions)),
-        ("ScenarioState.limited_orders", offset_of!(ScenarioState, limited_orders)),
+        (
+            "ScenarioState.directive",
+            offset_of!(ScenarioState, directive),
+        ),
+        (
+            "ScenarioState.open_count",
+            offset_of!(ScenarioState, open_count),
+        ),
+        (
+            "ScenarioState.invalid_actions",
+            offset_of!(ScenarioState, invalid_actions),
+        ),
+        (
+            "ScenarioState.limited_orders",
+            offset_of!(ScenarioState, limited_orders),
+        ),
         ("sizeof EnvDims", size_of::<EnvDims>()),
         ("EnvDims.n_scenarios", offset_of!(EnvDims, n_scenarios)),
         ("EnvDims.n_symbols", offset_of!(EnvDims, n_symbols)),
@@ -141,14 +199,26 @@ pub fn abi_layout() -> Vec<(&'static str, usize)> {
         ("EnvDims.episode_len", offset_of!(EnvDims, episode_len)),
         ("EnvDims.record_cap", offset_of!(EnvDims, record_cap)),
         ("sizeof EpisodeRecordC", size_of::<EpisodeRecordC>()),
-        ("EpisodeRecordC.scenario", offset_of!(EpisodeRecordC, scenario)),
+        (
+            "EpisodeRecordC.scenario",
+            offset_of!(EpisodeRecordC, scenario),
+        ),
         ("EpisodeRecordC.path", offset_of!(EpisodeRecordC, path)),
         ("EpisodeRecordC.start", offset_of!(EpisodeRecordC, start)),
         ("EpisodeRecordC.length", offset_of!(EpisodeRecordC, length)),
-        ("EpisodeRecordC.total_return", offset_of!(EpisodeRecordC, total_return)),
+        (
+            "EpisodeRecordC.total_return",
+            offset_of!(EpisodeRecordC, total_return),
+        ),
         ("EpisodeRecordC.killed", offset_of!(EpisodeRecordC, killed)),
-        ("EpisodeRecordC.invalid_actions", offset_of!(EpisodeRecordC, invalid_actions)),
-        ("EpisodeRecordC.limited_orders", offset_of!(EpisodeRecordC, limited_orders)),
+        (
+            "EpisodeRecordC.invalid_actions",
+            offset_of!(EpisodeRecordC, invalid_actions),
+        ),
+        (
+            "EpisodeRecordC.limited_orders",
+            offset_of!(EpisodeRecordC, limited_orders),
+        ),
         ("EpisodeRecordC.sum", offset_of!(EpisodeRecordC, sum)),
         ("EpisodeRecordC.sum_sq", offset_of!(EpisodeRecordC, sum_sq)),
         ("EpisodeRecordC.count", offset_of!(EpisodeRecordC, count)),

@@ -28,14 +28,17 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::sys::CUfunction_attribute_enum;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, DriverError, LaunchConfig, PushKernelArg,
-    ValidAsZeroBits,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, DriverError, LaunchConfig,
+    PushKernelArg, ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
 
 use super::abi::{EnvDims, EpisodeRecordC};
 use super::obs::{DYN_OBS, OBS_DIM};
-use super::{Backend, EnvLayout, EpisodeRecord, N_ACTIONS, ScenarioState, Snapshot, StepOutputs, StepParams, SymbolState};
+use super::{
+    Backend, EnvLayout, EpisodeRecord, N_ACTIONS, ScenarioState, Snapshot, StepOutputs, StepParams,
+    SymbolState,
+};
 use crate::data::MarketData;
 use crate::error::{Error, Result};
 use crate::features::Features;
@@ -62,9 +65,21 @@ pub const HEADERS: [(&str, &str); 4] = [
 
 /// Kernel programs: (file name, source, kernels it defines).
 pub const PROGRAMS: [(&str, &str, &[&str]); 3] = [
-    ("env_step.cu", include_str!("../../kernels/env_step.cu"), &["env_reset", "env_step"]),
-    ("obs.cu", include_str!("../../kernels/obs.cu"), &["gather_obs", "dyn_obs", "action_mask"]),
-    ("sampler.cu", include_str!("../../kernels/sampler.cu"), &["sample_actions"]),
+    (
+        "env_step.cu",
+        include_str!("../../kernels/env_step.cu"),
+        &["env_reset", "env_step"],
+    ),
+    (
+        "obs.cu",
+        include_str!("../../kernels/obs.cu"),
+        &["gather_obs", "dyn_obs", "action_mask"],
+    ),
+    (
+        "sampler.cu",
+        include_str!("../../kernels/sampler.cu"),
+        &["sample_actions"],
+    ),
 ];
 
 /// Episode-record slots per scenario on the device. `VecEnv` drains after every step with a done,
@@ -106,8 +121,14 @@ pub fn compile_all(arch: &str) -> Result<Vec<CompiledProgram>> {
     PROGRAMS
         .iter()
         .map(|(name, src, _)| {
-            let c = lib.compile(name, src, &HEADERS, &opts).map_err(backend_err)?;
-            Ok(CompiledProgram { name, ptx: c.ptx, log: c.log })
+            let c = lib
+                .compile(name, src, &HEADERS, &opts)
+                .map_err(backend_err)?;
+            Ok(CompiledProgram {
+                name,
+                ptx: c.ptx,
+                log: c.log,
+            })
         })
         .collect()
 }
@@ -120,12 +141,18 @@ fn cached_ptx(arch: &str) -> Result<Arc<Vec<CompiledProgram>>> {
         return Ok(p.clone());
     }
     let progs = Arc::new(compile_all(arch)?);
-    cache.lock().expect("ptx cache").insert(arch.to_string(), progs.clone());
+    cache
+        .lock()
+        .expect("ptx cache")
+        .insert(arch.to_string(), progs.clone());
     Ok(progs)
 }
 
 fn backend_err(message: impl Into<String>) -> Error {
-    Error::Backend { backend: "cuda", message: message.into() }
+    Error::Backend {
+        backend: "cuda",
+        message: message.into(),
+    }
 }
 
 fn drv(what: &str) -> impl FnOnce(DriverError) -> Error + '_ {
@@ -226,10 +253,14 @@ impl CudaBackend {
         }
         let (n, s) = (layout.n_scenarios, layout.n_symbols);
         if n == 0 || s == 0 || s > 1 << 20 {
-            return Err(Error::invalid(format!("cuda backend: unsupported N = {n}, S = {s}")));
+            return Err(Error::invalid(format!(
+                "cuda backend: unsupported N = {n}, S = {s}"
+            )));
         }
         let ctx = CudaContext::new(0).map_err(drv("creating a context on GPU 0"))?;
-        let (major, minor) = ctx.compute_capability().map_err(drv("compute capability"))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(drv("compute capability"))?;
         let arch = format!("compute_{major}{minor}");
         let progs = cached_ptx(&arch)?;
         let stream = ctx.default_stream();
@@ -238,12 +269,18 @@ impl CudaBackend {
         unsafe { ctx.disable_event_tracking() };
         let mut funcs: HashMap<&str, CudaFunction> = HashMap::new();
         for (prog, (_, _, names)) in progs.iter().zip(PROGRAMS.iter()) {
-            let module = ctx.load_module(Ptx::from_src(prog.ptx.clone())).map_err(drv(prog.name))?;
+            let module = ctx
+                .load_module(Ptx::from_src(prog.ptx.clone()))
+                .map_err(drv(prog.name))?;
             for name in names.iter() {
                 funcs.insert(name, module.load_function(name).map_err(drv(name))?);
             }
         }
-        let mut take = |name: &str| funcs.remove(name).expect("every kernel is listed in PROGRAMS");
+        let mut take = |name: &str| {
+            funcs
+                .remove(name)
+                .expect("every kernel is listed in PROGRAMS")
+        };
         let k = Kernels {
             reset: take("env_reset"),
             step: take("env_step"),
@@ -258,8 +295,13 @@ impl CudaBackend {
         let smem = step_smem_bytes(s, block, carry);
         if smem > 48 * 1024 {
             k.step
-                .set_attribute(CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
-                .map_err(drv("raising the step kernel's shared memory limit (S too large for this GPU?)"))?;
+                .set_attribute(
+                    CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    smem as i32,
+                )
+                .map_err(drv(
+                    "raising the step kernel's shared memory limit (S too large for this GPU?)",
+                ))?;
         }
 
         let up = |v: &[f32], what: &str| stream.clone_htod(v).map_err(drv(what));
@@ -279,7 +321,9 @@ impl CudaBackend {
             macro_series: up(&data.macro_series, "upload macro")?,
             regime: up(&features.regime, "upload regime features")?,
             tech: up(&features.tech, "upload technical features")?,
-            scen: stream.alloc_zeros::<ScenarioState>(n).map_err(drv("alloc"))?,
+            scen: stream
+                .alloc_zeros::<ScenarioState>(n)
+                .map_err(drv("alloc"))?,
             q: zeros_f64(ns)?,
             entry: zeros_f64(ns)?,
             peak_px: zeros_f64(ns)?,
@@ -290,15 +334,21 @@ impl CudaBackend {
             comp_sumsq: zeros_f64(n * N_COMPONENTS)?,
             comp_count: stream.alloc_zeros::<u64>(n).map_err(drv("alloc"))?,
             scratch: zeros_f64(if carry { 1 } else { 5 * ns })?,
-            opener: stream.alloc_zeros::<u32>(if carry { 1 } else { ns }).map_err(drv("alloc"))?,
+            opener: stream
+                .alloc_zeros::<u32>(if carry { 1 } else { ns })
+                .map_err(drv("alloc"))?,
             actions: stream.alloc_zeros::<u8>(ns).map_err(drv("alloc"))?,
             master: stream.alloc_zeros::<u8>(n).map_err(drv("alloc"))?,
             reward: stream.alloc_zeros::<f32>(ns).map_err(drv("alloc"))?,
-            comps: stream.alloc_zeros::<f32>(ns * N_COMPONENTS).map_err(drv("alloc"))?,
+            comps: stream
+                .alloc_zeros::<f32>(ns * N_COMPONENTS)
+                .map_err(drv("alloc"))?,
             master_reward: stream.alloc_zeros::<f32>(n).map_err(drv("alloc"))?,
             terminated: stream.alloc_zeros::<u8>(n).map_err(drv("alloc"))?,
             truncated: stream.alloc_zeros::<u8>(n).map_err(drv("alloc"))?,
-            recs: stream.alloc_zeros::<EpisodeRecordC>(n * RECORD_CAP as usize).map_err(drv("alloc"))?,
+            recs: stream
+                .alloc_zeros::<EpisodeRecordC>(n * RECORD_CAP as usize)
+                .map_err(drv("alloc"))?,
             rec_count: stream.alloc_zeros::<u32>(n).map_err(drv("alloc"))?,
             obs: None,
             dyn_buf: None,
@@ -312,13 +362,21 @@ impl CudaBackend {
     /// The device's name and compute capability, for reports.
     pub fn device_description(&self) -> String {
         let name = self.ctx.name().unwrap_or_else(|_| "unknown GPU".into());
-        let cc = self.ctx.compute_capability().map(|(a, b)| format!("sm_{a}{b}")).unwrap_or_default();
+        let cc = self
+            .ctx
+            .compute_capability()
+            .map(|(a, b)| format!("sm_{a}{b}"))
+            .unwrap_or_default();
         format!("{name} ({cc})")
     }
 
     fn rows_cfg(&self, rows: usize, per_row_threads: usize) -> LaunchConfig {
         let threads = rows * per_row_threads;
-        LaunchConfig { grid_dim: (threads.div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+        LaunchConfig {
+            grid_dim: (threads.div_ceil(256) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        }
     }
 
     fn launch_step(&mut self) -> Result<()> {
@@ -390,10 +448,21 @@ impl CudaBackend {
     /// Draw the actions of step `it` on the device (`kernels/sampler.cu`) and copy them to the host:
     /// `(symbol actions [N, S], master actions [N])`. The device-side rollout uses the same draws
     /// without the copy; tests use this to replay them on the CPU backend.
-    pub fn sample_actions(&mut self, seed: u64, it: u64, fixed_master: Option<u8>) -> Result<(Vec<u8>, Vec<u8>)> {
+    pub fn sample_actions(
+        &mut self,
+        seed: u64,
+        it: u64,
+        fixed_master: Option<u8>,
+    ) -> Result<(Vec<u8>, Vec<u8>)> {
         self.launch_sample(seed, it, fixed_master.map(u32::from).unwrap_or(u32::MAX))?;
-        let a = self.stream.clone_dtoh(&self.actions).map_err(drv("read sampled actions"))?;
-        let m = self.stream.clone_dtoh(&self.master).map_err(drv("read sampled master actions"))?;
+        let a = self
+            .stream
+            .clone_dtoh(&self.actions)
+            .map_err(drv("read sampled actions"))?;
+        let m = self
+            .stream
+            .clone_dtoh(&self.master)
+            .map_err(drv("read sampled master actions"))?;
         Ok((a, m))
     }
 
@@ -402,7 +471,11 @@ impl CudaBackend {
     pub fn gather_obs_device(&mut self) -> Result<&CudaSlice<f32>> {
         let rows = self.layout.n_scenarios * self.layout.n_symbols;
         if self.obs.is_none() {
-            self.obs = Some(self.stream.alloc_zeros::<f32>(rows * OBS_DIM).map_err(drv("alloc obs"))?);
+            self.obs = Some(
+                self.stream
+                    .alloc_zeros::<f32>(rows * OBS_DIM)
+                    .map_err(drv("alloc obs"))?,
+            );
         }
         let cfg = self.rows_cfg(rows, 32);
         let p = self.layout.params;
@@ -429,8 +502,20 @@ impl CudaBackend {
 
     /// Step outputs on the device (rewards `[N, S]`, master rewards `[N]`, terminated and truncated
     /// `[N]`), for a learner on the same GPU.
-    pub fn outputs_device(&self) -> (&CudaSlice<f32>, &CudaSlice<f32>, &CudaSlice<u8>, &CudaSlice<u8>) {
-        (&self.reward, &self.master_reward, &self.terminated, &self.truncated)
+    pub fn outputs_device(
+        &self,
+    ) -> (
+        &CudaSlice<f32>,
+        &CudaSlice<f32>,
+        &CudaSlice<u8>,
+        &CudaSlice<u8>,
+    ) {
+        (
+            &self.reward,
+            &self.master_reward,
+            &self.terminated,
+            &self.truncated,
+        )
     }
 
     /// Run `steps` steps entirely on the device with random actions from `kernels/sampler.cu`
@@ -447,7 +532,9 @@ impl CudaBackend {
         let fixed = fixed_master.map(u32::from).unwrap_or(u32::MAX);
         // drain first, so that the count below is this rollout's
         let zeros = vec![0u32; self.layout.n_scenarios];
-        self.stream.memcpy_htod(&zeros, &mut self.rec_count).map_err(drv("reset record counts"))?;
+        self.stream
+            .memcpy_htod(&zeros, &mut self.rec_count)
+            .map_err(drv("reset record counts"))?;
         if with_obs {
             self.gather_obs_device()?; // allocate outside the timed region
         }
@@ -464,20 +551,31 @@ impl CudaBackend {
         }
         end.record(&self.stream).map_err(drv("event record"))?;
         let ms = start.elapsed_ms(&end).map_err(drv("event elapsed"))?;
-        let counts = self.stream.clone_dtoh(&self.rec_count).map_err(drv("read record counts"))?;
-        self.stream.memcpy_htod(&zeros, &mut self.rec_count).map_err(drv("reset record counts"))?;
+        let counts = self
+            .stream
+            .clone_dtoh(&self.rec_count)
+            .map_err(drv("read record counts"))?;
+        self.stream
+            .memcpy_htod(&zeros, &mut self.rec_count)
+            .map_err(drv("reset record counts"))?;
         let ss = (steps * self.layout.n_scenarios) as f64;
         Ok(RolloutTiming {
             steps,
             device_ms: ms,
-            scenario_steps_per_s: if ms > 0.0 { ss / (ms as f64 / 1e3) } else { f64::INFINITY },
+            scenario_steps_per_s: if ms > 0.0 {
+                ss / (ms as f64 / 1e3)
+            } else {
+                f64::INFINITY
+            },
             episodes_finished: counts.iter().map(|&c| c as u64).sum(),
         })
     }
 
     fn check_host_len(what: &str, got: usize, want: usize) -> Result<()> {
         if got != want {
-            return Err(Error::invalid(format!("{what}: buffer holds {got} values, expected {want}")));
+            return Err(Error::invalid(format!(
+                "{what}: buffer holds {got} values, expected {want}"
+            )));
         }
         Ok(())
     }
@@ -525,8 +623,12 @@ impl Backend for CudaBackend {
         let (n, s) = (self.layout.n_scenarios, self.layout.n_symbols);
         Self::check_host_len("symbol actions", symbol_actions.len(), n * s)?;
         Self::check_host_len("master actions", master_actions.len(), n)?;
-        self.stream.memcpy_htod(symbol_actions, &mut self.actions).map_err(drv("upload actions"))?;
-        self.stream.memcpy_htod(master_actions, &mut self.master).map_err(drv("upload master actions"))?;
+        self.stream
+            .memcpy_htod(symbol_actions, &mut self.actions)
+            .map_err(drv("upload actions"))?;
+        self.stream
+            .memcpy_htod(master_actions, &mut self.master)
+            .map_err(drv("upload master actions"))?;
         self.launch_step()
     }
 
@@ -536,11 +638,16 @@ impl Backend for CudaBackend {
             *out = StepOutputs::new(n, s);
         }
         let st = &self.stream;
-        st.memcpy_dtoh(&self.reward, &mut out.reward[..]).map_err(drv("read rewards"))?;
-        st.memcpy_dtoh(&self.comps, &mut out.components[..]).map_err(drv("read components"))?;
-        st.memcpy_dtoh(&self.master_reward, &mut out.master_reward[..]).map_err(drv("read master rewards"))?;
-        st.memcpy_dtoh(&self.terminated, &mut out.terminated[..]).map_err(drv("read terminated"))?;
-        st.memcpy_dtoh(&self.truncated, &mut out.truncated[..]).map_err(drv("read truncated"))?;
+        st.memcpy_dtoh(&self.reward, &mut out.reward[..])
+            .map_err(drv("read rewards"))?;
+        st.memcpy_dtoh(&self.comps, &mut out.components[..])
+            .map_err(drv("read components"))?;
+        st.memcpy_dtoh(&self.master_reward, &mut out.master_reward[..])
+            .map_err(drv("read master rewards"))?;
+        st.memcpy_dtoh(&self.terminated, &mut out.terminated[..])
+            .map_err(drv("read terminated"))?;
+        st.memcpy_dtoh(&self.truncated, &mut out.truncated[..])
+            .map_err(drv("read truncated"))?;
         Ok(())
     }
 
@@ -548,7 +655,11 @@ impl Backend for CudaBackend {
         let rows = self.layout.n_scenarios * self.layout.n_symbols;
         Self::check_host_len("dyn_obs", out.len(), rows * DYN_OBS)?;
         if self.dyn_buf.is_none() {
-            self.dyn_buf = Some(self.stream.alloc_zeros::<f32>(rows * DYN_OBS).map_err(drv("alloc"))?);
+            self.dyn_buf = Some(
+                self.stream
+                    .alloc_zeros::<f32>(rows * DYN_OBS)
+                    .map_err(drv("alloc"))?,
+            );
         }
         let cfg = self.rows_cfg(rows, 1);
         let p = self.layout.params;
@@ -569,7 +680,9 @@ impl Backend for CudaBackend {
         // SAFETY: arguments match `dyn_obs` in kernels/obs.cu; buf holds N*S*DYN_OBS floats; one thread
         // per row, bounds-checked in the kernel.
         unsafe { b.launch(cfg) }.map_err(drv("dyn_obs launch"))?;
-        self.stream.memcpy_dtoh(&*buf, out).map_err(drv("read dyn_obs"))?;
+        self.stream
+            .memcpy_dtoh(&*buf, out)
+            .map_err(drv("read dyn_obs"))?;
         Ok(())
     }
 
@@ -578,7 +691,9 @@ impl Backend for CudaBackend {
         Self::check_host_len("gather_obs", out.len(), rows * OBS_DIM)?;
         let stream = self.stream.clone();
         let dev = self.gather_obs_device()?;
-        stream.memcpy_dtoh(dev, out).map_err(drv("read observations"))?;
+        stream
+            .memcpy_dtoh(dev, out)
+            .map_err(drv("read observations"))?;
         Ok(())
     }
 
@@ -586,23 +701,38 @@ impl Backend for CudaBackend {
         let rows = self.layout.n_scenarios * self.layout.n_symbols;
         Self::check_host_len("action_mask", out.len(), rows * N_ACTIONS)?;
         if self.mask_buf.is_none() {
-            self.mask_buf = Some(self.stream.alloc_zeros::<u8>(rows * N_ACTIONS).map_err(drv("alloc"))?);
+            self.mask_buf = Some(
+                self.stream
+                    .alloc_zeros::<u8>(rows * N_ACTIONS)
+                    .map_err(drv("alloc"))?,
+            );
         }
         let cfg = self.rows_cfg(rows, 1);
         let p = self.layout.params;
         let buf = self.mask_buf.as_mut().expect("allocated above");
         let mut b = self.stream.launch_builder(&self.k.mask);
-        b.arg(&p).arg(&self.dims).arg(&self.close).arg(&self.scen).arg(&self.q).arg(&self.entry).arg(&mut *buf);
+        b.arg(&p)
+            .arg(&self.dims)
+            .arg(&self.close)
+            .arg(&self.scen)
+            .arg(&self.q)
+            .arg(&self.entry)
+            .arg(&mut *buf);
         // SAFETY: arguments match `action_mask` in kernels/obs.cu; buf holds N*S*7 bytes; one thread per
         // (scenario, symbol), bounds-checked in the kernel.
         unsafe { b.launch(cfg) }.map_err(drv("action_mask launch"))?;
-        self.stream.memcpy_dtoh(&*buf, out).map_err(drv("read action mask"))?;
+        self.stream
+            .memcpy_dtoh(&*buf, out)
+            .map_err(drv("read action mask"))?;
         Ok(())
     }
 
     fn obs_index(&mut self, out: &mut [u32]) -> Result<()> {
         Self::check_host_len("obs_index", out.len(), 2 * self.layout.n_scenarios)?;
-        let scen = self.stream.clone_dtoh(&self.scen).map_err(drv("read state"))?;
+        let scen = self
+            .stream
+            .clone_dtoh(&self.scen)
+            .map_err(drv("read state"))?;
         for (o, st) in out.chunks_exact_mut(2).zip(&scen) {
             o[0] = st.path;
             o[1] = st.t0 + st.k;
@@ -631,9 +761,16 @@ impl Backend for CudaBackend {
         let (n, s) = (self.layout.n_scenarios, self.layout.n_symbols);
         let sy = &snap.symbols;
         if snap.scenarios.len() != n
-            || [sy.q.len(), sy.entry.len(), sy.peak_px.len(), sy.dsr_a.len(), sy.dsr_b.len(), sy.entry_k.len()]
-                .iter()
-                .any(|&l| l != n * s)
+            || [
+                sy.q.len(),
+                sy.entry.len(),
+                sy.peak_px.len(),
+                sy.dsr_a.len(),
+                sy.dsr_b.len(),
+                sy.entry_k.len(),
+            ]
+            .iter()
+            .any(|&l| l != n * s)
         {
             return Err(Error::invalid("snapshot does not match the env's N and S"));
         }
@@ -650,30 +787,46 @@ impl Backend for CudaBackend {
         ] {
             st.memcpy_htod(src, dst).map_err(drv("load state"))?;
         }
-        st.memcpy_htod(&sy.entry_k, &mut self.entry_k).map_err(drv("load state"))?;
+        st.memcpy_htod(&sy.entry_k, &mut self.entry_k)
+            .map_err(drv("load state"))?;
         // episode accumulators restart, as in the CPU backend
-        st.memset_zeros(&mut self.comp_sum).map_err(drv("load state"))?;
-        st.memset_zeros(&mut self.comp_sumsq).map_err(drv("load state"))?;
-        st.memset_zeros(&mut self.comp_count).map_err(drv("load state"))?;
+        st.memset_zeros(&mut self.comp_sum)
+            .map_err(drv("load state"))?;
+        st.memset_zeros(&mut self.comp_sumsq)
+            .map_err(drv("load state"))?;
+        st.memset_zeros(&mut self.comp_count)
+            .map_err(drv("load state"))?;
         Ok(())
     }
 
     fn drain_episodes(&mut self) -> Result<Vec<EpisodeRecord>> {
-        let counts = self.stream.clone_dtoh(&self.rec_count).map_err(drv("read record counts"))?;
+        let counts = self
+            .stream
+            .clone_dtoh(&self.rec_count)
+            .map_err(drv("read record counts"))?;
         if counts.iter().all(|&c| c == 0) {
             return Ok(Vec::new());
         }
-        let recs = self.stream.clone_dtoh(&self.recs).map_err(drv("read episode records"))?;
+        let recs = self
+            .stream
+            .clone_dtoh(&self.recs)
+            .map_err(drv("read episode records"))?;
         let cap = RECORD_CAP as usize;
         let mut out = Vec::new();
         let mut lost = 0usize;
         for (n, &c) in counts.iter().enumerate() {
             let c = c as usize;
-            out.extend(recs[n * cap..n * cap + c.min(cap)].iter().map(EpisodeRecord::from));
+            out.extend(
+                recs[n * cap..n * cap + c.min(cap)]
+                    .iter()
+                    .map(EpisodeRecord::from),
+            );
             lost += c.saturating_sub(cap);
         }
         let zeros = vec![0u32; counts.len()];
-        self.stream.memcpy_htod(&zeros, &mut self.rec_count).map_err(drv("reset record counts"))?;
+        self.stream
+            .memcpy_htod(&zeros, &mut self.rec_count)
+            .map_err(drv("reset record counts"))?;
         if lost > 0 {
             return Err(backend_err(format!(
                 "{lost} episode records were lost: more than {cap} episodes of one scenario finished between two drains"

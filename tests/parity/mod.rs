@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use marl_trade::Config;
 use marl_trade::data::{MACRO, MarketData};
-use marl_trade::env::{Backend, EnvLayout, EpisodeRecord, N_ACTIONS, Period, Snapshot, StepOutputs, obs};
+use marl_trade::env::{
+    Backend, EnvLayout, EpisodeRecord, N_ACTIONS, Period, Snapshot, StepOutputs, obs,
+};
 use marl_trade::features::{Features, N_REGIME, N_TECH};
 use marl_trade::rng::SplitMix64;
 
@@ -17,8 +19,13 @@ pub fn stress_market(paths: usize, bars: usize, symbols: usize, seed: u64) -> Ma
     let s1 = symbols + 1;
     let mut r = SplitMix64::new(seed);
     let n = paths * bars * s1;
-    let (mut open, mut high, mut low, mut close, mut volume) =
-        (vec![0f32; n], vec![0f32; n], vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    let (mut open, mut high, mut low, mut close, mut volume) = (
+        vec![0f32; n],
+        vec![0f32; n],
+        vec![0f32; n],
+        vec![0f32; n],
+        vec![0f32; n],
+    );
     for p in 0..paths {
         for s in 0..s1 {
             let mut c = 10.0 + 190.0 * r.uniform();
@@ -26,26 +33,46 @@ pub fn stress_market(paths: usize, bars: usize, symbols: usize, seed: u64) -> Ma
             for t in 0..bars {
                 let i = (p * bars + t) * s1 + s;
                 let flat = r.chance(0.02);
-                let o = if flat { c } else { c * (1.0 + 0.004 * r.normal()) };
+                let o = if flat {
+                    c
+                } else {
+                    c * (1.0 + 0.004 * r.normal())
+                };
                 let mut ret = 0.03 * r.normal();
                 if r.chance(0.02) {
                     ret += if r.chance(0.5) { 0.15 } else { -0.15 };
                 }
-                let cl = if flat { o } else { (o * (1.0 + ret.max(-0.5))).max(0.01) };
+                let cl = if flat {
+                    o
+                } else {
+                    (o * (1.0 + ret.max(-0.5))).max(0.01)
+                };
                 let hi = o.max(cl) * if flat { 1.0 } else { 1.0 + 0.005 * r.uniform() };
                 let lo = o.min(cl) * if flat { 1.0 } else { 1.0 - 0.005 * r.uniform() };
                 open[i] = o as f32;
                 close[i] = cl as f32;
                 high[i] = (hi as f32).max(open[i]).max(close[i]);
                 low[i] = (lo as f32).min(open[i]).min(close[i]);
-                volume[i] = if flat || r.chance(0.03) { 0.0 } else { (base_vol * (0.2 + r.uniform())) as f32 };
+                volume[i] = if flat || r.chance(0.03) {
+                    0.0
+                } else {
+                    (base_vol * (0.2 + r.uniform())) as f32
+                };
                 c = cl;
             }
         }
     }
-    let sentiment = (0..paths * bars * symbols).map(|_| (2.0 * r.uniform() - 1.0) as f32).collect();
+    let sentiment = (0..paths * bars * symbols)
+        .map(|_| (2.0 * r.uniform() - 1.0) as f32)
+        .collect();
     let macro_series = (0..paths * bars * MACRO)
-        .map(|i| if i % 2 == 0 { (0.01 + 0.04 * r.uniform()) as f32 } else { (12.0 + 30.0 * r.uniform()) as f32 })
+        .map(|i| {
+            if i % 2 == 0 {
+                (0.01 + 0.04 * r.uniform()) as f32
+            } else {
+                (12.0 + 30.0 * r.uniform()) as f32
+            }
+        })
         .collect();
     let md = MarketData {
         symbols: (0..symbols).map(|i| format!("S{i:03}")).collect(),
@@ -62,7 +89,8 @@ pub fn stress_market(paths: usize, bars: usize, symbols: usize, seed: u64) -> Ma
         sentiment,
         macro_series,
     };
-    md.validate("stress_market").expect("stress data is valid market data");
+    md.validate("stress_market")
+        .expect("stress data is valid market data");
     md
 }
 
@@ -74,8 +102,12 @@ pub fn random_features(md: &MarketData, seed: u64) -> Features {
         paths: md.paths,
         bars: md.bars,
         symbols: s,
-        tech: (0..md.paths * md.bars * s * N_TECH).map(|_| (2.0 * r.uniform() - 1.0) as f32).collect(),
-        regime: (0..md.paths * md.bars * N_REGIME).map(|_| r.uniform() as f32).collect(),
+        tech: (0..md.paths * md.bars * s * N_TECH)
+            .map(|_| (2.0 * r.uniform() - 1.0) as f32)
+            .collect(),
+        regime: (0..md.paths * md.bars * N_REGIME)
+            .map(|_| r.uniform() as f32)
+            .collect(),
     }
 }
 
@@ -103,7 +135,12 @@ pub fn stress_config(scenarios: usize, episode_len: usize) -> Config {
 /// A state reachable in spirit but random: positions, entries, peaks, DSR moments, negative cash,
 /// mid-episode step counters and directives, all mutually consistent (equity = cash + gross at the
 /// current close, open_count = positions held, entry_k <= k).
-pub fn random_snapshot(base: &Snapshot, l: &EnvLayout, md: &MarketData, r: &mut SplitMix64) -> Snapshot {
+pub fn random_snapshot(
+    base: &Snapshot,
+    l: &EnvLayout,
+    md: &MarketData,
+    r: &mut SplitMix64,
+) -> Snapshot {
     let (n, s) = (l.n_scenarios, l.n_symbols);
     let c0 = l.params.initial_capital;
     let mut snap = base.clone();
@@ -138,7 +175,11 @@ pub fn random_snapshot(base: &Snapshot, l: &EnvLayout, md: &MarketData, r: &mut 
             }
             let a = 0.002 * (2.0 * r.uniform() - 1.0);
             sy.dsr_a[x] = a;
-            sy.dsr_b[x] = if r.chance(0.2) { a * a } else { a * a + 1e-6 * r.uniform() };
+            sy.dsr_b[x] = if r.chance(0.2) {
+                a * a
+            } else {
+                a * a + 1e-6 * r.uniform()
+            };
             gross += sy.q[x] * c;
         }
         st.cash = c0 * (r.uniform() - 0.3);
@@ -206,7 +247,12 @@ fn cmp_f64(what: &str, a: &[f64], b: &[f64]) -> Result<(), String> {
     }
     match a.iter().zip(b).position(|(x, y)| !same_f64(*x, *y)) {
         None => Ok(()),
-        Some(i) => Err(format!("{what}[{i}]: {:e} vs {:e} (diff {:e})", a[i], b[i], a[i] - b[i])),
+        Some(i) => Err(format!(
+            "{what}[{i}]: {:e} vs {:e} (diff {:e})",
+            a[i],
+            b[i],
+            a[i] - b[i]
+        )),
     }
 }
 
@@ -246,7 +292,10 @@ pub fn cmp_snapshots(a: &Snapshot, b: &Snapshot) -> Result<(), String> {
         ];
         for (name, u, v) in f {
             if !same_f64(u, v) {
-                return Err(format!("scenario {i} {name}: {u:e} vs {v:e} (diff {:e})", u - v));
+                return Err(format!(
+                    "scenario {i} {name}: {u:e} vs {v:e} (diff {:e})",
+                    u - v
+                ));
             }
         }
         let g = [
@@ -290,13 +339,26 @@ pub fn cmp_records(a: &[EpisodeRecord], b: &[EpisodeRecord]) -> Result<(), Strin
     }
     for (x, y) in a.iter().zip(b) {
         let key = |r: &EpisodeRecord| {
-            (r.scenario, r.path, r.start, r.length, r.killed, r.invalid_actions, r.limited_orders, r.components.count)
+            (
+                r.scenario,
+                r.path,
+                r.start,
+                r.length,
+                r.killed,
+                r.invalid_actions,
+                r.limited_orders,
+                r.components.count,
+            )
         };
         if key(x) != key(y) || !same_f64(x.total_return, y.total_return) {
             return Err(format!("episode record: {x:?} vs {y:?}"));
         }
         cmp_f64("record sums", &x.components.sum, &y.components.sum)?;
-        cmp_f64("record sums of squares", &x.components.sum_sq, &y.components.sum_sq)?;
+        cmp_f64(
+            "record sums of squares",
+            &x.components.sum_sq,
+            &y.components.sum_sq,
+        )?;
     }
     Ok(())
 }
@@ -306,11 +368,17 @@ pub fn cmp_views(a: &mut dyn Backend, b: &mut dyn Backend) -> Result<(), String>
     let l = *a.layout();
     let rows = l.n_scenarios * l.n_symbols;
     let e = |x: marl_trade::Error| x.to_string();
-    let (mut oa, mut ob) = (vec![0f32; rows * obs::OBS_DIM], vec![0f32; rows * obs::OBS_DIM]);
+    let (mut oa, mut ob) = (
+        vec![0f32; rows * obs::OBS_DIM],
+        vec![0f32; rows * obs::OBS_DIM],
+    );
     a.gather_obs(&mut oa).map_err(e)?;
     b.gather_obs(&mut ob).map_err(e)?;
     cmp_f32("gather_obs", &oa, &ob)?;
-    let (mut da, mut db) = (vec![0f32; rows * obs::DYN_OBS], vec![0f32; rows * obs::DYN_OBS]);
+    let (mut da, mut db) = (
+        vec![0f32; rows * obs::DYN_OBS],
+        vec![0f32; rows * obs::DYN_OBS],
+    );
     a.dyn_obs(&mut da).map_err(e)?;
     b.dyn_obs(&mut db).map_err(e)?;
     cmp_f32("dyn_obs", &da, &db)?;
@@ -340,7 +408,9 @@ pub fn random_actions(
         *act = if r.chance(p_unmasked) {
             r.below(N_ACTIONS as u64) as u8
         } else {
-            let allowed: Vec<u8> = (0..N_ACTIONS as u8).filter(|&x| mask[i * N_ACTIONS + x as usize] != 0).collect();
+            let allowed: Vec<u8> = (0..N_ACTIONS as u8)
+                .filter(|&x| mask[i * N_ACTIONS + x as usize] != 0)
+                .collect();
             // HOLD is always allowed; favour trading a little
             allowed[r.below(allowed.len() as u64) as usize]
         };
@@ -367,7 +437,8 @@ pub fn run_parity<A: Backend, B: Backend>(
     let e = |x: marl_trade::Error| x.to_string();
     a.reset(plan.seed).map_err(e)?;
     b.reset(plan.seed).map_err(e)?;
-    cmp_snapshots(&a.snapshot().map_err(e)?, &b.snapshot().map_err(e)?).map_err(|m| ctx(0, format!("after reset: {m}")))?;
+    cmp_snapshots(&a.snapshot().map_err(e)?, &b.snapshot().map_err(e)?)
+        .map_err(|m| ctx(0, format!("after reset: {m}")))?;
     let mut r = SplitMix64::new(plan.action_seed);
     if plan.random_state {
         let snap = random_snapshot(&a.snapshot().map_err(e)?, &l, md, &mut r);
@@ -375,9 +446,18 @@ pub fn run_parity<A: Backend, B: Backend>(
         b.load_snapshot(&snap).map_err(e)?;
     }
     cmp_views(a, b).map_err(|m| ctx(0, m))?;
-    let mut master: Vec<u8> = a.snapshot().map_err(e)?.scenarios.iter().map(|s| s.directive as u8).collect();
+    let mut master: Vec<u8> = a
+        .snapshot()
+        .map_err(e)?
+        .scenarios
+        .iter()
+        .map(|s| s.directive as u8)
+        .collect();
     let mut cov = Coverage::default();
-    let (mut oa, mut ob) = (StepOutputs::new(l.n_scenarios, l.n_symbols), StepOutputs::new(l.n_scenarios, l.n_symbols));
+    let (mut oa, mut ob) = (
+        StepOutputs::new(l.n_scenarios, l.n_symbols),
+        StepOutputs::new(l.n_scenarios, l.n_symbols),
+    );
     for step in 1..=plan.steps {
         let (acts, ms) = random_actions(a, &mut r, plan.p_unmasked, &mut master);
         a.step(&acts, &ms).map_err(e)?;
@@ -387,7 +467,10 @@ pub fn run_parity<A: Backend, B: Backend>(
         cmp_outputs(&oa, &ob).map_err(|m| ctx(step, m))?;
         let (sa, sb) = (a.snapshot().map_err(e)?, b.snapshot().map_err(e)?);
         cmp_snapshots(&sa, &sb).map_err(|m| ctx(step, m))?;
-        let (ra, rb) = (a.drain_episodes().map_err(e)?, b.drain_episodes().map_err(e)?);
+        let (ra, rb) = (
+            a.drain_episodes().map_err(e)?,
+            b.drain_episodes().map_err(e)?,
+        );
         cmp_records(&ra, &rb).map_err(|m| ctx(step, m))?;
         cmp_views(a, b).map_err(|m| ctx(step, m))?;
         cov.steps += 1;
@@ -423,7 +506,13 @@ pub fn cases() -> Vec<Case> {
     let mk = |plan: Plan, cfg: Config, md: MarketData, period: Period| {
         let feats = random_features(&md, plan.seed ^ 0xfeed);
         let layout = EnvLayout::new(&cfg, &md, period).expect("layout");
-        Case { plan, cfg, md: Arc::new(md), feats: Arc::new(feats), layout }
+        Case {
+            plan,
+            cfg,
+            md: Arc::new(md),
+            feats: Arc::new(feats),
+            layout,
+        }
     };
     let plan = |name, seed, steps, random_state, p_unmasked| Plan {
         name,
@@ -435,13 +524,33 @@ pub fn cases() -> Vec<Case> {
     };
     vec![
         // leverage, budget scaling, borrow fees, kill switch, length truncation, random mid-episode states
-        mk(plan("leveraged", 11, 300, true, 0.2), stress_config(8, 30), stress_market(2, 320, 6, 1), Period::Train),
+        mk(
+            plan("leveraged", 11, 300, true, 0.2),
+            stress_config(8, 30),
+            stress_market(2, 320, 6, 1),
+            Period::Train,
+        ),
         // episodes longer than the test period: truncation at the period's end (t0 + k == hi - 1)
-        mk(plan("period_end", 12, 200, false, 0.1), stress_config(4, 500), stress_market(1, 300, 5, 2), Period::Test),
+        mk(
+            plan("period_end", 12, 200, false, 0.1),
+            stress_config(4, 500),
+            stress_market(1, 300, 5, 2),
+            Period::Test,
+        ),
         // more symbols than a warp, small open limits: rotated opener ranks and limited orders
-        mk(plan("wide", 13, 80, true, 0.3), stress_config(3, 25), stress_market(1, 260, 40, 3), Period::Train),
+        mk(
+            plan("wide", 13, 80, true, 0.3),
+            stress_config(3, 25),
+            stress_market(1, 260, 40, 3),
+            Period::Train,
+        ),
         // a single symbol
-        mk(plan("single", 14, 120, true, 0.2), stress_config(3, 15), stress_market(2, 240, 1, 4), Period::Train),
+        mk(
+            plan("single", 14, 120, true, 0.2),
+            stress_config(3, 15),
+            stress_market(2, 240, 1, 4),
+            Period::Train,
+        ),
         // the default config (costs, sizes, limits) on calmer stress data
         mk(
             plan("default_config", 15, 150, false, 0.05),

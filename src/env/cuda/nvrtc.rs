@@ -40,26 +40,34 @@ const RTLD_NOW: c_int = 2;
 const RTLD_LOCAL: c_int = 0;
 const RTLD_GLOBAL: c_int = 0x100;
 
+type VersionFn = unsafe extern "C" fn(*mut c_int, *mut c_int) -> NvrtcResult;
+type ErrorStringFn = unsafe extern "C" fn(NvrtcResult) -> *const c_char;
+type CreateFn = unsafe extern "C" fn(
+    *mut Program,
+    *const c_char,
+    *const c_char,
+    c_int,
+    *const *const c_char,
+    *const *const c_char,
+) -> NvrtcResult;
+type CompileFn = unsafe extern "C" fn(Program, c_int, *const *const c_char) -> NvrtcResult;
+type SizeFn = unsafe extern "C" fn(Program, *mut usize) -> NvrtcResult;
+type TextFn = unsafe extern "C" fn(Program, *mut c_char) -> NvrtcResult;
+type DestroyFn = unsafe extern "C" fn(*mut Program) -> NvrtcResult;
+
 /// The NVRTC entry points we use.
 pub struct Nvrtc {
     /// Where the library was found.
     pub origin: String,
-    version: unsafe extern "C" fn(*mut c_int, *mut c_int) -> NvrtcResult,
-    get_error_string: unsafe extern "C" fn(NvrtcResult) -> *const c_char,
-    create_program: unsafe extern "C" fn(
-        *mut Program,
-        *const c_char,
-        *const c_char,
-        c_int,
-        *const *const c_char,
-        *const *const c_char,
-    ) -> NvrtcResult,
-    compile_program: unsafe extern "C" fn(Program, c_int, *const *const c_char) -> NvrtcResult,
-    get_program_log_size: unsafe extern "C" fn(Program, *mut usize) -> NvrtcResult,
-    get_program_log: unsafe extern "C" fn(Program, *mut c_char) -> NvrtcResult,
-    get_ptx_size: unsafe extern "C" fn(Program, *mut usize) -> NvrtcResult,
-    get_ptx: unsafe extern "C" fn(Program, *mut c_char) -> NvrtcResult,
-    destroy_program: unsafe extern "C" fn(*mut Program) -> NvrtcResult,
+    version: VersionFn,
+    get_error_string: ErrorStringFn,
+    create_program: CreateFn,
+    compile_program: CompileFn,
+    get_program_log_size: SizeFn,
+    get_program_log: TextFn,
+    get_ptx_size: SizeFn,
+    get_ptx: TextFn,
+    destroy_program: DestroyFn,
 }
 
 // SAFETY: the struct holds plain function pointers into a library that is never unloaded; NVRTC's
@@ -79,7 +87,11 @@ fn last_dl_error() -> String {
     // SAFETY: dlerror returns null or a NUL-terminated thread-local string.
     unsafe {
         let e = dlerror();
-        if e.is_null() { "unknown dlopen error".into() } else { CStr::from_ptr(e).to_string_lossy().into_owned() }
+        if e.is_null() {
+            "unknown dlopen error".into()
+        } else {
+            CStr::from_ptr(e).to_string_lossy().into_owned()
+        }
     }
 }
 
@@ -94,14 +106,22 @@ fn open_with(name: &str, flags: c_int) -> std::result::Result<*mut c_void, Strin
     let c = CString::new(name).map_err(|_| format!("{name}: contains a NUL byte"))?;
     // SAFETY: c is a valid C string; dlopen has no other preconditions.
     let h = unsafe { dlopen(c.as_ptr(), flags) };
-    if h.is_null() { Err(last_dl_error()) } else { Ok(h) }
+    if h.is_null() {
+        Err(last_dl_error())
+    } else {
+        Ok(h)
+    }
 }
 
 /// Load `libnvrtc-builtins.so.*` (not the `.alt.` variant) from the directory of `lib`, if present,
 /// so that NVRTC's own `dlopen` of it by soname succeeds without `LD_LIBRARY_PATH`.
 fn preload_builtins(lib: &str) {
-    let Some(dir) = std::path::Path::new(lib).parent() else { return };
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Some(dir) = std::path::Path::new(lib).parent() else {
+        return;
+    };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in rd.filter_map(|e| e.ok()) {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with("libnvrtc-builtins.so") {
@@ -113,7 +133,9 @@ fn preload_builtins(lib: &str) {
 
 /// `dir/*/...` expansion of one `*` path component (enough for `python3*`).
 fn glob_one(pattern: &str) -> Vec<PathBuf> {
-    let Some(star) = pattern.find('*') else { return vec![PathBuf::from(pattern)] };
+    let Some(star) = pattern.find('*') else {
+        return vec![PathBuf::from(pattern)];
+    };
     let (head, tail) = pattern.split_at(star);
     let dir_end = head.rfind('/').map(|i| i + 1).unwrap_or(0);
     let (dir, prefix) = head.split_at(dir_end);
@@ -124,10 +146,16 @@ fn glob_one(pattern: &str) -> Vec<PathBuf> {
     };
     let mut out = Vec::new();
     if let Ok(rd) = std::fs::read_dir(if dir.is_empty() { "." } else { dir }) {
-        let mut names: Vec<String> = rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         names.sort();
         for n in names {
-            if n.starts_with(prefix) && n.ends_with(suffix) && n.len() >= prefix.len() + suffix.len() {
+            if n.starts_with(prefix)
+                && n.ends_with(suffix)
+                && n.len() >= prefix.len() + suffix.len()
+            {
                 out.extend(glob_one(&format!("{dir}{n}{after}")));
             }
         }
@@ -138,9 +166,14 @@ fn glob_one(pattern: &str) -> Vec<PathBuf> {
 /// Library files to try after the loader's own search, in order.
 fn well_known_files() -> Vec<PathBuf> {
     let mut dirs: Vec<String> = Vec::new();
-    for venv in ["/opt/torch/.venv".to_string()].into_iter().chain(std::env::var("VIRTUAL_ENV").ok()) {
+    for venv in ["/opt/torch/.venv".to_string()]
+        .into_iter()
+        .chain(std::env::var("VIRTUAL_ENV").ok())
+    {
         dirs.push(format!("{venv}/lib/python3*/site-packages/nvidia/cu13/lib"));
-        dirs.push(format!("{venv}/lib/python3*/site-packages/nvidia/cuda_nvrtc/lib"));
+        dirs.push(format!(
+            "{venv}/lib/python3*/site-packages/nvidia/cuda_nvrtc/lib"
+        ));
     }
     for var in ["CUDA_HOME", "CUDA_PATH"] {
         if let Ok(h) = std::env::var(var) {
@@ -151,7 +184,12 @@ fn well_known_files() -> Vec<PathBuf> {
     let mut files = Vec::new();
     for d in dirs {
         for dir in glob_one(&d) {
-            for name in ["libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so.11"] {
+            for name in [
+                "libnvrtc.so",
+                "libnvrtc.so.13",
+                "libnvrtc.so.12",
+                "libnvrtc.so.11",
+            ] {
                 let f = dir.join(name);
                 if f.is_file() {
                     files.push(f);
@@ -163,7 +201,12 @@ fn well_known_files() -> Vec<PathBuf> {
 }
 
 /// Names tried through the dynamic loader's search path.
-pub const LOADER_NAMES: [&str; 4] = ["libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so.11"];
+pub const LOADER_NAMES: [&str; 4] = [
+    "libnvrtc.so",
+    "libnvrtc.so.13",
+    "libnvrtc.so.12",
+    "libnvrtc.so.11",
+];
 
 impl Nvrtc {
     /// The process-wide NVRTC, loaded on first use (see the module docs for the search order).
@@ -206,22 +249,41 @@ impl Nvrtc {
             let c = CString::new(name).expect("symbol names have no NUL");
             // SAFETY: h is a live handle from dlopen (never closed), c a valid C string.
             let p = unsafe { dlsym(h, c.as_ptr()) };
-            if p.is_null() { Err(format!("{origin}: symbol {name} missing ({})", last_dl_error())) } else { Ok(p) }
+            if p.is_null() {
+                Err(format!(
+                    "{origin}: symbol {name} missing ({})",
+                    last_dl_error()
+                ))
+            } else {
+                Ok(p)
+            }
         };
         // SAFETY: each symbol is the documented NVRTC function of the matching C signature
         // (nvrtc.h, stable since CUDA 7); a non-null data pointer from dlsym is the function's
         // address, and function and data pointers have the same size on every supported target.
         unsafe {
             Ok(Nvrtc {
-                version: std::mem::transmute::<*mut c_void, _>(sym("nvrtcVersion")?),
-                get_error_string: std::mem::transmute::<*mut c_void, _>(sym("nvrtcGetErrorString")?),
-                create_program: std::mem::transmute::<*mut c_void, _>(sym("nvrtcCreateProgram")?),
-                compile_program: std::mem::transmute::<*mut c_void, _>(sym("nvrtcCompileProgram")?),
-                get_program_log_size: std::mem::transmute::<*mut c_void, _>(sym("nvrtcGetProgramLogSize")?),
-                get_program_log: std::mem::transmute::<*mut c_void, _>(sym("nvrtcGetProgramLog")?),
-                get_ptx_size: std::mem::transmute::<*mut c_void, _>(sym("nvrtcGetPTXSize")?),
-                get_ptx: std::mem::transmute::<*mut c_void, _>(sym("nvrtcGetPTX")?),
-                destroy_program: std::mem::transmute::<*mut c_void, _>(sym("nvrtcDestroyProgram")?),
+                version: std::mem::transmute::<*mut c_void, VersionFn>(sym("nvrtcVersion")?),
+                get_error_string: std::mem::transmute::<*mut c_void, ErrorStringFn>(sym(
+                    "nvrtcGetErrorString",
+                )?),
+                create_program: std::mem::transmute::<*mut c_void, CreateFn>(sym(
+                    "nvrtcCreateProgram",
+                )?),
+                compile_program: std::mem::transmute::<*mut c_void, CompileFn>(sym(
+                    "nvrtcCompileProgram",
+                )?),
+                get_program_log_size: std::mem::transmute::<*mut c_void, SizeFn>(sym(
+                    "nvrtcGetProgramLogSize",
+                )?),
+                get_program_log: std::mem::transmute::<*mut c_void, TextFn>(sym(
+                    "nvrtcGetProgramLog",
+                )?),
+                get_ptx_size: std::mem::transmute::<*mut c_void, SizeFn>(sym("nvrtcGetPTXSize")?),
+                get_ptx: std::mem::transmute::<*mut c_void, TextFn>(sym("nvrtcGetPTX")?),
+                destroy_program: std::mem::transmute::<*mut c_void, DestroyFn>(sym(
+                    "nvrtcDestroyProgram",
+                )?),
                 origin,
             })
         }
@@ -252,11 +314,20 @@ impl Nvrtc {
     ) -> std::result::Result<Compiled, String> {
         let c_src = CString::new(src).map_err(|_| format!("{name}: source contains NUL"))?;
         let c_name = CString::new(name).map_err(|_| "name contains NUL".to_string())?;
-        let h_names: Vec<CString> = headers.iter().map(|(n, _)| CString::new(*n).expect("header name")).collect();
-        let h_srcs: Vec<CString> = headers.iter().map(|(_, s)| CString::new(*s).expect("header text")).collect();
+        let h_names: Vec<CString> = headers
+            .iter()
+            .map(|(n, _)| CString::new(*n).expect("header name"))
+            .collect();
+        let h_srcs: Vec<CString> = headers
+            .iter()
+            .map(|(_, s)| CString::new(*s).expect("header text"))
+            .collect();
         let h_name_ptrs: Vec<*const c_char> = h_names.iter().map(|c| c.as_ptr()).collect();
         let h_src_ptrs: Vec<*const c_char> = h_srcs.iter().map(|c| c.as_ptr()).collect();
-        let c_opts: Vec<CString> = options.iter().map(|o| CString::new(o.as_str()).expect("option")).collect();
+        let c_opts: Vec<CString> = options
+            .iter()
+            .map(|o| CString::new(o.as_str()).expect("option"))
+            .collect();
         let opt_ptrs: Vec<*const c_char> = c_opts.iter().map(|c| c.as_ptr()).collect();
         let mut prog: Program = std::ptr::null_mut();
         // SAFETY: every pointer refers to a live NUL-terminated string owned above; the arrays have
@@ -275,7 +346,8 @@ impl Nvrtc {
             return Err(self.err(&format!("{name}: nvrtcCreateProgram"), r));
         }
         // SAFETY: prog was created above; the options array outlives the call.
-        let rc = unsafe { (self.compile_program)(prog, opt_ptrs.len() as c_int, opt_ptrs.as_ptr()) };
+        let rc =
+            unsafe { (self.compile_program)(prog, opt_ptrs.len() as c_int, opt_ptrs.as_ptr()) };
         let log = self.program_log(prog);
         let result = if rc != 0 {
             const BUILTIN_OPERATION_FAILURE: NvrtcResult = 7;
@@ -309,7 +381,9 @@ impl Nvrtc {
             if (self.get_program_log)(prog, buf.as_mut_ptr().cast()) != 0 {
                 return String::new();
             }
-            CStr::from_bytes_until_nul(&buf).map(|c| c.to_string_lossy().trim().to_string()).unwrap_or_default()
+            CStr::from_bytes_until_nul(&buf)
+                .map(|c| c.to_string_lossy().trim().to_string())
+                .unwrap_or_default()
         }
     }
 
@@ -326,7 +400,9 @@ impl Nvrtc {
             if r != 0 {
                 return Err(self.err("nvrtcGetPTX", r));
             }
-            Ok(CStr::from_bytes_until_nul(&buf).map(|c| c.to_string_lossy().into_owned()).unwrap_or_default())
+            Ok(CStr::from_bytes_until_nul(&buf)
+                .map(|c| c.to_string_lossy().into_owned())
+                .unwrap_or_default())
         }
     }
 }
