@@ -50,7 +50,7 @@ HD u64 marl_hash2(u64 key, u64 counter) {
 /* Uniform integer in [0, n) for n > 0: Lemire's multiply-shift on a 64-bit hash (the high word of
  * the 128-bit product). */
 HD u32 marl_below(u64 h, u32 n) {
-#if MARL_DEVICE
+#if defined(__CUDA_ARCH__)
     return (u32)__umul64hi(h, (u64)n);
 #else
     return (u32)(((unsigned __int128)h * (unsigned __int128)n) >> 64);

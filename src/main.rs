@@ -178,40 +178,32 @@ fn data_synth(cfg: &Config, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The market data of a run: `--data`, else the config's source.
+/// The market data of a run: `--data` (one file, or several separated by commas), else the config's
+/// source (`data::loader::load`).
 fn load_data(cfg: &Config, file: Option<&Path>) -> Result<(MarketData, String)> {
-    let file = match (file, cfg.data.source) {
-        (Some(f), _) => Some(f.to_path_buf()),
-        (None, DataSource::File) => match &cfg.data.path {
-            Some(p) => Some(PathBuf::from(p)),
-            None => {
-                return Err(Error::config_field(
-                    "(config)",
-                    "data.path",
-                    "data.source = \"file\" needs data.path (or pass --data)".into(),
-                ));
-            }
-        },
-        (None, DataSource::Synthetic) => None,
-    };
-    match file {
-        Some(f) => {
-            let md = data::load_file(&f, &cfg.data)?;
-            md.validate(&f.display().to_string())?;
-            Ok((md, f.display().to_string()))
-        }
-        None => {
-            let s = &cfg.data.synthetic;
-            let md = data::generate(s, &cfg.data.benchmark);
-            Ok((
-                md,
-                format!(
-                    "synthetic (seed {}, signal {} {:?})",
-                    s.seed, s.signal_strength, s.signal_kind
-                ),
-            ))
-        }
+    if let Some(f) = file {
+        let text = f.to_string_lossy();
+        let paths: Vec<PathBuf> = text
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .collect();
+        let md = data::loader::load_files(&paths, &cfg.data)?;
+        return Ok((md, text.into_owned()));
     }
+    let md = data::loader::load(&cfg.data)?;
+    let origin = match cfg.data.source {
+        DataSource::File => cfg.data.path.clone().unwrap_or_default(),
+        DataSource::Synthetic => {
+            let s = &cfg.data.synthetic;
+            format!(
+                "synthetic (seed {}, signal {} {:?})",
+                s.seed, s.signal_strength, s.signal_kind
+            )
+        }
+    };
+    Ok((md, origin))
 }
 
 fn backtest(cfg: &Config, args: &BacktestArgs) -> Result<()> {

@@ -135,7 +135,6 @@ fn intraday_volume_is_u_shaped_and_rises_with_moves() {
             }
         }
     }
-    eprintln!("DIAG u {by_bar:?} corr {}", corr(&abs_r, &lv));
     assert!(corr(&abs_r, &lv) > 0.1, "volume must rise with |return|");
 }
 
@@ -171,7 +170,6 @@ fn sentiment_signal_strength_controls_information_coefficient() {
         sentiment_ic(&half),
         sentiment_ic(&full),
     );
-    eprintln!("DIAG sentiment IC {ic0} {ic5} {ic1}");
     assert!(ic0.abs() < 0.02, "strength 0: IC {ic0}");
     assert!(ic5 > 0.035, "strength 0.5: IC {ic5}");
     assert!((0.08..0.18).contains(&ic1), "strength 1: IC {ic1}");
@@ -228,7 +226,6 @@ fn momentum_signal_acts_in_bull_regimes_only() {
         corr(&x, &y)
     };
     let (ic0, ic1) = (mom_ic(&none), mom_ic(&full));
-    eprintln!("DIAG momentum IC {ic0} {ic1}");
     assert!(ic0.abs() < 0.03, "no momentum at strength 0: {ic0}");
     assert!(ic1 > 0.05, "momentum at strength 1: {ic1}");
 }
@@ -299,7 +296,6 @@ fn regimes_change_volatility_and_correlation() {
             .collect();
         v.iter().sum::<f64>() / v.len() as f64
     };
-    eprintln!("DIAG vol {vol:?} corr {c:?} n {corr_n:?} vix {} {} {}", vix_mean(0), vix_mean(1), vix_mean(2));
     assert!(
         vix_mean(2) > vix_mean(0) + 10.0,
         "vix crisis {} bull {}",
@@ -701,6 +697,21 @@ fn real_shared_data_loads_with_both_policies() {
     assert_eq!(md.symbols, ["AAPL", "FB", "GOOG", "MSFT"]);
 }
 
+/// User + system CPU seconds of this process so far (Linux `/proc/self/stat`, 100 ticks per second).
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<f64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    if f.len() > 12 {
+        (f[11] + f[12]) / 100.0
+    } else {
+        0.0
+    }
+}
+
 /// Release-mode timing of the full-size feature computation (S = 143, T = 8192). Run with
 /// `cargo test --release --test data -- --ignored --nocapture features_full_size_timing`.
 #[test]
@@ -710,15 +721,17 @@ fn features_full_size_timing() {
     let md = generate(&SyntheticConfig::default(), "SPY");
     let gen_s = t0.elapsed().as_secs_f64();
     let mut feat_s = f64::MAX;
+    let mut cpu_s = f64::MAX;
     let mut f = None;
     for _ in 0..3 {
-        let t1 = std::time::Instant::now();
+        let (t1, c1) = (std::time::Instant::now(), process_cpu_seconds());
         f = Some(Features::compute(&md));
         feat_s = feat_s.min(t1.elapsed().as_secs_f64());
+        cpu_s = cpu_s.min(process_cpu_seconds() - c1);
     }
     let f = f.unwrap();
     eprintln!(
-        "generate: {gen_s:.3} s, Features::compute: {feat_s:.3} s (best of 3, {} threads)",
+        "generate: {gen_s:.3} s, Features::compute: {feat_s:.3} s wall, {cpu_s:.2} s CPU (best of 3, {} threads)",
         rayon::current_num_threads()
     );
     for (k, name) in TECH_NAMES.iter().enumerate() {

@@ -664,3 +664,22 @@ fn sampler_respects_the_mask() {
         "some action never sampled: {seen:?}"
     );
 }
+
+/// A longer sweep: every case with 20 more seeds (run by hand:
+/// `cargo test --release --test host_parity -- --ignored`).
+#[test]
+#[ignore = "slow sweep; run by hand"]
+fn parity_many_seeds() {
+    for case in cases() {
+        for k in 1..=20u64 {
+            let mut plan = case.plan.clone();
+            plan.seed = plan.seed.wrapping_mul(1000).wrapping_add(k);
+            plan.action_seed = plan.action_seed.wrapping_mul(1000).wrapping_add(k);
+            let mut cpu = CpuBackend::new(case.layout, case.md.clone(), case.feats.clone());
+            let mut host =
+                HostShimBackend::new(EXACT, case.layout, case.md.clone(), case.feats.clone());
+            run_parity(&mut cpu, &mut host, &case.md, &plan, |_, _| {})
+                .unwrap_or_else(|e| panic!("seed {}: {e}", plan.seed));
+        }
+    }
+}

@@ -69,7 +69,9 @@ AR(1) that partly reacts to the symbol's own news, clipped to [-1, 1]:
   at bar t-1 predicts the return of bar t (close t-1 -> close t). The information coefficient
   `corr(e_i(t), r_i(t+1))` is about `0.12 * strength`.
 - `Momentum`: only in the bull regime, `signal_i(t) = K_MOM sig_i(k_t) clamp(m_i(t-1) / (sig_i(k_t) sqrt 24), -3, 3)`
-  with `m_i(t-1)` the sum of the 24 previous returns and `K_MOM = 0.15`.
+  with `m_i(t-1)` the sum of the 24 previous returns and `K_MOM = 0.10`. The correlation of the
+  trailing 24-bar return with the next bar's return in bull regimes is about `0.12 * strength`
+  (returns feed back into the momentum, so it is a little above `K_MOM`).
 
 The same random draws are made whatever the strength, so strength 0 (signal multiplied by 0) and
 strength > 0 share the same noise; strength 0 means no dependence at all.
@@ -136,7 +138,7 @@ const SENT_FEEDBACK: f64 = 0.3;
 /// Sentiment signal gain: information coefficient about 0.12 at strength 1.
 pub const K_SENT: f64 = 0.13;
 /// Momentum signal gain (bull regime only).
-pub const K_MOM: f64 = 0.08;
+pub const K_MOM: f64 = 0.10;
 /// Trailing window of the momentum signal, in bars.
 pub const MOM_WINDOW: usize = 24;
 

@@ -301,7 +301,11 @@ pub fn run_policy(
                     })?;
                 let q1 = match &held {
                     Some(h) => &h.symbols.q[i * s..(i + 1) * s],
-                    None => unreachable!("shadow state exists whenever an active scenario is done"),
+                    None => {
+                        return Err(Error::invalid(
+                            "backtest: no replayed state for a finished scenario",
+                        ));
+                    }
                 };
                 (q1, c0 * (1.0 + rec.total_return), rec.killed)
             };
