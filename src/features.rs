@@ -106,12 +106,15 @@ impl Features {
         let (p_len, t_len, s) = (md.paths, md.bars, md.n_symbols());
         let bpy = md.bars_per_year().max(1.0);
         // Per (path, symbol) pass: technical features and the per-bar inputs of the regime features.
-        let outs: Vec<SymOut> = (0..p_len * s)
+        let groups = s.div_ceil(GROUP);
+        let outs: Vec<SymOut> = (0..p_len * groups)
             .into_par_iter()
-            .map(|ps| {
-                let (p, sym) = (ps / s, ps % s);
-                let input = SymInput::extract(md, p, sym);
-                symbol_pass(&input, bpy)
+            .flat_map_iter(|pg| {
+                let (p, g) = (pg / groups, pg % groups);
+                let (s0, s1) = (g * GROUP, ((g + 1) * GROUP).min(s));
+                SymInput::extract_group(md, p, s0, s1)
+                    .into_iter()
+                    .map(move |input| symbol_pass(&input, bpy))
             })
             .collect();
 
@@ -192,6 +195,8 @@ const RSI_N: f64 = 14.0;
 const ATR_N: f64 = 14.0;
 const VOLZ_N: usize = 48;
 const MA_NS: [usize; 3] = [10, 24, 48];
+/// Symbols read and processed together by one task.
+const GROUP: usize = 8;
 /// A price window whose sd is below this fraction of its mean counts as flat (rounding of the
 /// prefix sums).
 const FLAT_REL: f64 = 1e-5;
@@ -206,26 +211,34 @@ struct SymInput {
 }
 
 impl SymInput {
-    fn extract(md: &MarketData, p: usize, s: usize) -> Self {
+    /// The series of symbols `s0..s1` of path p. Reading a group at once walks each `[T, S + 1]`
+    /// array once per group instead of once per symbol (the arrays are symbol-minor).
+    fn extract_group(md: &MarketData, p: usize, s0: usize, s1: usize) -> Vec<Self> {
         let t_len = md.bars;
-        let px = |a: &[f32], t: usize| pos(a[md.px(p, t, s)] as f64);
-        Self {
-            c: (0..t_len).map(|t| px(&md.close, t)).collect(),
-            h: (0..t_len).map(|t| px(&md.high, t)).collect(),
-            l: (0..t_len).map(|t| px(&md.low, t)).collect(),
-            v: (0..t_len)
-                .map(|t| {
-                    let v = md.volume[md.px(p, t, s)] as f64;
-                    if v.is_finite() { v.max(0.0) } else { 0.0 }
-                })
-                .collect(),
-            sent: (0..t_len)
-                .map(|t| {
-                    let x = md.sentiment.get(md.sx(p, t, s)).copied().unwrap_or(0.0) as f64;
-                    if x.is_finite() { x } else { 0.0 }
-                })
-                .collect(),
+        let mut out: Vec<SymInput> = (s0..s1)
+            .map(|_| SymInput {
+                c: Vec::with_capacity(t_len),
+                h: Vec::with_capacity(t_len),
+                l: Vec::with_capacity(t_len),
+                v: Vec::with_capacity(t_len),
+                sent: Vec::with_capacity(t_len),
+            })
+            .collect();
+        for t in 0..t_len {
+            let (a, b) = (md.px(p, t, s0), md.px(p, t, s1));
+            let sa = md.sx(p, t, s0);
+            for (k, x) in out.iter_mut().enumerate() {
+                x.c.push(pos(md.close[a + k] as f64));
+                x.h.push(pos(md.high[a + k] as f64));
+                x.l.push(pos(md.low[a + k] as f64));
+                let v = md.volume[a + k] as f64;
+                x.v.push(if v.is_finite() { v.max(0.0) } else { 0.0 });
+                let e = md.sentiment.get(sa + k).copied().unwrap_or(0.0) as f64;
+                x.sent.push(if e.is_finite() { e } else { 0.0 });
+            }
+            debug_assert_eq!(b - a, s1 - s0);
         }
+        out
     }
 }
 
