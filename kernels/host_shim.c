@@ -101,7 +101,8 @@ u32 EXPORT(abi_layout)(u64* out, u32 cap) {
 }
 
 /* Layout constants the headers assume: N_ACTIONS, N_COMPONENTS, MASTER_ACTIONS, N_TECH, WINDOW,
- * N_REGIME, MACRO, TECH_WINDOW_LEN, DYN_OBS, OBS_DIM and the dynamic slice starts. */
+ * N_REGIME, MACRO, TECH_WINDOW_LEN, DYN_OBS, OBS_DIM, the dynamic slice starts, and the step
+ * kernel's FOLD_ROWS, ACC_SLOTS, DEBUG_LEN. */
 u32 EXPORT(host_constants)(u64* out, u32 cap) {
     u32 i = 0;
     PUT(MARL_N_ACTIONS);
@@ -120,6 +121,9 @@ u32 EXPORT(host_constants)(u64* out, u32 cap) {
     PUT(MARL_OBS_PORTFOLIO);
     PUT(MARL_OBS_REGIME);
     PUT(MARL_OBS_MASTER);
+    PUT(MARL_FOLD_ROWS);
+    PUT(MARL_ACC_SLOTS);
+    PUT(MARL_DEBUG_LEN);
     return i;
 }
 

@@ -408,7 +408,7 @@ fn symbol_pass(x: &SymInput, bpy: f64) -> SymOut {
         };
         atr += (1.0 / ATR_N).max(1.0 / (t + 1) as f64) * (tr - atr);
         f[13] = if has_vol {
-            clip((by_vol(atr / c).max(1e-6)).ln(), CLIP)
+            clip(by_vol(atr / c).max(1e-6).ln(), CLIP)
         } else {
             0.0
         };
@@ -443,7 +443,7 @@ fn symbol_pass(x: &SymInput, bpy: f64) -> SymOut {
         // 20: intrabar range (high - low) / close / vol, as a log ratio; 21: close-location value
         let range = x.h[t] - x.l[t];
         f[20] = if has_vol {
-            clip((by_vol(range / c).max(1e-6)).ln(), CLIP)
+            clip(by_vol(range / c).max(1e-6).ln(), CLIP)
         } else {
             0.0
         };

@@ -568,6 +568,44 @@ fn good_csv_loads_with_both_alignments() {
         .for_each(|x| assert!(x.is_finite()));
 }
 
+#[test]
+fn mutated_files_never_panic() {
+    use marl_trade::rng::SplitMix64;
+    let good = std::fs::read(test_data("good/long.csv")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = test_cfg("SPY", 2, AlignPolicy::ForwardFill);
+    let mut rng = SplitMix64::new(99);
+    let alphabet = b",.-:/ \n0123456789eE+NaInfTZx\"";
+    let (mut ok, mut err) = (0, 0);
+    for case in 0..300 {
+        let mut bytes = good.clone();
+        for _ in 0..1 + rng.below(4) {
+            let i = rng.below(bytes.len() as u64) as usize;
+            match rng.below(4) {
+                0 => bytes[i] = alphabet[rng.below(alphabet.len() as u64) as usize],
+                1 => {
+                    bytes.remove(i);
+                }
+                2 => bytes.insert(i, alphabet[rng.below(alphabet.len() as u64) as usize]),
+                _ => bytes.truncate(i.max(1)),
+            }
+        }
+        let path = dir.path().join(format!("case{case}.csv"));
+        std::fs::write(&path, &bytes).unwrap();
+        match load_file(&path, &cfg) {
+            Ok(md) => {
+                md.validate("mutated").unwrap();
+                ok += 1;
+            }
+            Err(e) => {
+                assert!(e.to_string().contains(&format!("case{case}.csv")), "{e}");
+                err += 1;
+            }
+        }
+    }
+    assert!(ok > 0 && err > 0, "ok {ok}, err {err}");
+}
+
 fn write_csv(md: &MarketData, path: &Path) {
     use std::fmt::Write;
     let mut s = String::from("timestamp,symbol,open,high,low,close,volume,sentiment,rate,vix\n");

@@ -30,7 +30,7 @@ mod parity;
 use std::sync::Arc;
 
 use marl_trade::data::MarketData;
-use marl_trade::env::abi::{EnvDims, EpisodeRecordC, abi_layout, kernel_constants};
+use marl_trade::env::abi::{DEBUG_LEN, EnvDims, EpisodeRecordC, abi_layout, kernel_constants};
 use marl_trade::env::cpu::CpuBackend;
 use marl_trade::env::logic::{directive, mask_bits};
 use marl_trade::env::{
@@ -42,8 +42,7 @@ use marl_trade::reward::N_COMPONENTS;
 use marl_trade::rng::{hash2, mix64};
 use parity::{Coverage, cases, run_parity};
 
-/// Scalars per scenario written by the shim's step when asked (`MARL_DEBUG_LEN`, kernels/scenario.cuh).
-const DEBUG_LEN: usize = 14;
+/// Indices into the step's debug scalars (`MARL_DBG_*`, kernels/scenario.cuh).
 const DBG_LAMBDA: usize = 0;
 const DBG_FEE: usize = 1;
 

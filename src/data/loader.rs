@@ -469,6 +469,27 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ` of seconds since the epoch (for messages).
+pub fn format_timestamp(secs: i64) -> String {
+    // H. Hinnant's civil_from_days
+    let z = secs.div_euclid(86_400) + 719_468;
+    let sod = secs.rem_euclid(86_400);
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
 fn days_in_month(y: i64, m: u32) -> u32 {
     match m {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
@@ -802,7 +823,10 @@ fn parse_frame(path: &Path, df: &DataFrame) -> Result<Vec<SymbolBars>> {
                 return Err(Error::data(
                     path,
                     loc(ts_s.name()),
-                    format!("duplicate (symbol, timestamp) row: {sym} at {ts} already seen"),
+                    format!(
+                        "duplicate (symbol, timestamp) row: {sym} at {} already seen",
+                        format_timestamp(ts)
+                    ),
                 ));
             }
             if ts < prev.ts {
@@ -810,8 +834,9 @@ fn parse_frame(path: &Path, df: &DataFrame) -> Result<Vec<SymbolBars>> {
                     path,
                     loc(ts_s.name()),
                     format!(
-                        "timestamps of `{sym}` not increasing ({ts} after {}): sort rows by time within each symbol",
-                        prev.ts
+                        "timestamps of `{sym}` not increasing ({} after {}): sort rows by time within each symbol",
+                        format_timestamp(ts),
+                        format_timestamp(prev.ts)
                     ),
                 ));
             }
@@ -1020,6 +1045,10 @@ mod tests {
         assert_eq!(parse_timestamp("yesterday"), None);
         assert_eq!(parse_timestamp("1/4/99"), None);
         assert_eq!(series_name(Path::new("/a/sp500.csv.gz")), "sp500");
+        for ts in [0, 951_868_800 + 3661, -86_400, 1_709_164_800] {
+            assert_eq!(parse_timestamp(&format_timestamp(ts)), Some(ts));
+        }
+        assert_eq!(format_timestamp(1_709_164_800), "2024-02-29T00:00:00Z");
         assert_eq!(
             infer_bars_per_day(&[0, 3600, 7200, 86_400, 90_000, 93_600]),
             3

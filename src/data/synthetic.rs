@@ -82,7 +82,7 @@ strength > 0 share the same noise; strength 0 means no dependence at all.
 `N(0, (0.05 sig)^2)` otherwise (bar 0 opens at the initial price); `high = max(open, close) exp(0.4 sig |n1|)`,
 `low = min(open, close) exp(-0.4 sig |n2|)`. Rounding to f32 is monotone, so
 `low <= open, close <= high` and all are > 0 exactly in the stored data.
-Volume `= round(base_i * U(b) * exp(0.3 n - 0.045) * (0.6 + 0.4 |r| / sig) * volmult_k)` with the
+Volume `= round(base_i * U(b) * exp(0.3 n - 0.045) * (0.6 + 0.4 min(|r| / sig, 20)) * volmult_k)` with the
 U-shaped intraday profile `U(b) = 0.7 + 1.8 (2 (b + 0.5) / D - 1)^2` (high at open and close).
 The benchmark uses the same bar construction with `sig = vm_k sqrt(dt)`, initial price 3000 and base
 volume 5e7.

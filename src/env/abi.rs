@@ -10,6 +10,13 @@ Always compiled (no `cuda` feature needed), so the layout and parity tests run o
 use super::{EnvLayout, EpisodeRecord, ScenarioState, StepParams};
 use crate::reward::{ComponentSums, N_COMPONENTS};
 
+/// Rows of the step kernel's fold buffer (`MARL_FOLD_ROWS`, kernels/scenario.cuh).
+pub const FOLD_ROWS: usize = 15;
+/// Broadcast slots of the step kernel (`MARL_ACC_SLOTS`, kernels/scenario.cuh).
+pub const ACC_SLOTS: usize = 24;
+/// Scalars per scenario of the step's optional debug output (`MARL_DEBUG_LEN`).
+pub const DEBUG_LEN: usize = 14;
+
 /// Sizes and the bar range of an environment, as the kernels read them (`EnvDims` in
 /// `kernels/env_logic.cuh`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -248,5 +255,8 @@ pub fn kernel_constants() -> Vec<(&'static str, usize)> {
         ("PORTFOLIO", obs::PORTFOLIO.start),
         ("REGIME", obs::REGIME.start),
         ("MASTER", obs::MASTER.start),
+        ("FOLD_ROWS", FOLD_ROWS),
+        ("ACC_SLOTS", ACC_SLOTS),
+        ("DEBUG_LEN", DEBUG_LEN),
     ]
 }

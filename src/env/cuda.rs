@@ -33,7 +33,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
-use super::abi::{EnvDims, EpisodeRecordC};
+use super::abi::{ACC_SLOTS, EnvDims, EpisodeRecordC, FOLD_ROWS};
 use super::obs::{DYN_OBS, OBS_DIM};
 use super::{
     Backend, EnvLayout, EpisodeRecord, N_ACTIONS, ScenarioState, Snapshot, StepOutputs, StepParams,
@@ -233,8 +233,6 @@ pub struct CudaBackend {
 /// broadcast slots (f64), per-symbol carry when `carry` (5 f64 + 1 u32 per symbol), opener flags
 /// and scan scratch (u32).
 pub fn step_smem_bytes(s: usize, block: usize, carry: bool) -> usize {
-    const FOLD_ROWS: usize = 15; // MARL_FOLD_ROWS
-    const ACC_SLOTS: usize = 24; // MARL_ACC_SLOTS
     let f64s = FOLD_ROWS * s + ACC_SLOTS + if carry { 5 * s } else { 0 };
     let u32s = s + block.max(33) + if carry { s } else { 0 };
     8 * f64s + 4 * u32s
