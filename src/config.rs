@@ -198,9 +198,10 @@ pub enum DataSource {
 pub enum AlignPolicy {
     /// Keep only timestamps at which every symbol (and the benchmark) has a bar.
     Intersection,
-    /// Keep the union of timestamps from the first one at which every symbol has traded; a missing
-    /// bar is filled with the previous close as O=H=L=C and zero volume (no trade possible: zero
-    /// dollar volume makes the fill capped at max slippage, see docs/env-spec.md).
+    /// Keep the union of timestamps between the first one at which every symbol has traded and the
+    /// last one at which every symbol still trades; a missing bar is filled with the previous close
+    /// as O=H=L=C and zero volume (zero dollar volume caps the slippage of a fill there, see
+    /// docs/env-spec.md §4.5).
     ForwardFill,
 }
 
