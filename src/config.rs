@@ -148,7 +148,7 @@ impl Config {
         if !(w.trade_dd_threshold > 0.0 && w.trade_dd_threshold < 1.0) {
             return bad("reward.trade_dd_threshold", "must be in (0, 1)".into());
         }
-        if !(w.util_target > 0.0) {
+        if w.util_target.is_nan() || w.util_target <= 0.0 {
             return bad("reward.util_target", "must be > 0".into());
         }
         Ok(())
@@ -353,7 +353,7 @@ impl Default for MasterConfig {
             position_caps: vec![0.02, 0.05, 0.10, 0.20],
             regime_max_open: vec![10, 40, 143],
             // risk 1.0, cap 0.05, neutral
-            default_action: 1 * 12 + 1 * 3 + 1,
+            default_action: 12 + 3 + 1,
         }
     }
 }

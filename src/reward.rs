@@ -7,6 +7,9 @@ CPU backend and mirrored in `kernels/env_logic.cuh`. [`RewardShaper`] aggregates
 on the host, whatever the backend.
 */
 
+// Index loops over parallel per-symbol arrays mirror the CUDA kernels line by line.
+#![allow(clippy::needless_range_loop)]
+
 use crate::config::RewardConfig;
 
 /// Number of reward components.

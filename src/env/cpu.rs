@@ -4,6 +4,9 @@ rayon; within a scenario the symbols are processed in passes over struct-of-arra
 per-scenario reductions (budget, equity, kill switch) are plain loops between the passes.
 */
 
+// Index loops over parallel per-symbol arrays mirror the CUDA kernels line by line.
+#![allow(clippy::needless_range_loop)]
+
 use std::sync::Arc;
 
 use rayon::prelude::*;
