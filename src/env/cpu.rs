@@ -121,6 +121,7 @@ fn reset_lane(ctx: &Ctx, n: usize, e: u32, lane: &mut Lane, sym: &mut [f64], ent
 }
 
 /// One scenario's step (spec §4), writing its outputs.
+#[inline(never)]
 #[allow(clippy::too_many_arguments)]
 fn step_lane(
     ctx: &Ctx,
