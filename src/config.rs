@@ -27,8 +27,8 @@ pub struct Config {
 impl Config {
     /// Parse a TOML string; `origin` names the source in error messages.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self> {
-        let cfg: Config =
-            toml::from_str(text).map_err(|e| Error::config(origin, e.message().to_string(), e.span()))?;
+        let cfg: Config = toml::from_str(text)
+            .map_err(|e| Error::config(origin, e.message().to_string(), e.span()))?;
         cfg.validate(origin)?;
         Ok(cfg)
     }
@@ -70,7 +70,10 @@ impl Config {
         if self.data.min_bars < crate::features::WARMUP + 2 {
             return bad(
                 "data.min_bars",
-                format!("must be >= {} (feature warm-up + 2)", crate::features::WARMUP + 2),
+                format!(
+                    "must be >= {} (feature warm-up + 2)",
+                    crate::features::WARMUP + 2
+                ),
             );
         }
         let e = &self.env;
@@ -129,7 +132,10 @@ impl Config {
                 "needs exactly 3 values (defensive, neutral, aggressive)".into(),
             );
         }
-        if m.risk_multipliers.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+        if m.risk_multipliers
+            .iter()
+            .any(|v| !(v.is_finite() && *v > 0.0))
+        {
             return bad("master.risk_multipliers", "values must be > 0".into());
         }
         if m.position_caps.iter().any(|v| !(*v > 0.0 && *v <= 1.0)) {
@@ -268,7 +274,12 @@ pub struct EnvConfig {
 
 impl Default for EnvConfig {
     fn default() -> Self {
-        Self { scenarios: 128, episode_len: 2048, initial_capital: 1_000_000.0, train_fraction: 0.7 }
+        Self {
+            scenarios: 128,
+            episode_len: 2048,
+            initial_capital: 1_000_000.0,
+            train_fraction: 0.7,
+        }
     }
 }
 

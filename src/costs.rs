@@ -47,7 +47,11 @@ pub fn slippage(p: &CostParams, x: f64, dv: f64) -> f64 {
 /// Borrow fee for one bar on a cash balance (spec §4.9): positive when cash is negative.
 #[inline]
 pub fn borrow_fee(p: &CostParams, cash: f64) -> f64 {
-    if cash < 0.0 { -cash * p.borrow_per_bar } else { 0.0 }
+    if cash < 0.0 {
+        -cash * p.borrow_per_bar
+    } else {
+        0.0
+    }
 }
 
 #[cfg(test)]

@@ -38,19 +38,35 @@ impl fmt::Display for Location {
 #[non_exhaustive]
 pub enum Error {
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     /// A malformed or out-of-range configuration.
     #[error("config {origin}{}: {message}", field.as_ref().map(|f| format!(", field `{f}`")).unwrap_or_default())]
-    Config { origin: String, field: Option<String>, message: String },
+    Config {
+        origin: String,
+        field: Option<String>,
+        message: String,
+    },
 
     /// A data file that cannot be used as market data.
     #[error("data {}{loc}: {message}", file.display())]
-    Data { file: PathBuf, loc: Location, message: String },
+    Data {
+        file: PathBuf,
+        loc: Location,
+        message: String,
+    },
 
     /// A checkpoint or tensor whose shape does not match the configuration.
     #[error("{origin}: `{name}` has shape {got:?}, the config needs {expected:?}")]
-    Shape { origin: String, name: String, expected: Vec<usize>, got: Vec<usize> },
+    Shape {
+        origin: String,
+        name: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
 
     /// An argument outside its domain (an action index, a buffer of the wrong length, ...).
     #[error("invalid argument: {0}")]
@@ -58,7 +74,10 @@ pub enum Error {
 
     /// A backend that cannot run here (no NVIDIA driver, kernel compile failure, ...).
     #[error("backend {backend}: {message}")]
-    Backend { backend: &'static str, message: String },
+    Backend {
+        backend: &'static str,
+        message: String,
+    },
 
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
@@ -66,7 +85,10 @@ pub enum Error {
 
 impl Error {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        Error::Io { path: path.as_ref().to_path_buf(), source }
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
     }
 
     /// A config parse error; `span` (byte range in the text) is kept in the message when present.
@@ -75,15 +97,27 @@ impl Error {
             Some(s) => format!("{message} (at bytes {}..{})", s.start, s.end),
             None => message,
         };
-        Error::Config { origin: origin.to_string(), field: None, message }
+        Error::Config {
+            origin: origin.to_string(),
+            field: None,
+            message,
+        }
     }
 
     pub fn config_field(origin: &str, field: &str, message: String) -> Self {
-        Error::Config { origin: origin.to_string(), field: Some(field.to_string()), message }
+        Error::Config {
+            origin: origin.to_string(),
+            field: Some(field.to_string()),
+            message,
+        }
     }
 
     pub fn data(file: impl AsRef<Path>, loc: Location, message: impl Into<String>) -> Self {
-        Error::Data { file: file.as_ref().to_path_buf(), loc, message: message.into() }
+        Error::Data {
+            file: file.as_ref().to_path_buf(),
+            loc,
+            message: message.into(),
+        }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {

@@ -15,8 +15,9 @@ use crate::config::RewardConfig;
 /// Number of reward components.
 pub const N_COMPONENTS: usize = 7;
 /// Component names, in storage order.
-pub const COMPONENT_NAMES: [&str; N_COMPONENTS] =
-    ["pnl", "cost", "timing", "sharpe", "drawdown", "util", "divers"];
+pub const COMPONENT_NAMES: [&str; N_COMPONENTS] = [
+    "pnl", "cost", "timing", "sharpe", "drawdown", "util", "divers",
+];
 
 /// Reward weights and shaping constants in the order the step uses them.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -35,7 +36,15 @@ pub struct RewardParams {
 impl RewardParams {
     pub fn new(c: &RewardConfig) -> Self {
         Self {
-            w: [c.w_pnl, c.w_cost, c.w_timing, c.w_sharpe, c.w_drawdown, c.w_util, c.w_divers],
+            w: [
+                c.w_pnl,
+                c.w_cost,
+                c.w_timing,
+                c.w_sharpe,
+                c.w_drawdown,
+                c.w_util,
+                c.w_divers,
+            ],
             dsr_eta: c.dsr_eta,
             dsr_clip: c.dsr_clip,
             trade_dd_threshold: c.trade_dd_threshold,
@@ -52,7 +61,11 @@ pub fn dsr(a: f64, b: f64, r: f64, eta: f64, clip: f64) -> (f64, f64, f64) {
     let da = r - a;
     let db = r * r - b;
     let var = b - a * a;
-    let d = if var > 1e-18 { (b * da - 0.5 * a * db) / (var * var.sqrt()) } else { 0.0 };
+    let d = if var > 1e-18 {
+        (b * da - 0.5 * a * db) / (var * var.sqrt())
+    } else {
+        0.0
+    };
     (d.clamp(-clip, clip), a + eta * da, b + eta * db)
 }
 
@@ -104,13 +117,27 @@ impl SymbolTerms {
         let pnl = self.pnl / c0;
         let cost = -self.cost / c0;
         let full = pf.cap * pf.equity_before;
-        let size = if full > 0.0 { (self.trade_notional / full).min(1.0) } else { 0.0 };
+        let size = if full > 0.0 {
+            (self.trade_notional / full).min(1.0)
+        } else {
+            0.0
+        };
         let timing = self.dir * self.bar_move * size;
-        let (sharpe, a, b) = dsr(dsr_a, dsr_b, (self.pnl - self.cost) / c0, p.dsr_eta, p.dsr_clip);
+        let (sharpe, a, b) = dsr(
+            dsr_a,
+            dsr_b,
+            (self.pnl - self.cost) / c0,
+            p.dsr_eta,
+            p.dsr_clip,
+        );
         let e1 = pf.equity_after;
         let w = if e1 > 0.0 { self.value / e1 } else { 0.0 };
         let thr = p.trade_dd_threshold;
-        let drawdown = if self.trade_dd > thr { -((self.trade_dd - thr) / thr) * w } else { 0.0 };
+        let drawdown = if self.trade_dd > thr {
+            -((self.trade_dd - thr) / thr) * w
+        } else {
+            0.0
+        };
         let u = if e1 > 0.0 { pf.gross / e1 } else { 0.0 };
         let util = -(u - p.util_target).abs() / pf.n_symbols;
         let divers = -(w * w);
@@ -141,9 +168,17 @@ pub fn master_reward(
 ) -> (f64, f64, f64) {
     let rp = pf.equity_after / pf.equity_before - 1.0;
     let (d, a1, b1) = dsr(a, b, rp, p.dsr_eta, p.dsr_clip);
-    let divers = if hhi_gross > 0.0 { 1.0 / (pf.n_symbols * hhi_gross) } else { 0.0 };
+    let divers = if hhi_gross > 0.0 {
+        1.0 / (pf.n_symbols * hhi_gross)
+    } else {
+        0.0
+    };
     let excess = rp - bench_ret;
-    (p.master_w[0] * d + p.master_w[1] * divers + p.master_w[2] * excess, a1, b1)
+    (
+        p.master_w[0] * d + p.master_w[1] * divers + p.master_w[2] * excess,
+        a1,
+        b1,
+    )
 }
 
 /// Per-episode sums of the weighted components over all symbol-steps, as recorded by the env.
@@ -227,7 +262,11 @@ impl RewardShaper {
                 sum: acc.sum[i],
                 mean,
                 std: var.sqrt(),
-                share: if total_abs > 0.0 { acc.sum[i].abs() / total_abs } else { 0.0 },
+                share: if total_abs > 0.0 {
+                    acc.sum[i].abs() / total_abs
+                } else {
+                    0.0
+                },
             }
         })
     }

@@ -42,7 +42,9 @@ impl SplitMix64 {
 
     /// A generator for a sub-stream, independent of the parent's future draws.
     pub fn fork(&self, stream: u64) -> Self {
-        Self { state: hash2(self.state, stream) }
+        Self {
+            state: hash2(self.state, stream),
+        }
     }
 
     #[inline]

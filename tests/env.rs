@@ -17,15 +17,26 @@ use marl_trade::rng::SplitMix64;
 /// (and so the borrow fee) is exercised.
 fn accounting_identity(kind: BackendKind) {
     use proptest::test_runner::{Config as PtConfig, TestRunner};
-    let mut runner = TestRunner::new(PtConfig { cases: 12, ..PtConfig::default() });
+    let mut runner = TestRunner::new(PtConfig {
+        cases: 12,
+        ..PtConfig::default()
+    });
     runner
-        .run(&(0u64..10_000, 1.0f64..2.5, 1usize..9), |(seed, lev, syms)| {
-            check_accounting(kind, seed, lev, syms);
-            Ok(())
-        })
+        .run(
+            &(0u64..10_000, 1.0f64..2.5, 1usize..9),
+            |(seed, lev, syms)| {
+                check_accounting(kind, seed, lev, syms);
+                Ok(())
+            },
+        )
         .unwrap();
-    let borrowed = (1..6u64).filter(|&seed| check_accounting(kind, seed, 1.0 + 0.3 * seed as f64, 6)).count();
-    assert!(borrowed >= 3, "leverage used in only {borrowed} of 5 runs: borrow fees not covered");
+    let borrowed = (1..6u64)
+        .filter(|&seed| check_accounting(kind, seed, 1.0 + 0.3 * seed as f64, 6))
+        .count();
+    assert!(
+        borrowed >= 3,
+        "leverage used in only {borrowed} of 5 runs: borrow fees not covered"
+    );
 }
 
 /// One accounting run; returns whether cash ever went negative.
@@ -55,11 +66,18 @@ fn check_accounting(kind: BackendKind, seed: u64, lev: f64, syms: usize) -> bool
                 let st = &snap.scenarios[i];
                 let t = (st.t0 + st.k) as usize;
                 let marked: f64 = (0..s)
-                    .map(|j| snap.symbols.q[i * s + j] * closes[(st.path as usize * bars + t) * s1 + j] as f64)
+                    .map(|j| {
+                        snap.symbols.q[i * s + j]
+                            * closes[(st.path as usize * bars + t) * s1 + j] as f64
+                    })
                     .sum();
                 borrowed |= st.cash < 0.0;
                 let e = st.cash + marked;
-                assert!((e - st.equity).abs() <= 1e-9 * st.equity.abs(), "seed {seed} scen {i}: {e} vs {}", st.equity);
+                assert!(
+                    (e - st.equity).abs() <= 1e-9 * st.equity.abs(),
+                    "seed {seed} scen {i}: {e} vs {}",
+                    st.equity
+                );
                 assert!((st.gross - marked).abs() <= 1e-9 * st.equity.abs());
                 if !out.done(i) {
                     // sum of (pnl + cost) components * C0 == E1 - E0 (components are f32)
@@ -71,7 +89,10 @@ fn check_accounting(kind: BackendKind, seed: u64, lev: f64, syms: usize) -> bool
                         })
                         .sum();
                     let de = st.equity - before.scenarios[i].equity;
-                    assert!((sum - de).abs() <= 1e-5 * c0 * 1e-3 + 1e-6 * de.abs(), "seed {seed}: {sum} vs {de}");
+                    assert!(
+                        (sum - de).abs() <= 1e-5 * c0 * 1e-3 + 1e-6 * de.abs(),
+                        "seed {seed}: {sum} vs {de}"
+                    );
                 }
             }
             before = snap;
@@ -123,7 +144,10 @@ fn same_seed_same_run(kind: BackendKind) {
     };
     let (a, sa) = run(42);
     let (b, sb) = run(42);
-    assert!(a == b && sa == sb, "same seed must give a bit-identical run");
+    assert!(
+        a == b && sa == sb,
+        "same seed must give a bit-identical run"
+    );
     let (_, sc) = run(43);
     assert_ne!(sa.scenarios, sc.scenarios);
 }
@@ -135,7 +159,12 @@ fn hold_pays_no_cost(kind: BackendKind) {
     env.reset(1).unwrap();
     let (n, s) = (env.n_scenarios(), env.n_symbols());
     for _ in 0..120 {
-        let out = env.step(&vec![HOLD; n * s], &vec![cfg.master.default_action as u8; n]).unwrap();
+        let out = env
+            .step(
+                &vec![HOLD; n * s],
+                &vec![cfg.master.default_action as u8; n],
+            )
+            .unwrap();
         for c in out.components.chunks_exact(N_COMPONENTS) {
             assert_eq!(c[0], 0.0, "pnl");
             assert_eq!(c[1], 0.0, "cost");
@@ -157,7 +186,10 @@ fn kill_switch_trips(kind: BackendKind) {
     let (n, s) = (env.n_scenarios(), env.n_symbols());
     let mut tripped = 0;
     for _ in 0..200 {
-        let out = env.step(&vec![BUY_LARGE; n * s], &vec![47; n]).unwrap().clone();
+        let out = env
+            .step(&vec![BUY_LARGE; n * s], &vec![47; n])
+            .unwrap()
+            .clone();
         for i in 0..n {
             if out.terminated[i] == 1 {
                 tripped += 1;
@@ -170,12 +202,19 @@ fn kill_switch_trips(kind: BackendKind) {
     }
     assert!(tripped > 0, "kill switch never tripped");
     let recs = env.drain_finished();
-    assert!(recs.iter().any(|r| r.killed && r.total_return <= -0.002 + 1e-12));
+    assert!(
+        recs.iter()
+            .any(|r| r.killed && r.total_return <= -0.002 + 1e-12)
+    );
     // the scenario restarted flat
     let snap = env.snapshot().unwrap();
     for (i, rec) in recs.iter().enumerate().filter(|(_, r)| r.killed) {
         let st = &snap.scenarios[rec.scenario as usize];
-        assert_eq!((st.k, st.cash, st.open_count), (0, cfg.env.initial_capital, 0), "record {i}");
+        assert_eq!(
+            (st.k, st.cash, st.open_count),
+            (0, cfg.env.initial_capital, 0),
+            "record {i}"
+        );
     }
 }
 
@@ -186,10 +225,21 @@ fn masking_and_open_limit(kind: BackendKind) {
     env.reset(0).unwrap();
     let (n, s) = (env.n_scenarios(), env.n_symbols());
     // selling with no position is masked: nothing happens
-    let out = env.step(&vec![SELL_ALL; n * s], &vec![1; n]).unwrap().clone();
-    assert!(out.components.chunks_exact(N_COMPONENTS).all(|c| c[1] == 0.0));
+    let out = env
+        .step(&vec![SELL_ALL; n * s], &vec![1; n])
+        .unwrap()
+        .clone();
+    assert!(
+        out.components
+            .chunks_exact(N_COMPONENTS)
+            .all(|c| c[1] == 0.0)
+    );
     let snap = env.snapshot().unwrap();
-    assert!(snap.scenarios.iter().all(|st| st.invalid_actions == s as u32 && st.open_count == 0));
+    assert!(
+        snap.scenarios
+            .iter()
+            .all(|st| st.invalid_actions == s as u32 && st.open_count == 0)
+    );
     // master action 1: risk 0.5, cap 0.02, neutral -> max_open = min(40, 8) = 8; use defensive
     // with max_open 3 to see the limit bite.
     let mut cfg2 = cfg.clone();
@@ -222,7 +272,10 @@ fn dyn_obs_is_tail_of_full_obs(kind: BackendKind) {
     let mut dynamic = vec![0f32; n * s * DYN_OBS];
     env.gather_obs(&mut full).unwrap();
     env.dyn_obs(&mut dynamic).unwrap();
-    for (f, d) in full.chunks_exact(OBS_DIM).zip(dynamic.chunks_exact(DYN_OBS)) {
+    for (f, d) in full
+        .chunks_exact(OBS_DIM)
+        .zip(dynamic.chunks_exact(DYN_OBS))
+    {
         assert_eq!(&f[OBS_DIM - DYN_OBS..], d);
         assert!(f.iter().all(|x| x.is_finite()));
     }
@@ -243,7 +296,12 @@ fn no_look_ahead(kind: BackendKind) {
         for j in 0..s1 {
             let i = ti * s1 + j;
             let f = (1.0 + 0.05 * r.normal()).max(0.5) as f32;
-            for v in [&mut perturbed.open, &mut perturbed.high, &mut perturbed.low, &mut perturbed.close] {
+            for v in [
+                &mut perturbed.open,
+                &mut perturbed.high,
+                &mut perturbed.low,
+                &mut perturbed.close,
+            ] {
                 v[i] *= f;
             }
             perturbed.volume[i] *= 2.0;
@@ -267,7 +325,12 @@ fn no_look_ahead(kind: BackendKind) {
             env.action_mask(&mut mask).unwrap();
             let a = masked_actions(&mut r, &mask);
             let out = env.step(&a, &vec![30; n]).unwrap();
-            trace.push((obs.clone(), mask.clone(), out.reward.clone(), out.master_reward.clone()));
+            trace.push((
+                obs.clone(),
+                mask.clone(),
+                out.reward.clone(),
+                out.master_reward.clone(),
+            ));
         }
         (start, trace)
     };
@@ -281,11 +344,18 @@ fn no_look_ahead(kind: BackendKind) {
             assert!(x.0 == y.0 && x.1 == y.1, "observation of bar {bar} changed");
         }
         if bar < t_star {
-            assert!(x.2 == y.2 && x.3 == y.3, "reward of the step into bar {} changed", bar + 1);
+            assert!(
+                x.2 == y.2 && x.3 == y.3,
+                "reward of the step into bar {} changed",
+                bar + 1
+            );
         }
     }
     let after = start + 150 - 1;
-    assert!(a[after - start].0 != b[after - start].0, "perturbation had no effect at all");
+    assert!(
+        a[after - start].0 != b[after - start].0,
+        "perturbation had no effect at all"
+    );
 }
 
 /// Spec §5 "Episode statistics": the per-component sums of finished episodes equal the weighted
@@ -313,12 +383,21 @@ fn episode_stats_add_up(kind: BackendKind) {
     }
     let recs = env.drain_finished();
     assert_eq!(recs.len(), n);
-    assert!(recs.iter().all(|r| r.length == 20 && !r.killed && r.components.count == 20 * s as u64));
+    assert!(
+        recs.iter()
+            .all(|r| r.length == 20 && !r.killed && r.components.count == 20 * s as u64)
+    );
     let stats = env.episode_stats();
     let share: f64 = stats.iter().map(|c| c.share).sum();
     assert!((share - 1.0).abs() < 1e-12);
     for (i, st) in stats.iter().enumerate() {
-        assert!((st.sum - seen[i]).abs() <= 1e-5 * seen[i].abs() + 1e-9, "{}: {} vs {}", st.name, st.sum, seen[i]);
+        assert!(
+            (st.sum - seen[i]).abs() <= 1e-5 * seen[i].abs() + 1e-9,
+            "{}: {} vs {}",
+            st.name,
+            st.sum,
+            seen[i]
+        );
         assert!((st.mean - st.sum / (n * s * 20) as f64).abs() < 1e-12);
     }
     assert!(stats[1].sum < 0.0, "trading paid costs");
@@ -330,7 +409,10 @@ fn bad_inputs_are_errors(kind: BackendKind) {
     let cfg = small_config(2, 40);
     let mut env = env_on(&cfg, toy_market(3, 300, 1, 8), Period::Train, kind);
     let (n, s) = (env.n_scenarios(), env.n_symbols());
-    assert!(env.step(&vec![0; n * s], &vec![0; n]).is_err(), "step before reset");
+    assert!(
+        env.step(&vec![0; n * s], &vec![0; n]).is_err(),
+        "step before reset"
+    );
     env.reset(0).unwrap();
     assert!(env.step(&vec![7; n * s], &vec![0; n]).is_err());
     assert!(env.step(&vec![0; n * s], &vec![48; n]).is_err());

@@ -55,10 +55,17 @@ fn summary(md: &MarketData) -> String {
     );
     let s1 = md.n_symbols() + 1;
     for j in 0..s1 {
-        let name = if j == md.n_symbols() { &md.benchmark } else { &md.symbols[j] };
+        let name = if j == md.n_symbols() {
+            &md.benchmark
+        } else {
+            &md.symbols[j]
+        };
         let col = |v: &[f32], t: usize| v[md.px(0, t, j)];
-        let min_low = (0..md.bars).map(|t| col(&md.low, t)).fold(f32::INFINITY, f32::min);
-        let mean_vol = (0..md.bars).map(|t| col(&md.volume, t) as f64).sum::<f64>() / md.bars as f64;
+        let min_low = (0..md.bars)
+            .map(|t| col(&md.low, t))
+            .fold(f32::INFINITY, f32::min);
+        let mean_vol =
+            (0..md.bars).map(|t| col(&md.volume, t) as f64).sum::<f64>() / md.bars as f64;
         s += &format!(
             "{:<10} {:>12.4} {:>12.4} {:>12.4} {:>14.0}\n",
             name,
@@ -75,9 +82,18 @@ fn run(cli: Cli) -> marl_trade::Result<()> {
     let align = match cli.align.as_str() {
         "intersection" => AlignPolicy::Intersection,
         "forward-fill" => AlignPolicy::ForwardFill,
-        other => return Err(marl_trade::Error::invalid(format!("unknown --align `{other}`"))),
+        other => {
+            return Err(marl_trade::Error::invalid(format!(
+                "unknown --align `{other}`"
+            )));
+        }
     };
-    let cfg = DataConfig { benchmark: cli.benchmark.clone(), align, min_bars: cli.min_bars, ..DataConfig::default() };
+    let cfg = DataConfig {
+        benchmark: cli.benchmark.clone(),
+        align,
+        min_bars: cli.min_bars,
+        ..DataConfig::default()
+    };
     match cli.cmd {
         Cmd::Inspect { files } => {
             let md = data::loader::load_files(&files, &cfg)?;
@@ -86,7 +102,12 @@ fn run(cli: Cli) -> marl_trade::Result<()> {
         Cmd::Convert { files, out } => {
             let md = data::loader::load_files(&files, &cfg)?;
             data::synthetic::write_parquet(&md, &out)?;
-            println!("wrote {} ({} symbols, {} bars)", out.display(), md.n_symbols(), md.bars);
+            println!(
+                "wrote {} ({} symbols, {} bars)",
+                out.display(),
+                md.n_symbols(),
+                md.bars
+            );
         }
     }
     Ok(())

@@ -137,10 +137,10 @@ mod tests {
         );
         let x = Tensor::new(&[[[1f32, 2.], [3., 4.]]], &Device::Cpu)?;
         let a = mha.attention_weights(&x)?.squeeze(0)?.to_vec3::<f32>()?; // [H, L, L]
-        assert!((a[0][0][0] - 0.0141660).abs() < 1e-6 && (a[0][0][1] - 0.9858340).abs() < 1e-6);
-        assert!((a[0][1][0] - 0.0000502).abs() < 1e-6);
+        assert!((a[0][0][0] as f64 - 0.0141660).abs() < 1e-6 && (a[0][0][1] as f64 - 0.9858340).abs() < 1e-6);
+        assert!((a[0][1][0] as f64 - 0.0000502).abs() < 1e-6);
         let y = mha.forward(&x)?.to_vec3::<f32>()?;
-        let want = [[3.471668f32, 7.443336], [3.499900, 7.499799]];
+        let want = [[3.471668f64, 7.443336], [3.499900, 7.499799]];
         for i in 0..2 {
             for j in 0..2 {
                 assert!(

@@ -178,7 +178,11 @@ fn step_lane(
         }
         let ord = logic::size_order(p, a, q0, v0, e0, c, o1, &d);
         let qty = ord.qb + ord.qs;
-        let slip = if qty > 0.0 { slippage(&p.costs, qty * o1, c * vol[s] as f64) } else { 0.0 };
+        let slip = if qty > 0.0 {
+            slippage(&p.costs, qty * o1, c * vol[s] as f64)
+        } else {
+            0.0
+        };
         if ord.qs > 0.0 {
             sell_cash += ord.qs * (o1 * (1.0 - slip)) * (1.0 - comm);
         }
@@ -215,7 +219,11 @@ fn step_lane(
         req += sc.qb[s] * (o1 + lev * (pb - o1 + comm * pb));
     }
     let avail = (lev * (cash + g1) - g1).max(0.0);
-    let lambda = if req > 0.0 { (avail / req).min(1.0) } else { 1.0 };
+    let lambda = if req > 0.0 {
+        (avail / req).min(1.0)
+    } else {
+        1.0
+    };
 
     // §4.8 buys
     let mut buy_cash = 0.0;
@@ -308,7 +316,11 @@ fn step_lane(
         let slip = sc.slip[s];
         let pb = o1 * (1.0 + slip);
         let ps = o1 * (1.0 - slip);
-        let fee_s = if fee > 0.0 && g_open > 0.0 { fee * (q_held * o1) / g_open } else { 0.0 };
+        let fee_s = if fee > 0.0 && g_open > 0.0 {
+            fee * (q_held * o1) / g_open
+        } else {
+            0.0
+        };
         let pnl = q_held * c1 - q0 * c - (qb - qs) * o1;
         let mut cost = comm * (qb * pb + qs * ps) + qb * (pb - o1) + qs * (o1 - ps) + fee_s;
         if killed {
@@ -318,7 +330,13 @@ fn step_lane(
         let terms = SymbolTerms {
             pnl,
             cost,
-            dir: if qb > 0.0 { 1.0 } else if qs > 0.0 { -1.0 } else { 0.0 },
+            dir: if qb > 0.0 {
+                1.0
+            } else if qs > 0.0 {
+                -1.0
+            } else {
+                0.0
+            },
             trade_notional: (qb + qs) * o1,
             bar_move: c1 / o1 - 1.0,
             trade_dd: if q1 > 0.0 { 1.0 - c1 / peak_px[s] } else { 0.0 },
@@ -355,7 +373,8 @@ fn step_lane(
     st.gross = gross;
     st.open_count = open_count;
     st.directive = m as u32;
-    let truncated = !killed && (st.k as usize == l.episode_len || (st.t0 + st.k) as usize == l.hi - 1);
+    let truncated =
+        !killed && (st.k as usize == l.episode_len || (st.t0 + st.k) as usize == l.hi - 1);
     *term_out = killed as u8;
     *trunc_out = truncated as u8;
     if killed || truncated {
@@ -392,7 +411,11 @@ impl Backend for CpuBackend {
     fn reset(&mut self, seed: u64) -> Result<()> {
         self.seed = seed;
         let s = self.layout.n_symbols;
-        let ctx = Ctx { l: &self.layout, md: &self.data, seed };
+        let ctx = Ctx {
+            l: &self.layout,
+            md: &self.data,
+            seed,
+        };
         self.lanes
             .par_iter_mut()
             .zip(self.sym.par_chunks_mut(FIELDS * s))
@@ -407,7 +430,11 @@ impl Backend for CpuBackend {
 
     fn step(&mut self, symbol_actions: &[u8], master_actions: &[u8]) -> Result<()> {
         let s = self.layout.n_symbols;
-        let ctx = Ctx { l: &self.layout, md: &self.data, seed: self.seed };
+        let ctx = Ctx {
+            l: &self.layout,
+            md: &self.data,
+            seed: self.seed,
+        };
         let out = &mut self.out;
         self.lanes
             .par_iter_mut()
@@ -442,7 +469,11 @@ impl Backend for CpuBackend {
 
     fn dyn_obs(&mut self, out: &mut [f32]) -> Result<()> {
         let s = self.layout.n_symbols;
-        let ctx = ObsCtx { l: &self.layout, md: &self.data, f: &self.features };
+        let ctx = ObsCtx {
+            l: &self.layout,
+            md: &self.data,
+            f: &self.features,
+        };
         out.par_chunks_mut(s * DYN_OBS)
             .zip(self.lanes.par_iter())
             .zip(self.sym.par_chunks(FIELDS * s))
@@ -457,7 +488,11 @@ impl Backend for CpuBackend {
 
     fn gather_obs(&mut self, out: &mut [f32]) -> Result<()> {
         let s = self.layout.n_symbols;
-        let ctx = ObsCtx { l: &self.layout, md: &self.data, f: &self.features };
+        let ctx = ObsCtx {
+            l: &self.layout,
+            md: &self.data,
+            f: &self.features,
+        };
         out.par_chunks_mut(s * OBS_DIM)
             .zip(self.lanes.par_iter())
             .zip(self.sym.par_chunks(FIELDS * s))
@@ -488,7 +523,15 @@ impl Backend for CpuBackend {
                 for i in 0..s {
                     let c = md.close[base + i] as f64;
                     let q0 = sym[F_Q * s + i];
-                    let bits = logic::mask_bits(q0, q0 * c, st.equity, c, sym[F_ENTRY * s + i], st.open_count, &d);
+                    let bits = logic::mask_bits(
+                        q0,
+                        q0 * c,
+                        st.equity,
+                        c,
+                        sym[F_ENTRY * s + i],
+                        st.open_count,
+                        &d,
+                    );
                     for a in 0..N_ACTIONS {
                         o[i * N_ACTIONS + a] = (bits >> a) & 1;
                     }
@@ -508,7 +551,13 @@ impl Backend for CpuBackend {
     fn snapshot(&mut self) -> Result<Snapshot> {
         let (n, s) = (self.layout.n_scenarios, self.layout.n_symbols);
         let field = |f: usize| -> Vec<f64> {
-            (0..n).flat_map(|i| self.sym[(i * FIELDS + f) * s..(i * FIELDS + f + 1) * s].iter().copied()).collect()
+            (0..n)
+                .flat_map(|i| {
+                    self.sym[(i * FIELDS + f) * s..(i * FIELDS + f + 1) * s]
+                        .iter()
+                        .copied()
+                })
+                .collect()
         };
         Ok(Snapshot {
             seed: self.seed,
@@ -533,8 +582,15 @@ impl Backend for CpuBackend {
         }
         let sy = &snap.symbols;
         for i in 0..n {
-            for (f, src) in [(F_Q, &sy.q), (F_ENTRY, &sy.entry), (F_PEAK, &sy.peak_px), (F_DSR_A, &sy.dsr_a), (F_DSR_B, &sy.dsr_b)] {
-                self.sym[(i * FIELDS + f) * s..(i * FIELDS + f + 1) * s].copy_from_slice(&src[i * s..(i + 1) * s]);
+            for (f, src) in [
+                (F_Q, &sy.q),
+                (F_ENTRY, &sy.entry),
+                (F_PEAK, &sy.peak_px),
+                (F_DSR_A, &sy.dsr_a),
+                (F_DSR_B, &sy.dsr_b),
+            ] {
+                self.sym[(i * FIELDS + f) * s..(i * FIELDS + f + 1) * s]
+                    .copy_from_slice(&src[i * s..(i + 1) * s]);
             }
         }
         self.entry_k.copy_from_slice(&sy.entry_k);
@@ -579,7 +635,11 @@ impl ObsCtx<'_> {
         let pos = obs::POSITION.start;
         row[pos] = has as u8 as f32;
         row[pos + 1] = if has { (c / entry - 1.0) as f32 } else { 0.0 };
-        row[pos + 2] = if has { st.k.saturating_sub(entry_k[i]) as f32 / self.l.episode_len as f32 } else { 0.0 };
+        row[pos + 2] = if has {
+            st.k.saturating_sub(entry_k[i]) as f32 / self.l.episode_len as f32
+        } else {
+            0.0
+        };
         row[pos + 3] = (q * c / e) as f32;
         row[pos + 4] = if has { (1.0 - c / peak_px) as f32 } else { 0.0 };
         let pf = obs::PORTFOLIO.start;
@@ -587,7 +647,11 @@ impl ObsCtx<'_> {
         let var = st.dsr_b - st.dsr_a * st.dsr_a;
         row[pf] = (st.cash / e) as f32;
         row[pf + 1] = (1.0 - e / st.peak) as f32;
-        row[pf + 2] = if var > 1e-18 { (st.dsr_a / var.sqrt()).clamp(-10.0, 10.0) as f32 } else { 0.0 };
+        row[pf + 2] = if var > 1e-18 {
+            (st.dsr_a / var.sqrt()).clamp(-10.0, 10.0) as f32
+        } else {
+            0.0
+        };
         row[pf + 3] = (st.gross / e) as f32;
         row[pf + 4] = st.open_count as f32 / d.max_open.max(1) as f32;
         row[obs::REGIME].copy_from_slice(&self.f.regime_at(p, t)[..N_REGIME]);

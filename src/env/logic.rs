@@ -20,8 +20,15 @@ pub const ADD_TO_WINNER: u8 = 6;
 /// Number of symbol actions.
 pub const N_ACTIONS: usize = 7;
 /// Action names, by index.
-pub const ACTION_NAMES: [&str; N_ACTIONS] =
-    ["HOLD", "BUY_SMALL", "BUY_MEDIUM", "BUY_LARGE", "SELL_PARTIAL", "SELL_ALL", "ADD_TO_WINNER"];
+pub const ACTION_NAMES: [&str; N_ACTIONS] = [
+    "HOLD",
+    "BUY_SMALL",
+    "BUY_MEDIUM",
+    "BUY_LARGE",
+    "SELL_PARTIAL",
+    "SELL_ALL",
+    "ADD_TO_WINNER",
+];
 /// Size of the master's grid: 4 risk multipliers x 4 position caps x 3 regime modes.
 pub const MASTER_ACTIONS: usize = 48;
 
@@ -145,21 +152,37 @@ pub fn size_order(
 ) -> Order {
     match action {
         BUY_SMALL | BUY_MEDIUM | BUY_LARGE | ADD_TO_WINNER => {
-            let idx = if action == ADD_TO_WINNER { 3 } else { (action - BUY_SMALL) as usize };
+            let idx = if action == ADD_TO_WINNER {
+                3
+            } else {
+                (action - BUY_SMALL) as usize
+            };
             let room = d.cap * e0 - v0;
             let dollars = (p.buy_size[idx] * d.risk * e0).min(room);
             if dollars > 0.0 {
-                Order { qb: dollars / close, qs: 0.0, opener: q0 <= 0.0 }
+                Order {
+                    qb: dollars / close,
+                    qs: 0.0,
+                    opener: q0 <= 0.0,
+                }
             } else {
                 Order::default()
             }
         }
         SELL_PARTIAL | SELL_ALL => {
-            let mut qs = if action == SELL_ALL { q0 } else { p.sell_partial * q0 };
+            let mut qs = if action == SELL_ALL {
+                q0
+            } else {
+                p.sell_partial * q0
+            };
             if (q0 - qs) * open_next < 1e-6 * p.initial_capital {
                 qs = q0;
             }
-            Order { qb: 0.0, qs, opener: false }
+            Order {
+                qb: 0.0,
+                qs,
+                opener: false,
+            }
         }
         _ => Order::default(),
     }
@@ -196,7 +219,10 @@ mod tests {
         // holding a loser below cap: buys, sells, no add
         assert_eq!(mask_bits(100.0, 1000.0, 1e6, 10.0, 11.0, 10, &d), 0b0111111);
         // holding a winner at the cap: sells only
-        assert_eq!(mask_bits(2000.0, 20000.0, 1e6, 10.0, 9.0, 10, &d), 0b0110001);
+        assert_eq!(
+            mask_bits(2000.0, 20000.0, 1e6, 10.0, 9.0, 10, &d),
+            0b0110001
+        );
         // holding a winner below cap: everything
         assert_eq!(mask_bits(100.0, 1000.0, 1e6, 10.0, 9.0, 10, &d), 0b1111111);
     }

@@ -40,7 +40,7 @@ use crate::config::Config;
 use crate::data::MarketData;
 use crate::error::{Error, Result};
 use crate::features::{Features, WARMUP};
-use crate::reward::{ComponentSums, ComponentStat, N_COMPONENTS, RewardShaper};
+use crate::reward::{ComponentStat, ComponentSums, N_COMPONENTS, RewardShaper};
 
 pub use logic::{MASTER_ACTIONS, N_ACTIONS, StepParams};
 
@@ -57,7 +57,9 @@ impl FromStr for BackendKind {
         match s {
             "cpu" => Ok(BackendKind::Cpu),
             "cuda" => Ok(BackendKind::Cuda),
-            other => Err(Error::invalid(format!("unknown backend `{other}` (expected cpu or cuda)"))),
+            other => Err(Error::invalid(format!(
+                "unknown backend `{other}` (expected cpu or cuda)"
+            ))),
         }
     }
 }
@@ -314,7 +316,10 @@ impl VecEnv {
         period: Period,
         kind: BackendKind,
     ) -> Result<Self> {
-        if features.bars != data.bars || features.symbols != data.n_symbols() || features.paths != data.paths {
+        if features.bars != data.bars
+            || features.symbols != data.n_symbols()
+            || features.paths != data.paths
+        {
             return Err(Error::invalid("features were computed from other data"));
         }
         let layout = EnvLayout::new(cfg, &data, period)?;
@@ -323,7 +328,11 @@ impl VecEnv {
     }
 
     /// Wrap an already built backend.
-    pub fn from_backend(backend: Box<dyn Backend>, data: Arc<MarketData>, features: Arc<Features>) -> Self {
+    pub fn from_backend(
+        backend: Box<dyn Backend>,
+        data: Arc<MarketData>,
+        features: Arc<Features>,
+    ) -> Self {
         let layout = *backend.layout();
         Self {
             out: StepOutputs::new(layout.n_scenarios, layout.n_symbols),
@@ -390,7 +399,10 @@ impl VecEnv {
                 symbol_actions[i]
             )));
         }
-        if let Some(i) = master_actions.iter().position(|&a| a as usize >= MASTER_ACTIONS) {
+        if let Some(i) = master_actions
+            .iter()
+            .position(|&a| a as usize >= MASTER_ACTIONS)
+        {
             return Err(Error::invalid(format!(
                 "master action {} at scenario {i} is not in 0..{MASTER_ACTIONS}",
                 master_actions[i]
@@ -398,7 +410,13 @@ impl VecEnv {
         }
         self.backend.step(symbol_actions, master_actions)?;
         self.backend.read_outputs(&mut self.out)?;
-        if self.out.terminated.iter().chain(&self.out.truncated).any(|&d| d != 0) {
+        if self
+            .out
+            .terminated
+            .iter()
+            .chain(&self.out.truncated)
+            .any(|&d| d != 0)
+        {
             for rec in self.backend.drain_episodes()? {
                 self.shaper.record(&rec.components);
                 self.finished.push(rec);
@@ -446,9 +464,16 @@ impl VecEnv {
         let (n, s) = (self.layout.n_scenarios, self.layout.n_symbols);
         let sy = &snap.symbols;
         if snap.scenarios.len() != n
-            || [sy.q.len(), sy.entry.len(), sy.peak_px.len(), sy.dsr_a.len(), sy.dsr_b.len(), sy.entry_k.len()]
-                .iter()
-                .any(|&l| l != n * s)
+            || [
+                sy.q.len(),
+                sy.entry.len(),
+                sy.peak_px.len(),
+                sy.dsr_a.len(),
+                sy.dsr_b.len(),
+                sy.entry_k.len(),
+            ]
+            .iter()
+            .any(|&l| l != n * s)
         {
             return Err(Error::invalid("snapshot does not match the env's N and S"));
         }
@@ -469,7 +494,9 @@ impl VecEnv {
     fn check_len(&self, what: &str, got: usize, per: usize) -> Result<()> {
         let want = self.layout.n_scenarios * self.layout.n_symbols * per;
         if got != want {
-            return Err(Error::invalid(format!("{what}: buffer holds {got} values, expected {want}")));
+            return Err(Error::invalid(format!(
+                "{what}: buffer holds {got} values, expected {want}"
+            )));
         }
         Ok(())
     }

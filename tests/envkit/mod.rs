@@ -15,8 +15,13 @@ pub fn toy_market(s: usize, t: usize, p: usize, seed: u64) -> MarketData {
     let mut r = SplitMix64::new(seed);
     let s1 = s + 1;
     let n = p * t * s1;
-    let (mut open, mut high, mut low, mut close, mut volume) =
-        (vec![0f32; n], vec![0f32; n], vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    let (mut open, mut high, mut low, mut close, mut volume) = (
+        vec![0f32; n],
+        vec![0f32; n],
+        vec![0f32; n],
+        vec![0f32; n],
+        vec![0f32; n],
+    );
     for pi in 0..p {
         for si in 0..s1 {
             let mut c = 20.0 + 80.0 * r.uniform();
@@ -33,8 +38,12 @@ pub fn toy_market(s: usize, t: usize, p: usize, seed: u64) -> MarketData {
             }
         }
     }
-    let sentiment = (0..p * t * s).map(|_| (r.uniform() * 2.0 - 1.0) as f32).collect();
-    let macro_series = (0..p * t * MACRO).map(|i| if i % 2 == 0 { 0.03 } else { 18.0 }).collect();
+    let sentiment = (0..p * t * s)
+        .map(|_| (r.uniform() * 2.0 - 1.0) as f32)
+        .collect();
+    let macro_series = (0..p * t * MACRO)
+        .map(|i| if i % 2 == 0 { 0.03 } else { 18.0 })
+        .collect();
     MarketData {
         symbols: (0..s).map(|i| format!("T{i:02}")).collect(),
         benchmark: "SPY".into(),
