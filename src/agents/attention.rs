@@ -81,24 +81,37 @@ impl MultiHeadAttention {
 
     /// The attention weights `softmax(Q K^T / sqrt(d))`, `[B, H, L, L]`.
     pub fn attention_weights(&self, x: &Tensor) -> Result<Tensor> {
-        let q = self.split_heads(&self.q.forward(x)?)?;
+        self.weights_for(x, x)
+    }
+
+    /// Weights of the queries of `xq` (`[B, Lq, D]`) over the keys of `x` (`[B, L, D]`).
+    fn weights_for(&self, xq: &Tensor, x: &Tensor) -> Result<Tensor> {
+        let q = self.split_heads(&self.q.forward(xq)?)?;
         let k = self.split_heads(&self.k.forward(x)?)?;
         let scores = (q.matmul(&k.t()?.contiguous()?)? / (self.head_dim as f64).sqrt())?;
         candle_nn::ops::softmax(&scores, D::Minus1)
     }
-}
 
-impl Module for MultiHeadAttention {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, l, d_model) = x.dims3()?;
-        let attn = self.attention_weights(x)?;
+    /// Attention outputs at the positions of `xq` (`[B, Lq, D]`, queries) over the sequence `x`
+    /// (`[B, L, D]`, keys and values): `[B, Lq, D]`. `forward(x)` is `forward_queries(x, x)`; passing
+    /// only the last position as `xq` computes that position's output alone, which is all an encoder
+    /// that reads the last state needs.
+    pub fn forward_queries(&self, xq: &Tensor, x: &Tensor) -> Result<Tensor> {
+        let (b, lq, d_model) = xq.dims3()?;
+        let attn = self.weights_for(xq, x)?;
         let v = self.split_heads(&self.v.forward(x)?)?;
         let y = attn
             .matmul(&v)?
             .transpose(1, 2)?
             .contiguous()?
-            .reshape((b, l, d_model))?;
+            .reshape((b, lq, d_model))?;
         self.o.forward(&y)
+    }
+}
+
+impl Module for MultiHeadAttention {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_queries(x, x)
     }
 }
 
@@ -137,14 +150,17 @@ mod tests {
         );
         let x = Tensor::new(&[[[1f32, 2.], [3., 4.]]], &Device::Cpu)?;
         let a = mha.attention_weights(&x)?.squeeze(0)?.to_vec3::<f32>()?; // [H, L, L]
-        assert!((a[0][0][0] as f64 - 0.0141660).abs() < 1e-6 && (a[0][0][1] as f64 - 0.9858340).abs() < 1e-6);
+        assert!(
+            (a[0][0][0] as f64 - 0.0141660).abs() < 1e-6
+                && (a[0][0][1] as f64 - 0.9858340).abs() < 1e-6
+        );
         assert!((a[0][1][0] as f64 - 0.0000502).abs() < 1e-6);
         let y = mha.forward(&x)?.to_vec3::<f32>()?;
         let want = [[3.471668f64, 7.443336], [3.499900, 7.499799]];
         for i in 0..2 {
             for j in 0..2 {
                 assert!(
-                    (y[0][i][j] - want[i][j]).abs() < 1e-5,
+                    (y[0][i][j] as f64 - want[i][j]).abs() < 1e-5,
                     "y[{i}][{j}] = {}",
                     y[0][i][j]
                 );
@@ -179,6 +195,23 @@ mod tests {
                 "{name} has zero grad"
             );
         }
+        Ok(())
+    }
+
+    /// Querying only the last position gives the last row of the full output.
+    #[test]
+    fn last_query_equals_last_row() -> Result<()> {
+        let dev = Device::Cpu;
+        let vm = candle_nn::VarMap::new();
+        let vb = crate::agents::init::seeded_var_builder(&vm, 8, DType::F32, &dev);
+        let mha = MultiHeadAttention::new(6, 3, vb)?;
+        let x = Tensor::arange(0f32, 60., &dev)?
+            .reshape((2, 5, 6))?
+            .affine(0.05, -1.0)?;
+        let full = mha.forward(&x)?.narrow(1, 4, 1)?;
+        let last = mha.forward_queries(&x.narrow(1, 4, 1)?, &x)?;
+        let diff = (full - last)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-6, "{diff}");
         Ok(())
     }
 }

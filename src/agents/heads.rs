@@ -93,31 +93,60 @@ impl SymbolHeads {
 
     /// `x`: `[S, B, in]` (rows grouped by symbol) -> `[S, B, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (s, b, i) = x.dims3()?;
+        let s = x.dim(0)?;
         if s != self.symbols {
             candle_core::bail!("heads: input has {s} symbols, the heads {}", self.symbols)
         }
-        let n = self.layers.len();
+        let (w, bias) = &self.layers[0];
+        let h = self.matmul(x, w)?.broadcast_add(bias)?;
+        self.rest(h)
+    }
+
+    /// `x [S, B, i] x w [S', i, o]`: one batched matmul (`S' = S`) or one plain matmul (shared).
+    fn matmul(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         if self.shared {
-            // One head: a plain [S*B, in] x [in, out] product.
-            let mut h = x.reshape((s * b, i))?;
-            for (l, (w, bias)) in self.layers.iter().enumerate() {
-                h = h.matmul(&w.squeeze(0)?)?.broadcast_add(&bias.squeeze(0)?)?;
-                if l + 1 < n {
-                    h = h.tanh()?;
-                }
-            }
-            let o = h.dim(1)?;
-            return h.reshape((s, b, o));
+            let (s, b, i) = x.dims3()?;
+            let w = w.squeeze(0)?;
+            let o = w.dim(1)?;
+            x.reshape((s * b, i))?.matmul(&w)?.reshape((s, b, o))
+        } else {
+            x.contiguous()?.matmul(w)
         }
-        let mut h = x.contiguous()?;
-        for (l, (w, bias)) in self.layers.iter().enumerate() {
-            h = h.matmul(w)?.broadcast_add(bias)?;
-            if l + 1 < n {
-                h = h.tanh()?;
-            }
+    }
+
+    /// Layers 1.. applied to the pre-activation `h` of layer 0.
+    fn rest(&self, mut h: Tensor) -> Result<Tensor> {
+        for (w, bias) in &self.layers[1..] {
+            h = self.matmul(&h.tanh()?, w)?.broadcast_add(bias)?;
         }
         Ok(h)
+    }
+
+    /// The same as [`forward`](Self::forward) on `concat(shared[:, group], private)` (feature axis),
+    /// without building that concatenation: the first layer's product with the `shared` part
+    /// (`[S, G, Es]`, e.g. the embeddings of G distinct bars) is computed once per distinct bar and
+    /// gathered by `group` (`[B]` u32), the `private` part (`[S, B, Dp]`) is multiplied per row.
+    /// For 128 scenarios at one bar, the `Es`-wide product runs once instead of 128 times.
+    pub fn forward_split(
+        &self,
+        shared: &Tensor,
+        group: &Tensor,
+        private: &Tensor,
+    ) -> Result<Tensor> {
+        let (s, _g, es) = shared.dims3()?;
+        let (s2, _b, dp) = private.dims3()?;
+        let (w0, b0) = &self.layers[0];
+        let in_dim = w0.dim(1)?;
+        if s != self.symbols || s2 != self.symbols || es + dp != in_dim {
+            candle_core::bail!(
+                "heads: split input [{s}, _, {es}] + [{s2}, _, {dp}], the heads need {} symbols x {in_dim}",
+                self.symbols
+            )
+        }
+        let h_shared = self.matmul(shared, &w0.narrow(1, 0, es)?)?; // [S, G, o]
+        let h_private = self.matmul(private, &w0.narrow(1, es, dp)?)?; // [S, B, o]
+        let h = (h_shared.index_select(group, 1)? + h_private)?.broadcast_add(b0)?;
+        self.rest(h)
     }
 
     /// Rows of arbitrary symbols: `x: [R, in]`, `symbol: [R]` (u32) -> `[R, out]`. The weights of
@@ -210,6 +239,31 @@ mod tests {
         let y = heads.forward(&x)?.to_vec3::<f32>()?;
         assert_ne!(y[0], y[1]);
         assert_eq!(vm.data().lock().unwrap()["w0"].dims(), &[2, 3, 2]);
+        Ok(())
+    }
+
+    /// forward_split == forward on the explicit concatenation, per-symbol and shared.
+    #[test]
+    fn split_first_layer_equals_concatenation() -> Result<()> {
+        let dev = Device::Cpu;
+        for (shared, hidden) in [(false, 6), (true, 6), (false, 0)] {
+            let vm = candle_nn::VarMap::new();
+            let vb = crate::agents::init::seeded_var_builder(&vm, 2, DType::F32, &dev);
+            let heads = SymbolHeads::new(3, 5 + 2, hidden, 4, shared, 1.0, vb)?;
+            let emb = Tensor::arange(0f32, 3. * 2. * 5., &dev)?
+                .reshape((3, 2, 5))?
+                .affine(0.1, -1.)?
+                .sin()?; // [S, G=2, 5]
+            let private = Tensor::arange(0f32, 3. * 4. * 2., &dev)?
+                .reshape((3, 4, 2))?
+                .affine(0.2, -0.7)?; // [S, B=4, 2]
+            let group = Tensor::new(&[1u32, 0, 1, 1], &dev)?;
+            let x = Tensor::cat(&[&emb.index_select(&group, 1)?, &private], 2)?;
+            let want = heads.forward(&x)?;
+            let got = heads.forward_split(&emb, &group, &private)?;
+            let diff = (want - got)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-5, "shared {shared} hidden {hidden}: {diff}");
+        }
         Ok(())
     }
 }

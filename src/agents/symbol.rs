@@ -3,9 +3,12 @@ The symbol agent: shared encoder + symbol-specific actor and critic heads.
 
 ```text
 windows [G, S, W, F] --SharedEncoder--> emb [G, S, E]         once per unique (path, bar)
-emb[group[b]] ++ dyn_obs[b]  ->  x [B, S, E + DYN_OBS]         one row per (scenario, symbol)
-x --transpose--> [S, B, in] --SymbolHeads--> logits [B, S, 7], value [B, S]
+x[b, s] = emb[group[b], s] ++ dyn_obs[b, s]                    one row per (scenario, symbol)
+x as [S, B, in] --SymbolHeads--> logits [B, S, 7], value [B, S]
 ```
+
+The heads' first layer splits as `x W = emb W_e + dyn_obs W_d`, and `emb W_e` is also computed once
+per distinct bar, so the concatenation is never built ([`SymbolHeads::forward_split`]).
 
 The encoder output depends only on (path, bar, symbol), so `B` scenarios that sit at `G <= B`
 distinct bars need `G` encoder passes, not `B`: [`SymbolAgent::encode`] takes the unique windows and
@@ -156,13 +159,21 @@ impl SymbolAgent {
                 self.cfg.symbols, self.cfg.dyn_obs
             )));
         }
-        let e = emb.index_select(group, 0)?; // [B, S, E]
-        let x = Tensor::cat(&[&e, &dyn_obs.to_dtype(e.dtype())?], D::Minus1)?;
-        let x = x.transpose(0, 1)?.contiguous()?; // [S, B, in]
-        let logits = self.actor.forward(&x)?.transpose(0, 1)?.contiguous()?;
+        // The heads read concat(emb[group[b]], dyn_obs[b]); the embedding part of their first layer
+        // is computed once per distinct bar (SymbolHeads::forward_split).
+        let shared = emb.transpose(0, 1)?.contiguous()?; // [S, G, E]
+        let private = dyn_obs
+            .to_dtype(emb.dtype())?
+            .transpose(0, 1)?
+            .contiguous()?; // [S, B, D]
+        let logits = self
+            .actor
+            .forward_split(&shared, group, &private)?
+            .transpose(0, 1)?
+            .contiguous()?;
         let value = self
             .critic
-            .forward(&x)?
+            .forward_split(&shared, group, &private)?
             .squeeze(2)?
             .transpose(0, 1)?
             .contiguous()?;

@@ -186,10 +186,10 @@ mod tests {
             weight_decay: 0.01,
         };
         let mut opt = AdamW::new(vec![("p".into(), p.clone())], cfg)?;
-        for (g, want) in [(0.5f32, 0.899000002f32), (-1.0, 0.934711354)] {
-            let loss = (p.as_tensor() * g as f64)?.sum_all()?; // d loss / dp = g
+        for (g, want) in [(0.5f64, 0.899000002f64), (-1.0, 0.934711354)] {
+            let loss = (p.as_tensor() * g)?.sum_all()?; // d loss / dp = g
             opt.step(&loss.backward()?)?;
-            let got = p.to_vec1::<f32>()?[0];
+            let got = p.to_vec1::<f32>()?[0] as f64;
             assert!((got - want).abs() < 1e-6, "{got} vs {want}");
         }
         assert_eq!(opt.step_count(), 2);

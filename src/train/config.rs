@@ -179,10 +179,10 @@ impl PpoConfig {
                 return bad(f, format!("must be a finite number >= 0, got {v}"));
             }
         }
-        if let Some(k) = self.target_kl {
-            if !(k > 0.0) {
-                return bad("ppo.target_kl", "must be > 0 when set".into());
-            }
+        if let Some(k) = self.target_kl
+            && (k.is_nan() || k <= 0.0)
+        {
+            return bad("ppo.target_kl", "must be > 0 when set".into());
         }
         Ok(())
     }

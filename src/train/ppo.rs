@@ -219,14 +219,14 @@ impl<E: VecEnv, P: Policy<Obs = E::Obs>> Ppo<E, P> {
             buf.dones
                 .extend(self.next_done.iter().map(|&d| f32::from(u8::from(d))));
             let mask = self.env.action_mask();
-            if let Some(m) = &mask {
-                if m.len() != rows * na {
-                    return Err(Error::invalid(format!(
-                        "action mask has {} values, expected {}",
-                        m.len(),
-                        rows * na
-                    )));
-                }
+            if let Some(m) = &mask
+                && m.len() != rows * na
+            {
+                return Err(Error::invalid(format!(
+                    "action mask has {} values, expected {}",
+                    m.len(),
+                    rows * na
+                )));
             }
             let (logits, value) = self.policy.forward(&self.next_obs)?;
             let mask_t = match &mask {
