@@ -24,6 +24,7 @@ fn prof() {
     let c = Cnn1d::new(23, &cfg.cnn, vb.pp("c")).unwrap();
     time("transformer", || { t.forward(&x).unwrap(); });
     time("bilstm", || { l.forward(&x).unwrap(); });
+    time("bilstm ref", || { l.forward_reference(&x).unwrap(); });
     time("cnn", || { c.forward(&x).unwrap(); });
     let enc = SharedEncoder::new(&cfg, vb.pp("e")).unwrap();
     let w = x.reshape((1, 143, 24, 23)).unwrap();

@@ -40,7 +40,7 @@ assert_eq!((logits.dims(), value.dims()), (&[5usize, 3, 7][..], &[5usize, 3][..]
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
