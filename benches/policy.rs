@@ -4,7 +4,8 @@
 //! - `128x143_same_bar`: 128 scenarios at the same bar: the encoder runs once per (symbol, bar),
 //!   the heads on all 128 x 143 rows;
 //! - `128x143_distinct_bars`: 128 scenarios at 128 different bars (128 encoder passes), the worst case;
-//! - `heads_128x143`: the heads alone on precomputed embeddings.
+//! - `heads_128x143`: the heads alone on precomputed embeddings;
+//! - `128x143_same_bar_relu_heads`: `128x143_same_bar` with `head_activation = "relu"`.
 //!
 //! Window gathering and the correlation graph (host side) are included, as in training.
 //! `cargo bench --bench policy`.
@@ -17,6 +18,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use marl_trade::agents::Policy;
+use marl_trade::agents::heads::HeadActivation;
 use marl_trade::agents::init::seeded_var_builder;
 use marl_trade::agents::symbol::{
     AgentConfig, DenseWindows, SymbolAgent, SymbolObs, SymbolPolicy, zero_dyn_obs,
@@ -24,9 +26,10 @@ use marl_trade::agents::symbol::{
 
 const S: usize = 143;
 
-fn setup() -> (SymbolPolicy, AgentConfig) {
+fn setup(head_activation: HeadActivation) -> (SymbolPolicy, AgentConfig) {
     let cfg = AgentConfig {
         symbols: S,
+        head_activation,
         ..AgentConfig::default()
     };
     let dev = Device::Cpu;
@@ -48,7 +51,7 @@ fn setup() -> (SymbolPolicy, AgentConfig) {
 }
 
 fn bench_policy(c: &mut Criterion) {
-    let (policy, cfg) = setup();
+    let (policy, cfg) = setup(HeadActivation::Tanh);
     let dev = Device::Cpu;
     let mut g = c.benchmark_group("policy_forward");
     g.sample_size(10).measurement_time(Duration::from_secs(10));
@@ -85,6 +88,12 @@ fn bench_policy(c: &mut Criterion) {
     let dyn_obs = zero_dyn_obs(128, &cfg, &dev).unwrap();
     g.bench_function("heads_128x143", |b| {
         b.iter(|| black_box(policy.agent().heads(&emb, &group, &dyn_obs).unwrap()))
+    });
+
+    // The same with ReLU heads (candle's CPU tanh is scalar and slow).
+    let (relu_policy, _) = setup(HeadActivation::Relu);
+    g.bench_function("128x143_same_bar_relu_heads", |b| {
+        b.iter(|| black_box(relu_policy.forward(&same).unwrap()))
     });
     g.finish();
 }

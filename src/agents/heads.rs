@@ -1,7 +1,7 @@
 /*!
 Symbol-specific MLP heads applied with one batched matmul per layer.
 
-Each of the `S` symbols has its own head (`in -> hidden -> out`, tanh between layers). The weights
+Each of the `S` symbols has its own head (`in -> hidden -> out`, tanh or ReLU between layers). The weights
 are stored stacked, `w0: [S, in, hidden]`, `b0: [S, 1, hidden]`, `w1: [S, hidden, out]`,
 `b1: [S, 1, out]`, and an input laid out `[S, B, in]` is mapped by `x.matmul(w0)` (a batched matmul:
 S independent `[B, in] x [in, out]` products in one call). With `shared = true` the leading axis has
@@ -27,6 +27,27 @@ assert_eq!(heads.forward(&x)?.dims(), &[3, 4, 7]);
 
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+/// The non-linearity between head layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadActivation {
+    /// CleanRL's choice.
+    #[default]
+    Tanh,
+    /// Much cheaper on CPU, where candle's tanh costs ~30 ns per element (no SIMD).
+    Relu,
+}
+
+impl HeadActivation {
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Tanh => x.tanh(),
+            Self::Relu => x.relu(),
+        }
+    }
+}
 
 /// Stacked per-symbol (or one shared) MLP heads.
 #[derive(Debug, Clone)]
@@ -35,6 +56,7 @@ pub struct SymbolHeads {
     layers: Vec<(Tensor, Tensor)>,
     symbols: usize,
     shared: bool,
+    activation: HeadActivation,
 }
 
 fn uniform_std(std: f64) -> Init {
@@ -80,7 +102,14 @@ impl SymbolHeads {
             layers,
             symbols,
             shared,
+            activation: HeadActivation::Tanh,
         })
+    }
+
+    /// Use `activation` between layers (the default is tanh).
+    pub fn with_activation(mut self, activation: HeadActivation) -> Self {
+        self.activation = activation;
+        self
     }
 
     pub fn symbols(&self) -> usize {
@@ -117,7 +146,9 @@ impl SymbolHeads {
     /// Layers 1.. applied to the pre-activation `h` of layer 0.
     fn rest(&self, mut h: Tensor) -> Result<Tensor> {
         for (w, bias) in &self.layers[1..] {
-            h = self.matmul(&h.tanh()?, w)?.broadcast_add(bias)?;
+            h = self
+                .matmul(&self.activation.apply(&h)?, w)?
+                .broadcast_add(bias)?;
         }
         Ok(h)
     }
@@ -164,7 +195,7 @@ impl SymbolHeads {
                     .broadcast_add(&bias.index_select(symbol, 0)?)?
             };
             if l + 1 < n {
-                h = h.tanh()?;
+                h = self.activation.apply(&h)?;
             }
         }
         let o = h.dim(2)?;

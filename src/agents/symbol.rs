@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 
 use super::encoder::{EncoderConfig, SharedEncoder};
 use super::graph::correlation_graph;
-use super::heads::SymbolHeads;
+use super::heads::{HeadActivation, SymbolHeads};
 use super::policy::{ObsBatch, Policy};
 use crate::error::Error;
 
@@ -65,6 +65,8 @@ pub struct AgentConfig {
     pub head_hidden: usize,
     /// One head shared by all symbols instead of symbol-specific heads.
     pub shared_heads: bool,
+    /// Non-linearity of the heads: `"tanh"` (CleanRL) or `"relu"` (cheaper on CPU).
+    pub head_activation: HeadActivation,
     pub encoder: EncoderConfig,
 }
 
@@ -76,6 +78,7 @@ impl Default for AgentConfig {
             num_actions: crate::env::N_ACTIONS,
             head_hidden: 64,
             shared_heads: false,
+            head_activation: HeadActivation::Tanh,
             encoder: EncoderConfig::default(),
         }
     }
@@ -119,6 +122,7 @@ impl SymbolAgent {
                 gain,
                 vb.pp(name),
             )
+            .map(|h| h.with_activation(cfg.head_activation))
         };
         let actor = heads(cfg.num_actions, 0.01, "actor")?;
         let critic = heads(1, 1.0, "critic")?;

@@ -33,7 +33,7 @@ pub struct Metrics {
     pub approx_kl: f64,
     /// Fraction of rows whose ratio was clipped.
     pub clipfrac: f64,
-    /// `1 - Var[returns - values] / Var[returns]` over the batch; `None` when Var[returns] = 0.
+    /// `1 - Var[returns - values] / Var[returns]` over the batch; `None` when `Var[returns] = 0`.
     pub explained_variance: Option<f64>,
     /// Global gradient norm before clipping (last minibatch).
     pub grad_norm: f64,

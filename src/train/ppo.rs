@@ -458,7 +458,7 @@ impl<E: VecEnv, P: Policy<Obs = E::Obs>> Ppo<E, P> {
         Ok(out)
     }
 
-    /// Write a checkpoint to `dir` (created if needed); see [`checkpoint`](super::checkpoint).
+    /// Write a checkpoint to `dir` (created if needed); see [`super::checkpoint`].
     pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         checkpoint::save_params(&self.varmap, &dir.join(MODEL_FILE))?;
