@@ -286,7 +286,11 @@ mod tests {
         assert!((b - 0.00022).abs() < 1e-15);
         // zero variance -> 0, clip applies
         assert_eq!(dsr(0.0, 0.0, 0.5, 0.1, 1.0).0, 0.0);
-        assert_eq!(dsr(0.01, 0.0002, 1.0, 0.1, 1.0).0, 1.0);
+        // r = 0.03: dA = 0.02, dB = 0.0007, D = (4e-6 - 3.5e-6) / 1e-6 = 0.5, clipped to 0.25
+        assert!((dsr(0.01, 0.0002, 0.03, 0.1, 10.0).0 - 0.5).abs() < 1e-9);
+        assert_eq!(dsr(0.01, 0.0002, 0.03, 0.1, 0.25).0, 0.25);
+        // an outsized return raises the variance more than the mean: D < 0, clipped to -clip
+        assert_eq!(dsr(0.01, 0.0002, 1.0, 0.1, 1.0).0, -1.0);
     }
 
     #[test]
