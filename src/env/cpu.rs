@@ -50,6 +50,15 @@ impl Scratch {
     }
 }
 
+/// [`Scratch`] cut to exactly S elements for one step.
+struct ScratchView<'a> {
+    q0: &'a mut [f64],
+    qb: &'a mut [f64],
+    qs: &'a mut [f64],
+    slip: &'a mut [f64],
+    opener: &'a mut [bool],
+}
+
 /// Number of f64 fields of per-symbol state, stored `[N][FIELDS][S]`.
 const FIELDS: usize = 5;
 const F_Q: usize = 0;
@@ -156,6 +165,18 @@ fn step_lane(
     let (entry, rest) = rest.split_at_mut(s_n);
     let (peak_px, rest) = rest.split_at_mut(s_n);
     let (dsr_a, dsr_b) = rest.split_at_mut(s_n);
+    // Exact-length views: the loops below index them by `s < s_n` without bounds checks.
+    let actions = &actions[..s_n];
+    let entry_k = &mut entry_k[..s_n];
+    let reward_out = &mut reward_out[..s_n];
+    let comp_out = &mut comp_out[..s_n * N_COMPONENTS];
+    let sc = ScratchView {
+        q0: &mut sc.q0[..s_n],
+        qb: &mut sc.qb[..s_n],
+        qs: &mut sc.qs[..s_n],
+        slip: &mut sc.slip[..s_n],
+        opener: &mut sc.opener[..s_n],
+    };
 
     // §4.1 directive
     let d: Directive = logic::directive(p, m);
@@ -195,16 +216,19 @@ fn step_lane(
     let mut cash = st.cash + sell_cash;
 
     // §4.4 open-position limit, rotated symbol order
-    let r = st.k as usize % s_n;
+    let mut s = st.k as usize % s_n;
     let mut rank = 0u32;
-    for i in 0..s_n {
-        let s = (r + i) % s_n;
+    for _ in 0..s_n {
         if sc.opener[s] {
             if open0 + rank >= d.max_open {
                 sc.qb[s] = 0.0;
                 st.limited_orders += 1;
             }
             rank += 1;
+        }
+        s += 1;
+        if s == s_n {
+            s = 0;
         }
     }
 
