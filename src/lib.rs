@@ -9,10 +9,13 @@ Modules, one per concept:
 - [`config`]: the TOML configuration.
 - [`data`]: market data arrays, the synthetic generator, the polars loader.
 - [`features`]: causal technical and regime features.
-- [`env`]: the vectorised environment, its backends and the observation layout.
+- [`env`](mod@env): the vectorised environment, its backends and the observation layout.
 - [`costs`]: slippage, commission and borrow fees.
 - [`reward`]: the 7-term symbol reward, the master reward and their episode statistics.
-- [`eval`]: metrics and scripted baseline policies.
+- [`eval`]: metrics, scripted baseline policies and backtests.
+- [`agents`]: candle policies: shared encoder, symbol-specific actor-critic heads, masking.
+- [`train`]: PPO (CleanRL-style), checkpoints, CartPole as a known task.
+- [`rng`], [`error`]: deterministic random numbers; the error type.
 
 The semantics of a step are written once in `docs/env-spec.md`; both backends implement it.
 */

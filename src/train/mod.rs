@@ -11,8 +11,8 @@ Training: PPO (CleanRL-faithful), generic over a vectorised environment and a po
 - [`metrics`]: per-iteration [`Metrics`], written as JSON lines.
 - [`cartpole`]: CartPole-v1 (Gymnasium's dynamics), the trainer's test environment.
 
-The trading environment plugs in through an adapter implementing [`VecEnv`] with
-`Obs = agents::SymbolObs` and `agents_per_env = S`, trained with `agents::SymbolPolicy`.
+- [`trading`]: [`TradingEnv`], the trading environment as a [`VecEnv`] with
+  `Obs = agents::SymbolObs` and `agents_per_env = S`, trained with `agents::SymbolPolicy`.
 */
 
 pub mod adamw;
@@ -22,10 +22,12 @@ pub mod checkpoint;
 pub mod config;
 pub mod metrics;
 pub mod ppo;
+pub mod trading;
 pub mod vec_env;
 
 pub use adamw::{AdamW, AdamWConfig};
 pub use config::PpoConfig;
 pub use metrics::{Metrics, MetricsWriter};
 pub use ppo::{Ppo, clip_grad_norm};
+pub use trading::TradingEnv;
 pub use vec_env::{EpisodeInfo, ResumableRng, StepOut, VecEnv};
