@@ -599,6 +599,7 @@ impl Backend for CpuBackend {
 
     fn load_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
         let (n, s) = (self.layout.n_scenarios, self.layout.n_symbols);
+        snap.check_shape(n, s)?;
         self.seed = snap.seed;
         for (lane, st) in self.lanes.iter_mut().zip(&snap.scenarios) {
             lane.st = *st;

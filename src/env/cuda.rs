@@ -756,22 +756,8 @@ impl Backend for CudaBackend {
     }
 
     fn load_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
-        let (n, s) = (self.layout.n_scenarios, self.layout.n_symbols);
+        snap.check_shape(self.layout.n_scenarios, self.layout.n_symbols)?;
         let sy = &snap.symbols;
-        if snap.scenarios.len() != n
-            || [
-                sy.q.len(),
-                sy.entry.len(),
-                sy.peak_px.len(),
-                sy.dsr_a.len(),
-                sy.dsr_b.len(),
-                sy.entry_k.len(),
-            ]
-            .iter()
-            .any(|&l| l != n * s)
-        {
-            return Err(Error::invalid("snapshot does not match the env's N and S"));
-        }
         self.seed = snap.seed;
         let st = self.stream.clone();
         let e = drv("load state");

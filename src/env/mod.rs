@@ -188,6 +188,28 @@ pub struct Snapshot {
     pub symbols: SymbolState,
 }
 
+impl Snapshot {
+    /// Check that the snapshot holds N scenarios and N * S symbol entries.
+    pub fn check_shape(&self, n: usize, s: usize) -> Result<()> {
+        let sy = &self.symbols;
+        let lens = [
+            sy.q.len(),
+            sy.entry.len(),
+            sy.peak_px.len(),
+            sy.dsr_a.len(),
+            sy.dsr_b.len(),
+            sy.entry_k.len(),
+        ];
+        if self.scenarios.len() != n || lens.iter().any(|&l| l != n * s) {
+            return Err(Error::invalid(format!(
+                "snapshot holds {} scenarios and {lens:?} symbol entries; the env has N = {n}, S = {s}",
+                self.scenarios.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// One finished episode (spec §7).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EpisodeRecord {
@@ -461,22 +483,7 @@ impl VecEnv {
     }
 
     pub fn load_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
-        let (n, s) = (self.layout.n_scenarios, self.layout.n_symbols);
-        let sy = &snap.symbols;
-        if snap.scenarios.len() != n
-            || [
-                sy.q.len(),
-                sy.entry.len(),
-                sy.peak_px.len(),
-                sy.dsr_a.len(),
-                sy.dsr_b.len(),
-                sy.entry_k.len(),
-            ]
-            .iter()
-            .any(|&l| l != n * s)
-        {
-            return Err(Error::invalid("snapshot does not match the env's N and S"));
-        }
+        snap.check_shape(self.layout.n_scenarios, self.layout.n_symbols)?;
         self.needs_reset = false;
         self.backend.load_snapshot(snap)
     }
