@@ -159,6 +159,19 @@ fn drv(what: &str) -> impl FnOnce(DriverError) -> Error + '_ {
     move |e| backend_err(format!("{what}: {e}"))
 }
 
+/// The device buffer in `slot`, allocated zeroed with `len` elements on first use.
+fn lazy_buf<'a, T: DeviceRepr + ValidAsZeroBits>(
+    stream: &Arc<CudaStream>,
+    slot: &'a mut Option<CudaSlice<T>>,
+    len: usize,
+    what: &str,
+) -> Result<&'a mut CudaSlice<T>> {
+    if slot.is_none() {
+        *slot = Some(stream.alloc_zeros::<T>(len).map_err(drv(what))?);
+    }
+    Ok(slot.as_mut().expect("allocated above"))
+}
+
 /// Timing of a device-side rollout ([`CudaBackend::random_rollout`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RolloutTiming {
@@ -468,16 +481,9 @@ impl CudaBackend {
     /// host): the input of a policy that runs on the same GPU.
     pub fn gather_obs_device(&mut self) -> Result<&CudaSlice<f32>> {
         let rows = self.layout.n_scenarios * self.layout.n_symbols;
-        if self.obs.is_none() {
-            self.obs = Some(
-                self.stream
-                    .alloc_zeros::<f32>(rows * OBS_DIM)
-                    .map_err(drv("alloc obs"))?,
-            );
-        }
         let cfg = self.rows_cfg(rows, 32);
         let p = self.layout.params;
-        let out = self.obs.as_mut().expect("allocated above");
+        let out = lazy_buf(&self.stream, &mut self.obs, rows * OBS_DIM, "alloc obs")?;
         let mut b = self.stream.launch_builder(&self.k.gather_obs);
         b.arg(&p)
             .arg(&self.dims)
@@ -652,16 +658,14 @@ impl Backend for CudaBackend {
     fn dyn_obs(&mut self, out: &mut [f32]) -> Result<()> {
         let rows = self.layout.n_scenarios * self.layout.n_symbols;
         Self::check_host_len("dyn_obs", out.len(), rows * DYN_OBS)?;
-        if self.dyn_buf.is_none() {
-            self.dyn_buf = Some(
-                self.stream
-                    .alloc_zeros::<f32>(rows * DYN_OBS)
-                    .map_err(drv("alloc"))?,
-            );
-        }
         let cfg = self.rows_cfg(rows, 1);
         let p = self.layout.params;
-        let buf = self.dyn_buf.as_mut().expect("allocated above");
+        let buf = lazy_buf(
+            &self.stream,
+            &mut self.dyn_buf,
+            rows * DYN_OBS,
+            "alloc dyn_obs",
+        )?;
         let mut b = self.stream.launch_builder(&self.k.dyn_obs);
         b.arg(&p)
             .arg(&self.dims)
@@ -698,16 +702,14 @@ impl Backend for CudaBackend {
     fn action_mask(&mut self, out: &mut [u8]) -> Result<()> {
         let rows = self.layout.n_scenarios * self.layout.n_symbols;
         Self::check_host_len("action_mask", out.len(), rows * N_ACTIONS)?;
-        if self.mask_buf.is_none() {
-            self.mask_buf = Some(
-                self.stream
-                    .alloc_zeros::<u8>(rows * N_ACTIONS)
-                    .map_err(drv("alloc"))?,
-            );
-        }
         let cfg = self.rows_cfg(rows, 1);
         let p = self.layout.params;
-        let buf = self.mask_buf.as_mut().expect("allocated above");
+        let buf = lazy_buf(
+            &self.stream,
+            &mut self.mask_buf,
+            rows * N_ACTIONS,
+            "alloc action mask",
+        )?;
         let mut b = self.stream.launch_builder(&self.k.mask);
         b.arg(&p)
             .arg(&self.dims)
