@@ -1,19 +1,28 @@
 /*!
 Configuration: one TOML file describes the data, the environment, costs, risk limits, the reward
-weights and (later) training. Every field has a documented default, so a config file only names what
-it changes; unknown fields are rejected so that a typo is an error, not a silently ignored setting.
+weights, the symbol agent's network (`[agent]`) and PPO (`[ppo]`). Every field has a documented
+default, so a config file only names what it changes; unknown fields are rejected so that a typo is
+an error, not a silently ignored setting.
 
-`Config::from_file` reports a malformed file with its path and the offending field.
+Two fields are derived when the file does not set them: `ppo.num_envs` is `env.scenarios`, and
+`agent.symbols` is `data.synthetic.symbols` (for file data it is checked against the loaded data
+when the agent is built). When a file sets them, they must agree.
+
+`Config::from_file` reports a malformed file with its path and the offending field;
+[`Config::from_file_with_overrides`] applies `section.field=value` overrides (the CLI's `--set`)
+before parsing, so an override is checked like a line of the file.
 */
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::agents::symbol::AgentConfig;
 use crate::error::{Error, Result};
+use crate::train::PpoConfig;
 
 /// The whole configuration. Sections mirror the modules that consume them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub data: DataConfig,
@@ -22,15 +31,78 @@ pub struct Config {
     pub risk: RiskConfig,
     pub master: MasterConfig,
     pub reward: RewardConfig,
+    /// The symbol agent: encoder sizes and switches, heads (`agents::symbol::AgentConfig`).
+    pub agent: AgentConfig,
+    /// PPO hyperparameters (`train::PpoConfig`; CleanRL's defaults, `num_envs` = `env.scenarios`).
+    pub ppo: PpoConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let data = DataConfig::default();
+        let env = EnvConfig::default();
+        let agent = AgentConfig {
+            symbols: data.synthetic.symbols,
+            ..AgentConfig::default()
+        };
+        let ppo = PpoConfig {
+            num_envs: env.scenarios,
+            ..PpoConfig::default()
+        };
+        Self {
+            data,
+            env,
+            costs: CostConfig::default(),
+            risk: RiskConfig::default(),
+            master: MasterConfig::default(),
+            reward: RewardConfig::default(),
+            agent,
+            ppo,
+        }
+    }
 }
 
 impl Config {
     /// Parse a TOML string; `origin` names the source in error messages.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self> {
-        let cfg: Config = toml::from_str(text)
+        let mut cfg: Config = toml::from_str(text)
             .map_err(|e| Error::config(origin, e.message().to_string(), e.span()))?;
+        // The text parsed as a `Config`, so it parses as a table.
+        let table: toml::Table = toml::from_str(text)
+            .map_err(|e| Error::config(origin, e.message().to_string(), e.span()))?;
+        let given = |section: &str, field: &str| {
+            table
+                .get(section)
+                .and_then(|v| v.as_table())
+                .is_some_and(|t| t.contains_key(field))
+        };
+        if !given("ppo", "num_envs") {
+            cfg.ppo.num_envs = cfg.env.scenarios;
+        }
+        if !given("agent", "symbols") {
+            cfg.agent.symbols = cfg.data.synthetic.symbols;
+        }
         cfg.validate(origin)?;
         Ok(cfg)
+    }
+
+    /// Read a TOML config file and apply `overrides`, each `section.field=value` (dotted path, a
+    /// TOML value; a bare word is taken as a string), as if the file had said so.
+    pub fn from_file_with_overrides(path: impl AsRef<Path>, overrides: &[String]) -> Result<Self> {
+        let path = path.as_ref();
+        if overrides.is_empty() {
+            return Self::from_file(path);
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let origin = path.display().to_string();
+        let mut table: toml::Table = toml::from_str(&text)
+            .map_err(|e| Error::config(&origin, e.message().to_string(), e.span()))?;
+        for o in overrides {
+            apply_override(&mut table, o)
+                .map_err(|why| Error::config(&origin, format!("--set {o}: {why}"), None))?;
+        }
+        let merged = toml::to_string(&table).expect("a TOML table serialises");
+        Self::from_toml_str(&merged, &format!("{origin} (with --set)"))
     }
 
     /// Read and validate a TOML config file.
@@ -157,8 +229,78 @@ impl Config {
         if w.util_target.is_nan() || w.util_target <= 0.0 {
             return bad("reward.util_target", "must be > 0".into());
         }
-        Ok(())
+        let a = &self.agent;
+        if a.dyn_obs != crate::env::obs::DYN_OBS {
+            return bad(
+                "agent.dyn_obs",
+                format!("must be {} (env::obs::DYN_OBS)", crate::env::obs::DYN_OBS),
+            );
+        }
+        if a.num_actions != crate::env::N_ACTIONS {
+            return bad(
+                "agent.num_actions",
+                format!("must be {}", crate::env::N_ACTIONS),
+            );
+        }
+        if a.encoder.window != crate::features::WINDOW
+            || a.encoder.features != crate::features::N_TECH
+        {
+            return bad(
+                "agent.encoder.window",
+                format!(
+                    "window and features must be {} and {} (the feature array)",
+                    crate::features::WINDOW,
+                    crate::features::N_TECH
+                ),
+            );
+        }
+        if self.data.source == DataSource::Synthetic && a.symbols != s.symbols {
+            return bad(
+                "agent.symbols",
+                format!(
+                    "is {}, data.synthetic.symbols is {} (leave it out to take the data's)",
+                    a.symbols, s.symbols
+                ),
+            );
+        }
+        a.validate(origin)?;
+        if self.ppo.num_envs != e.scenarios {
+            return bad(
+                "ppo.num_envs",
+                format!(
+                    "is {}, env.scenarios is {} (leave it out to take env.scenarios)",
+                    self.ppo.num_envs, e.scenarios
+                ),
+            );
+        }
+        self.ppo.validate(origin)
     }
+}
+
+/// Set `path=value` in `table` (creating sections as needed).
+fn apply_override(table: &mut toml::Table, item: &str) -> std::result::Result<(), String> {
+    let (key, raw) = item.split_once('=').ok_or("expected section.field=value")?;
+    let keys: Vec<&str> = key.trim().split('.').map(str::trim).collect();
+    if keys.iter().any(|k| k.is_empty()) {
+        return Err(format!("bad key `{}`", key.trim()));
+    }
+    let raw = raw.trim();
+    let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").expect("parsed table has v"),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let (last, parents) = keys.split_last().expect("split gives one key");
+    let mut cur = table;
+    for k in parents {
+        let entry = cur
+            .entry(k.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{k}` is not a section"))?;
+    }
+    cur.insert(last.to_string(), value);
+    Ok(())
 }
 
 /// Where market data comes from.

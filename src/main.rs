@@ -1,13 +1,18 @@
-//! The `marl-trade` command line: synthetic data, baseline backtests and the environment benchmark.
+//! The `marl-trade` command line: synthetic data, training, evaluation, baseline backtests and
+//! benchmarks.
 //!
 //! ```text
 //! marl-trade data synth --config configs/default.toml --out data/synth.parquet
+//! marl-trade train --config configs/small.toml --out runs/small [--resume] [--iterations K]
+//! marl-trade eval --checkpoint runs/small --period test [--data FILE] [--json FILE]
 //! marl-trade backtest --config configs/small.toml --policy all --period test [--data FILE]
 //! marl-trade bench env --backend cpu --envs 128 --symbols 143 --steps 2048 [--threads K]
+//! marl-trade bench policy --config configs/default.toml --scenarios 128
 //! ```
 //!
-//! Every command reads `--config` (default `configs/default.toml`). Errors are printed as
-//! `error: <message>` and exit with status 2.
+//! Every command reads `--config` (default `configs/default.toml`; `eval` reads the configuration
+//! stored with the checkpoint instead); `--set section.field=value` overrides a field of it.
+//! Errors are printed as `error: <message>` and exit with status 2.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,9 +25,12 @@ use marl_trade::config::{Config, DataSource};
 use marl_trade::data::{self, MarketData};
 use marl_trade::env::obs::OBS_DIM;
 use marl_trade::env::{BackendKind, MASTER_ACTIONS, N_ACTIONS, Period, VecEnv};
-use marl_trade::eval::{BacktestOptions, Baseline, format_table, run_baselines};
+use marl_trade::eval::{
+    AgentPolicy, BacktestOptions, Baseline, compare, format_table, run_baselines, run_policy,
+};
 use marl_trade::features::{Features, WARMUP};
 use marl_trade::rng::SplitMix64;
+use marl_trade::train::run::{self, Market, TrainOptions};
 use marl_trade::{Error, Result};
 
 #[derive(Parser, Debug)]
@@ -35,6 +43,10 @@ struct Cli {
     /// TOML configuration file.
     #[arg(long, global = true, default_value = "configs/default.toml")]
     config: PathBuf,
+    /// Override a field of the configuration, `section.field=value` (TOML value), repeatable:
+    /// `--set ppo.total_timesteps=4096 --set data.synthetic.signal_strength=1`.
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,6 +56,11 @@ enum Command {
     /// Market data tools.
     #[command(subcommand)]
     Data(DataCmd),
+    /// Train the symbol agents with PPO on the train period (progress bar, metrics per iteration,
+    /// checkpoints in the run directory).
+    Train(TrainArgs),
+    /// Play a trained checkpoint deterministically on held-out bars, next to the baselines.
+    Eval(EvalArgs),
     /// Backtest the scripted baselines and print their metrics.
     Backtest(BacktestArgs),
     /// Benchmarks.
@@ -113,10 +130,69 @@ struct BacktestArgs {
     json: Option<PathBuf>,
 }
 
+#[derive(Args, Debug)]
+struct TrainArgs {
+    /// Run directory (config, metrics, checkpoints); default `runs/<config file stem>`.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in `--out` from its latest checkpoint (bit-identical to an uninterrupted run).
+    #[arg(long)]
+    resume: bool,
+    /// Run at most this many iterations now (the run's length is `ppo.total_timesteps`).
+    #[arg(long)]
+    iterations: Option<usize>,
+    /// Checkpoint every this many iterations (and after the last one).
+    #[arg(long, default_value_t = 10)]
+    save_every: usize,
+    /// Environment backend.
+    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
+    backend: BackendArg,
+    /// No progress bar; print one line per iteration instead.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
+struct EvalArgs {
+    /// A checkpoint directory, or a run directory (its latest checkpoint).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Which period of the data.
+    #[arg(long, value_enum, default_value_t = PeriodArg::Test)]
+    period: PeriodArg,
+    /// A data file instead of the run's data source (same symbols, in the same order).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Environment backend.
+    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
+    backend: BackendArg,
+    /// Seed of the random baseline.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Also write the metrics and comparisons as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
 #[derive(Subcommand, Debug)]
 enum BenchCmd {
     /// Throughput of `step` and of `step` + `gather_obs` on synthetic data.
     Env(BenchEnvArgs),
+    /// Time of one policy forward pass (the config's agent) for 1 and for N scenarios.
+    Policy(BenchPolicyArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchPolicyArgs {
+    /// Scenarios of the batched measurements.
+    #[arg(long, default_value_t = 128)]
+    scenarios: usize,
+    /// Timed repetitions of each measurement (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -149,12 +225,178 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let cfg = Config::from_file(&cli.config)?;
+    if let Command::Eval(args) = &cli.command {
+        return eval(args, &cli.overrides);
+    }
+    let cfg = Config::from_file_with_overrides(&cli.config, &cli.overrides)?;
     match cli.command {
         Command::Data(DataCmd::Synth { out }) => data_synth(&cfg, &out),
+        Command::Train(args) => train(&cfg, &cli.config, &args),
+        Command::Eval(_) => unreachable!("handled above"),
         Command::Backtest(args) => backtest(&cfg, &args),
         Command::Bench(BenchCmd::Env(args)) => bench_env(&cfg, &args),
+        Command::Bench(BenchCmd::Policy(args)) => {
+            with_threads(args.threads, || bench_policy(&cfg, &args))
+        }
     }
+}
+
+/// Run `f` in a rayon pool of `threads` workers (the global pool when `None`).
+fn with_threads<T>(threads: Option<usize>, f: impl FnOnce() -> Result<T> + Send) -> Result<T>
+where
+    T: Send,
+{
+    match threads {
+        Some(0) => Err(Error::invalid("--threads must be >= 1")),
+        Some(k) => rayon::ThreadPoolBuilder::new()
+            .num_threads(k)
+            .build()
+            .map_err(|e| Error::invalid(format!("cannot start {k} threads: {e}")))?
+            .install(f),
+        None => f(),
+    }
+}
+
+fn train(cfg: &Config, config_path: &Path, args: &TrainArgs) -> Result<()> {
+    let out = match &args.out {
+        Some(o) => o.clone(),
+        None => Path::new("runs").join(
+            config_path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "run".into()),
+        ),
+    };
+    let t = Instant::now();
+    let market = Market::load(cfg)?;
+    let (nproc, model) = machine();
+    let p = &cfg.ppo;
+    println!(
+        "train: {} symbols x {} scenarios, {} steps per rollout ({} symbol transitions), {} iterations; \
+         data + features {:.1} s; {nproc} logical CPUs ({model}), rayon threads {}",
+        market.data.n_symbols(),
+        p.num_envs,
+        p.num_steps,
+        p.batch_size() * market.data.n_symbols(),
+        p.num_iterations(),
+        t.elapsed().as_secs_f64(),
+        rayon::current_num_threads()
+    );
+    let opts = TrainOptions {
+        out: out.clone(),
+        resume: args.resume,
+        max_iterations: args.iterations,
+        save_every: args.save_every,
+        backend: args.backend.into(),
+        progress: !args.quiet,
+    };
+    let report = marl_trade::train::run::train(cfg, &market, &opts)?;
+    if args.quiet {
+        for m in &report.metrics {
+            println!(
+                "iter {:4}  return {:+.3}%  pg {:+.4}  v {:.4}  ent {:.3}  kl {:.4}  clip {:.3}  ev {}  {:.0} symbol-steps/s",
+                m.iteration,
+                100.0 * m.episode_return_mean.unwrap_or(f64::NAN),
+                m.policy_loss,
+                m.value_loss,
+                m.entropy,
+                m.approx_kl,
+                m.clipfrac,
+                m.explained_variance
+                    .map_or("-".into(), |v| format!("{v:.3}")),
+                m.agent_sps
+            );
+        }
+    }
+    if let Some(m) = report.metrics.last() {
+        println!(
+            "iteration {}/{}: policy loss {:+.4}, value loss {:.4}, entropy {:.3}, approx KL {:.4}, \
+             explained variance {}, episode return {}",
+            report.iteration,
+            report.num_iterations,
+            m.policy_loss,
+            m.value_loss,
+            m.entropy,
+            m.approx_kl,
+            m.explained_variance
+                .map_or("-".into(), |v| format!("{v:.3}")),
+            m.episode_return_mean
+                .map_or("-".into(), |v| format!("{:+.3}%", 100.0 * v))
+        );
+    }
+    println!(
+        "{} iterations in {:.1} s: {:.0} symbol transitions/s end to end (rollout + update + checkpoints)",
+        report.metrics.len(),
+        report.seconds,
+        report.symbol_sps()
+    );
+    println!(
+        "checkpoint: {}; metrics: {}, {}",
+        report.checkpoint.display(),
+        out.join(run::METRICS_JSONL).display(),
+        out.join(run::METRICS_CSV).display()
+    );
+    Ok(())
+}
+
+fn eval(args: &EvalArgs, overrides: &[String]) -> Result<()> {
+    let dir = run::resolve_checkpoint(&args.checkpoint)?;
+    let cfg = Config::from_file_with_overrides(dir.join(run::CONFIG_FILE), overrides)?;
+    let (md, origin) = load_data(&cfg, args.data.as_deref())?;
+    let market = Market::from_data(md);
+    let mut agent = AgentPolicy::from_checkpoint("ppo", &dir, &market, cfg.master.default_action)?;
+    let period = match args.period {
+        PeriodArg::Train => Period::Train,
+        PeriodArg::Test => Period::Test,
+    };
+    let opts = BacktestOptions {
+        period,
+        backend: args.backend.into(),
+        seed: args.seed,
+        progress: true,
+    };
+    let mine = run_policy(
+        &cfg,
+        market.data.clone(),
+        market.features.clone(),
+        &opts,
+        &mut agent,
+    )?;
+    let base = run_baselines(
+        &cfg,
+        market.data.clone(),
+        market.features.clone(),
+        &opts,
+        &Baseline::ALL,
+    )?;
+    println!(
+        "checkpoint {}; data: {origin}: {} symbols, {} bars, {} path(s); period {:?}: bars {}..={} ({} steps)",
+        dir.display(),
+        market.data.n_symbols(),
+        market.data.bars,
+        market.data.paths,
+        args.period,
+        mine.first_bar,
+        mine.last_bar,
+        mine.last_bar.saturating_sub(mine.first_bar)
+    );
+    let mut rows = vec![mine.metrics.clone()];
+    rows.extend(base.iter().map(|r| r.metrics.clone()));
+    print!("{}", format_table(&rows));
+    let comparisons = base
+        .iter()
+        .map(|b| compare(&mine, b))
+        .collect::<Result<Vec<_>>>()?;
+    for c in &comparisons {
+        println!("{}", c.line());
+    }
+    if let Some(path) = &args.json {
+        let doc = serde_json::json!({ "metrics": rows, "comparisons": comparisons });
+        let text =
+            serde_json::to_string_pretty(&doc).map_err(|e| Error::invalid(format!("json: {e}")))?;
+        marl_trade::train::checkpoint::write_atomic(path, text.as_bytes())?;
+    }
+    Ok(())
 }
 
 fn data_synth(cfg: &Config, out: &Path) -> Result<()> {
@@ -375,5 +617,92 @@ fn bench_body(cfg: &Config, kind: BackendKind, args: &BenchEnvArgs) -> Result<()
         dt_both,
         1e3 * dt_both / args.steps as f64
     );
+    Ok(())
+}
+
+fn bench_policy(cfg: &Config, args: &BenchPolicyArgs) -> Result<()> {
+    use candle_core::{DType, Device, Tensor};
+    use marl_trade::agents::Policy as _;
+    use marl_trade::agents::symbol::SymbolObs;
+    use marl_trade::env::obs::DYN_OBS;
+
+    if args.scenarios == 0 || args.reps == 0 {
+        return Err(Error::invalid("--scenarios and --reps must be >= 1"));
+    }
+    let (nproc, model) = machine();
+    let t = Instant::now();
+    let market = Market::load(cfg)?;
+    let acfg = run::agent_config(cfg, &market)?;
+    let (policy, vm) = run::build_policy(&acfg, &market, 0, &Device::Cpu)?;
+    let params: usize = vm
+        .all_vars()
+        .iter()
+        .map(|v| v.as_tensor().elem_count())
+        .sum();
+    let s = market.data.n_symbols();
+    let n = args.scenarios;
+    let bars = market.data.bars;
+    let lo = WARMUP.min(bars - 1);
+    if bars < lo + n + 1 {
+        return Err(Error::invalid(format!(
+            "{bars} bars are too few for {n} distinct bars after the warm-up"
+        )));
+    }
+    println!(
+        "machine: {nproc} logical CPUs, {model}; rayon threads {}; data + features {:.1} s",
+        rayon::current_num_threads(),
+        t.elapsed().as_secs_f64()
+    );
+    let e = &acfg.encoder;
+    println!(
+        "agent: S = {s}, embedding {}, transformer {}, BiLSTM {}, CNN {}, graph {}, heads {} ({}), {params} parameters",
+        e.embed_dim,
+        e.transformer.enabled,
+        e.lstm.enabled,
+        e.cnn.enabled,
+        e.graph.enabled,
+        if acfg.shared_heads {
+            "shared"
+        } else {
+            "per symbol"
+        },
+        acfg.head_hidden
+    );
+    let mut rng = SplitMix64::new(5);
+    let mut obs = |keys: Vec<(u32, u32)>| -> Result<SymbolObs> {
+        let d: Vec<f32> = (0..keys.len() * s * DYN_OBS)
+            .map(|_| rng.normal() as f32 * 0.1)
+            .collect();
+        let units = keys.len();
+        Ok(SymbolObs {
+            keys,
+            dyn_obs: Tensor::from_vec(d, (units, s, DYN_OBS), &Device::Cpu)?,
+        })
+    };
+    let cases = [
+        ("1 scenario", obs(vec![(0, lo as u32)])?),
+        ("N scenarios, one bar", obs(vec![(0, lo as u32); n])?),
+        (
+            "N scenarios, N bars",
+            obs((0..n).map(|i| (0, (lo + i) as u32)).collect())?,
+        ),
+    ];
+    for (name, o) in &cases {
+        let (logits, _) = policy.forward(o)?;
+        std::hint::black_box(logits.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?);
+        let t = Instant::now();
+        for _ in 0..args.reps {
+            let (logits, value) = policy.forward(o)?;
+            std::hint::black_box((logits.sum_all()?.to_scalar::<f32>()?, value));
+        }
+        let dt = t.elapsed().as_secs_f64() / args.reps as f64;
+        let units = o.keys.len();
+        println!(
+            "{name:<22} ({units:>4} x {s}): {:>9.2} ms per forward, {:>8.3} ms per scenario, {:>11.0} symbol-forwards/s",
+            1e3 * dt,
+            1e3 * dt / units as f64,
+            (units * s) as f64 / dt
+        );
+    }
     Ok(())
 }

@@ -153,6 +153,7 @@ fn resume_is_bit_identical() {
     // The logged losses agree as well (SPS aside).
     let strip = |m: &Metrics| Metrics {
         sps: 0.0,
+        agent_sps: 0.0,
         ..m.clone()
     };
     let split: Vec<Metrics> = ms_first.iter().chain(&ms_second).map(strip).collect();

@@ -90,6 +90,7 @@ fn strip(ms: &[Metrics]) -> Vec<Metrics> {
     ms.iter()
         .map(|m| Metrics {
             sps: 0.0,
+            agent_sps: 0.0,
             ..m.clone()
         })
         .collect()

@@ -17,14 +17,18 @@ print!("{}", format_table(&rows));
 ```
 */
 
+pub mod agent;
 pub mod backtest;
 pub mod baselines;
+pub mod compare;
 pub mod metrics;
 
+pub use agent::AgentPolicy;
 pub use backtest::{
     BacktestOptions, BacktestResult, Baseline, backtest_config, run_baselines, run_policy, run_spy,
 };
 pub use baselines::{
     EqualWeight, Hold, Policy, PolicyView, RandomPolicy, equal_weight_master, spy_buy_and_hold,
 };
+pub use compare::{Comparison, compare};
 pub use metrics::{Curve, Metrics, format_table};

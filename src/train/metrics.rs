@@ -41,11 +41,48 @@ pub struct Metrics {
     pub epochs: usize,
     /// Environment steps per second since the trainer was created or resumed.
     pub sps: f64,
+    /// Agent transitions per second over the same span: `sps * agents_per_env` (symbol-steps per
+    /// second for the trading environment, rollout and update included).
+    #[serde(default)]
+    pub agent_sps: f64,
     /// Episodes that ended during the rollout.
     pub episodes: usize,
     /// Their mean return and length.
     pub episode_return_mean: Option<f64>,
     pub episode_length_mean: Option<f64>,
+}
+
+impl Metrics {
+    /// Column names of [`Metrics::csv_row`].
+    pub const CSV_HEADER: &'static str = "iteration,global_step,learning_rate,ent_coef,policy_loss,\
+value_loss,entropy,old_approx_kl,approx_kl,clipfrac,explained_variance,grad_norm,epochs,sps,\
+agent_sps,episodes,episode_return_mean,episode_length_mean";
+
+    /// One CSV line (no newline), columns as [`Metrics::CSV_HEADER`]; a missing value is empty.
+    pub fn csv_row(&self) -> String {
+        let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
+        format!(
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            self.iteration,
+            self.global_step,
+            self.learning_rate,
+            self.ent_coef,
+            self.policy_loss,
+            self.value_loss,
+            self.entropy,
+            self.old_approx_kl,
+            self.approx_kl,
+            self.clipfrac,
+            opt(self.explained_variance),
+            self.grad_norm,
+            self.epochs,
+            self.sps,
+            self.agent_sps,
+            self.episodes,
+            opt(self.episode_return_mean),
+            opt(self.episode_length_mean),
+        )
+    }
 }
 
 /// Appends [`Metrics`] to a JSONL file, one object per line, flushed after every line.

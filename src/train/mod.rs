@@ -11,6 +11,8 @@ Training: PPO (CleanRL-faithful), generic over a vectorised environment and a po
 - [`metrics`]: per-iteration [`Metrics`], written as JSON lines.
 - [`cartpole`]: CartPole-v1 (Gymnasium's dynamics), the trainer's test environment.
 
+- [`run`]: training runs of the symbol agents (`marl-trade train`): run directory, checkpoints
+  every few iterations with a `latest` pointer, metrics as JSONL and CSV, exact resume.
 - [`trading`]: [`TradingEnv`], the trading environment as a [`VecEnv`] with
   `Obs = agents::SymbolObs` and `agents_per_env = S`, trained with `agents::SymbolPolicy`.
 */
@@ -22,6 +24,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod metrics;
 pub mod ppo;
+pub mod run;
 pub mod trading;
 pub mod vec_env;
 

@@ -421,6 +421,7 @@ impl<E: VecEnv, P: Policy<Obs = E::Obs>> Ppo<E, P> {
             grad_norm: last.grad_norm,
             epochs,
             sps: (self.global_step - self.clock_step) as f64 / elapsed,
+            agent_sps: (self.global_step - self.clock_step) as f64 * g as f64 / elapsed,
             episodes: ep_n,
             episode_return_mean: mean(&|e| e.ret),
             episode_length_mean: mean(&|e| e.len as f64),

@@ -1,0 +1,141 @@
+/*!
+A trained symbol policy as a backtest [`Policy`]: deterministic (the most probable legal action per
+symbol; ties go to the lower action index), the config's `master.default_action` for every scenario
+(the master is not trained yet, so it plays the directive the symbol agents were trained under).
+
+[`AgentPolicy::from_checkpoint`] rebuilds the network from a checkpoint's stored agent
+configuration and loads its parameters, refusing a checkpoint whose tensors do not fit (names and
+shapes checked, `Error::Shape` names the tensor).
+*/
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::baselines::{Policy, PolicyView};
+use crate::agents::Policy as _;
+use crate::agents::symbol::{AgentConfig, SymbolObs, SymbolPolicy};
+use crate::env::N_ACTIONS;
+use crate::env::obs::DYN_OBS;
+use crate::error::{Error, Result};
+use crate::train::checkpoint::{self, MODEL_FILE};
+use crate::train::run::{Market, build_policy};
+
+/// A [`SymbolPolicy`] playing greedily.
+pub struct AgentPolicy {
+    name: String,
+    policy: SymbolPolicy,
+    master: u8,
+}
+
+impl AgentPolicy {
+    pub fn new(name: impl Into<String>, policy: SymbolPolicy, master_action: u32) -> Result<Self> {
+        if master_action as usize >= crate::env::MASTER_ACTIONS {
+            return Err(Error::invalid(format!(
+                "master action {master_action} is not in 0..{}",
+                crate::env::MASTER_ACTIONS
+            )));
+        }
+        Ok(Self {
+            name: name.into(),
+            policy,
+            master: master_action as u8,
+        })
+    }
+
+    /// The policy of the checkpoint directory `dir` (see `train::run::resolve_checkpoint`) over
+    /// `market`.
+    pub fn from_checkpoint(
+        name: impl Into<String>,
+        dir: &Path,
+        market: &Market,
+        master_action: u32,
+    ) -> Result<Self> {
+        let acfg: AgentConfig = checkpoint::read_policy_config(dir)?;
+        if acfg.symbols != market.data.n_symbols() {
+            return Err(Error::invalid(format!(
+                "{}: the checkpoint's agent has {} symbols, the data {}",
+                dir.display(),
+                acfg.symbols,
+                market.data.n_symbols()
+            )));
+        }
+        let (policy, vm) = build_policy(&acfg, market, 0, &Device::Cpu)?;
+        checkpoint::load_params(&vm, &dir.join(MODEL_FILE))?;
+        Self::new(name, policy, master_action)
+    }
+
+    pub fn symbol_policy(&self) -> &SymbolPolicy {
+        &self.policy
+    }
+}
+
+/// Index of the largest `logits[a]` with `mask[a] != 0` (the first on ties); HOLD (0) when nothing
+/// is allowed, which the env never produces (HOLD is always legal).
+pub fn greedy_action(logits: &[f32], mask: &[u8]) -> u8 {
+    let mut best: Option<(usize, f32)> = None;
+    for (a, (&l, &m)) in logits.iter().zip(mask).enumerate() {
+        if m != 0 && best.is_none_or(|(_, b)| l > b) {
+            best = Some((a, l));
+        }
+    }
+    best.map_or(0, |(a, _)| a as u8)
+}
+
+impl Policy for AgentPolicy {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn act(&mut self, view: &PolicyView, sym_out: &mut [u8], master_out: &mut [u8]) -> Result<()> {
+        let (n, s) = (view.n_scenarios(), view.n_symbols());
+        if view.dyn_obs.len() != n * s * DYN_OBS || view.obs_index.len() != 2 * n {
+            return Err(Error::invalid("policy view has the wrong observation size"));
+        }
+        let obs = SymbolObs {
+            keys: view
+                .obs_index
+                .chunks_exact(2)
+                .map(|k| (k[0], k[1]))
+                .collect(),
+            dyn_obs: Tensor::from_slice(view.dyn_obs, (n, s, DYN_OBS), self.policy.device())?,
+        };
+        let (logits, _) = self.policy.forward(&obs)?;
+        let logits = logits
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        if logits.len() != n * s * N_ACTIONS {
+            return Err(Error::invalid(format!(
+                "policy gave {} logits for N = {n}, S = {s}",
+                logits.len()
+            )));
+        }
+        for ((out, l), m) in sym_out
+            .iter_mut()
+            .zip(logits.chunks_exact(N_ACTIONS))
+            .zip(view.mask.chunks_exact(N_ACTIONS))
+        {
+            *out = greedy_action(l, m);
+        }
+        master_out.fill(self.master);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::greedy_action;
+
+    #[test]
+    fn greedy_respects_the_mask_and_breaks_ties_low() {
+        assert_eq!(greedy_action(&[0.0, 5.0, 1.0], &[1, 0, 1]), 2);
+        assert_eq!(greedy_action(&[2.0, 2.0, 1.0], &[1, 1, 1]), 0);
+        assert_eq!(greedy_action(&[-1.0, 3.0], &[0, 0]), 0);
+        assert_eq!(
+            greedy_action(&[f32::NEG_INFINITY, -1e30], &[1, 1]),
+            1,
+            "a finite logit beats -inf"
+        );
+    }
+}
