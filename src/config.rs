@@ -41,12 +41,16 @@ impl Default for Config {
     fn default() -> Self {
         let data = DataConfig::default();
         let env = EnvConfig::default();
+        // Trading defaults that differ from the components' own (CleanRL / design) defaults, for
+        // the reasons given in configs/default.toml: a HOLD prior and reward normalisation.
         let agent = AgentConfig {
             symbols: data.synthetic.symbols,
+            hold_prior: 2.0,
             ..AgentConfig::default()
         };
         let ppo = PpoConfig {
             num_envs: env.scenarios,
+            norm_reward: true,
             ..PpoConfig::default()
         };
         Self {
@@ -65,11 +69,20 @@ impl Default for Config {
 impl Config {
     /// Parse a TOML string; `origin` names the source in error messages.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self> {
-        let mut cfg: Config = toml::from_str(text)
+        // Parsed once as it stands, for errors that point into the text (syntax, unknown fields,
+        // wrong types) ...
+        let _: Config = toml::from_str(text)
             .map_err(|e| Error::config(origin, e.message().to_string(), e.span()))?;
-        // The text parsed as a `Config`, so it parses as a table.
         let table: toml::Table = toml::from_str(text)
             .map_err(|e| Error::config(origin, e.message().to_string(), e.span()))?;
+        // ... then laid over `Config::default()`, so that a field a section leaves out keeps the
+        // whole configuration's default (which may differ from the section type's own default:
+        // `agent.hold_prior`, `ppo.norm_reward`).
+        let mut merged = toml::Table::try_from(Config::default()).expect("defaults serialise");
+        merge_tables(&mut merged, table.clone());
+        let mut cfg: Config = toml::Value::Table(merged)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::config(origin, e.message().to_string(), None))?;
         let given = |section: &str, field: &str| {
             table
                 .get(section)
@@ -274,6 +287,18 @@ impl Config {
             );
         }
         self.ppo.validate(origin)
+    }
+}
+
+/// Lay `over` onto `base`: tables merge recursively, any other value replaces.
+fn merge_tables(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge_tables(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
     }
 }
 

@@ -26,7 +26,8 @@ use marl_trade::data::{self, MarketData};
 use marl_trade::env::obs::OBS_DIM;
 use marl_trade::env::{BackendKind, MASTER_ACTIONS, N_ACTIONS, Period, VecEnv};
 use marl_trade::eval::{
-    AgentPolicy, BacktestOptions, Baseline, compare, format_table, run_baselines, run_policy,
+    ActMode, AgentPolicy, BacktestOptions, Baseline, compare, format_table, run_baselines,
+    run_policy,
 };
 use marl_trade::features::{Features, WARMUP};
 use marl_trade::rng::SplitMix64;
@@ -166,9 +167,12 @@ struct EvalArgs {
     /// Environment backend.
     #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
     backend: BackendArg,
-    /// Seed of the random baseline.
+    /// Seed of the random baseline (and of the policy's draws with `--sample`).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Sample the policy's actions (seeded, reproducible) instead of taking the most probable.
+    #[arg(long)]
+    sample: bool,
     /// Also write the metrics and comparisons as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -344,7 +348,18 @@ fn eval(args: &EvalArgs, overrides: &[String]) -> Result<()> {
     let cfg = Config::from_file_with_overrides(dir.join(run::CONFIG_FILE), overrides)?;
     let (md, origin) = load_data(&cfg, args.data.as_deref())?;
     let market = Market::from_data(md);
-    let mut agent = AgentPolicy::from_checkpoint("ppo", &dir, &market, cfg.master.default_action)?;
+    let mode = if args.sample {
+        ActMode::Sample(args.seed)
+    } else {
+        ActMode::Greedy
+    };
+    let mut agent = AgentPolicy::from_checkpoint(
+        if args.sample { "ppo-sampled" } else { "ppo" },
+        &dir,
+        &market,
+        cfg.master.default_action,
+    )?
+    .with_mode(mode);
     let period = match args.period {
         PeriodArg::Train => Period::Train,
         PeriodArg::Test => Period::Test,

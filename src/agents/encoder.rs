@@ -432,13 +432,39 @@ impl Cnn1d {
     }
 }
 
+impl Cnn1d {
+    /// One convolution as unfold + matmul ("im2col"), channels last: `x [B, W, C_in]` ->
+    /// `[B, W, C_out]`, same padding. Equal to candle's `conv1d` (checked in the tests) but runs on
+    /// the matmul kernels, several times faster on the CPU for these small windows, forward and
+    /// backward. The parameters stay candle's `Conv1d` ones (`weight [out, in, k]`, `bias [out]`).
+    fn conv_im2col(conv: &Conv1d, x: &Tensor) -> Result<Tensor> {
+        let (b, w, c) = x.dims3()?;
+        let weight = conv.weight();
+        let (c_out, _, k) = weight.dims3()?;
+        let pad = k / 2;
+        let xp = x.pad_with_zeros(1, pad, pad)?;
+        // Row t of the unfolded input holds padded bars t..t+k: one gather along time.
+        let idx: Vec<u32> = (0..w)
+            .flat_map(|t| (0..k).map(move |j| (t + j) as u32))
+            .collect();
+        let idx = Tensor::from_vec(idx, w * k, x.device())?;
+        let cols = xp.index_select(&idx, 1)?.reshape((b * w, k * c))?; // [(B W), (k C)], j major
+        let w2 = weight.permute((2, 1, 0))?.reshape((k * c, c_out))?; // [(k C), out]
+        let mut y = cols.matmul(&w2)?;
+        if let Some(bias) = conv.bias() {
+            y = y.broadcast_add(bias)?;
+        }
+        y.reshape((b, w, c_out))
+    }
+}
+
 impl Module for Cnn1d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut h = x.transpose(1, 2)?.contiguous()?; // [B, F, W]
+        let mut h = x.clone(); // [B, W, F], channels last
         for c in &self.convs {
-            h = c.forward(&h)?.relu()?;
+            h = Self::conv_im2col(c, &h)?.relu()?;
         }
-        h.mean(D::Minus1)
+        h.mean(1)
     }
 }
 
@@ -662,6 +688,28 @@ mod tests {
             .max_all()?
             .to_scalar::<f32>()?;
         assert!(diff < 1e-5, "{diff}");
+        Ok(())
+    }
+    /// The unfold + matmul convolution equals candle's conv1d (same padding).
+    #[test]
+    fn im2col_conv_matches_candle_conv1d() -> Result<()> {
+        let dev = Device::Cpu;
+        for k in [1usize, 3, 5] {
+            let vm = candle_nn::VarMap::new();
+            let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &dev);
+            let cfg = Conv1dConfig {
+                padding: k / 2,
+                ..Default::default()
+            };
+            let conv = candle_nn::conv1d(5, 3, k, cfg, vb.pp("c"))?;
+            let x = Tensor::randn(0f32, 1.0, (4, 9, 5), &dev)?;
+            let want = conv
+                .forward(&x.transpose(1, 2)?.contiguous()?)?
+                .transpose(1, 2)?;
+            let got = Cnn1d::conv_im2col(&conv, &x)?;
+            let err = (want - got)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(err < 1e-5, "k = {k}: max error {err}");
+        }
         Ok(())
     }
 }

@@ -67,6 +67,13 @@ pub struct AgentConfig {
     pub shared_heads: bool,
     /// Non-linearity of the heads: `"tanh"` (CleanRL) or `"relu"` (cheaper on CPU).
     pub head_activation: HeadActivation,
+    /// A fixed log-prior added to the HOLD logit (action 0): the initial policy holds with
+    /// probability `e^b / (e^b + 6)` where all actions are legal (b = 2: 55%). A near-uniform
+    /// trading policy sells a fresh position within a few bars (two of seven actions sell), so
+    /// every buy looks like pure cost and PPO learns "never buy" before it can learn when to buy;
+    /// a HOLD prior lets positions live long enough for the signal to pay. The policy can move
+    /// away from it (the heads' own biases are trainable). 0: none.
+    pub hold_prior: f64,
     pub encoder: EncoderConfig,
 }
 
@@ -79,6 +86,7 @@ impl Default for AgentConfig {
             head_hidden: 64,
             shared_heads: false,
             head_activation: HeadActivation::Tanh,
+            hold_prior: 0.0,
             encoder: EncoderConfig::default(),
         }
     }
@@ -92,6 +100,9 @@ impl AgentConfig {
         }
         if self.num_actions == 0 {
             return bad("agent.num_actions", "must be >= 1");
+        }
+        if !self.hold_prior.is_finite() {
+            return bad("agent.hold_prior", "must be a finite number");
         }
         self.encoder.validate(origin)
     }
@@ -170,11 +181,18 @@ impl SymbolAgent {
             .to_dtype(emb.dtype())?
             .transpose(0, 1)?
             .contiguous()?; // [S, B, D]
-        let logits = self
+        let mut logits = self
             .actor
             .forward_split(&shared, group, &private)?
             .transpose(0, 1)?
             .contiguous()?;
+        if self.cfg.hold_prior != 0.0 {
+            let mut prior = vec![0f32; self.cfg.num_actions];
+            prior[0] = self.cfg.hold_prior as f32;
+            let prior = Tensor::from_vec(prior, self.cfg.num_actions, logits.device())?
+                .to_dtype(logits.dtype())?;
+            logits = logits.broadcast_add(&prior)?;
+        }
         let value = self
             .critic
             .forward_split(&shared, group, &private)?

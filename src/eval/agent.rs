@@ -1,7 +1,13 @@
 /*!
-A trained symbol policy as a backtest [`Policy`]: deterministic (the most probable legal action per
-symbol; ties go to the lower action index), the config's `master.default_action` for every scenario
-(the master is not trained yet, so it plays the directive the symbol agents were trained under).
+A trained symbol policy as a backtest [`Policy`], with the config's `master.default_action` for every
+scenario (the master is not trained yet, so it plays the directive the symbol agents were trained
+under). Two modes, both reproducible:
+
+- [`ActMode::Greedy`] (the default): the most probable legal action per symbol (ties go to the lower
+  action index);
+- [`ActMode::Sample`]: an action drawn from the masked policy distribution, as in training, from a
+  [`SplitMix64`] stream seeded by the given seed (restarted by [`Policy::reset`], so two runs are
+  identical).
 
 [`AgentPolicy::from_checkpoint`] rebuilds the network from a checkpoint's stored agent
 configuration and loads its parameters, refusing a checkpoint whose tensors do not fit (names and
@@ -18,14 +24,26 @@ use crate::agents::symbol::{AgentConfig, SymbolObs, SymbolPolicy};
 use crate::env::N_ACTIONS;
 use crate::env::obs::DYN_OBS;
 use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
 use crate::train::checkpoint::{self, MODEL_FILE};
 use crate::train::run::{Market, build_policy};
 
-/// A [`SymbolPolicy`] playing greedily.
+/// How [`AgentPolicy`] turns the policy's distribution into actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActMode {
+    /// The most probable legal action.
+    Greedy,
+    /// A draw from the masked distribution, from a stream seeded with this seed.
+    Sample(u64),
+}
+
+/// A [`SymbolPolicy`] playing greedily or by sampling (module docs).
 pub struct AgentPolicy {
     name: String,
     policy: SymbolPolicy,
     master: u8,
+    mode: ActMode,
+    rng: SplitMix64,
 }
 
 impl AgentPolicy {
@@ -40,7 +58,22 @@ impl AgentPolicy {
             name: name.into(),
             policy,
             master: master_action as u8,
+            mode: ActMode::Greedy,
+            rng: SplitMix64::new(0),
         })
+    }
+
+    /// Play in `mode` (greedy by default).
+    pub fn with_mode(mut self, mode: ActMode) -> Self {
+        self.mode = mode;
+        self.reset_rng();
+        self
+    }
+
+    fn reset_rng(&mut self) {
+        if let ActMode::Sample(seed) = self.mode {
+            self.rng = SplitMix64::new(seed);
+        }
     }
 
     /// The policy of the checkpoint directory `dir` (see `train::run::resolve_checkpoint`) over
@@ -82,9 +115,45 @@ pub fn greedy_action(logits: &[f32], mask: &[u8]) -> u8 {
     best.map_or(0, |(a, _)| a as u8)
 }
 
+/// The action whose cumulative masked softmax probability first exceeds `u` in `[0, 1)` (HOLD when
+/// nothing is allowed).
+pub fn sample_action(logits: &[f32], mask: &[u8], u: f64) -> u8 {
+    let max = logits
+        .iter()
+        .zip(mask)
+        .filter(|&(_, &m)| m != 0)
+        .map(|(&l, _)| l as f64)
+        .fold(f64::NEG_INFINITY, f64::max);
+    if !max.is_finite() {
+        return greedy_action(logits, mask);
+    }
+    let w: Vec<f64> = logits
+        .iter()
+        .zip(mask)
+        .map(|(&l, &m)| if m != 0 { (l as f64 - max).exp() } else { 0.0 })
+        .collect();
+    let total: f64 = w.iter().sum();
+    let mut acc = 0.0;
+    let mut last = 0;
+    for (a, &p) in w.iter().enumerate() {
+        if p > 0.0 {
+            acc += p / total;
+            last = a;
+            if u < acc {
+                return a as u8;
+            }
+        }
+    }
+    last as u8
+}
+
 impl Policy for AgentPolicy {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn reset(&mut self) {
+        self.reset_rng();
     }
 
     fn act(&mut self, view: &PolicyView, sym_out: &mut [u8], master_out: &mut [u8]) -> Result<()> {
@@ -116,7 +185,10 @@ impl Policy for AgentPolicy {
             .zip(logits.chunks_exact(N_ACTIONS))
             .zip(view.mask.chunks_exact(N_ACTIONS))
         {
-            *out = greedy_action(l, m);
+            *out = match self.mode {
+                ActMode::Greedy => greedy_action(l, m),
+                ActMode::Sample(_) => sample_action(l, m, self.rng.uniform()),
+            };
         }
         master_out.fill(self.master);
         Ok(())
@@ -125,7 +197,22 @@ impl Policy for AgentPolicy {
 
 #[cfg(test)]
 mod tests {
-    use super::greedy_action;
+    use super::{greedy_action, sample_action};
+
+    #[test]
+    fn sampling_follows_the_masked_distribution() {
+        // Allowed: actions 0 and 2 with equal logits; 1 is masked despite its large logit.
+        let (l, m) = ([0.0f32, 9.0, 0.0], [1u8, 0, 1]);
+        assert_eq!(sample_action(&l, &m, 0.1), 0);
+        assert_eq!(sample_action(&l, &m, 0.6), 2);
+        assert_eq!(sample_action(&l, &m, 0.999_999), 2);
+        let mut rng = crate::rng::SplitMix64::new(1);
+        let ones = (0..10_000)
+            .filter(|_| sample_action(&[0.0, 1.0], &[1, 1], rng.uniform()) == 1)
+            .count();
+        // P(1) = e / (1 + e) = 0.731
+        assert!((ones as f64 / 1e4 - 0.731).abs() < 0.02, "{ones}");
+    }
 
     #[test]
     fn greedy_respects_the_mask_and_breaks_ties_low() {

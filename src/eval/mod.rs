@@ -23,7 +23,7 @@ pub mod baselines;
 pub mod compare;
 pub mod metrics;
 
-pub use agent::AgentPolicy;
+pub use agent::{ActMode, AgentPolicy};
 pub use backtest::{
     BacktestOptions, BacktestResult, Baseline, backtest_config, run_baselines, run_policy, run_spy,
 };

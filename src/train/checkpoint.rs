@@ -55,6 +55,9 @@ pub struct TrainState {
     pub rng_shuffle: RngState,
     /// The done flags that came with the environment's current observation.
     pub next_done: Vec<bool>,
+    /// Reward normalisation state (`ppo.norm_reward`).
+    #[serde(default)]
+    pub reward_norm: Option<super::ppo::RewardNorm>,
 }
 
 /// Temporary path next to `path`.

@@ -51,6 +51,16 @@ pub struct PpoConfig {
     pub max_grad_norm: f64,
     /// Stop the epochs of an iteration early when the last minibatch's approx KL exceeds this.
     pub target_kl: Option<f64>,
+    /// Scale rewards by the running standard deviation of the discounted return (Gymnasium's
+    /// `NormalizeReward`, which CleanRL's continuous-control PPO uses): per row, `G = gamma * G *
+    /// (1 - done) + r`; the running variance of `G` over all rows and steps so far (parallel
+    /// Welford) gives `r / sqrt(var + 1e-8)`, then clipped to `[-reward_clip, reward_clip]`. The
+    /// statistics are saved in checkpoints. Use it when rewards are far from unit scale (trading
+    /// rewards are fractions of capital, ~1e-3 per step), where the critic's initial outputs would
+    /// otherwise drown the returns.
+    pub norm_reward: bool,
+    /// Clip of the normalised rewards (`norm_reward` only).
+    pub reward_clip: f64,
     /// Adam epsilon (CleanRL: 1e-5, not torch's 1e-8).
     pub adam_eps: f64,
     /// Decoupled weight decay of AdamW (0: plain Adam, as CleanRL).
@@ -78,6 +88,8 @@ impl Default for PpoConfig {
             vf_coef: 0.5,
             max_grad_norm: 0.5,
             target_kl: None,
+            norm_reward: false,
+            reward_clip: 10.0,
             adam_eps: 1e-5,
             weight_decay: 0.0,
         }
@@ -173,6 +185,7 @@ impl PpoConfig {
             ("ppo.ent_coef_start", self.ent_coef_start),
             ("ppo.ent_coef_end", self.ent_coef_end),
             ("ppo.adam_eps", self.adam_eps),
+            ("ppo.reward_clip", self.reward_clip),
             ("ppo.weight_decay", self.weight_decay),
         ] {
             if !(v.is_finite() && v >= 0.0) {

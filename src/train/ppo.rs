@@ -84,6 +84,54 @@ pub fn clip_grad_norm(
     Ok(total)
 }
 
+/// Running reward scaling (`ppo.norm_reward`, see [`PpoConfig::norm_reward`]): the discounted
+/// return of every row and the running mean / variance / count of those returns.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RewardNorm {
+    pub returns: Vec<f64>,
+    pub mean: f64,
+    pub var: f64,
+    pub count: f64,
+}
+
+impl RewardNorm {
+    pub fn new(rows: usize) -> Self {
+        // Gymnasium's RunningMeanStd starts at mean 0, var 1, count 1e-4.
+        Self {
+            returns: vec![0.0; rows],
+            mean: 0.0,
+            var: 1.0,
+            count: 1e-4,
+        }
+    }
+
+    /// Scale `rewards` (one per row) in place; `dones` is per environment copy, `g` rows each.
+    pub fn apply(&mut self, rewards: &mut [f32], dones: &[bool], g: usize, gamma: f64, clip: f64) {
+        for (ret, &x) in self.returns.iter_mut().zip(rewards.iter()) {
+            *ret = *ret * gamma + x as f64;
+        }
+        // Parallel Welford update with this step's batch of returns.
+        let n = self.returns.len() as f64;
+        let bm = self.returns.iter().sum::<f64>() / n;
+        let bv = self.returns.iter().map(|v| (v - bm).powi(2)).sum::<f64>() / n;
+        let delta = bm - self.mean;
+        let tot = self.count + n;
+        self.mean += delta * n / tot;
+        let m2 = self.var * self.count + bv * n + delta * delta * self.count * n / tot;
+        self.var = m2 / tot;
+        self.count = tot;
+        let scale = (self.var + 1e-8).sqrt();
+        for x in rewards.iter_mut() {
+            *x = ((*x as f64 / scale).clamp(-clip, clip)) as f32;
+        }
+        for (i, ret) in self.returns.iter_mut().enumerate() {
+            if dones[i / g] {
+                *ret = 0.0;
+            }
+        }
+    }
+}
+
 /// The PPO trainer for environment `E` and policy `P`.
 pub struct Ppo<E: VecEnv, P: Policy<Obs = E::Obs>> {
     cfg: PpoConfig,
@@ -100,6 +148,7 @@ pub struct Ppo<E: VecEnv, P: Policy<Obs = E::Obs>> {
     global_step: u64,
     next_obs: E::Obs,
     next_done: Vec<bool>,
+    reward_norm: Option<RewardNorm>,
     clock: Instant,
     clock_step: u64,
 }
@@ -119,7 +168,11 @@ impl<E: VecEnv, P: Policy<Obs = E::Obs>> Ppo<E, P> {
         let opt = AdamW::new(params.clone(), Self::adam_config(&cfg))?;
         let next_obs = env.reset(hash2(cfg.seed, 0))?;
         let n = env.num_envs();
+        let reward_norm = cfg
+            .norm_reward
+            .then(|| RewardNorm::new(n * env.agents_per_env()));
         Ok(Self {
+            reward_norm,
             rng_action: ResumableRng::new(hash2(cfg.seed, 1)),
             rng_shuffle: ResumableRng::new(hash2(cfg.seed, 2)),
             cfg,
@@ -263,7 +316,17 @@ impl<E: VecEnv, P: Policy<Obs = E::Obs>> Ppo<E, P> {
                     "environment returned rewards/dones of the wrong length",
                 ));
             }
-            buf.rewards.extend_from_slice(&out.rewards);
+            let mut rewards = out.rewards;
+            if let Some(rn) = &mut self.reward_norm {
+                rn.apply(
+                    &mut rewards,
+                    &out.dones,
+                    rows / n,
+                    self.cfg.gamma,
+                    self.cfg.reward_clip,
+                );
+            }
+            buf.rewards.extend_from_slice(&rewards);
             self.next_obs = out.obs;
             self.next_done = out.dones;
             episodes.extend(out.episodes);
@@ -475,6 +538,7 @@ impl<E: VecEnv, P: Policy<Obs = E::Obs>> Ppo<E, P> {
             rng_action: self.rng_action.state(),
             rng_shuffle: self.rng_shuffle.state(),
             next_done: self.next_done.clone(),
+            reward_norm: self.reward_norm.clone(),
         };
         let json = serde_json::to_vec_pretty(&st).expect("train state serialises");
         checkpoint::write_atomic(&dir.join(STATE_FILE), &json)
@@ -501,6 +565,18 @@ impl<E: VecEnv, P: Policy<Obs = E::Obs>> Ppo<E, P> {
                 dir.join(STATE_FILE).display()
             )));
         }
+        let rows = env.num_envs() * env.agents_per_env();
+        if st.ppo.norm_reward != st.reward_norm.is_some()
+            || st
+                .reward_norm
+                .as_ref()
+                .is_some_and(|r| r.returns.len() != rows)
+        {
+            return Err(Error::invalid(format!(
+                "{}: the reward normalisation state does not match ppo.norm_reward / the environment",
+                dir.join(STATE_FILE).display()
+            )));
+        }
         let next_obs = env.observe()?;
         Ok(Self {
             cfg: st.ppo,
@@ -516,6 +592,7 @@ impl<E: VecEnv, P: Policy<Obs = E::Obs>> Ppo<E, P> {
             global_step: st.global_step,
             next_obs,
             next_done: st.next_done,
+            reward_norm: st.reward_norm,
             clock: Instant::now(),
             clock_step: st.global_step,
         })

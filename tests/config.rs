@@ -1,0 +1,93 @@
+//! The configuration's `[agent]` and `[ppo]` sections: derived fields, section defaults, `--set`
+//! overrides, and errors that name the field.
+
+use std::io::Write;
+
+use marl_trade::Config;
+
+fn parse(text: &str) -> marl_trade::Result<Config> {
+    Config::from_toml_str(text, "test.toml")
+}
+
+#[test]
+fn derived_fields_follow_the_env_and_the_data() {
+    let c = parse("[env]\nscenarios = 16\n[data.synthetic]\nsymbols = 9\n").unwrap();
+    assert_eq!((c.ppo.num_envs, c.agent.symbols), (16, 9));
+    // Given explicitly and consistent: fine; inconsistent: an error naming the field.
+    parse("[env]\nscenarios = 16\n[ppo]\nnum_envs = 16\n").unwrap();
+    let e = parse("[env]\nscenarios = 16\n[ppo]\nnum_envs = 4\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ppo.num_envs") && e.contains("test.toml"), "{e}");
+    let e = parse("[data.synthetic]\nsymbols = 9\n[agent]\nsymbols = 8\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("agent.symbols"), "{e}");
+}
+
+#[test]
+fn a_partial_section_keeps_the_configuration_defaults() {
+    // `hold_prior` and `norm_reward` differ between Config::default() and their section types'
+    // own defaults; a section that names other fields must not reset them.
+    let d = Config::default();
+    assert!(d.agent.hold_prior != 0.0 && d.ppo.norm_reward);
+    let c = parse("[agent]\nhead_hidden = 8\n[ppo]\nnum_steps = 16\n").unwrap();
+    assert_eq!(c.agent.hold_prior, d.agent.hold_prior);
+    assert!(c.ppo.norm_reward);
+    assert_eq!((c.agent.head_hidden, c.ppo.num_steps), (8, 16));
+    assert_eq!(c.agent.encoder, d.agent.encoder);
+}
+
+#[test]
+fn bad_agent_and_ppo_values_are_errors_naming_the_field() {
+    for (text, field) in [
+        ("[ppo]\nnum_minibatches = 3\n", "ppo.num_minibatches"),
+        ("[ppo]\nlearning_rate = -1.0\n", "ppo.learning_rate"),
+        ("[ppo]\nreward_clip = nan\n", "ppo.reward_clip"),
+        ("[agent]\ndyn_obs = 10\n", "agent.dyn_obs"),
+        ("[agent.encoder]\nwindow = 12\n", "agent.encoder.window"),
+        ("[agent]\nhold_prior = inf\n", "agent.hold_prior"),
+        ("[agent.encoder.cnn]\nkernel = 4\n", "cnn.kernel"),
+        ("[ppo]\nnum_envz = 3\n", "num_envz"),
+    ] {
+        let e = parse(text).unwrap_err().to_string();
+        assert!(e.contains(field), "{text:?}: {e}");
+    }
+}
+
+#[test]
+fn overrides_apply_like_lines_of_the_file() {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    writeln!(
+        f,
+        "[env]\nscenarios = 4\n[ppo]\nnum_steps = 8\ntotal_timesteps = 64"
+    )
+    .unwrap();
+    let sets = |v: &[&str]| -> Vec<String> { v.iter().map(|s| s.to_string()).collect() };
+    let c = Config::from_file_with_overrides(
+        f.path(),
+        &sets(&[
+            "ppo.num_steps=16",
+            "data.synthetic.signal_strength = 0.5",
+            "data.synthetic.signal_kind=momentum",
+            "agent.encoder.lstm.enabled=false",
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.ppo.num_steps, 16);
+    assert_eq!(c.ppo.total_timesteps, 64);
+    assert_eq!(c.data.synthetic.signal_strength, 0.5);
+    assert!(!c.agent.encoder.lstm.enabled);
+    // An override is checked like the file: unknown field, bad value, malformed item.
+    for (o, want) in [
+        ("ppo.num_stepz=3", "num_stepz"),
+        ("ppo.num_steps=0", "ppo.num_steps"),
+        ("ppo.num_steps", "section.field=value"),
+        ("env.scenarios.x=1", "not a section"),
+    ] {
+        let e = Config::from_file_with_overrides(f.path(), &sets(&[o]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{o}: {e}");
+    }
+}
