@@ -4,9 +4,10 @@ weights, the symbol agent's network (`[agent]`) and PPO (`[ppo]`). Every field h
 default, so a config file only names what it changes; unknown fields are rejected so that a typo is
 an error, not a silently ignored setting.
 
-Two fields are derived when the file does not set them: `ppo.num_envs` is `env.scenarios`, and
-`agent.symbols` is `data.synthetic.symbols` (for file data it is checked against the loaded data
-when the agent is built). When a file sets them, they must agree.
+Two fields are derived: `ppo.num_envs` is `env.scenarios`, and `agent.symbols` is the number of
+symbols of the data. A file may leave them out (a file that sets them must agree, or it is an
+error); code that edits a `Config` need not keep them in step, as the trainer takes both from the
+environment it builds ([`Config::ppo_for_env`], `train::run::agent_config`).
 
 `Config::from_file` reports a malformed file with its path and the offending field;
 [`Config::from_file_with_overrides`] applies `section.field=value` overrides (the CLI's `--set`)
@@ -89,10 +90,30 @@ impl Config {
                 .and_then(|v| v.as_table())
                 .is_some_and(|t| t.contains_key(field))
         };
-        if !given("ppo", "num_envs") {
-            cfg.ppo.num_envs = cfg.env.scenarios;
+        let bad = |field: &str, why: String| Err(Error::config_field(origin, field, why));
+        if given("ppo", "num_envs") && cfg.ppo.num_envs != cfg.env.scenarios {
+            return bad(
+                "ppo.num_envs",
+                format!(
+                    "is {}, env.scenarios is {} (leave it out to take env.scenarios)",
+                    cfg.ppo.num_envs, cfg.env.scenarios
+                ),
+            );
         }
-        if !given("agent", "symbols") {
+        if given("agent", "symbols")
+            && cfg.data.source == DataSource::Synthetic
+            && cfg.agent.symbols != cfg.data.synthetic.symbols
+        {
+            return bad(
+                "agent.symbols",
+                format!(
+                    "is {}, data.synthetic.symbols is {} (leave it out to take the data's)",
+                    cfg.agent.symbols, cfg.data.synthetic.symbols
+                ),
+            );
+        }
+        cfg.ppo.num_envs = cfg.env.scenarios;
+        if cfg.data.source == DataSource::Synthetic {
             cfg.agent.symbols = cfg.data.synthetic.symbols;
         }
         cfg.validate(origin)?;
@@ -116,6 +137,14 @@ impl Config {
         }
         let merged = toml::to_string(&table).expect("a TOML table serialises");
         Self::from_toml_str(&merged, &format!("{origin} (with --set)"))
+    }
+
+    /// The PPO configuration with `num_envs = env.scenarios`.
+    pub fn ppo_for_env(&self) -> crate::train::PpoConfig {
+        crate::train::PpoConfig {
+            num_envs: self.env.scenarios,
+            ..self.ppo.clone()
+        }
     }
 
     /// Read and validate a TOML config file.
@@ -267,25 +296,7 @@ impl Config {
                 ),
             );
         }
-        if self.data.source == DataSource::Synthetic && a.symbols != s.symbols {
-            return bad(
-                "agent.symbols",
-                format!(
-                    "is {}, data.synthetic.symbols is {} (leave it out to take the data's)",
-                    a.symbols, s.symbols
-                ),
-            );
-        }
         a.validate(origin)?;
-        if self.ppo.num_envs != e.scenarios {
-            return bad(
-                "ppo.num_envs",
-                format!(
-                    "is {}, env.scenarios is {} (leave it out to take env.scenarios)",
-                    self.ppo.num_envs, e.scenarios
-                ),
-            );
-        }
         self.ppo.validate(origin)
     }
 }

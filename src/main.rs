@@ -274,7 +274,7 @@ fn train(cfg: &Config, config_path: &Path, args: &TrainArgs) -> Result<()> {
     let t = Instant::now();
     let market = Market::load(cfg)?;
     let (nproc, model) = machine();
-    let p = &cfg.ppo;
+    let p = &cfg.ppo_for_env();
     println!(
         "train: {} symbols x {} scenarios, {} steps per rollout ({} symbol transitions), {} iterations; \
          data + features {:.1} s; {nproc} logical CPUs ({model}), rayon threads {}",

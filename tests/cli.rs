@@ -186,3 +186,149 @@ fn bad_arguments_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).starts_with("error: "));
 }
+
+/// Metrics lines without the wall-clock fields.
+fn metrics_without_clock(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.remove("sps");
+            o.remove("agent_sps");
+            v
+        })
+        .collect()
+}
+
+/// `train` writes a run directory; a run cut after one iteration and resumed equals an
+/// uninterrupted one; a second fresh `train` into the same directory is refused; `eval` plays the
+/// checkpoint next to the baselines; a checkpoint of the wrong shape is refused by name.
+#[test]
+fn train_resume_eval_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full");
+    let cut = dir.path().join("cut");
+    let sets = ["--set", "ppo.total_timesteps=256", "--quiet"];
+    let train = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["train", "--config", "configs/small.toml", "--out"];
+        args.push(out.to_str().unwrap());
+        args.extend_from_slice(&sets);
+        args.extend_from_slice(extra);
+        bin(&args)
+    };
+
+    let out = train(&full, &[]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("symbol transitions/s"), "{stdout}");
+    for f in [
+        "config.toml",
+        "metrics.jsonl",
+        "metrics.csv",
+        "checkpoints/latest",
+    ] {
+        assert!(full.join(f).is_file(), "{f} missing");
+    }
+    let csv = std::fs::read_to_string(full.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(csv.starts_with("iteration,global_step,"), "{csv}");
+    let latest = std::fs::read_to_string(full.join("checkpoints/latest")).unwrap();
+    assert_eq!(latest.trim(), "iter-000002");
+
+    // Refused: a fresh run into an existing run directory.
+    let again = train(&full, &[]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(text(&again.stderr).contains("already holds a run"));
+
+    // One iteration, then resume to the end: the same metrics as the uninterrupted run.
+    let first = train(&cut, &["--iterations", "1"]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let resumed = train(&cut, &["--resume"]);
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+    assert_eq!(
+        metrics_without_clock(&cut.join("metrics.jsonl")),
+        metrics_without_clock(&full.join("metrics.jsonl"))
+    );
+    assert_eq!(
+        std::fs::read(cut.join("checkpoints/iter-000002/model.safetensors")).unwrap(),
+        std::fs::read(full.join("checkpoints/iter-000002/model.safetensors")).unwrap()
+    );
+    // Resuming with another configuration is refused.
+    let other = train(&cut, &["--resume", "--set", "ppo.learning_rate=0.5"]);
+    assert_eq!(other.status.code(), Some(2));
+    assert!(text(&other.stderr).contains("configuration differs"));
+
+    // eval: the policy row, the baselines and the paired comparisons; JSON beside.
+    let json = dir.path().join("eval.json");
+    let ev = bin(&[
+        "eval",
+        "--checkpoint",
+        full.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let stdout = text(&ev.stdout);
+    assert!(ev.status.success(), "{stdout}\n{}", text(&ev.stderr));
+    for name in ["ppo", "hold", "random", "equal-weight", "spy"] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(name)),
+            "{name}:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("ppo vs spy: Sharpe"), "{stdout}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(doc["comparisons"].as_array().unwrap().len(), 4);
+    // Deterministic: the same table twice (the greedy policy, and the sampled one with a seed).
+    let again = bin(&["eval", "--checkpoint", full.to_str().unwrap()]);
+    assert_eq!(text(&again.stdout), stdout);
+    let s1 = bin(&["eval", "--checkpoint", full.to_str().unwrap(), "--sample"]);
+    let s2 = bin(&["eval", "--checkpoint", full.to_str().unwrap(), "--sample"]);
+    assert!(s1.status.success() && text(&s1.stdout).contains("ppo-sampled"));
+    assert_eq!(text(&s1.stdout), text(&s2.stdout));
+
+    // A checkpoint whose stored agent does not match its tensors: refused, naming the tensor.
+    let ck = full.join("checkpoints/iter-000002");
+    let state_path = ck.join("state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    state["policy"]["head_hidden"] = serde_json::json!(12);
+    std::fs::write(&state_path, serde_json::to_string(&state).unwrap()).unwrap();
+    let bad = bin(&["eval", "--checkpoint", ck.to_str().unwrap()]);
+    assert_eq!(bad.status.code(), Some(2));
+    let err = text(&bad.stderr);
+    assert!(err.contains("actor") && err.contains("16"), "{err}");
+
+    // Not a checkpoint at all.
+    let none = bin(&["eval", "--checkpoint", dir.path().to_str().unwrap()]);
+    assert_eq!(none.status.code(), Some(2));
+    assert!(text(&none.stderr).contains("not a checkpoint"));
+}
+
+#[test]
+fn bench_policy_reports_per_scenario_times() {
+    let out = bin(&[
+        "bench",
+        "policy",
+        "--config",
+        "configs/small.toml",
+        "--scenarios",
+        "4",
+        "--reps",
+        "1",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    for case in ["1 scenario", "N scenarios, one bar", "N scenarios, N bars"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(case))
+            .unwrap_or_else(|| panic!("{case}:\n{stdout}"));
+        assert!(
+            line.contains("ms per scenario") && line.contains("symbol-forwards/s"),
+            "{line}"
+        );
+    }
+}

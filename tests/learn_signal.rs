@@ -102,7 +102,7 @@ fn train_and_evaluate(strength: f64) -> Outcome {
         progress: false,
     };
     let report = train(&cfg, &market, &opts).unwrap();
-    assert_eq!(report.iteration, cfg.ppo.num_iterations());
+    assert_eq!(report.iteration, cfg.ppo_for_env().num_iterations());
     let last = report.metrics.last().unwrap();
     eprintln!(
         "strength {strength}: {} iterations, {:.0} symbol transitions/s, last entropy {:.3}",

@@ -39,7 +39,7 @@ use super::{Ppo, TradingEnv};
 use crate::Result;
 use crate::agents::init::seeded_var_builder;
 use crate::agents::symbol::{AgentConfig, MarketWindows, SymbolAgent, SymbolPolicy};
-use crate::config::{Config, DataSource};
+use crate::config::Config;
 use crate::data::MarketData;
 use crate::env::{self, BackendKind, Period};
 use crate::error::Error;
@@ -84,25 +84,14 @@ impl Market {
     }
 }
 
-/// The agent configuration of `cfg` for `market`: `agent.symbols` must match the data (synthetic
-/// configs are checked when parsed; file data here).
+/// The agent configuration of `cfg` for `market`: `agent.symbols` is the data's number of symbols
+/// (a config file that states another number is refused when parsed, for synthetic data; for file
+/// data the file's symbols decide).
 pub fn agent_config(cfg: &Config, market: &Market) -> Result<AgentConfig> {
-    let s = market.data.n_symbols();
-    if cfg.agent.symbols != s {
-        let origin = match cfg.data.source {
-            DataSource::File => cfg.data.path.clone().unwrap_or_default(),
-            DataSource::Synthetic => "config".into(),
-        };
-        return Err(Error::config_field(
-            &origin,
-            "agent.symbols",
-            format!(
-                "is {}, the data has {s} symbols (leave it out to take the data's)",
-                cfg.agent.symbols
-            ),
-        ));
-    }
-    Ok(cfg.agent.clone())
+    Ok(AgentConfig {
+        symbols: market.data.n_symbols(),
+        ..cfg.agent.clone()
+    })
 }
 
 /// The symbol policy of `acfg` over `market`, parameters initialised from `seed` (in a new
@@ -212,7 +201,7 @@ pub fn train(cfg: &Config, market: &Market, opts: &TrainOptions) -> Result<Train
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
         write_atomic(&cfg_path, cfg.to_toml_string().as_bytes())?;
         let ppo = Ppo::new(
-            cfg.ppo.clone(),
+            cfg.ppo_for_env(),
             env,
             policy,
             vm,
@@ -227,7 +216,7 @@ pub fn train(cfg: &Config, market: &Market, opts: &TrainOptions) -> Result<Train
         ppo
     };
 
-    let total = cfg.ppo.num_iterations();
+    let total = cfg.ppo_for_env().num_iterations();
     let todo = total
         .saturating_sub(ppo.iteration())
         .min(opts.max_iterations.unwrap_or(usize::MAX));
