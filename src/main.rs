@@ -137,8 +137,11 @@ struct TrainArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Continue the run in `--out` from its latest checkpoint (bit-identical to an uninterrupted run).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "force")]
     resume: bool,
+    /// Replace the run in `--out` if there is one (its config, metrics and checkpoints).
+    #[arg(long)]
+    force: bool,
     /// Run at most this many iterations now (the run's length is `ppo.total_timesteps`).
     #[arg(long)]
     iterations: Option<usize>,
@@ -289,6 +292,7 @@ fn train(cfg: &Config, config_path: &Path, args: &TrainArgs) -> Result<()> {
     let opts = TrainOptions {
         out: out.clone(),
         resume: args.resume,
+        force: args.force,
         max_iterations: args.iterations,
         save_every: args.save_every,
         backend: args.backend.into(),

@@ -241,6 +241,11 @@ fn train_resume_eval_round_trip() {
     let again = train(&full, &[]);
     assert_eq!(again.status.code(), Some(2));
     assert!(text(&again.stderr).contains("already holds a run"));
+    // ... unless --force, which replaces it with the same (deterministic) run.
+    let before = metrics_without_clock(&full.join("metrics.jsonl"));
+    let forced = train(&full, &["--force"]);
+    assert!(forced.status.success(), "{}", text(&forced.stderr));
+    assert_eq!(metrics_without_clock(&full.join("metrics.jsonl")), before);
 
     // One iteration, then resume to the end: the same metrics as the uninterrupted run.
     let first = train(&cut, &["--iterations", "1"]);

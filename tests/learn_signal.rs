@@ -1,7 +1,7 @@
 //! Proof that the symbol agents learn (issue #4, tests 2 and 3), with fixed seeds, at a size CI can
 //! afford (about 1.3 M symbol transitions, under 3 minutes per test on 2 cores).
 //!
-//! The market and the agent are `tests/configs/learn.toml`: 8 synthetic symbols whose sentiment at
+//! The market and the agent are `configs/signal.toml`: 8 synthetic symbols whose sentiment at
 //! bar t predicts the return of bar t+1 with strength `data.synthetic.signal_strength` (information
 //! coefficient about 0.12 at strength 1; the same random draws at every strength). PPO trains on
 //! the first 70% of the bars through `train::run::train` (the `marl-trade train` code path, run
@@ -89,13 +89,14 @@ impl Outcome {
 
 fn train_and_evaluate(strength: f64) -> Outcome {
     let root = env!("CARGO_MANIFEST_DIR");
-    let mut cfg = Config::from_file(format!("{root}/tests/configs/learn.toml")).unwrap();
+    let mut cfg = Config::from_file(format!("{root}/configs/signal.toml")).unwrap();
     cfg.data.synthetic.signal_strength = strength;
     let market = Market::from_data(data::generate(&cfg.data.synthetic, &cfg.data.benchmark));
     let dir = tempfile::tempdir().unwrap();
     let opts = TrainOptions {
         out: dir.path().join("run"),
         resume: false,
+        force: false,
         max_iterations: None,
         save_every: 50,
         backend: marl_trade::env::BackendKind::Cpu,

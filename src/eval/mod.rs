@@ -1,6 +1,8 @@
 /*!
 Evaluation: performance [`metrics`] of equity curves, scripted [`baselines`] behind the [`Policy`]
-trait, and deterministic [`backtest`]s of a policy over the train or test period.
+trait, deterministic [`backtest`]s of a policy over the train or test period, a trained checkpoint
+as a policy ([`agent::AgentPolicy`], greedy or seeded sampling), and paired comparisons of two
+backtests with standard errors ([`compare`]: is a policy better than a baseline beyond noise?).
 
 ```no_run
 use std::sync::Arc;

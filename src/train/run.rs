@@ -132,6 +132,9 @@ pub struct TrainOptions {
     pub out: PathBuf,
     /// Continue the run in `out` from its latest checkpoint.
     pub resume: bool,
+    /// Start afresh even if `out` holds a run: its config, metrics and checkpoints are removed
+    /// first (other files in `out` are left alone).
+    pub force: bool,
     /// Run at most this many iterations now (the run's length is `ppo.total_timesteps`).
     pub max_iterations: Option<usize>,
     /// Write a checkpoint every this many iterations (and always after the last one).
@@ -192,9 +195,22 @@ pub fn train(cfg: &Config, market: &Market, opts: &TrainOptions) -> Result<Train
         truncate_metrics(out, ppo.iteration())?;
         ppo
     } else {
+        if opts.force {
+            let ck = out.join(CHECKPOINTS_DIR);
+            if ck.exists() {
+                std::fs::remove_dir_all(&ck).map_err(|e| Error::io(&ck, e))?;
+            }
+            for f in [CONFIG_FILE, METRICS_JSONL, METRICS_CSV] {
+                let p = out.join(f);
+                if p.exists() {
+                    std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+                }
+            }
+        }
         if out.join(CHECKPOINTS_DIR).exists() || cfg_path.exists() {
             return Err(Error::invalid(format!(
-                "{} already holds a run: pass --resume to continue it, or choose another --out",
+                "{} already holds a run: pass --resume to continue it, --force to replace it, or \
+                 choose another --out",
                 out.display()
             )));
         }
