@@ -332,6 +332,21 @@ fn train(cfg: &Config, config_path: &Path, args: &TrainArgs) -> Result<()> {
                 .map_or("-".into(), |v| format!("{:+.3}%", 100.0 * v))
         );
     }
+    if let Some(m) = report.metrics.iter().rev().find(|m| !m.env.is_empty()) {
+        let terms: Vec<String> = marl_trade::reward::COMPONENT_NAMES
+            .iter()
+            .filter_map(|c| {
+                let mean = m.env.get(&format!("reward.{c}"))?;
+                let share = m.env.get(&format!("reward_share.{c}"))?;
+                Some(format!("{c} {mean:+.2e} ({:.0}%)", 100.0 * share))
+            })
+            .collect();
+        println!(
+            "reward terms per symbol-step (share of |sum|), iteration {}: {}",
+            m.iteration,
+            terms.join(", ")
+        );
+    }
     println!(
         "{} iterations in {:.1} s: {:.0} symbol transitions/s end to end (rollout + update + checkpoints)",
         report.metrics.len(),

@@ -187,7 +187,7 @@ fn bad_arguments_exit_2() {
     assert!(text(&out.stderr).starts_with("error: "));
 }
 
-/// Metrics lines without the wall-clock fields.
+/// Metrics lines without the wall-clock fields and the env's telemetry (not restored on resume).
 fn metrics_without_clock(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap()
@@ -197,6 +197,7 @@ fn metrics_without_clock(path: &Path) -> Vec<serde_json::Value> {
             let o = v.as_object_mut().unwrap();
             o.remove("sps");
             o.remove("agent_sps");
+            o.remove("env");
             v
         })
         .collect()
@@ -234,6 +235,18 @@ fn train_resume_eval_round_trip() {
     let csv = std::fs::read_to_string(full.join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "{csv}");
     assert!(csv.starts_with("iteration,global_step,"), "{csv}");
+    assert!(
+        csv.lines().next().unwrap().ends_with("reward_share.divers"),
+        "{csv}"
+    );
+    // Episodes (64 steps) end in iteration 2 (2 x 32 steps): its reward terms are logged.
+    let jsonl = std::fs::read_to_string(full.join("metrics.jsonl")).unwrap();
+    let it2: serde_json::Value = serde_json::from_str(jsonl.lines().nth(1).unwrap()).unwrap();
+    assert!(it2["env"]["reward.pnl"].is_number(), "{it2}");
+    assert!(
+        it2["env"]["reward_share.util"].as_f64().unwrap() >= 0.0,
+        "{it2}"
+    );
     let latest = std::fs::read_to_string(full.join("checkpoints/latest")).unwrap();
     assert_eq!(latest.trim(), "iter-000002");
 

@@ -85,12 +85,14 @@ fn finish(ppo: &mut Trainer, mut metrics: Vec<Metrics>) -> Run {
     }
 }
 
-/// Metrics without the wall-clock `sps`.
+/// Metrics without the wall-clock `sps` and the env's reward-term telemetry (which a resume does not
+/// restore for the episodes in flight; see `train::trading`).
 fn strip(ms: &[Metrics]) -> Vec<Metrics> {
     ms.iter()
         .map(|m| Metrics {
             sps: 0.0,
             agent_sps: 0.0,
+            env: Default::default(),
             ..m.clone()
         })
         .collect()

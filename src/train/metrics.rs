@@ -50,6 +50,10 @@ pub struct Metrics {
     /// Their mean return and length.
     pub episode_return_mean: Option<f64>,
     pub episode_length_mean: Option<f64>,
+    /// The environment's own statistics of those episodes (`VecEnv::drain_stats`), e.g. the
+    /// trading env's reward terms `reward.<component>` and `reward_share.<component>`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, f64>,
 }
 
 impl Metrics {
@@ -57,6 +61,28 @@ impl Metrics {
     pub const CSV_HEADER: &'static str = "iteration,global_step,learning_rate,ent_coef,policy_loss,\
 value_loss,entropy,old_approx_kl,approx_kl,clipfrac,explained_variance,grad_norm,epochs,sps,\
 agent_sps,episodes,episode_return_mean,episode_length_mean";
+
+    /// The CSV header with the environment's statistics `env_names` as extra columns.
+    pub fn csv_header_with(env_names: &[String]) -> String {
+        let mut h = Self::CSV_HEADER.to_string();
+        for n in env_names {
+            h.push(',');
+            h.push_str(n);
+        }
+        h
+    }
+
+    /// [`Metrics::csv_row`] followed by the values of `env_names` (empty where missing).
+    pub fn csv_row_with(&self, env_names: &[String]) -> String {
+        let mut r = self.csv_row();
+        for n in env_names {
+            r.push(',');
+            if let Some(v) = self.env.get(n) {
+                r.push_str(&v.to_string());
+            }
+        }
+        r
+    }
 
     /// One CSV line (no newline), columns as [`Metrics::CSV_HEADER`]; a missing value is empty.
     pub fn csv_row(&self) -> String {

@@ -464,6 +464,7 @@ impl<E: VecEnv, P: Policy<Obs = E::Obs>> Ppo<E, P> {
         }
 
         self.iteration = it;
+        let env_stats = self.env.drain_stats().into_iter().collect();
         let elapsed = self.clock.elapsed().as_secs_f64().max(1e-9);
         let ep_n = episodes.len();
         let mean = |f: &dyn Fn(&super::EpisodeInfo) -> f64| {
@@ -488,6 +489,7 @@ impl<E: VecEnv, P: Policy<Obs = E::Obs>> Ppo<E, P> {
             episodes: ep_n,
             episode_return_mean: mean(&|e| e.ret),
             episode_length_mean: mean(&|e| e.len as f64),
+            env: env_stats,
         })
     }
 

@@ -6,7 +6,7 @@ A run lives in one directory (`--out`):
 ```text
 <run>/config.toml                 the resolved configuration of the run (every field)
 <run>/metrics.jsonl               one JSON object per iteration (train::Metrics)
-<run>/metrics.csv                 the same, as CSV (Metrics::CSV_HEADER)
+<run>/metrics.csv                 the same, as CSV (Metrics::CSV_HEADER + the env's reward terms)
 <run>/checkpoints/iter-000010/    a checkpoint (train::checkpoint) + its config.toml
 <run>/checkpoints/latest          the name of the newest complete checkpoint
 ```
@@ -35,7 +35,7 @@ use candle_nn::VarMap;
 
 use super::checkpoint::{self, write_atomic};
 use super::metrics::{Metrics, read_metrics};
-use super::{Ppo, TradingEnv};
+use super::{Ppo, TradingEnv, VecEnv};
 use crate::Result;
 use crate::agents::init::seeded_var_builder;
 use crate::agents::symbol::{AgentConfig, MarketWindows, SymbolAgent, SymbolPolicy};
@@ -192,7 +192,7 @@ pub fn train(cfg: &Config, market: &Market, opts: &TrainOptions) -> Result<Train
         }
         let dir = latest_checkpoint(out)?;
         let ppo = Ppo::resume(&dir, env, policy, vm)?;
-        truncate_metrics(out, ppo.iteration())?;
+        truncate_metrics(out, ppo.iteration(), &ppo.env().stat_names())?;
         ppo
     } else {
         if opts.force {
@@ -236,7 +236,7 @@ pub fn train(cfg: &Config, market: &Market, opts: &TrainOptions) -> Result<Train
     let todo = total
         .saturating_sub(ppo.iteration())
         .min(opts.max_iterations.unwrap_or(usize::MAX));
-    let mut log = MetricsFiles::open(out)?;
+    let mut log = MetricsFiles::open(out, ppo.env().stat_names())?;
     let bar = progress_bar(opts.progress, ppo.iteration(), total);
     let s = market.data.n_symbols() as u64;
     let (t0, step0) = (Instant::now(), ppo.global_step());
@@ -352,7 +352,7 @@ pub fn latest_checkpoint(out: &Path) -> Result<PathBuf> {
 }
 
 /// Keep only the iterations `<= iteration` in the run's metrics files (atomically).
-fn truncate_metrics(out: &Path, iteration: usize) -> Result<()> {
+fn truncate_metrics(out: &Path, iteration: usize, env_names: &[String]) -> Result<()> {
     let jsonl = out.join(METRICS_JSONL);
     let kept: Vec<Metrics> = if jsonl.exists() {
         read_metrics(&jsonl)?
@@ -363,11 +363,11 @@ fn truncate_metrics(out: &Path, iteration: usize) -> Result<()> {
         Vec::new()
     };
     let mut j = String::new();
-    let mut c = format!("{}\n", Metrics::CSV_HEADER);
+    let mut c = format!("{}\n", Metrics::csv_header_with(env_names));
     for m in &kept {
         j.push_str(&serde_json::to_string(m).expect("metrics serialise"));
         j.push('\n');
-        c.push_str(&m.csv_row());
+        c.push_str(&m.csv_row_with(env_names));
         c.push('\n');
     }
     write_atomic(&jsonl, j.as_bytes())?;
@@ -378,10 +378,11 @@ fn truncate_metrics(out: &Path, iteration: usize) -> Result<()> {
 struct MetricsFiles {
     jsonl: (PathBuf, BufWriter<File>),
     csv: (PathBuf, BufWriter<File>),
+    env_names: Vec<String>,
 }
 
 impl MetricsFiles {
-    fn open(out: &Path) -> Result<Self> {
+    fn open(out: &Path, env_names: Vec<String>) -> Result<Self> {
         let open = |name: &str| -> Result<(PathBuf, BufWriter<File>, bool)> {
             let p = out.join(name);
             let fresh = !p.exists() || std::fs::metadata(&p).map(|m| m.len() == 0).unwrap_or(true);
@@ -398,13 +399,14 @@ impl MetricsFiles {
         };
         let (cp, mut cw, fresh) = open(METRICS_CSV)?;
         if fresh {
-            writeln!(cw, "{}", Metrics::CSV_HEADER)
+            writeln!(cw, "{}", Metrics::csv_header_with(&env_names))
                 .and_then(|_| cw.flush())
                 .map_err(|e| Error::io(&cp, e))?;
         }
         Ok(Self {
             jsonl: (jp, jw),
             csv: (cp, cw),
+            env_names,
         })
     }
 
@@ -415,7 +417,7 @@ impl MetricsFiles {
             .and_then(|_| w.flush())
             .map_err(|e| Error::io(p, e))?;
         let (p, w) = &mut self.csv;
-        writeln!(w, "{}", m.csv_row())
+        writeln!(w, "{}", m.csv_row_with(&self.env_names))
             .and_then(|_| w.flush())
             .map_err(|e| Error::io(p, e))
     }

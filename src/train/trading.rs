@@ -67,6 +67,8 @@ pub struct TradingEnv {
     masked_actions: u64,
     invalid_actions: u64,
     episodes: u64,
+    /// Episodes finished since the last `drain_stats`.
+    fresh_episodes: u64,
 }
 
 impl TradingEnv {
@@ -90,6 +92,7 @@ impl TradingEnv {
             masked_actions: 0,
             invalid_actions: 0,
             episodes: 0,
+            fresh_episodes: 0,
             n,
             s,
             env: Mutex::new(env),
@@ -319,6 +322,7 @@ impl VecEnv for TradingEnv {
             .map(|rec| {
                 self.invalid_actions += u64::from(rec.invalid_actions);
                 self.episodes += 1;
+                self.fresh_episodes += 1;
                 EpisodeInfo {
                     env: rec.scenario as usize,
                     ret: rec.total_return,
@@ -353,6 +357,35 @@ impl VecEnv for TradingEnv {
         self.inner_mut().load_snapshot(&snap)?;
         (self.masked_actions, self.invalid_actions, self.episodes) = counters;
         self.refresh()
+    }
+
+    /// `reward.<component>`: the mean weighted term per symbol-step, and `reward_share.<component>`:
+    /// its share of the absolute sums (spec §5, "Episode statistics"), over the episodes finished
+    /// since the last call. Shows a term that dominates or collapses. Not restored on resume (the
+    /// components of episodes in flight count from the resume only; see the module doc).
+    fn stat_names(&self) -> Vec<String> {
+        let names = crate::reward::COMPONENT_NAMES;
+        names
+            .iter()
+            .map(|c| format!("reward.{c}"))
+            .chain(names.iter().map(|c| format!("reward_share.{c}")))
+            .collect()
+    }
+
+    fn drain_stats(&mut self) -> Vec<(String, f64)> {
+        let stats = self.inner_mut().episode_stats();
+        if std::mem::take(&mut self.fresh_episodes) == 0 {
+            return Vec::new();
+        }
+        stats
+            .iter()
+            .map(|c| (format!("reward.{}", c.name), c.mean))
+            .chain(
+                stats
+                    .iter()
+                    .map(|c| (format!("reward_share.{}", c.name), c.share)),
+            )
+            .collect()
     }
 
     fn observe(&self) -> Result<SymbolObs> {

@@ -73,6 +73,15 @@ pub trait VecEnv {
     fn load_state(&mut self, _state: &[u8]) -> Result<()> {
         Err(Error::invalid("this environment cannot load a state"))
     }
+    /// Names of the statistics [`VecEnv::drain_stats`] reports, in column order (CSV header).
+    fn stat_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Named statistics of the episodes finished since the last call (logged with each
+    /// iteration's metrics); a name may be missing when there is nothing to report.
+    fn drain_stats(&mut self) -> Vec<(String, f64)> {
+        Vec::new()
+    }
 }
 
 /// SplitMix64's increment (see `crate::rng`): after `n` draws from seed `s` the state is
