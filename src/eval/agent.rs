@@ -11,7 +11,8 @@ under). Two modes, both reproducible:
 
 [`AgentPolicy::from_checkpoint`] rebuilds the network from a checkpoint's stored agent
 configuration and loads its parameters, refusing a checkpoint whose tensors do not fit (names and
-shapes checked, `Error::Shape` names the tensor).
+shapes checked, `Error::Shape` names the tensor), and data whose symbols are not the ones it was trained
+on (`symbols.txt`, in order).
 */
 
 use std::path::Path;
@@ -92,6 +93,24 @@ impl AgentPolicy {
                 acfg.symbols,
                 market.data.n_symbols()
             )));
+        }
+        let names_path = dir.join(crate::train::run::SYMBOLS_FILE);
+        if names_path.is_file() {
+            let text =
+                std::fs::read_to_string(&names_path).map_err(|e| Error::io(&names_path, e))?;
+            let trained: Vec<&str> = text.lines().collect();
+            if let Some((i, (a, b))) = trained
+                .iter()
+                .zip(&market.data.symbols)
+                .enumerate()
+                .find(|(_, (a, b))| **a != b.as_str())
+            {
+                return Err(Error::invalid(format!(
+                    "{}: symbol {i} is `{a}` in training, `{b}` in this data (same symbols in the \
+                     same order needed)",
+                    names_path.display()
+                )));
+            }
         }
         let (policy, vm) = build_policy(&acfg, market, 0, &Device::Cpu)?;
         checkpoint::load_params(&vm, &dir.join(MODEL_FILE))?;

@@ -7,7 +7,7 @@ A run lives in one directory (`--out`):
 <run>/config.toml                 the resolved configuration of the run (every field)
 <run>/metrics.jsonl               one JSON object per iteration (train::Metrics)
 <run>/metrics.csv                 the same, as CSV (Metrics::CSV_HEADER + the env's reward terms)
-<run>/checkpoints/iter-000010/    a checkpoint (train::checkpoint) + its config.toml
+<run>/checkpoints/iter-000010/    a checkpoint (train::checkpoint) + its config.toml and symbols.txt
 <run>/checkpoints/latest          the name of the newest complete checkpoint
 ```
 
@@ -47,6 +47,8 @@ use crate::features::Features;
 
 /// File names inside a run directory.
 pub const CONFIG_FILE: &str = "config.toml";
+/// In a checkpoint: the symbols the agent was trained on, one per line, in column order.
+pub const SYMBOLS_FILE: &str = "symbols.txt";
 pub const METRICS_JSONL: &str = "metrics.jsonl";
 pub const METRICS_CSV: &str = "metrics.csv";
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
@@ -255,13 +257,14 @@ pub fn train(cfg: &Config, market: &Market, opts: &TrainOptions) -> Result<Train
         let it = m.iteration;
         metrics.push(m);
         if it.is_multiple_of(opts.save_every) || it == total || metrics.len() == todo {
-            checkpoint = Some(save_checkpoint(&ppo, cfg, out)?);
+            checkpoint = Some(save_checkpoint(&ppo, cfg, &market.data.symbols, out)?);
         }
     }
     bar.finish_and_clear();
     let checkpoint = match checkpoint {
         Some(c) => c,
-        None => latest_checkpoint(out).or_else(|_| save_checkpoint(&ppo, cfg, out))?,
+        None => latest_checkpoint(out)
+            .or_else(|_| save_checkpoint(&ppo, cfg, &market.data.symbols, out))?,
     };
     Ok(TrainReport {
         metrics,
@@ -289,12 +292,15 @@ fn progress_bar(show: bool, done: usize, total: usize) -> indicatif::ProgressBar
 
 /// Write a checkpoint of `ppo` (with `cfg` beside it) under `<out>/checkpoints/`, switch `latest`
 /// to it and prune old ones. Returns its directory.
-fn save_checkpoint(ppo: &Trainer, cfg: &Config, out: &Path) -> Result<PathBuf> {
+fn save_checkpoint(ppo: &Trainer, cfg: &Config, symbols: &[String], out: &Path) -> Result<PathBuf> {
     let root = out.join(CHECKPOINTS_DIR);
     let name = format!("iter-{:06}", ppo.iteration());
     let dir = root.join(&name);
     ppo.save_checkpoint(&dir)?;
     write_atomic(&dir.join(CONFIG_FILE), cfg.to_toml_string().as_bytes())?;
+    let mut names = symbols.join("\n");
+    names.push('\n');
+    write_atomic(&dir.join(SYMBOLS_FILE), names.as_bytes())?;
     write_atomic(&root.join(LATEST_FILE), format!("{name}\n").as_bytes())?;
     // Prune: keep the newest KEEP_CHECKPOINTS complete ones (names sort by iteration).
     let mut names: Vec<String> = std::fs::read_dir(&root)
