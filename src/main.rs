@@ -114,21 +114,43 @@ struct BacktestArgs {
     /// Which policy to run.
     #[arg(long, value_enum, default_value_t = PolicyArg::All)]
     policy: PolicyArg,
+    #[command(flatten)]
+    on: BacktestOn,
+}
+
+/// Where and how a backtest runs (`backtest` and `eval`).
+#[derive(Args, Debug)]
+struct BacktestOn {
     /// Which period of the data.
     #[arg(long, value_enum, default_value_t = PeriodArg::Test)]
     period: PeriodArg,
-    /// A data file (long-format OHLCV parquet / CSV) instead of the config's data source.
+    /// A data file (long-format OHLCV parquet / CSV) instead of the config's data source (for
+    /// `eval`: the same symbols, in the same order, as in training).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Environment backend.
     #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
     backend: BackendArg,
-    /// Seed of the random policy.
+    /// Seed of the random baseline (and of the policy's draws with `eval --sample`).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Also write the metrics as JSON to this file.
+    /// Also write the metrics (and `eval`'s comparisons) as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+impl BacktestOn {
+    fn options(&self) -> BacktestOptions {
+        BacktestOptions {
+            period: match self.period {
+                PeriodArg::Train => Period::Train,
+                PeriodArg::Test => Period::Test,
+            },
+            backend: self.backend.into(),
+            seed: self.seed,
+            progress: true,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -161,24 +183,12 @@ struct EvalArgs {
     /// A checkpoint directory, or a run directory (its latest checkpoint).
     #[arg(long)]
     checkpoint: PathBuf,
-    /// Which period of the data.
-    #[arg(long, value_enum, default_value_t = PeriodArg::Test)]
-    period: PeriodArg,
-    /// A data file instead of the run's data source (same symbols, in the same order).
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// Environment backend.
-    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
-    backend: BackendArg,
-    /// Seed of the random baseline (and of the policy's draws with `--sample`).
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Sample the policy's actions (seeded, reproducible) instead of taking the most probable.
+    /// Sample the policy's actions (seeded by `--seed`, reproducible) instead of taking the most
+    /// probable.
     #[arg(long)]
     sample: bool,
-    /// Also write the metrics and comparisons as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
+    #[command(flatten)]
+    on: BacktestOn,
 }
 
 #[derive(Subcommand, Debug)]
@@ -365,10 +375,10 @@ fn train(cfg: &Config, config_path: &Path, args: &TrainArgs) -> Result<()> {
 fn eval(args: &EvalArgs, overrides: &[String]) -> Result<()> {
     let dir = run::resolve_checkpoint(&args.checkpoint)?;
     let cfg = Config::from_file_with_overrides(dir.join(run::CONFIG_FILE), overrides)?;
-    let (md, origin) = load_data(&cfg, args.data.as_deref())?;
+    let (md, origin) = load_data(&cfg, args.on.data.as_deref())?;
     let market = Market::from_data(md);
     let mode = if args.sample {
-        ActMode::Sample(args.seed)
+        ActMode::Sample(args.on.seed)
     } else {
         ActMode::Greedy
     };
@@ -379,16 +389,7 @@ fn eval(args: &EvalArgs, overrides: &[String]) -> Result<()> {
         cfg.master.default_action,
     )?
     .with_mode(mode);
-    let period = match args.period {
-        PeriodArg::Train => Period::Train,
-        PeriodArg::Test => Period::Test,
-    };
-    let opts = BacktestOptions {
-        period,
-        backend: args.backend.into(),
-        seed: args.seed,
-        progress: true,
-    };
+    let opts = args.on.options();
     let mine = run_policy(
         &cfg,
         market.data.clone(),
@@ -409,7 +410,7 @@ fn eval(args: &EvalArgs, overrides: &[String]) -> Result<()> {
         market.data.n_symbols(),
         market.data.bars,
         market.data.paths,
-        args.period,
+        args.on.period,
         mine.first_bar,
         mine.last_bar,
         mine.last_bar.saturating_sub(mine.first_bar)
@@ -424,7 +425,7 @@ fn eval(args: &EvalArgs, overrides: &[String]) -> Result<()> {
     for c in &comparisons {
         println!("{}", c.line());
     }
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.on.json {
         let doc = serde_json::json!({ "metrics": rows, "comparisons": comparisons });
         let text =
             serde_json::to_string_pretty(&doc).map_err(|e| Error::invalid(format!("json: {e}")))?;
@@ -483,7 +484,7 @@ fn load_data(cfg: &Config, file: Option<&Path>) -> Result<(MarketData, String)> 
 }
 
 fn backtest(cfg: &Config, args: &BacktestArgs) -> Result<()> {
-    let (md, origin) = load_data(cfg, args.data.as_deref())?;
+    let (md, origin) = load_data(cfg, args.on.data.as_deref())?;
     let features = Features::compute(&md);
     let which: Vec<Baseline> = match args.policy {
         PolicyArg::All => Baseline::ALL.to_vec(),
@@ -492,16 +493,7 @@ fn backtest(cfg: &Config, args: &BacktestArgs) -> Result<()> {
         PolicyArg::EqualWeight => vec![Baseline::EqualWeight],
         PolicyArg::Spy => vec![Baseline::Spy],
     };
-    let period = match args.period {
-        PeriodArg::Train => Period::Train,
-        PeriodArg::Test => Period::Test,
-    };
-    let opts = BacktestOptions {
-        period,
-        backend: args.backend.into(),
-        seed: args.seed,
-        progress: true,
-    };
+    let opts = args.on.options();
     let (md, features) = (Arc::new(md), Arc::new(features));
     let results = run_baselines(cfg, md.clone(), features, &opts, &which)?;
     let (a, last) = results
@@ -513,13 +505,13 @@ fn backtest(cfg: &Config, args: &BacktestArgs) -> Result<()> {
         md.n_symbols(),
         md.bars,
         md.paths,
-        args.period,
+        args.on.period,
         last.saturating_sub(a),
-        args.backend
+        args.on.backend
     );
     let rows: Vec<_> = results.into_iter().map(|r| r.metrics).collect();
     print!("{}", format_table(&rows));
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.on.json {
         let text = serde_json::to_string_pretty(&rows)
             .map_err(|e| Error::invalid(format!("json: {e}")))?;
         std::fs::write(path, text).map_err(|e| Error::io(path, e))?;

@@ -94,13 +94,8 @@ fn train_and_evaluate(strength: f64) -> Outcome {
     let market = Market::from_data(data::generate(&cfg.data.synthetic, &cfg.data.benchmark));
     let dir = tempfile::tempdir().unwrap();
     let opts = TrainOptions {
-        out: dir.path().join("run"),
-        resume: false,
-        force: false,
-        max_iterations: None,
         save_every: 50,
-        backend: marl_trade::env::BackendKind::Cpu,
-        progress: false,
+        ..TrainOptions::new(dir.path().join("run"))
     };
     let report = train(&cfg, &market, &opts).unwrap();
     assert_eq!(report.iteration, cfg.ppo_for_env().num_iterations());

@@ -13,13 +13,8 @@ fn a_checkpoint_refuses_data_with_other_symbols() {
     let market = Market::from_data(md.clone());
     let dir = tempfile::tempdir().unwrap();
     let opts = TrainOptions {
-        out: dir.path().join("run"),
-        resume: false,
-        force: false,
-        max_iterations: None,
         save_every: 1,
-        backend: marl_trade::env::BackendKind::Cpu,
-        progress: false,
+        ..TrainOptions::new(dir.path().join("run"))
     };
     let report = train(&cfg, &market, &opts).unwrap();
     assert_eq!(report.iteration, 1);

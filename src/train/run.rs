@@ -146,6 +146,21 @@ pub struct TrainOptions {
     pub progress: bool,
 }
 
+impl TrainOptions {
+    /// A fresh run in `out`: all iterations, a checkpoint every 10, the CPU backend, no progress bar.
+    pub fn new(out: impl Into<PathBuf>) -> Self {
+        Self {
+            out: out.into(),
+            resume: false,
+            force: false,
+            max_iterations: None,
+            save_every: 10,
+            backend: BackendKind::Cpu,
+            progress: false,
+        }
+    }
+}
+
 /// What [`train`] did.
 #[derive(Debug, Clone)]
 pub struct TrainReport {
