@@ -26,8 +26,8 @@ use marl_trade::data::{self, MarketData};
 use marl_trade::env::obs::OBS_DIM;
 use marl_trade::env::{BackendKind, MASTER_ACTIONS, N_ACTIONS, Period, VecEnv};
 use marl_trade::eval::{
-    ActMode, AgentPolicy, BacktestOptions, Baseline, compare, format_table, run_baselines,
-    run_policy,
+    ActMode, AgentPolicy, BacktestOptions, Baseline, compare, decision_ic, format_table,
+    run_baselines, run_policy,
 };
 use marl_trade::features::{Features, WARMUP};
 use marl_trade::rng::SplitMix64;
@@ -388,7 +388,8 @@ fn eval(args: &EvalArgs, overrides: &[String]) -> Result<()> {
         &market,
         cfg.master.default_action,
     )?
-    .with_mode(mode);
+    .with_mode(mode)
+    .with_trace();
     let opts = args.on.options();
     let mine = run_policy(
         &cfg,
@@ -425,8 +426,14 @@ fn eval(args: &EvalArgs, overrides: &[String]) -> Result<()> {
     for c in &comparisons {
         println!("{}", c.line());
     }
+    let ic = decision_ic(&agent.take_trace(), &market.data);
+    println!("{}", ic.line());
     if let Some(path) = &args.on.json {
-        let doc = serde_json::json!({ "metrics": rows, "comparisons": comparisons });
+        let doc = serde_json::json!({
+            "metrics": rows,
+            "comparisons": comparisons,
+            "decision_ic": ic,
+        });
         let text =
             serde_json::to_string_pretty(&doc).map_err(|e| Error::invalid(format!("json: {e}")))?;
         marl_trade::train::checkpoint::write_atomic(path, text.as_bytes())?;

@@ -296,9 +296,11 @@ fn train_resume_eval_round_trip() {
         );
     }
     assert!(stdout.contains("ppo vs spy: Sharpe"), "{stdout}");
+    assert!(stdout.contains("decision IC: corr("), "{stdout}");
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(doc["comparisons"].as_array().unwrap().len(), 4);
+    assert!(doc["decision_ic"]["n"].as_u64().unwrap() > 0, "{doc}");
     // Deterministic: the same table twice (the greedy policy, and the sampled one with a seed).
     let again = bin(&["eval", "--checkpoint", full.to_str().unwrap()]);
     assert_eq!(text(&again.stdout), stdout);

@@ -38,6 +38,18 @@ pub enum ActMode {
     Sample(u64),
 }
 
+/// One symbol decision of a traced run ([`AgentPolicy::with_trace`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decision {
+    pub path: u32,
+    /// The decision bar `t` (the order fills at the open of `t + 1`).
+    pub bar: u32,
+    pub symbol: u32,
+    /// Probability, under the masked policy distribution, that the symbol is held after the step:
+    /// `P(BUY_*)` (any size) when flat, `1 - P(SELL_ALL) - P(SELL_PARTIAL) / 2` when held.
+    pub p_long: f64,
+}
+
 /// A [`SymbolPolicy`] playing greedily or by sampling (module docs).
 pub struct AgentPolicy {
     name: String,
@@ -45,6 +57,7 @@ pub struct AgentPolicy {
     master: u8,
     mode: ActMode,
     rng: SplitMix64,
+    trace: Option<Vec<Decision>>,
 }
 
 impl AgentPolicy {
@@ -61,6 +74,7 @@ impl AgentPolicy {
             master: master_action as u8,
             mode: ActMode::Greedy,
             rng: SplitMix64::new(0),
+            trace: None,
         })
     }
 
@@ -117,6 +131,18 @@ impl AgentPolicy {
         Self::new(name, policy, master_action)
     }
 
+    /// Record a [`Decision`] for every (scenario, symbol) of every step (see
+    /// [`crate::eval::compare::decision_ic`]).
+    pub fn with_trace(mut self) -> Self {
+        self.trace = Some(Vec::new());
+        self
+    }
+
+    /// The decisions recorded so far (empty without [`AgentPolicy::with_trace`]); clears them.
+    pub fn take_trace(&mut self) -> Vec<Decision> {
+        self.trace.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
     pub fn symbol_policy(&self) -> &SymbolPolicy {
         &self.policy
     }
@@ -166,6 +192,32 @@ pub fn sample_action(logits: &[f32], mask: &[u8], u: f64) -> u8 {
     last as u8
 }
 
+/// `P(held after the step)` of [`Decision::p_long`] from one row's logits and mask.
+pub fn p_long(logits: &[f32], mask: &[u8], held: bool) -> f64 {
+    let max = logits
+        .iter()
+        .zip(mask)
+        .filter(|&(_, &m)| m != 0)
+        .map(|(&l, _)| l as f64)
+        .fold(f64::NEG_INFINITY, f64::max);
+    if !max.is_finite() {
+        return f64::from(u8::from(held));
+    }
+    let w: Vec<f64> = logits
+        .iter()
+        .zip(mask)
+        .map(|(&l, &m)| if m != 0 { (l as f64 - max).exp() } else { 0.0 })
+        .collect();
+    let total: f64 = w.iter().sum();
+    use crate::env::logic::{BUY_LARGE, BUY_MEDIUM, BUY_SMALL, SELL_ALL, SELL_PARTIAL};
+    let p = |a: u8| w[a as usize] / total;
+    if held {
+        1.0 - p(SELL_ALL) - 0.5 * p(SELL_PARTIAL)
+    } else {
+        p(BUY_SMALL) + p(BUY_MEDIUM) + p(BUY_LARGE)
+    }
+}
+
 impl Policy for AgentPolicy {
     fn name(&self) -> &str {
         &self.name
@@ -199,6 +251,22 @@ impl Policy for AgentPolicy {
                 logits.len()
             )));
         }
+        if let Some(trace) = &mut self.trace {
+            let has = crate::env::obs::POSITION.start;
+            for (i, (l, m)) in logits
+                .chunks_exact(N_ACTIONS)
+                .zip(view.mask.chunks_exact(N_ACTIONS))
+                .enumerate()
+            {
+                let sc = i / s;
+                trace.push(Decision {
+                    path: view.obs_index[2 * sc],
+                    bar: view.obs_index[2 * sc + 1],
+                    symbol: (i % s) as u32,
+                    p_long: p_long(l, m, view.dyn_obs[i * DYN_OBS + has] > 0.5),
+                });
+            }
+        }
         for ((out, l), m) in sym_out
             .iter_mut()
             .zip(logits.chunks_exact(N_ACTIONS))
@@ -216,7 +284,16 @@ impl Policy for AgentPolicy {
 
 #[cfg(test)]
 mod tests {
-    use super::{greedy_action, sample_action};
+    use super::{greedy_action, p_long, sample_action};
+
+    #[test]
+    fn p_long_reads_the_masked_distribution() {
+        // Flat: HOLD and the three buys legal with equal logits; sells masked.
+        let l = [0.0f32; 7];
+        assert!((p_long(&l, &[1, 1, 1, 1, 0, 0, 0], false) - 0.75).abs() < 1e-12);
+        // Held: HOLD, SELL_PARTIAL, SELL_ALL legal, equal: 1 - 1/3 - 1/6 = 0.5.
+        assert!((p_long(&l, &[1, 0, 0, 0, 1, 1, 0], true) - 0.5).abs() < 1e-12);
+    }
 
     #[test]
     fn sampling_follows_the_masked_distribution() {

@@ -14,7 +14,14 @@ For two curves the per-bar simple returns `a_t`, `b_t` (all paths' steps pooled,
   (per-bar noise; serial correlation is ignored).
 
 `z` values are the differences over their standard errors; "beyond noise" in the tests means
-`z > 2`. A curve stopped by the kill switch stays flat, so its later returns are 0, as the money was.
+`z > 2`.
+
+[`decision_ic`] asks a sharper question of a traced [`AgentPolicy`](super::AgentPolicy) run: do the
+policy's decisions carry information about the next bar? It is the correlation, over all
+(path, bar, symbol) decisions, between `Decision::p_long` and the symbol's next log return
+`ln(C[t+1] / C[t])`, with `z = corr * sqrt(n)` (its standard error under no correlation). It uses
+every symbol-bar, not only the traded ones, so it can detect an edge (or a look-ahead leak) that
+is too small to show in the P&L. A curve stopped by the kill switch stays flat, so its later returns are 0, as the money was.
 */
 
 use super::backtest::BacktestResult;
@@ -144,6 +151,59 @@ pub fn compare(a: &BacktestResult, b: &BacktestResult) -> Result<Comparison> {
         log_return_diff: sums.iter().sum::<f64>() / p,
         log_return_diff_se: sd_d * (t as f64 / p).sqrt() / p.sqrt(),
     })
+}
+
+/// The information content of a policy's decisions (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct DecisionIc {
+    /// Decisions with a next bar.
+    pub n: usize,
+    /// Pearson correlation of `p_long` with the next log return.
+    pub corr: f64,
+    /// `corr * sqrt(n)`.
+    pub z: f64,
+}
+
+impl DecisionIc {
+    pub fn line(&self) -> String {
+        format!(
+            "decision IC: corr(P(long after the step), next-bar return) = {:+.4} (z {:+.2}, {} symbol-bars)",
+            self.corr, self.z, self.n
+        )
+    }
+}
+
+/// [`DecisionIc`] of `decisions` on `data` (module docs). 0 when either series is constant.
+pub fn decision_ic(
+    decisions: &[super::agent::Decision],
+    data: &crate::data::MarketData,
+) -> DecisionIc {
+    let pairs: Vec<(f64, f64)> = decisions
+        .iter()
+        .filter(|d| (d.bar as usize) + 1 < data.bars && (d.path as usize) < data.paths)
+        .map(|d| {
+            let (p, t, s) = (d.path as usize, d.bar as usize, d.symbol as usize);
+            let r = (data.close[data.px(p, t + 1, s)] as f64 / data.close[data.px(p, t, s)] as f64)
+                .ln();
+            (d.p_long, r)
+        })
+        .collect();
+    let n = pairs.len();
+    let xs: Vec<f64> = pairs.iter().map(|p| p.0).collect();
+    let ys: Vec<f64> = pairs.iter().map(|p| p.1).collect();
+    let (mx, sx) = mean_sd(&xs);
+    let (my, sy) = mean_sd(&ys);
+    let corr = if sx > 0.0 && sy > 0.0 {
+        pairs.iter().map(|(x, y)| (x - mx) * (y - my)).sum::<f64>()
+            / ((n.max(2) - 1) as f64 * sx * sy)
+    } else {
+        0.0
+    };
+    DecisionIc {
+        n,
+        corr,
+        z: corr * (n as f64).sqrt(),
+    }
 }
 
 /// Mean and unbiased standard deviation (0 for fewer than two values).

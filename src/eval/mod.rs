@@ -25,12 +25,12 @@ pub mod baselines;
 pub mod compare;
 pub mod metrics;
 
-pub use agent::{ActMode, AgentPolicy};
+pub use agent::{ActMode, AgentPolicy, Decision};
 pub use backtest::{
     BacktestOptions, BacktestResult, Baseline, backtest_config, run_baselines, run_policy, run_spy,
 };
 pub use baselines::{
     EqualWeight, Hold, Policy, PolicyView, RandomPolicy, equal_weight_master, spy_buy_and_hold,
 };
-pub use compare::{Comparison, compare};
+pub use compare::{Comparison, DecisionIc, compare, decision_ic};
 pub use metrics::{Curve, Metrics, format_table};
