@@ -547,9 +547,6 @@ fn bench_env(cfg: &Config, args: &BenchEnvArgs) -> Result<()> {
     if args.envs == 0 || args.symbols == 0 || args.steps == 0 {
         return Err(Error::invalid("--envs, --symbols and --steps must be >= 1"));
     }
-    if args.threads == Some(0) {
-        return Err(Error::invalid("--threads must be >= 1"));
-    }
     let mut cfg = cfg.clone();
     cfg.data.synthetic.symbols = args.symbols;
     cfg.env.scenarios = args.envs;
@@ -559,21 +556,7 @@ fn bench_env(cfg: &Config, args: &BenchEnvArgs) -> Result<()> {
         ((WARMUP + cfg.env.episode_len + 2) as f64 / cfg.env.train_fraction).ceil() as usize + 1;
     cfg.data.synthetic.bars = cfg.data.synthetic.bars.max(need);
     let kind: BackendKind = args.backend.into();
-
-    let pool = match args.threads {
-        Some(k) => Some(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(k)
-                .build()
-                .map_err(|e| Error::invalid(format!("cannot start {k} threads: {e}")))?,
-        ),
-        None => None,
-    };
-    let body = || bench_body(&cfg, kind, args);
-    match &pool {
-        Some(p) => p.install(body),
-        None => body(),
-    }
+    with_threads(args.threads, || bench_body(&cfg, kind, args))
 }
 
 fn bench_body(cfg: &Config, kind: BackendKind, args: &BenchEnvArgs) -> Result<()> {

@@ -21,6 +21,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::baselines::{Policy, PolicyView};
 use crate::agents::Policy as _;
+use crate::agents::dist::sample_row;
 use crate::agents::symbol::{AgentConfig, SymbolObs, SymbolPolicy};
 use crate::env::N_ACTIONS;
 use crate::env::obs::DYN_OBS;
@@ -160,9 +161,9 @@ pub fn greedy_action(logits: &[f32], mask: &[u8]) -> u8 {
     best.map_or(0, |(a, _)| a as u8)
 }
 
-/// The action whose cumulative masked softmax probability first exceeds `u` in `[0, 1)` (HOLD when
-/// nothing is allowed).
-pub fn sample_action(logits: &[f32], mask: &[u8], u: f64) -> u8 {
+/// The softmax of `logits` over the actions `mask` allows (0 elsewhere), in f64; `None` when
+/// nothing is allowed.
+fn masked_probs(logits: &[f32], mask: &[u8]) -> Option<Vec<f64>> {
     let max = logits
         .iter()
         .zip(mask)
@@ -170,7 +171,7 @@ pub fn sample_action(logits: &[f32], mask: &[u8], u: f64) -> u8 {
         .map(|(&l, _)| l as f64)
         .fold(f64::NEG_INFINITY, f64::max);
     if !max.is_finite() {
-        return greedy_action(logits, mask);
+        return None;
     }
     let w: Vec<f64> = logits
         .iter()
@@ -178,39 +179,28 @@ pub fn sample_action(logits: &[f32], mask: &[u8], u: f64) -> u8 {
         .map(|(&l, &m)| if m != 0 { (l as f64 - max).exp() } else { 0.0 })
         .collect();
     let total: f64 = w.iter().sum();
-    let mut acc = 0.0;
-    let mut last = 0;
-    for (a, &p) in w.iter().enumerate() {
-        if p > 0.0 {
-            acc += p / total;
-            last = a;
-            if u < acc {
-                return a as u8;
-            }
+    Some(w.into_iter().map(|x| x / total).collect())
+}
+
+/// The action whose cumulative masked softmax probability first exceeds `u` in `[0, 1)` (HOLD when
+/// nothing is allowed): [`sample_row`], the rollout's draw, on the masked distribution.
+pub fn sample_action(logits: &[f32], mask: &[u8], u: f64) -> u8 {
+    match masked_probs(logits, mask) {
+        None => greedy_action(logits, mask),
+        Some(p) => {
+            let log_probs: Vec<f32> = p.iter().map(|&x| x.ln() as f32).collect();
+            sample_row(&log_probs, u) as u8
         }
     }
-    last as u8
 }
 
 /// `P(held after the step)` of [`Decision::p_long`] from one row's logits and mask.
 pub fn p_long(logits: &[f32], mask: &[u8], held: bool) -> f64 {
-    let max = logits
-        .iter()
-        .zip(mask)
-        .filter(|&(_, &m)| m != 0)
-        .map(|(&l, _)| l as f64)
-        .fold(f64::NEG_INFINITY, f64::max);
-    if !max.is_finite() {
+    let Some(probs) = masked_probs(logits, mask) else {
         return f64::from(u8::from(held));
-    }
-    let w: Vec<f64> = logits
-        .iter()
-        .zip(mask)
-        .map(|(&l, &m)| if m != 0 { (l as f64 - max).exp() } else { 0.0 })
-        .collect();
-    let total: f64 = w.iter().sum();
+    };
     use crate::env::logic::{BUY_LARGE, BUY_MEDIUM, BUY_SMALL, SELL_ALL, SELL_PARTIAL};
-    let p = |a: u8| w[a as usize] / total;
+    let p = |a: u8| probs[a as usize];
     if held {
         1.0 - p(SELL_ALL) - 0.5 * p(SELL_PARTIAL)
     } else {

@@ -62,6 +62,11 @@ impl Metrics {
 value_loss,entropy,old_approx_kl,approx_kl,clipfrac,explained_variance,grad_norm,epochs,sps,\
 agent_sps,episodes,episode_return_mean,episode_length_mean";
 
+    /// One JSON object, as a line of `metrics.jsonl` (no newline).
+    pub fn json_line(&self) -> String {
+        serde_json::to_string(self).expect("metrics serialise")
+    }
+
     /// The CSV header with the environment's statistics `env_names` as extra columns.
     pub fn csv_header_with(env_names: &[String]) -> String {
         let mut h = Self::CSV_HEADER.to_string();
@@ -143,7 +148,7 @@ impl MetricsWriter {
     }
 
     pub fn write(&mut self, m: &Metrics) -> Result<()> {
-        let line = serde_json::to_string(m).expect("metrics serialise");
+        let line = m.json_line();
         writeln!(self.out, "{line}")
             .and_then(|_| self.out.flush())
             .map_err(|e| Error::io(&self.path, e))

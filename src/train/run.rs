@@ -34,7 +34,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarMap;
 
 use super::checkpoint::{self, write_atomic};
-use super::metrics::{Metrics, read_metrics};
+use super::metrics::{Metrics, MetricsWriter, read_metrics};
 use super::{Ppo, TradingEnv, VecEnv};
 use crate::Result;
 use crate::agents::init::seeded_var_builder;
@@ -212,41 +212,24 @@ pub fn train(cfg: &Config, market: &Market, opts: &TrainOptions) -> Result<Train
         truncate_metrics(out, ppo.iteration(), &ppo.env().stat_names())?;
         ppo
     } else {
-        if opts.force {
-            let ck = out.join(CHECKPOINTS_DIR);
-            if ck.exists() {
-                std::fs::remove_dir_all(&ck).map_err(|e| Error::io(&ck, e))?;
-            }
-            for f in [CONFIG_FILE, METRICS_JSONL, METRICS_CSV] {
-                let p = out.join(f);
-                if p.exists() {
-                    std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
-                }
-            }
-        }
-        if out.join(CHECKPOINTS_DIR).exists() || cfg_path.exists() {
+        if !opts.force && (out.join(CHECKPOINTS_DIR).exists() || cfg_path.exists()) {
             return Err(Error::invalid(format!(
                 "{} already holds a run: pass --resume to continue it, --force to replace it, or \
                  choose another --out",
                 out.display()
             )));
         }
+        // A forced run replaces the old one; otherwise only stale metrics files can be here.
+        clear_run(out)?;
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
         write_atomic(&cfg_path, cfg.to_toml_string().as_bytes())?;
-        let ppo = Ppo::new(
+        Ppo::new(
             cfg.ppo_for_env(),
             env,
             policy,
             vm,
             serde_json::to_value(&acfg).expect("agent config serialises"),
-        )?;
-        for f in [METRICS_JSONL, METRICS_CSV] {
-            let p = out.join(f);
-            if p.exists() {
-                std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
-            }
-        }
-        ppo
+        )?
     };
 
     let total = cfg.ppo_for_env().num_iterations();
@@ -303,6 +286,21 @@ fn progress_bar(show: bool, done: usize, total: usize) -> indicatif::ProgressBar
         bar.set_style(style.progress_chars("=> "));
     }
     bar
+}
+
+/// Remove a run's files from `out` (config, metrics, checkpoints); other files stay.
+fn clear_run(out: &Path) -> Result<()> {
+    let ck = out.join(CHECKPOINTS_DIR);
+    if ck.exists() {
+        std::fs::remove_dir_all(&ck).map_err(|e| Error::io(&ck, e))?;
+    }
+    for f in [CONFIG_FILE, METRICS_JSONL, METRICS_CSV] {
+        let p = out.join(f);
+        if p.exists() {
+            std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Write a checkpoint of `ppo` (with `cfg` beside it) under `<out>/checkpoints/`, switch `latest`
@@ -386,7 +384,7 @@ fn truncate_metrics(out: &Path, iteration: usize, env_names: &[String]) -> Resul
     let mut j = String::new();
     let mut c = format!("{}\n", Metrics::csv_header_with(env_names));
     for m in &kept {
-        j.push_str(&serde_json::to_string(m).expect("metrics serialise"));
+        j.push_str(&m.json_line());
         j.push('\n');
         c.push_str(&m.csv_row_with(env_names));
         c.push('\n');
@@ -395,48 +393,39 @@ fn truncate_metrics(out: &Path, iteration: usize, env_names: &[String]) -> Resul
     write_atomic(&out.join(METRICS_CSV), c.as_bytes())
 }
 
-/// The run's two metrics files, appended to and flushed after every iteration.
+/// The run's two metrics files, appended to and flushed after every iteration: the JSONL through
+/// [`MetricsWriter`], the CSV (header written when the file is new) here.
 struct MetricsFiles {
-    jsonl: (PathBuf, BufWriter<File>),
+    jsonl: MetricsWriter,
     csv: (PathBuf, BufWriter<File>),
     env_names: Vec<String>,
 }
 
 impl MetricsFiles {
     fn open(out: &Path, env_names: Vec<String>) -> Result<Self> {
-        let open = |name: &str| -> Result<(PathBuf, BufWriter<File>, bool)> {
-            let p = out.join(name);
-            let fresh = !p.exists() || std::fs::metadata(&p).map(|m| m.len() == 0).unwrap_or(true);
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&p)
-                .map_err(|e| Error::io(&p, e))?;
-            Ok((p, BufWriter::new(f), fresh))
-        };
-        let (jp, jw) = {
-            let (p, w, _) = open(METRICS_JSONL)?;
-            (p, w)
-        };
-        let (cp, mut cw, fresh) = open(METRICS_CSV)?;
+        let jsonl = MetricsWriter::append(out.join(METRICS_JSONL))?;
+        let cp = out.join(METRICS_CSV);
+        let fresh = std::fs::metadata(&cp).map_or(true, |m| m.len() == 0);
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&cp)
+            .map_err(|e| Error::io(&cp, e))?;
+        let mut cw = BufWriter::new(f);
         if fresh {
             writeln!(cw, "{}", Metrics::csv_header_with(&env_names))
                 .and_then(|_| cw.flush())
                 .map_err(|e| Error::io(&cp, e))?;
         }
         Ok(Self {
-            jsonl: (jp, jw),
+            jsonl,
             csv: (cp, cw),
             env_names,
         })
     }
 
     fn write(&mut self, m: &Metrics) -> Result<()> {
-        let line = serde_json::to_string(m).expect("metrics serialise");
-        let (p, w) = &mut self.jsonl;
-        writeln!(w, "{line}")
-            .and_then(|_| w.flush())
-            .map_err(|e| Error::io(p, e))?;
+        self.jsonl.write(m)?;
         let (p, w) = &mut self.csv;
         writeln!(w, "{}", m.csv_row_with(&self.env_names))
             .and_then(|_| w.flush())
