@@ -1,4 +1,6 @@
-//! Criterion benchmarks of one policy forward pass (default-size encoder + symbol heads, CPU):
+//! Criterion benchmarks of one policy forward pass (default-size encoder + symbol heads, CPU), the
+//! cases of `marl_trade::bench::PolicyBench` (the same as `marl-trade bench policy`) on in-memory
+//! random windows:
 //!
 //! - `1x143`: one scenario, 143 symbols (one encoder pass);
 //! - `128x143_same_bar`: 128 scenarios at the same bar: the encoder runs once per (symbol, bar),
@@ -11,89 +13,51 @@
 //! `cargo bench --bench policy`.
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarMap;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use marl_trade::agents::Policy;
 use marl_trade::agents::heads::HeadActivation;
-use marl_trade::agents::init::seeded_var_builder;
-use marl_trade::agents::symbol::{
-    AgentConfig, DenseWindows, SymbolAgent, SymbolObs, SymbolPolicy, zero_dyn_obs,
-};
+use marl_trade::agents::{AgentConfig, zero_dyn_obs};
+use marl_trade::bench::PolicyBench;
 
 const S: usize = 143;
+const N: usize = 128;
 
-fn setup(head_activation: HeadActivation) -> (SymbolPolicy, AgentConfig) {
+fn setup(head_activation: HeadActivation) -> PolicyBench {
     let cfg = AgentConfig {
-        symbols: S,
         head_activation,
         ..AgentConfig::default()
     };
-    let dev = Device::Cpu;
-    let vm = VarMap::new();
-    let agent =
-        SymbolAgent::new(&cfg, seeded_var_builder(&vm, 0, DType::F32, &dev)).expect("agent builds");
-    let src = Arc::new(DenseWindows::random(
-        1,
-        400,
-        S,
-        cfg.encoder.window,
-        cfg.encoder.features,
-        1,
-    ));
-    (
-        SymbolPolicy::new(agent, src, &dev).expect("policy builds"),
-        cfg,
-    )
+    PolicyBench::synthetic(&cfg, S, N).expect("policy builds")
 }
 
 fn bench_policy(c: &mut Criterion) {
-    let (policy, cfg) = setup(HeadActivation::Tanh);
-    let dev = Device::Cpu;
+    let b = setup(HeadActivation::Tanh);
     let mut g = c.benchmark_group("policy_forward");
     g.sample_size(10).measurement_time(Duration::from_secs(10));
+    for (i, name) in ["1x143", "128x143_same_bar", "128x143_distinct_bars"]
+        .into_iter()
+        .enumerate()
+    {
+        let units = b.cases[i].1.keys.len();
+        g.throughput(Throughput::Elements((units * S) as u64));
+        g.bench_function(name, |it| it.iter(|| black_box(b.forward(i).unwrap())));
+    }
 
-    let one = SymbolObs {
-        keys: vec![(0, 200)],
-        dyn_obs: zero_dyn_obs(1, &cfg, &dev).unwrap(),
-    };
-    g.throughput(Throughput::Elements(S as u64));
-    g.bench_function("1x143", |b| {
-        b.iter(|| black_box(policy.forward(&one).unwrap()))
-    });
-
-    let same = SymbolObs {
-        keys: vec![(0, 200); 128],
-        dyn_obs: zero_dyn_obs(128, &cfg, &dev).unwrap(),
-    };
-    g.throughput(Throughput::Elements((128 * S) as u64));
-    g.bench_function("128x143_same_bar", |b| {
-        b.iter(|| black_box(policy.forward(&same).unwrap()))
-    });
-
-    let keys: Vec<(u32, u32)> = (0..128).map(|i| (0, 100 + 2 * i)).collect();
-    let distinct = SymbolObs {
-        keys,
-        dyn_obs: zero_dyn_obs(128, &cfg, &dev).unwrap(),
-    };
-    g.bench_function("128x143_distinct_bars", |b| {
-        b.iter(|| black_box(policy.forward(&distinct).unwrap()))
-    });
-
-    let emb = Tensor::zeros((1, S, cfg.encoder.embed_dim), DType::F32, &dev).unwrap();
-    let group = Tensor::zeros(128, DType::U32, &dev).unwrap();
-    let dyn_obs = zero_dyn_obs(128, &cfg, &dev).unwrap();
-    g.bench_function("heads_128x143", |b| {
-        b.iter(|| black_box(policy.agent().heads(&emb, &group, &dyn_obs).unwrap()))
+    let dev = Device::Cpu;
+    let agent = b.policy().agent();
+    let emb = Tensor::zeros((1, S, agent.config().encoder.embed_dim), DType::F32, &dev).unwrap();
+    let group = Tensor::zeros(N, DType::U32, &dev).unwrap();
+    let dyn_obs = zero_dyn_obs(N, &agent.dims(), &dev).unwrap();
+    g.bench_function("heads_128x143", |it| {
+        it.iter(|| black_box(agent.heads(&emb, &group, &dyn_obs).unwrap()))
     });
 
     // The same with ReLU heads (candle's CPU tanh is scalar and slow).
-    let (relu_policy, _) = setup(HeadActivation::Relu);
-    g.bench_function("128x143_same_bar_relu_heads", |b| {
-        b.iter(|| black_box(relu_policy.forward(&same).unwrap()))
+    let relu = setup(HeadActivation::Relu);
+    g.bench_function("128x143_same_bar_relu_heads", |it| {
+        it.iter(|| black_box(relu.forward(1).unwrap()))
     });
     g.finish();
 }

@@ -6,7 +6,60 @@ and borrow fees on negative cash. These are the per-element formulas of docs/env
 All inputs and outputs are fractions or currency amounts in `f64`.
 */
 
-use crate::config::CostConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Execution costs (docs/env-spec.md, "Fills").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CostConfig {
+    /// Commission per side in basis points of traded notional (7.5 bps = 15 bps round trip).
+    pub commission_bps: f64,
+    /// Half the bid-ask spread in basis points, paid on every fill.
+    pub half_spread_bps: f64,
+    /// Square-root impact: slippage fraction += impact_coef * sqrt(order notional / bar dollar volume).
+    pub impact_coef: f64,
+    /// Cap on total slippage (spread + impact), in basis points.
+    pub max_slippage_bps: f64,
+    /// Annual rate charged on negative cash, accrued per bar.
+    pub borrow_rate_annual: f64,
+}
+
+impl Default for CostConfig {
+    fn default() -> Self {
+        Self {
+            commission_bps: 7.5,
+            half_spread_bps: 1.0,
+            impact_coef: 0.1,
+            max_slippage_bps: 50.0,
+            borrow_rate_annual: 0.05,
+        }
+    }
+}
+
+impl CostConfig {
+    /// Every cost must be a finite number >= 0; an error names the field.
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        for (name, v) in [
+            ("costs.commission_bps", self.commission_bps),
+            ("costs.half_spread_bps", self.half_spread_bps),
+            ("costs.impact_coef", self.impact_coef),
+            ("costs.max_slippage_bps", self.max_slippage_bps),
+            ("costs.borrow_rate_annual", self.borrow_rate_annual),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(Error::config_field(
+                    origin,
+                    name,
+                    format!("must be a finite number >= 0, got {v}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 
 /// Cost parameters in the units the step uses (fractions per fill, a rate per bar).
 #[derive(Debug, Clone, Copy, PartialEq)]

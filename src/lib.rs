@@ -5,22 +5,33 @@ A hierarchical multi-agent reinforcement-learning trading system whose whole env
 next to the policies: N parallel market scenarios x S symbols, one `reset()` / `step()` in the style of
 Gymnasium's vector API, with fills, costs, risk limits and a 7-term reward inside the environment.
 
-Modules, one per concept:
-- [`config`]: the TOML configuration.
-- [`data`]: market data arrays, the synthetic generator, the polars loader.
+Modules, one per concept, from the bottom layer up; each imports only from the layers below it
+and owns its configuration section:
+- [`error`], [`rng`], [`atomic`]: the error type; deterministic random numbers; atomic file writes.
+- [`data`]: market data arrays, the synthetic generator, the polars loader (`[data]`).
 - [`features`]: causal technical and regime features.
-- [`env`](mod@env): the vectorised environment, its backends and the observation layout.
-- [`costs`]: slippage, commission and borrow fees.
-- [`reward`]: the 7-term symbol reward, the master reward and their episode statistics.
-- [`eval`]: metrics, scripted baseline policies and backtests.
-- [`agents`]: candle policies: shared encoder, symbol-specific actor-critic heads, masking.
-- [`train`]: PPO (CleanRL-style), checkpoints, CartPole as a known task.
-- [`rng`], [`error`]: deterministic random numbers; the error type.
+- [`market`]: data + features of one market, computed once and shared.
+- [`costs`]: slippage, commission and borrow fees (`[costs]`).
+- [`reward`]: the 7-term symbol reward, the master reward and their episode statistics (`[reward]`).
+- [`env`](mod@env): the vectorised environment, its backends and the observation layout (`[env]`,
+  `[risk]`, `[master]`; built from an [`env::EnvSetup`]).
+- [`agents`]: candle policies: shared encoder, symbol-specific actor-critic heads, masking
+  (`[agent]`).
+- [`train`]: PPO (CleanRL-style), checkpoints, the trading adapter, CartPole as a known task
+  (`[ppo]`).
+- [`config`]: the composition root: one TOML file, the sections above composed and checked
+  against each other.
+- [`run`]: training runs (`marl-trade train`): run directory, checkpoints, metrics, resume.
+- [`eval`]: metrics, scripted baselines, backtests, a checkpoint as a policy, comparisons, the
+  checkpoint evaluation service (`marl-trade eval`).
+- [`bench`]: the environment and policy throughput benchmarks (`marl-trade bench`, `benches/`).
 
 The semantics of a step are written once in `docs/env-spec.md`; both backends implement it.
 */
 
 pub mod agents;
+pub mod atomic;
+pub mod bench;
 pub mod config;
 pub mod costs;
 pub mod data;
@@ -28,9 +39,11 @@ pub mod env;
 pub mod error;
 pub mod eval;
 pub mod features;
+pub mod market;
 pub mod reward;
 pub mod rng;
+pub mod run;
 pub mod train;
 
 pub use config::Config;
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};

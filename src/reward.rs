@@ -10,7 +10,83 @@ on the host, whatever the backend.
 // Index loops over parallel per-symbol arrays mirror the CUDA kernels line by line.
 #![allow(clippy::needless_range_loop)]
 
-use crate::config::RewardConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Reward weights and shaping parameters (docs/env-spec.md, "Reward").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewardConfig {
+    /// Weight of the P&L term (spec §5).
+    pub w_pnl: f64,
+    /// Weight of the cost term.
+    pub w_cost: f64,
+    /// Weight of the timing term.
+    pub w_timing: f64,
+    /// Weight of the differential-Sharpe term.
+    pub w_sharpe: f64,
+    /// Weight of the intra-trade drawdown term.
+    pub w_drawdown: f64,
+    /// Weight of the utilisation term.
+    pub w_util: f64,
+    /// Weight of the diversification term.
+    pub w_divers: f64,
+    /// EMA rate of the differential Sharpe ratio's moment estimates.
+    pub dsr_eta: f64,
+    /// The differential Sharpe term is clipped to [-dsr_clip, dsr_clip].
+    pub dsr_clip: f64,
+    /// Intra-trade drawdown beyond which the drawdown penalty applies.
+    pub trade_dd_threshold: f64,
+    /// Target gross exposure / equity for the utilisation term.
+    pub util_target: f64,
+    /// Master reward weight of the portfolio's differential Sharpe ratio (the other two master
+    /// terms: diversification, excess return over the benchmark).
+    pub master_w_sharpe: f64,
+    /// Master reward weight of the diversification term.
+    pub master_w_divers: f64,
+    /// Master reward weight of the excess return over the benchmark.
+    pub master_w_excess: f64,
+}
+
+impl Default for RewardConfig {
+    fn default() -> Self {
+        Self {
+            w_pnl: 10.0,
+            w_cost: 5.0,
+            w_timing: 2.0,
+            w_sharpe: 3.0,
+            w_drawdown: 5.0,
+            w_util: 0.5,
+            w_divers: 1.0,
+            dsr_eta: 0.01,
+            dsr_clip: 1.0,
+            trade_dd_threshold: 0.10,
+            util_target: 0.8,
+            master_w_sharpe: 1.0,
+            master_w_divers: 0.1,
+            master_w_excess: 100.0,
+        }
+    }
+}
+
+impl RewardConfig {
+    /// Range checks of the shaping parameters; an error names the field.
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        let bad = |field: &str, why: &str| Err(Error::config_field(origin, field, why.into()));
+        if !(self.dsr_eta > 0.0 && self.dsr_eta < 1.0) {
+            return bad("reward.dsr_eta", "must be in (0, 1)");
+        }
+        if !(self.trade_dd_threshold > 0.0 && self.trade_dd_threshold < 1.0) {
+            return bad("reward.trade_dd_threshold", "must be in (0, 1)");
+        }
+        if self.util_target.is_nan() || self.util_target <= 0.0 {
+            return bad("reward.util_target", "must be > 0");
+        }
+        Ok(())
+    }
+}
+
 
 /// Number of reward components.
 pub const N_COMPONENTS: usize = 7;

@@ -314,7 +314,7 @@ fn train_resume_eval_round_trip() {
     let state_path = ck.join("state.json");
     let mut state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
-    state["policy"]["head_hidden"] = serde_json::json!(12);
+    state["policy"]["config"]["head_hidden"] = serde_json::json!(12);
     std::fs::write(&state_path, serde_json::to_string(&state).unwrap()).unwrap();
     let bad = bin(&["eval", "--checkpoint", ck.to_str().unwrap()]);
     assert_eq!(bad.status.code(), Some(2));

@@ -10,19 +10,31 @@ fn parse(text: &str) -> marl_trade::Result<Config> {
 }
 
 #[test]
-fn derived_fields_follow_the_env_and_the_data() {
+fn derived_sizes_are_not_file_fields() {
+    // The PPO batch follows env.scenarios: 16 scenarios x 128 steps, 4 minibatches.
     let c = parse("[env]\nscenarios = 16\n[data.synthetic]\nsymbols = 9\n").unwrap();
-    assert_eq!((c.ppo.num_envs, c.agent.symbols), (16, 9));
-    // Given explicitly and consistent: fine; inconsistent: an error naming the field.
-    parse("[env]\nscenarios = 16\n[ppo]\nnum_envs = 16\n").unwrap();
-    let e = parse("[env]\nscenarios = 16\n[ppo]\nnum_envs = 4\n")
+    assert_eq!(c.ppo.batch_size(c.env.scenarios), 16 * 128);
+    // A file that still names a derived size (an older config or checkpoint) is refused with an
+    // error naming the field and saying where its value comes from, consistent or not.
+    for (text, field) in [
+        ("[env]\nscenarios = 16\n[ppo]\nnum_envs = 16\n", "ppo.num_envs"),
+        ("[env]\nscenarios = 16\n[ppo]\nnum_envs = 4\n", "ppo.num_envs"),
+        ("[data.synthetic]\nsymbols = 9\n[agent]\nsymbols = 8\n", "agent.symbols"),
+        ("[agent]\ndyn_obs = 26\n", "agent.dyn_obs"),
+        ("[agent]\nnum_actions = 7\n", "agent.num_actions"),
+        ("[agent.encoder]\nwindow = 24\n", "agent.encoder.window"),
+    ] {
+        let e = parse(text).unwrap_err();
+        assert_eq!(e.kind(), marl_trade::ErrorKind::Config);
+        assert_eq!(e.field(), Some(field), "{e}");
+        let e = e.to_string();
+        assert!(e.contains(field) && e.contains("test.toml") && e.contains("derived"), "{e}");
+    }
+    // A batch that the minibatches do not divide, across sections: names the field.
+    let e = parse("[env]\nscenarios = 3\n[ppo]\nnum_steps = 5\nnum_minibatches = 4\n")
         .unwrap_err()
         .to_string();
-    assert!(e.contains("ppo.num_envs") && e.contains("test.toml"), "{e}");
-    let e = parse("[data.synthetic]\nsymbols = 9\n[agent]\nsymbols = 8\n")
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("agent.symbols"), "{e}");
+    assert!(e.contains("ppo.num_minibatches") && e.contains("15"), "{e}");
 }
 
 #[test]

@@ -8,8 +8,8 @@ use marl_trade::data::{self, MarketData};
 use marl_trade::env::obs::DYN_OBS;
 use marl_trade::env::{BackendKind, N_ACTIONS, Period, VecEnv};
 use marl_trade::eval::{
-    BacktestOptions, Baseline, EqualWeight, Hold, Policy, PolicyView, RandomPolicy,
-    backtest_config, equal_weight_master, format_table, run_baselines, run_policy, run_spy,
+    BacktestOptions, Baseline, EqualWeight, Hold, BacktestPolicy, PolicyView, RandomPolicy,
+    backtest_setup, equal_weight_master, format_table, run_baselines, run_policy, run_spy,
 };
 use marl_trade::features::{Features, WARMUP};
 use marl_trade::reward::N_COMPONENTS;
@@ -74,7 +74,7 @@ fn every_config_file_parses() {
 #[test]
 fn equal_weight_final_equity_matches_hand_computation() {
     let (cfg, md, f) = small(2);
-    let res = run_policy(&cfg, md.clone(), f, &opts(Period::Train), &mut EqualWeight).unwrap();
+    let res = run_policy(&cfg.env_setup(), md.clone(), f, &opts(Period::Train), &mut EqualWeight).unwrap();
 
     let s = md.n_symbols();
     let split = (600.0 * 0.7f64).floor() as usize; // 420
@@ -85,7 +85,7 @@ fn equal_weight_final_equity_matches_hand_computation() {
     // Equal-weight master for S = 8: 8 * 0.005 * 2.0 = 0.08 <= 1 -> risk 2.0 (index 3);
     // order size 0.005 * 2 = 0.01 <= cap 0.02 (index 0); aggressive (max_open = min(143, 8) = 8):
     // m = 12 * 3 + 3 * 0 + 2 = 38.
-    let layout = backtest_config(&cfg, &md, Period::Train).unwrap().1;
+    let layout = backtest_setup(&cfg.env_setup(), &md, Period::Train).unwrap().1;
     assert_eq!(equal_weight_master(&layout.params), 38);
     let c0 = cfg.env.initial_capital;
     let risk = cfg.master.risk_multipliers[3];
@@ -160,7 +160,7 @@ fn equal_weight_final_equity_matches_hand_computation() {
 fn hold_pays_nothing_and_keeps_its_capital() {
     let (cfg, md, f) = small(2);
     for period in [Period::Train, Period::Test] {
-        let res = run_policy(&cfg, md.clone(), f.clone(), &opts(period), &mut Hold).unwrap();
+        let res = run_policy(&cfg.env_setup(), md.clone(), f.clone(), &opts(period), &mut Hold).unwrap();
         for c in &res.curves {
             assert!(c.equity.iter().all(|&e| e == cfg.env.initial_capital));
             assert!(c.costs.iter().all(|&x| x == 0.0));
@@ -180,7 +180,7 @@ fn hold_pays_nothing_and_keeps_its_capital() {
         );
     }
     // the test period [420, 600) steps at bars 420..=598
-    let res = run_policy(&cfg, md, f, &opts(Period::Test), &mut Hold).unwrap();
+    let res = run_policy(&cfg.env_setup(), md, f, &opts(Period::Test), &mut Hold).unwrap();
     assert_eq!(
         (res.first_bar, res.last_bar, res.curves[0].steps()),
         (420, 599, 179)
@@ -190,7 +190,7 @@ fn hold_pays_nothing_and_keeps_its_capital() {
 #[test]
 fn spy_buy_and_hold_matches_hand_computation() {
     let (cfg, md, _) = small(1);
-    let res = run_spy(&cfg, &md, &opts(Period::Test)).unwrap();
+    let res = run_spy(&cfg.env_setup(), &md, &opts(Period::Test)).unwrap();
     let s = md.n_symbols();
     let (t0, t_end) = (420, 599);
     let px = |arr: &[f32], t: usize| arr[t * (s + 1) + s] as f64;
@@ -213,9 +213,9 @@ fn replay_costs(
     cfg: &Config,
     md: &Arc<MarketData>,
     f: &Arc<Features>,
-    policy: &mut dyn Policy,
+    policy: &mut dyn BacktestPolicy,
 ) -> (Vec<f64>, u32, bool) {
-    let (bcfg, layout) = backtest_config(cfg, md, Period::Train).unwrap();
+    let (bcfg, layout) = backtest_setup(&cfg.env_setup(), md, Period::Train).unwrap();
     assert_eq!(md.paths, 1);
     let mut env = VecEnv::new(
         &bcfg,
@@ -266,8 +266,8 @@ fn replay_costs(
 fn random_is_deterministic_respects_the_mask_and_costs_agree_with_the_env() {
     let (cfg, md, f) = small(1);
     let o = opts(Period::Train);
-    let a = run_policy(&cfg, md.clone(), f.clone(), &o, &mut RandomPolicy::new(9)).unwrap();
-    let b = run_policy(&cfg, md.clone(), f.clone(), &o, &mut RandomPolicy::new(9)).unwrap();
+    let a = run_policy(&cfg.env_setup(), md.clone(), f.clone(), &o, &mut RandomPolicy::new(9)).unwrap();
+    let b = run_policy(&cfg.env_setup(), md.clone(), f.clone(), &o, &mut RandomPolicy::new(9)).unwrap();
     assert_eq!(a.curves, b.curves);
     let c = &a.curves[0];
     assert!(
@@ -295,7 +295,7 @@ fn kill_switch_stops_the_curve() {
     cfg.risk.kill_drawdown = 0.0005;
     cfg.risk.buy_small = 0.1;
     let res = run_policy(
-        &cfg,
+        &cfg.env_setup(),
         md.clone(),
         f.clone(),
         &opts(Period::Train),
@@ -332,7 +332,7 @@ fn kill_switch_stops_the_curve() {
 #[test]
 fn all_baselines_make_a_table() {
     let (cfg, md, f) = small(1);
-    let res = run_baselines(&cfg, md, f, &opts(Period::Test), &Baseline::ALL).unwrap();
+    let res = run_baselines(&cfg.env_setup(), md, f, &opts(Period::Test), &Baseline::ALL).unwrap();
     let rows: Vec<_> = res.into_iter().map(|r| r.metrics).collect();
     let names: Vec<&str> = rows.iter().map(|m| m.policy.as_str()).collect();
     assert_eq!(names, ["hold", "random", "equal-weight", "spy"]);

@@ -4,9 +4,9 @@
 //! The market and the agent are `configs/signal.toml`: 8 synthetic symbols whose sentiment at
 //! bar t predicts the return of bar t+1 with strength `data.synthetic.signal_strength` (information
 //! coefficient about 0.12 at strength 1; the same random draws at every strength). PPO trains on
-//! the first 70% of the bars through `train::run::train` (the `marl-trade train` code path, run
+//! the first 70% of the bars through `run::train` (the `marl-trade train` code path, run
 //! directory and checkpoints included); the checkpoint is then played greedily by
-//! `eval::AgentPolicy` (the `marl-trade eval` code path) on the held-out last 30%, after costs,
+//! `eval::evaluate_policy` (the `marl-trade eval` code path) on the held-out last 30%, after costs,
 //! next to the baselines.
 //!
 //! "Beyond noise" is a paired comparison (`eval::compare`, Memmel's standard error of a Sharpe
@@ -27,15 +27,13 @@
 //! as well, to show what the market allows: at strength 1 it earns +91% (Sharpe 7.9) on the held-out
 //! bars (PPO: +97%, Sharpe 7.7, against +31% / 1.95 for SPY), at strength 0 it loses 2%.
 
-use std::sync::Arc;
-
 use marl_trade::env::obs::{DYN_OBS, POSITION, SENT_MACRO};
 use marl_trade::env::{N_ACTIONS, Period};
 use marl_trade::eval::{
-    AgentPolicy, BacktestOptions, BacktestResult, Baseline, DecisionIc, Policy, PolicyView,
-    compare, decision_ic, format_table, run_baselines, run_policy,
+    AgentPolicy, BacktestOptions, BacktestPolicy, Baseline, EvalReport, PolicyView, evaluate_policy,
 };
-use marl_trade::train::run::{Market, TrainOptions, train};
+use marl_trade::market::Market;
+use marl_trade::run::{TrainOptions, train};
 use marl_trade::{Config, Result, data};
 
 /// BUY_LARGE when flat and sentiment is high, SELL_ALL when held and sentiment turns negative.
@@ -43,7 +41,7 @@ struct SentimentRule {
     master: u8,
 }
 
-impl Policy for SentimentRule {
+impl BacktestPolicy for SentimentRule {
     fn name(&self) -> &str {
         "sentiment-rule"
     }
@@ -66,32 +64,20 @@ impl Policy for SentimentRule {
     }
 }
 
-struct Outcome {
-    agent: BacktestResult,
-    /// The information in the policy's decisions on the held-out bars.
-    ic: DecisionIc,
-    rule: BacktestResult,
-    baselines: Vec<BacktestResult>,
-}
+/// The evaluation of the checkpoint, with the scripted rule as the one extra policy.
+struct Outcome(EvalReport);
 
 impl Outcome {
-    fn baseline(&self, b: Baseline) -> &BacktestResult {
-        self.baselines
-            .iter()
-            .find(|r| r.metrics.policy == b.name())
-            .expect("every baseline ran")
+    fn baseline(&self, b: Baseline) -> &marl_trade::eval::BacktestResult {
+        self.0.baseline(b).expect("every baseline ran")
+    }
+
+    fn rule(&self) -> &marl_trade::eval::BacktestResult {
+        &self.0.others[0]
     }
 
     fn report(&self) -> String {
-        let mut rows = vec![self.agent.metrics.clone(), self.rule.metrics.clone()];
-        rows.extend(self.baselines.iter().map(|r| r.metrics.clone()));
-        let mut out = format_table(&rows);
-        for b in &self.baselines {
-            out.push_str(&compare(&self.agent, b).unwrap().line());
-            out.push('\n');
-        }
-        out.push_str(&self.ic.line());
-        out
+        self.0.text()
     }
 }
 
@@ -106,7 +92,7 @@ fn train_and_evaluate(strength: f64) -> Outcome {
         ..TrainOptions::new(dir.path().join("run"))
     };
     let report = train(&cfg, &market, &opts).unwrap();
-    assert_eq!(report.iteration, cfg.ppo_for_env().num_iterations());
+    assert_eq!(report.iteration, cfg.ppo.num_iterations(cfg.env.scenarios));
     let last = report.metrics.last().unwrap();
     eprintln!(
         "strength {strength}: {} iterations, {:.0} symbol transitions/s, last entropy {:.3}",
@@ -119,28 +105,19 @@ fn train_and_evaluate(strength: f64) -> Outcome {
         period: Period::Test,
         ..BacktestOptions::default()
     };
-    let (md, feats) = (market.data.clone(), market.features.clone());
-    let mut policy = AgentPolicy::from_checkpoint(
+    let policy = AgentPolicy::from_checkpoint(
         "ppo",
         &report.checkpoint,
         &market,
         cfg.master.default_action,
     )
-    .unwrap()
-    .with_trace();
-    let agent = run_policy(&cfg, md.clone(), feats.clone(), &bt, &mut policy).unwrap();
-    let ic = decision_ic(&policy.take_trace(), &md);
+    .unwrap();
     let mut rule = SentimentRule {
         master: cfg.master.default_action as u8,
     };
-    let rule = run_policy(&cfg, md.clone(), feats.clone(), &bt, &mut rule).unwrap();
-    let baselines = run_baselines(&cfg, Arc::clone(&md), feats, &bt, &Baseline::ALL).unwrap();
-    let out = Outcome {
-        agent,
-        ic,
-        rule,
-        baselines,
-    };
+    let out = Outcome(
+        evaluate_policy(&cfg.env_setup(), &market, &bt, policy, &mut [&mut rule]).unwrap(),
+    );
     eprintln!("{}", out.report());
     out
 }
@@ -149,7 +126,7 @@ fn train_and_evaluate(strength: f64) -> Outcome {
 fn planted_signal_is_learned_and_beats_the_baselines_out_of_sample() {
     let o = train_and_evaluate(1.0);
     let report = o.report();
-    let m = &o.agent.metrics;
+    let m = &o.0.policy.metrics;
     assert!(m.turnover > 0.0, "the policy never trades:\n{report}");
     for b in Baseline::ALL {
         let bm = &o.baseline(b).metrics;
@@ -160,20 +137,20 @@ fn planted_signal_is_learned_and_beats_the_baselines_out_of_sample() {
         );
     }
     for b in [Baseline::EqualWeight, Baseline::Spy] {
-        let c = compare(&o.agent, o.baseline(b)).unwrap();
+        let c = o.0.comparison(b).unwrap();
         assert!(c.sharpe_z() > 2.0, "not beyond noise: {}", c.line());
     }
     // Its decisions carry the signal: P(long) correlates with the next bar's return.
-    assert!(o.ic.z > 2.0, "{}", o.ic.line());
+    assert!(o.0.decision_ic.z > 2.0, "{}", o.0.decision_ic.line());
     // The market allows it: the scripted rule also beats buy-and-hold here.
-    assert!(o.rule.metrics.sharpe > o.baseline(Baseline::Spy).metrics.sharpe);
+    assert!(o.rule().metrics.sharpe > o.baseline(Baseline::Spy).metrics.sharpe);
 }
 
 #[test]
 fn without_a_signal_it_does_not_beat_buy_and_hold_beyond_noise() {
     let o = train_and_evaluate(0.0);
     for b in [Baseline::EqualWeight, Baseline::Spy] {
-        let c = compare(&o.agent, o.baseline(b)).unwrap();
+        let c = o.0.comparison(b).unwrap();
         assert!(
             c.sharpe_z() < 2.0 && c.return_z() < 2.0,
             "beats {} beyond noise without a signal (leakage?): {}\n{}",
@@ -184,7 +161,11 @@ fn without_a_signal_it_does_not_beat_buy_and_hold_beyond_noise() {
     }
     // Its decisions carry no information about the next bar (a leak of bar t+1's sentiment into
     // the observation, tried as a mutation, gave z = 6.3 here while the P&L checks above passed).
-    assert!(o.ic.z.abs() < 2.0, "{}", o.ic.line());
+    assert!(
+        o.0.decision_ic.z.abs() < 2.0,
+        "{}",
+        o.0.decision_ic.line()
+    );
     // Nor does the scripted rule, which needs the signal.
-    assert!(o.rule.metrics.sharpe < o.baseline(Baseline::Spy).metrics.sharpe);
+    assert!(o.rule().metrics.sharpe < o.baseline(Baseline::Spy).metrics.sharpe);
 }

@@ -12,15 +12,18 @@ use marl_trade::Error;
 use marl_trade::agents::{MlpActorCritic, MlpConfig};
 use marl_trade::train::cartpole::CartPoleVec;
 use marl_trade::train::checkpoint::read_policy_config;
-use marl_trade::train::{Metrics, MetricsWriter, Ppo, PpoConfig, VecEnv};
+use marl_trade::train::{Metrics, MetricsWriter, Ppo, PpoConfig, TrainEnv};
 
 type Trainer = Ppo<CartPoleVec, MlpActorCritic>;
+
+/// CleanRL's `num_envs` for CartPole (the environment's size, not a PPO hyperparameter here).
+const NUM_ENVS: usize = 4;
 
 fn trainer(cfg: &PpoConfig, mlp: &MlpConfig) -> Trainer {
     let dev = Device::Cpu;
     let vm = VarMap::new();
     let policy = MlpActorCritic::build(4, 2, mlp, &vm, cfg.seed, &dev).unwrap();
-    let env = CartPoleVec::new(cfg.num_envs, &dev);
+    let env = CartPoleVec::new(NUM_ENVS, &dev);
     Ppo::new(
         cfg.clone(),
         env,
@@ -38,7 +41,7 @@ fn resume(dir: &Path) -> marl_trade::Result<Trainer> {
     let vm = VarMap::new();
     // The seed does not matter: every parameter is overwritten from the checkpoint.
     let policy = MlpActorCritic::build(4, 2, &mlp, &vm, 12345, &dev)?;
-    Ppo::resume(dir, CartPoleVec::new(st.ppo.num_envs, &dev), policy, vm)
+    Ppo::resume(dir, CartPoleVec::new(st.num_envs, &dev), policy, vm)
 }
 
 /// Mean return of the episodes that ended in the last `k` iterations.
@@ -92,7 +95,7 @@ fn short_run_beats_random_policy() {
         t.global_step(),
         start.elapsed().as_secs_f64()
     );
-    assert_eq!(ms.len(), cfg.num_iterations());
+    assert_eq!(ms.len(), cfg.num_iterations(NUM_ENVS));
     assert!(ret >= 100.0, "mean return {ret:.1} < 100");
     // The log has one parseable line per iteration, with every metric by name.
     let logged = marl_trade::train::metrics::read_metrics(&log_path).unwrap();

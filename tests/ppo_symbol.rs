@@ -11,11 +11,12 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use marl_trade::Result;
-use marl_trade::agents::encoder::EncoderConfig;
 use marl_trade::agents::init::seeded_var_builder;
-use marl_trade::agents::symbol::{AgentConfig, DenseWindows, SymbolAgent, SymbolObs, SymbolPolicy};
+use marl_trade::agents::{
+    AgentConfig, AgentDims, DenseWindows, EncoderConfig, SymbolAgent, SymbolObs, SymbolPolicy,
+};
 use marl_trade::error::Error;
-use marl_trade::train::{EpisodeInfo, Ppo, PpoConfig, ResumableRng, StepOut, VecEnv};
+use marl_trade::train::{EpisodeInfo, Ppo, PpoConfig, ResumableRng, StepOut, TrainEnv};
 
 const A: usize = 7;
 const EPISODE: usize = 16;
@@ -61,7 +62,7 @@ impl ToyMarket {
     }
 }
 
-impl VecEnv for ToyMarket {
+impl TrainEnv for ToyMarket {
     type Obs = SymbolObs;
 
     fn num_envs(&self) -> usize {
@@ -150,26 +151,26 @@ impl VecEnv for ToyMarket {
 fn symbol_agent_learns_through_ppo_with_masks() {
     let (n, s) = (4, 3);
     let cfg = AgentConfig {
-        symbols: s,
         encoder: EncoderConfig::tiny(),
         head_hidden: 16,
         ..AgentConfig::default()
     };
+    let dims = AgentDims::trading(s);
     let dev = Device::Cpu;
     let vm = VarMap::new();
-    let agent = SymbolAgent::new(&cfg, seeded_var_builder(&vm, 1, DType::F32, &dev)).unwrap();
+    let agent =
+        SymbolAgent::new(&cfg, dims, seeded_var_builder(&vm, 1, DType::F32, &dev)).unwrap();
     let src = Arc::new(DenseWindows::random(
         1,
         400,
         s,
-        cfg.encoder.window,
-        cfg.encoder.features,
+        dims.window.window,
+        dims.window.features,
         2,
     ));
     let policy = SymbolPolicy::new(agent, src, &dev).unwrap();
-    let env = ToyMarket::new(n, s, cfg.dyn_obs, 400);
+    let env = ToyMarket::new(n, s, dims.dyn_obs, 400);
     let ppo_cfg = PpoConfig {
-        num_envs: n,
         num_steps: 32,
         total_timesteps: 12 * 128,
         learning_rate: 3e-3,

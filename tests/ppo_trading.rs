@@ -8,12 +8,11 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
-use marl_trade::agents::encoder::EncoderConfig;
 use marl_trade::agents::init::seeded_var_builder;
-use marl_trade::agents::symbol::{AgentConfig, SymbolAgent, SymbolPolicy};
+use marl_trade::agents::{AgentConfig, AgentDims, EncoderConfig, SymbolAgent, SymbolPolicy};
 use marl_trade::env::{BackendKind, Period, VecEnv as MarketEnv};
 use marl_trade::features::Features;
-use marl_trade::train::{Metrics, Ppo, PpoConfig, TradingEnv, VecEnv};
+use marl_trade::train::{Metrics, Ppo, PpoConfig, TradingEnv, TrainEnv};
 use marl_trade::{Config, data};
 
 struct Run {
@@ -36,20 +35,28 @@ fn parts(seed: u64) -> (TradingEnv, SymbolPolicy, VarMap, AgentConfig) {
     let md = Arc::new(data::generate(&cfg.data.synthetic, "SPY"));
     let feats = Arc::new(Features::compute(&md));
     let dev = Device::Cpu;
-    let market = MarketEnv::new(&cfg, md, feats.clone(), Period::Train, BackendKind::Cpu).unwrap();
+    let market = MarketEnv::new(
+        &cfg.env_setup(),
+        md,
+        feats.clone(),
+        Period::Train,
+        BackendKind::Cpu,
+    )
+    .unwrap();
     let env = TradingEnv::new(market, cfg.master.default_action, &dev).unwrap();
 
     let mut encoder = EncoderConfig::tiny();
     encoder.graph.enabled = false;
     let acfg = AgentConfig {
-        symbols: 4,
         encoder,
         head_hidden: 16,
         ..AgentConfig::default()
     };
-    assert_eq!(acfg.dyn_obs, env.obs_dim());
+    let dims = AgentDims::trading(4);
+    assert_eq!(dims.dyn_obs, env.obs_dim());
     let vm = VarMap::new();
-    let agent = SymbolAgent::new(&acfg, seeded_var_builder(&vm, seed, DType::F32, &dev)).unwrap();
+    let agent =
+        SymbolAgent::new(&acfg, dims, seeded_var_builder(&vm, seed, DType::F32, &dev)).unwrap();
     let policy = SymbolPolicy::new(agent, feats, &dev).unwrap();
     (env, policy, vm, acfg)
 }
@@ -58,7 +65,6 @@ fn trainer(seed: u64) -> Trainer {
     let (env, policy, vm, acfg) = parts(seed);
     let ppo_cfg = PpoConfig {
         seed,
-        num_envs: 2,
         num_steps: 32,
         total_timesteps: 3 * 2 * 32,
         learning_rate: 1e-3,

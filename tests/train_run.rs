@@ -1,7 +1,8 @@
-//! `train::run` as a library: a checkpoint refuses data with other symbols than it was trained on.
+//! `run` (training runs) as a library: a checkpoint refuses data with other symbols than it was trained on.
 
 use marl_trade::eval::AgentPolicy;
-use marl_trade::train::run::{Market, TrainOptions, train};
+use marl_trade::market::Market;
+use marl_trade::run::{TrainOptions, train};
 use marl_trade::{Config, data};
 
 #[test]
@@ -26,7 +27,8 @@ fn a_checkpoint_refuses_data_with_other_symbols() {
     let other = Market::from_data(renamed);
     let err = AgentPolicy::from_checkpoint("ppo", &report.checkpoint, &other, master)
         .err()
-        .expect("refused")
-        .to_string();
+        .expect("refused");
+    assert_eq!(err.kind(), marl_trade::ErrorKind::SymbolMismatch);
+    let err = err.to_string();
     assert!(err.contains("symbols.txt") && err.contains("S001"), "{err}");
 }

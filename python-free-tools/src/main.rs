@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use marl_trade::config::{AlignPolicy, DataConfig};
+use marl_trade::data::{AlignPolicy, DataConfig};
 use marl_trade::data::{self, MarketData};
 
 #[derive(Parser)]

@@ -24,12 +24,13 @@ scenarios that sit at the same bar shares one encoder pass (see [`super::symbol`
 ```
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use marl_trade::agents::{encoder::{EncoderConfig, SharedEncoder}, init::seeded_var_builder};
+use marl_trade::agents::{encoder::{EncoderConfig, SharedEncoder, WindowShape}, init::seeded_var_builder};
 
 let cfg = EncoderConfig::tiny();
 let vm = VarMap::new();
-let enc = SharedEncoder::new(&cfg, seeded_var_builder(&vm, 0, DType::F32, &Device::Cpu))?;
-let windows = Tensor::zeros((2, 5, cfg.window, cfg.features), DType::F32, &Device::Cpu)?;
+let shape = WindowShape::TECH; // 24 bars x 23 features, the feature array's windows
+let enc = SharedEncoder::new(&cfg, shape, seeded_var_builder(&vm, 0, DType::F32, &Device::Cpu))?;
+let windows = Tensor::zeros((2, 5, shape.window, shape.features), DType::F32, &Device::Cpu)?;
 let adj = Tensor::zeros((5, 5), DType::F32, &Device::Cpu)?;
 assert_eq!(enc.forward(&windows, Some(&adj))?.dims(), &[2, 5, cfg.embed_dim]);
 # Ok::<(), Box<dyn std::error::Error>>(())
@@ -46,14 +47,28 @@ use super::graph::GraphMessagePassing;
 use super::norm::LayerNorm;
 use crate::error::Error;
 
+/// The shape of one symbol's window, `[window, features]`: not configuration, it is the shape of
+/// the data the encoder reads (the feature array's, [`WindowShape::TECH`], in the trading system).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowShape {
+    /// Bars per window.
+    pub window: usize,
+    /// Features per bar.
+    pub features: usize,
+}
+
+impl WindowShape {
+    /// The technical windows of the feature array: `features::WINDOW` bars x `features::N_TECH`.
+    pub const TECH: Self = Self {
+        window: crate::features::WINDOW,
+        features: crate::features::N_TECH,
+    };
+}
+
 /// Sizes and switches of the shared encoder. Defaults are the design sizes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EncoderConfig {
-    /// Bars per window (`features::WINDOW`).
-    pub window: usize,
-    /// Features per bar (`features::N_TECH`).
-    pub features: usize,
     /// Size of the fused embedding.
     pub embed_dim: usize,
     pub transformer: TransformerConfig,
@@ -65,8 +80,6 @@ pub struct EncoderConfig {
 impl Default for EncoderConfig {
     fn default() -> Self {
         Self {
-            window: crate::features::WINDOW,
-            features: crate::features::N_TECH,
             embed_dim: 256,
             transformer: TransformerConfig::default(),
             lstm: LstmConfig::default(),
@@ -196,19 +209,12 @@ impl EncoderConfig {
                 k: 2,
                 lookback: 16,
             },
-            ..Self::default()
         }
     }
 
     /// Check the sizes; an error names the offending field (`origin` names the config source).
     pub fn validate(&self, origin: &str) -> crate::Result<()> {
         let bad = |field: &str, why: &str| Err(Error::config_field(origin, field, why.to_string()));
-        if self.window == 0 {
-            return bad("encoder.window", "must be >= 1");
-        }
-        if self.features == 0 {
-            return bad("encoder.features", "must be >= 1");
-        }
         if self.embed_dim == 0 {
             return bad("encoder.embed_dim", "must be >= 1");
         }
@@ -472,6 +478,7 @@ impl Module for Cnn1d {
 #[derive(Debug, Clone)]
 pub struct SharedEncoder {
     cfg: EncoderConfig,
+    shape: WindowShape,
     transformer: Option<TransformerEncoder>,
     lstm: Option<BiLstm>,
     cnn: Option<Cnn1d>,
@@ -481,12 +488,17 @@ pub struct SharedEncoder {
 
 impl SharedEncoder {
     /// Sub-modules live under `transformer`, `lstm`, `cnn`, `graph_in`, `graph`, `fuse`.
-    pub fn new(cfg: &EncoderConfig, vb: VarBuilder) -> crate::Result<Self> {
+    pub fn new(cfg: &EncoderConfig, shape: WindowShape, vb: VarBuilder) -> crate::Result<Self> {
         cfg.validate("encoder")?;
+        if shape.window == 0 || shape.features == 0 {
+            return Err(Error::invalid(format!(
+                "encoder: window shape {shape:?} must be non-empty"
+            )));
+        }
         let transformer = if cfg.transformer.enabled {
             Some(TransformerEncoder::new(
-                cfg.window,
-                cfg.features,
+                shape.window,
+                shape.features,
                 &cfg.transformer,
                 vb.pp("transformer"),
             )?)
@@ -494,12 +506,12 @@ impl SharedEncoder {
             None
         };
         let lstm = if cfg.lstm.enabled {
-            Some(BiLstm::new(cfg.features, cfg.lstm.hidden, vb.pp("lstm"))?)
+            Some(BiLstm::new(shape.features, cfg.lstm.hidden, vb.pp("lstm"))?)
         } else {
             None
         };
         let cnn = if cfg.cnn.enabled {
-            Some(Cnn1d::new(cfg.features, &cfg.cnn, vb.pp("cnn"))?)
+            Some(Cnn1d::new(shape.features, &cfg.cnn, vb.pp("cnn"))?)
         } else {
             None
         };
@@ -516,6 +528,7 @@ impl SharedEncoder {
         let fuse = candle_nn::linear(fuse_in, cfg.embed_dim, vb.pp("fuse"))?;
         Ok(Self {
             cfg: cfg.clone(),
+            shape,
             transformer,
             lstm,
             cnn,
@@ -524,8 +537,14 @@ impl SharedEncoder {
         })
     }
 
+    /// The configuration it was built from.
     pub fn config(&self) -> &EncoderConfig {
         &self.cfg
+    }
+
+    /// The window shape it reads.
+    pub fn shape(&self) -> WindowShape {
+        self.shape
     }
 
     /// Whether [`forward`](Self::forward) needs an adjacency.
@@ -556,11 +575,11 @@ impl SharedEncoder {
     /// is on. Returns `[G, S, embed_dim]`.
     pub fn forward(&self, windows: &Tensor, adjacency: Option<&Tensor>) -> Result<Tensor> {
         let (g, s, w, f) = windows.dims4()?;
-        if w != self.cfg.window || f != self.cfg.features {
+        if w != self.shape.window || f != self.shape.features {
             candle_core::bail!(
-                "encoder: windows are [{g}, {s}, {w}, {f}], the config needs [_, _, {}, {}]",
-                self.cfg.window,
-                self.cfg.features
+                "encoder: windows are [{g}, {s}, {w}, {f}], the encoder reads [_, _, {}, {}]",
+                self.shape.window,
+                self.shape.features
             )
         }
         let x = windows.to_dtype(DType::F32)?.reshape((g * s, w, f))?;
@@ -593,12 +612,13 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    fn windows(g: usize, s: usize, cfg: &EncoderConfig, dev: &Device) -> Result<Tensor> {
-        let n = g * s * cfg.window * cfg.features;
+    fn windows(g: usize, s: usize, dev: &Device) -> Result<Tensor> {
+        let WindowShape { window, features } = WindowShape::TECH;
+        let n = g * s * window * features;
         let v: Vec<f32> = (0..n)
             .map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0)
             .collect();
-        Tensor::from_vec(v, (g, s, cfg.window, cfg.features), dev)
+        Tensor::from_vec(v, (g, s, window, features), dev)
     }
 
     #[test]
@@ -613,9 +633,10 @@ mod tests {
             let vm = candle_nn::VarMap::new();
             let enc = SharedEncoder::new(
                 &cfg,
+                WindowShape::TECH,
                 crate::agents::init::seeded_var_builder(&vm, 1, DType::F32, &dev),
             )?;
-            let x = windows(2, 3, &cfg, &dev)?;
+            let x = windows(2, 3, &dev)?;
             let adj = Tensor::from_vec(vec![0f32, 1., 0., 0.5, 0., 0.5, 1., 0., 0.], (3, 3), &dev)?;
             let y = enc.forward(&x, Some(&adj))?;
             assert_eq!(y.dims(), &[2, 3, cfg.embed_dim]);

@@ -6,7 +6,7 @@ for the value output, zero biases. Used for CartPole and as the reference policy
 ```
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use marl_trade::agents::{mlp::{MlpActorCritic, MlpConfig}, Policy};
+use marl_trade::agents::{mlp::{MlpActorCritic, MlpConfig}, ActorCritic};
 
 let vm = VarMap::new();
 let p = MlpActorCritic::build(4, 2, &MlpConfig::default(), &vm, 1, &Device::Cpu)?;
@@ -21,7 +21,7 @@ use candle_nn::{Linear, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
 use super::init::{constant_, orthogonal_, seeded_var_builder, tensor_rng};
-use super::policy::Policy;
+use super::policy::ActorCritic;
 
 /// Sizes of the MLP actor-critic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -145,7 +145,7 @@ impl MlpActorCritic {
     }
 }
 
-impl Policy for MlpActorCritic {
+impl ActorCritic for MlpActorCritic {
     type Obs = Tensor;
 
     fn forward(&self, obs: &Tensor) -> crate::Result<(Tensor, Tensor)> {

@@ -10,14 +10,19 @@ Layers follow candle-nn's style: a small struct, a constructor taking a `VarBuil
   and its [`EncoderConfig`].
 - [`graph`]: the causal correlation graph and message passing over symbols.
 - [`heads`]: symbol-specific actor/critic heads as one batched matmul.
-- [`symbol`]: the symbol agent, its PPO adapter and the window sources.
+- [`config`]: the `[agent]` section ([`AgentConfig`]) and the sizes taken from the data ([`AgentDims`]).
+- [`symbol`]: the symbol agent ([`SymbolAgent`]: encoder + heads).
+- [`windows`]: where windows come from ([`WindowSource`]).
+- [`symbol_policy`]: the symbol agent as an [`ActorCritic`] over [`SymbolObs`], encoding each
+  distinct `(path, bar)` once.
 - [`dist`]: the masked categorical distribution.
 - [`mlp`]: CleanRL's MLP actor-critic (CartPole).
-- [`policy`]: the [`Policy`] and [`ObsBatch`] traits the trainer is generic over.
+- [`policy`]: the [`ActorCritic`] and [`ObsBatch`] traits the trainer is generic over.
 - [`init`]: seeded, order-independent initialisation (candle's CPU RNG cannot be seeded).
 */
 
 pub mod attention;
+pub mod config;
 pub mod dist;
 pub mod encoder;
 pub mod graph;
@@ -27,12 +32,17 @@ pub mod mlp;
 pub mod norm;
 pub mod policy;
 pub mod symbol;
+pub mod symbol_policy;
+pub mod windows;
 
 pub use attention::MultiHeadAttention;
 pub use dist::MaskedCategorical;
-pub use encoder::{EncoderConfig, SharedEncoder};
+pub use config::{AgentConfig, AgentDims, AgentSpec};
+pub use encoder::{EncoderConfig, SharedEncoder, WindowShape};
 pub use graph::{GraphMessagePassing, correlation_graph};
 pub use heads::SymbolHeads;
 pub use mlp::{MlpActorCritic, MlpConfig};
-pub use policy::{ObsBatch, Policy};
-pub use symbol::{AgentConfig, SymbolAgent, SymbolObs, SymbolPolicy, WindowSource};
+pub use policy::{ActorCritic, ObsBatch};
+pub use symbol::SymbolAgent;
+pub use symbol_policy::{SymbolObs, SymbolPolicy, zero_dyn_obs};
+pub use windows::{DenseWindows, WindowSource};

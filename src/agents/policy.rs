@@ -7,8 +7,8 @@ a set of units, so all symbols of a scenario stay together (the symbol heads nee
 
 - [`ObsBatch`]: what a policy reads, batched over units; it can be concatenated over the steps of a
   rollout and indexed by unit. A plain `Tensor` (`[units, ...]`) is one; the trading environment's
-  [`SymbolObs`](super::symbol::SymbolObs) stores only the dynamic observation and a window index.
-- [`Policy`]: unmasked logits and values for every row of a batch.
+  [`SymbolObs`](super::symbol_policy::SymbolObs) stores only the dynamic observation and a window index.
+- [`ActorCritic`]: unmasked logits and values for every row of a batch.
 */
 
 use candle_core::{Device, Tensor};
@@ -42,7 +42,8 @@ impl ObsBatch for Tensor {
 }
 
 /// An actor-critic over discrete actions.
-pub trait Policy {
+pub trait ActorCritic {
+    /// The observation batch it reads.
     type Obs: ObsBatch;
 
     /// Unmasked logits `[R, A]` and state values `[R]` for the `R = units x agents_per_env` rows of

@@ -63,7 +63,7 @@ use std::path::{Path, PathBuf};
 use polars::prelude::*;
 
 use super::{MACRO, MarketData};
-use crate::config::{AlignPolicy, DataConfig, DataSource};
+use super::config::{AlignPolicy, DataConfig, DataSource};
 use crate::error::{Error, Location, Result};
 
 /// Load one long-format file; the benchmark (`cfg.benchmark`) must be one of its symbols.
@@ -140,6 +140,35 @@ pub fn load_files(paths: &[PathBuf], cfg: &DataConfig) -> Result<MarketData> {
     let md = align(&all, cfg, &origin)?;
     md.validate(&origin.display().to_string())?;
     Ok(md)
+}
+
+/// The market data of a command: `file` when given (one file, or several separated by commas),
+/// else the configured source ([`load`]). Also returns a description of where it came from (the
+/// file names, or the synthetic generator's seed and signal) for reports.
+pub fn load_source(cfg: &DataConfig, file: Option<&Path>) -> Result<(MarketData, String)> {
+    if let Some(f) = file {
+        let text = f.to_string_lossy();
+        let paths: Vec<PathBuf> = text
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .collect();
+        let md = load_files(&paths, cfg)?;
+        return Ok((md, text.into_owned()));
+    }
+    let md = load(cfg)?;
+    let origin = match cfg.source {
+        DataSource::File => cfg.path.clone().unwrap_or_default(),
+        DataSource::Synthetic => {
+            let s = &cfg.synthetic;
+            format!(
+                "synthetic (seed {}, signal {} {:?})",
+                s.seed, s.signal_strength, s.signal_kind
+            )
+        }
+    };
+    Ok((md, origin))
 }
 
 /// Load market data as configured: `source = "synthetic"` generates it; `source = "file"` loads

@@ -8,10 +8,12 @@ series `[P, T, MACRO]` (a short rate, annualised, and a VIX-like index in volati
 Real data has P = 1.
 */
 
+pub mod config;
 pub mod loader;
 pub mod synthetic;
 
-pub use loader::{load, load_file, load_files};
+pub use config::{AlignPolicy, DataConfig, DataSource, SignalKind, SyntheticConfig};
+pub use loader::{load, load_file, load_files, load_source};
 pub use synthetic::{generate, write_parquet};
 
 /// Number of macro series: (short rate, VIX-like index).

@@ -107,7 +107,7 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use super::{MACRO, MarketData};
-use crate::config::{SignalKind, SyntheticConfig};
+use super::config::{SignalKind, SyntheticConfig};
 use crate::error::{Error, Location, Result};
 use crate::rng::SplitMix64;
 
@@ -663,15 +663,11 @@ pub fn write_parquet(md: &MarketData, path: &Path) -> Result<()> {
     let mut df =
         DataFrame::new(rows, columns).map_err(|e| err(format!("cannot build frame: {e}")))?;
 
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let res = ParquetWriter::new(file).finish(&mut df);
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(err(format!("cannot write parquet: {e}")));
-    }
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    Ok(())
+    crate::atomic::write_with(path, |tmp| {
+        let file = std::fs::File::create(tmp).map_err(|e| Error::io(path, e))?;
+        ParquetWriter::new(file)
+            .finish(&mut df)
+            .map(|_| ())
+            .map_err(|e| err(format!("cannot write parquet: {e}")))
+    })
 }

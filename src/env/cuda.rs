@@ -149,10 +149,7 @@ fn cached_ptx(arch: &str) -> Result<Arc<Vec<CompiledProgram>>> {
 }
 
 fn backend_err(message: impl Into<String>) -> Error {
-    Error::Backend {
-        backend: "cuda",
-        message: message.into(),
-    }
+    Error::backend("cuda", message)
 }
 
 fn drv(what: &str) -> impl FnOnce(DriverError) -> Error + '_ {
@@ -253,7 +250,7 @@ pub fn step_smem_bytes(s: usize, block: usize, carry: bool) -> usize {
 
 impl CudaBackend {
     /// Build the backend on GPU 0: checks for the driver, compiles (once per process) and loads the
-    /// kernels, uploads the data and allocates the state. Errors are `Error::Backend`.
+    /// kernels, uploads the data and allocates the state. Errors are of kind `ErrorKind::BackendUnavailable`.
     pub fn new(layout: EnvLayout, data: Arc<MarketData>, features: Arc<Features>) -> Result<Self> {
         // SAFETY: only probes whether the driver library can be dlopen'ed; no CUDA call is made.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {

@@ -5,7 +5,7 @@ directive (§3), the action mask (§4.2), order sizing (§4.3). Together with [`
 mirrors each function for the CUDA backend and `tests/host_parity.rs` checks they agree.
 */
 
-use crate::config::Config;
+use super::config::EnvSetup;
 use crate::costs::CostParams;
 use crate::reward::RewardParams;
 
@@ -54,7 +54,8 @@ pub struct StepParams {
 }
 
 impl StepParams {
-    pub fn new(cfg: &Config, n_symbols: usize, bars_per_year: f64) -> Self {
+    /// The parameters of `setup` for `n_symbols` symbols at `bars_per_year` bars a year.
+    pub fn new(cfg: &EnvSetup, n_symbols: usize, bars_per_year: f64) -> Self {
         let r = &cfg.risk;
         let m = &cfg.master;
         let arr4 = |v: &[f64]| [v[0], v[1], v[2], v[3]];

@@ -6,27 +6,33 @@ The vectorised environment: N parallel market scenarios x S symbols behind one b
 work to a [`Backend`]: [`cpu::CpuBackend`] (the reference, rayon over scenarios) or, with the
 `cuda` feature, `cuda::CudaBackend`. Both implement docs/env-spec.md.
 
+The environment is built from an [`EnvSetup`] (its own config sections and those of costs and
+reward), never from the whole application configuration:
+
 ```
 use std::sync::Arc;
-use marl_trade::{Config, data, features::Features, env::{VecEnv, Period, BackendKind}};
+use marl_trade::data::{self, SyntheticConfig};
+use marl_trade::features::Features;
+use marl_trade::env::{BackendKind, EnvSetup, Period, VecEnv};
 
-let mut cfg = Config::default();
-cfg.data.synthetic.symbols = 4;
-cfg.data.synthetic.bars = 400;
-cfg.env.scenarios = 2;
-cfg.env.episode_len = 16;
-let md = Arc::new(data::generate(&cfg.data.synthetic, "SPY"));
+let synth = SyntheticConfig { symbols: 4, bars: 400, ..SyntheticConfig::default() };
+let md = Arc::new(data::generate(&synth, "SPY"));
 let feats = Arc::new(Features::compute(&md));
-let mut env = VecEnv::new(&cfg, md, feats, Period::Train, BackendKind::Cpu).unwrap();
-env.reset(1).unwrap();
+let mut setup = EnvSetup::default();
+setup.env.scenarios = 2;
+setup.env.episode_len = 16;
+let mut env = VecEnv::new(&setup, md, feats, Period::Train, BackendKind::Cpu)?;
+env.reset(1)?;
 let actions = vec![1u8; env.n_scenarios() * env.n_symbols()]; // BUY_SMALL everywhere
-let master = vec![cfg.master.default_action as u8; env.n_scenarios()];
-let out = env.step(&actions, &master).unwrap();
+let master = vec![setup.master.default_action as u8; env.n_scenarios()];
+let out = env.step(&actions, &master)?;
 assert_eq!(out.reward.len(), 2 * 4);
+# Ok::<(), marl_trade::Error>(())
 ```
 */
 
 pub mod abi;
+pub mod config;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -36,12 +42,12 @@ pub mod obs;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::config::Config;
 use crate::data::MarketData;
 use crate::error::{Error, Result};
 use crate::features::{Features, WARMUP};
 use crate::reward::{ComponentStat, ComponentSums, N_COMPONENTS, RewardShaper};
 
+pub use config::{EnvConfig, EnvSetup, MasterConfig, RiskConfig};
 pub use logic::{MASTER_ACTIONS, N_ACTIONS, StepParams};
 
 /// Which backend runs the environment.
@@ -64,7 +70,7 @@ impl FromStr for BackendKind {
     }
 }
 
-/// Which bars an environment plays (spec §1).
+/// Which bars an environment plays (spec §1). Parsed from `train`, `test` or `LO..HI`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Period {
     /// `[0, floor(T * train_fraction))`
@@ -73,6 +79,25 @@ pub enum Period {
     Test,
     /// An explicit `[lo, hi)`.
     Bars(usize, usize),
+}
+
+impl FromStr for Period {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "train" => Ok(Period::Train),
+            "test" => Ok(Period::Test),
+            other => other
+                .split_once("..")
+                .and_then(|(a, b)| Some(Period::Bars(a.trim().parse().ok()?, b.trim().parse().ok()?)))
+                .filter(|p| matches!(p, Period::Bars(a, b) if a < b))
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "unknown period `{other}` (expected train, test or LO..HI with LO < HI)"
+                    ))
+                }),
+        }
+    }
 }
 
 /// Sizes and the bar range of an environment, fixed at construction.
@@ -93,7 +118,8 @@ pub struct EnvLayout {
 }
 
 impl EnvLayout {
-    pub fn new(cfg: &Config, md: &MarketData, period: Period) -> Result<Self> {
+    /// The layout of an environment of `cfg` over `period` of `md`.
+    pub fn new(cfg: &EnvSetup, md: &MarketData, period: Period) -> Result<Self> {
         let t = md.bars;
         let split = (t as f64 * cfg.env.train_fraction).floor() as usize;
         let (lo, hi) = match period {
@@ -309,12 +335,11 @@ fn make_cuda(
 
 #[cfg(not(feature = "cuda"))]
 fn make_cuda(_: EnvLayout, _: Arc<MarketData>, _: Arc<Features>) -> Result<Box<dyn Backend>> {
-    Err(Error::Backend {
-        backend: "cuda",
-        message: "this binary was built without the `cuda` feature; rebuild with \
-                  `cargo build --release --features cuda`"
-            .into(),
-    })
+    Err(Error::backend(
+        "cuda",
+        "this binary was built without the `cuda` feature; rebuild with \
+         `cargo build --release --features cuda`",
+    ))
 }
 
 /// The batched environment.
@@ -332,7 +357,7 @@ pub struct VecEnv {
 impl VecEnv {
     /// An environment over `period` of `data`, on the chosen backend.
     pub fn new(
-        cfg: &Config,
+        cfg: &EnvSetup,
         data: Arc<MarketData>,
         features: Arc<Features>,
         period: Period,

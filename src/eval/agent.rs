@@ -1,17 +1,17 @@
 /*!
-A trained symbol policy as a backtest [`Policy`], with the config's `master.default_action` for every
+A trained symbol policy as a backtest [`BacktestPolicy`], with the config's `master.default_action` for every
 scenario (the master is not trained yet, so it plays the directive the symbol agents were trained
 under). Two modes, both reproducible:
 
 - [`ActMode::Greedy`] (the default): the most probable legal action per symbol (ties go to the lower
   action index);
 - [`ActMode::Sample`]: an action drawn from the masked policy distribution, as in training, from a
-  [`SplitMix64`] stream seeded by the given seed (restarted by [`Policy::reset`], so two runs are
+  [`SplitMix64`] stream seeded by the given seed (restarted by [`BacktestPolicy::reset`], so two runs are
   identical).
 
 [`AgentPolicy::from_checkpoint`] rebuilds the network from a checkpoint's stored agent
 configuration and loads its parameters, refusing a checkpoint whose tensors do not fit (names and
-shapes checked, `Error::Shape` names the tensor), and data whose symbols are not the ones it was trained
+shapes checked, a [`ErrorKind::Shape`](crate::ErrorKind::Shape) error names the tensor), and data whose symbols are not the ones it was trained
 on (`symbols.txt`, in order).
 */
 
@@ -19,16 +19,17 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::baselines::{Policy, PolicyView};
-use crate::agents::Policy as _;
+use super::baselines::{BacktestPolicy, PolicyView};
+use crate::agents::ActorCritic as _;
 use crate::agents::dist::sample_row;
-use crate::agents::symbol::{AgentConfig, SymbolObs, SymbolPolicy};
+use crate::agents::{AgentSpec, SymbolObs, SymbolPolicy};
 use crate::env::N_ACTIONS;
 use crate::env::obs::DYN_OBS;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
+use crate::market::Market;
 use crate::rng::SplitMix64;
 use crate::train::checkpoint::{self, MODEL_FILE};
-use crate::train::run::{Market, build_policy};
+use crate::train::setup::build_policy;
 
 /// How [`AgentPolicy`] turns the policy's distribution into actions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,9 +43,11 @@ pub enum ActMode {
 /// One symbol decision of a traced run ([`AgentPolicy::with_trace`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Decision {
+    /// The data path.
     pub path: u32,
     /// The decision bar `t` (the order fills at the open of `t + 1`).
     pub bar: u32,
+    /// The symbol's index.
     pub symbol: u32,
     /// Probability, under the masked policy distribution, that the symbol is held after the step:
     /// `P(BUY_*)` (any size) when flat, `1 - P(SELL_ALL) - P(SELL_PARTIAL) / 2` when held.
@@ -62,6 +65,7 @@ pub struct AgentPolicy {
 }
 
 impl AgentPolicy {
+    /// `policy` playing under the fixed master directive `master_action`, greedily.
     pub fn new(name: impl Into<String>, policy: SymbolPolicy, master_action: u32) -> Result<Self> {
         if master_action as usize >= crate::env::MASTER_ACTIONS {
             return Err(Error::invalid(format!(
@@ -92,7 +96,7 @@ impl AgentPolicy {
         }
     }
 
-    /// The policy of the checkpoint directory `dir` (see `train::run::resolve_checkpoint`) over
+    /// The policy of the checkpoint directory `dir` (see `run::resolve_checkpoint`) over
     /// `market`.
     pub fn from_checkpoint(
         name: impl Into<String>,
@@ -100,16 +104,19 @@ impl AgentPolicy {
         market: &Market,
         master_action: u32,
     ) -> Result<Self> {
-        let acfg: AgentConfig = checkpoint::read_policy_config(dir)?;
-        if acfg.symbols != market.data.n_symbols() {
-            return Err(Error::invalid(format!(
-                "{}: the checkpoint's agent has {} symbols, the data {}",
-                dir.display(),
-                acfg.symbols,
-                market.data.n_symbols()
-            )));
+        let spec: AgentSpec = checkpoint::read_policy_config(dir)?;
+        if spec.dims.symbols != market.data.n_symbols() {
+            return Err(Error::new(
+                ErrorKind::SymbolMismatch,
+                format!(
+                    "the checkpoint's agent has {} symbols, the data {}",
+                    spec.dims.symbols,
+                    market.data.n_symbols()
+                ),
+            )
+            .with_file(dir));
         }
-        let names_path = dir.join(crate::train::run::SYMBOLS_FILE);
+        let names_path = dir.join(crate::run::SYMBOLS_FILE);
         if names_path.is_file() {
             let text =
                 std::fs::read_to_string(&names_path).map_err(|e| Error::io(&names_path, e))?;
@@ -120,14 +127,17 @@ impl AgentPolicy {
                 .enumerate()
                 .find(|(_, (a, b))| **a != b.as_str())
             {
-                return Err(Error::invalid(format!(
-                    "{}: symbol {i} is `{a}` in training, `{b}` in this data (same symbols in the \
-                     same order needed)",
-                    names_path.display()
-                )));
+                return Err(Error::new(
+                    ErrorKind::SymbolMismatch,
+                    format!(
+                        "symbol {i} is `{a}` in training, `{b}` in this data (same symbols in the \
+                         same order needed)"
+                    ),
+                )
+                .with_file(&names_path));
             }
         }
-        let (policy, vm) = build_policy(&acfg, market, 0, &Device::Cpu)?;
+        let (policy, vm) = build_policy(&spec.config, spec.dims, market, 0, &Device::Cpu)?;
         checkpoint::load_params(&vm, &dir.join(MODEL_FILE))?;
         Self::new(name, policy, master_action)
     }
@@ -208,7 +218,7 @@ pub fn p_long(logits: &[f32], mask: &[u8], held: bool) -> f64 {
     }
 }
 
-impl Policy for AgentPolicy {
+impl BacktestPolicy for AgentPolicy {
     fn name(&self) -> &str {
         &self.name
     }

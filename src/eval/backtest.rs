@@ -1,5 +1,5 @@
 /*!
-Deterministic backtests: a [`Policy`] plays a whole period once per data path, and the per-bar
+Deterministic backtests: a [`BacktestPolicy`] plays a whole period once per data path, and the per-bar
 equity, exposure, traded notional and costs become [`Metrics`].
 
 # Layout of a run
@@ -36,14 +36,16 @@ use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::baselines::{EqualWeight, Hold, Policy, PolicyView, RandomPolicy, spy_buy_and_hold};
+use super::baselines::{
+    BacktestPolicy, EqualWeight, Hold, PolicyView, RandomPolicy, spy_buy_and_hold,
+};
 use super::metrics::{Curve, Metrics};
-use crate::config::Config;
 use crate::data::MarketData;
 use crate::env::logic::HOLD;
 use crate::env::obs::{DYN_OBS, OBS_DIM};
 use crate::env::{
-    Backend, BackendKind, EnvLayout, N_ACTIONS, Period, Snapshot, VecEnv, cpu::CpuBackend,
+    Backend, BackendKind, EnvLayout, EnvSetup, N_ACTIONS, Period, Snapshot, VecEnv,
+    cpu::CpuBackend,
 };
 use crate::error::{Error, Result};
 use crate::features::Features;
@@ -51,9 +53,13 @@ use crate::features::Features;
 /// The scripted baselines (see [`super::baselines`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Baseline {
+    /// Never trades.
     Hold,
+    /// Uniformly random legal actions (seeded).
     Random,
+    /// Equal-weight buy-and-hold of every symbol.
     EqualWeight,
+    /// Buy-and-hold of the benchmark.
     Spy,
 }
 
@@ -66,6 +72,7 @@ impl Baseline {
         Baseline::Spy,
     ];
 
+    /// The baseline's name in tables and on the command line.
     pub fn name(self) -> &'static str {
         match self {
             Baseline::Hold => "hold",
@@ -76,7 +83,7 @@ impl Baseline {
     }
 
     /// The env policy of a baseline; `None` for `Spy` (computed from benchmark prices).
-    pub fn policy(self, seed: u64) -> Option<Box<dyn Policy>> {
+    pub fn policy(self, seed: u64) -> Option<Box<dyn BacktestPolicy>> {
         match self {
             Baseline::Hold => Some(Box::new(Hold)),
             Baseline::Random => Some(Box::new(RandomPolicy::new(seed))),
@@ -100,10 +107,39 @@ impl FromStr for Baseline {
     }
 }
 
+/// A selection of baselines: `all` or a comma-separated list of names (the CLI's `--policy`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaselineSet(pub Vec<Baseline>);
+
+impl Default for BaselineSet {
+    fn default() -> Self {
+        Self(Baseline::ALL.to_vec())
+    }
+}
+
+impl FromStr for BaselineSet {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        if s.trim() == "all" {
+            return Ok(Self::default());
+        }
+        let v = s
+            .split(',')
+            .map(|x| x.trim().parse())
+            .collect::<Result<Vec<Baseline>>>()?;
+        if v.is_empty() {
+            return Err(Error::invalid("no baseline named"));
+        }
+        Ok(Self(v))
+    }
+}
+
 /// How to run a backtest.
 #[derive(Debug, Clone, Copy)]
 pub struct BacktestOptions {
+    /// Which bars.
     pub period: Period,
+    /// Which environment backend.
     pub backend: BackendKind,
     /// Seed of stochastic policies (the env itself is deterministic here).
     pub seed: u64,
@@ -133,6 +169,7 @@ pub struct BacktestResult {
     pub curves: Vec<Curve>,
     /// First decision bar `a` and last bar `hi - 1` of every curve.
     pub first_bar: usize,
+    /// See `first_bar`.
     pub last_bar: usize,
 }
 
@@ -153,14 +190,14 @@ impl BacktestResult {
     }
 }
 
-/// The config and layout of a backtest over `period` (module docs): one scenario per path, one
-/// episode spanning the period. Returns the adjusted config and its layout (`episode_len` is the
-/// number of steps).
-pub fn backtest_config(
-    cfg: &Config,
+/// The environment setup and layout of a backtest over `period` (module docs): one scenario per
+/// path, one episode spanning the period. Returns the adjusted setup and its layout (`episode_len`
+/// is the number of steps).
+pub fn backtest_setup(
+    cfg: &EnvSetup,
     md: &MarketData,
     period: Period,
-) -> Result<(Config, EnvLayout)> {
+) -> Result<(EnvSetup, EnvLayout)> {
     let probe = EnvLayout::new(cfg, md, period)?;
     let steps = probe.hi - 1 - probe.start_a;
     let mut c = cfg.clone();
@@ -187,13 +224,13 @@ fn progress_bar(show: bool, len: usize, name: &str) -> ProgressBar {
 
 /// Run `policy` over the period of `opts` once per path (module docs).
 pub fn run_policy(
-    cfg: &Config,
+    cfg: &EnvSetup,
     data: Arc<MarketData>,
     features: Arc<Features>,
     opts: &BacktestOptions,
-    policy: &mut dyn Policy,
+    policy: &mut dyn BacktestPolicy,
 ) -> Result<BacktestResult> {
-    let (bcfg, layout) = backtest_config(cfg, &data, opts.period)?;
+    let (bcfg, layout) = backtest_setup(cfg, &data, opts.period)?;
     let steps = layout.episode_len;
     let (n, s) = (layout.n_scenarios, layout.n_symbols);
     let c0 = layout.params.initial_capital;
@@ -360,8 +397,12 @@ fn make_shadow(
 
 /// Buy-and-hold of the benchmark over the period of `opts`, one curve per path (see
 /// [`spy_buy_and_hold`]), on the same bars as [`run_policy`].
-pub fn run_spy(cfg: &Config, data: &MarketData, opts: &BacktestOptions) -> Result<BacktestResult> {
-    let (_, layout) = backtest_config(cfg, data, opts.period)?;
+pub fn run_spy(
+    cfg: &EnvSetup,
+    data: &MarketData,
+    opts: &BacktestOptions,
+) -> Result<BacktestResult> {
+    let (_, layout) = backtest_setup(cfg, data, opts.period)?;
     let (a, last) = (layout.start_a, layout.hi - 1);
     let curves = (0..data.paths)
         .map(|p| {
@@ -385,7 +426,7 @@ pub fn run_spy(cfg: &Config, data: &MarketData, opts: &BacktestOptions) -> Resul
 
 /// Backtest each of `which` (module docs); `opts.seed` seeds `random`.
 pub fn run_baselines(
-    cfg: &Config,
+    cfg: &EnvSetup,
     data: Arc<MarketData>,
     features: Arc<Features>,
     opts: &BacktestOptions,

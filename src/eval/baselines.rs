@@ -1,10 +1,10 @@
 /*!
-Scripted baseline policies behind the [`Policy`] trait, and the buy-and-hold benchmark.
+Scripted baseline policies behind the [`BacktestPolicy`] trait, and the buy-and-hold benchmark.
 
-A [`Policy`] sees a [`PolicyView`] of the environment (everything `VecEnv` exposes between steps) and
+A [`BacktestPolicy`] sees a [`PolicyView`] of the environment (everything `VecEnv` exposes between steps) and
 writes one symbol action per (scenario, symbol) and one master action per scenario. A trained
 policy implements the same trait (it can ask for the full observation with
-[`Policy::needs_full_obs`]).
+[`BacktestPolicy::needs_full_obs`]).
 
 The baselines (their master action is `master.default_action` unless stated):
 
@@ -12,7 +12,7 @@ The baselines (their master action is `master.default_action` unless stated):
   capital.
 - `random` ([`RandomPolicy`]): per (scenario, symbol), an action drawn uniformly among those the
   action mask allows, from a [`SplitMix64`] stream seeded with the policy's seed (re-seeded by
-  [`Policy::reset`], so two runs are identical). The mask is the env's, i.e. computed with the
+  [`BacktestPolicy::reset`], so two runs are identical). The mask is the env's, i.e. computed with the
   stored directive, which is the default action at reset and then the default action it keeps
   sending, so a drawn action is never executed as HOLD by the mask (the open-position limit and the
   budget may still shrink it).
@@ -57,7 +57,7 @@ pub struct PolicyView<'a> {
     /// Dynamic observation `[N, S, DYN_OBS]` (spec §6).
     pub dyn_obs: &'a [f32],
     /// Full observation `[N, S, OBS_DIM]`, only when the policy asked for it
-    /// ([`Policy::needs_full_obs`]).
+    /// ([`BacktestPolicy::needs_full_obs`]).
     pub obs: Option<&'a [f32]>,
     /// `(path, bar)` of every scenario's current observation, `[N, 2]`.
     pub obs_index: &'a [u32],
@@ -80,7 +80,7 @@ impl PolicyView<'_> {
 
 /// A policy driving a `VecEnv`: symbol actions `[N, S]` (values `0..7`) and master actions `[N]`
 /// (values `0..48`).
-pub trait Policy {
+pub trait BacktestPolicy {
     /// Short name, used in reports.
     fn name(&self) -> &str;
     /// Whether [`PolicyView::obs`] must be filled (costly: `N * S * OBS_DIM` floats per step).
@@ -110,7 +110,7 @@ fn check_out(view: &PolicyView, sym_out: &[u8], master_out: &[u8]) -> Result<()>
 #[derive(Debug, Clone, Default)]
 pub struct Hold;
 
-impl Policy for Hold {
+impl BacktestPolicy for Hold {
     fn name(&self) -> &str {
         "hold"
     }
@@ -138,7 +138,7 @@ impl RandomPolicy {
     }
 }
 
-impl Policy for RandomPolicy {
+impl BacktestPolicy for RandomPolicy {
     fn name(&self) -> &str {
         "random"
     }
@@ -200,7 +200,7 @@ pub fn equal_weight_master(p: &StepParams) -> u8 {
 #[derive(Debug, Clone, Default)]
 pub struct EqualWeight;
 
-impl Policy for EqualWeight {
+impl BacktestPolicy for EqualWeight {
     fn name(&self) -> &str {
         "equal-weight"
     }
@@ -250,7 +250,7 @@ pub fn spy_buy_and_hold(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::env::EnvSetup as Config;
 
     fn params(cfg: &Config, s: usize) -> StepParams {
         StepParams::new(cfg, s, 1764.0)

@@ -12,7 +12,7 @@ This is the trainer's test environment: PPO must solve it before it is pointed a
 
 ```
 use candle_core::Device;
-use marl_trade::train::{cartpole::CartPoleVec, VecEnv};
+use marl_trade::train::{cartpole::CartPoleVec, TrainEnv};
 
 let mut env = CartPoleVec::new(2, &Device::Cpu);
 let obs = env.reset(0)?;
@@ -26,7 +26,7 @@ assert_eq!(out.rewards, vec![1.0, 1.0]);
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::vec_env::{EpisodeInfo, ResumableRng, RngState, StepOut, VecEnv};
+use super::train_env::{EpisodeInfo, ResumableRng, RngState, StepOut, TrainEnv};
 use crate::Result;
 use crate::error::Error;
 use crate::rng::hash2;
@@ -120,7 +120,7 @@ impl CartPoleVec {
     }
 }
 
-impl VecEnv for CartPoleVec {
+impl TrainEnv for CartPoleVec {
     type Obs = Tensor;
 
     fn num_envs(&self) -> usize {

@@ -4,7 +4,7 @@ Checkpoints: a directory with
 - `model.safetensors`: the policy's parameters, named as in its `VarMap` (loadable with
   `VarMap::load` or a `VarBuilder`);
 - `optimizer.safetensors`: AdamW's moments `m.<param>` and `v.<param>`;
-- `env.bin`: the environment's state (`VecEnv::save_state`);
+- `env.bin`: the environment's state (`TrainEnv::save_state`);
 - `state.json`: [`TrainState`]: the PPO config, the policy config, the iteration and step counters,
   the optimizer step and the positions of the random streams. Written last.
 
@@ -12,20 +12,21 @@ Every file is written atomically: to a temporary file in the same directory, syn
 over the old one, so a crash leaves either the old or the new file, never a torn one.
 
 Loading checks every tensor against the shapes the current model needs: a mismatch is an
-[`Error::Shape`] that names the tensor, the expected and the stored shape; a missing or extra
-tensor is an [`Error::InvalidArgument`] naming it.
+error of kind [`ErrorKind::Shape`](crate::ErrorKind::Shape) that names the tensor, the expected and
+the stored shape ([`Error::shape_mismatch`]); a missing or extra tensor is an
+[`ErrorKind::Checkpoint`](crate::ErrorKind::Checkpoint) error naming it.
 */
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
+
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
 use super::config::PpoConfig;
-use super::vec_env::RngState;
+use super::train_env::RngState;
 use crate::Result;
 use crate::agents::init::named_vars;
 use crate::error::Error;
@@ -35,15 +36,20 @@ pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const ENV_FILE: &str = "env.bin";
 pub const STATE_FILE: &str = "state.json";
 
-/// Version of the checkpoint layout.
-pub const FORMAT: u32 = 1;
+/// Version of the checkpoint layout (2: `num_envs` is stored beside the PPO config, not in it; the
+/// policy config of a symbol agent is an `AgentSpec`).
+pub const FORMAT: u32 = 2;
 
 /// Everything besides tensors that a resume needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainState {
+    /// [`FORMAT`] of the checkpoint.
     pub format: u32,
+    /// The hyperparameters of the run.
     pub ppo: PpoConfig,
+    /// Parallel environments of the run (the environment's, not a hyperparameter).
+    pub num_envs: usize,
     /// The policy's configuration, as given to the trainer (rebuild the policy from it).
     pub policy: serde_json::Value,
     /// Completed iterations.
@@ -57,56 +63,17 @@ pub struct TrainState {
     pub next_done: Vec<bool>,
     /// Reward normalisation state (`ppo.norm_reward`).
     #[serde(default)]
-    pub reward_norm: Option<super::ppo::RewardNorm>,
-}
-
-/// Temporary path next to `path`.
-fn tmp_path(path: &Path) -> PathBuf {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    dir.join(format!(".{name}.tmp-{}", std::process::id()))
-}
-
-/// Sync `tmp` and rename it over `path`; remove `tmp` on failure.
-fn commit(tmp: &Path, path: &Path) -> Result<()> {
-    let res = std::fs::File::open(tmp)
-        .and_then(|f| f.sync_all())
-        .and_then(|_| std::fs::rename(tmp, path));
-    res.map_err(|e| {
-        let _ = std::fs::remove_file(tmp);
-        Error::io(path, e)
-    })
-}
-
-/// Write `bytes` to `path` atomically (temporary file in the same directory, fsync, rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    let written = std::fs::File::create(&tmp).and_then(|mut f| f.write_all(bytes));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    commit(&tmp, path)
+    pub reward_norm: Option<super::reward_norm::RewardNorm>,
 }
 
 /// Write named tensors as safetensors to `path` atomically.
 pub fn save_tensors_atomic(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let map: HashMap<String, Tensor> = tensors.iter().cloned().collect();
-    let tmp = tmp_path(path);
-    if let Err(e) = candle_core::safetensors::save(&map, &tmp) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::invalid(format!(
-            "{}: cannot write tensors: {e}",
-            path.display()
-        )));
-    }
-    commit(&tmp, path)
+    crate::atomic::write_with(path, |tmp| {
+        candle_core::safetensors::save(&map, tmp).map_err(|e| {
+            Error::checkpoint(path, format!("cannot write tensors: {e}")).with_source(e)
+        })
+    })
 }
 
 /// Load a safetensors file and check it holds exactly `expected` (name, shape) tensors.
@@ -118,21 +85,19 @@ pub fn load_tensors_checked(
     let origin = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)
-        .map_err(|e| Error::invalid(format!("{origin}: not a valid safetensors file: {e}")))?;
+        .map_err(|e| {
+            Error::checkpoint(path, format!("not a valid safetensors file: {e}")).with_source(e)
+        })?;
     for (name, shape) in expected {
         match tensors.get(name) {
             None => {
-                return Err(Error::invalid(format!(
-                    "{origin}: no tensor `{name}` (the config needs one of shape {shape:?})"
-                )));
+                return Err(Error::checkpoint(
+                    path,
+                    format!("no tensor `{name}` (the config needs one of shape {shape:?})"),
+                ));
             }
             Some(t) if t.dims() != shape.as_slice() => {
-                return Err(Error::Shape {
-                    origin,
-                    name: name.clone(),
-                    expected: shape.clone(),
-                    got: t.dims().to_vec(),
-                });
+                return Err(Error::shape(origin, name, shape, t.dims()));
             }
             Some(_) => {}
         }
@@ -143,10 +108,10 @@ pub fn load_tensors_checked(
             .filter(|k| !expected.iter().any(|(n, _)| n == *k))
             .collect();
         extra.sort();
-        return Err(Error::invalid(format!(
-            "{origin}: tensor `{}` is not part of the configured model",
-            extra[0]
-        )));
+        return Err(Error::checkpoint(
+            path,
+            format!("tensor `{}` is not part of the configured model", extra[0]),
+        ));
     }
     Ok(tensors)
 }
@@ -187,13 +152,12 @@ pub fn read_state(dir: &Path) -> Result<TrainState> {
     let path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let st: TrainState = serde_json::from_str(&text)
-        .map_err(|e| Error::config(&path.display().to_string(), e.to_string(), None))?;
+        .map_err(|e| Error::checkpoint(&path, e.to_string()).with_source(e))?;
     if st.format != FORMAT {
-        return Err(Error::invalid(format!(
-            "{}: checkpoint format {} (this build reads {FORMAT})",
-            path.display(),
-            st.format
-        )));
+        return Err(Error::checkpoint(
+            &path,
+            format!("checkpoint format {} (this build reads {FORMAT})", st.format),
+        ));
     }
     Ok(st)
 }
@@ -202,11 +166,7 @@ pub fn read_state(dir: &Path) -> Result<TrainState> {
 pub fn read_policy_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T> {
     let st = read_state(dir)?;
     serde_json::from_value(st.policy).map_err(|e| {
-        Error::config(
-            &dir.join(STATE_FILE).display().to_string(),
-            format!("policy: {e}"),
-            None,
-        )
+        Error::checkpoint(dir.join(STATE_FILE), format!("policy: {e}")).with_source(e)
     })
 }
 
@@ -248,13 +208,12 @@ mod tests {
         let c = VarMap::new();
         let vb = crate::agents::init::seeded_var_builder(&c, 2, DType::F32, &dev);
         candle_nn::linear(4, 2, vb.pp("l"))?;
-        match load_params(&c, &path) {
-            Err(Error::Shape {
+        match load_params(&c, &path).map_err(|e| e.shape_mismatch().cloned()) {
+            Err(Some(crate::error::ShapeMismatch {
                 name,
                 expected,
                 got,
-                ..
-            }) => {
+            })) => {
                 assert_eq!(
                     (name.as_str(), expected, got),
                     ("l.weight", vec![2, 4], vec![2, 3])

@@ -1,6 +1,10 @@
 /*!
 PPO hyperparameters. Defaults are CleanRL's `ppo.py` defaults (CartPole-v1), so an empty TOML table
 reproduces that script; unknown fields are rejected.
+
+The number of parallel environments is not a hyperparameter here: it is the environment's own
+(`TrainEnv::num_envs`, the trading environment's `env.scenarios`), so the sizes that depend on it
+take it as an argument (`batch_size(num_envs)`, ...). CleanRL's CartPole run uses 4.
 */
 
 use serde::{Deserialize, Serialize};
@@ -14,8 +18,6 @@ pub struct PpoConfig {
     /// Seed of everything random in training: environment resets, action sampling and minibatch
     /// shuffling (each from its own stream).
     pub seed: u64,
-    /// Parallel environments (scenarios) per rollout; must equal the environment's `num_envs()`.
-    pub num_envs: usize,
     /// Steps per environment per rollout. The batch is `num_envs * num_steps` units.
     pub num_steps: usize,
     /// Total environment steps (units) of the run: `total_timesteps / batch_size` iterations.
@@ -71,7 +73,6 @@ impl Default for PpoConfig {
     fn default() -> Self {
         Self {
             seed: 1,
-            num_envs: 4,
             num_steps: 128,
             total_timesteps: 500_000,
             learning_rate: 2.5e-4,
@@ -97,74 +98,76 @@ impl Default for PpoConfig {
 }
 
 impl PpoConfig {
-    /// Units (environment steps) per rollout.
-    pub fn batch_size(&self) -> usize {
-        self.num_envs * self.num_steps
+    /// Units (environment steps) per rollout with `num_envs` parallel environments.
+    pub fn batch_size(&self, num_envs: usize) -> usize {
+        num_envs * self.num_steps
     }
 
     /// Units per minibatch.
-    pub fn minibatch_size(&self) -> usize {
-        self.batch_size() / self.num_minibatches.max(1)
+    pub fn minibatch_size(&self, num_envs: usize) -> usize {
+        self.batch_size(num_envs) / self.num_minibatches.max(1)
     }
 
     /// Number of iterations of the run.
-    pub fn num_iterations(&self) -> usize {
-        (self.total_timesteps / self.batch_size().max(1) as u64) as usize
+    pub fn num_iterations(&self, num_envs: usize) -> usize {
+        (self.total_timesteps / self.batch_size(num_envs).max(1) as u64) as usize
     }
 
     /// The fraction of the schedule left at iteration `i` (1-based): `1 - (i - 1) / num_iterations`.
-    pub fn schedule_frac(&self, iteration: usize) -> f64 {
-        1.0 - (iteration as f64 - 1.0) / self.num_iterations().max(1) as f64
+    pub fn schedule_frac(&self, iteration: usize, num_envs: usize) -> f64 {
+        1.0 - (iteration as f64 - 1.0) / self.num_iterations(num_envs).max(1) as f64
     }
 
     /// Learning rate of iteration `i` (1-based).
-    pub fn lr_at(&self, iteration: usize) -> f64 {
+    pub fn lr_at(&self, iteration: usize, num_envs: usize) -> f64 {
         if self.anneal_lr {
-            self.schedule_frac(iteration) * self.learning_rate
+            self.schedule_frac(iteration, num_envs) * self.learning_rate
         } else {
             self.learning_rate
         }
     }
 
     /// Entropy coefficient of iteration `i` (1-based).
-    pub fn ent_coef_at(&self, iteration: usize) -> f64 {
-        let f = self.schedule_frac(iteration);
+    pub fn ent_coef_at(&self, iteration: usize, num_envs: usize) -> f64 {
+        let f = self.schedule_frac(iteration, num_envs);
         self.ent_coef_end + f * (self.ent_coef_start - self.ent_coef_end)
     }
 
-    /// Parse TOML (`origin` names the source in errors).
-    pub fn from_toml_str(text: &str, origin: &str) -> crate::Result<Self> {
+    /// Parse TOML (`origin` names the source in errors) for `num_envs` parallel environments.
+    pub fn from_toml_str(text: &str, origin: &str, num_envs: usize) -> crate::Result<Self> {
         let cfg: Self = toml::from_str(text)
             .map_err(|e| Error::config(origin, e.message().to_string(), e.span()))?;
-        cfg.validate(origin)?;
+        cfg.validate(origin, num_envs)?;
         Ok(cfg)
     }
 
-    /// Range checks; an error names the field.
-    pub fn validate(&self, origin: &str) -> crate::Result<()> {
+    /// Range checks, and the sizes that depend on `num_envs` parallel environments (the
+    /// minibatches divide the batch, at least one iteration); an error names the field.
+    pub fn validate(&self, origin: &str, num_envs: usize) -> crate::Result<()> {
         let bad = |field: &str, why: String| Err(Error::config_field(origin, field, why));
-        if self.num_envs == 0 {
-            return bad("ppo.num_envs", "must be >= 1".into());
+        if num_envs == 0 {
+            return Err(Error::invalid("PPO needs at least one environment"));
         }
         if self.num_steps == 0 {
             return bad("ppo.num_steps", "must be >= 1".into());
         }
-        if self.num_minibatches == 0 || !self.batch_size().is_multiple_of(self.num_minibatches) {
+        let batch = self.batch_size(num_envs);
+        if self.num_minibatches == 0 || !batch.is_multiple_of(self.num_minibatches) {
             return bad(
                 "ppo.num_minibatches",
                 format!(
-                    "must divide the batch size {} (num_envs x num_steps)",
-                    self.batch_size()
+                    "must divide the batch size {batch} ({num_envs} environments x {} steps)",
+                    self.num_steps
                 ),
             );
         }
         if self.update_epochs == 0 {
             return bad("ppo.update_epochs", "must be >= 1".into());
         }
-        if self.num_iterations() == 0 {
+        if self.num_iterations(num_envs) == 0 {
             return bad(
                 "ppo.total_timesteps",
-                format!("must be >= the batch size {}", self.batch_size()),
+                format!("must be >= the batch size {batch}"),
             );
         }
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
@@ -209,28 +212,29 @@ mod tests {
     fn defaults_and_schedules() {
         let c = PpoConfig::default();
         assert_eq!(
-            (c.batch_size(), c.minibatch_size(), c.num_iterations()),
+            (c.batch_size(4), c.minibatch_size(4), c.num_iterations(4)),
             (512, 128, 976)
         );
-        assert_eq!(c.lr_at(1), 2.5e-4);
-        assert!((c.lr_at(977) - 0.0).abs() < 1e-12);
+        assert_eq!(c.lr_at(1, 4), 2.5e-4);
+        assert!((c.lr_at(977, 4) - 0.0).abs() < 1e-12);
         let c = PpoConfig {
             ent_coef_start: 0.02,
             ent_coef_end: 0.0,
             ..c
         };
-        assert_eq!(c.ent_coef_at(1), 0.02);
-        assert!((c.ent_coef_at(489) - 0.01).abs() < 1e-4);
-        let e = PpoConfig::from_toml_str("num_minibatch = 4", "t.toml")
+        assert_eq!(c.ent_coef_at(1, 4), 0.02);
+        assert!((c.ent_coef_at(489, 4) - 0.01).abs() < 1e-4);
+        let e = PpoConfig::from_toml_str("num_minibatch = 4", "t.toml", 4)
             .unwrap_err()
             .to_string();
         assert!(e.contains("num_minibatch"), "{e}");
-        let e = PpoConfig::from_toml_str("num_minibatches = 3", "t.toml")
+        let e = PpoConfig::from_toml_str("num_minibatches = 3", "t.toml", 4)
             .unwrap_err()
             .to_string();
         assert!(e.contains("ppo.num_minibatches"), "{e}");
         let c =
-            PpoConfig::from_toml_str("target_kl = 0.01\nlearning_rate = 1e-3", "t.toml").unwrap();
+            PpoConfig::from_toml_str("target_kl = 0.01\nlearning_rate = 1e-3", "t.toml", 4)
+                .unwrap();
         assert_eq!(c.target_kl, Some(0.01));
     }
 }

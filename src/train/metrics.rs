@@ -50,7 +50,7 @@ pub struct Metrics {
     /// Their mean return and length.
     pub episode_return_mean: Option<f64>,
     pub episode_length_mean: Option<f64>,
-    /// The environment's own statistics of those episodes (`VecEnv::drain_stats`), e.g. the
+    /// The environment's own statistics of those episodes (`TrainEnv::drain_stats`), e.g. the
     /// trading env's reward terms `reward.<component>` and `reward_share.<component>`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub env: std::collections::BTreeMap<String, f64>,
@@ -63,6 +63,23 @@ value_loss,entropy,old_approx_kl,approx_kl,clipfrac,explained_variance,grad_norm
 agent_sps,episodes,episode_return_mean,episode_length_mean";
 
     /// One JSON object, as a line of `metrics.jsonl` (no newline).
+    /// One line for a terminal (`marl-trade train --quiet`).
+    pub fn summary_line(&self) -> String {
+        format!(
+            "iter {:4}  return {:+.3}%  pg {:+.4}  v {:.4}  ent {:.3}  kl {:.4}  clip {:.3}  ev {}  {:.0} symbol-steps/s",
+            self.iteration,
+            100.0 * self.episode_return_mean.unwrap_or(f64::NAN),
+            self.policy_loss,
+            self.value_loss,
+            self.entropy,
+            self.approx_kl,
+            self.clipfrac,
+            self.explained_variance
+                .map_or("-".into(), |v| format!("{v:.3}")),
+            self.agent_sps
+        )
+    }
+
     pub fn json_line(&self) -> String {
         serde_json::to_string(self).expect("metrics serialise")
     }

@@ -2,7 +2,7 @@
 Training: PPO (CleanRL-faithful), generic over a vectorised environment and a policy.
 
 - [`config`]: [`PpoConfig`], every hyperparameter documented where it is declared.
-- [`vec_env`]: the [`VecEnv`] trait and a resumable random stream.
+- [`train_env`]: the [`TrainEnv`] trait and a resumable random stream.
 - [`buffer`]: the rollout buffer and GAE.
 - [`ppo`]: the trainer [`Ppo`]: rollout, GAE, clipped surrogate, clipped value loss, entropy bonus,
   learning-rate and entropy annealing, global gradient clipping, checkpoint and resume.
@@ -11,9 +11,10 @@ Training: PPO (CleanRL-faithful), generic over a vectorised environment and a po
 - [`metrics`]: per-iteration [`Metrics`], written as JSON lines.
 - [`cartpole`]: CartPole-v1 (Gymnasium's dynamics), the trainer's test environment.
 
-- [`run`]: training runs of the symbol agents (`marl-trade train`): run directory, checkpoints
-  every few iterations with a `latest` pointer, metrics as JSONL and CSV, exact resume.
-- [`trading`]: [`TradingEnv`], the trading environment as a [`VecEnv`] with
+- [`reward_norm`]: running reward scaling (Gymnasium's `NormalizeReward`).
+- [`windows`]: the market as the symbol agents' window source (features + returns).
+- [`setup`]: the symbol policy of a market and the training environment, assembled.
+- [`trading`]: [`TradingEnv`], the trading environment as a [`TrainEnv`] with
   `Obs = agents::SymbolObs` and `agents_per_env = S`, trained with `agents::SymbolPolicy`.
 */
 
@@ -24,13 +25,16 @@ pub mod checkpoint;
 pub mod config;
 pub mod metrics;
 pub mod ppo;
-pub mod run;
+pub mod reward_norm;
+pub mod setup;
 pub mod trading;
-pub mod vec_env;
+pub mod train_env;
+pub mod windows;
 
 pub use adamw::{AdamW, AdamWConfig};
 pub use config::PpoConfig;
 pub use metrics::{Metrics, MetricsWriter};
 pub use ppo::{Ppo, clip_grad_norm};
+pub use reward_norm::RewardNorm;
 pub use trading::TradingEnv;
-pub use vec_env::{EpisodeInfo, ResumableRng, StepOut, VecEnv};
+pub use train_env::{EpisodeInfo, ResumableRng, StepOut, TrainEnv};

@@ -44,11 +44,12 @@ use super::buffer::{RolloutBuffer, explained_variance};
 use super::checkpoint::{self, ENV_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, TrainState};
 use super::config::PpoConfig;
 use super::metrics::{Metrics, MetricsWriter};
-use super::vec_env::{ResumableRng, VecEnv};
+use super::train_env::{ResumableRng, TrainEnv};
+use super::reward_norm::RewardNorm;
 use crate::Result;
 use crate::agents::dist::{MaskedCategorical, sample_row};
 use crate::agents::init::named_vars;
-use crate::agents::{ObsBatch, Policy};
+use crate::agents::{ActorCritic, ObsBatch};
 use crate::error::Error;
 use crate::rng::hash2;
 
@@ -84,56 +85,8 @@ pub fn clip_grad_norm(
     Ok(total)
 }
 
-/// Running reward scaling (`ppo.norm_reward`, see [`PpoConfig::norm_reward`]): the discounted
-/// return of every row and the running mean / variance / count of those returns.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RewardNorm {
-    pub returns: Vec<f64>,
-    pub mean: f64,
-    pub var: f64,
-    pub count: f64,
-}
-
-impl RewardNorm {
-    pub fn new(rows: usize) -> Self {
-        // Gymnasium's RunningMeanStd starts at mean 0, var 1, count 1e-4.
-        Self {
-            returns: vec![0.0; rows],
-            mean: 0.0,
-            var: 1.0,
-            count: 1e-4,
-        }
-    }
-
-    /// Scale `rewards` (one per row) in place; `dones` is per environment copy, `g` rows each.
-    pub fn apply(&mut self, rewards: &mut [f32], dones: &[bool], g: usize, gamma: f64, clip: f64) {
-        for (ret, &x) in self.returns.iter_mut().zip(rewards.iter()) {
-            *ret = *ret * gamma + x as f64;
-        }
-        // Parallel Welford update with this step's batch of returns.
-        let n = self.returns.len() as f64;
-        let bm = self.returns.iter().sum::<f64>() / n;
-        let bv = self.returns.iter().map(|v| (v - bm).powi(2)).sum::<f64>() / n;
-        let delta = bm - self.mean;
-        let tot = self.count + n;
-        self.mean += delta * n / tot;
-        let m2 = self.var * self.count + bv * n + delta * delta * self.count * n / tot;
-        self.var = m2 / tot;
-        self.count = tot;
-        let scale = (self.var + 1e-8).sqrt();
-        for x in rewards.iter_mut() {
-            *x = ((*x as f64 / scale).clamp(-clip, clip)) as f32;
-        }
-        for (i, ret) in self.returns.iter_mut().enumerate() {
-            if dones[i / g] {
-                *ret = 0.0;
-            }
-        }
-    }
-}
-
 /// The PPO trainer for environment `E` and policy `P`.
-pub struct Ppo<E: VecEnv, P: Policy<Obs = E::Obs>> {
+pub struct Ppo<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> {
     cfg: PpoConfig,
     env: E,
     policy: P,
@@ -153,7 +106,7 @@ pub struct Ppo<E: VecEnv, P: Policy<Obs = E::Obs>> {
     clock_step: u64,
 }
 
-impl<E: VecEnv, P: Policy<Obs = E::Obs>> Ppo<E, P> {
+impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
     /// A fresh run: resets `env` from the config's seed. `varmap` holds the policy's parameters;
     /// `policy_config` is stored in checkpoints so that the policy can be rebuilt.
     pub fn new(
@@ -163,7 +116,7 @@ impl<E: VecEnv, P: Policy<Obs = E::Obs>> Ppo<E, P> {
         varmap: VarMap,
         policy_config: serde_json::Value,
     ) -> Result<Self> {
-        Self::check(&cfg, &env, &varmap)?;
+        Self::check(&cfg, &env, &varmap, None)?;
         let params = named_vars(&varmap);
         let opt = AdamW::new(params.clone(), Self::adam_config(&cfg))?;
         let next_obs = env.reset(hash2(cfg.seed, 0))?;
@@ -201,19 +154,20 @@ impl<E: VecEnv, P: Policy<Obs = E::Obs>> Ppo<E, P> {
         }
     }
 
-    fn check(cfg: &PpoConfig, env: &E, varmap: &VarMap) -> Result<()> {
-        cfg.validate("ppo")?;
-        if env.num_envs() != cfg.num_envs {
-            return Err(Error::config_field(
-                "ppo",
-                "ppo.num_envs",
+    /// `stored_envs`: the number of environments of a checkpoint being resumed.
+    fn check(cfg: &PpoConfig, env: &E, varmap: &VarMap, stored_envs: Option<usize>) -> Result<()> {
+        if let Some(k) = stored_envs
+            && k != env.num_envs()
+        {
+            return Err(Error::new(
+                crate::ErrorKind::Checkpoint,
                 format!(
-                    "is {}, the environment has {}",
-                    cfg.num_envs,
+                    "the checkpoint was trained with num_envs = {k}, the environment has {}",
                     env.num_envs()
                 ),
             ));
         }
+        cfg.validate("ppo", env.num_envs())?;
         if named_vars(varmap).is_empty() {
             return Err(Error::invalid(
                 "the policy has no parameters in the given VarMap",
@@ -222,20 +176,29 @@ impl<E: VecEnv, P: Policy<Obs = E::Obs>> Ppo<E, P> {
         Ok(())
     }
 
+    /// The hyperparameters.
     pub fn config(&self) -> &PpoConfig {
         &self.cfg
     }
 
+    /// The environment.
     pub fn env(&self) -> &E {
         &self.env
     }
 
+    /// The policy.
     pub fn policy(&self) -> &P {
         &self.policy
     }
 
+    /// The policy's parameters.
     pub fn varmap(&self) -> &VarMap {
         &self.varmap
+    }
+
+    /// Iterations of the whole run (`total_timesteps / batch_size`).
+    pub fn num_iterations(&self) -> usize {
+        self.cfg.num_iterations(self.env.num_envs())
     }
 
     /// Completed iterations.
@@ -243,13 +206,14 @@ impl<E: VecEnv, P: Policy<Obs = E::Obs>> Ppo<E, P> {
         self.iteration
     }
 
+    /// Environment steps (units) so far.
     pub fn global_step(&self) -> u64 {
         self.global_step
     }
 
     /// Whether all `num_iterations` iterations have run.
     pub fn is_done(&self) -> bool {
-        self.iteration >= self.cfg.num_iterations()
+        self.iteration >= self.num_iterations()
     }
 
     fn device(&self) -> Device {
@@ -338,9 +302,10 @@ impl<E: VecEnv, P: Policy<Obs = E::Obs>> Ppo<E, P> {
     pub fn iterate(&mut self) -> Result<Metrics> {
         let cfg = self.cfg.clone();
         let it = self.iteration + 1;
-        let lr = cfg.lr_at(it);
+        let num_envs = self.env.num_envs();
+        let lr = cfg.lr_at(it, num_envs);
         self.opt.set_learning_rate(lr);
-        let ent_coef = cfg.ent_coef_at(it);
+        let ent_coef = cfg.ent_coef_at(it, num_envs);
         let dev = self.device();
         let (n, g, na) = (
             self.env.num_envs(),
@@ -373,8 +338,8 @@ impl<E: VecEnv, P: Policy<Obs = E::Obs>> Ppo<E, P> {
 
         // Update.
         let b_obs = <E::Obs as ObsBatch>::concat(&buf.obs)?;
-        let units = cfg.batch_size();
-        let mb_units = cfg.minibatch_size();
+        let units = cfg.batch_size(num_envs);
+        let mb_units = cfg.minibatch_size(num_envs);
         let mut inds: Vec<u32> = (0..units as u32).collect();
         let mut clipfracs = Vec::new();
         let mut last = LastMinibatch::default();
@@ -501,7 +466,7 @@ impl<E: VecEnv, P: Policy<Obs = E::Obs>> Ppo<E, P> {
         mut log: Option<&mut MetricsWriter>,
         progress: bool,
     ) -> Result<Vec<Metrics>> {
-        let todo = max_iterations.min(self.cfg.num_iterations().saturating_sub(self.iteration));
+        let todo = max_iterations.min(self.num_iterations().saturating_sub(self.iteration));
         let bar = if progress {
             indicatif::ProgressBar::new(todo as u64)
         } else {
@@ -529,10 +494,11 @@ impl<E: VecEnv, P: Policy<Obs = E::Obs>> Ppo<E, P> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         checkpoint::save_params(&self.varmap, &dir.join(MODEL_FILE))?;
         checkpoint::save_tensors_atomic(&dir.join(OPTIMIZER_FILE), &self.opt.state_tensors())?;
-        checkpoint::write_atomic(&dir.join(ENV_FILE), &self.env.save_state()?)?;
+        crate::atomic::write(&dir.join(ENV_FILE), &self.env.save_state()?)?;
         let st = TrainState {
             format: checkpoint::FORMAT,
             ppo: self.cfg.clone(),
+            num_envs: self.env.num_envs(),
             policy: self.policy_config.clone(),
             iteration: self.iteration,
             global_step: self.global_step,
@@ -542,16 +508,18 @@ impl<E: VecEnv, P: Policy<Obs = E::Obs>> Ppo<E, P> {
             next_done: self.next_done.clone(),
             reward_norm: self.reward_norm.clone(),
         };
-        let json = serde_json::to_vec_pretty(&st).expect("train state serialises");
-        checkpoint::write_atomic(&dir.join(STATE_FILE), &json)
+        let json = serde_json::to_vec_pretty(&st).map_err(|e| Error::json("train state", e))?;
+        crate::atomic::write(&dir.join(STATE_FILE), &json)
     }
 
     /// Continue the run saved in `dir`. `env`, `policy` and `varmap` must be built from the stored
     /// configurations (see [`checkpoint::read_policy_config`]); every stored tensor is checked
-    /// against the model's shapes ([`Error::Shape`] on a mismatch).
+    /// against the model's shapes (an [`ErrorKind::Shape`](crate::ErrorKind::Shape) error on a
+    /// mismatch).
     pub fn resume(dir: &Path, mut env: E, policy: P, varmap: VarMap) -> Result<Self> {
         let st = checkpoint::read_state(dir)?;
-        Self::check(&st.ppo, &env, &varmap)?;
+        Self::check(&st.ppo, &env, &varmap, Some(st.num_envs))
+            .map_err(|e| e.with_file(dir.join(STATE_FILE)))?;
         let dev = policy.device().clone();
         checkpoint::load_params(&varmap, &dir.join(MODEL_FILE))?;
         let params = named_vars(&varmap);
@@ -562,10 +530,10 @@ impl<E: VecEnv, P: Policy<Obs = E::Obs>> Ppo<E, P> {
         let env_path = dir.join(ENV_FILE);
         env.load_state(&std::fs::read(&env_path).map_err(|e| Error::io(&env_path, e))?)?;
         if st.next_done.len() != env.num_envs() {
-            return Err(Error::invalid(format!(
-                "{}: next_done has the wrong length",
-                dir.join(STATE_FILE).display()
-            )));
+            return Err(Error::checkpoint(
+                dir.join(STATE_FILE),
+                "next_done has the wrong length",
+            ));
         }
         let rows = env.num_envs() * env.agents_per_env();
         if st.ppo.norm_reward != st.reward_norm.is_some()
@@ -574,10 +542,10 @@ impl<E: VecEnv, P: Policy<Obs = E::Obs>> Ppo<E, P> {
                 .as_ref()
                 .is_some_and(|r| r.returns.len() != rows)
         {
-            return Err(Error::invalid(format!(
-                "{}: the reward normalisation state does not match ppo.norm_reward / the environment",
-                dir.join(STATE_FILE).display()
-            )));
+            return Err(Error::checkpoint(
+                dir.join(STATE_FILE),
+                "the reward normalisation state does not match ppo.norm_reward / the environment",
+            ));
         }
         let next_obs = env.observe()?;
         Ok(Self {

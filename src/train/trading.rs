@@ -1,6 +1,6 @@
 /*!
 [`TradingEnv`]: the trading environment ([`crate::env::VecEnv`]) seen through the trainer's
-[`VecEnv`] trait, so that [`Ppo`](super::Ppo) can train
+[`TrainEnv`] trait, so that [`Ppo`](super::Ppo) can train
 [`SymbolPolicy`](crate::agents::symbol::SymbolPolicy) on it.
 
 The mapping:
@@ -46,13 +46,13 @@ use std::sync::{Mutex, PoisonError};
 
 use candle_core::{Device, Tensor};
 
-use super::vec_env::{EpisodeInfo, StepOut, VecEnv};
+use super::train_env::{EpisodeInfo, StepOut, TrainEnv};
 use crate::Result;
 use crate::agents::symbol::SymbolObs;
 use crate::env::{self, N_ACTIONS, ScenarioState, Snapshot, SymbolState, obs::DYN_OBS};
 use crate::error::Error;
 
-/// The trading environment as a [`VecEnv`] for the trainer (see the module doc).
+/// The trading environment as a [`TrainEnv`] for the trainer (see the module doc).
 pub struct TradingEnv {
     /// In a mutex only because the env's snapshot needs `&mut` and `save_state` has `&self`.
     env: Mutex<env::VecEnv>,
@@ -268,7 +268,7 @@ impl TradingEnv {
     }
 }
 
-impl VecEnv for TradingEnv {
+impl TrainEnv for TradingEnv {
     type Obs = SymbolObs;
 
     fn num_envs(&self) -> usize {
@@ -402,17 +402,20 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::config::Config;
-    use crate::env::{BackendKind, Period};
+    use crate::data::SyntheticConfig;
+    use crate::env::{BackendKind, EnvSetup, Period};
     use crate::features::Features;
 
-    fn make() -> (TradingEnv, Config) {
-        let mut cfg = Config::default();
-        cfg.data.synthetic.symbols = 3;
-        cfg.data.synthetic.bars = 400;
+    fn make() -> (TradingEnv, EnvSetup) {
+        let mut cfg = EnvSetup::default();
         cfg.env.scenarios = 2;
         cfg.env.episode_len = 12;
-        let md = Arc::new(crate::data::generate(&cfg.data.synthetic, "SPY"));
+        let synth = SyntheticConfig {
+            symbols: 3,
+            bars: 400,
+            ..SyntheticConfig::default()
+        };
+        let md = Arc::new(crate::data::generate(&synth, "SPY"));
         let feats = Arc::new(Features::compute(&md));
         let env = env::VecEnv::new(&cfg, md, feats, Period::Train, BackendKind::Cpu).unwrap();
         let te = TradingEnv::new(env, cfg.master.default_action, &Device::Cpu).unwrap();

@@ -73,7 +73,7 @@ pub fn small_config(n: usize, len: usize) -> Config {
 pub fn env_on(cfg: &Config, md: MarketData, period: Period, kind: BackendKind) -> VecEnv {
     let md = Arc::new(md);
     let f = Arc::new(Features::compute(&md));
-    VecEnv::new(cfg, md, f, period, kind).expect("env builds")
+    VecEnv::new(&cfg.env_setup(), md, f, period, kind).expect("env builds")
 }
 
 /// Uniform random actions (masked ones included: the env must execute them as HOLD).

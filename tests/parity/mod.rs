@@ -505,7 +505,7 @@ pub struct Case {
 pub fn cases() -> Vec<Case> {
     let mk = |plan: Plan, cfg: Config, md: MarketData, period: Period| {
         let feats = random_features(&md, plan.seed ^ 0xfeed);
-        let layout = EnvLayout::new(&cfg, &md, period).expect("layout");
+        let layout = EnvLayout::new(&cfg.env_setup(), &md, period).expect("layout");
         Case {
             plan,
             cfg,

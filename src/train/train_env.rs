@@ -41,7 +41,7 @@ pub struct StepOut<O> {
 }
 
 /// A vectorised environment with discrete actions.
-pub trait VecEnv {
+pub trait TrainEnv {
     type Obs: ObsBatch;
 
     /// Environment copies (scenarios) N.
@@ -73,7 +73,7 @@ pub trait VecEnv {
     fn load_state(&mut self, _state: &[u8]) -> Result<()> {
         Err(Error::invalid("this environment cannot load a state"))
     }
-    /// Names of the statistics [`VecEnv::drain_stats`] reports, in column order (CSV header).
+    /// Names of the statistics [`TrainEnv::drain_stats`] reports, in column order (CSV header).
     fn stat_names(&self) -> Vec<String> {
         Vec::new()
     }

@@ -19,112 +19,47 @@ moment leaves a loadable `latest`. Only the two newest checkpoints are kept.
 configuration (the config given must equal `<run>/config.toml`), and it rewrites the metrics files
 so that they hold exactly the iterations up to the checkpoint before appending.
 
-The pieces are public for embedding: [`Market`] loads data and features once, [`build_policy`]
-makes the policy of a config, [`AgentPolicy`](crate::eval::AgentPolicy) plays a checkpoint in a
-backtest.
+The pieces are public for embedding: [`Market`] loads data and features once,
+[`build_policy`] makes the policy of a config, `eval::AgentPolicy` plays a checkpoint in a backtest.
+
+Layer: above [`crate::config`] (a run stores and compares its whole configuration).
 */
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{DType, Device};
-use candle_nn::VarMap;
+use candle_core::Device;
 
-use super::checkpoint::{self, write_atomic};
-use super::metrics::{Metrics, MetricsWriter, read_metrics};
-use super::{Ppo, TradingEnv, VecEnv};
-use crate::Result;
-use crate::agents::init::seeded_var_builder;
-use crate::agents::symbol::{AgentConfig, MarketWindows, SymbolAgent, SymbolPolicy};
+use crate::agents::{AgentDims, SymbolPolicy};
 use crate::config::Config;
-use crate::data::MarketData;
-use crate::env::{self, BackendKind, Period};
-use crate::error::Error;
-use crate::features::Features;
+use crate::env::BackendKind;
+use crate::error::{Error, ErrorKind, Result};
+pub use crate::market::Market;
+use crate::train::checkpoint;
+use crate::train::metrics::{Metrics, MetricsWriter, read_metrics};
+pub use crate::train::setup::{build_env, build_policy};
+use crate::train::{Ppo, TradingEnv, TrainEnv};
 
 /// File names inside a run directory.
 pub const CONFIG_FILE: &str = "config.toml";
 /// In a checkpoint: the symbols the agent was trained on, one per line, in column order.
 pub const SYMBOLS_FILE: &str = "symbols.txt";
+/// Per-iteration metrics, one JSON object a line.
 pub const METRICS_JSONL: &str = "metrics.jsonl";
+/// The same metrics as CSV.
 pub const METRICS_CSV: &str = "metrics.csv";
+/// The checkpoints' directory inside a run.
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
+/// In the checkpoints' directory: the name of the newest complete checkpoint.
 pub const LATEST_FILE: &str = "latest";
 /// Checkpoints kept per run (the newest ones).
 pub const KEEP_CHECKPOINTS: usize = 2;
 
-/// The market of a run: data and its features, computed once and shared.
-#[derive(Debug, Clone)]
-pub struct Market {
-    pub data: Arc<MarketData>,
-    pub features: Arc<Features>,
-}
-
-impl Market {
-    /// Load the config's data source and compute the features.
-    pub fn load(cfg: &Config) -> Result<Self> {
-        Ok(Self::from_data(crate::data::loader::load(&cfg.data)?))
-    }
-
-    pub fn from_data(data: MarketData) -> Self {
-        let features = Arc::new(Features::compute(&data));
-        Self {
-            data: Arc::new(data),
-            features,
-        }
-    }
-
-    /// The window source of the policy (features + returns for the graph branch).
-    pub fn windows(&self) -> Result<Arc<MarketWindows>> {
-        Ok(Arc::new(MarketWindows::new(
-            self.features.clone(),
-            self.data.clone(),
-        )?))
-    }
-}
-
-/// The agent configuration of `cfg` for `market`: `agent.symbols` is the data's number of symbols
-/// (a config file that states another number is refused when parsed, for synthetic data; for file
-/// data the file's symbols decide).
-pub fn agent_config(cfg: &Config, market: &Market) -> Result<AgentConfig> {
-    Ok(AgentConfig {
-        symbols: market.data.n_symbols(),
-        ..cfg.agent.clone()
-    })
-}
-
-/// The symbol policy of `acfg` over `market`, parameters initialised from `seed` (in a new
-/// `VarMap`).
-pub fn build_policy(
-    acfg: &AgentConfig,
-    market: &Market,
-    seed: u64,
-    device: &Device,
-) -> Result<(SymbolPolicy, VarMap)> {
-    let vm = VarMap::new();
-    let agent = SymbolAgent::new(acfg, seeded_var_builder(&vm, seed, DType::F32, device))?;
-    let policy = SymbolPolicy::new(agent, market.windows()?, device)?;
-    Ok((policy, vm))
-}
-
-/// The training environment of `cfg` (train period).
-pub fn build_env(
-    cfg: &Config,
-    market: &Market,
-    backend: BackendKind,
-    device: &Device,
-) -> Result<TradingEnv> {
-    let env = env::VecEnv::new(
-        cfg,
-        market.data.clone(),
-        market.features.clone(),
-        Period::Train,
-        backend,
-    )?;
-    TradingEnv::new(env, cfg.master.default_action, device)
+/// The agent sizes of `market` (its symbols; the environment's observation and windows).
+pub fn agent_dims(market: &Market) -> AgentDims {
+    AgentDims::trading(market.data.n_symbols())
 }
 
 /// How to run [`train`].
@@ -141,6 +76,7 @@ pub struct TrainOptions {
     pub max_iterations: Option<usize>,
     /// Write a checkpoint every this many iterations (and always after the last one).
     pub save_every: usize,
+    /// The environment backend.
     pub backend: BackendKind,
     /// Progress bar on stderr.
     pub progress: bool,
@@ -166,8 +102,9 @@ impl TrainOptions {
 pub struct TrainReport {
     /// The metrics of the iterations run now.
     pub metrics: Vec<Metrics>,
-    /// Completed iterations of the run, and all it will have.
+    /// Completed iterations of the run.
     pub iteration: usize,
+    /// All the iterations the run will have.
     pub num_iterations: usize,
     /// The newest checkpoint.
     pub checkpoint: PathBuf,
@@ -182,6 +119,57 @@ impl TrainReport {
     pub fn symbol_sps(&self) -> f64 {
         self.symbol_steps as f64 / self.seconds.max(1e-9)
     }
+
+    /// The end-of-run summary `marl-trade train` prints: the last iteration's losses, the reward
+    /// terms' means and shares, the throughput, and where the checkpoint and metrics of run
+    /// directory `out` are.
+    pub fn summary(&self, out: &Path) -> String {
+        let mut s = String::new();
+        if let Some(m) = self.metrics.last() {
+            s += &format!(
+                "iteration {}/{}: policy loss {:+.4}, value loss {:.4}, entropy {:.3}, approx KL {:.4}, \
+                 explained variance {}, episode return {}\n",
+                self.iteration,
+                self.num_iterations,
+                m.policy_loss,
+                m.value_loss,
+                m.entropy,
+                m.approx_kl,
+                m.explained_variance
+                    .map_or("-".into(), |v| format!("{v:.3}")),
+                m.episode_return_mean
+                    .map_or("-".into(), |v| format!("{:+.3}%", 100.0 * v))
+            );
+        }
+        if let Some(m) = self.metrics.iter().rev().find(|m| !m.env.is_empty()) {
+            let terms: Vec<String> = crate::reward::COMPONENT_NAMES
+                .iter()
+                .filter_map(|c| {
+                    let mean = m.env.get(&format!("reward.{c}"))?;
+                    let share = m.env.get(&format!("reward_share.{c}"))?;
+                    Some(format!("{c} {mean:+.2e} ({:.0}%)", 100.0 * share))
+                })
+                .collect();
+            s += &format!(
+                "reward terms per symbol-step (share of |sum|), iteration {}: {}\n",
+                m.iteration,
+                terms.join(", ")
+            );
+        }
+        s += &format!(
+            "{} iterations in {:.1} s: {:.0} symbol transitions/s end to end (rollout + update + checkpoints)\n",
+            self.metrics.len(),
+            self.seconds,
+            self.symbol_sps()
+        );
+        s += &format!(
+            "checkpoint: {}; metrics: {}, {}\n",
+            self.checkpoint.display(),
+            out.join(METRICS_JSONL).display(),
+            out.join(METRICS_CSV).display()
+        );
+        s
+    }
 }
 
 type Trainer = Ppo<TradingEnv, SymbolPolicy>;
@@ -189,23 +177,26 @@ type Trainer = Ppo<TradingEnv, SymbolPolicy>;
 /// Train (or resume) the run of `cfg` in `opts.out`; see the module doc for the files.
 pub fn train(cfg: &Config, market: &Market, opts: &TrainOptions) -> Result<TrainReport> {
     if opts.save_every == 0 {
-        return Err(Error::invalid("--save-every must be >= 1"));
+        return Err(Error::invalid("save_every (--save-every) must be >= 1"));
     }
     let dev = Device::Cpu;
     let out = &opts.out;
     let cfg_path = out.join(CONFIG_FILE);
-    let acfg = agent_config(cfg, market)?;
-    let env = build_env(cfg, market, opts.backend, &dev)?;
-    let (policy, vm) = build_policy(&acfg, market, cfg.ppo.seed, &dev)?;
+    let dims = agent_dims(market);
+    let env = build_env(&cfg.env_setup(), market, opts.backend, &dev)?;
+    let (policy, vm) = build_policy(&cfg.agent, dims, market, cfg.ppo.seed, &dev)?;
 
     let mut ppo: Trainer = if opts.resume {
         let stored = Config::from_file(&cfg_path)?;
         if stored != *cfg {
-            return Err(Error::invalid(format!(
-                "the configuration differs from the run's {}: resume with `--config {}`",
-                cfg_path.display(),
-                cfg_path.display()
-            )));
+            return Err(Error::new(
+                ErrorKind::RunMismatch,
+                format!(
+                    "the configuration differs from the run's: resume with `--config {}`",
+                    cfg_path.display()
+                ),
+            )
+            .with_file(&cfg_path));
         }
         let dir = latest_checkpoint(out)?;
         let ppo = Ppo::resume(&dir, env, policy, vm)?;
@@ -213,26 +204,23 @@ pub fn train(cfg: &Config, market: &Market, opts: &TrainOptions) -> Result<Train
         ppo
     } else {
         if !opts.force && (out.join(CHECKPOINTS_DIR).exists() || cfg_path.exists()) {
-            return Err(Error::invalid(format!(
-                "{} already holds a run: pass --resume to continue it, --force to replace it, or \
+            return Err(Error::new(
+                ErrorKind::RunExists,
+                "already holds a run: pass --resume to continue it, --force to replace it, or \
                  choose another --out",
-                out.display()
-            )));
+            )
+            .with_file(out));
         }
         // A forced run replaces the old one; otherwise only stale metrics files can be here.
         clear_run(out)?;
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-        write_atomic(&cfg_path, cfg.to_toml_string().as_bytes())?;
-        Ppo::new(
-            cfg.ppo_for_env(),
-            env,
-            policy,
-            vm,
-            serde_json::to_value(&acfg).expect("agent config serialises"),
-        )?
+        crate::atomic::write(&cfg_path, cfg.to_toml_string().as_bytes())?;
+        let spec = policy.agent().spec();
+        let spec = serde_json::to_value(&spec).map_err(|e| Error::json("agent spec", e))?;
+        Ppo::new(cfg.ppo.clone(), env, policy, vm, spec)?
     };
 
-    let total = cfg.ppo_for_env().num_iterations();
+    let total = ppo.num_iterations();
     let todo = total
         .saturating_sub(ppo.iteration())
         .min(opts.max_iterations.unwrap_or(usize::MAX));
@@ -310,11 +298,11 @@ fn save_checkpoint(ppo: &Trainer, cfg: &Config, symbols: &[String], out: &Path) 
     let name = format!("iter-{:06}", ppo.iteration());
     let dir = root.join(&name);
     ppo.save_checkpoint(&dir)?;
-    write_atomic(&dir.join(CONFIG_FILE), cfg.to_toml_string().as_bytes())?;
+    crate::atomic::write(&dir.join(CONFIG_FILE), cfg.to_toml_string().as_bytes())?;
     let mut names = symbols.join("\n");
     names.push('\n');
-    write_atomic(&dir.join(SYMBOLS_FILE), names.as_bytes())?;
-    write_atomic(&root.join(LATEST_FILE), format!("{name}\n").as_bytes())?;
+    crate::atomic::write(&dir.join(SYMBOLS_FILE), names.as_bytes())?;
+    crate::atomic::write(&root.join(LATEST_FILE), format!("{name}\n").as_bytes())?;
     // Prune: keep the newest KEEP_CHECKPOINTS complete ones (names sort by iteration).
     let mut names: Vec<String> = std::fs::read_dir(&root)
         .map_err(|e| Error::io(&root, e))?
@@ -344,28 +332,28 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
 pub fn latest_checkpoint(out: &Path) -> Result<PathBuf> {
     let latest = out.join(CHECKPOINTS_DIR).join(LATEST_FILE);
     let name = std::fs::read_to_string(&latest).map_err(|e| {
-        Error::invalid(format!(
-            "{}: not a checkpoint (no {}) nor a run directory ({}: {e})",
-            out.display(),
-            checkpoint::STATE_FILE,
-            latest.display()
-        ))
+        Error::checkpoint(
+            out,
+            format!(
+                "not a checkpoint (no {}) nor a run directory ({}: {e})",
+                checkpoint::STATE_FILE,
+                latest.display()
+            ),
+        )
     })?;
     let name = name.trim();
     if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
-        return Err(Error::invalid(format!(
-            "{}: bad checkpoint name `{name}`",
-            latest.display()
-        )));
+        return Err(Error::checkpoint(
+            &latest,
+            format!("bad checkpoint name `{name}`"),
+        ));
     }
     let dir = out.join(CHECKPOINTS_DIR).join(name);
     if !dir.join(checkpoint::STATE_FILE).is_file() {
-        return Err(Error::invalid(format!(
-            "{}: names {}, which has no {}",
-            latest.display(),
-            dir.display(),
-            checkpoint::STATE_FILE
-        )));
+        return Err(Error::checkpoint(
+            &latest,
+            format!("names {}, which has no {}", dir.display(), checkpoint::STATE_FILE),
+        ));
     }
     Ok(dir)
 }
@@ -389,8 +377,8 @@ fn truncate_metrics(out: &Path, iteration: usize, env_names: &[String]) -> Resul
         c.push_str(&m.csv_row_with(env_names));
         c.push('\n');
     }
-    write_atomic(&jsonl, j.as_bytes())?;
-    write_atomic(&out.join(METRICS_CSV), c.as_bytes())
+    crate::atomic::write(&jsonl, j.as_bytes())?;
+    crate::atomic::write(&out.join(METRICS_CSV), c.as_bytes())
 }
 
 /// The run's two metrics files, appended to and flushed after every iteration: the JSONL through

@@ -1,0 +1,397 @@
+/*!
+Throughput benchmarks of the environment and of the symbol policy, used by both the CLI
+(`marl-trade bench env`, `marl-trade bench policy`) and the criterion benches (`benches/env.rs`,
+`benches/policy.rs`), so the two measure the same loops. Throughput is reported in symbol-steps
+(N scenarios x S symbols per `step`) and symbol-forwards per second, with the machine it ran on.
+
+Speed targets are checked here and in `benches/`, never in timed unit tests.
+*/
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::agents::{ActorCritic as _, AgentConfig, AgentDims, DenseWindows, SymbolObs, SymbolPolicy};
+use crate::config::Config;
+use crate::data::SyntheticConfig;
+use crate::env::obs::{DYN_OBS, OBS_DIM};
+use crate::env::{BackendKind, EnvSetup, MASTER_ACTIONS, N_ACTIONS, Period, VecEnv};
+use crate::error::{Error, Result};
+use crate::features::{Features, WARMUP};
+use crate::market::Market;
+use crate::rng::SplitMix64;
+
+/// Logical CPUs and CPU model of this machine (for reports).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    /// Logical CPUs.
+    pub cpus: usize,
+    /// `model name` from `/proc/cpuinfo`, or "unknown CPU".
+    pub model: String,
+}
+
+impl Machine {
+    /// This machine.
+    pub fn here() -> Self {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown CPU".into());
+        Self { cpus, model }
+    }
+}
+
+impl std::fmt::Display for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} logical CPUs, {}", self.cpus, self.model)
+    }
+}
+
+/// Run `f` in a rayon pool of `threads` workers (the global pool when `None`).
+pub fn with_threads<T: Send>(
+    threads: Option<usize>,
+    f: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
+    match threads {
+        Some(0) => Err(Error::invalid("threads must be >= 1")),
+        Some(k) => rayon::ThreadPoolBuilder::new()
+            .num_threads(k)
+            .build()
+            .map_err(|e| Error::invalid(format!("cannot start {k} threads: {e}")))?
+            .install(f),
+        None => f(),
+    }
+}
+
+/// Pre-drawn action batches cycled through by the benchmarks.
+const BATCHES: usize = 64;
+
+/// An environment of N scenarios x S symbols on synthetic data, reset, stepping with pre-drawn
+/// uniform random symbol and master actions (masked ones execute as HOLD).
+pub struct EnvBench {
+    env: VecEnv,
+    acts: Vec<Vec<u8>>,
+    masters: Vec<Vec<u8>>,
+    obs: Vec<f32>,
+    i: usize,
+    /// Seconds spent generating the data and its features.
+    pub prep_seconds: f64,
+}
+
+impl EnvBench {
+    /// `n` scenarios x `s` symbols of `synth`'s market (its symbol count replaced by `s`, and its
+    /// length raised so that the train period holds full episodes), environment `setup` with
+    /// `env.scenarios = n`, on `backend`.
+    pub fn new(
+        setup: &EnvSetup,
+        synth: &SyntheticConfig,
+        n: usize,
+        s: usize,
+        backend: BackendKind,
+    ) -> Result<Self> {
+        if n == 0 || s == 0 {
+            return Err(Error::invalid("envs and symbols must be >= 1"));
+        }
+        let mut setup = setup.clone();
+        setup.env.scenarios = n;
+        // Enough bars for the train period to hold full episodes (WARMUP + episode_len + 2)
+        // after the split; episodes auto-reset, so the timed steps are not limited by the data.
+        let need = ((WARMUP + setup.env.episode_len + 2) as f64 / setup.env.train_fraction).ceil()
+            as usize
+            + 1;
+        let synth = SyntheticConfig {
+            symbols: s,
+            bars: synth.bars.max(need),
+            ..synth.clone()
+        };
+        let t = Instant::now();
+        let md = Arc::new(crate::data::generate(&synth, "SPY"));
+        let features = Arc::new(Features::compute(&md));
+        let prep_seconds = t.elapsed().as_secs_f64();
+        let mut env = VecEnv::new(&setup, md, features, Period::Train, backend)?;
+        env.reset(1)?;
+        let mut rng = SplitMix64::new(12345);
+        let acts = (0..BATCHES)
+            .map(|_| {
+                (0..n * s)
+                    .map(|_| rng.below(N_ACTIONS as u64) as u8)
+                    .collect()
+            })
+            .collect();
+        let masters = (0..BATCHES)
+            .map(|_| {
+                (0..n)
+                    .map(|_| rng.below(MASTER_ACTIONS as u64) as u8)
+                    .collect()
+            })
+            .collect();
+        Ok(Self {
+            env,
+            acts,
+            masters,
+            obs: vec![0f32; n * s * OBS_DIM],
+            i: 0,
+            prep_seconds,
+        })
+    }
+
+    /// The environment.
+    pub fn env(&self) -> &VecEnv {
+        &self.env
+    }
+
+    /// One step with the next pre-drawn actions.
+    pub fn step(&mut self) -> Result<()> {
+        let k = self.i % BATCHES;
+        self.i += 1;
+        self.env.step(&self.acts[k], &self.masters[k])?;
+        Ok(())
+    }
+
+    /// One step and the full observation (`gather_obs`).
+    pub fn step_obs(&mut self) -> Result<()> {
+        self.step()?;
+        self.env.gather_obs(&mut self.obs)?;
+        std::hint::black_box(&self.obs);
+        Ok(())
+    }
+
+    /// The full observation alone.
+    pub fn gather_obs(&mut self) -> Result<()> {
+        self.env.gather_obs(&mut self.obs)?;
+        std::hint::black_box(&self.obs);
+        Ok(())
+    }
+
+    /// Warm up, then time `steps` steps, and `steps` steps with observations.
+    pub fn measure(&mut self, steps: usize) -> Result<EnvThroughput> {
+        if steps == 0 {
+            return Err(Error::invalid("steps must be >= 1"));
+        }
+        for _ in 0..steps.clamp(1, 32) {
+            self.step_obs()?;
+        }
+        let t = Instant::now();
+        for _ in 0..steps {
+            self.step()?;
+        }
+        let step_seconds = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for _ in 0..steps {
+            self.step_obs()?;
+        }
+        let step_obs_seconds = t.elapsed().as_secs_f64();
+        Ok(EnvThroughput {
+            n: self.env.n_scenarios(),
+            s: self.env.n_symbols(),
+            steps,
+            step_seconds,
+            step_obs_seconds,
+        })
+    }
+}
+
+/// What [`EnvBench::measure`] timed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EnvThroughput {
+    /// Scenarios N.
+    pub n: usize,
+    /// Symbols S.
+    pub s: usize,
+    /// Timed steps of each loop.
+    pub steps: usize,
+    /// Seconds of the `step` loop.
+    pub step_seconds: f64,
+    /// Seconds of the `step` + `gather_obs` loop.
+    pub step_obs_seconds: f64,
+}
+
+impl EnvThroughput {
+    /// Symbol-steps per second of `step`.
+    pub fn step_sps(&self) -> f64 {
+        (self.n * self.s * self.steps) as f64 / self.step_seconds.max(1e-12)
+    }
+
+    /// Symbol-steps per second of `step` + `gather_obs`.
+    pub fn step_obs_sps(&self) -> f64 {
+        (self.n * self.s * self.steps) as f64 / self.step_obs_seconds.max(1e-12)
+    }
+
+    /// The two report lines.
+    pub fn lines(&self) -> String {
+        let line = |name: &str, sps: f64, dt: f64| {
+            format!(
+                "{name:<19}{sps:>12.0} symbol-steps/s  ({} steps in {dt:.3} s, {:.3} ms/step)\n",
+                self.steps,
+                1e3 * dt / self.steps as f64
+            )
+        };
+        line("step:", self.step_sps(), self.step_seconds)
+            + &line("step + gather_obs:", self.step_obs_sps(), self.step_obs_seconds)
+    }
+}
+
+/// The symbol policy of a configuration and the three batches the benchmarks time: one scenario,
+/// N scenarios at one bar (one encoder pass per symbol), N scenarios at N distinct bars (N encoder
+/// passes, the worst case). Window gathering and the correlation graph are included, as in
+/// training.
+pub struct PolicyBench {
+    policy: SymbolPolicy,
+    /// `(name, observation)` of each case.
+    pub cases: Vec<(&'static str, SymbolObs)>,
+    /// Number of parameters.
+    pub params: usize,
+}
+
+impl PolicyBench {
+    /// The agent of `cfg` over its market (loaded), with `scenarios` scenarios in the batched
+    /// cases.
+    pub fn from_config(cfg: &Config, scenarios: usize) -> Result<Self> {
+        let market = Market::load(&cfg.data)?;
+        let dims = crate::run::agent_dims(&market);
+        let (policy, vm) =
+            crate::train::setup::build_policy(&cfg.agent, dims, &market, 0, &Device::Cpu)?;
+        Self::with_policy(policy, &vm, market.data.bars, scenarios)
+    }
+
+    /// The agent of `acfg` over `symbols` symbols of random in-memory windows (no data needed).
+    pub fn synthetic(acfg: &AgentConfig, symbols: usize, scenarios: usize) -> Result<Self> {
+        let dev = Device::Cpu;
+        let vm = candle_nn::VarMap::new();
+        let dims = AgentDims::trading(symbols);
+        let agent = crate::agents::SymbolAgent::new(
+            acfg,
+            dims,
+            crate::agents::init::seeded_var_builder(&vm, 0, DType::F32, &dev),
+        )?;
+        let bars = WARMUP + 2 * scenarios + 2;
+        let src = Arc::new(DenseWindows::random(
+            1,
+            bars,
+            symbols,
+            dims.window.window,
+            dims.window.features,
+            1,
+        ));
+        let policy = SymbolPolicy::new(agent, src, &dev)?;
+        Self::with_policy(policy, &vm, bars, scenarios)
+    }
+
+    fn with_policy(
+        policy: SymbolPolicy,
+        vm: &candle_nn::VarMap,
+        bars: usize,
+        n: usize,
+    ) -> Result<Self> {
+        if n == 0 {
+            return Err(Error::invalid("scenarios must be >= 1"));
+        }
+        let lo = WARMUP.min(bars.saturating_sub(1));
+        if bars < lo + n + 1 {
+            return Err(Error::invalid(format!(
+                "{bars} bars are too few for {n} distinct bars after the warm-up"
+            )));
+        }
+        let params = vm
+            .all_vars()
+            .iter()
+            .map(|v| v.as_tensor().elem_count())
+            .sum();
+        let s = policy.agent().dims().symbols;
+        let mut rng = SplitMix64::new(5);
+        let mut obs = |keys: Vec<(u32, u32)>| -> Result<SymbolObs> {
+            let d: Vec<f32> = (0..keys.len() * s * DYN_OBS)
+                .map(|_| rng.normal() as f32 * 0.1)
+                .collect();
+            let units = keys.len();
+            Ok(SymbolObs {
+                keys,
+                dyn_obs: Tensor::from_vec(d, (units, s, DYN_OBS), &Device::Cpu)?,
+            })
+        };
+        let cases = vec![
+            ("1 scenario", obs(vec![(0, lo as u32)])?),
+            ("N scenarios, one bar", obs(vec![(0, lo as u32); n])?),
+            (
+                "N scenarios, N bars",
+                obs((0..n).map(|i| (0, (lo + i) as u32)).collect())?,
+            ),
+        ];
+        Ok(Self {
+            policy,
+            cases,
+            params,
+        })
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &SymbolPolicy {
+        &self.policy
+    }
+
+    /// One forward pass of case `i` (logits and values reduced so nothing is optimised away).
+    pub fn forward(&self, i: usize) -> Result<f32> {
+        let (logits, value) = self.policy.forward(&self.cases[i].1)?;
+        Ok(logits.sum_all()?.to_scalar::<f32>()? + value.sum_all()?.to_scalar::<f32>()?)
+    }
+
+    /// One warm-up and `reps` timed forward passes of every case.
+    pub fn measure(&self, reps: usize) -> Result<Vec<PolicyTiming>> {
+        if reps == 0 {
+            return Err(Error::invalid("reps must be >= 1"));
+        }
+        let s = self.policy.agent().dims().symbols;
+        (0..self.cases.len())
+            .map(|i| {
+                std::hint::black_box(self.forward(i)?);
+                let t = Instant::now();
+                for _ in 0..reps {
+                    std::hint::black_box(self.forward(i)?);
+                }
+                Ok(PolicyTiming {
+                    name: self.cases[i].0,
+                    units: self.cases[i].1.keys.len(),
+                    symbols: s,
+                    seconds: t.elapsed().as_secs_f64() / reps as f64,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The time of one forward pass of one [`PolicyBench`] case.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PolicyTiming {
+    /// The case.
+    pub name: &'static str,
+    /// Scenarios in the batch.
+    pub units: usize,
+    /// Symbols per scenario.
+    pub symbols: usize,
+    /// Seconds per forward pass.
+    pub seconds: f64,
+}
+
+impl PolicyTiming {
+    /// The report line.
+    pub fn line(&self) -> String {
+        format!(
+            "{:<22} ({:>4} x {}): {:>9.2} ms per forward, {:>8.3} ms per scenario, {:>11.0} symbol-forwards/s",
+            self.name,
+            self.units,
+            self.symbols,
+            1e3 * self.seconds,
+            1e3 * self.seconds / self.units as f64,
+            (self.units * self.symbols) as f64 / self.seconds
+        )
+    }
+}

@@ -1,0 +1,186 @@
+/*!
+Evaluating a trained checkpoint, as `marl-trade eval` does: the checkpoint's policy plays the chosen
+period next to the scripted baselines (and any extra policies a caller adds), and the
+[`EvalReport`] holds every backtest, the paired comparisons of the policy with each baseline
+(Memmel's standard error of a Sharpe difference) and the decision IC of its choices (the look-ahead
+guard, see [`super::compare`]). The report prints as the CLI's table ([`EvalReport::text`]) and
+serialises to JSON ([`EvalReport::to_json`], written atomically by [`EvalReport::write_json`]).
+
+```no_run
+use marl_trade::eval::{EvalOptions, evaluate_checkpoint};
+
+let report = evaluate_checkpoint(&EvalOptions::new("runs/signal"))?;
+print!("{}", report.text());
+assert!(report.decision_ic.z.abs() < 5.0, "suspiciously informative decisions");
+# Ok::<(), marl_trade::Error>(())
+```
+
+Layer: above [`crate::config`] and [`crate::run`] (a checkpoint is evaluated under the configuration
+stored beside it).
+*/
+
+use std::path::{Path, PathBuf};
+
+use super::agent::{ActMode, AgentPolicy};
+use super::backtest::{BacktestOptions, BacktestResult, Baseline, run_baselines, run_policy};
+use super::baselines::BacktestPolicy;
+use super::compare::{Comparison, DecisionIc, compare, decision_ic};
+use super::metrics::{Metrics, format_table};
+use crate::config::Config;
+use crate::env::EnvSetup;
+use crate::error::{Error, Result};
+use crate::market::Market;
+
+/// What [`evaluate_checkpoint`] evaluates, and how.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// A checkpoint directory, or a run directory (its latest checkpoint).
+    pub checkpoint: PathBuf,
+    /// `section.field=value` overrides of the checkpoint's configuration.
+    pub overrides: Vec<String>,
+    /// A data file (or several, comma-separated) instead of the configured source; it must hold
+    /// the training symbols in the same order.
+    pub data: Option<PathBuf>,
+    /// Period, backend, and the seed of the random baseline (and of sampling).
+    pub backtest: BacktestOptions,
+    /// Sample actions from the policy (seeded by `backtest.seed`) instead of playing greedily.
+    pub sample: bool,
+}
+
+impl EvalOptions {
+    /// Greedy evaluation of `checkpoint` on the test period with the configured data.
+    pub fn new(checkpoint: impl Into<PathBuf>) -> Self {
+        Self {
+            checkpoint: checkpoint.into(),
+            overrides: Vec::new(),
+            data: None,
+            backtest: BacktestOptions::default(),
+            sample: false,
+        }
+    }
+}
+
+/// The outcome of an evaluation (module docs).
+#[derive(Debug, Clone)]
+pub struct EvalReport {
+    /// The checkpoint directory evaluated (empty for [`evaluate_policy`]).
+    pub checkpoint: PathBuf,
+    /// Where the data came from.
+    pub data: String,
+    /// Symbols, bars and paths of the data.
+    pub shape: (usize, usize, usize),
+    /// The evaluated policy.
+    pub policy: BacktestResult,
+    /// Extra policies played for reference (none from the CLI).
+    pub others: Vec<BacktestResult>,
+    /// The scripted baselines, in [`Baseline::ALL`] order.
+    pub baselines: Vec<BacktestResult>,
+    /// The policy against each baseline.
+    pub comparisons: Vec<Comparison>,
+    /// The information in the policy's decisions about the next bar.
+    pub decision_ic: DecisionIc,
+}
+
+impl EvalReport {
+    /// The baseline `b`'s backtest.
+    pub fn baseline(&self, b: Baseline) -> Option<&BacktestResult> {
+        self.baselines.iter().find(|r| r.metrics.policy == b.name())
+    }
+
+    /// The comparison of the policy with baseline `b`.
+    pub fn comparison(&self, b: Baseline) -> Option<&Comparison> {
+        self.comparisons.iter().find(|c| c.b == b.name())
+    }
+
+    /// Every metrics row: the policy, the extra policies, the baselines.
+    pub fn rows(&self) -> Vec<Metrics> {
+        std::iter::once(&self.policy)
+            .chain(&self.others)
+            .chain(&self.baselines)
+            .map(|r| r.metrics.clone())
+            .collect()
+    }
+
+    /// The metrics table, one comparison line per baseline and the decision IC, as the CLI prints.
+    pub fn text(&self) -> String {
+        let mut out = format_table(&self.rows());
+        for c in &self.comparisons {
+            out.push_str(&c.line());
+            out.push('\n');
+        }
+        out.push_str(&self.decision_ic.line());
+        out.push('\n');
+        out
+    }
+
+    /// `{"checkpoint", "data", "metrics": [...], "comparisons": [...], "decision_ic": {...}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "checkpoint": self.checkpoint.display().to_string(),
+            "data": self.data,
+            "first_bar": self.policy.first_bar,
+            "last_bar": self.policy.last_bar,
+            "metrics": self.rows(),
+            "comparisons": self.comparisons,
+            "decision_ic": self.decision_ic,
+        })
+    }
+
+    /// Write [`Self::to_json`] to `path`, atomically.
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(&self.to_json())
+            .map_err(|e| Error::json("evaluation report", e))?;
+        crate::atomic::write(path, text.as_bytes())
+    }
+}
+
+/// Play `policy` (traced) and `others` on `market` next to every baseline, and compare.
+pub fn evaluate_policy(
+    setup: &EnvSetup,
+    market: &Market,
+    opts: &BacktestOptions,
+    policy: AgentPolicy,
+    others: &mut [&mut dyn BacktestPolicy],
+) -> Result<EvalReport> {
+    let (md, feats) = (market.data.clone(), market.features.clone());
+    let mut policy = policy.with_trace();
+    let mine = run_policy(setup, md.clone(), feats.clone(), opts, &mut policy)?;
+    let ic = decision_ic(&policy.take_trace(), &md);
+    let others = others
+        .iter_mut()
+        .map(|p| run_policy(setup, md.clone(), feats.clone(), opts, &mut **p))
+        .collect::<Result<Vec<_>>>()?;
+    let baselines = run_baselines(setup, md.clone(), feats, opts, &Baseline::ALL)?;
+    let comparisons = baselines
+        .iter()
+        .map(|b| compare(&mine, b))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(EvalReport {
+        checkpoint: PathBuf::new(),
+        data: String::new(),
+        shape: (md.n_symbols(), md.bars, md.paths),
+        policy: mine,
+        others,
+        baselines,
+        comparisons,
+        decision_ic: ic,
+    })
+}
+
+/// Evaluate a checkpoint under its own stored configuration (module docs).
+pub fn evaluate_checkpoint(opts: &EvalOptions) -> Result<EvalReport> {
+    let dir = crate::run::resolve_checkpoint(&opts.checkpoint)?;
+    let cfg = Config::from_file_with_overrides(dir.join(crate::run::CONFIG_FILE), &opts.overrides)?;
+    let (market, origin) = Market::load_source(&cfg.data, opts.data.as_deref())?;
+    let (name, mode) = if opts.sample {
+        ("ppo-sampled", ActMode::Sample(opts.backtest.seed))
+    } else {
+        ("ppo", ActMode::Greedy)
+    };
+    let policy = AgentPolicy::from_checkpoint(name, &dir, &market, cfg.master.default_action)?
+        .with_mode(mode);
+    let mut report = evaluate_policy(&cfg.env_setup(), &market, &opts.backtest, policy, &mut [])?;
+    report.checkpoint = dir;
+    report.data = origin;
+    Ok(report)
+}
