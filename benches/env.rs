@@ -4,7 +4,6 @@
 //! `cargo bench --bench env`; the command-line `marl-trade bench env` times the same loops
 //! (`marl_trade::bench::EnvBench`) without criterion's statistics.
 
-use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -26,10 +25,10 @@ fn bench_env(c: &mut Criterion) {
         let size = format!("{n}x{s}");
         g.throughput(Throughput::Elements((n * s) as u64));
         g.bench_function(BenchmarkId::new("step", &size), |it| {
-            it.iter(|| black_box(b.step().expect("step")))
+            it.iter(|| b.step().expect("step"))
         });
         g.bench_function(BenchmarkId::new("gather_obs", &size), |it| {
-            it.iter(|| black_box(b.gather_obs().expect("gather_obs")))
+            it.iter(|| b.gather_obs().expect("gather_obs"))
         });
     }
     g.finish();

@@ -37,7 +37,7 @@ fn main() -> marl_trade::Result<()> {
 
     // The policy: logits[a] = w[a] . obs + b[a], shared by all symbols.
     let mut w = vec![0f64; N_ACTIONS * DYN_OBS];
-    let mut b = vec![0f64; N_ACTIONS];
+    let mut b = [0f64; N_ACTIONS];
     b[0] = 2.0; // a HOLD prior, as the library's agents use
     let (lr, mut baseline) = (0.05, 0.0f64);
     let mut rng = SplitMix64::new(7);
@@ -59,8 +59,10 @@ fn main() -> marl_trade::Result<()> {
                 let mut z = 0.0;
                 for a in 0..N_ACTIONS {
                     let legal = mask[r * N_ACTIONS + a] != 0;
-                    let logit: f64 =
-                        b[a] + (0..DYN_OBS).map(|i| w[a * DYN_OBS + i] * x[i] as f64).sum::<f64>();
+                    let logit: f64 = b[a]
+                        + (0..DYN_OBS)
+                            .map(|i| w[a * DYN_OBS + i] * x[i] as f64)
+                            .sum::<f64>();
                     p[a] = if legal { logit.exp() } else { 0.0 };
                     z += p[a];
                 }
@@ -98,7 +100,8 @@ fn main() -> marl_trade::Result<()> {
             baseline = 0.9 * baseline + 0.1 * mean;
         }
         let finished = env.drain_finished();
-        let ret = finished.iter().map(|e| e.total_return).sum::<f64>() / finished.len().max(1) as f64;
+        let ret =
+            finished.iter().map(|e| e.total_return).sum::<f64>() / finished.len().max(1) as f64;
         println!(
             "iteration {iteration:2}: mean reward per symbol-step {:+.5}, {} episodes ended, mean episode return {:+.3}%",
             reward_sum / count as f64,

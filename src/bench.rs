@@ -12,7 +12,9 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::agents::{ActorCritic as _, AgentConfig, AgentDims, DenseWindows, SymbolObs, SymbolPolicy};
+use crate::agents::{
+    ActorCritic as _, AgentConfig, AgentDims, DenseWindows, SymbolObs, SymbolPolicy,
+};
 use crate::config::Config;
 use crate::data::SyntheticConfig;
 use crate::env::obs::{DYN_OBS, OBS_DIM};
@@ -236,7 +238,11 @@ impl EnvThroughput {
             )
         };
         line("step:", self.step_sps(), self.step_seconds)
-            + &line("step + gather_obs:", self.step_obs_sps(), self.step_obs_seconds)
+            + &line(
+                "step + gather_obs:",
+                self.step_obs_sps(),
+                self.step_obs_seconds,
+            )
     }
 }
 

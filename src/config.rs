@@ -43,10 +43,26 @@ use crate::error::{Error, Result};
 const DERIVED_FIELDS: [(&str, &str, &str); 6] = [
     ("ppo", "num_envs", "env.scenarios"),
     ("agent", "symbols", "the data's symbols"),
-    ("agent", "dyn_obs", "the environment's observation (env::obs::DYN_OBS)"),
-    ("agent", "num_actions", "the environment's actions (env::N_ACTIONS)"),
-    ("agent.encoder", "window", "the feature array (features::WINDOW)"),
-    ("agent.encoder", "features", "the feature array (features::N_TECH)"),
+    (
+        "agent",
+        "dyn_obs",
+        "the environment's observation (env::obs::DYN_OBS)",
+    ),
+    (
+        "agent",
+        "num_actions",
+        "the environment's actions (env::N_ACTIONS)",
+    ),
+    (
+        "agent.encoder",
+        "window",
+        "the feature array (features::WINDOW)",
+    ),
+    (
+        "agent.encoder",
+        "features",
+        "the feature array (features::N_TECH)",
+    ),
 ];
 
 /// The whole configuration: one section per layer (see the module docs).

@@ -60,7 +60,6 @@ impl CostConfig {
     }
 }
 
-
 /// Cost parameters in the units the step uses (fractions per fill, a rate per bar).
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[repr(C)]

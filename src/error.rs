@@ -119,8 +119,11 @@ pub struct ShapeMismatch {
 /// The crate's error: a kind, a message, the context that locates it, and an optional source.
 ///
 /// Displayed as `<origin>[, field `f`][, column `c`][, row r][, symbol `s`]: <message>`, where the
-/// origin is the file (or the named source of a config string) when there is one.
-pub struct Error {
+/// origin is the file (or the named source of a config string) when there is one. One pointer wide:
+/// the details live behind a `Box`, so `Result<T>` stays small on the hot paths.
+pub struct Error(Box<Inner>);
+
+struct Inner {
     kind: ErrorKind,
     message: String,
     origin: Option<String>,
@@ -134,7 +137,7 @@ pub struct Error {
 impl Error {
     /// An error of `kind` with `message` and no context.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self {
+        Self(Box::new(Inner {
             kind,
             message: message.into(),
             origin: None,
@@ -143,60 +146,60 @@ impl Error {
             loc: Location::default(),
             shape: None,
             source: None,
-        }
+        }))
     }
 
     /// What went wrong.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.0.kind
     }
 
     /// The message without the context.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.0.message
     }
 
     /// The file the error is about, when there is one.
     pub fn file(&self) -> Option<&Path> {
-        self.file.as_deref()
+        self.0.file.as_deref()
     }
 
     /// The config field (`section.field`), when the error is about one.
     pub fn field(&self) -> Option<&str> {
-        self.field.as_deref()
+        self.0.field.as_deref()
     }
 
     /// Column, row and symbol of a data error.
     pub fn location(&self) -> &Location {
-        &self.loc
+        &self.0.loc
     }
 
     /// The tensor and shapes of a [`ErrorKind::Shape`] error.
     pub fn shape_mismatch(&self) -> Option<&ShapeMismatch> {
-        self.shape.as_deref()
+        self.0.shape.as_deref()
     }
 
     /// Attach the file the error is about.
     pub fn with_file(mut self, file: impl AsRef<Path>) -> Self {
-        self.file = Some(file.as_ref().to_path_buf());
+        self.0.file = Some(file.as_ref().to_path_buf());
         self
     }
 
     /// Attach a named origin that is not a file (a config string, `--set`).
     pub fn with_origin(mut self, origin: impl Into<String>) -> Self {
-        self.origin = Some(origin.into());
+        self.0.origin = Some(origin.into());
         self
     }
 
     /// Attach the config field the error is about.
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
-        self.field = Some(field.into());
+        self.0.field = Some(field.into());
         self
     }
 
     /// Attach the underlying error.
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        self.source = Some(Box::new(source));
+        self.0.source = Some(Box::new(source));
         self
     }
 
@@ -227,7 +230,7 @@ impl Error {
     /// A data file that cannot be used, at `loc`.
     pub fn data(file: impl AsRef<Path>, loc: Location, message: impl Into<String>) -> Self {
         let mut e = Self::new(ErrorKind::Data, message).with_file(file);
-        e.loc = loc;
+        e.0.loc = loc;
         e
     }
 
@@ -238,7 +241,7 @@ impl Error {
             format!("`{name}` has shape {got:?}, the config needs {expected:?}"),
         )
         .with_origin(origin);
-        e.shape = Some(Box::new(ShapeMismatch {
+        e.0.shape = Some(Box::new(ShapeMismatch {
             name: name.to_string(),
             expected: expected.to_vec(),
             got: got.to_vec(),
@@ -275,56 +278,57 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut head = false;
-        if let Some(o) = &self.origin {
-            if self.kind == ErrorKind::Config {
+        if let Some(o) = &self.0.origin {
+            if self.0.kind == ErrorKind::Config {
                 write!(f, "config {o}")?;
             } else {
                 write!(f, "{o}")?;
             }
             head = true;
         }
-        if let Some(p) = &self.file {
+        if let Some(p) = &self.0.file {
             if head {
                 write!(f, " ({})", p.display())?;
-            } else if self.kind == ErrorKind::Data {
+            } else if self.0.kind == ErrorKind::Data {
                 write!(f, "data {}", p.display())?;
             } else {
                 write!(f, "{}", p.display())?;
             }
             head = true;
         }
-        if let Some(field) = &self.field {
+        if let Some(field) = &self.0.field {
             write!(f, "{}field `{field}`", if head { ", " } else { "" })?;
             head = true;
         }
-        if self.loc != Location::default() {
-            write!(f, "{}", self.loc)?;
+        if self.0.loc != Location::default() {
+            write!(f, "{}", self.0.loc)?;
             head = true;
         }
         if !head {
-            write!(f, "{}", self.kind.label())?;
+            write!(f, "{}", self.0.kind.label())?;
         }
-        write!(f, ": {}", self.message)
+        write!(f, ": {}", self.0.message)
     }
 }
 
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Error");
-        d.field("kind", &self.kind).field("message", &self.message);
-        if let Some(o) = &self.origin {
+        d.field("kind", &self.0.kind)
+            .field("message", &self.0.message);
+        if let Some(o) = &self.0.origin {
             d.field("origin", o);
         }
-        if let Some(p) = &self.file {
+        if let Some(p) = &self.0.file {
             d.field("file", p);
         }
-        if let Some(x) = &self.field {
+        if let Some(x) = &self.0.field {
             d.field("field", x);
         }
-        if self.loc != Location::default() {
-            d.field("location", &self.loc);
+        if self.0.loc != Location::default() {
+            d.field("location", &self.0.loc);
         }
-        if let Some(s) = &self.source {
+        if let Some(s) = &self.0.source {
             d.field("source", s);
         }
         d.finish()
@@ -333,7 +337,8 @@ impl fmt::Debug for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
+        self.0
+            .source
             .as_deref()
             .map(|s| s as &(dyn std::error::Error + 'static))
     }
@@ -352,7 +357,10 @@ mod tests {
     #[test]
     fn display_names_the_context() {
         let e = Error::config_field("a.toml", "env.scenarios", "must be >= 1".into());
-        assert_eq!(e.to_string(), "config a.toml, field `env.scenarios`: must be >= 1");
+        assert_eq!(
+            e.to_string(),
+            "config a.toml, field `env.scenarios`: must be >= 1"
+        );
         assert_eq!(e.kind(), ErrorKind::Config);
         assert_eq!(e.field(), Some("env.scenarios"));
         let loc = Location {
@@ -361,7 +369,10 @@ mod tests {
             symbol: None,
         };
         let e = Error::data("x.csv", loc, "NaN price");
-        assert_eq!(e.to_string(), "data x.csv, column `close`, row 3: NaN price");
+        assert_eq!(
+            e.to_string(),
+            "data x.csv, column `close`, row 3: NaN price"
+        );
         assert_eq!(e.location().row, Some(3));
         let e = Error::invalid("bad");
         assert_eq!(e.to_string(), "invalid argument: bad");

@@ -216,7 +216,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train(&cfg, &cli.config, &args),
         Command::Eval(_) => unreachable!("handled above"),
         Command::Backtest(args) => backtest(&cfg, &args),
-        Command::Bench(BenchCmd::Env(args)) => with_threads(args.threads, || bench_env(&cfg, &args)),
+        Command::Bench(BenchCmd::Env(args)) => {
+            with_threads(args.threads, || bench_env(&cfg, &args))
+        }
         Command::Bench(BenchCmd::Policy(args)) => {
             with_threads(args.threads, || bench_policy(&cfg, &args))
         }
@@ -282,7 +284,10 @@ fn eval(args: &EvalArgs, overrides: &[String]) -> Result<()> {
         args.on.period,
         report.policy.first_bar,
         report.policy.last_bar,
-        report.policy.last_bar.saturating_sub(report.policy.first_bar)
+        report
+            .policy
+            .last_bar
+            .saturating_sub(report.policy.first_bar)
     );
     print!("{}", report.text());
     if let Some(path) = &args.on.json {

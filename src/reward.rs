@@ -87,7 +87,6 @@ impl RewardConfig {
     }
 }
 
-
 /// Number of reward components.
 pub const N_COMPONENTS: usize = 7;
 /// Component names, in storage order.

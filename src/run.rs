@@ -352,7 +352,11 @@ pub fn latest_checkpoint(out: &Path) -> Result<PathBuf> {
     if !dir.join(checkpoint::STATE_FILE).is_file() {
         return Err(Error::checkpoint(
             &latest,
-            format!("names {}, which has no {}", dir.display(), checkpoint::STATE_FILE),
+            format!(
+                "names {}, which has no {}",
+                dir.display(),
+                checkpoint::STATE_FILE
+            ),
         ));
     }
     Ok(dir)

@@ -17,9 +17,18 @@ fn derived_sizes_are_not_file_fields() {
     // A file that still names a derived size (an older config or checkpoint) is refused with an
     // error naming the field and saying where its value comes from, consistent or not.
     for (text, field) in [
-        ("[env]\nscenarios = 16\n[ppo]\nnum_envs = 16\n", "ppo.num_envs"),
-        ("[env]\nscenarios = 16\n[ppo]\nnum_envs = 4\n", "ppo.num_envs"),
-        ("[data.synthetic]\nsymbols = 9\n[agent]\nsymbols = 8\n", "agent.symbols"),
+        (
+            "[env]\nscenarios = 16\n[ppo]\nnum_envs = 16\n",
+            "ppo.num_envs",
+        ),
+        (
+            "[env]\nscenarios = 16\n[ppo]\nnum_envs = 4\n",
+            "ppo.num_envs",
+        ),
+        (
+            "[data.synthetic]\nsymbols = 9\n[agent]\nsymbols = 8\n",
+            "agent.symbols",
+        ),
         ("[agent]\ndyn_obs = 26\n", "agent.dyn_obs"),
         ("[agent]\nnum_actions = 7\n", "agent.num_actions"),
         ("[agent.encoder]\nwindow = 24\n", "agent.encoder.window"),
@@ -28,7 +37,10 @@ fn derived_sizes_are_not_file_fields() {
         assert_eq!(e.kind(), marl_trade::ErrorKind::Config);
         assert_eq!(e.field(), Some(field), "{e}");
         let e = e.to_string();
-        assert!(e.contains(field) && e.contains("test.toml") && e.contains("derived"), "{e}");
+        assert!(
+            e.contains(field) && e.contains("test.toml") && e.contains("derived"),
+            "{e}"
+        );
     }
     // A batch that the minibatches do not divide, across sections: names the field.
     let e = parse("[env]\nscenarios = 3\n[ppo]\nnum_steps = 5\nnum_minibatches = 4\n")

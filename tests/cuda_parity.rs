@@ -17,10 +17,10 @@ mod parity;
 
 use std::sync::Arc;
 
-use marl_trade::{Config, ErrorKind};
 use marl_trade::env::cpu::CpuBackend;
 use marl_trade::env::cuda::CudaBackend;
 use marl_trade::env::{Backend, EnvLayout, Period, StepOutputs};
+use marl_trade::{Config, ErrorKind};
 use parity::{Plan, cases, cmp_outputs, cmp_records, cmp_snapshots, cmp_views, run_parity};
 
 #[test]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use marl_trade::config::{AlignPolicy, DataConfig, SignalKind, SyntheticConfig};
 use marl_trade::data::synthetic::{self, generate_with_regimes};
 use marl_trade::data::{MarketData, generate, load_file, load_files, write_parquet};
-use marl_trade::error::{Error, ErrorKind};
+use marl_trade::error::ErrorKind;
 use marl_trade::features::{Features, N_REGIME, N_TECH, REGIME_NAMES, TECH_NAMES};
 
 fn small(seed: u64, symbols: usize, bars: usize) -> SyntheticConfig {
@@ -501,7 +501,10 @@ fn bad_files_are_rejected_with_file_column_and_row() {
         );
         match err.kind() {
             ErrorKind::Data => {
-                let (file, loc) = (err.file().expect("a data error names its file"), err.location());
+                let (file, loc) = (
+                    err.file().expect("a data error names its file"),
+                    err.location(),
+                );
                 assert_eq!(file, path, "{name}: {text}");
                 assert_eq!(
                     loc.column.as_deref().map(str::to_lowercase).as_deref(),

@@ -8,7 +8,7 @@ use marl_trade::data::{self, MarketData};
 use marl_trade::env::obs::DYN_OBS;
 use marl_trade::env::{BackendKind, N_ACTIONS, Period, VecEnv};
 use marl_trade::eval::{
-    BacktestOptions, Baseline, EqualWeight, Hold, BacktestPolicy, PolicyView, RandomPolicy,
+    BacktestOptions, BacktestPolicy, Baseline, EqualWeight, Hold, PolicyView, RandomPolicy,
     backtest_setup, equal_weight_master, format_table, run_baselines, run_policy, run_spy,
 };
 use marl_trade::features::{Features, WARMUP};
@@ -74,7 +74,14 @@ fn every_config_file_parses() {
 #[test]
 fn equal_weight_final_equity_matches_hand_computation() {
     let (cfg, md, f) = small(2);
-    let res = run_policy(&cfg.env_setup(), md.clone(), f, &opts(Period::Train), &mut EqualWeight).unwrap();
+    let res = run_policy(
+        &cfg.env_setup(),
+        md.clone(),
+        f,
+        &opts(Period::Train),
+        &mut EqualWeight,
+    )
+    .unwrap();
 
     let s = md.n_symbols();
     let split = (600.0 * 0.7f64).floor() as usize; // 420
@@ -85,7 +92,9 @@ fn equal_weight_final_equity_matches_hand_computation() {
     // Equal-weight master for S = 8: 8 * 0.005 * 2.0 = 0.08 <= 1 -> risk 2.0 (index 3);
     // order size 0.005 * 2 = 0.01 <= cap 0.02 (index 0); aggressive (max_open = min(143, 8) = 8):
     // m = 12 * 3 + 3 * 0 + 2 = 38.
-    let layout = backtest_setup(&cfg.env_setup(), &md, Period::Train).unwrap().1;
+    let layout = backtest_setup(&cfg.env_setup(), &md, Period::Train)
+        .unwrap()
+        .1;
     assert_eq!(equal_weight_master(&layout.params), 38);
     let c0 = cfg.env.initial_capital;
     let risk = cfg.master.risk_multipliers[3];
@@ -160,7 +169,14 @@ fn equal_weight_final_equity_matches_hand_computation() {
 fn hold_pays_nothing_and_keeps_its_capital() {
     let (cfg, md, f) = small(2);
     for period in [Period::Train, Period::Test] {
-        let res = run_policy(&cfg.env_setup(), md.clone(), f.clone(), &opts(period), &mut Hold).unwrap();
+        let res = run_policy(
+            &cfg.env_setup(),
+            md.clone(),
+            f.clone(),
+            &opts(period),
+            &mut Hold,
+        )
+        .unwrap();
         for c in &res.curves {
             assert!(c.equity.iter().all(|&e| e == cfg.env.initial_capital));
             assert!(c.costs.iter().all(|&x| x == 0.0));
@@ -266,8 +282,22 @@ fn replay_costs(
 fn random_is_deterministic_respects_the_mask_and_costs_agree_with_the_env() {
     let (cfg, md, f) = small(1);
     let o = opts(Period::Train);
-    let a = run_policy(&cfg.env_setup(), md.clone(), f.clone(), &o, &mut RandomPolicy::new(9)).unwrap();
-    let b = run_policy(&cfg.env_setup(), md.clone(), f.clone(), &o, &mut RandomPolicy::new(9)).unwrap();
+    let a = run_policy(
+        &cfg.env_setup(),
+        md.clone(),
+        f.clone(),
+        &o,
+        &mut RandomPolicy::new(9),
+    )
+    .unwrap();
+    let b = run_policy(
+        &cfg.env_setup(),
+        md.clone(),
+        f.clone(),
+        &o,
+        &mut RandomPolicy::new(9),
+    )
+    .unwrap();
     assert_eq!(a.curves, b.curves);
     let c = &a.curves[0];
     assert!(

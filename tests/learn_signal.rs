@@ -115,9 +115,8 @@ fn train_and_evaluate(strength: f64) -> Outcome {
     let mut rule = SentimentRule {
         master: cfg.master.default_action as u8,
     };
-    let out = Outcome(
-        evaluate_policy(&cfg.env_setup(), &market, &bt, policy, &mut [&mut rule]).unwrap(),
-    );
+    let out =
+        Outcome(evaluate_policy(&cfg.env_setup(), &market, &bt, policy, &mut [&mut rule]).unwrap());
     eprintln!("{}", out.report());
     out
 }
@@ -161,11 +160,7 @@ fn without_a_signal_it_does_not_beat_buy_and_hold_beyond_noise() {
     }
     // Its decisions carry no information about the next bar (a leak of bar t+1's sentiment into
     // the observation, tried as a mutation, gave z = 6.3 here while the P&L checks above passed).
-    assert!(
-        o.0.decision_ic.z.abs() < 2.0,
-        "{}",
-        o.0.decision_ic.line()
-    );
+    assert!(o.0.decision_ic.z.abs() < 2.0, "{}", o.0.decision_ic.line());
     // Nor does the scripted rule, which needs the signal.
     assert!(o.rule().metrics.sharpe < o.baseline(Baseline::Spy).metrics.sharpe);
 }

@@ -8,8 +8,8 @@ use std::path::Path;
 
 use candle_core::Device;
 use candle_nn::VarMap;
-use marl_trade::Error;
 use marl_trade::agents::{MlpActorCritic, MlpConfig};
+use marl_trade::error::ShapeMismatch;
 use marl_trade::train::cartpole::CartPoleVec;
 use marl_trade::train::checkpoint::read_policy_config;
 use marl_trade::train::{Metrics, MetricsWriter, Ppo, PpoConfig, TrainEnv};
@@ -199,17 +199,17 @@ fn resume_with_wrong_shapes_is_a_shape_error() {
     )
     .unwrap();
     match Ppo::resume(dir.path(), CartPoleVec::new(4, &dev), policy, vm) {
-        Err(Error::Shape {
-            name,
-            expected,
-            got,
-            ..
-        }) => {
+        Err(e) if e.shape_mismatch().is_some() => {
+            let ShapeMismatch {
+                name,
+                expected,
+                got,
+            } = e.shape_mismatch().cloned().unwrap();
             assert_eq!(name, "actor.l0.bias");
             assert_eq!((expected, got), (vec![8], vec![16]));
         }
-        Err(e) => panic!("expected Error::Shape, got {e}"),
-        Ok(_) => panic!("expected Error::Shape, got a trainer"),
+        Err(e) => panic!("expected a shape error, got {e}"),
+        Ok(_) => panic!("expected a shape error, got a trainer"),
     }
     // Fewer environments than the checkpoint: a config error, not a panic.
     let vm = VarMap::new();

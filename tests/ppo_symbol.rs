@@ -158,8 +158,7 @@ fn symbol_agent_learns_through_ppo_with_masks() {
     let dims = AgentDims::trading(s);
     let dev = Device::Cpu;
     let vm = VarMap::new();
-    let agent =
-        SymbolAgent::new(&cfg, dims, seeded_var_builder(&vm, 1, DType::F32, &dev)).unwrap();
+    let agent = SymbolAgent::new(&cfg, dims, seeded_var_builder(&vm, 1, DType::F32, &dev)).unwrap();
     let src = Arc::new(DenseWindows::random(
         1,
         400,

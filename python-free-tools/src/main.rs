@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use marl_trade::data::{AlignPolicy, DataConfig};
 use marl_trade::data::{self, MarketData};
+use marl_trade::data::{AlignPolicy, DataConfig};
 
 #[derive(Parser)]
 #[command(name = "mt-tools", about = "Utilities for marl-trade data files")]

@@ -254,8 +254,9 @@ impl EncoderConfig {
         Ok(())
     }
 
-    /// Width of the concatenated sequence branches (the graph's input).
-    pub fn base_dim(&self) -> usize {
+    /// Width of the concatenated sequence branches (the graph's input) for windows of `features`
+    /// features per bar (the last bar's raw features when no branch is on).
+    pub fn base_dim(&self, features: usize) -> usize {
         let mut d = 0;
         if self.transformer.enabled {
             d += self.transformer.d_model;
@@ -266,7 +267,7 @@ impl EncoderConfig {
         if self.cnn.enabled {
             d += *self.cnn.channels.last().unwrap_or(&0);
         }
-        if d == 0 { self.features } else { d }
+        if d == 0 { features } else { d }
     }
 }
 
@@ -515,7 +516,7 @@ impl SharedEncoder {
         } else {
             None
         };
-        let base = cfg.base_dim();
+        let base = cfg.base_dim(shape.features);
         let graph = if cfg.graph.enabled {
             Some((
                 candle_nn::linear(base, cfg.graph.dim, vb.pp("graph_in"))?,
@@ -690,7 +691,7 @@ mod tests {
         let cfg: EncoderConfig =
             toml::from_str("[graph]\nenabled = false\n[cnn]\nchannels = [8]").unwrap();
         assert!(cfg.validate("x").is_ok());
-        assert_eq!(cfg.base_dim(), 64 + 128 + 8);
+        assert_eq!(cfg.base_dim(WindowShape::TECH.features), 64 + 128 + 8);
     }
 
     #[test]

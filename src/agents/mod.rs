@@ -36,8 +36,8 @@ pub mod symbol_policy;
 pub mod windows;
 
 pub use attention::MultiHeadAttention;
-pub use dist::MaskedCategorical;
 pub use config::{AgentConfig, AgentDims, AgentSpec};
+pub use dist::MaskedCategorical;
 pub use encoder::{EncoderConfig, SharedEncoder, WindowShape};
 pub use graph::{GraphMessagePassing, correlation_graph};
 pub use heads::SymbolHeads;

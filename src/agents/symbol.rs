@@ -123,10 +123,13 @@ impl SymbolAgent {
     ) -> crate::Result<(Tensor, Tensor)> {
         let (b, s, d) = dyn_obs.dims3()?;
         if s != self.dims.symbols || d != self.dims.dyn_obs {
-            return Err(Error::invalid(format!(
-                "dyn_obs is [{b}, {s}, {d}], the agent needs [_, {}, {}]",
-                self.dims.symbols, self.dims.dyn_obs
-            )));
+            return Err(Error::new(
+                crate::error::ErrorKind::Shape,
+                format!(
+                    "dyn_obs is [{b}, {s}, {d}], the agent needs [_, {}, {}]",
+                    self.dims.symbols, self.dims.dyn_obs
+                ),
+            ));
         }
         // The heads read concat(emb[group[b]], dyn_obs[b]); the embedding part of their first layer
         // is computed once per distinct bar (SymbolHeads::forward_split).

@@ -62,8 +62,8 @@ use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
 
-use super::{MACRO, MarketData};
 use super::config::{AlignPolicy, DataConfig, DataSource};
+use super::{MACRO, MarketData};
 use crate::error::{Error, Location, Result};
 
 /// Load one long-format file; the benchmark (`cfg.benchmark`) must be one of its symbols.

@@ -106,8 +106,8 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
-use super::{MACRO, MarketData};
 use super::config::{SignalKind, SyntheticConfig};
+use super::{MACRO, MarketData};
 use crate::error::{Error, Location, Result};
 use crate::rng::SplitMix64;
 

@@ -194,7 +194,7 @@ mod tests {
     use super::*;
 
     fn params() -> StepParams {
-        StepParams::new(&Config::default(), 143, 1764.0)
+        StepParams::new(&EnvSetup::default(), 143, 1764.0)
     }
 
     #[test]
@@ -204,7 +204,7 @@ mod tests {
         assert_eq!((d.risk, d.cap, d.max_open, d.mode), (2.0, 0.20, 143, 2));
         let d = directive(&p, 0);
         assert_eq!((d.risk, d.cap, d.max_open, d.mode), (0.5, 0.02, 10, 0));
-        let d = directive(&p, Config::default().master.default_action as u8);
+        let d = directive(&p, EnvSetup::default().master.default_action as u8);
         assert_eq!((d.risk, d.cap, d.mode), (1.0, 0.05, 1));
     }
 

@@ -89,7 +89,9 @@ impl FromStr for Period {
             "test" => Ok(Period::Test),
             other => other
                 .split_once("..")
-                .and_then(|(a, b)| Some(Period::Bars(a.trim().parse().ok()?, b.trim().parse().ok()?)))
+                .and_then(|(a, b)| {
+                    Some(Period::Bars(a.trim().parse().ok()?, b.trim().parse().ok()?))
+                })
                 .filter(|p| matches!(p, Period::Bars(a, b) if a < b))
                 .ok_or_else(|| {
                     Error::invalid(format!(
@@ -227,7 +229,7 @@ impl Snapshot {
             sy.entry_k.len(),
         ];
         if self.scenarios.len() != n || lens.iter().any(|&l| l != n * s) {
-            return Err(Error::invalid(format!(
+            return Err(Error::env_state(format!(
                 "snapshot holds {} scenarios and {lens:?} symbol entries; the env has N = {n}, S = {s}",
                 self.scenarios.len()
             )));
@@ -367,7 +369,10 @@ impl VecEnv {
             || features.symbols != data.n_symbols()
             || features.paths != data.paths
         {
-            return Err(Error::invalid("features were computed from other data"));
+            return Err(Error::new(
+                crate::error::ErrorKind::Shape,
+                "features were computed from other data (paths, bars or symbols differ)",
+            ));
         }
         let layout = EnvLayout::new(cfg, &data, period)?;
         let backend = make_backend(kind, layout, data.clone(), features.clone())?;

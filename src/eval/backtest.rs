@@ -44,8 +44,7 @@ use crate::data::MarketData;
 use crate::env::logic::HOLD;
 use crate::env::obs::{DYN_OBS, OBS_DIM};
 use crate::env::{
-    Backend, BackendKind, EnvLayout, EnvSetup, N_ACTIONS, Period, Snapshot, VecEnv,
-    cpu::CpuBackend,
+    Backend, BackendKind, EnvLayout, EnvSetup, N_ACTIONS, Period, Snapshot, VecEnv, cpu::CpuBackend,
 };
 use crate::error::{Error, Result};
 use crate::features::Features;

@@ -35,6 +35,6 @@ pub use baselines::{
     BacktestPolicy, EqualWeight, Hold, PolicyView, RandomPolicy, equal_weight_master,
     spy_buy_and_hold,
 };
-pub use evaluate::{EvalOptions, EvalReport, evaluate_checkpoint, evaluate_policy};
 pub use compare::{Comparison, DecisionIc, compare, decision_ic};
+pub use evaluate::{EvalOptions, EvalReport, evaluate_checkpoint, evaluate_policy};
 pub use metrics::{Curve, Metrics, format_table};

@@ -210,10 +210,10 @@ impl TrainEnv for CartPoleVec {
 
     fn load_state(&mut self, state: &[u8]) -> Result<()> {
         let s: SavedState = serde_json::from_slice(state)
-            .map_err(|e| Error::invalid(format!("cartpole state: {e}")))?;
+            .map_err(|e| Error::env_state(format!("cartpole state: {e}")))?;
         let n = self.poles.len();
         if s.poles.len() != n || s.rngs.len() != n || s.steps.len() != n || s.returns.len() != n {
-            return Err(Error::invalid(format!(
+            return Err(Error::env_state(format!(
                 "cartpole state is for {} environments, not {n}",
                 s.poles.len()
             )));

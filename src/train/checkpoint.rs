@@ -20,7 +20,6 @@ the stored shape ([`Error::shape_mismatch`]); a missing or extra tensor is an
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
@@ -84,10 +83,9 @@ pub fn load_tensors_checked(
 ) -> Result<HashMap<String, Tensor>> {
     let origin = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
-        .map_err(|e| {
-            Error::checkpoint(path, format!("not a valid safetensors file: {e}")).with_source(e)
-        })?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| {
+        Error::checkpoint(path, format!("not a valid safetensors file: {e}")).with_source(e)
+    })?;
     for (name, shape) in expected {
         match tensors.get(name) {
             None => {
@@ -156,7 +154,10 @@ pub fn read_state(dir: &Path) -> Result<TrainState> {
     if st.format != FORMAT {
         return Err(Error::checkpoint(
             &path,
-            format!("checkpoint format {} (this build reads {FORMAT})", st.format),
+            format!(
+                "checkpoint format {} (this build reads {FORMAT})",
+                st.format
+            ),
         ));
     }
     Ok(st)
@@ -165,9 +166,8 @@ pub fn read_state(dir: &Path) -> Result<TrainState> {
 /// The policy configuration stored in a checkpoint, to rebuild the policy before resuming.
 pub fn read_policy_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T> {
     let st = read_state(dir)?;
-    serde_json::from_value(st.policy).map_err(|e| {
-        Error::checkpoint(dir.join(STATE_FILE), format!("policy: {e}")).with_source(e)
-    })
+    serde_json::from_value(st.policy)
+        .map_err(|e| Error::checkpoint(dir.join(STATE_FILE), format!("policy: {e}")).with_source(e))
 }
 
 /// Paths of the files of checkpoint directory `dir`.

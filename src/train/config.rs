@@ -232,9 +232,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("ppo.num_minibatches"), "{e}");
-        let c =
-            PpoConfig::from_toml_str("target_kl = 0.01\nlearning_rate = 1e-3", "t.toml", 4)
-                .unwrap();
+        let c = PpoConfig::from_toml_str("target_kl = 0.01\nlearning_rate = 1e-3", "t.toml", 4)
+            .unwrap();
         assert_eq!(c.target_kl, Some(0.01));
     }
 }

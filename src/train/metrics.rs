@@ -181,7 +181,7 @@ pub fn read_metrics(path: impl AsRef<Path>) -> Result<Vec<Metrics>> {
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
             serde_json::from_str(l)
-                .map_err(|e| Error::invalid(format!("{}:{}: {e}", path.display(), i + 1)))
+                .map_err(|e| Error::checkpoint(path, format!("line {}: {e}", i + 1)).with_source(e))
         })
         .collect()
 }

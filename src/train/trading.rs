@@ -1,7 +1,7 @@
 /*!
 [`TradingEnv`]: the trading environment ([`crate::env::VecEnv`]) seen through the trainer's
 [`TrainEnv`] trait, so that [`Ppo`](super::Ppo) can train
-[`SymbolPolicy`](crate::agents::symbol::SymbolPolicy) on it.
+[`SymbolPolicy`](crate::agents::SymbolPolicy) on it.
 
 The mapping:
 
@@ -13,7 +13,7 @@ The mapping:
   `master.default_action` at every step.
 - **observation**: [`SymbolObs`] with `keys[n] = (path, bar)` from the env's `obs_index` and
   `dyn_obs = [N, S, DYN_OBS]` from the env's `dyn_obs`; the technical windows are read by the
-  policy from its [`WindowSource`](crate::agents::symbol::WindowSource) (the [`Features`](crate::features::Features)
+  policy from its [`WindowSource`](crate::agents::WindowSource) (the [`Features`](crate::features::Features)
   the env was built from) at that key. `Features` carries no returns, so the encoder's graph branch
   must be disabled.
 - **rewards**: the env's per-symbol total reward `[N * S]`.
@@ -48,7 +48,7 @@ use candle_core::{Device, Tensor};
 
 use super::train_env::{EpisodeInfo, StepOut, TrainEnv};
 use crate::Result;
-use crate::agents::symbol::SymbolObs;
+use crate::agents::SymbolObs;
 use crate::env::{self, N_ACTIONS, ScenarioState, Snapshot, SymbolState, obs::DYN_OBS};
 use crate::error::Error;
 

@@ -25,22 +25,22 @@ pub struct MarketWindows {
 
 impl MarketWindows {
     /// Both must describe the same market (same paths, bars and symbols).
-    pub fn new(
-        features: Arc<Features>,
-        data: Arc<MarketData>,
-    ) -> crate::Result<Self> {
+    pub fn new(features: Arc<Features>, data: Arc<MarketData>) -> crate::Result<Self> {
         if (features.paths, features.bars, features.symbols)
             != (data.paths, data.bars, data.n_symbols())
         {
-            return Err(Error::invalid(format!(
-                "features are [{}, {}, {}] (paths, bars, symbols), the data [{}, {}, {}]",
-                features.paths,
-                features.bars,
-                features.symbols,
-                data.paths,
-                data.bars,
-                data.n_symbols()
-            )));
+            return Err(Error::new(
+                crate::error::ErrorKind::Shape,
+                format!(
+                    "features are [{}, {}, {}] (paths, bars, symbols), the data [{}, {}, {}]",
+                    features.paths,
+                    features.bars,
+                    features.symbols,
+                    data.paths,
+                    data.bars,
+                    data.n_symbols()
+                ),
+            ));
         }
         Ok(Self { features, data })
     }
