@@ -77,6 +77,7 @@ pub struct CostParams {
 }
 
 impl CostParams {
+    /// The per-element parameters of `c` (basis points as fractions, the annual borrow rate per bar).
     pub fn new(c: &CostConfig, bars_per_year: f64) -> Self {
         Self {
             commission: c.commission_bps * 1e-4,

@@ -66,8 +66,11 @@ pub const WARMUP: usize = 96;
 /// Dense causal features.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Features {
+    /// Paths P.
     pub paths: usize,
+    /// Bars per path T.
     pub bars: usize,
+    /// Symbols S.
     pub symbols: usize,
     /// `[P, T, S, N_TECH]`
     pub tech: Vec<f32>,

@@ -29,6 +29,8 @@ and owns its configuration section:
 The semantics of a step are written once in `docs/env-spec.md`; both backends implement it.
 */
 
+#![warn(missing_docs)]
+
 pub mod agents;
 pub mod atomic;
 pub mod bench;

@@ -100,15 +100,20 @@ pub const COMPONENT_NAMES: [&str; N_COMPONENTS] = [
 pub struct RewardParams {
     /// Weights of pnl, cost, timing, sharpe, drawdown, util, divers.
     pub w: [f64; N_COMPONENTS],
+    /// EMA rate of the differential Sharpe ratio.
     pub dsr_eta: f64,
+    /// Clip of the differential Sharpe term.
     pub dsr_clip: f64,
+    /// Intra-trade drawdown beyond which the drawdown term applies.
     pub trade_dd_threshold: f64,
+    /// Target gross exposure / equity of the utilisation term.
     pub util_target: f64,
     /// Master weights: sharpe, divers, excess.
     pub master_w: [f64; 3],
 }
 
 impl RewardParams {
+    /// The per-element parameters of `c`.
     pub fn new(c: &RewardConfig) -> Self {
         Self {
             w: [
@@ -166,9 +171,11 @@ pub struct SymbolTerms {
 /// Portfolio quantities every symbol's reward reads (spec §5).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct PortfolioTerms {
+    /// Starting capital C0 (rewards are in units of it).
     pub initial_capital: f64,
     /// Equity before the step (E0) and after (E1).
     pub equity_before: f64,
+    /// Equity after the step (E1).
     pub equity_after: f64,
     /// Gross position value after the step.
     pub gross: f64,
@@ -259,13 +266,16 @@ pub fn master_reward(
 /// Per-episode sums of the weighted components over all symbol-steps, as recorded by the env.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ComponentSums {
+    /// Sum of each weighted component.
     pub sum: [f64; N_COMPONENTS],
+    /// Sum of squares of each weighted component.
     pub sum_sq: [f64; N_COMPONENTS],
     /// Symbol-steps counted.
     pub count: u64,
 }
 
 impl ComponentSums {
+    /// Count one symbol-step's weighted components.
     #[inline]
     pub fn add(&mut self, weighted_terms: &[f64; N_COMPONENTS]) {
         for i in 0..N_COMPONENTS {
@@ -275,6 +285,7 @@ impl ComponentSums {
         self.count += 1;
     }
 
+    /// Add another set of sums.
     pub fn merge(&mut self, o: &ComponentSums) {
         for i in 0..N_COMPONENTS {
             self.sum[i] += o.sum[i];
@@ -287,9 +298,13 @@ impl ComponentSums {
 /// Statistics of one component over the episodes aggregated.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct ComponentStat {
+    /// The component (`reward::COMPONENT_NAMES`).
     pub name: &'static str,
+    /// Sum over all symbol-steps.
     pub sum: f64,
+    /// Mean per symbol-step.
     pub mean: f64,
+    /// Standard deviation per symbol-step.
     pub std: f64,
     /// `|sum| / sum over components of |sum|` (0 when all sums are 0).
     pub share: f64,
@@ -303,6 +318,7 @@ pub struct RewardShaper {
 }
 
 impl RewardShaper {
+    /// An empty aggregate.
     pub fn new() -> Self {
         Self::default()
     }

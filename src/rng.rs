@@ -36,6 +36,7 @@ pub struct SplitMix64 {
 }
 
 impl SplitMix64 {
+    /// A stream starting from `seed`.
     pub fn new(seed: u64) -> Self {
         Self { state: seed }
     }
@@ -47,6 +48,7 @@ impl SplitMix64 {
         }
     }
 
+    /// The next 64 random bits.
     #[inline]
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(GOLDEN);

@@ -67,6 +67,7 @@ impl MultiHeadAttention {
         }
     }
 
+    /// Number of attention heads.
     pub fn num_heads(&self) -> usize {
         self.num_heads
     }

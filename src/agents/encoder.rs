@@ -71,9 +71,13 @@ impl WindowShape {
 pub struct EncoderConfig {
     /// Size of the fused embedding.
     pub embed_dim: usize,
+    /// The transformer branch.
     pub transformer: TransformerConfig,
+    /// The bidirectional LSTM branch.
     pub lstm: LstmConfig,
+    /// The 1-D convolution branch.
     pub cnn: CnnConfig,
+    /// The correlation-graph message-passing branch.
     pub graph: GraphConfig,
 }
 
@@ -93,9 +97,11 @@ impl Default for EncoderConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TransformerConfig {
+    /// Whether the branch is part of the encoder.
     pub enabled: bool,
     /// Model width `d` (a multiple of `heads`).
     pub d_model: usize,
+    /// Attention heads (`d_model` must be a multiple).
     pub heads: usize,
     /// Hidden width of the feed-forward sub-layer.
     pub ffn_dim: usize,
@@ -119,6 +125,7 @@ impl Default for TransformerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LstmConfig {
+    /// Whether the branch is part of the encoder.
     pub enabled: bool,
     /// Hidden size per direction (the branch outputs `2 * hidden`).
     pub hidden: usize,
@@ -137,6 +144,7 @@ impl Default for LstmConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CnnConfig {
+    /// Whether the branch is part of the encoder.
     pub enabled: bool,
     /// Output channels of each convolution, in order.
     pub channels: Vec<usize>,
@@ -158,6 +166,7 @@ impl Default for CnnConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GraphConfig {
+    /// Whether the branch is part of the encoder.
     pub enabled: bool,
     /// Node embedding width.
     pub dim: usize,
@@ -282,6 +291,7 @@ pub struct TransformerBlock {
 }
 
 impl TransformerBlock {
+    /// A block of width `d_model` with `heads` heads and a feed-forward width `ffn_dim`.
     pub fn new(d_model: usize, heads: usize, ffn_dim: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             ln1: LayerNorm::new(d_model, vb.pp("ln1"))?,
@@ -387,6 +397,7 @@ pub struct BiLstm {
 }
 
 impl BiLstm {
+    /// Both directions with `hidden` units each over `features` inputs per bar.
     pub fn new(features: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
         let fwd = candle_nn::lstm(features, hidden, LSTMConfig::default(), vb.clone())?;
         let cfg = LSTMConfig {
@@ -418,6 +429,7 @@ pub struct Cnn1d {
 }
 
 impl Cnn1d {
+    /// The convolutions of `cfg` over `features` input channels.
     pub fn new(features: usize, cfg: &CnnConfig, vb: VarBuilder) -> Result<Self> {
         let conv_cfg = Conv1dConfig {
             padding: cfg.kernel / 2,

@@ -41,6 +41,7 @@ pub enum HeadActivation {
 }
 
 impl HeadActivation {
+    /// Apply the non-linearity elementwise.
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
         match self {
             Self::Tanh => x.tanh(),
@@ -112,10 +113,12 @@ impl SymbolHeads {
         self
     }
 
+    /// Number of symbols S.
     pub fn symbols(&self) -> usize {
         self.symbols
     }
 
+    /// Whether one head serves every symbol.
     pub fn is_shared(&self) -> bool {
         self.shared
     }

@@ -82,6 +82,7 @@ pub struct SeededVarMap {
 }
 
 impl SeededVarMap {
+    /// Initialise the variables of `varmap` from `seed`.
     pub fn new(varmap: &VarMap, seed: u64) -> Self {
         Self {
             varmap: varmap.clone(),

@@ -111,6 +111,7 @@ pub struct MlpActorCritic {
 }
 
 impl MlpActorCritic {
+    /// The actor and critic MLPs of `cfg` over `obs_dim` inputs and `num_actions` actions.
     pub fn new(
         obs_dim: usize,
         num_actions: usize,

@@ -29,6 +29,7 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
+    /// A LayerNorm over the last axis of width `size` (weight 1, bias 0 at start).
     pub fn new(size: usize, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get_with_hints(size, "weight", candle_nn::Init::Const(1.))?;
         let bias = vb.get_with_hints(size, "bias", candle_nn::Init::Const(0.))?;

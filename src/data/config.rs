@@ -38,6 +38,7 @@ impl Default for DataConfig {
     }
 }
 
+/// Where market data comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DataSource {

@@ -26,16 +26,23 @@ pub struct MarketData {
     pub symbols: Vec<String>,
     /// Benchmark name ("SPY" for synthetic data).
     pub benchmark: String,
+    /// Independent paths P (real data: 1).
     pub paths: usize,
+    /// Bars per path T.
     pub bars: usize,
+    /// Bars per trading day (7 for hourly bars, 1 for daily).
     pub bars_per_day: usize,
     /// Bar timestamps `[T]`, seconds since the Unix epoch (synthetic data uses a synthetic calendar).
     pub timestamps: Vec<i64>,
     /// `[P, T, S + 1]`; column S is the benchmark.
     pub open: Vec<f32>,
+    /// High prices, `[P, T, S + 1]`.
     pub high: Vec<f32>,
+    /// Low prices, `[P, T, S + 1]`.
     pub low: Vec<f32>,
+    /// Close prices, `[P, T, S + 1]`.
     pub close: Vec<f32>,
+    /// Volume in shares, `[P, T, S + 1]`.
     pub volume: Vec<f32>,
     /// `[P, T, S]`, roughly in [-1, 1]; zeros when the source has none.
     pub sentiment: Vec<f32>,

@@ -154,6 +154,7 @@ impl AgentPolicy {
         self.trace.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
+    /// The wrapped policy.
     pub fn symbol_policy(&self) -> &SymbolPolicy {
         &self.policy
     }

@@ -50,7 +50,9 @@ use crate::rng::SplitMix64;
 pub struct PolicyView<'a> {
     /// Sizes, bar range and the step parameters (master grid, order sizes, costs).
     pub layout: &'a EnvLayout,
+    /// The market data (prices up to the current bar are what a causal policy may read).
     pub data: &'a MarketData,
+    /// The feature array.
     pub features: &'a Features,
     /// Action mask `[N, S, 7]`, 1 = allowed (spec §4.2 with the stored directive).
     pub mask: &'a [u8],
@@ -66,9 +68,11 @@ pub struct PolicyView<'a> {
 }
 
 impl PolicyView<'_> {
+    /// Scenarios N.
     pub fn n_scenarios(&self) -> usize {
         self.layout.n_scenarios
     }
+    /// Symbols S.
     pub fn n_symbols(&self) -> usize {
         self.layout.n_symbols
     }
@@ -130,6 +134,7 @@ pub struct RandomPolicy {
 }
 
 impl RandomPolicy {
+    /// A policy drawing from a stream seeded with `seed`.
     pub fn new(seed: u64) -> Self {
         Self {
             seed,

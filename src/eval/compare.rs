@@ -30,18 +30,23 @@ use crate::error::{Error, Result};
 /// The paired comparison of policy `a` against policy `b`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Comparison {
+    /// The policy compared (`a`).
     pub a: String,
+    /// The policy it is compared with (`b`).
     pub b: String,
     /// Paired bars (all paths).
     pub bars: usize,
     /// Annualised Sharpe ratios of the pooled returns and their difference `a - b`.
     pub sharpe_a: f64,
+    /// Sharpe ratio of `b`.
     pub sharpe_b: f64,
+    /// `sharpe_a - sharpe_b`.
     pub sharpe_diff: f64,
     /// Standard error of `sharpe_diff` (Memmel 2003), annualised.
     pub sharpe_diff_se: f64,
     /// Mean over paths of the total log-return difference `a - b`, and its standard error.
     pub log_return_diff: f64,
+    /// Standard error of `log_return_diff`.
     pub log_return_diff_se: f64,
 }
 
@@ -165,6 +170,7 @@ pub struct DecisionIc {
 }
 
 impl DecisionIc {
+    /// One line for reports.
     pub fn line(&self) -> String {
         format!(
             "decision IC: corr(P(long after the step), next-bar return) = {:+.4} (z {:+.2}, {} symbol-bars)",

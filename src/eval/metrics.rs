@@ -71,17 +71,25 @@ impl Curve {
 /// Metrics of one policy (one path, or the average over paths). See the module docs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Metrics {
+    /// The policy's name.
     pub policy: String,
     /// Number of paths averaged (1 for a single curve).
     pub paths: usize,
     /// Steps per path (the mean when averaged).
     pub steps: f64,
+    /// Final equity / initial capital - 1.
     pub total_return: f64,
+    /// Annualised Sharpe ratio of the per-bar returns.
     pub sharpe: f64,
+    /// Annualised Sortino ratio (downside deviation).
     pub sortino: f64,
+    /// Largest peak-to-trough fall of equity, as a fraction of the peak.
     pub max_drawdown: f64,
+    /// Traded notional per year, as a multiple of mean equity.
     pub turnover: f64,
+    /// Mean gross exposure / equity.
     pub exposure: f64,
+    /// Commission, slippage and borrow fees paid, as a fraction of initial capital.
     pub costs_paid: f64,
     /// Fraction of paths ended by the kill switch.
     pub killed: f64,

@@ -27,10 +27,15 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdamWConfig {
+    /// Learning rate.
     pub lr: f64,
+    /// Decay of the first-moment estimate.
     pub beta1: f64,
+    /// Decay of the second-moment estimate.
     pub beta2: f64,
+    /// Added to the denominator.
     pub eps: f64,
+    /// Decoupled weight decay (0: Adam).
     pub weight_decay: f64,
 }
 
@@ -83,14 +88,17 @@ impl AdamW {
         })
     }
 
+    /// The hyperparameters.
     pub fn config(&self) -> &AdamWConfig {
         &self.cfg
     }
 
+    /// The current learning rate.
     pub fn learning_rate(&self) -> f64 {
         self.cfg.lr
     }
 
+    /// Set the learning rate of the next steps (annealing).
     pub fn set_learning_rate(&mut self, lr: f64) {
         self.cfg.lr = lr;
     }

@@ -11,24 +11,36 @@ value of step `t - 1` must not bootstrap from it). The optional masks are `[T, N
 /// One rollout, filled step by step by the trainer.
 #[derive(Debug, Clone)]
 pub struct RolloutBuffer<O> {
+    /// Steps per environment per rollout.
     pub num_steps: usize,
+    /// Parallel environments.
     pub num_envs: usize,
+    /// Agents (rows) per environment.
     pub agents: usize,
+    /// Actions per agent.
     pub num_actions: usize,
     /// The observation of each step (`N` units each).
     pub obs: Vec<O>,
+    /// Action of every row, `[steps * envs * agents]`.
     pub actions: Vec<u32>,
+    /// Log-probability of the action under the rollout policy.
     pub logprobs: Vec<f32>,
+    /// The critic's value of every row.
     pub values: Vec<f32>,
+    /// Reward of every row (normalised when `norm_reward`).
     pub rewards: Vec<f32>,
+    /// Done flag (0/1) of every environment at every step, `[steps * envs]`.
     pub dones: Vec<f32>,
     /// `None` if no step had a mask.
     pub masks: Option<Vec<u8>>,
+    /// GAE advantages (after `compute_gae`).
     pub advantages: Vec<f32>,
+    /// Returns `advantages + values` (after `compute_gae`).
     pub returns: Vec<f32>,
 }
 
 impl<O> RolloutBuffer<O> {
+    /// An empty buffer for one rollout of these sizes.
     pub fn new(num_steps: usize, num_envs: usize, agents: usize, num_actions: usize) -> Self {
         let rows = num_steps * num_envs * agents;
         Self {

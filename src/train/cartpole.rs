@@ -31,18 +31,25 @@ use crate::Result;
 use crate::error::Error;
 use crate::rng::hash2;
 
+/// Gymnasium's constants of CartPole-v1: gravity (m/s^2).
 pub const GRAVITY: f64 = 9.8;
+/// Mass of the cart (kg).
 pub const MASSCART: f64 = 1.0;
+/// Mass of the pole (kg).
 pub const MASSPOLE: f64 = 0.1;
+/// Cart + pole.
 pub const TOTAL_MASS: f64 = MASSPOLE + MASSCART;
 /// Half the pole's length.
 pub const LENGTH: f64 = 0.5;
+/// Pole mass x half length.
 pub const POLEMASS_LENGTH: f64 = MASSPOLE * LENGTH;
+/// Force of a push (N).
 pub const FORCE_MAG: f64 = 10.0;
 /// Seconds between state updates.
 pub const TAU: f64 = 0.02;
 /// 12 degrees, as Gymnasium writes it.
 pub const THETA_THRESHOLD_RADIANS: f64 = 12.0 * 2.0 * std::f64::consts::PI / 360.0;
+/// The episode ends when the cart leaves `[-X_THRESHOLD, X_THRESHOLD]`.
 pub const X_THRESHOLD: f64 = 2.4;
 /// CartPole-v1's `max_episode_steps`.
 pub const MAX_STEPS: usize = 500;
@@ -50,6 +57,7 @@ pub const MAX_STEPS: usize = 500;
 /// One cart-pole: `[x, x_dot, theta, theta_dot]`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CartPole {
+    /// `[x, x_dot, theta, theta_dot]`.
     pub state: [f64; 4],
 }
 
@@ -104,6 +112,7 @@ struct SavedState {
 }
 
 impl CartPoleVec {
+    /// `n` cart-poles, observations on `device`.
     pub fn new(n: usize, device: &Device) -> Self {
         Self {
             poles: vec![CartPole { state: [0.0; 4] }; n],

@@ -30,9 +30,13 @@ use crate::Result;
 use crate::agents::init::named_vars;
 use crate::error::Error;
 
+/// The policy's parameters.
 pub const MODEL_FILE: &str = "model.safetensors";
+/// AdamW's moments.
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// The environment's state.
 pub const ENV_FILE: &str = "env.bin";
+/// Counters, configs and random streams ([`TrainState`]); written last.
 pub const STATE_FILE: &str = "state.json";
 
 /// Version of the checkpoint layout (2: `num_envs` is stored beside the PPO config, not in it; the
@@ -53,10 +57,13 @@ pub struct TrainState {
     pub policy: serde_json::Value,
     /// Completed iterations.
     pub iteration: usize,
+    /// Environment steps so far.
     pub global_step: u64,
     /// AdamW's step count.
     pub adam_step: u64,
+    /// Position of the action-sampling stream.
     pub rng_action: RngState,
+    /// Position of the minibatch-shuffling stream.
     pub rng_shuffle: RngState,
     /// The done flags that came with the environment's current observation.
     pub next_done: Vec<bool>,

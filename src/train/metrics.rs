@@ -19,7 +19,9 @@ pub struct Metrics {
     pub iteration: usize,
     /// Environment steps (units) so far.
     pub global_step: u64,
+    /// Learning rate of the iteration.
     pub learning_rate: f64,
+    /// Entropy coefficient of the iteration.
     pub ent_coef: f64,
     /// Clipped surrogate loss.
     pub policy_loss: f64,
@@ -49,6 +51,7 @@ pub struct Metrics {
     pub episodes: usize,
     /// Their mean return and length.
     pub episode_return_mean: Option<f64>,
+    /// Mean length of those episodes.
     pub episode_length_mean: Option<f64>,
     /// The environment's own statistics of those episodes (`TrainEnv::drain_stats`), e.g. the
     /// trading env's reward terms `reward.<component>` and `reward_share.<component>`.
@@ -80,6 +83,7 @@ agent_sps,episodes,episode_return_mean,episode_length_mean";
         )
     }
 
+    /// The metrics as one JSON line.
     pub fn json_line(&self) -> String {
         serde_json::to_string(self).expect("metrics serialise")
     }
@@ -164,6 +168,7 @@ impl MetricsWriter {
         })
     }
 
+    /// Append one iteration's metrics and flush.
     pub fn write(&mut self, m: &Metrics) -> Result<()> {
         let line = m.json_line();
         writeln!(self.out, "{line}")

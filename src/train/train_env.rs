@@ -99,11 +99,14 @@ pub struct ResumableRng {
 /// The saved position of a [`ResumableRng`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RngState {
+    /// The stream's seed.
     pub seed: u64,
+    /// Draws taken so far.
     pub draws: u64,
 }
 
 impl ResumableRng {
+    /// A stream starting from `seed`.
     pub fn new(seed: u64) -> Self {
         Self {
             seed,
@@ -112,6 +115,7 @@ impl ResumableRng {
         }
     }
 
+    /// Its position, to save.
     pub fn state(&self) -> RngState {
         RngState {
             seed: self.seed,
@@ -119,6 +123,7 @@ impl ResumableRng {
         }
     }
 
+    /// Continue a saved stream.
     pub fn from_state(s: RngState) -> Self {
         Self {
             seed: s.seed,
@@ -127,6 +132,7 @@ impl ResumableRng {
         }
     }
 
+    /// The next 64 random bits.
     #[inline]
     pub fn next_u64(&mut self) -> u64 {
         self.draws += 1;
