@@ -572,7 +572,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn snapshot(&mut self) -> Result<Snapshot> {
+    fn snapshot(&self) -> Result<Snapshot> {
         let (n, s) = (self.layout.n_scenarios, self.layout.n_symbols);
         let field = |f: usize| -> Vec<f64> {
             (0..n)
