@@ -1,8 +1,19 @@
 //! Host parity of the CUDA backend (runs everywhere, no GPU): the kernels' own code, compiled for the
-//! host by build.rs (`kernels/host_shim.c` includes `kernels/scenario.cuh`, `obs.cuh`,
-//! `env_logic.cuh` with `HD` empty and one "thread" per scenario), is stepped side by side with the
+//! host by build.rs (`kernels/host_shim.c` includes `kernels/abi.cuh`, `scenario.cuh`, `obs.cuh`,
+//! `env_logic.cuh` with `HD` empty and one "thread" per block), is stepped side by side with the
 //! Rust CPU backend (`src/env/cpu.rs`, the reference) over whole episodes from the same random
 //! states with the same random actions.
+//!
+//! Parity runs the GPU's own per-block entry points: each shim export (`marl_host_env_step`, ...)
+//! takes a pointer to the kernel's argument struct (`EnvStepArgs`, ..., kernels/abi.cuh) and calls
+//! the very function the `__global__` kernel calls with `blockIdx.x` (`marl_env_step_block`, ...)
+//! for every block (or row) of the launch. The structs are built here by the constructors the CUDA
+//! backend launches with (`env::abi::EnvStepArgs::new`, ...), from the host addresses of this
+//! file's buffers where the backend passes device addresses; `abi_layout_matches` compares the size
+//! and offset of every field of every argument struct with the C compiler's. So an argument
+//! assigned to the wrong field, or two fields swapped in one mirror, fails here without a GPU. The
+//! step runs with its per-symbol carry in the block scratch (even cases) and in the global
+//! `scratch` / `opener` buffers (odd cases), the GPU's two modes.
 //!
 //! Compared after reset and after every step, **exactly** (`==` on every f64 and f32, NaN equal to
 //! NaN; only the sign of a zero may differ): the whole state (cash, equity, peak, gross, portfolio and

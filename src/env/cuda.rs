@@ -10,6 +10,10 @@ Layout on the device, struct-of-arrays like the CPU backend:
   `entry_k` `[N, S]` u32, episode accumulators `[N, 7]`;
 - step outputs (rewards, components, master reward, dones) and finished-episode records.
 
+Every kernel takes one argument struct by value (`kernels/abi.cuh`, mirrored by [`super::abi`]):
+the backend reads the device address of every buffer once ([`EnvBuffers`]) and fills the struct with
+the constructor the host parity test uses (`EnvStepArgs::new`, ...) before each launch.
+
 One step is one fused kernel (`env_step`): a block per scenario, threads over symbols, per-scenario
 reductions as ordered folds in shared memory so that the results equal the CPU backend's bit for
 bit (`kernels/common.cuh`). Whole rollouts can stay on the device: [`CudaBackend::random_rollout`]
@@ -17,7 +21,8 @@ samples actions on the device (`kernels/sampler.cu`), steps and gathers observat
 round trip, and times itself with CUDA events.
 
 The same kernel source, compiled for the host by build.rs, is checked against the CPU backend in
-`tests/host_parity.rs` on every CI run; `tests/nvrtc_compile.rs` compiles every kernel with NVRTC;
+`tests/host_parity.rs` on every CI run, entered through the kernels' own per-block entry points
+with the same argument structs; `tests/nvrtc_compile.rs` compiles every kernel with NVRTC;
 `tests/cuda_parity.rs` (ignored: needs an NVIDIA GPU) steps both backends side by side.
 */
 
