@@ -48,8 +48,7 @@ use marl_trade::env::abi::{
 use marl_trade::env::cpu::CpuBackend;
 use marl_trade::env::logic::{directive, mask_bits};
 use marl_trade::env::{
-    Backend, EnvLayout, EpisodeRecord, ScenarioState, Snapshot, StepOutputs, StepParams,
-    SymbolState, obs,
+    Backend, EnvLayout, EpisodeRecord, ScenarioState, Snapshot, StepOutputs, SymbolState, obs,
 };
 use marl_trade::features::Features;
 use marl_trade::reward::N_COMPONENTS;
@@ -215,12 +214,7 @@ impl HostShimBackend {
     /// Run `gather_obs` (window) or `dyn_obs` into `out`.
     fn obs_into(&mut self, out: &mut [f32], window: bool) {
         let b = self.buffers();
-        let args = ObsArgs::new(
-            &self.layout.params,
-            &self.dims,
-            &b,
-            out.as_mut_ptr() as u64,
-        );
+        let args = ObsArgs::new(&self.layout.params, &self.dims, &b, out.as_mut_ptr() as u64);
         let run = if window {
             self.shim.gather_obs
         } else {

@@ -233,7 +233,13 @@ pub struct EnvStepArgs {
 }
 
 impl EnvStepArgs {
-    pub fn new(p: &StepParams, dm: &EnvDims, seed: u64, b: &EnvBuffers, carry_in_smem: bool) -> Self {
+    pub fn new(
+        p: &StepParams,
+        dm: &EnvDims,
+        seed: u64,
+        b: &EnvBuffers,
+        carry_in_smem: bool,
+    ) -> Self {
         Self {
             p: *p,
             dm: *dm,

@@ -521,7 +521,11 @@ impl Step<'_> {
                 },
                 trade_notional: (qb + qs) * o1,
                 bar_move: c1 / o1 - 1.0,
-                trade_dd: if q1 > 0.0 { 1.0 - c1 / sy.peak_px[s] } else { 0.0 },
+                trade_dd: if q1 > 0.0 {
+                    1.0 - c1 / sy.peak_px[s]
+                } else {
+                    0.0
+                },
                 value: v1,
             };
             let (comps, a, bm) = terms.components(&pf, &p.reward, sy.dsr_a[s], sy.dsr_b[s]);

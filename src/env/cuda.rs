@@ -38,10 +38,9 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
-
 use super::abi::{
-    step_smem_bytes,
     EnvBuffers, EnvDims, EnvResetArgs, EnvStepArgs, EpisodeRecordC, MaskArgs, ObsArgs, SampleArgs,
+    step_smem_bytes,
 };
 use super::obs::{DYN_OBS, OBS_DIM};
 use super::{

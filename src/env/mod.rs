@@ -193,7 +193,13 @@ impl SymbolState {
     /// The f64 fields in storage order (q, entry, peak_px, dsr_a, dsr_b); `entry_k` is the only
     /// other field.
     pub fn f64_fields(&self) -> [&Vec<f64>; 5] {
-        [&self.q, &self.entry, &self.peak_px, &self.dsr_a, &self.dsr_b]
+        [
+            &self.q,
+            &self.entry,
+            &self.peak_px,
+            &self.dsr_a,
+            &self.dsr_b,
+        ]
     }
 
     /// [`SymbolState::f64_fields`], mutable.
@@ -266,9 +272,10 @@ impl Snapshot {
     /// ([`Snapshot::check_shape`]), which every backend's snapshot has.
     pub fn to_bytes(&self) -> Vec<u8> {
         let n = self.scenarios.len();
-        let s = if n == 0 { 0 } else { self.symbols.q.len() / n };
+        let s = self.symbols.q.len().checked_div(n).unwrap_or(0);
         let h = SnapshotHeader::new(n, s, self.seed);
-        let mut out = Vec::with_capacity(std::mem::size_of::<SnapshotHeader>() + h.body_bytes() as usize);
+        let mut out =
+            Vec::with_capacity(std::mem::size_of::<SnapshotHeader>() + h.body_bytes() as usize);
         out.extend_from_slice(bytemuck::bytes_of(&h));
         out.extend_from_slice(bytemuck::cast_slice(&self.scenarios));
         for f in self.symbols.f64_fields() {
@@ -320,7 +327,11 @@ impl Snapshot {
             ));
         }
         if (h.scenario_bytes, h.f64_field_bytes, h.u32_field_bytes)
-            != (want.scenario_bytes, want.f64_field_bytes, want.u32_field_bytes)
+            != (
+                want.scenario_bytes,
+                want.f64_field_bytes,
+                want.u32_field_bytes,
+            )
         {
             return bad("section lengths do not match N and S".into());
         }
