@@ -35,6 +35,13 @@
 //! `[leveraged] step 1: reward[0]: 4.8537174e-1 vs 4.853717e-1`; the mutant build fails with
 //! `[leveraged] step 1: scenario 1 cash: -1.571100941568984e5 vs -1.5711009415693517e5`. A change on
 //! the Rust side fails the same way: the comparison is symmetric.
+//!
+//! The ABI by hand (once, then reverted): declaring `entry` before `q` in the Rust `EnvStepArgs`
+//! made `abi_layout_matches` fail with `EnvStepArgs.q: Rust 408, C 400` and
+//! `parity_with_cpu_backend` with `[leveraged] step 1: reward[0]: 4.8537174e-1 vs 4.2305017e-1`;
+//! swapping `open: b.close, close: b.open` in `EnvStepArgs::new` made `parity_with_cpu_backend`
+//! fail with `[leveraged] step 1: reward[0]: 4.8537174e-1 vs 4.8651877e-1` (and
+//! `sampler_respects_the_mask` with `sampled actions were counted invalid`).
 
 mod parity;
 
