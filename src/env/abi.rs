@@ -390,6 +390,29 @@ impl SampleArgs {
     }
 }
 
+#[cfg(feature = "cuda")]
+mod device_repr {
+    use super::*;
+    use cudarc::driver::{DeviceRepr, ValidAsZeroBits};
+
+    // SAFETY (all of them): `#[repr(C)]`, `bytemuck::Pod` structs of plain f64/u32/u64 fields (and
+    // arrays and structs of them; device pointers are u64 addresses) with no implicit padding,
+    // mirrored field for field by the C structs in kernels/env_logic.cuh and kernels/abi.cuh; the size
+    // and offset of every field are checked against the C compiler's by tests/host_parity.rs
+    // (`abi_layout_matches`). Every bit pattern of zeros is a valid value.
+    unsafe impl DeviceRepr for StepParams {}
+    unsafe impl DeviceRepr for ScenarioState {}
+    unsafe impl ValidAsZeroBits for ScenarioState {}
+    unsafe impl DeviceRepr for EnvDims {}
+    unsafe impl DeviceRepr for EpisodeRecordC {}
+    unsafe impl ValidAsZeroBits for EpisodeRecordC {}
+    unsafe impl DeviceRepr for EnvResetArgs {}
+    unsafe impl DeviceRepr for EnvStepArgs {}
+    unsafe impl DeviceRepr for ObsArgs {}
+    unsafe impl DeviceRepr for MaskArgs {}
+    unsafe impl DeviceRepr for SampleArgs {}
+}
+
 /// `("sizeof T", size)` then `("T.field", offset)` for every listed field, in order.
 macro_rules! layout {
     ($v:ident; $($t:ident: $($f:ident),+;)+) => {

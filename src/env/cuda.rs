@@ -44,30 +44,12 @@ use super::abi::{
 };
 use super::obs::{DYN_OBS, OBS_DIM};
 use super::{
-    Backend, EnvLayout, EpisodeRecord, N_ACTIONS, ScenarioState, Snapshot, StepOutputs, StepParams,
-    SymbolState,
+    Backend, EnvLayout, EpisodeRecord, N_ACTIONS, ScenarioState, Snapshot, StepOutputs, SymbolState,
 };
 use crate::data::MarketData;
 use crate::error::{Error, Result};
 use crate::features::Features;
 use crate::reward::N_COMPONENTS;
-
-// SAFETY (all of them): `#[repr(C)]`, `bytemuck::Pod` structs of plain f64/u32/u64 fields (and
-// arrays and structs of them; device pointers are u64 addresses) with no implicit padding,
-// mirrored field for field by the C structs in kernels/env_logic.cuh and kernels/abi.cuh; the size
-// and offset of every field are checked against the C compiler's by tests/host_parity.rs
-// (`abi_layout_matches`). Every bit pattern of zeros is a valid value.
-unsafe impl DeviceRepr for StepParams {}
-unsafe impl DeviceRepr for ScenarioState {}
-unsafe impl ValidAsZeroBits for ScenarioState {}
-unsafe impl DeviceRepr for EnvDims {}
-unsafe impl DeviceRepr for EpisodeRecordC {}
-unsafe impl ValidAsZeroBits for EpisodeRecordC {}
-unsafe impl DeviceRepr for EnvResetArgs {}
-unsafe impl DeviceRepr for EnvStepArgs {}
-unsafe impl DeviceRepr for ObsArgs {}
-unsafe impl DeviceRepr for MaskArgs {}
-unsafe impl DeviceRepr for SampleArgs {}
 
 /// Kernel headers, passed to NVRTC in memory under these include names.
 pub const HEADERS: [(&str, &str); 5] = [
