@@ -1,6 +1,7 @@
 //! Build script: compiles `kernels/host_shim.c` (the CUDA backend's kernel code compiled for the
 //! host, see docs/gpu.md) into two small static libraries:
-//! - `marl_host_shim`: the kernels' exact logic, exported as `marl_host_*`;
+//! - `marl_host_shim`: the kernels' exact logic, exported as `marl_host_*` (each taking a pointer
+//!   to the kernel's own argument struct of `kernels/abi.cuh` and running its per-block entry point);
 //! - `marl_host_shim_mutant`: the same with one formula deliberately perturbed
 //!   (`MARL_PARITY_MUTANT`, exported as `marl_mutant_host_*`), which the parity test must reject.
 //!
@@ -10,6 +11,7 @@
 fn main() {
     for f in [
         "kernels/host_shim.c",
+        "kernels/abi.cuh",
         "kernels/common.cuh",
         "kernels/env_logic.cuh",
         "kernels/scenario.cuh",

@@ -1,16 +1,18 @@
 /*
  * host_shim.c: the CUDA backend's step, compiled for the host (build.rs, `cc`, flags
  * -O2 -ffp-contract=off -std=c11). It includes the very headers the kernels use, with `HD` empty and
- * one "thread" per scenario, so a scenario step is plain loops over symbols in the spec's order
- * (kernels/scenario.cuh). tests/host_parity.rs drives it against the Rust CPU backend.
+ * one "thread" per block, so a scenario step is plain loops over symbols in the spec's order
+ * (kernels/scenario.cuh). Each export takes a pointer to a kernel's own argument struct
+ * (kernels/abi.cuh) and calls that kernel's entry point for every block / row, exactly as the GPU
+ * launch does; tests/host_parity.rs builds the structs with the CUDA backend's constructors
+ * (src/env/abi.rs) and drives them against the Rust CPU backend.
  *
  * Only the test binaries reference these symbols; nothing in the library calls them.
  */
 #include <stddef.h>
 #include <stdlib.h>
 
-#include "scenario.cuh"
-#include "obs.cuh"
+#include "abi.cuh"
 
 /* Exported names: `marl_<name>`, or `marl_mutant_<name>` in the deliberately wrong build (build.rs
  * compiles this file twice; the mutant defines MARL_PARITY_MUTANT, see env_logic.cuh). */
@@ -97,6 +99,87 @@ u32 EXPORT(abi_layout)(u64* out, u32 cap) {
     PUT(offsetof(EpisodeRecordC, sum));
     PUT(offsetof(EpisodeRecordC, sum_sq));
     PUT(offsetof(EpisodeRecordC, count));
+    PUT(sizeof(EnvResetArgs));
+    PUT(offsetof(EnvResetArgs, p));
+    PUT(offsetof(EnvResetArgs, dm));
+    PUT(offsetof(EnvResetArgs, seed));
+    PUT(offsetof(EnvResetArgs, scen));
+    PUT(offsetof(EnvResetArgs, q));
+    PUT(offsetof(EnvResetArgs, entry));
+    PUT(offsetof(EnvResetArgs, peak_px));
+    PUT(offsetof(EnvResetArgs, dsr_a));
+    PUT(offsetof(EnvResetArgs, dsr_b));
+    PUT(offsetof(EnvResetArgs, entry_k));
+    PUT(offsetof(EnvResetArgs, comp_sum));
+    PUT(offsetof(EnvResetArgs, comp_sumsq));
+    PUT(offsetof(EnvResetArgs, comp_count));
+    PUT(offsetof(EnvResetArgs, rec_count));
+    PUT(sizeof(EnvStepArgs));
+    PUT(offsetof(EnvStepArgs, p));
+    PUT(offsetof(EnvStepArgs, dm));
+    PUT(offsetof(EnvStepArgs, seed));
+    PUT(offsetof(EnvStepArgs, open));
+    PUT(offsetof(EnvStepArgs, close));
+    PUT(offsetof(EnvStepArgs, volume));
+    PUT(offsetof(EnvStepArgs, actions));
+    PUT(offsetof(EnvStepArgs, master));
+    PUT(offsetof(EnvStepArgs, scen));
+    PUT(offsetof(EnvStepArgs, q));
+    PUT(offsetof(EnvStepArgs, entry));
+    PUT(offsetof(EnvStepArgs, peak_px));
+    PUT(offsetof(EnvStepArgs, dsr_a));
+    PUT(offsetof(EnvStepArgs, dsr_b));
+    PUT(offsetof(EnvStepArgs, entry_k));
+    PUT(offsetof(EnvStepArgs, comp_sum));
+    PUT(offsetof(EnvStepArgs, comp_sumsq));
+    PUT(offsetof(EnvStepArgs, comp_count));
+    PUT(offsetof(EnvStepArgs, reward));
+    PUT(offsetof(EnvStepArgs, comps));
+    PUT(offsetof(EnvStepArgs, master_reward));
+    PUT(offsetof(EnvStepArgs, terminated));
+    PUT(offsetof(EnvStepArgs, truncated));
+    PUT(offsetof(EnvStepArgs, recs));
+    PUT(offsetof(EnvStepArgs, rec_count));
+    PUT(offsetof(EnvStepArgs, scratch));
+    PUT(offsetof(EnvStepArgs, opener));
+    PUT(offsetof(EnvStepArgs, debug));
+    PUT(offsetof(EnvStepArgs, carry_in_smem));
+    PUT(offsetof(EnvStepArgs, _pad));
+    PUT(sizeof(ObsArgs));
+    PUT(offsetof(ObsArgs, p));
+    PUT(offsetof(ObsArgs, dm));
+    PUT(offsetof(ObsArgs, close));
+    PUT(offsetof(ObsArgs, sentiment));
+    PUT(offsetof(ObsArgs, macro_series));
+    PUT(offsetof(ObsArgs, regime));
+    PUT(offsetof(ObsArgs, tech));
+    PUT(offsetof(ObsArgs, scen));
+    PUT(offsetof(ObsArgs, q));
+    PUT(offsetof(ObsArgs, entry));
+    PUT(offsetof(ObsArgs, peak_px));
+    PUT(offsetof(ObsArgs, entry_k));
+    PUT(offsetof(ObsArgs, out));
+    PUT(sizeof(MaskArgs));
+    PUT(offsetof(MaskArgs, p));
+    PUT(offsetof(MaskArgs, dm));
+    PUT(offsetof(MaskArgs, close));
+    PUT(offsetof(MaskArgs, scen));
+    PUT(offsetof(MaskArgs, q));
+    PUT(offsetof(MaskArgs, entry));
+    PUT(offsetof(MaskArgs, out));
+    PUT(sizeof(SampleArgs));
+    PUT(offsetof(SampleArgs, p));
+    PUT(offsetof(SampleArgs, dm));
+    PUT(offsetof(SampleArgs, seed));
+    PUT(offsetof(SampleArgs, it));
+    PUT(offsetof(SampleArgs, close));
+    PUT(offsetof(SampleArgs, scen));
+    PUT(offsetof(SampleArgs, q));
+    PUT(offsetof(SampleArgs, entry));
+    PUT(offsetof(SampleArgs, actions));
+    PUT(offsetof(SampleArgs, master));
+    PUT(offsetof(SampleArgs, fixed_master));
+    PUT(offsetof(SampleArgs, _pad));
     return i;
 }
 
@@ -132,131 +215,40 @@ u32 EXPORT(host_constants)(u64* out, u32 cap) {
 u64 EXPORT(host_hash2)(u64 key, u64 counter) { return marl_hash2(key, counter); }
 u64 EXPORT(host_mix64)(u64 z) { return marl_mix64(z); }
 
-/* ---- whole-environment entry points, same arguments as the kernels of env_step.cu / obs.cu ---- */
+/* ---- the kernels, run on the host: every block / row of a launch, in order ---- */
 
-static MarlSymState sym_state(u64 off, double* q, double* entry, double* peak_px, double* dsr_a, double* dsr_b,
-                              u32* entry_k) {
-    MarlSymState sy;
-    sy.q = q + off;
-    sy.entry = entry + off;
-    sy.peak_px = peak_px + off;
-    sy.dsr_a = dsr_a + off;
-    sy.dsr_b = dsr_b + off;
-    sy.entry_k = entry_k + off;
-    return sy;
+u64 EXPORT(host_step_smem_bytes)(u32 S, u32 threads, u32 carry) { return marl_step_smem_bytes(S, threads, carry); }
+
+void EXPORT(host_env_reset)(const EnvResetArgs* a) {
+    for (u32 n = 0; n < a->dm.n_scenarios; ++n) marl_env_reset_block(a, n);
 }
 
-static MarlAccum accum(u32 n, double* comp_sum, double* comp_sumsq, u64* comp_count) {
-    MarlAccum ac;
-    ac.sum = comp_sum + (u64)n * MARL_N_COMPONENTS;
-    ac.sum_sq = comp_sumsq + (u64)n * MARL_N_COMPONENTS;
-    ac.count = comp_count + n;
-    return ac;
-}
-
-void EXPORT(host_reset)(const StepParams* p, const EnvDims* dm, u64 seed, ScenarioState* scen, double* q,
-                     double* entry, double* peak_px, double* dsr_a, double* dsr_b, u32* entry_k, double* comp_sum,
-                     double* comp_sumsq, u64* comp_count, u32* rec_count) {
-    for (u32 n = 0; n < dm->n_scenarios; ++n) {
-        const u64 off = (u64)n * dm->n_symbols;
-        marl_reset_scenario(p, dm, seed, n, 0u, scen + n, sym_state(off, q, entry, peak_px, dsr_a, dsr_b, entry_k),
-                            accum(n, comp_sum, comp_sumsq, comp_count));
-        rec_count[n] = 0u;
-    }
-}
-
-/* Returns 0, or -1 when scratch memory could not be allocated. `debug` is NULL or [N, MARL_DEBUG_LEN]. */
-int EXPORT(host_step)(const StepParams* p, const EnvDims* dm, u64 seed, const float* open, const float* close,
-                   const float* volume, const u8* actions, const u8* master, ScenarioState* scen, double* q,
-                   double* entry, double* peak_px, double* dsr_a, double* dsr_b, u32* entry_k, double* comp_sum,
-                   double* comp_sumsq, u64* comp_count, float* reward, float* comps, float* master_reward,
-                   u8* terminated, u8* truncated, EpisodeRecordC* recs, u32* rec_count, double* debug) {
-    const u32 S = dm->n_symbols;
-    double* dbuf = (double*)malloc(sizeof(double) * ((u64)MARL_FOLD_ROWS * S + MARL_ACC_SLOTS + 5u * (u64)S));
-    u32* ubuf = (u32*)malloc(sizeof(u32) * (2u * (u64)S + 33u));
-    if (!dbuf || !ubuf) {
-        free(dbuf);
-        free(ubuf);
-        return -1;
-    }
-    MarlWork w;
-    w.rows = dbuf;
-    w.acc = dbuf + (u64)MARL_FOLD_ROWS * S;
-    MarlSymScratch sc;
-    sc.q0 = w.acc + MARL_ACC_SLOTS;
-    sc.qb = sc.q0 + S;
-    sc.qs = sc.qb + S;
-    sc.slip = sc.qs + S;
-    sc.liq = sc.slip + S;
-    w.flags = ubuf;
-    sc.opener = ubuf + S;
-    w.scan = ubuf + 2u * S;
-    MarlMarket mk;
-    mk.open = open;
-    mk.close = close;
-    mk.volume = volume;
-    for (u32 n = 0; n < dm->n_scenarios; ++n) {
-        const u64 off = (u64)n * S;
-        MarlStepOut out;
-        out.reward = reward + off;
-        out.comps = comps + off * MARL_N_COMPONENTS;
-        out.master = master_reward + n;
-        out.terminated = terminated + n;
-        out.truncated = truncated + n;
-        out.recs = recs + (u64)n * dm->record_cap;
-        out.rec_count = rec_count + n;
-        out.debug = debug ? debug + (u64)n * MARL_DEBUG_LEN : 0;
-        marl_step_scenario(p, dm, seed, n, mk, actions + off, (u32)master[n], scen + n,
-                           sym_state(off, q, entry, peak_px, dsr_a, dsr_b, entry_k),
-                           accum(n, comp_sum, comp_sumsq, comp_count), out, sc, w);
-    }
-    free(dbuf);
-    free(ubuf);
+/* Returns 0, or -1 when the block scratch could not be allocated. */
+int EXPORT(host_env_step)(const EnvStepArgs* a) {
+    /* the block's "shared memory", reused by every block as on one SM */
+    double* smem = (double*)malloc(marl_step_smem_bytes(a->dm.n_symbols, MARL_NT, a->carry_in_smem));
+    if (!smem) return -1;
+    for (u32 n = 0; n < a->dm.n_scenarios; ++n) marl_env_step_block(a, n, smem);
+    free(smem);
     return 0;
 }
 
-void EXPORT(host_gather_obs)(const StepParams* p, const EnvDims* dm, const float* close, const float* sentiment,
-                          const float* macro, const float* regime, const float* tech, const ScenarioState* scen,
-                          const double* q, const double* entry, const double* peak_px, const u32* entry_k,
-                          float* out, u32 window) {
-    MarlObsData od;
-    od.close = close;
-    od.sentiment = sentiment;
-    od.macro = macro;
-    od.regime = regime;
-    od.tech = tech;
-    const u32 width = window ? MARL_OBS_DIM : MARL_DYN_OBS;
-    for (u32 n = 0; n < dm->n_scenarios; ++n) {
-        const u64 off = (u64)n * dm->n_symbols;
-        for (u32 s = 0; s < dm->n_symbols; ++s) {
-            float* o = out + (off + s) * width;
-            if (window) {
-                for (u32 j = 0; j < MARL_TECH_WINDOW_LEN; ++j) o[j] = marl_window_elem(dm, scen + n, tech, s, j);
-                o += MARL_TECH_WINDOW_LEN;
-            }
-            marl_dyn_obs_row(p, dm, scen + n, od, q + off, entry + off, peak_px + off, entry_k + off, s, o);
-        }
-    }
+void EXPORT(host_gather_obs)(const ObsArgs* a) {
+    const u64 rows = (u64)a->dm.n_scenarios * a->dm.n_symbols;
+    for (u64 row = 0; row < rows; ++row) marl_gather_obs_row(a, row, 0u, 1u);
 }
 
-void EXPORT(host_action_mask)(const StepParams* p, const EnvDims* dm, const float* close, const ScenarioState* scen,
-                           const double* q, const double* entry, u8* out) {
-    for (u32 n = 0; n < dm->n_scenarios; ++n) {
-        const u64 off = (u64)n * dm->n_symbols;
-        for (u32 s = 0; s < dm->n_symbols; ++s) {
-            const u32 bits = marl_stored_mask_bits(p, dm, scen + n, close, q + off, entry + off, s);
-            for (u32 a = 0; a < MARL_N_ACTIONS; ++a) out[(off + s) * MARL_N_ACTIONS + a] = (u8)((bits >> a) & 1u);
-        }
-    }
+void EXPORT(host_dyn_obs)(const ObsArgs* a) {
+    const u64 rows = (u64)a->dm.n_scenarios * a->dm.n_symbols;
+    for (u64 row = 0; row < rows; ++row) marl_dyn_obs_thread(a, row);
 }
 
-void EXPORT(host_sample)(const StepParams* p, const EnvDims* dm, u64 seed, u64 it, u32 fixed_master, const float* close,
-                      const ScenarioState* scen, const double* q, const double* entry, u8* actions, u8* master) {
-    for (u32 n = 0; n < dm->n_scenarios; ++n) {
-        const u64 off = (u64)n * dm->n_symbols;
-        master[n] = (u8)marl_sample_master(dm, seed, it, n, fixed_master);
-        for (u32 s = 0; s < dm->n_symbols; ++s)
-            actions[off + s] = (u8)marl_sample_symbol_action(p, dm, seed, it, fixed_master, n, scen + n, close,
-                                                             q + off, entry + off, s);
-    }
+void EXPORT(host_action_mask)(const MaskArgs* a) {
+    const u64 rows = (u64)a->dm.n_scenarios * a->dm.n_symbols;
+    for (u64 row = 0; row < rows; ++row) marl_action_mask_thread(a, row);
+}
+
+void EXPORT(host_sample_actions)(const SampleArgs* a) {
+    const u64 rows = (u64)a->dm.n_scenarios * a->dm.n_symbols;
+    for (u64 row = 0; row < rows; ++row) marl_sample_actions_thread(a, row);
 }

@@ -61,7 +61,7 @@ impl CostConfig {
 }
 
 /// Cost parameters in the units the step uses (fractions per fill, a rate per bar).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
 pub struct CostParams {
     /// Commission per side, fraction of fill notional.

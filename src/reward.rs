@@ -95,7 +95,7 @@ pub const COMPONENT_NAMES: [&str; N_COMPONENTS] = [
 ];
 
 /// Reward weights and shaping constants in the order the step uses them.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
 pub struct RewardParams {
     /// Weights of pnl, cost, timing, sharpe, drawdown, util, divers.

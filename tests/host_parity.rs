@@ -1,8 +1,19 @@
 //! Host parity of the CUDA backend (runs everywhere, no GPU): the kernels' own code, compiled for the
-//! host by build.rs (`kernels/host_shim.c` includes `kernels/scenario.cuh`, `obs.cuh`,
-//! `env_logic.cuh` with `HD` empty and one "thread" per scenario), is stepped side by side with the
+//! host by build.rs (`kernels/host_shim.c` includes `kernels/abi.cuh`, `scenario.cuh`, `obs.cuh`,
+//! `env_logic.cuh` with `HD` empty and one "thread" per block), is stepped side by side with the
 //! Rust CPU backend (`src/env/cpu.rs`, the reference) over whole episodes from the same random
 //! states with the same random actions.
+//!
+//! Parity runs the GPU's own per-block entry points: each shim export (`marl_host_env_step`, ...)
+//! takes a pointer to the kernel's argument struct (`EnvStepArgs`, ..., kernels/abi.cuh) and calls
+//! the very function the `__global__` kernel calls with `blockIdx.x` (`marl_env_step_block`, ...)
+//! for every block (or row) of the launch. The structs are built here by the constructors the CUDA
+//! backend launches with (`env::abi::EnvStepArgs::new`, ...), from the host addresses of this
+//! file's buffers where the backend passes device addresses; `abi_layout_matches` compares the size
+//! and offset of every field of every argument struct with the C compiler's. So an argument
+//! assigned to the wrong field, or two fields swapped in one mirror, fails here without a GPU. The
+//! step runs with its per-symbol carry in the block scratch (even cases) and in the global
+//! `scratch` / `opener` buffers (odd cases), the GPU's two modes.
 //!
 //! Compared after reset and after every step, **exactly** (`==` on every f64 and f32, NaN equal to
 //! NaN; only the sign of a zero may differ): the whole state (cash, equity, peak, gross, portfolio and
@@ -24,18 +35,27 @@
 //! `[leveraged] step 1: reward[0]: 4.8537174e-1 vs 4.853717e-1`; the mutant build fails with
 //! `[leveraged] step 1: scenario 1 cash: -1.571100941568984e5 vs -1.5711009415693517e5`. A change on
 //! the Rust side fails the same way: the comparison is symmetric.
+//!
+//! The ABI by hand (once, then reverted): declaring `entry` before `q` in the Rust `EnvStepArgs`
+//! made `abi_layout_matches` fail with `EnvStepArgs.q: Rust 408, C 400` and
+//! `parity_with_cpu_backend` with `[leveraged] step 1: reward[0]: 4.8537174e-1 vs 4.2305017e-1`;
+//! swapping `open: b.close, close: b.open` in `EnvStepArgs::new` made `parity_with_cpu_backend`
+//! fail with `[leveraged] step 1: reward[0]: 4.8537174e-1 vs 4.8651877e-1` (and
+//! `sampler_respects_the_mask` with `sampled actions were counted invalid`).
 
 mod parity;
 
 use std::sync::Arc;
 
 use marl_trade::data::MarketData;
-use marl_trade::env::abi::{DEBUG_LEN, EnvDims, EpisodeRecordC, abi_layout, kernel_constants};
+use marl_trade::env::abi::{
+    DEBUG_LEN, EnvBuffers, EnvDims, EnvResetArgs, EnvStepArgs, EpisodeRecordC, MaskArgs, ObsArgs,
+    SampleArgs, abi_layout, kernel_constants, step_smem_bytes,
+};
 use marl_trade::env::cpu::CpuBackend;
 use marl_trade::env::logic::{directive, mask_bits};
 use marl_trade::env::{
-    Backend, EnvLayout, EpisodeRecord, ScenarioState, Snapshot, StepOutputs, StepParams,
-    SymbolState, obs,
+    Backend, EnvLayout, EpisodeRecord, ScenarioState, Snapshot, StepOutputs, SymbolState, obs,
 };
 use marl_trade::features::Features;
 use marl_trade::reward::N_COMPONENTS;
@@ -46,234 +66,53 @@ use parity::{Coverage, cases, run_parity};
 const DBG_LAMBDA: usize = 0;
 const DBG_FEE: usize = 1;
 
-type ResetFn = unsafe extern "C" fn(
-    *const StepParams,
-    *const EnvDims,
-    u64,
-    *mut ScenarioState,
-    *mut f64,
-    *mut f64,
-    *mut f64,
-    *mut f64,
-    *mut f64,
-    *mut u32,
-    *mut f64,
-    *mut f64,
-    *mut u64,
-    *mut u32,
-);
-type StepFn = unsafe extern "C" fn(
-    *const StepParams,
-    *const EnvDims,
-    u64,
-    *const f32,
-    *const f32,
-    *const f32,
-    *const u8,
-    *const u8,
-    *mut ScenarioState,
-    *mut f64,
-    *mut f64,
-    *mut f64,
-    *mut f64,
-    *mut f64,
-    *mut u32,
-    *mut f64,
-    *mut f64,
-    *mut u64,
-    *mut f32,
-    *mut f32,
-    *mut f32,
-    *mut u8,
-    *mut u8,
-    *mut EpisodeRecordC,
-    *mut u32,
-    *mut f64,
-) -> i32;
-type ObsFn = unsafe extern "C" fn(
-    *const StepParams,
-    *const EnvDims,
-    *const f32,
-    *const f32,
-    *const f32,
-    *const f32,
-    *const f32,
-    *const ScenarioState,
-    *const f64,
-    *const f64,
-    *const f64,
-    *const u32,
-    *mut f32,
-    u32,
-);
-type MaskFn = unsafe extern "C" fn(
-    *const StepParams,
-    *const EnvDims,
-    *const f32,
-    *const ScenarioState,
-    *const f64,
-    *const f64,
-    *mut u8,
-);
-
 unsafe extern "C" {
     fn marl_abi_layout(out: *mut u64, cap: u32) -> u32;
     fn marl_host_constants(out: *mut u64, cap: u32) -> u32;
     fn marl_host_hash2(key: u64, counter: u64) -> u64;
     fn marl_host_mix64(z: u64) -> u64;
-    fn marl_host_reset(
-        p: *const StepParams,
-        dm: *const EnvDims,
-        seed: u64,
-        scen: *mut ScenarioState,
-        q: *mut f64,
-        entry: *mut f64,
-        peak: *mut f64,
-        a: *mut f64,
-        b: *mut f64,
-        ek: *mut u32,
-        cs: *mut f64,
-        cq: *mut f64,
-        cc: *mut u64,
-        rc: *mut u32,
-    );
-    fn marl_host_step(
-        p: *const StepParams,
-        dm: *const EnvDims,
-        seed: u64,
-        open: *const f32,
-        close: *const f32,
-        volume: *const f32,
-        actions: *const u8,
-        master: *const u8,
-        scen: *mut ScenarioState,
-        q: *mut f64,
-        entry: *mut f64,
-        peak: *mut f64,
-        a: *mut f64,
-        b: *mut f64,
-        ek: *mut u32,
-        cs: *mut f64,
-        cq: *mut f64,
-        cc: *mut u64,
-        reward: *mut f32,
-        comps: *mut f32,
-        master_reward: *mut f32,
-        terminated: *mut u8,
-        truncated: *mut u8,
-        recs: *mut EpisodeRecordC,
-        rc: *mut u32,
-        debug: *mut f64,
-    ) -> i32;
-    fn marl_host_gather_obs(
-        p: *const StepParams,
-        dm: *const EnvDims,
-        close: *const f32,
-        sentiment: *const f32,
-        macro_series: *const f32,
-        regime: *const f32,
-        tech: *const f32,
-        scen: *const ScenarioState,
-        q: *const f64,
-        entry: *const f64,
-        peak: *const f64,
-        ek: *const u32,
-        out: *mut f32,
-        window: u32,
-    );
-    fn marl_host_action_mask(
-        p: *const StepParams,
-        dm: *const EnvDims,
-        close: *const f32,
-        scen: *const ScenarioState,
-        q: *const f64,
-        entry: *const f64,
-        out: *mut u8,
-    );
-    fn marl_host_sample(
-        p: *const StepParams,
-        dm: *const EnvDims,
-        seed: u64,
-        it: u64,
-        fixed_master: u32,
-        close: *const f32,
-        scen: *const ScenarioState,
-        q: *const f64,
-        entry: *const f64,
-        actions: *mut u8,
-        master: *mut u8,
-    );
-    fn marl_mutant_host_reset(
-        p: *const StepParams,
-        dm: *const EnvDims,
-        seed: u64,
-        scen: *mut ScenarioState,
-        q: *mut f64,
-        entry: *mut f64,
-        peak: *mut f64,
-        a: *mut f64,
-        b: *mut f64,
-        ek: *mut u32,
-        cs: *mut f64,
-        cq: *mut f64,
-        cc: *mut u64,
-        rc: *mut u32,
-    );
-    fn marl_mutant_host_step(
-        p: *const StepParams,
-        dm: *const EnvDims,
-        seed: u64,
-        open: *const f32,
-        close: *const f32,
-        volume: *const f32,
-        actions: *const u8,
-        master: *const u8,
-        scen: *mut ScenarioState,
-        q: *mut f64,
-        entry: *mut f64,
-        peak: *mut f64,
-        a: *mut f64,
-        b: *mut f64,
-        ek: *mut u32,
-        cs: *mut f64,
-        cq: *mut f64,
-        cc: *mut u64,
-        reward: *mut f32,
-        comps: *mut f32,
-        master_reward: *mut f32,
-        terminated: *mut u8,
-        truncated: *mut u8,
-        recs: *mut EpisodeRecordC,
-        rc: *mut u32,
-        debug: *mut f64,
-    ) -> i32;
+    fn marl_host_step_smem_bytes(s: u32, threads: u32, carry: u32) -> u64;
+    fn marl_host_env_reset(a: *const EnvResetArgs);
+    fn marl_host_env_step(a: *const EnvStepArgs) -> i32;
+    fn marl_host_gather_obs(a: *const ObsArgs);
+    fn marl_host_dyn_obs(a: *const ObsArgs);
+    fn marl_host_action_mask(a: *const MaskArgs);
+    fn marl_host_sample_actions(a: *const SampleArgs);
+    fn marl_mutant_host_env_reset(a: *const EnvResetArgs);
+    fn marl_mutant_host_env_step(a: *const EnvStepArgs) -> i32;
 }
 
-/// The entry points of one build of the shim.
+/// The entry points of one build of the shim: each runs one kernel's per-block (or per-row) entry
+/// point over the whole launch, from the kernel's own argument struct.
 #[derive(Clone, Copy)]
 struct Shim {
-    reset: ResetFn,
-    step: StepFn,
-    obs: ObsFn,
-    mask: MaskFn,
+    reset: unsafe extern "C" fn(*const EnvResetArgs),
+    step: unsafe extern "C" fn(*const EnvStepArgs) -> i32,
+    gather_obs: unsafe extern "C" fn(*const ObsArgs),
+    dyn_obs: unsafe extern "C" fn(*const ObsArgs),
+    mask: unsafe extern "C" fn(*const MaskArgs),
 }
 
 const EXACT: Shim = Shim {
-    reset: marl_host_reset,
-    step: marl_host_step,
-    obs: marl_host_gather_obs,
+    reset: marl_host_env_reset,
+    step: marl_host_env_step,
+    gather_obs: marl_host_gather_obs,
+    dyn_obs: marl_host_dyn_obs,
     mask: marl_host_action_mask,
 };
 const MUTANT: Shim = Shim {
-    reset: marl_mutant_host_reset,
-    step: marl_mutant_host_step,
-    obs: marl_host_gather_obs,
+    reset: marl_mutant_host_env_reset,
+    step: marl_mutant_host_env_step,
+    gather_obs: marl_host_gather_obs,
+    dyn_obs: marl_host_dyn_obs,
     mask: marl_host_action_mask,
 };
 
 const RECORD_CAP: u32 = 4;
 
-/// The CUDA backend's kernel code run on the host, as a [`Backend`].
+/// The CUDA backend's kernel code run on the host, as a [`Backend`]: every call builds the
+/// kernel's argument struct with the CUDA backend's constructor (`env::abi`) from the host
+/// addresses of these buffers, as the CUDA backend does from device addresses.
 struct HostShimBackend {
     shim: Shim,
     layout: EnvLayout,
@@ -289,6 +128,11 @@ struct HostShimBackend {
     recs: Vec<EpisodeRecordC>,
     rec_count: Vec<u32>,
     out: StepOutputs,
+    /// Whether the step keeps its per-symbol carry in the block scratch ("shared memory") or in
+    /// `scratch` / `opener` (the GPU's two modes).
+    carry_in_smem: bool,
+    scratch: Vec<f64>,
+    opener: Vec<u32>,
     /// `[N, DEBUG_LEN]` scalars of the last step.
     debug: Vec<f64>,
 }
@@ -318,33 +162,75 @@ impl HostShimBackend {
             recs: vec![EpisodeRecordC::default(); n * RECORD_CAP as usize],
             rec_count: vec![0; n],
             out: StepOutputs::new(n, s),
+            carry_in_smem: true,
+            scratch: vec![0.0; 5 * n * s],
+            opener: vec![0; n * s],
             debug: vec![0.0; n * DEBUG_LEN],
         }
     }
 
-    fn obs_into(&self, out: &mut [f32], window: bool) {
-        let (md, f, sy) = (&self.md, &self.feats, &self.sym);
-        // SAFETY: every pointer covers the array the shim indexes ([P,T,S+1], [P,T,S], [P,T,2],
+    /// Keep the step's carry in the global scratch buffers instead (the GPU's mode for large S).
+    fn with_carry_in_global(mut self) -> Self {
+        self.carry_in_smem = false;
+        self
+    }
+
+    /// Host addresses of every buffer, as the CUDA backend's `EnvBuffers` holds device addresses.
+    /// The step's actions are the caller's (0 here).
+    fn buffers(&mut self) -> EnvBuffers {
+        fn a<T>(v: &[T]) -> u64 {
+            v.as_ptr() as u64
+        }
+        fn m<T>(v: &mut [T]) -> u64 {
+            v.as_mut_ptr() as u64
+        }
+        let (md, f, sy, o) = (&self.md, &self.feats, &mut self.sym, &mut self.out);
+        EnvBuffers {
+            open: a(&md.open),
+            close: a(&md.close),
+            volume: a(&md.volume),
+            sentiment: a(&md.sentiment),
+            macro_series: a(&md.macro_series),
+            regime: a(&f.regime),
+            tech: a(&f.tech),
+            scen: m(&mut self.scen),
+            q: m(&mut sy.q),
+            entry: m(&mut sy.entry),
+            peak_px: m(&mut sy.peak_px),
+            dsr_a: m(&mut sy.dsr_a),
+            dsr_b: m(&mut sy.dsr_b),
+            entry_k: m(&mut sy.entry_k),
+            comp_sum: m(&mut self.comp_sum),
+            comp_sumsq: m(&mut self.comp_sumsq),
+            comp_count: m(&mut self.comp_count),
+            actions: 0,
+            master: 0,
+            reward: m(&mut o.reward),
+            comps: m(&mut o.components),
+            master_reward: m(&mut o.master_reward),
+            terminated: m(&mut o.terminated),
+            truncated: m(&mut o.truncated),
+            recs: m(&mut self.recs),
+            rec_count: m(&mut self.rec_count),
+            scratch: m(&mut self.scratch),
+            opener: m(&mut self.opener),
+            debug: m(&mut self.debug),
+        }
+    }
+
+    /// Run `gather_obs` (window) or `dyn_obs` into `out`.
+    fn obs_into(&mut self, out: &mut [f32], window: bool) {
+        let b = self.buffers();
+        let args = ObsArgs::new(&self.layout.params, &self.dims, &b, out.as_mut_ptr() as u64);
+        let run = if window {
+            self.shim.gather_obs
+        } else {
+            self.shim.dyn_obs
+        };
+        // SAFETY: every address covers the array the kernel indexes ([P,T,S+1], [P,T,S], [P,T,2],
         // [P,T,4], [P,T,S,23], [N], [N*S]) and out holds N*S*(OBS_DIM or DYN_OBS) floats (checked by
         // the callers through the Backend contract).
-        unsafe {
-            (self.shim.obs)(
-                &self.layout.params,
-                &self.dims,
-                md.close.as_ptr(),
-                md.sentiment.as_ptr(),
-                md.macro_series.as_ptr(),
-                f.regime.as_ptr(),
-                f.tech.as_ptr(),
-                self.scen.as_ptr(),
-                sy.q.as_ptr(),
-                sy.entry.as_ptr(),
-                sy.peak_px.as_ptr(),
-                sy.entry_k.as_ptr(),
-                out.as_mut_ptr(),
-                window as u32,
-            )
-        }
+        unsafe { run(&args) }
     }
 }
 
@@ -357,64 +243,29 @@ impl Backend for HostShimBackend {
     }
     fn reset(&mut self, seed: u64) -> marl_trade::Result<()> {
         self.seed = seed;
-        let sy = &mut self.sym;
-        // SAFETY: buffers sized [N], [N*S], [N*7], [N] as the shim expects.
-        unsafe {
-            (self.shim.reset)(
-                &self.layout.params,
-                &self.dims,
-                seed,
-                self.scen.as_mut_ptr(),
-                sy.q.as_mut_ptr(),
-                sy.entry.as_mut_ptr(),
-                sy.peak_px.as_mut_ptr(),
-                sy.dsr_a.as_mut_ptr(),
-                sy.dsr_b.as_mut_ptr(),
-                sy.entry_k.as_mut_ptr(),
-                self.comp_sum.as_mut_ptr(),
-                self.comp_sumsq.as_mut_ptr(),
-                self.comp_count.as_mut_ptr(),
-                self.rec_count.as_mut_ptr(),
-            )
-        };
+        let b = self.buffers();
+        let args = EnvResetArgs::new(&self.layout.params, &self.dims, seed, &b);
+        // SAFETY: buffers sized [N], [N*S], [N*7], [N] as the kernel expects.
+        unsafe { (self.shim.reset)(&args) };
         Ok(())
     }
     fn step(&mut self, acts: &[u8], master: &[u8]) -> marl_trade::Result<()> {
         let (n, s) = (self.layout.n_scenarios, self.layout.n_symbols);
         assert_eq!((acts.len(), master.len()), (n * s, n));
-        let (md, sy, o) = (&self.md, &mut self.sym, &mut self.out);
+        let mut b = self.buffers();
+        b.actions = acts.as_ptr() as u64;
+        b.master = master.as_ptr() as u64;
+        let args = EnvStepArgs::new(
+            &self.layout.params,
+            &self.dims,
+            self.seed,
+            &b,
+            self.carry_in_smem,
+        );
         // SAFETY: as in reset, plus market data [P,T,S+1], actions [N*S], master [N], outputs [N*S],
-        // [N*S*7], [N], records [N*RECORD_CAP] (dims.record_cap) and debug [N*DEBUG_LEN].
-        let rc = unsafe {
-            (self.shim.step)(
-                &self.layout.params,
-                &self.dims,
-                self.seed,
-                md.open.as_ptr(),
-                md.close.as_ptr(),
-                md.volume.as_ptr(),
-                acts.as_ptr(),
-                master.as_ptr(),
-                self.scen.as_mut_ptr(),
-                sy.q.as_mut_ptr(),
-                sy.entry.as_mut_ptr(),
-                sy.peak_px.as_mut_ptr(),
-                sy.dsr_a.as_mut_ptr(),
-                sy.dsr_b.as_mut_ptr(),
-                sy.entry_k.as_mut_ptr(),
-                self.comp_sum.as_mut_ptr(),
-                self.comp_sumsq.as_mut_ptr(),
-                self.comp_count.as_mut_ptr(),
-                o.reward.as_mut_ptr(),
-                o.components.as_mut_ptr(),
-                o.master_reward.as_mut_ptr(),
-                o.terminated.as_mut_ptr(),
-                o.truncated.as_mut_ptr(),
-                self.recs.as_mut_ptr(),
-                self.rec_count.as_mut_ptr(),
-                self.debug.as_mut_ptr(),
-            )
-        };
+        // [N*S*7], [N], records [N*RECORD_CAP] (dims.record_cap), scratch [5*N*S], opener [N*S] and
+        // debug [N*DEBUG_LEN]; the actions outlive the call.
+        let rc = unsafe { (self.shim.step)(&args) };
         assert_eq!(rc, 0, "host shim could not allocate scratch");
         Ok(())
     }
@@ -443,18 +294,10 @@ impl Backend for HostShimBackend {
             out.len(),
             self.layout.n_scenarios * self.layout.n_symbols * 7
         );
+        let b = self.buffers();
+        let args = MaskArgs::new(&self.layout.params, &self.dims, &b, out.as_mut_ptr() as u64);
         // SAFETY: as in obs_into; out holds N*S*7 bytes.
-        unsafe {
-            (self.shim.mask)(
-                &self.layout.params,
-                &self.dims,
-                self.md.close.as_ptr(),
-                self.scen.as_ptr(),
-                self.sym.q.as_ptr(),
-                self.sym.entry.as_ptr(),
-                out.as_mut_ptr(),
-            )
-        };
+        unsafe { (self.shim.mask)(&args) };
         Ok(())
     }
     fn obs_index(&mut self, out: &mut [u32]) -> marl_trade::Result<()> {
@@ -464,7 +307,7 @@ impl Backend for HostShimBackend {
         }
         Ok(())
     }
-    fn snapshot(&mut self) -> marl_trade::Result<Snapshot> {
+    fn snapshot(&self) -> marl_trade::Result<Snapshot> {
         Ok(Snapshot {
             seed: self.seed,
             scenarios: self.scen.clone(),
@@ -517,6 +360,17 @@ fn abi_layout_matches() {
     for ((name, r), c) in consts.iter().zip(&c) {
         assert_eq!(*r as u64, *c, "constant {name}: Rust {r}, kernels {c}");
     }
+    for (s, threads) in [(1usize, 32usize), (7, 32), (143, 160), (1000, 1024)] {
+        for carry in [false, true] {
+            // SAFETY: a pure function of integers.
+            let c = unsafe { marl_host_step_smem_bytes(s as u32, threads as u32, carry as u32) };
+            assert_eq!(
+                step_smem_bytes(s, threads, carry) as u64,
+                c,
+                "step_smem_bytes({s}, {threads}, {carry})"
+            );
+        }
+    }
 }
 
 #[test]
@@ -537,10 +391,15 @@ fn hash2_and_mix64_match_rng() {
 fn parity_with_cpu_backend() {
     let mut total = Coverage::default();
     let (mut lambda_lt_1, mut fees) = (0usize, 0usize);
-    for case in cases() {
+    for (i, case) in cases().into_iter().enumerate() {
         let mut cpu = CpuBackend::new(case.layout, case.md.clone(), case.feats.clone());
-        let mut host =
-            HostShimBackend::new(EXACT, case.layout, case.md.clone(), case.feats.clone());
+        let host = HostShimBackend::new(EXACT, case.layout, case.md.clone(), case.feats.clone());
+        // both places of the step's per-symbol carry: block scratch and global buffers
+        let mut host = if i % 2 == 1 {
+            host.with_carry_in_global()
+        } else {
+            host
+        };
         let cov = run_parity(&mut cpu, &mut host, &case.md, &case.plan, |_, h| {
             for d in h.debug.chunks_exact(DEBUG_LEN) {
                 lambda_lt_1 += (d[DBG_LAMBDA] < 1.0) as usize;
@@ -593,27 +452,17 @@ fn sampler_respects_the_mask() {
     let mut invalid_before = 0u64;
     for it in 0..200u64 {
         let (mut acts, mut master) = (vec![0u8; n * s], vec![0u8; n]);
-        let sample = |acts: &mut Vec<u8>, master: &mut Vec<u8>, h: &HostShimBackend| {
+        let sample = |acts: &mut Vec<u8>, master: &mut Vec<u8>, h: &mut HostShimBackend| {
+            let mut b = h.buffers();
+            b.actions = acts.as_mut_ptr() as u64;
+            b.master = master.as_mut_ptr() as u64;
+            let args = SampleArgs::new(&l.params, &dims, &b, 77, it, u32::MAX);
             // SAFETY: buffers of N*S and N; state arrays as in the backend.
-            unsafe {
-                marl_host_sample(
-                    &l.params,
-                    &dims,
-                    77,
-                    it,
-                    u32::MAX,
-                    case.md.close.as_ptr(),
-                    h.scen.as_ptr(),
-                    h.sym.q.as_ptr(),
-                    h.sym.entry.as_ptr(),
-                    acts.as_mut_ptr(),
-                    master.as_mut_ptr(),
-                )
-            }
+            unsafe { marl_host_sample_actions(&args) }
         };
-        sample(&mut acts, &mut master, &host);
+        sample(&mut acts, &mut master, &mut host);
         let (mut acts2, mut master2) = (vec![0u8; n * s], vec![0u8; n]);
-        sample(&mut acts2, &mut master2, &host);
+        sample(&mut acts2, &mut master2, &mut host);
         assert_eq!(
             (&acts, &master),
             (&acts2, &master2),

@@ -1,11 +1,22 @@
 /*!
-`#[repr(C)]` structs shared with the CUDA kernels (`kernels/env_logic.cuh`) that are not already
-part of the CPU backend. Together with [`StepParams`] and [`ScenarioState`] (also `#[repr(C)]`),
-these are everything a kernel receives by value or reads from device memory as a struct; the host
-shim reports the C side's sizes and offsets and `tests/host_parity.rs` compares them with these.
+The kernel ABI: the `#[repr(C)]` structs shared with the CUDA kernels (`kernels/abi.cuh`,
+`kernels/env_logic.cuh`) that are not already part of the CPU backend. Together with
+[`StepParams`] and [`ScenarioState`] (also `#[repr(C)]`), these are everything a kernel receives by
+value or reads from device memory as a struct.
+
+Every kernel takes ONE argument struct by value: [`EnvResetArgs`], [`EnvStepArgs`], [`ObsArgs`]
+(`gather_obs`, `dyn_obs`), [`MaskArgs`], [`SampleArgs`]. Buffers are `u64` addresses, so the
+structs are `Pod`. They are built by the constructors here ([`EnvStepArgs::new`], ...) from named
+buffer addresses ([`EnvBuffers`]): the CUDA backend passes device addresses and launches the
+kernel with the struct; `tests/host_parity.rs` passes host addresses of its own buffers to the host
+shim, which runs the very per-block entry point the kernel runs (`marl_env_step_block`, ...), so a
+field assigned to the wrong buffer fails host parity. [`abi_layout`] lists the size and offset of
+every field of every struct, compared with the C compiler's by `abi_layout_matches`.
 
 Always compiled (no `cuda` feature needed), so the layout and parity tests run on any machine.
 */
+
+use bytemuck::{Pod, Zeroable};
 
 use super::{EnvLayout, EpisodeRecord, ScenarioState, StepParams};
 use crate::reward::{ComponentSums, N_COMPONENTS};
@@ -17,9 +28,18 @@ pub const ACC_SLOTS: usize = 24;
 /// Scalars per scenario of the step's optional debug output (`MARL_DEBUG_LEN`).
 pub const DEBUG_LEN: usize = 14;
 
+/// Bytes of the step kernel's block scratch (dynamic shared memory) for `s` symbols and `block`
+/// threads: fold rows and broadcast slots (f64), per-symbol carry when `carry` (5 f64 + 1 u32 per
+/// symbol), opener flags and scan scratch (u32). Mirrors `marl_step_smem_bytes` (kernels/abi.cuh).
+pub fn step_smem_bytes(s: usize, block: usize, carry: bool) -> usize {
+    let f64s = FOLD_ROWS * s + ACC_SLOTS + if carry { 5 * s } else { 0 };
+    let u32s = s + block.max(33) + if carry { s } else { 0 };
+    8 * f64s + 4 * u32s
+}
+
 /// Sizes and the bar range of an environment, as the kernels read them (`EnvDims` in
 /// `kernels/env_logic.cuh`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Pod, Zeroable)]
 #[repr(C)]
 pub struct EnvDims {
     pub n_scenarios: u32,
@@ -54,7 +74,7 @@ impl EnvDims {
 }
 
 /// A finished episode as the kernels write it (`EpisodeRecordC` in `kernels/env_logic.cuh`).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Pod, Zeroable)]
 #[repr(C)]
 pub struct EpisodeRecordC {
     pub scenario: u32,
@@ -91,145 +111,347 @@ impl From<&EpisodeRecordC> for EpisodeRecord {
     }
 }
 
+/// Addresses of the environment's buffers as the kernels see them: device addresses in the CUDA
+/// backend, host addresses in `tests/host_parity.rs` (0 = absent). Shapes as in `kernels/abi.cuh`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EnvBuffers {
+    /// Market data `[P, T, S + 1]`.
+    pub open: u64,
+    pub close: u64,
+    pub volume: u64,
+    /// `[P, T, S]`, `[P, T, MACRO]`, `[P, T, N_REGIME]`, `[P, T, S, N_TECH]`.
+    pub sentiment: u64,
+    pub macro_series: u64,
+    pub regime: u64,
+    pub tech: u64,
+    /// State: `[N]` scenarios, `[N, S]` per symbol, `[N, 7]` / `[N]` episode accumulators.
+    pub scen: u64,
+    pub q: u64,
+    pub entry: u64,
+    pub peak_px: u64,
+    pub dsr_a: u64,
+    pub dsr_b: u64,
+    pub entry_k: u64,
+    pub comp_sum: u64,
+    pub comp_sumsq: u64,
+    pub comp_count: u64,
+    /// Step inputs `[N, S]`, `[N]` (also the sampler's outputs).
+    pub actions: u64,
+    pub master: u64,
+    /// Step outputs `[N, S]`, `[N, S, 7]`, `[N]`, `[N]`, `[N]`, records `[N, record_cap]`, `[N]`.
+    pub reward: u64,
+    pub comps: u64,
+    pub master_reward: u64,
+    pub terminated: u64,
+    pub truncated: u64,
+    pub recs: u64,
+    pub rec_count: u64,
+    /// Step carry `[5, N, S]` f64 and `[N, S]` u32, read only when the carry is not in shared memory.
+    pub scratch: u64,
+    pub opener: u64,
+    /// 0, or `[N, DEBUG_LEN]` f64 scalars of the step (host tests).
+    pub debug: u64,
+}
+
+/// Arguments of `env_reset` (`EnvResetArgs` in `kernels/abi.cuh`).
+#[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct EnvResetArgs {
+    pub p: StepParams,
+    pub dm: EnvDims,
+    pub seed: u64,
+    pub scen: u64,
+    pub q: u64,
+    pub entry: u64,
+    pub peak_px: u64,
+    pub dsr_a: u64,
+    pub dsr_b: u64,
+    pub entry_k: u64,
+    pub comp_sum: u64,
+    pub comp_sumsq: u64,
+    pub comp_count: u64,
+    pub rec_count: u64,
+}
+
+impl EnvResetArgs {
+    pub fn new(p: &StepParams, dm: &EnvDims, seed: u64, b: &EnvBuffers) -> Self {
+        Self {
+            p: *p,
+            dm: *dm,
+            seed,
+            scen: b.scen,
+            q: b.q,
+            entry: b.entry,
+            peak_px: b.peak_px,
+            dsr_a: b.dsr_a,
+            dsr_b: b.dsr_b,
+            entry_k: b.entry_k,
+            comp_sum: b.comp_sum,
+            comp_sumsq: b.comp_sumsq,
+            comp_count: b.comp_count,
+            rec_count: b.rec_count,
+        }
+    }
+}
+
+/// Arguments of `env_step` (`EnvStepArgs` in `kernels/abi.cuh`).
+#[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct EnvStepArgs {
+    pub p: StepParams,
+    pub dm: EnvDims,
+    pub seed: u64,
+    pub open: u64,
+    pub close: u64,
+    pub volume: u64,
+    pub actions: u64,
+    pub master: u64,
+    pub scen: u64,
+    pub q: u64,
+    pub entry: u64,
+    pub peak_px: u64,
+    pub dsr_a: u64,
+    pub dsr_b: u64,
+    pub entry_k: u64,
+    pub comp_sum: u64,
+    pub comp_sumsq: u64,
+    pub comp_count: u64,
+    pub reward: u64,
+    pub comps: u64,
+    pub master_reward: u64,
+    pub terminated: u64,
+    pub truncated: u64,
+    pub recs: u64,
+    pub rec_count: u64,
+    pub scratch: u64,
+    pub opener: u64,
+    pub debug: u64,
+    /// 1: the per-symbol carry of the phases lives in the block's shared memory, else in
+    /// `scratch` / `opener`.
+    pub carry_in_smem: u32,
+    pub _pad: u32,
+}
+
+impl EnvStepArgs {
+    pub fn new(
+        p: &StepParams,
+        dm: &EnvDims,
+        seed: u64,
+        b: &EnvBuffers,
+        carry_in_smem: bool,
+    ) -> Self {
+        Self {
+            p: *p,
+            dm: *dm,
+            seed,
+            open: b.open,
+            close: b.close,
+            volume: b.volume,
+            actions: b.actions,
+            master: b.master,
+            scen: b.scen,
+            q: b.q,
+            entry: b.entry,
+            peak_px: b.peak_px,
+            dsr_a: b.dsr_a,
+            dsr_b: b.dsr_b,
+            entry_k: b.entry_k,
+            comp_sum: b.comp_sum,
+            comp_sumsq: b.comp_sumsq,
+            comp_count: b.comp_count,
+            reward: b.reward,
+            comps: b.comps,
+            master_reward: b.master_reward,
+            terminated: b.terminated,
+            truncated: b.truncated,
+            recs: b.recs,
+            rec_count: b.rec_count,
+            scratch: b.scratch,
+            opener: b.opener,
+            debug: b.debug,
+            carry_in_smem: carry_in_smem as u32,
+            _pad: 0,
+        }
+    }
+}
+
+/// Arguments of `gather_obs` and `dyn_obs` (`ObsArgs` in `kernels/abi.cuh`; `dyn_obs` does not
+/// read `tech`).
+#[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct ObsArgs {
+    pub p: StepParams,
+    pub dm: EnvDims,
+    pub close: u64,
+    pub sentiment: u64,
+    pub macro_series: u64,
+    pub regime: u64,
+    pub tech: u64,
+    pub scen: u64,
+    pub q: u64,
+    pub entry: u64,
+    pub peak_px: u64,
+    pub entry_k: u64,
+    /// `[N, S, OBS_DIM]` (gather_obs) or `[N, S, DYN_OBS]` (dyn_obs) f32.
+    pub out: u64,
+}
+
+impl ObsArgs {
+    pub fn new(p: &StepParams, dm: &EnvDims, b: &EnvBuffers, out: u64) -> Self {
+        Self {
+            p: *p,
+            dm: *dm,
+            close: b.close,
+            sentiment: b.sentiment,
+            macro_series: b.macro_series,
+            regime: b.regime,
+            tech: b.tech,
+            scen: b.scen,
+            q: b.q,
+            entry: b.entry,
+            peak_px: b.peak_px,
+            entry_k: b.entry_k,
+            out,
+        }
+    }
+}
+
+/// Arguments of `action_mask` (`MaskArgs` in `kernels/abi.cuh`).
+#[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct MaskArgs {
+    pub p: StepParams,
+    pub dm: EnvDims,
+    pub close: u64,
+    pub scen: u64,
+    pub q: u64,
+    pub entry: u64,
+    /// `[N, S, 7]` u8.
+    pub out: u64,
+}
+
+impl MaskArgs {
+    pub fn new(p: &StepParams, dm: &EnvDims, b: &EnvBuffers, out: u64) -> Self {
+        Self {
+            p: *p,
+            dm: *dm,
+            close: b.close,
+            scen: b.scen,
+            q: b.q,
+            entry: b.entry,
+            out,
+        }
+    }
+}
+
+/// Arguments of `sample_actions` (`SampleArgs` in `kernels/abi.cuh`): writes `actions` `[N, S]`
+/// and `master` `[N]` of step `it`.
+#[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct SampleArgs {
+    pub p: StepParams,
+    pub dm: EnvDims,
+    pub seed: u64,
+    pub it: u64,
+    pub close: u64,
+    pub scen: u64,
+    pub q: u64,
+    pub entry: u64,
+    pub actions: u64,
+    pub master: u64,
+    /// A master action, or `u32::MAX` for uniform draws.
+    pub fixed_master: u32,
+    pub _pad: u32,
+}
+
+impl SampleArgs {
+    pub fn new(
+        p: &StepParams,
+        dm: &EnvDims,
+        b: &EnvBuffers,
+        seed: u64,
+        it: u64,
+        fixed_master: u32,
+    ) -> Self {
+        Self {
+            p: *p,
+            dm: *dm,
+            seed,
+            it,
+            close: b.close,
+            scen: b.scen,
+            q: b.q,
+            entry: b.entry,
+            actions: b.actions,
+            master: b.master,
+            fixed_master,
+            _pad: 0,
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod device_repr {
+    use super::*;
+    use cudarc::driver::{DeviceRepr, ValidAsZeroBits};
+
+    // SAFETY (all of them): `#[repr(C)]`, `bytemuck::Pod` structs of plain f64/u32/u64 fields (and
+    // arrays and structs of them; device pointers are u64 addresses) with no implicit padding,
+    // mirrored field for field by the C structs in kernels/env_logic.cuh and kernels/abi.cuh; the size
+    // and offset of every field are checked against the C compiler's by tests/host_parity.rs
+    // (`abi_layout_matches`). Every bit pattern of zeros is a valid value.
+    unsafe impl DeviceRepr for StepParams {}
+    unsafe impl DeviceRepr for ScenarioState {}
+    unsafe impl ValidAsZeroBits for ScenarioState {}
+    unsafe impl DeviceRepr for EnvDims {}
+    unsafe impl DeviceRepr for EpisodeRecordC {}
+    unsafe impl ValidAsZeroBits for EpisodeRecordC {}
+    unsafe impl DeviceRepr for EnvResetArgs {}
+    unsafe impl DeviceRepr for EnvStepArgs {}
+    unsafe impl DeviceRepr for ObsArgs {}
+    unsafe impl DeviceRepr for MaskArgs {}
+    unsafe impl DeviceRepr for SampleArgs {}
+}
+
+/// `("sizeof T", size)` then `("T.field", offset)` for every listed field, in order.
+macro_rules! layout {
+    ($v:ident; $($t:ident: $($f:ident),+;)+) => {
+        $(
+            $v.push((concat!("sizeof ", stringify!($t)), std::mem::size_of::<$t>()));
+            $( $v.push((concat!(stringify!($t), ".", stringify!($f)), std::mem::offset_of!($t, $f))); )+
+        )+
+    };
+}
+
 /// `(name, size or offset)` of every field of every struct the kernels receive, in the order of
 /// `marl_abi_layout` in `kernels/host_shim.c`.
 pub fn abi_layout() -> Vec<(&'static str, usize)> {
     use crate::costs::CostParams;
     use crate::reward::RewardParams;
-    use std::mem::{offset_of, size_of};
-    vec![
-        ("sizeof CostParams", size_of::<CostParams>()),
-        ("CostParams.commission", offset_of!(CostParams, commission)),
-        (
-            "CostParams.half_spread",
-            offset_of!(CostParams, half_spread),
-        ),
-        (
-            "CostParams.impact_coef",
-            offset_of!(CostParams, impact_coef),
-        ),
-        (
-            "CostParams.max_slippage",
-            offset_of!(CostParams, max_slippage),
-        ),
-        (
-            "CostParams.borrow_per_bar",
-            offset_of!(CostParams, borrow_per_bar),
-        ),
-        ("sizeof RewardParams", size_of::<RewardParams>()),
-        ("RewardParams.w", offset_of!(RewardParams, w)),
-        ("RewardParams.dsr_eta", offset_of!(RewardParams, dsr_eta)),
-        ("RewardParams.dsr_clip", offset_of!(RewardParams, dsr_clip)),
-        (
-            "RewardParams.trade_dd_threshold",
-            offset_of!(RewardParams, trade_dd_threshold),
-        ),
-        (
-            "RewardParams.util_target",
-            offset_of!(RewardParams, util_target),
-        ),
-        ("RewardParams.master_w", offset_of!(RewardParams, master_w)),
-        ("sizeof StepParams", size_of::<StepParams>()),
-        ("StepParams.costs", offset_of!(StepParams, costs)),
-        ("StepParams.reward", offset_of!(StepParams, reward)),
-        (
-            "StepParams.initial_capital",
-            offset_of!(StepParams, initial_capital),
-        ),
-        (
-            "StepParams.leverage_cap",
-            offset_of!(StepParams, leverage_cap),
-        ),
-        (
-            "StepParams.kill_drawdown",
-            offset_of!(StepParams, kill_drawdown),
-        ),
-        ("StepParams.buy_size", offset_of!(StepParams, buy_size)),
-        (
-            "StepParams.sell_partial",
-            offset_of!(StepParams, sell_partial),
-        ),
-        (
-            "StepParams.risk_multipliers",
-            offset_of!(StepParams, risk_multipliers),
-        ),
-        (
-            "StepParams.position_caps",
-            offset_of!(StepParams, position_caps),
-        ),
-        ("StepParams.max_open", offset_of!(StepParams, max_open)),
-        ("StepParams.n_symbols", offset_of!(StepParams, n_symbols)),
-        (
-            "StepParams.episode_len",
-            offset_of!(StepParams, episode_len),
-        ),
-        (
-            "StepParams.default_action",
-            offset_of!(StepParams, default_action),
-        ),
-        ("sizeof ScenarioState", size_of::<ScenarioState>()),
-        ("ScenarioState.cash", offset_of!(ScenarioState, cash)),
-        ("ScenarioState.equity", offset_of!(ScenarioState, equity)),
-        ("ScenarioState.peak", offset_of!(ScenarioState, peak)),
-        ("ScenarioState.gross", offset_of!(ScenarioState, gross)),
-        ("ScenarioState.dsr_a", offset_of!(ScenarioState, dsr_a)),
-        ("ScenarioState.dsr_b", offset_of!(ScenarioState, dsr_b)),
-        ("ScenarioState.path", offset_of!(ScenarioState, path)),
-        ("ScenarioState.t0", offset_of!(ScenarioState, t0)),
-        ("ScenarioState.k", offset_of!(ScenarioState, k)),
-        ("ScenarioState.episode", offset_of!(ScenarioState, episode)),
-        (
-            "ScenarioState.directive",
-            offset_of!(ScenarioState, directive),
-        ),
-        (
-            "ScenarioState.open_count",
-            offset_of!(ScenarioState, open_count),
-        ),
-        (
-            "ScenarioState.invalid_actions",
-            offset_of!(ScenarioState, invalid_actions),
-        ),
-        (
-            "ScenarioState.limited_orders",
-            offset_of!(ScenarioState, limited_orders),
-        ),
-        ("sizeof EnvDims", size_of::<EnvDims>()),
-        ("EnvDims.n_scenarios", offset_of!(EnvDims, n_scenarios)),
-        ("EnvDims.n_symbols", offset_of!(EnvDims, n_symbols)),
-        ("EnvDims.paths", offset_of!(EnvDims, paths)),
-        ("EnvDims.bars", offset_of!(EnvDims, bars)),
-        ("EnvDims.lo", offset_of!(EnvDims, lo)),
-        ("EnvDims.hi", offset_of!(EnvDims, hi)),
-        ("EnvDims.start_a", offset_of!(EnvDims, start_a)),
-        ("EnvDims.start_b", offset_of!(EnvDims, start_b)),
-        ("EnvDims.episode_len", offset_of!(EnvDims, episode_len)),
-        ("EnvDims.record_cap", offset_of!(EnvDims, record_cap)),
-        ("sizeof EpisodeRecordC", size_of::<EpisodeRecordC>()),
-        (
-            "EpisodeRecordC.scenario",
-            offset_of!(EpisodeRecordC, scenario),
-        ),
-        ("EpisodeRecordC.path", offset_of!(EpisodeRecordC, path)),
-        ("EpisodeRecordC.start", offset_of!(EpisodeRecordC, start)),
-        ("EpisodeRecordC.length", offset_of!(EpisodeRecordC, length)),
-        (
-            "EpisodeRecordC.total_return",
-            offset_of!(EpisodeRecordC, total_return),
-        ),
-        ("EpisodeRecordC.killed", offset_of!(EpisodeRecordC, killed)),
-        (
-            "EpisodeRecordC.invalid_actions",
-            offset_of!(EpisodeRecordC, invalid_actions),
-        ),
-        (
-            "EpisodeRecordC.limited_orders",
-            offset_of!(EpisodeRecordC, limited_orders),
-        ),
-        ("EpisodeRecordC.sum", offset_of!(EpisodeRecordC, sum)),
-        ("EpisodeRecordC.sum_sq", offset_of!(EpisodeRecordC, sum_sq)),
-        ("EpisodeRecordC.count", offset_of!(EpisodeRecordC, count)),
-    ]
+    let mut v = Vec::new();
+    layout! { v;
+        CostParams: commission, half_spread, impact_coef, max_slippage, borrow_per_bar;
+        RewardParams: w, dsr_eta, dsr_clip, trade_dd_threshold, util_target, master_w;
+        StepParams: costs, reward, initial_capital, leverage_cap, kill_drawdown, buy_size,
+            sell_partial, risk_multipliers, position_caps, max_open, n_symbols, episode_len,
+            default_action;
+        ScenarioState: cash, equity, peak, gross, dsr_a, dsr_b, path, t0, k, episode, directive,
+            open_count, invalid_actions, limited_orders;
+        EnvDims: n_scenarios, n_symbols, paths, bars, lo, hi, start_a, start_b, episode_len,
+            record_cap;
+        EpisodeRecordC: scenario, path, start, length, total_return, killed, invalid_actions,
+            limited_orders, sum, sum_sq, count;
+        EnvResetArgs: p, dm, seed, scen, q, entry, peak_px, dsr_a, dsr_b, entry_k, comp_sum,
+            comp_sumsq, comp_count, rec_count;
+        EnvStepArgs: p, dm, seed, open, close, volume, actions, master, scen, q, entry, peak_px,
+            dsr_a, dsr_b, entry_k, comp_sum, comp_sumsq, comp_count, reward, comps, master_reward,
+            terminated, truncated, recs, rec_count, scratch, opener, debug, carry_in_smem, _pad;
+        ObsArgs: p, dm, close, sentiment, macro_series, regime, tech, scen, q, entry, peak_px,
+            entry_k, out;
+        MaskArgs: p, dm, close, scen, q, entry, out;
+        SampleArgs: p, dm, seed, it, close, scen, q, entry, actions, master, fixed_master, _pad;
+    }
+    v
 }
 
 /// `(name, value)` of the layout constants the kernels assume, in the order of

@@ -2,6 +2,10 @@
 The CPU backend: the reference implementation of docs/env-spec.md. Scenarios run in parallel with
 rayon; within a scenario the symbols are processed in passes over struct-of-arrays state, and the
 per-scenario reductions (budget, equity, kill switch) are plain loops between the passes.
+One scenario's step (`step_lane`) is one helper per phase of spec §4, in order: `orders`,
+`open_limit`, `budget`, `buys`, `mark_to_market`, `kill_switch`, `rewards`, `advance`; the CUDA
+side (`marl_step_scenario`, kernels/scenario.cuh) has the same phases under the same names
+(`marl_step_orders`, ...), with the same summation order.
 */
 
 // Index loops over parallel per-symbol arrays mirror the CUDA kernels line by line.
@@ -129,7 +133,58 @@ fn reset_lane(ctx: &Ctx, n: usize, e: u32, lane: &mut Lane, sym: &mut [f64], ent
     entry_k.fill(0);
 }
 
-/// One scenario's step (spec §4), writing its outputs.
+/// One scenario's bars in a step: `C[t]` (with the benchmark in column S), `V[t]`, and `O`, `C`,
+/// `V` at `t' = t + 1`.
+struct Bars<'a> {
+    close: &'a [f32],
+    vol: &'a [f32],
+    open1: &'a [f32],
+    close1: &'a [f32],
+    vol1: &'a [f32],
+}
+
+/// One scenario's per-symbol state, exact-length views (`[S]` each).
+struct SymView<'a> {
+    q: &'a mut [f64],
+    entry: &'a mut [f64],
+    peak_px: &'a mut [f64],
+    dsr_a: &'a mut [f64],
+    dsr_b: &'a mut [f64],
+    entry_k: &'a mut [u32],
+}
+
+/// One scenario's step outputs, exact-length views.
+struct LaneOut<'a> {
+    reward: &'a mut [f32],
+    comps: &'a mut [f32],
+    master: &'a mut f32,
+    terminated: &'a mut u8,
+    truncated: &'a mut u8,
+}
+
+/// One scenario's step: its read-only inputs and the scalars its phases hand on (the CUDA side's
+/// `MarlStep`, kernels/scenario.cuh).
+struct Step<'a> {
+    l: &'a EnvLayout,
+    p: &'a StepParams,
+    s_n: usize,
+    bars: Bars<'a>,
+    d: Directive,
+    e0: f64,
+    open0: u32,
+    comm: f64,
+    cash: f64,
+    lambda: f64,
+    g_open: f64,
+    fee: f64,
+    gross: f64,
+    e1: f64,
+    killed: bool,
+    open_count: u32,
+}
+
+/// One scenario's step (spec §4), writing its outputs: the phases below in the spec's order, with
+/// the names and order of the CUDA side's (`marl_step_scenario`, kernels/scenario.cuh).
 #[inline(never)]
 #[allow(clippy::too_many_arguments)]
 fn step_lane(
@@ -155,266 +210,369 @@ fn step_lane(
     let t = (st.t0 + st.k) as usize;
     let base = md.px(st.path as usize, t, 0);
     let base1 = md.px(st.path as usize, t + 1, 0);
-    let close = &md.close[base..base + s_n + 1];
-    let close1 = &md.close[base1..base1 + s_n + 1];
-    let open1 = &md.open[base1..base1 + s_n];
-    let vol = &md.volume[base..base + s_n];
-    let vol1 = &md.volume[base1..base1 + s_n];
-
-    let (q, rest) = sym.split_at_mut(s_n);
-    let (entry, rest) = rest.split_at_mut(s_n);
-    let (peak_px, rest) = rest.split_at_mut(s_n);
-    let (dsr_a, dsr_b) = rest.split_at_mut(s_n);
-    // Exact-length views: the loops below index them by `s < s_n` without bounds checks.
-    let actions = &actions[..s_n];
-    let entry_k = &mut entry_k[..s_n];
-    let reward_out = &mut reward_out[..s_n];
-    let comp_out = &mut comp_out[..s_n * N_COMPONENTS];
-    let sc = ScratchView {
-        q0: &mut sc.q0[..s_n],
-        qb: &mut sc.qb[..s_n],
-        qs: &mut sc.qs[..s_n],
-        slip: &mut sc.slip[..s_n],
-        opener: &mut sc.opener[..s_n],
+    let bars = Bars {
+        close: &md.close[base..base + s_n + 1],
+        close1: &md.close[base1..base1 + s_n + 1],
+        open1: &md.open[base1..base1 + s_n],
+        vol: &md.volume[base..base + s_n],
+        vol1: &md.volume[base1..base1 + s_n],
     };
-
-    // §4.1 directive
-    let d: Directive = logic::directive(p, m);
-    let e0 = st.equity;
-    let open0 = st.open_count;
-    let comm = p.costs.commission;
-
-    // §4.2-4.3, 4.5-4.6: mask, size, slippage, sells
-    let mut sell_cash = 0.0;
-    for s in 0..s_n {
-        let c = close[s] as f64;
-        let o1 = open1[s] as f64;
-        let q0 = q[s];
-        let v0 = q0 * c;
-        let bits = logic::mask_bits(q0, v0, e0, c, entry[s], open0, &d);
-        let mut a = actions[s];
-        if bits & (1 << a) == 0 {
-            st.invalid_actions += 1;
-            a = HOLD;
-        }
-        let ord = logic::size_order(p, a, q0, v0, e0, c, o1, &d);
-        let qty = ord.qb + ord.qs;
-        let slip = if qty > 0.0 {
-            slippage(&p.costs, qty * o1, c * vol[s] as f64)
-        } else {
-            0.0
+    let killed = {
+        let (q, rest) = sym.split_at_mut(s_n);
+        let (entry, rest) = rest.split_at_mut(s_n);
+        let (peak_px, rest) = rest.split_at_mut(s_n);
+        let (dsr_a, dsr_b) = rest.split_at_mut(s_n);
+        // Exact-length views: the loops index them by `s < s_n` without bounds checks.
+        let mut sy = SymView {
+            q,
+            entry,
+            peak_px,
+            dsr_a: &mut dsr_a[..s_n],
+            dsr_b: &mut dsr_b[..s_n],
+            entry_k: &mut entry_k[..s_n],
         };
-        if ord.qs > 0.0 {
-            sell_cash += ord.qs * (o1 * (1.0 - slip)) * (1.0 - comm);
+        let mut out = LaneOut {
+            reward: &mut reward_out[..s_n],
+            comps: &mut comp_out[..s_n * N_COMPONENTS],
+            master: master_out,
+            terminated: term_out,
+            truncated: trunc_out,
+        };
+        let mut sc = ScratchView {
+            q0: &mut sc.q0[..s_n],
+            qb: &mut sc.qb[..s_n],
+            qs: &mut sc.qs[..s_n],
+            slip: &mut sc.slip[..s_n],
+            opener: &mut sc.opener[..s_n],
+        };
+        let mut c = Step {
+            l,
+            p,
+            s_n,
+            bars,
+            d: logic::directive(p, m), // §4.1
+            e0: st.equity,
+            open0: st.open_count,
+            comm: p.costs.commission,
+            cash: 0.0,
+            lambda: 1.0,
+            g_open: 0.0,
+            fee: 0.0,
+            gross: 0.0,
+            e1: 0.0,
+            killed: false,
+            open_count: 0,
+        };
+        c.orders(st, &sy, &actions[..s_n], &mut sc); // §4.2, 4.3, 4.5, 4.6
+        c.open_limit(st, &mut sc); // §4.4
+        c.budget(&sc); // §4.7
+        c.buys(st.k, &mut sy, &mut sc); // §4.8, 4.9
+        c.mark_to_market(st, &mut sy); // §4.10
+        let liq_cost = c.kill_switch(st.peak, &mut sy); // §4.11
+        let hhi = c.rewards(&mut sy, &sc, &liq_cost, &mut lane.sums, &mut out); // §4.12, §5
+        if !c.advance(st, hhi, m, &mut out) {
+            return;
         }
-        sc.q0[s] = q0;
-        sc.qb[s] = ord.qb;
-        sc.qs[s] = ord.qs;
-        sc.slip[s] = slip;
-        sc.opener[s] = ord.opener;
-    }
-    let mut cash = st.cash + sell_cash;
-
-    // §4.4 open-position limit, rotated symbol order
-    let mut s = st.k as usize % s_n;
-    let mut rank = 0u32;
-    for _ in 0..s_n {
-        if sc.opener[s] {
-            if open0 + rank >= d.max_open {
-                sc.qb[s] = 0.0;
-                st.limited_orders += 1;
-            }
-            rank += 1;
-        }
-        s += 1;
-        if s == s_n {
-            s = 0;
-        }
-    }
-
-    // §4.7 budget
-    let lev = p.leverage_cap;
-    let mut g1 = 0.0;
-    let mut req = 0.0;
-    for s in 0..s_n {
-        let o1 = open1[s] as f64;
-        g1 += (sc.q0[s] - sc.qs[s]) * o1;
-        let pb = o1 * (1.0 + sc.slip[s]);
-        req += sc.qb[s] * (o1 + lev * (pb - o1 + comm * pb));
-    }
-    let avail = (lev * (cash + g1) - g1).max(0.0);
-    let lambda = if req > 0.0 {
-        (avail / req).min(1.0)
-    } else {
-        1.0
+        c.killed
     };
+    // §4.13 done: record the episode, auto-reset (§1, §2 with e + 1)
+    let st = &lane.st;
+    lane.records.push(EpisodeRecord {
+        scenario: n as u32,
+        path: st.path,
+        start: st.t0,
+        length: st.k,
+        total_return: st.equity / p.initial_capital - 1.0,
+        killed,
+        invalid_actions: st.invalid_actions,
+        limited_orders: st.limited_orders,
+        components: lane.sums,
+    });
+    let e = st.episode + 1;
+    reset_lane(ctx, n, e, lane, sym, entry_k);
+}
 
-    // §4.8 buys
-    let mut buy_cash = 0.0;
-    let mut g_open = 0.0;
-    for s in 0..s_n {
-        let o1 = open1[s] as f64;
-        let qb = sc.qb[s] * lambda;
-        sc.qb[s] = qb;
-        let q_rest = sc.q0[s] - sc.qs[s];
-        let q1 = q_rest + qb;
-        if qb > 0.0 {
-            let pb = o1 * (1.0 + sc.slip[s]);
-            buy_cash += qb * pb * (1.0 + comm);
-            entry[s] = (q_rest * entry[s] + qb * pb) / q1;
-            if q_rest == 0.0 {
-                entry_k[s] = st.k + 1;
-                peak_px[s] = pb;
+impl Step<'_> {
+    /// §4.2 mask, §4.3 orders, §4.5 slippage (requested size), §4.6 sell proceeds.
+    #[inline(always)]
+    fn orders(
+        &mut self,
+        st: &mut ScenarioState,
+        sy: &SymView,
+        actions: &[u8],
+        sc: &mut ScratchView,
+    ) {
+        let (p, b, comm) = (self.p, &self.bars, self.comm);
+        let mut sell_cash = 0.0;
+        for s in 0..self.s_n {
+            let c = b.close[s] as f64;
+            let o1 = b.open1[s] as f64;
+            let q0 = sy.q[s];
+            let v0 = q0 * c;
+            let bits = logic::mask_bits(q0, v0, self.e0, c, sy.entry[s], self.open0, &self.d);
+            let mut a = actions[s];
+            if bits & (1 << a) == 0 {
+                st.invalid_actions += 1;
+                a = HOLD;
+            }
+            let ord = logic::size_order(p, a, q0, v0, self.e0, c, o1, &self.d);
+            let qty = ord.qb + ord.qs;
+            let slip = if qty > 0.0 {
+                slippage(&p.costs, qty * o1, c * b.vol[s] as f64)
+            } else {
+                0.0
+            };
+            if ord.qs > 0.0 {
+                sell_cash += ord.qs * (o1 * (1.0 - slip)) * (1.0 - comm);
+            }
+            sc.q0[s] = q0;
+            sc.qb[s] = ord.qb;
+            sc.qs[s] = ord.qs;
+            sc.slip[s] = slip;
+            sc.opener[s] = ord.opener;
+        }
+        self.cash = st.cash + sell_cash;
+    }
+
+    /// §4.4 open-position limit: openers ranked in rotated symbol order from `k mod S`.
+    #[inline(always)]
+    fn open_limit(&mut self, st: &mut ScenarioState, sc: &mut ScratchView) {
+        let s_n = self.s_n;
+        let mut s = st.k as usize % s_n;
+        let mut rank = 0u32;
+        for _ in 0..s_n {
+            if sc.opener[s] {
+                if self.open0 + rank >= self.d.max_open {
+                    sc.qb[s] = 0.0;
+                    st.limited_orders += 1;
+                }
+                rank += 1;
+            }
+            s += 1;
+            if s == s_n {
+                s = 0;
             }
         }
-        if q1 == 0.0 {
-            entry[s] = 0.0;
-            peak_px[s] = 0.0;
+    }
+
+    /// §4.7 buy budget: G1, R, lambda.
+    #[inline(always)]
+    fn budget(&mut self, sc: &ScratchView) {
+        let (lev, comm) = (self.p.leverage_cap, self.comm);
+        let mut g1 = 0.0;
+        let mut req = 0.0;
+        for s in 0..self.s_n {
+            let o1 = self.bars.open1[s] as f64;
+            g1 += (sc.q0[s] - sc.qs[s]) * o1;
+            let pb = o1 * (1.0 + sc.slip[s]);
+            req += sc.qb[s] * (o1 + lev * (pb - o1 + comm * pb));
         }
-        q[s] = q1;
-        g_open += q1 * o1;
+        let avail = (lev * (self.cash + g1) - g1).max(0.0);
+        self.lambda = if req > 0.0 {
+            (avail / req).min(1.0)
+        } else {
+            1.0
+        };
     }
-    cash -= buy_cash;
 
-    // §4.9 borrow fee
-    let fee = borrow_fee(&p.costs, cash);
-    cash -= fee;
+    /// §4.8 buys (scaled by lambda), entry price, entry step, peak price; §4.9 borrow fee.
+    #[inline(always)]
+    fn buys(&mut self, k: u32, sy: &mut SymView, sc: &mut ScratchView) {
+        let (lambda, comm) = (self.lambda, self.comm);
+        let mut buy_cash = 0.0;
+        let mut g_open = 0.0;
+        for s in 0..self.s_n {
+            let o1 = self.bars.open1[s] as f64;
+            let qb = sc.qb[s] * lambda;
+            sc.qb[s] = qb;
+            let q_rest = sc.q0[s] - sc.qs[s];
+            let q1 = q_rest + qb;
+            if qb > 0.0 {
+                let pb = o1 * (1.0 + sc.slip[s]);
+                buy_cash += qb * pb * (1.0 + comm);
+                sy.entry[s] = (q_rest * sy.entry[s] + qb * pb) / q1;
+                if q_rest == 0.0 {
+                    sy.entry_k[s] = k + 1;
+                    sy.peak_px[s] = pb;
+                }
+            }
+            if q1 == 0.0 {
+                sy.entry[s] = 0.0;
+                sy.peak_px[s] = 0.0;
+            }
+            sy.q[s] = q1;
+            g_open += q1 * o1;
+        }
+        self.cash -= buy_cash;
+        self.g_open = g_open;
+        self.fee = borrow_fee(&self.p.costs, self.cash);
+        self.cash -= self.fee;
+    }
 
-    // §4.10 mark to market; pnl and cost per symbol (kept in scratch: qs -> pnl not needed, reuse)
-    let mut gross = 0.0;
-    for s in 0..s_n {
-        let c1 = close1[s] as f64;
-        let q1 = q[s];
-        gross += q1 * c1;
-        if q1 > 0.0 && c1 > peak_px[s] {
-            peak_px[s] = c1;
+    /// §4.10 mark to market at `C[t']`: gross, E1, peak equity, peak prices.
+    #[inline(always)]
+    fn mark_to_market(&mut self, st: &mut ScenarioState, sy: &mut SymView) {
+        let mut gross = 0.0;
+        for s in 0..self.s_n {
+            let c1 = self.bars.close1[s] as f64;
+            let q1 = sy.q[s];
+            gross += q1 * c1;
+            if q1 > 0.0 && c1 > sy.peak_px[s] {
+                sy.peak_px[s] = c1;
+            }
+        }
+        self.gross = gross;
+        self.e1 = self.cash + gross;
+        if self.e1 > st.peak {
+            st.peak = self.e1;
         }
     }
-    let mut e1 = cash + gross;
-    if e1 > st.peak {
-        st.peak = e1;
-    }
 
-    // §4.11 kill switch
-    let killed = 1.0 - e1 / st.peak >= p.kill_drawdown;
-    let mut liq_cost = vec_or_empty(killed, s_n);
-    if killed {
+    /// §4.11 kill switch on the drawdown from `peak`: when it fires, sell everything at `C[t']`;
+    /// returns the per-symbol liquidation costs (empty when it did not fire).
+    #[inline(always)]
+    fn kill_switch(&mut self, peak: f64, sy: &mut SymView) -> Vec<f64> {
+        self.killed = 1.0 - self.e1 / peak >= self.p.kill_drawdown;
+        let mut liq_cost = vec_or_empty(self.killed, self.s_n);
+        if !self.killed {
+            return liq_cost;
+        }
+        let (p, comm) = (self.p, self.comm);
         let mut proceeds = 0.0;
-        for s in 0..s_n {
-            let q1 = q[s];
+        for s in 0..self.s_n {
+            let q1 = sy.q[s];
             if q1 > 0.0 {
-                let c1 = close1[s] as f64;
-                let slip = slippage(&p.costs, q1 * c1, c1 * vol1[s] as f64);
+                let c1 = self.bars.close1[s] as f64;
+                let slip = slippage(&p.costs, q1 * c1, c1 * self.bars.vol1[s] as f64);
                 let ps = c1 * (1.0 - slip);
                 proceeds += q1 * ps * (1.0 - comm);
                 liq_cost[s] = comm * q1 * ps + q1 * (c1 - ps);
-                q[s] = 0.0;
-                entry[s] = 0.0;
-                peak_px[s] = 0.0;
+                sy.q[s] = 0.0;
+                sy.entry[s] = 0.0;
+                sy.peak_px[s] = 0.0;
             }
         }
-        cash += proceeds;
-        gross = 0.0;
-        e1 = cash;
+        self.cash += proceeds;
+        self.gross = 0.0;
+        self.e1 = self.cash;
+        liq_cost
     }
 
-    // §5 rewards
-    let pf = PortfolioTerms {
-        initial_capital: p.initial_capital,
-        equity_before: e0,
-        equity_after: e1,
-        gross,
-        cap: d.cap,
-        n_symbols: s_n as f64,
-    };
-    let mut hhi = 0.0;
-    let mut open_count = 0u32;
-    for s in 0..s_n {
-        let c = close[s] as f64;
-        let c1 = close1[s] as f64;
-        let o1 = open1[s] as f64;
-        let (q0, qb, qs) = (sc.q0[s], sc.qb[s], sc.qs[s]);
-        let q1 = q[s];
-        // position before a kill-switch sale, for the mid-price P&L
-        let q_held = q0 - qs + qb;
-        let slip = sc.slip[s];
-        let pb = o1 * (1.0 + slip);
-        let ps = o1 * (1.0 - slip);
-        let fee_s = if fee > 0.0 && g_open > 0.0 {
-            fee * (q_held * o1) / g_open
-        } else {
-            0.0
-        };
-        let pnl = q_held * c1 - q0 * c - (qb - qs) * o1;
-        let mut cost = comm * (qb * pb + qs * ps) + qb * (pb - o1) + qs * (o1 - ps) + fee_s;
-        if killed {
-            cost += liq_cost[s];
+    /// The portfolio terms of §5 with the final E1 and G.
+    #[inline(always)]
+    fn portfolio(&self) -> PortfolioTerms {
+        PortfolioTerms {
+            initial_capital: self.p.initial_capital,
+            equity_before: self.e0,
+            equity_after: self.e1,
+            gross: self.gross,
+            cap: self.d.cap,
+            n_symbols: self.s_n as f64,
         }
-        let v1 = q1 * c1;
-        let terms = SymbolTerms {
-            pnl,
-            cost,
-            dir: if qb > 0.0 {
-                1.0
-            } else if qs > 0.0 {
-                -1.0
+    }
+
+    /// §4.12 / §5 rewards with the final E1, v1, G: the 7 components, the episode accumulators,
+    /// the open count; returns the HHI.
+    #[inline(always)]
+    fn rewards(
+        &mut self,
+        sy: &mut SymView,
+        sc: &ScratchView,
+        liq_cost: &[f64],
+        sums: &mut ComponentSums,
+        out: &mut LaneOut,
+    ) -> f64 {
+        let (p, b, comm, fee, g_open) = (self.p, &self.bars, self.comm, self.fee, self.g_open);
+        let pf = self.portfolio();
+        let gross = self.gross;
+        let mut hhi = 0.0;
+        let mut open_count = 0u32;
+        for s in 0..self.s_n {
+            let c = b.close[s] as f64;
+            let c1 = b.close1[s] as f64;
+            let o1 = b.open1[s] as f64;
+            let (q0, qb, qs) = (sc.q0[s], sc.qb[s], sc.qs[s]);
+            let q1 = sy.q[s];
+            // position before a kill-switch sale, for the mid-price P&L
+            let q_held = q0 - qs + qb;
+            let slip = sc.slip[s];
+            let pb = o1 * (1.0 + slip);
+            let ps = o1 * (1.0 - slip);
+            let fee_s = if fee > 0.0 && g_open > 0.0 {
+                fee * (q_held * o1) / g_open
             } else {
                 0.0
-            },
-            trade_notional: (qb + qs) * o1,
-            bar_move: c1 / o1 - 1.0,
-            trade_dd: if q1 > 0.0 { 1.0 - c1 / peak_px[s] } else { 0.0 },
-            value: v1,
-        };
-        let (comps, a, b) = terms.components(&pf, &p.reward, dsr_a[s], dsr_b[s]);
-        dsr_a[s] = a;
-        dsr_b[s] = b;
-        let mut wt = [0.0; N_COMPONENTS];
-        let mut total = 0.0;
-        for i in 0..N_COMPONENTS {
-            wt[i] = p.reward.w[i] * comps[i];
-            total += wt[i];
-            comp_out[s * N_COMPONENTS + i] = comps[i] as f32;
+            };
+            let pnl = q_held * c1 - q0 * c - (qb - qs) * o1;
+            let mut cost = comm * (qb * pb + qs * ps) + qb * (pb - o1) + qs * (o1 - ps) + fee_s;
+            if self.killed {
+                cost += liq_cost[s];
+            }
+            let v1 = q1 * c1;
+            let terms = SymbolTerms {
+                pnl,
+                cost,
+                dir: if qb > 0.0 {
+                    1.0
+                } else if qs > 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                },
+                trade_notional: (qb + qs) * o1,
+                bar_move: c1 / o1 - 1.0,
+                trade_dd: if q1 > 0.0 {
+                    1.0 - c1 / sy.peak_px[s]
+                } else {
+                    0.0
+                },
+                value: v1,
+            };
+            let (comps, a, bm) = terms.components(&pf, &p.reward, sy.dsr_a[s], sy.dsr_b[s]);
+            sy.dsr_a[s] = a;
+            sy.dsr_b[s] = bm;
+            let mut wt = [0.0; N_COMPONENTS];
+            let mut total = 0.0;
+            for i in 0..N_COMPONENTS {
+                wt[i] = p.reward.w[i] * comps[i];
+                total += wt[i];
+                out.comps[s * N_COMPONENTS + i] = comps[i] as f32;
+            }
+            out.reward[s] = total as f32;
+            sums.add(&wt);
+            if gross > 0.0 {
+                let w = v1 / gross;
+                hhi += w * w;
+            }
+            open_count += (q1 > 0.0) as u32;
         }
-        reward_out[s] = total as f32;
-        lane.sums.add(&wt);
-        if gross > 0.0 {
-            let w = v1 / gross;
-            hhi += w * w;
-        }
-        open_count += (q1 > 0.0) as u32;
+        self.open_count = open_count;
+        hhi
     }
-    let bench_ret = close1[s_n] as f64 / close[s_n] as f64 - 1.0;
-    let (mr, pa, pb) = reward::master_reward(&pf, &p.reward, hhi, bench_ret, st.dsr_a, st.dsr_b);
-    *master_out = mr as f32;
-    st.dsr_a = pa;
-    st.dsr_b = pb;
 
-    // §4.13 advance
-    st.k += 1;
-    st.cash = cash;
-    st.equity = e1;
-    st.gross = gross;
-    st.open_count = open_count;
-    st.directive = m as u32;
-    let truncated =
-        !killed && (st.k as usize == l.episode_len || (st.t0 + st.k) as usize == l.hi - 1);
-    *term_out = killed as u8;
-    *trunc_out = truncated as u8;
-    if killed || truncated {
-        lane.records.push(EpisodeRecord {
-            scenario: n as u32,
-            path: st.path,
-            start: st.t0,
-            length: st.k,
-            total_return: e1 / p.initial_capital - 1.0,
-            killed,
-            invalid_actions: st.invalid_actions,
-            limited_orders: st.limited_orders,
-            components: lane.sums,
-        });
-        let e = st.episode + 1;
-        reset_lane(ctx, n, e, lane, sym, entry_k);
+    /// §4.13 master reward (§5), advance, done; returns whether the episode ended (the caller
+    /// records it, §7, and auto-resets).
+    #[inline(always)]
+    fn advance(&mut self, st: &mut ScenarioState, hhi: f64, m: u8, out: &mut LaneOut) -> bool {
+        let s_n = self.s_n;
+        let bench_ret = self.bars.close1[s_n] as f64 / self.bars.close[s_n] as f64 - 1.0;
+        let pf = self.portfolio();
+        let (mr, pa, pb) =
+            reward::master_reward(&pf, &self.p.reward, hhi, bench_ret, st.dsr_a, st.dsr_b);
+        *out.master = mr as f32;
+        st.dsr_a = pa;
+        st.dsr_b = pb;
+        st.k += 1;
+        st.cash = self.cash;
+        st.equity = self.e1;
+        st.gross = self.gross;
+        st.open_count = self.open_count;
+        st.directive = m as u32;
+        let truncated = !self.killed
+            && (st.k as usize == self.l.episode_len || (st.t0 + st.k) as usize == self.l.hi - 1);
+        *out.terminated = self.killed as u8;
+        *out.truncated = truncated as u8;
+        self.killed || truncated
     }
 }
 
@@ -572,7 +730,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn snapshot(&mut self) -> Result<Snapshot> {
+    fn snapshot(&self) -> Result<Snapshot> {
         let (n, s) = (self.layout.n_scenarios, self.layout.n_symbols);
         let field = |f: usize| -> Vec<f64> {
             (0..n)

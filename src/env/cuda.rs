@@ -10,6 +10,10 @@ Layout on the device, struct-of-arrays like the CPU backend:
   `entry_k` `[N, S]` u32, episode accumulators `[N, 7]`;
 - step outputs (rewards, components, master reward, dones) and finished-episode records.
 
+Every kernel takes one argument struct by value (`kernels/abi.cuh`, mirrored by [`super::abi`]):
+the backend reads the device address of every buffer once ([`EnvBuffers`]) and fills the struct with
+the constructor the host parity test uses (`EnvStepArgs::new`, ...) before each launch.
+
 One step is one fused kernel (`env_step`): a block per scenario, threads over symbols, per-scenario
 reductions as ordered folds in shared memory so that the results equal the CPU backend's bit for
 bit (`kernels/common.cuh`). Whole rollouts can stay on the device: [`CudaBackend::random_rollout`]
@@ -17,7 +21,8 @@ samples actions on the device (`kernels/sampler.cu`), steps and gathers observat
 round trip, and times itself with CUDA events.
 
 The same kernel source, compiled for the host by build.rs, is checked against the CPU backend in
-`tests/host_parity.rs` on every CI run; `tests/nvrtc_compile.rs` compiles every kernel with NVRTC;
+`tests/host_parity.rs` on every CI run, entered through the kernels' own per-block entry points
+with the same argument structs; `tests/nvrtc_compile.rs` compiles every kernel with NVRTC;
 `tests/cuda_parity.rs` (ignored: needs an NVIDIA GPU) steps both backends side by side.
 */
 
@@ -28,35 +33,27 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::sys::CUfunction_attribute_enum;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, DriverError, LaunchConfig,
-    PushKernelArg, ValidAsZeroBits,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DriverError,
+    LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
 
-use super::abi::{ACC_SLOTS, EnvDims, EpisodeRecordC, FOLD_ROWS};
+use super::abi::{
+    EnvBuffers, EnvDims, EnvResetArgs, EnvStepArgs, EpisodeRecordC, MaskArgs, ObsArgs, SampleArgs,
+    step_smem_bytes,
+};
 use super::obs::{DYN_OBS, OBS_DIM};
 use super::{
-    Backend, EnvLayout, EpisodeRecord, N_ACTIONS, ScenarioState, Snapshot, StepOutputs, StepParams,
-    SymbolState,
+    Backend, EnvLayout, EpisodeRecord, N_ACTIONS, ScenarioState, Snapshot, StepOutputs, SymbolState,
 };
 use crate::data::MarketData;
 use crate::error::{Error, Result};
 use crate::features::Features;
 use crate::reward::N_COMPONENTS;
 
-// SAFETY (all four): `#[repr(C)]` structs of plain f64/u32/u64 fields (and arrays of them) with no
-// pointers, mirrored field for field by the C structs in kernels/env_logic.cuh; sizes and offsets
-// are checked against the C compiler's by tests/host_parity.rs (`abi_layout_matches`). Every bit
-// pattern of zeros is a valid value.
-unsafe impl DeviceRepr for StepParams {}
-unsafe impl DeviceRepr for ScenarioState {}
-unsafe impl ValidAsZeroBits for ScenarioState {}
-unsafe impl DeviceRepr for EnvDims {}
-unsafe impl DeviceRepr for EpisodeRecordC {}
-unsafe impl ValidAsZeroBits for EpisodeRecordC {}
-
 /// Kernel headers, passed to NVRTC in memory under these include names.
-pub const HEADERS: [(&str, &str); 4] = [
+pub const HEADERS: [(&str, &str); 5] = [
+    ("abi.cuh", include_str!("../../kernels/abi.cuh")),
     ("common.cuh", include_str!("../../kernels/common.cuh")),
     ("env_logic.cuh", include_str!("../../kernels/env_logic.cuh")),
     ("scenario.cuh", include_str!("../../kernels/scenario.cuh")),
@@ -200,7 +197,9 @@ pub struct CudaBackend {
     /// carry of the phases lives in shared memory (else in `scratch`).
     block: u32,
     smem: u32,
-    carry_in_smem: u32,
+    carry_in_smem: bool,
+    /// Device addresses of the buffers below, for the kernels' argument structs.
+    bufs: EnvBuffers,
     seed: u64,
     // market data and features
     open: CudaSlice<f32>,
@@ -237,15 +236,6 @@ pub struct CudaBackend {
     obs: Option<CudaSlice<f32>>,
     dyn_buf: Option<CudaSlice<f32>>,
     mask_buf: Option<CudaSlice<u8>>,
-}
-
-/// Dynamic shared memory of the step kernel (`env_step` in kernels/env_step.cu): fold rows and
-/// broadcast slots (f64), per-symbol carry when `carry` (5 f64 + 1 u32 per symbol), opener flags
-/// and scan scratch (u32).
-pub fn step_smem_bytes(s: usize, block: usize, carry: bool) -> usize {
-    let f64s = FOLD_ROWS * s + ACC_SLOTS + if carry { 5 * s } else { 0 };
-    let u32s = s + block.max(33) + if carry { s } else { 0 };
-    8 * f64s + 4 * u32s
 }
 
 impl CudaBackend {
@@ -315,12 +305,13 @@ impl CudaBackend {
         let up = |v: &[f32], what: &str| stream.clone_htod(v).map_err(drv(what));
         let zeros_f64 = |len: usize| stream.alloc_zeros::<f64>(len.max(1)).map_err(drv("alloc"));
         let ns = n * s;
-        Ok(Self {
+        let mut me = Self {
             dims: EnvDims::new(&layout, RECORD_CAP),
             layout,
             block: block as u32,
             smem: smem as u32,
-            carry_in_smem: carry as u32,
+            carry_in_smem: carry,
+            bufs: EnvBuffers::default(),
             seed: 0,
             open: up(&data.open, "upload open")?,
             close: up(&data.close, "upload close")?,
@@ -364,7 +355,50 @@ impl CudaBackend {
             k,
             stream,
             ctx,
-        })
+        };
+        me.bufs = me.buffers();
+        Ok(me)
+    }
+
+    /// The device addresses of every buffer. They stay valid for the backend's life (the slices
+    /// are never reallocated), and with one stream and event tracking disabled the `SyncOnDrop`
+    /// guards of `device_ptr` record nothing, so reading the addresses once is enough.
+    fn buffers(&self) -> EnvBuffers {
+        let st = &*self.stream;
+        fn a<T>(x: &CudaSlice<T>, st: &CudaStream) -> u64 {
+            x.device_ptr(st).0
+        }
+        EnvBuffers {
+            open: a(&self.open, st),
+            close: a(&self.close, st),
+            volume: a(&self.volume, st),
+            sentiment: a(&self.sentiment, st),
+            macro_series: a(&self.macro_series, st),
+            regime: a(&self.regime, st),
+            tech: a(&self.tech, st),
+            scen: a(&self.scen, st),
+            q: a(&self.q, st),
+            entry: a(&self.entry, st),
+            peak_px: a(&self.peak_px, st),
+            dsr_a: a(&self.dsr_a, st),
+            dsr_b: a(&self.dsr_b, st),
+            entry_k: a(&self.entry_k, st),
+            comp_sum: a(&self.comp_sum, st),
+            comp_sumsq: a(&self.comp_sumsq, st),
+            comp_count: a(&self.comp_count, st),
+            actions: a(&self.actions, st),
+            master: a(&self.master, st),
+            reward: a(&self.reward, st),
+            comps: a(&self.comps, st),
+            master_reward: a(&self.master_reward, st),
+            terminated: a(&self.terminated, st),
+            truncated: a(&self.truncated, st),
+            recs: a(&self.recs, st),
+            rec_count: a(&self.rec_count, st),
+            scratch: a(&self.scratch, st),
+            opener: a(&self.opener, st),
+            debug: 0,
+        }
     }
 
     /// The device's name and compute capability, for reports.
@@ -393,40 +427,21 @@ impl CudaBackend {
             block_dim: (self.block, 1, 1),
             shared_mem_bytes: self.smem,
         };
-        let p = self.layout.params;
+        let args = EnvStepArgs::new(
+            &self.layout.params,
+            &self.dims,
+            self.seed,
+            &self.bufs,
+            self.carry_in_smem,
+        );
         let mut b = self.stream.launch_builder(&self.k.step);
-        b.arg(&p)
-            .arg(&self.dims)
-            .arg(&self.seed)
-            .arg(&self.open)
-            .arg(&self.close)
-            .arg(&self.volume)
-            .arg(&self.actions)
-            .arg(&self.master)
-            .arg(&mut self.scen)
-            .arg(&mut self.q)
-            .arg(&mut self.entry)
-            .arg(&mut self.peak_px)
-            .arg(&mut self.dsr_a)
-            .arg(&mut self.dsr_b)
-            .arg(&mut self.entry_k)
-            .arg(&mut self.comp_sum)
-            .arg(&mut self.comp_sumsq)
-            .arg(&mut self.comp_count)
-            .arg(&mut self.reward)
-            .arg(&mut self.comps)
-            .arg(&mut self.master_reward)
-            .arg(&mut self.terminated)
-            .arg(&mut self.truncated)
-            .arg(&mut self.recs)
-            .arg(&mut self.rec_count)
-            .arg(&mut self.scratch)
-            .arg(&mut self.opener)
-            .arg(&self.carry_in_smem);
-        // SAFETY: the arguments match `env_step` in kernels/env_step.cu in order and type; every
-        // buffer has the length the kernel indexes (N, N*S, N*S*7, N*7, N*RECORD_CAP, and 5*N*S /
-        // N*S for scratch/opener when carry_in_smem is 0); `smem` is what the kernel carves
-        // (`step_smem_bytes`) and was allowed via the function attribute when above 48 KiB.
+        b.arg(&args);
+        // SAFETY: `env_step` (kernels/env_step.cu) takes one `EnvStepArgs` by value, whose layout
+        // equals this struct's (`abi_layout_matches`); every address in it is a live buffer of this
+        // backend with the length the kernel indexes (N, N*S, N*S*7, N*7, N*RECORD_CAP, and
+        // 5*N*S / N*S for scratch/opener when the carry is not in shared memory; debug is null);
+        // `smem` is what the kernel carves (`step_smem_bytes`) and was allowed via the function
+        // attribute when above 48 KiB; all work is ordered on the backend's single stream.
         unsafe { b.launch(cfg) }.map_err(drv("env_step launch"))?;
         Ok(())
     }
@@ -434,21 +449,19 @@ impl CudaBackend {
     fn launch_sample(&mut self, seed: u64, it: u64, fixed_master: u32) -> Result<()> {
         let rows = self.layout.n_scenarios * self.layout.n_symbols;
         let cfg = self.rows_cfg(rows, 1);
-        let p = self.layout.params;
+        let args = SampleArgs::new(
+            &self.layout.params,
+            &self.dims,
+            &self.bufs,
+            seed,
+            it,
+            fixed_master,
+        );
         let mut b = self.stream.launch_builder(&self.k.sample);
-        b.arg(&p)
-            .arg(&self.dims)
-            .arg(&seed)
-            .arg(&it)
-            .arg(&fixed_master)
-            .arg(&self.close)
-            .arg(&self.scen)
-            .arg(&self.q)
-            .arg(&self.entry)
-            .arg(&mut self.actions)
-            .arg(&mut self.master);
-        // SAFETY: arguments match `sample_actions` in kernels/sampler.cu; actions is [N*S], master [N],
-        // the state buffers are [N] / [N*S]; the grid covers N*S threads and the kernel bounds-checks.
+        b.arg(&args);
+        // SAFETY: `sample_actions` (kernels/sampler.cu) takes one `SampleArgs` by value (layout checked
+        // by `abi_layout_matches`); actions is [N*S], master [N], the state buffers are [N] / [N*S];
+        // the grid covers N*S threads and the kernel bounds-checks.
         unsafe { b.launch(cfg) }.map_err(drv("sample_actions launch"))?;
         Ok(())
     }
@@ -479,24 +492,14 @@ impl CudaBackend {
     pub fn gather_obs_device(&mut self) -> Result<&CudaSlice<f32>> {
         let rows = self.layout.n_scenarios * self.layout.n_symbols;
         let cfg = self.rows_cfg(rows, 32);
-        let p = self.layout.params;
         let out = lazy_buf(&self.stream, &mut self.obs, rows * OBS_DIM, "alloc obs")?;
+        let out = out.device_ptr(&self.stream).0;
+        let args = ObsArgs::new(&self.layout.params, &self.dims, &self.bufs, out);
         let mut b = self.stream.launch_builder(&self.k.gather_obs);
-        b.arg(&p)
-            .arg(&self.dims)
-            .arg(&self.close)
-            .arg(&self.sentiment)
-            .arg(&self.macro_series)
-            .arg(&self.regime)
-            .arg(&self.tech)
-            .arg(&self.scen)
-            .arg(&self.q)
-            .arg(&self.entry)
-            .arg(&self.peak_px)
-            .arg(&self.entry_k)
-            .arg(out);
-        // SAFETY: arguments match `gather_obs` in kernels/obs.cu; out holds N*S*OBS_DIM floats; the grid
-        // has one warp per (scenario, symbol) row and the kernel bounds-checks the row.
+        b.arg(&args);
+        // SAFETY: `gather_obs` (kernels/obs.cu) takes one `ObsArgs` by value (layout checked by
+        // `abi_layout_matches`); out holds N*S*OBS_DIM floats; the grid has one warp per
+        // (scenario, symbol) row and the kernel bounds-checks the row.
         unsafe { b.launch(cfg) }.map_err(drv("gather_obs launch"))?;
         Ok(self.obs.as_ref().expect("allocated above"))
     }
@@ -598,24 +601,11 @@ impl Backend for CudaBackend {
             block_dim: (self.block, 1, 1),
             shared_mem_bytes: 0,
         };
-        let p = self.layout.params;
+        let args = EnvResetArgs::new(&self.layout.params, &self.dims, self.seed, &self.bufs);
         let mut b = self.stream.launch_builder(&self.k.reset);
-        b.arg(&p)
-            .arg(&self.dims)
-            .arg(&self.seed)
-            .arg(&mut self.scen)
-            .arg(&mut self.q)
-            .arg(&mut self.entry)
-            .arg(&mut self.peak_px)
-            .arg(&mut self.dsr_a)
-            .arg(&mut self.dsr_b)
-            .arg(&mut self.entry_k)
-            .arg(&mut self.comp_sum)
-            .arg(&mut self.comp_sumsq)
-            .arg(&mut self.comp_count)
-            .arg(&mut self.rec_count);
-        // SAFETY: arguments match `env_reset` in kernels/env_step.cu; buffers are [N], [N*S], [N*7], [N];
-        // one block per scenario.
+        b.arg(&args);
+        // SAFETY: `env_reset` (kernels/env_step.cu) takes one `EnvResetArgs` by value (layout checked
+        // by `abi_layout_matches`); its buffers are [N], [N*S], [N*7], [N]; one block per scenario.
         unsafe { b.launch(cfg) }.map_err(drv("env_reset launch"))?;
         Ok(())
     }
@@ -656,28 +646,23 @@ impl Backend for CudaBackend {
         let rows = self.layout.n_scenarios * self.layout.n_symbols;
         Self::check_host_len("dyn_obs", out.len(), rows * DYN_OBS)?;
         let cfg = self.rows_cfg(rows, 1);
-        let p = self.layout.params;
         let buf = lazy_buf(
             &self.stream,
             &mut self.dyn_buf,
             rows * DYN_OBS,
             "alloc dyn_obs",
         )?;
+        let args = ObsArgs::new(
+            &self.layout.params,
+            &self.dims,
+            &self.bufs,
+            buf.device_ptr(&self.stream).0,
+        );
         let mut b = self.stream.launch_builder(&self.k.dyn_obs);
-        b.arg(&p)
-            .arg(&self.dims)
-            .arg(&self.close)
-            .arg(&self.sentiment)
-            .arg(&self.macro_series)
-            .arg(&self.regime)
-            .arg(&self.scen)
-            .arg(&self.q)
-            .arg(&self.entry)
-            .arg(&self.peak_px)
-            .arg(&self.entry_k)
-            .arg(&mut *buf);
-        // SAFETY: arguments match `dyn_obs` in kernels/obs.cu; buf holds N*S*DYN_OBS floats; one thread
-        // per row, bounds-checked in the kernel.
+        b.arg(&args);
+        // SAFETY: `dyn_obs` (kernels/obs.cu) takes one `ObsArgs` by value (layout checked by
+        // `abi_layout_matches`); buf holds N*S*DYN_OBS floats; one thread per row, bounds-checked in
+        // the kernel.
         unsafe { b.launch(cfg) }.map_err(drv("dyn_obs launch"))?;
         self.stream
             .memcpy_dtoh(&*buf, out)
@@ -700,23 +685,23 @@ impl Backend for CudaBackend {
         let rows = self.layout.n_scenarios * self.layout.n_symbols;
         Self::check_host_len("action_mask", out.len(), rows * N_ACTIONS)?;
         let cfg = self.rows_cfg(rows, 1);
-        let p = self.layout.params;
         let buf = lazy_buf(
             &self.stream,
             &mut self.mask_buf,
             rows * N_ACTIONS,
             "alloc action mask",
         )?;
+        let args = MaskArgs::new(
+            &self.layout.params,
+            &self.dims,
+            &self.bufs,
+            buf.device_ptr(&self.stream).0,
+        );
         let mut b = self.stream.launch_builder(&self.k.mask);
-        b.arg(&p)
-            .arg(&self.dims)
-            .arg(&self.close)
-            .arg(&self.scen)
-            .arg(&self.q)
-            .arg(&self.entry)
-            .arg(&mut *buf);
-        // SAFETY: arguments match `action_mask` in kernels/obs.cu; buf holds N*S*7 bytes; one thread per
-        // (scenario, symbol), bounds-checked in the kernel.
+        b.arg(&args);
+        // SAFETY: `action_mask` (kernels/obs.cu) takes one `MaskArgs` by value (layout checked by
+        // `abi_layout_matches`); buf holds N*S*7 bytes; one thread per (scenario, symbol),
+        // bounds-checked in the kernel.
         unsafe { b.launch(cfg) }.map_err(drv("action_mask launch"))?;
         self.stream
             .memcpy_dtoh(&*buf, out)
@@ -737,7 +722,7 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn snapshot(&mut self) -> Result<Snapshot> {
+    fn snapshot(&self) -> Result<Snapshot> {
         let st = &self.stream;
         let rd = |x: &CudaSlice<f64>| st.clone_dtoh(x).map_err(drv("read state"));
         Ok(Snapshot {
@@ -761,13 +746,14 @@ impl Backend for CudaBackend {
         let st = self.stream.clone();
         let e = drv("load state");
         st.memcpy_htod(&snap.scenarios, &mut self.scen).map_err(e)?;
-        for (src, dst) in [
-            (&sy.q, &mut self.q),
-            (&sy.entry, &mut self.entry),
-            (&sy.peak_px, &mut self.peak_px),
-            (&sy.dsr_a, &mut self.dsr_a),
-            (&sy.dsr_b, &mut self.dsr_b),
-        ] {
+        let dst = [
+            &mut self.q,
+            &mut self.entry,
+            &mut self.peak_px,
+            &mut self.dsr_a,
+            &mut self.dsr_b,
+        ];
+        for (src, dst) in sy.f64_fields().into_iter().zip(dst) {
             st.memcpy_htod(src, dst).map_err(drv("load state"))?;
         }
         st.memcpy_htod(&sy.entry_k, &mut self.entry_k)

@@ -33,7 +33,7 @@ pub const ACTION_NAMES: [&str; N_ACTIONS] = [
 pub const MASTER_ACTIONS: usize = 48;
 
 /// Everything a step reads from the config, flattened (mirrored as a `#[repr(C)]` struct on the GPU).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
 pub struct StepParams {
     pub costs: CostParams,

@@ -164,8 +164,9 @@ impl EnvLayout {
     }
 }
 
-/// Per-scenario state (spec §2). `#[repr(C)]`: the CUDA backend mirrors it.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// Per-scenario state (spec §2). `#[repr(C)]` with no padding (`Pod`): the CUDA backend mirrors
+/// it, and saved states are its bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
 pub struct ScenarioState {
     pub cash: f64,
@@ -216,18 +217,184 @@ pub struct Snapshot {
     pub symbols: SymbolState,
 }
 
+impl SymbolState {
+    /// The f64 fields in storage order (q, entry, peak_px, dsr_a, dsr_b); `entry_k` is the only
+    /// other field.
+    pub fn f64_fields(&self) -> [&Vec<f64>; 5] {
+        [
+            &self.q,
+            &self.entry,
+            &self.peak_px,
+            &self.dsr_a,
+            &self.dsr_b,
+        ]
+    }
+
+    /// [`SymbolState::f64_fields`], mutable.
+    pub fn f64_fields_mut(&mut self) -> [&mut Vec<f64>; 5] {
+        [
+            &mut self.q,
+            &mut self.entry,
+            &mut self.peak_px,
+            &mut self.dsr_a,
+            &mut self.dsr_b,
+        ]
+    }
+}
+
+/// Header of a serialized [`Snapshot`] ([`Snapshot::to_bytes`]); the buffers follow it.
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+struct SnapshotHeader {
+    magic: [u8; 8],
+    version: u32,
+    /// `size_of::<ScenarioState>()`: a changed state layout is refused even at the same version.
+    scenario_size: u32,
+    n: u32,
+    s: u32,
+    seed: u64,
+    /// Bytes of the scenario states, of each f64 symbol field, and of `entry_k`.
+    scenario_bytes: u64,
+    f64_field_bytes: u64,
+    u32_field_bytes: u64,
+}
+
+impl SnapshotHeader {
+    const MAGIC: [u8; 8] = *b"MARLSNAP";
+    /// Bump when the serialized state changes meaning.
+    const VERSION: u32 = 1;
+
+    fn new(n: usize, s: usize, seed: u64) -> Self {
+        Self {
+            magic: Self::MAGIC,
+            version: Self::VERSION,
+            scenario_size: std::mem::size_of::<ScenarioState>() as u32,
+            n: n as u32,
+            s: s as u32,
+            seed,
+            scenario_bytes: (n * std::mem::size_of::<ScenarioState>()) as u64,
+            f64_field_bytes: (n * s * 8) as u64,
+            u32_field_bytes: (n * s * 4) as u64,
+        }
+    }
+
+    /// Bytes of the buffers after the header.
+    fn body_bytes(&self) -> u64 {
+        self.scenario_bytes + 5 * self.f64_field_bytes + self.u32_field_bytes
+    }
+}
+
+/// Copy `bytes` into a new vector of `T` (any alignment of `bytes`; its length is a multiple of
+/// `size_of::<T>()`, checked by the caller).
+fn pod_vec<T: bytemuck::Pod>(bytes: &[u8]) -> Vec<T> {
+    let mut v = vec![T::zeroed(); bytes.len() / std::mem::size_of::<T>()];
+    bytemuck::cast_slice_mut::<T, u8>(&mut v).copy_from_slice(bytes);
+    v
+}
+
 impl Snapshot {
+    /// The snapshot as bytes: a small versioned header (magic, format version, N, S, the seed, the
+    /// section lengths) followed by the buffers exactly as they are in memory (`bytemuck` casts of
+    /// the scenario states, of each f64 symbol field and of `entry_k`; native byte order, i.e.
+    /// little-endian on every supported target). The snapshot must have a consistent shape
+    /// ([`Snapshot::check_shape`]), which every backend's snapshot has.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let n = self.scenarios.len();
+        let s = self.symbols.q.len().checked_div(n).unwrap_or(0);
+        let h = SnapshotHeader::new(n, s, self.seed);
+        let mut out =
+            Vec::with_capacity(std::mem::size_of::<SnapshotHeader>() + h.body_bytes() as usize);
+        out.extend_from_slice(bytemuck::bytes_of(&h));
+        out.extend_from_slice(bytemuck::cast_slice(&self.scenarios));
+        for f in self.symbols.f64_fields() {
+            out.extend_from_slice(bytemuck::cast_slice(f));
+        }
+        out.extend_from_slice(bytemuck::cast_slice(&self.symbols.entry_k));
+        out
+    }
+
+    /// Read a snapshot written by [`Snapshot::to_bytes`] for an env of `n` scenarios and `s`
+    /// symbols. An old or foreign snapshot (wrong magic, format version or state layout, other N or
+    /// S, truncated or with trailing bytes) is refused with an error saying what is wrong.
+    pub fn from_bytes(bytes: &[u8], n: usize, s: usize) -> Result<Self> {
+        let hlen = std::mem::size_of::<SnapshotHeader>();
+        let bad = |what: String| Err(Error::env_state(format!("env snapshot: {what}")));
+        if bytes.len() < hlen {
+            return bad(format!(
+                "truncated: {} bytes, shorter than the {hlen}-byte header",
+                bytes.len()
+            ));
+        }
+        let (head, body) = bytes.split_at(hlen);
+        let h: SnapshotHeader = bytemuck::pod_read_unaligned(head);
+        if h.magic != SnapshotHeader::MAGIC {
+            return bad(format!(
+                "not an environment snapshot (magic {:?}, expected {:?})",
+                String::from_utf8_lossy(&h.magic),
+                String::from_utf8_lossy(&SnapshotHeader::MAGIC)
+            ));
+        }
+        if h.version != SnapshotHeader::VERSION {
+            return bad(format!(
+                "format version {} is not supported (this build reads version {})",
+                h.version,
+                SnapshotHeader::VERSION
+            ));
+        }
+        let want = SnapshotHeader::new(n, s, h.seed);
+        if h.scenario_size != want.scenario_size {
+            return bad(format!(
+                "scenario state of {} bytes, this build's has {}",
+                h.scenario_size, want.scenario_size
+            ));
+        }
+        if (h.n, h.s) != (want.n, want.s) {
+            return bad(format!(
+                "saved for N = {} scenarios, S = {} symbols; this env has N = {n}, S = {s}",
+                h.n, h.s
+            ));
+        }
+        if (h.scenario_bytes, h.f64_field_bytes, h.u32_field_bytes)
+            != (
+                want.scenario_bytes,
+                want.f64_field_bytes,
+                want.u32_field_bytes,
+            )
+        {
+            return bad("section lengths do not match N and S".into());
+        }
+        if body.len() as u64 != want.body_bytes() {
+            let what = if (body.len() as u64) < want.body_bytes() {
+                "truncated"
+            } else {
+                "trailing bytes"
+            };
+            return bad(format!(
+                "{what}: {} bytes of state after the header, expected {}",
+                body.len(),
+                want.body_bytes()
+            ));
+        }
+        let (sc, mut rest) = body.split_at(want.scenario_bytes as usize);
+        let mut symbols = SymbolState::default();
+        for f in symbols.f64_fields_mut() {
+            let (x, r) = rest.split_at(want.f64_field_bytes as usize);
+            *f = pod_vec(x);
+            rest = r;
+        }
+        symbols.entry_k = pod_vec(rest);
+        Ok(Self {
+            seed: h.seed,
+            scenarios: pod_vec(sc),
+            symbols,
+        })
+    }
+
     /// Check that the snapshot holds N scenarios and N * S symbol entries.
     pub fn check_shape(&self, n: usize, s: usize) -> Result<()> {
         let sy = &self.symbols;
-        let lens = [
-            sy.q.len(),
-            sy.entry.len(),
-            sy.peak_px.len(),
-            sy.dsr_a.len(),
-            sy.dsr_b.len(),
-            sy.entry_k.len(),
-        ];
+        let mut lens = sy.f64_fields().map(|f| f.len()).to_vec();
+        lens.push(sy.entry_k.len());
         if self.scenarios.len() != n || lens.iter().any(|&l| l != n * s) {
             return Err(Error::env_state(format!(
                 "snapshot holds {} scenarios and {lens:?} symbol entries; the env has N = {n}, S = {s}",
@@ -306,7 +473,7 @@ pub trait Backend: Send {
     /// addresses the technical window in the feature array.
     fn obs_index(&mut self, out: &mut [u32]) -> Result<()>;
     /// Read the whole state back.
-    fn snapshot(&mut self) -> Result<Snapshot>;
+    fn snapshot(&self) -> Result<Snapshot>;
     /// Overwrite the whole state (tests drive both backends from the same random state).
     fn load_snapshot(&mut self, snap: &Snapshot) -> Result<()>;
     /// Finished episodes since the last call.
@@ -508,7 +675,7 @@ impl VecEnv {
         self.backend.obs_index(out)
     }
 
-    pub fn snapshot(&mut self) -> Result<Snapshot> {
+    pub fn snapshot(&self) -> Result<Snapshot> {
         self.backend.snapshot()
     }
 

@@ -30,10 +30,12 @@ the adapter additionally counts, before each step, rows whose action is masked i
 ([`TradingEnv::masked_actions`]) and sums the records' counts ([`TradingEnv::invalid_actions`]), so
 tests can assert that PPO's masking is honoured end to end.
 
-**State** (`save_state`/`load_state`, used by PPO checkpoints): the env's
-[`Snapshot`] (seed, every scenario's state including its episode counter,
-every symbol's state) plus the adapter's counters, in a little-endian binary format written here
-(the snapshot types are not serde types). The trajectory resumes exactly: observations, masks,
+**State** (`save_state`/`load_state`, used by PPO checkpoints): a small header of the adapter's
+(magic, format version, master action, counters) followed by the env's [`Snapshot`] (seed, every
+scenario's state including its episode counter, every symbol's state) as
+[`Snapshot::to_bytes`] writes it: its own versioned header and `bytemuck` casts of the buffers.
+A foreign, old or truncated state, or one saved for another N, S or master action, is refused with
+an error saying what is wrong. The trajectory resumes exactly: observations, masks,
 rewards, dones and episode returns after `load_state` equal those of the uninterrupted run (the
 unit test below checks it on the CPU backend). Two pieces of telemetry are not restored, because
 `load_snapshot` cannot: the env's `RewardShaper` accumulator (`episode_stats()` restarts empty)
@@ -42,20 +44,17 @@ from the resume only). The env's list of finished, not yet drained episodes is a
 between steps here (the adapter drains it every step), so nothing is lost there.
 */
 
-use std::sync::{Mutex, PoisonError};
-
 use candle_core::{Device, Tensor};
 
 use super::train_env::{EpisodeInfo, StepOut, TrainEnv};
 use crate::Result;
 use crate::agents::SymbolObs;
-use crate::env::{self, N_ACTIONS, ScenarioState, Snapshot, SymbolState, obs::DYN_OBS};
+use crate::env::{self, N_ACTIONS, Snapshot, obs::DYN_OBS};
 use crate::error::Error;
 
 /// The trading environment as a [`TrainEnv`] for the trainer (see the module doc).
 pub struct TradingEnv {
-    /// In a mutex only because the env's snapshot needs `&mut` and `save_state` has `&self`.
-    env: Mutex<env::VecEnv>,
+    env: env::VecEnv,
     n: usize,
     s: usize,
     master: Vec<u8>,
@@ -95,13 +94,13 @@ impl TradingEnv {
             fresh_episodes: 0,
             n,
             s,
-            env: Mutex::new(env),
+            env,
         })
     }
 
     /// The wrapped environment (snapshots, statistics).
     pub fn inner_mut(&mut self) -> &mut env::VecEnv {
-        self.env.get_mut().unwrap_or_else(PoisonError::into_inner)
+        &mut self.env
     }
 
     /// Rows stepped with an action that the mask in force forbade (should stay 0 under PPO).
@@ -120,151 +119,78 @@ impl TradingEnv {
     }
 
     fn refresh(&mut self) -> Result<()> {
-        let env = self.env.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let env = &mut self.env;
         env.dyn_obs(&mut self.dyn_obs)?;
         env.action_mask(&mut self.mask)?;
         env.obs_index(&mut self.index)
     }
 }
 
-/// Tag and version of the state format.
-const STATE_MAGIC: &[u8; 8] = b"MTTRADE1";
-
-/// Little-endian writer of the state.
-struct Writer(Vec<u8>);
-
-impl Writer {
-    fn u32(&mut self, v: u32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn f64(&mut self, v: f64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
+/// Header of a saved state ([`TradingEnv`]'s `save_state`); the env's [`Snapshot::to_bytes`]
+/// follows it.
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+struct StateHeader {
+    magic: [u8; 8],
+    version: u32,
+    master: u32,
+    masked_actions: u64,
+    invalid_actions: u64,
+    episodes: u64,
 }
 
-/// Reader matching [`Writer`]; every read fails cleanly on a truncated state.
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn take<const K: usize>(&mut self) -> Result<[u8; K]> {
-        if self.0.len() < K {
-            return Err(Error::invalid("trading env state is truncated"));
-        }
-        let (head, rest) = self.0.split_at(K);
-        self.0 = rest;
-        Ok(head.try_into().expect("split_at gives K bytes"))
-    }
-    fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take()?))
-    }
-    fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take()?))
-    }
-    fn f64(&mut self) -> Result<f64> {
-        Ok(f64::from_bits(self.u64()?))
-    }
-    fn f64s(&mut self, k: usize) -> Result<Vec<f64>> {
-        (0..k).map(|_| self.f64()).collect()
-    }
+impl StateHeader {
+    const MAGIC: [u8; 8] = *b"MTTRADE\0";
+    /// Bump when the state changes meaning (version 1 was a hand-written little-endian format).
+    const VERSION: u32 = 2;
 }
 
 impl TradingEnv {
     fn encode(&self, snap: &Snapshot) -> Vec<u8> {
-        let mut w = Writer(STATE_MAGIC.to_vec());
-        w.u32(self.n as u32);
-        w.u32(self.s as u32);
-        w.u32(u32::from(self.master[0]));
-        w.u64(self.masked_actions);
-        w.u64(self.invalid_actions);
-        w.u64(self.episodes);
-        w.u64(snap.seed);
-        for st in &snap.scenarios {
-            for v in [st.cash, st.equity, st.peak, st.gross, st.dsr_a, st.dsr_b] {
-                w.f64(v);
-            }
-            for v in [
-                st.path,
-                st.t0,
-                st.k,
-                st.episode,
-                st.directive,
-                st.open_count,
-                st.invalid_actions,
-                st.limited_orders,
-            ] {
-                w.u32(v);
-            }
-        }
-        let sy = &snap.symbols;
-        for field in [&sy.q, &sy.entry, &sy.peak_px, &sy.dsr_a, &sy.dsr_b] {
-            field.iter().for_each(|&v| w.f64(v));
-        }
-        sy.entry_k.iter().for_each(|&v| w.u32(v));
-        w.0
+        let h = StateHeader {
+            magic: StateHeader::MAGIC,
+            version: StateHeader::VERSION,
+            master: u32::from(self.master[0]),
+            masked_actions: self.masked_actions,
+            invalid_actions: self.invalid_actions,
+            episodes: self.episodes,
+        };
+        let mut out = bytemuck::bytes_of(&h).to_vec();
+        out.extend_from_slice(&snap.to_bytes());
+        out
     }
 
     /// The snapshot and the counters (masked, invalid, episodes) of a state.
     fn decode(&self, state: &[u8]) -> Result<(Snapshot, (u64, u64, u64))> {
-        let mut r = Reader(state);
-        if &r.take::<8>()? != STATE_MAGIC {
-            return Err(Error::invalid("not a trading env state (bad magic)"));
-        }
-        let (n, s, master) = (r.u32()? as usize, r.u32()? as usize, r.u32()?);
-        if (n, s) != (self.n, self.s) {
-            return Err(Error::invalid(format!(
-                "trading env state is for N={n}, S={s}; this env has N={}, S={}",
-                self.n, self.s
+        let hlen = std::mem::size_of::<StateHeader>();
+        if state.len() < hlen {
+            return Err(Error::env_state(format!(
+                "trading env state is truncated: {} bytes, shorter than its {hlen}-byte header",
+                state.len()
             )));
         }
-        if master != u32::from(self.master[0]) {
-            return Err(Error::invalid(format!(
-                "trading env state was saved with master action {master}, this env uses {}",
-                self.master[0]
+        let (head, body) = state.split_at(hlen);
+        let h: StateHeader = bytemuck::pod_read_unaligned(head);
+        if h.magic != StateHeader::MAGIC {
+            return Err(Error::env_state(
+                "not a trading env state (bad magic; states of older versions are not readable)",
+            ));
+        }
+        if h.version != StateHeader::VERSION {
+            return Err(Error::env_state(format!(
+                "trading env state has format version {}, this build reads version {}",
+                h.version,
+                StateHeader::VERSION
             )));
         }
-        let counters = (r.u64()?, r.u64()?, r.u64()?);
-        let seed = r.u64()?;
-        let mut scenarios = Vec::with_capacity(n);
-        for _ in 0..n {
-            scenarios.push(ScenarioState {
-                cash: r.f64()?,
-                equity: r.f64()?,
-                peak: r.f64()?,
-                gross: r.f64()?,
-                dsr_a: r.f64()?,
-                dsr_b: r.f64()?,
-                path: r.u32()?,
-                t0: r.u32()?,
-                k: r.u32()?,
-                episode: r.u32()?,
-                directive: r.u32()?,
-                open_count: r.u32()?,
-                invalid_actions: r.u32()?,
-                limited_orders: r.u32()?,
-            });
+        if h.master != u32::from(self.master[0]) {
+            return Err(Error::env_state(format!(
+                "trading env state was saved with master action {}, this env uses {}",
+                h.master, self.master[0]
+            )));
         }
-        let symbols = SymbolState {
-            q: r.f64s(n * s)?,
-            entry: r.f64s(n * s)?,
-            peak_px: r.f64s(n * s)?,
-            dsr_a: r.f64s(n * s)?,
-            dsr_b: r.f64s(n * s)?,
-            entry_k: (0..n * s).map(|_| r.u32()).collect::<Result<_>>()?,
-        };
-        if !r.0.is_empty() {
-            return Err(Error::invalid("trading env state has trailing bytes"));
-        }
-        Ok((
-            Snapshot {
-                seed,
-                scenarios,
-                symbols,
-            },
-            counters,
-        ))
+        let snap = Snapshot::from_bytes(body, self.n, self.s)?;
+        Ok((snap, (h.masked_actions, h.invalid_actions, h.episodes)))
     }
 }
 
@@ -312,7 +238,7 @@ impl TrainEnv for TradingEnv {
             }
             *dst = a as u8;
         }
-        let env = self.env.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let env = &mut self.env;
         let out = env.step(&self.actions, &self.master)?;
         let rewards = out.reward.clone();
         let dones: Vec<bool> = (0..out.terminated.len()).map(|n| out.done(n)).collect();
@@ -344,12 +270,7 @@ impl TrainEnv for TradingEnv {
     }
 
     fn save_state(&self) -> Result<Vec<u8>> {
-        let snap = self
-            .env
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .snapshot()?;
-        Ok(self.encode(&snap))
+        Ok(self.encode(&self.env.snapshot()?))
     }
 
     fn load_state(&mut self, state: &[u8]) -> Result<()> {
@@ -407,11 +328,15 @@ mod tests {
     use crate::features::Features;
 
     fn make() -> (TradingEnv, EnvSetup) {
+        make_with(2, 3)
+    }
+
+    fn make_with(scenarios: usize, symbols: usize) -> (TradingEnv, EnvSetup) {
         let mut cfg = EnvSetup::default();
-        cfg.env.scenarios = 2;
+        cfg.env.scenarios = scenarios;
         cfg.env.episode_len = 12;
         let synth = SyntheticConfig {
-            symbols: 3,
+            symbols,
             bars: 400,
             ..SyntheticConfig::default()
         };
@@ -513,5 +438,47 @@ mod tests {
 
         assert!(b.load_state(&state[..state.len() - 1]).is_err());
         assert!(b.load_state(b"garbage").is_err());
+    }
+
+    #[test]
+    fn foreign_old_or_truncated_states_are_refused() {
+        let (mut a, _) = make();
+        a.reset(5).unwrap();
+        play(&mut a, 0, 3);
+        let state = a.save_state().unwrap();
+        let (mut b, _) = make();
+        let refused = |b: &mut TradingEnv, st: &[u8], what: &str| {
+            let e = b.load_state(st).expect_err(what).to_string();
+            assert!(e.contains(what), "expected `{what}` in: {e}");
+        };
+        let patched = |at: usize, v: u8| {
+            let mut x = state.clone();
+            x[at] = v;
+            x
+        };
+        let h = std::mem::size_of::<StateHeader>();
+        refused(&mut b, b"garbage", "truncated");
+        refused(&mut b, &patched(0, b'X'), "bad magic");
+        refused(&mut b, &patched(8, 1), "format version 1");
+        refused(&mut b, &patched(12, 7), "master action 7");
+        // the env snapshot's own header follows the adapter's
+        refused(&mut b, &patched(h, b'X'), "not an environment snapshot");
+        refused(&mut b, &patched(h + 8, 9), "format version 9");
+        refused(&mut b, &state[..h + 10], "truncated");
+        refused(&mut b, &state[..state.len() - 1], "truncated");
+        let mut long = state.clone();
+        long.push(0);
+        refused(&mut b, &long, "trailing bytes");
+        for (n, s) in [(3, 3), (2, 4)] {
+            let (mut other, _) = make_with(n, s);
+            refused(
+                &mut other,
+                &state,
+                &format!("saved for N = 2 scenarios, S = 3 symbols; this env has N = {n}, S = {s}"),
+            );
+        }
+        // nothing above changed b: the good state still loads
+        b.load_state(&state).unwrap();
+        assert_eq!(b.save_state().unwrap(), state);
     }
 }
