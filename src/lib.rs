@@ -24,7 +24,7 @@ and owns its configuration section:
 - [`run`]: training runs (`marl-trade train`): run directory, checkpoints, metrics, resume.
 - [`eval`]: metrics, scripted baselines, backtests, a checkpoint as a policy, comparisons, the
   checkpoint evaluation service (`marl-trade eval`).
-- [`bench`]: the environment and policy throughput benchmarks (`marl-trade bench`, `benches/`).
+- [`bench`](mod@bench): the environment and policy throughput benchmarks (`marl-trade bench`, `benches/`).
 
 The semantics of a step are written once in `docs/env-spec.md`; both backends implement it.
 */

@@ -338,6 +338,7 @@ pub struct TransformerEncoder {
 }
 
 impl TransformerEncoder {
+    /// The encoder of `cfg` over windows of `window` bars x `features` features.
     pub fn new(
         window: usize,
         features: usize,

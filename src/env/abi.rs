@@ -42,20 +42,30 @@ pub fn step_smem_bytes(s: usize, block: usize, carry: bool) -> usize {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Pod, Zeroable)]
 #[repr(C)]
 pub struct EnvDims {
+    /// Scenarios N.
     pub n_scenarios: u32,
+    /// Symbols S.
     pub n_symbols: u32,
+    /// Paths P.
     pub paths: u32,
+    /// Bars per path T.
     pub bars: u32,
+    /// First bar of the period.
     pub lo: u32,
+    /// End of the period (exclusive).
     pub hi: u32,
+    /// Earliest episode start bar.
     pub start_a: u32,
+    /// Latest episode start bar.
     pub start_b: u32,
+    /// Steps per episode.
     pub episode_len: u32,
     /// Episode-record slots per scenario between two drains.
     pub record_cap: u32,
 }
 
 impl EnvDims {
+    /// The dimensions of `l`, with `record_cap` episode-record slots per scenario.
     pub fn new(l: &EnvLayout, record_cap: u32) -> Self {
         let u = |x: usize| x as u32;
         Self {
@@ -77,17 +87,29 @@ impl EnvDims {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Pod, Zeroable)]
 #[repr(C)]
 pub struct EpisodeRecordC {
+    /// The scenario.
     pub scenario: u32,
+    /// Its data path.
     pub path: u32,
+    /// Its first bar.
     pub start: u32,
+    /// Steps it lasted.
     pub length: u32,
+    /// Final equity / initial capital - 1.
     pub total_return: f64,
+    /// 1 when the kill switch ended it.
     pub killed: u32,
+    /// Masked actions executed as HOLD.
     pub invalid_actions: u32,
+    /// Buys dropped by the open-position limit.
     pub limited_orders: u32,
+    /// Explicit padding, always 0 (keeps the C layout).
     pub _pad: u32,
+    /// Sums of the weighted components.
     pub sum: [f64; N_COMPONENTS],
+    /// Their sums of squares.
     pub sum_sq: [f64; N_COMPONENTS],
+    /// Symbol-steps counted.
     pub count: u64,
 }
 
@@ -117,37 +139,59 @@ impl From<&EpisodeRecordC> for EpisodeRecord {
 pub struct EnvBuffers {
     /// Market data `[P, T, S + 1]`.
     pub open: u64,
+    /// Close prices `[P, T, S + 1]` f32.
     pub close: u64,
+    /// Volume `[P, T, S + 1]` f32.
     pub volume: u64,
     /// `[P, T, S]`, `[P, T, MACRO]`, `[P, T, N_REGIME]`, `[P, T, S, N_TECH]`.
     pub sentiment: u64,
+    /// Macro series `[P, T, MACRO]` f32.
     pub macro_series: u64,
+    /// Regime features `[P, T, N_REGIME]` f32.
     pub regime: u64,
+    /// Technical features `[P, T, S, N_TECH]` f32.
     pub tech: u64,
     /// State: `[N]` scenarios, `[N, S]` per symbol, `[N, 7]` / `[N]` episode accumulators.
     pub scen: u64,
+    /// Shares held `[N, S]` f64.
     pub q: u64,
+    /// Average entry prices `[N, S]` f64.
     pub entry: u64,
+    /// Highest close since entry `[N, S]` f64.
     pub peak_px: u64,
+    /// First DSR moment per symbol `[N, S]` f64.
     pub dsr_a: u64,
+    /// Second DSR moment per symbol `[N, S]` f64.
     pub dsr_b: u64,
+    /// Entry step per symbol `[N, S]` u32.
     pub entry_k: u64,
+    /// Episode sums of the weighted components `[N, 7]` f64.
     pub comp_sum: u64,
+    /// Their sums of squares `[N, 7]` f64.
     pub comp_sumsq: u64,
+    /// Symbol-steps counted `[N]` u64.
     pub comp_count: u64,
     /// Step inputs `[N, S]`, `[N]` (also the sampler's outputs).
     pub actions: u64,
+    /// Master actions `[N]` u8.
     pub master: u64,
     /// Step outputs `[N, S]`, `[N, S, 7]`, `[N]`, `[N]`, `[N]`, records `[N, record_cap]`, `[N]`.
     pub reward: u64,
+    /// Unweighted components `[N, S, 7]` f32.
     pub comps: u64,
+    /// Master rewards `[N]` f32.
     pub master_reward: u64,
+    /// Kill-switch flags `[N]` u8.
     pub terminated: u64,
+    /// Length / period-end flags `[N]` u8.
     pub truncated: u64,
+    /// Episode records `[N, record_cap]` (`EpisodeRecordC`).
     pub recs: u64,
+    /// Records written per scenario `[N]` u32.
     pub rec_count: u64,
     /// Step carry `[5, N, S]` f64 and `[N, S]` u32, read only when the carry is not in shared memory.
     pub scratch: u64,
+    /// Opener flags `[N, S]` u32 (global-memory carry only).
     pub opener: u64,
     /// 0, or `[N, DEBUG_LEN]` f64 scalars of the step (host tests).
     pub debug: u64,
@@ -157,23 +201,38 @@ pub struct EnvBuffers {
 #[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
 #[repr(C)]
 pub struct EnvResetArgs {
+    /// The step parameters.
     pub p: StepParams,
+    /// Sizes and bar range.
     pub dm: EnvDims,
+    /// The environment's reset seed.
     pub seed: u64,
+    /// Scenario states `[N]` (`ScenarioState`).
     pub scen: u64,
+    /// Shares held `[N, S]` f64.
     pub q: u64,
+    /// Average entry prices `[N, S]` f64.
     pub entry: u64,
+    /// Highest close since entry `[N, S]` f64.
     pub peak_px: u64,
+    /// First DSR moment per symbol `[N, S]` f64.
     pub dsr_a: u64,
+    /// Second DSR moment per symbol `[N, S]` f64.
     pub dsr_b: u64,
+    /// Entry step per symbol `[N, S]` u32.
     pub entry_k: u64,
+    /// Episode sums of the weighted components `[N, 7]` f64.
     pub comp_sum: u64,
+    /// Their sums of squares `[N, 7]` f64.
     pub comp_sumsq: u64,
+    /// Symbol-steps counted `[N]` u64.
     pub comp_count: u64,
+    /// Records written per scenario `[N]` u32.
     pub rec_count: u64,
 }
 
 impl EnvResetArgs {
+    /// The arguments over the buffers `b` (device addresses in the CUDA backend, host addresses in the parity test).
     pub fn new(p: &StepParams, dm: &EnvDims, seed: u64, b: &EnvBuffers) -> Self {
         Self {
             p: *p,
@@ -198,41 +257,71 @@ impl EnvResetArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
 #[repr(C)]
 pub struct EnvStepArgs {
+    /// The step parameters.
     pub p: StepParams,
+    /// Sizes and bar range.
     pub dm: EnvDims,
+    /// The environment's reset seed.
     pub seed: u64,
+    /// Open prices `[P, T, S + 1]` f32.
     pub open: u64,
+    /// Close prices `[P, T, S + 1]` f32.
     pub close: u64,
+    /// Volume `[P, T, S + 1]` f32.
     pub volume: u64,
+    /// Symbol actions `[N, S]` u8.
     pub actions: u64,
+    /// Master actions `[N]` u8.
     pub master: u64,
+    /// Scenario states `[N]` (`ScenarioState`).
     pub scen: u64,
+    /// Shares held `[N, S]` f64.
     pub q: u64,
+    /// Average entry prices `[N, S]` f64.
     pub entry: u64,
+    /// Highest close since entry `[N, S]` f64.
     pub peak_px: u64,
+    /// First DSR moment per symbol `[N, S]` f64.
     pub dsr_a: u64,
+    /// Second DSR moment per symbol `[N, S]` f64.
     pub dsr_b: u64,
+    /// Entry step per symbol `[N, S]` u32.
     pub entry_k: u64,
+    /// Episode sums of the weighted components `[N, 7]` f64.
     pub comp_sum: u64,
+    /// Their sums of squares `[N, 7]` f64.
     pub comp_sumsq: u64,
+    /// Symbol-steps counted `[N]` u64.
     pub comp_count: u64,
+    /// Rewards `[N, S]` f32.
     pub reward: u64,
+    /// Unweighted components `[N, S, 7]` f32.
     pub comps: u64,
+    /// Master rewards `[N]` f32.
     pub master_reward: u64,
+    /// Kill-switch flags `[N]` u8.
     pub terminated: u64,
+    /// Length / period-end flags `[N]` u8.
     pub truncated: u64,
+    /// Episode records `[N, record_cap]` (`EpisodeRecordC`).
     pub recs: u64,
+    /// Records written per scenario `[N]` u32.
     pub rec_count: u64,
+    /// Step carry `[5, N, S]` f64 (global-memory carry only).
     pub scratch: u64,
+    /// Opener flags `[N, S]` u32 (global-memory carry only).
     pub opener: u64,
+    /// 0, or the step's debug scalars `[N, DEBUG_LEN]` f64 (host tests).
     pub debug: u64,
     /// 1: the per-symbol carry of the phases lives in the block's shared memory, else in
     /// `scratch` / `opener`.
     pub carry_in_smem: u32,
+    /// Explicit padding, always 0 (keeps the C layout).
     pub _pad: u32,
 }
 
 impl EnvStepArgs {
+    /// The arguments over the buffers `b` (device addresses in the CUDA backend, host addresses in the parity test).
     pub fn new(
         p: &StepParams,
         dm: &EnvDims,
@@ -280,23 +369,36 @@ impl EnvStepArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
 #[repr(C)]
 pub struct ObsArgs {
+    /// The step parameters.
     pub p: StepParams,
+    /// Sizes and bar range.
     pub dm: EnvDims,
+    /// Close prices `[P, T, S + 1]` f32.
     pub close: u64,
+    /// Sentiment `[P, T, S]` f32.
     pub sentiment: u64,
+    /// Macro series `[P, T, MACRO]` f32.
     pub macro_series: u64,
+    /// Regime features `[P, T, N_REGIME]` f32.
     pub regime: u64,
+    /// Technical features `[P, T, S, N_TECH]` f32.
     pub tech: u64,
+    /// Scenario states `[N]` (`ScenarioState`).
     pub scen: u64,
+    /// Shares held `[N, S]` f64.
     pub q: u64,
+    /// Average entry prices `[N, S]` f64.
     pub entry: u64,
+    /// Highest close since entry `[N, S]` f64.
     pub peak_px: u64,
+    /// Entry step per symbol `[N, S]` u32.
     pub entry_k: u64,
     /// `[N, S, OBS_DIM]` (gather_obs) or `[N, S, DYN_OBS]` (dyn_obs) f32.
     pub out: u64,
 }
 
 impl ObsArgs {
+    /// The arguments over the buffers `b` (device addresses in the CUDA backend, host addresses in the parity test).
     pub fn new(p: &StepParams, dm: &EnvDims, b: &EnvBuffers, out: u64) -> Self {
         Self {
             p: *p,
@@ -320,17 +422,24 @@ impl ObsArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
 #[repr(C)]
 pub struct MaskArgs {
+    /// The step parameters.
     pub p: StepParams,
+    /// Sizes and bar range.
     pub dm: EnvDims,
+    /// Close prices `[P, T, S + 1]` f32.
     pub close: u64,
+    /// Scenario states `[N]` (`ScenarioState`).
     pub scen: u64,
+    /// Shares held `[N, S]` f64.
     pub q: u64,
+    /// Average entry prices `[N, S]` f64.
     pub entry: u64,
     /// `[N, S, 7]` u8.
     pub out: u64,
 }
 
 impl MaskArgs {
+    /// The arguments over the buffers `b` (device addresses in the CUDA backend, host addresses in the parity test).
     pub fn new(p: &StepParams, dm: &EnvDims, b: &EnvBuffers, out: u64) -> Self {
         Self {
             p: *p,
@@ -349,22 +458,34 @@ impl MaskArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
 #[repr(C)]
 pub struct SampleArgs {
+    /// The step parameters.
     pub p: StepParams,
+    /// Sizes and bar range.
     pub dm: EnvDims,
+    /// The environment's reset seed.
     pub seed: u64,
+    /// The step index (the sampler's counter).
     pub it: u64,
+    /// Close prices `[P, T, S + 1]` f32.
     pub close: u64,
+    /// Scenario states `[N]` (`ScenarioState`).
     pub scen: u64,
+    /// Shares held `[N, S]` f64.
     pub q: u64,
+    /// Average entry prices `[N, S]` f64.
     pub entry: u64,
+    /// Symbol actions `[N, S]` u8.
     pub actions: u64,
+    /// Master actions `[N]` u8.
     pub master: u64,
     /// A master action, or `u32::MAX` for uniform draws.
     pub fixed_master: u32,
+    /// Explicit padding, always 0 (keeps the C layout).
     pub _pad: u32,
 }
 
 impl SampleArgs {
+    /// The arguments over the buffers `b` (device addresses in the CUDA backend, host addresses in the parity test).
     pub fn new(
         p: &StepParams,
         dm: &EnvDims,

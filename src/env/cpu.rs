@@ -93,6 +93,7 @@ struct Ctx<'a> {
 }
 
 impl CpuBackend {
+    /// The CPU backend of `layout` over `data` and its `features`.
     pub fn new(layout: EnvLayout, data: Arc<MarketData>, features: Arc<Features>) -> Self {
         let (n, s) = (layout.n_scenarios, layout.n_symbols);
         Self {

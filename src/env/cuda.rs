@@ -105,7 +105,9 @@ pub fn nvrtc_options(arch: &str) -> Vec<String> {
 /// One compiled program.
 #[derive(Debug, Clone)]
 pub struct CompiledProgram {
+    /// The kernel family (`.cu` file stem).
     pub name: &'static str,
+    /// The PTX NVRTC produced.
     pub ptx: String,
     /// NVRTC's log (empty when there were no warnings).
     pub log: String,
@@ -169,9 +171,11 @@ fn lazy_buf<'a, T: DeviceRepr + ValidAsZeroBits>(
 /// Timing of a device-side rollout ([`CudaBackend::random_rollout`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RolloutTiming {
+    /// Steps timed.
     pub steps: usize,
     /// Device time between the first and the last kernel, CUDA events.
     pub device_ms: f32,
+    /// Scenario-steps per second of device time (x S for symbol-steps).
     pub scenario_steps_per_s: f64,
     /// Episodes that finished during the rollout (all scenarios).
     pub episodes_finished: u64,

@@ -11,11 +11,17 @@ use crate::reward::RewardParams;
 
 /// Symbol actions.
 pub const HOLD: u8 = 0;
+/// Buy `risk.buy_small` of equity (x the directive's risk multiplier).
 pub const BUY_SMALL: u8 = 1;
+/// Buy `risk.buy_medium` of equity.
 pub const BUY_MEDIUM: u8 = 2;
+/// Buy `risk.buy_large` of equity.
 pub const BUY_LARGE: u8 = 3;
+/// Sell `risk.sell_partial` of the position.
 pub const SELL_PARTIAL: u8 = 4;
+/// Sell the whole position.
 pub const SELL_ALL: u8 = 5;
+/// Buy `risk.add_to_winner` of equity, only into a position in profit.
 pub const ADD_TO_WINNER: u8 = 6;
 /// Number of symbol actions.
 pub const N_ACTIONS: usize = 7;
@@ -36,20 +42,31 @@ pub const MASTER_ACTIONS: usize = 48;
 #[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
 pub struct StepParams {
+    /// Fill costs.
     pub costs: CostParams,
+    /// Reward weights and shaping.
     pub reward: RewardParams,
+    /// Starting capital C0.
     pub initial_capital: f64,
+    /// Gross exposure cap, as a multiple of equity.
     pub leverage_cap: f64,
+    /// Drawdown from peak that trips the kill switch.
     pub kill_drawdown: f64,
     /// Buy sizes of BUY_SMALL, BUY_MEDIUM, BUY_LARGE, ADD_TO_WINNER (fractions of equity).
     pub buy_size: [f64; 4],
+    /// Fraction of a position SELL_PARTIAL sells.
     pub sell_partial: f64,
+    /// The master grid's risk multipliers.
     pub risk_multipliers: [f64; 4],
+    /// The master grid's per-position caps (fractions of equity).
     pub position_caps: [f64; 4],
     /// Open-position limits of the regime modes, already clamped to S.
     pub max_open: [u32; 3],
+    /// Symbols S.
     pub n_symbols: u32,
+    /// Steps per episode.
     pub episode_len: u32,
+    /// The master action of callers that do not drive the master.
     pub default_action: u32,
 }
 
@@ -81,8 +98,11 @@ impl StepParams {
 /// The master's directive for a step (spec §3).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Directive {
+    /// Risk multiplier of every buy size.
     pub risk: f64,
+    /// Per-position cap, fraction of equity.
     pub cap: f64,
+    /// Open-position limit of the regime mode (clamped to S).
     pub max_open: u32,
     /// 0 defensive, 1 neutral, 2 aggressive.
     pub mode: u32,
@@ -133,6 +153,7 @@ pub fn mask_bits(
 pub struct Order {
     /// Buy quantity (shares) and sell quantity; at most one is non-zero.
     pub qb: f64,
+    /// See `qb`.
     pub qs: f64,
     /// A buy that opens a new position.
     pub opener: bool,

@@ -53,7 +53,9 @@ pub use logic::{MASTER_ACTIONS, N_ACTIONS, StepParams};
 /// Which backend runs the environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
+    /// The reference backend: rayon over scenarios.
     Cpu,
+    /// Handwritten CUDA kernels compiled with NVRTC (the `cuda` feature and an NVIDIA driver).
     Cuda,
 }
 
@@ -105,17 +107,25 @@ impl FromStr for Period {
 /// Sizes and the bar range of an environment, fixed at construction.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EnvLayout {
+    /// Scenarios N.
     pub n_scenarios: usize,
+    /// Symbols S.
     pub n_symbols: usize,
+    /// Data paths P.
     pub paths: usize,
+    /// Bars per path T.
     pub bars: usize,
     /// Period `[lo, hi)`.
     pub lo: usize,
+    /// End of the period (exclusive).
     pub hi: usize,
     /// Start bars are drawn from `[start_a, start_b]` (spec §1).
     pub start_a: usize,
+    /// See `start_a`.
     pub start_b: usize,
+    /// Steps per episode (an episode also ends at the period's end or on the kill switch).
     pub episode_len: usize,
+    /// The flattened step parameters of the configuration.
     pub params: StepParams,
 }
 
@@ -169,6 +179,7 @@ impl EnvLayout {
 #[derive(Debug, Clone, Copy, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
 pub struct ScenarioState {
+    /// Cash (negative when borrowing).
     pub cash: f64,
     /// Equity marked at the close of the current bar.
     pub equity: f64,
@@ -178,8 +189,11 @@ pub struct ScenarioState {
     pub gross: f64,
     /// Differential-Sharpe moments of the portfolio return.
     pub dsr_a: f64,
+    /// See `dsr_a`.
     pub dsr_b: f64,
+    /// The data path the episode plays.
     pub path: u32,
+    /// The episode's first bar.
     pub t0: u32,
     /// Step within the episode; the current bar is `t0 + k`.
     pub k: u32,
@@ -187,6 +201,7 @@ pub struct ScenarioState {
     pub episode: u32,
     /// The stored master directive (last master action).
     pub directive: u32,
+    /// Open positions.
     pub open_count: u32,
     /// Actions executed as HOLD because they were masked, this episode.
     pub invalid_actions: u32,
@@ -203,7 +218,9 @@ pub struct SymbolState {
     pub entry: Vec<f64>,
     /// Highest close since the position was opened (starts at the fill price).
     pub peak_px: Vec<f64>,
+    /// Differential-Sharpe moments of each symbol's return, `[N * S]`.
     pub dsr_a: Vec<f64>,
+    /// See `dsr_a`.
     pub dsr_b: Vec<f64>,
     /// Step at which the position was opened.
     pub entry_k: Vec<u32>,
@@ -212,8 +229,11 @@ pub struct SymbolState {
 /// The whole environment state, read back to the host (tests, parity, telemetry).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
+    /// The seed of the last `reset`.
     pub seed: u64,
+    /// Per-scenario state, `[N]`.
     pub scenarios: Vec<ScenarioState>,
+    /// Per-symbol state, `[N * S]` each.
     pub symbols: SymbolState,
 }
 
@@ -408,14 +428,21 @@ impl Snapshot {
 /// One finished episode (spec §7).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EpisodeRecord {
+    /// The scenario it ran in.
     pub scenario: u32,
+    /// The data path it played.
     pub path: u32,
+    /// Its first bar.
     pub start: u32,
+    /// Steps it lasted.
     pub length: u32,
     /// Final equity / initial capital - 1.
     pub total_return: f64,
+    /// Ended by the kill switch.
     pub killed: bool,
+    /// Masked actions executed as HOLD.
     pub invalid_actions: u32,
+    /// Buy orders dropped by the open-position limit.
     pub limited_orders: u32,
     /// Weighted reward components summed over the episode's symbol-steps.
     pub components: ComponentSums,
@@ -437,6 +464,7 @@ pub struct StepOutputs {
 }
 
 impl StepOutputs {
+    /// Zeroed outputs for `n` scenarios x `s` symbols.
     pub fn new(n: usize, s: usize) -> Self {
         Self {
             reward: vec![0.0; n * s],
@@ -455,7 +483,9 @@ impl StepOutputs {
 
 /// What a backend implements. Inputs are validated by [`VecEnv`] before they reach a backend.
 pub trait Backend: Send {
+    /// `cpu` or `cuda`.
     fn name(&self) -> &'static str;
+    /// Sizes and bar range.
     fn layout(&self) -> &EnvLayout;
     /// Spec §1-2 for every scenario.
     fn reset(&mut self, seed: u64) -> Result<()>;
@@ -565,21 +595,27 @@ impl VecEnv {
         }
     }
 
+    /// Scenarios N.
     pub fn n_scenarios(&self) -> usize {
         self.layout.n_scenarios
     }
+    /// Symbols S.
     pub fn n_symbols(&self) -> usize {
         self.layout.n_symbols
     }
+    /// Sizes, bar range and step parameters.
     pub fn layout(&self) -> &EnvLayout {
         &self.layout
     }
+    /// The backend's name (`cpu`, `cuda`).
     pub fn backend_name(&self) -> &'static str {
         self.backend.name()
     }
+    /// The market data.
     pub fn data(&self) -> &Arc<MarketData> {
         &self.data
     }
+    /// Its features.
     pub fn features(&self) -> &Arc<Features> {
         &self.features
     }
@@ -675,10 +711,12 @@ impl VecEnv {
         self.backend.obs_index(out)
     }
 
+    /// The whole state, read back to the host.
     pub fn snapshot(&self) -> Result<Snapshot> {
         self.backend.snapshot()
     }
 
+    /// Overwrite the whole state (shape-checked); the env is ready to step.
     pub fn load_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
         snap.check_shape(self.layout.n_scenarios, self.layout.n_symbols)?;
         self.needs_reset = false;

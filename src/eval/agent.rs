@@ -11,7 +11,7 @@ under). Two modes, both reproducible:
 
 [`AgentPolicy::from_checkpoint`] rebuilds the network from a checkpoint's stored agent
 configuration and loads its parameters, refusing a checkpoint whose tensors do not fit (names and
-shapes checked, a [`ErrorKind::Shape`](crate::ErrorKind::Shape) error names the tensor), and data whose symbols are not the ones it was trained
+shapes checked, an `ErrorKind::Shape` error names the tensor), and data whose symbols are not the ones it was trained
 on (`symbols.txt`, in order).
 */
 

@@ -3,7 +3,7 @@ Evaluating a trained checkpoint, as `marl-trade eval` does: the checkpoint's pol
 period next to the scripted baselines (and any extra policies a caller adds), and the
 [`EvalReport`] holds every backtest, the paired comparisons of the policy with each baseline
 (Memmel's standard error of a Sharpe difference) and the decision IC of its choices (the look-ahead
-guard, see [`super::compare`]). The report prints as the CLI's table ([`EvalReport::text`]) and
+guard, see [`super::compare`](mod@super::compare)). The report prints as the CLI's table ([`EvalReport::text`]) and
 serialises to JSON ([`EvalReport::to_json`], written atomically by [`EvalReport::write_json`]).
 
 ```no_run

@@ -2,7 +2,7 @@
 Evaluation: performance [`metrics`] of equity curves, scripted [`baselines`] behind the [`BacktestPolicy`]
 trait, deterministic [`backtest`]s of a policy over the train or test period, a trained checkpoint
 as a policy ([`agent::AgentPolicy`], greedy or seeded sampling), and paired comparisons of two
-backtests with standard errors ([`compare`]: is a policy better than a baseline beyond noise?), and
+backtests with standard errors ([`compare`](mod@compare): is a policy better than a baseline beyond noise?), and
 the evaluation of a checkpoint against all of them ([`evaluate`]).
 
 ```no_run

@@ -5,7 +5,7 @@ standard deviation of the discounted return of its row and clipped to `[-clip, c
 part of a checkpoint, so a resumed run scales exactly as an uninterrupted one.
 */
 
-/// Running reward scaling (`ppo.norm_reward`, see [`PpoConfig::norm_reward`]): the discounted
+/// Running reward scaling (`ppo.norm_reward`, see [`PpoConfig::norm_reward`](super::PpoConfig::norm_reward)): the discounted
 /// return of every row and the running mean / variance / count of those returns.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RewardNorm {

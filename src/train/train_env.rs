@@ -42,6 +42,7 @@ pub struct StepOut<O> {
 
 /// A vectorised environment with discrete actions.
 pub trait TrainEnv {
+    /// The observation batch the policy reads.
     type Obs: ObsBatch;
 
     /// Environment copies (scenarios) N.

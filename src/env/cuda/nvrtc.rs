@@ -10,7 +10,7 @@ does not. This binding also keeps the compiler log on success (warnings fail the
 passes the kernel headers in memory (no files needed next to a carried binary), and reports a
 missing library as an error.
 
-Search order (first that loads wins), see [`Nvrtc::load`]:
+Search order (first that loads wins), see `Nvrtc::load`:
 1. `$MARL_NVRTC_LIB`, a path to a `libnvrtc.so*` file (an error if set and not loadable);
 2. the names `libnvrtc.so`, `libnvrtc.so.13`, `libnvrtc.so.12`, `libnvrtc.so.11` through the
    dynamic loader (`LD_LIBRARY_PATH`, the ld cache);
@@ -78,6 +78,7 @@ unsafe impl Sync for Nvrtc {}
 /// Output of one compilation.
 #[derive(Debug, Clone)]
 pub struct Compiled {
+    /// The PTX.
     pub ptx: String,
     /// The compiler log (warnings); empty when clean.
     pub log: String,
