@@ -1,7 +1,7 @@
 /*!
 Assembling the symbol agents' training from lower layers: the policy of an agent configuration over
 a market ([`build_policy`]) and the training environment ([`build_env`]). Both are what
-`crate::run::train` uses, public so that a training driver can assemble the same pieces.
+`marl-trade train` uses, public so that a training driver can assemble the same pieces.
 */
 
 use std::sync::Arc;
