@@ -282,22 +282,9 @@ fn replay_costs(
 fn random_is_deterministic_respects_the_mask_and_costs_agree_with_the_env() {
     let (cfg, md, f) = small(1);
     let o = opts(Period::Train);
-    let a = run_policy(
-        &cfg.env_setup(),
-        md.clone(),
-        f.clone(),
-        &o,
-        &mut RandomPolicy::new(9),
-    )
-    .unwrap();
-    let b = run_policy(
-        &cfg.env_setup(),
-        md.clone(),
-        f.clone(),
-        &o,
-        &mut RandomPolicy::new(9),
-    )
-    .unwrap();
+    let setup = cfg.env_setup();
+    let run = || run_policy(&setup, md.clone(), f.clone(), &o, &mut RandomPolicy::new(9)).unwrap();
+    let (a, b) = (run(), run());
     assert_eq!(a.curves, b.curves);
     let c = &a.curves[0];
     assert!(

@@ -148,13 +148,7 @@ pub fn load_files(paths: &[PathBuf], cfg: &DataConfig) -> Result<MarketData> {
 pub fn load_source(cfg: &DataConfig, file: Option<&Path>) -> Result<(MarketData, String)> {
     if let Some(f) = file {
         let text = f.to_string_lossy();
-        let paths: Vec<PathBuf> = text
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-            .collect();
-        let md = load_files(&paths, cfg)?;
+        let md = load_files(&split_paths(&text), cfg)?;
         return Ok((md, text.into_owned()));
     }
     let md = load(cfg)?;
@@ -184,15 +178,18 @@ pub fn load(cfg: &DataConfig) -> Result<MarketData> {
                     "source = \"file\" needs a path".into(),
                 ));
             };
-            let paths: Vec<PathBuf> = p
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from)
-                .collect();
-            load_files(&paths, cfg)
+            load_files(&split_paths(p), cfg)
         }
     }
+}
+
+/// The files of a comma-separated list (`"stocks.csv.gz,sp500.csv.gz"`), blanks dropped.
+fn split_paths(list: &str) -> Vec<PathBuf> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .collect()
 }
 
 fn files_origin(paths: &[PathBuf]) -> PathBuf {
