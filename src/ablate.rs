@@ -111,12 +111,15 @@ pub fn parse_terms(s: &str) -> Result<Vec<usize>> {
     }
     let mut picked = [false; N_COMPONENTS];
     for name in s.split(',').map(str::trim) {
-        let i = COMPONENT_NAMES.iter().position(|c| *c == name).ok_or_else(|| {
-            Error::invalid(format!(
-                "--terms: unknown reward term `{name}`; the terms are {} (or `all`)",
-                COMPONENT_NAMES.join(", ")
-            ))
-        })?;
+        let i = COMPONENT_NAMES
+            .iter()
+            .position(|c| *c == name)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "--terms: unknown reward term `{name}`; the terms are {} (or `all`)",
+                    COMPONENT_NAMES.join(", ")
+                ))
+            })?;
         picked[i] = true;
     }
     Ok((0..N_COMPONENTS).filter(|&i| picked[i]).collect())
@@ -170,9 +173,9 @@ impl AblationPlan {
         }
         let defaults = RewardConfig::default();
         let on: Vec<f64> = (0..N_COMPONENTS)
-            .map(|i| match weight(reward, i) {
-                w if w == 0.0 => weight(&defaults, i),
-                w => w,
+            .map(|i| {
+                let w = weight(reward, i);
+                if w == 0.0 { weight(&defaults, i) } else { w }
             })
             .collect();
         let mut variants: Vec<Variant> = Vec::new();
@@ -199,7 +202,10 @@ impl AblationPlan {
             add(name, w);
         }
         Ok(Self {
-            terms: terms.iter().map(|&i| COMPONENT_NAMES[i].to_string()).collect(),
+            terms: terms
+                .iter()
+                .map(|&i| COMPONENT_NAMES[i].to_string())
+                .collect(),
             seeds,
             iterations,
             on_weights: on,
@@ -493,17 +499,13 @@ impl AblationTable {
             .iter()
             .map(|r| {
                 let mut cells = vec![r.variant.clone(), r.n.to_string()];
-                cells.extend(
-                    r.metrics
-                        .iter()
-                        .zip(COLUMNS)
-                        .map(|(s, c)| s.text(c.2, c.3)),
-                );
+                cells.extend(r.metrics.iter().zip(COLUMNS).map(|(s, c)| s.text(c.2, c.3)));
                 cells
             })
             .collect();
         out += &aligned(&head, &body);
-        out += "\nreward share (%) of each term in the last training iteration that ended episodes\n";
+        out +=
+            "\nreward share (%) of each term in the last training iteration that ended episodes\n";
         let mut head = vec!["variant".to_string()];
         head.extend(COMPONENT_NAMES.iter().map(|c| c.to_string()));
         let body: Vec<Vec<String>> = self
@@ -715,7 +717,9 @@ pub fn ablate(
         return Err(Error::invalid("save_every must be >= 1"));
     }
     if plan.seeds == 0 || plan.variants.is_empty() {
-        return Err(Error::invalid("an ablation plan needs >= 1 seed and >= 1 variant"));
+        return Err(Error::invalid(
+            "an ablation plan needs >= 1 seed and >= 1 variant",
+        ));
     }
     let out = &opts.out;
     let mine = PlanFile {
@@ -725,7 +729,9 @@ pub fn ablate(
     prepare_dir(out, &mine, opts.force)?;
 
     let num_iterations = cfg.ppo.num_iterations(cfg.env.scenarios);
-    let target = plan.iterations.map_or(num_iterations, |c| c.min(num_iterations));
+    let target = plan
+        .iterations
+        .map_or(num_iterations, |c| c.min(num_iterations));
     let mut report = AblationReport {
         out: out.clone(),
         plan: plan.clone(),

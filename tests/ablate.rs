@@ -8,8 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use marl_trade::ablate::{
-    self, AblationOptions, AblationPlan, PLAN_FILE, RESULT_FILE, TABLE_CSV, TABLE_JSON,
-    parse_terms,
+    self, AblationOptions, AblationPlan, PLAN_FILE, RESULT_FILE, TABLE_CSV, TABLE_JSON, parse_terms,
 };
 use marl_trade::market::Market;
 use marl_trade::reward::RewardConfig;
@@ -40,7 +39,10 @@ fn the_variants_of_a_selection() {
         ),
         // pnl alone is one variant (not also "pnl+pnl").
         ("pnl", &["all", "no-pnl", "pnl-only"]),
-        ("pnl,util", &["all", "no-pnl", "no-util", "pnl-only", "pnl+util"]),
+        (
+            "pnl,util",
+            &["all", "no-pnl", "no-util", "pnl-only", "pnl+util"],
+        ),
         (
             "all",
             &[
@@ -81,7 +83,10 @@ fn the_variants_of_a_selection() {
     let w = |name: &str| p.variants.iter().find(|v| v.name == name).unwrap().clone();
     assert_eq!(w("all").weights, [10.0, 5.0, 2.0, 3.0, 5.0, 0.5, 1.0]);
     assert_eq!(w("no-sharpe").weights, [10.0, 5.0, 2.0, 0.0, 5.0, 0.5, 1.0]);
-    assert_eq!(w("pnl+divers").weights, [10.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]);
+    assert_eq!(
+        w("pnl+divers").weights,
+        [10.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    );
     let rc = p.run_config(&cfg, &w("pnl+divers"), 2);
     assert_eq!((rc.reward.w_pnl, rc.reward.w_cost), (10.0, 0.0));
     assert_eq!((rc.reward.w_divers, rc.reward.w_sharpe), (1.0, 0.0));
@@ -113,8 +118,8 @@ fn bad_input_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("all")).unwrap();
     let p = plan(&cfg.reward, "sharpe", 1, None);
-    let e = ablate::ablate(&cfg, &market, &p, &AblationOptions::new(dir.path()), |_| {})
-        .unwrap_err();
+    let e =
+        ablate::ablate(&cfg, &market, &p, &AblationOptions::new(dir.path()), |_| {}).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::RunExists, "{e}");
 }
 
@@ -150,23 +155,39 @@ fn an_ablation_runs_resumes_and_refuses_another_plan() {
     };
     let mut lines = Vec::new();
     let r = ablate::ablate(&cfg, &market, &p, &opts, |o| lines.push(o.line())).unwrap();
-    assert_eq!((r.trained, r.resumed, r.evaluated, r.skipped), (10, 0, 10, 0));
+    assert_eq!(
+        (r.trained, r.resumed, r.evaluated, r.skipped),
+        (10, 0, 10, 0)
+    );
     assert_eq!(r.iterations_run, 20);
     assert_eq!(lines.len(), 10);
 
     // One row per variant, n = seeds in every column.
     let t = &r.table;
     assert_eq!(
-        t.rows.iter().map(|r| r.variant.as_str()).collect::<Vec<_>>(),
+        t.rows
+            .iter()
+            .map(|r| r.variant.as_str())
+            .collect::<Vec<_>>(),
         p.variant_names()
     );
     assert_eq!((t.runs_done, t.runs_total, t.capped), (10, 10, false));
     for row in &t.rows {
         assert_eq!(row.n, 2, "{}", row.variant);
-        for key in ["total_return", "sharpe", "max_drawdown", "turnover", "costs_paid"] {
+        for key in [
+            "total_return",
+            "sharpe",
+            "max_drawdown",
+            "turnover",
+            "costs_paid",
+        ] {
             let s = row.stat(key).unwrap();
             assert_eq!(s.n, 2, "{} {key}", row.variant);
-            assert!(s.mean.is_finite() && s.std >= 0.0, "{} {key}: {s:?}", row.variant);
+            assert!(
+                s.mean.is_finite() && s.std >= 0.0,
+                "{} {key}: {s:?}",
+                row.variant
+            );
         }
         assert_eq!(row.stat("sharpe_z_vs_equal_weight").unwrap().n, 2);
         assert_eq!(row.stat("reward_share.pnl").unwrap().n, 2);
@@ -185,7 +206,10 @@ fn an_ablation_runs_resumes_and_refuses_another_plan() {
     let rows = json["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 5);
     assert!(rows.iter().all(|r| r["n"] == 2));
-    assert_eq!(rows[0]["metrics"].as_array().unwrap().len(), ablate::COLUMNS.len());
+    assert_eq!(
+        rows[0]["metrics"].as_array().unwrap().len(),
+        ablate::COLUMNS.len()
+    );
     let csv = std::fs::read_to_string(out.join(TABLE_CSV)).unwrap();
     let lines_csv: Vec<&str> = csv.lines().collect();
     assert_eq!(lines_csv.len(), 6, "{csv}");
@@ -222,7 +246,12 @@ fn an_ablation_runs_resumes_and_refuses_another_plan() {
     std::fs::remove_file(run0.join(RESULT_FILE)).unwrap();
     let resumed = ablate::ablate(&cfg, &market, &p, &opts, |_| {}).unwrap();
     assert_eq!(
-        (resumed.trained, resumed.resumed, resumed.evaluated, resumed.skipped),
+        (
+            resumed.trained,
+            resumed.resumed,
+            resumed.evaluated,
+            resumed.skipped
+        ),
         (0, 1, 2, 8)
     );
     assert_eq!(resumed.iterations_run, 1);
@@ -251,7 +280,11 @@ fn an_ablation_runs_resumes_and_refuses_another_plan() {
     assert!(!out.join("no-sharpe").exists());
     assert_eq!(f.table.rows.len(), 3);
     assert!(f.table.capped);
-    assert!(f.table.text().contains("capped at 1 of 2"), "{}", f.table.text());
+    assert!(
+        f.table.text().contains("capped at 1 of 2"),
+        "{}",
+        f.table.text()
+    );
     let plan_text = std::fs::read_to_string(out.join(PLAN_FILE)).unwrap();
     assert!(plan_text.contains("pnl-only"), "{plan_text}");
 }
