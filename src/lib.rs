@@ -24,6 +24,8 @@ and owns its configuration section:
 - [`run`]: training runs (`marl-trade train`): run directory, checkpoints, metrics, resume.
 - [`eval`]: metrics, scripted baselines, backtests, a checkpoint as a policy, comparisons, the
   checkpoint evaluation service (`marl-trade eval`).
+- [`ablate`]: reward ablations (`marl-trade ablate`): one run per reward-weight variant and seed,
+  evaluated on the held-out bars, summarised in a table.
 - [`bench`](mod@bench): the environment and policy throughput benchmarks (`marl-trade bench`, `benches/`).
 
 The semantics of a step are written once in `docs/env-spec.md`; both backends implement it.
@@ -31,6 +33,7 @@ The semantics of a step are written once in `docs/env-spec.md`; both backends im
 
 #![warn(missing_docs)]
 
+pub mod ablate;
 pub mod agents;
 pub mod atomic;
 pub mod bench;

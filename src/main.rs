@@ -6,6 +6,7 @@
 //! marl-trade train --config configs/small.toml --out runs/small [--resume] [--iterations K]
 //! marl-trade eval --checkpoint runs/small --period test [--data FILE] [--json FILE]
 //! marl-trade backtest --config configs/small.toml --policy all --period test [--data FILE]
+//! marl-trade ablate --config configs/signal.toml --terms sharpe,divers --seeds 3 [--out DIR] [--iterations N]
 //! marl-trade bench env --backend cpu --envs 128 --symbols 143 --steps 2048 [--threads K]
 //! marl-trade bench policy --config configs/default.toml --scenarios 128
 //! ```
@@ -21,6 +22,7 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 
+use marl_trade::ablate::{self, AblationOptions, AblationPlan};
 use marl_trade::bench::{EnvBench, Machine, PolicyBench, with_threads};
 use marl_trade::config::Config;
 use marl_trade::env::{BackendKind, Period};
@@ -61,6 +63,10 @@ enum Command {
     Eval(EvalArgs),
     /// Backtest the scripted baselines and print their metrics.
     Backtest(BacktestArgs),
+    /// Reward ablation: one training run per reward-weight variant (all terms, each selected term
+    /// dropped, each alone with pnl) and seed, each evaluated on the held-out bars; prints and
+    /// writes (JSON + CSV) the table. Resumable: run it again to continue.
+    Ablate(AblateArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -143,6 +149,37 @@ struct TrainArgs {
 }
 
 #[derive(Args, Debug)]
+struct AblateArgs {
+    /// Which reward terms to ablate: `all`, or names separated by commas (pnl, cost, timing,
+    /// sharpe, drawdown, util, divers).
+    #[arg(long, default_value = "all")]
+    terms: String,
+    /// Seeds per variant (`ppo.seed + 0 .. ppo.seed + K`).
+    #[arg(long, default_value_t = 3)]
+    seeds: usize,
+    /// Output directory (the plan, the table, one run directory per variant and seed); default
+    /// `runs/ablate-<config file stem>`.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Train at most this many PPO iterations per run (quick looks; the table says the runs were
+    /// capped).
+    #[arg(long)]
+    iterations: Option<usize>,
+    /// Replace an ablation of another configuration or plan in `--out`.
+    #[arg(long)]
+    force: bool,
+    /// Checkpoint every this many iterations (an interrupted run resumes from the last one).
+    #[arg(long, default_value_t = 10)]
+    save_every: usize,
+    /// Environment backend: `cpu` or `cuda`.
+    #[arg(long, default_value = "cpu")]
+    backend: BackendKind,
+    /// No progress bars (one line per run is still printed).
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
 struct EvalArgs {
     /// A checkpoint directory, or a run directory (its latest checkpoint).
     #[arg(long)]
@@ -216,6 +253,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train(&cfg, &cli.config, &args),
         Command::Eval(_) => unreachable!("handled above"),
         Command::Backtest(args) => backtest(&cfg, &args),
+        Command::Ablate(args) => ablate(&cfg, &cli.config, &args),
         Command::Bench(BenchCmd::Env(args)) => {
             with_threads(args.threads, || bench_env(&cfg, &args))
         }
@@ -264,6 +302,60 @@ fn train(cfg: &Config, config_path: &Path, args: &TrainArgs) -> Result<()> {
         }
     }
     print!("{}", report.summary(&out));
+    Ok(())
+}
+
+fn ablate(cfg: &Config, config_path: &Path, args: &AblateArgs) -> Result<()> {
+    let terms = ablate::parse_terms(&args.terms)?;
+    let plan = AblationPlan::new(&cfg.reward, &terms, args.seeds, args.iterations)?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        Path::new("runs").join(format!(
+            "ablate-{}",
+            config_path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "run".into())
+        ))
+    });
+    let t = Instant::now();
+    let market = Market::load(&cfg.data)?;
+    println!(
+        "ablate {}: {} variants ({}) x {} seeds = {} runs into {}; {} iterations per run{}; data + features {:.1} s",
+        config_path.display(),
+        plan.variants.len(),
+        plan.variant_names().join(", "),
+        plan.seeds,
+        plan.n_runs(),
+        out.display(),
+        cfg.ppo.num_iterations(cfg.env.scenarios),
+        args.iterations
+            .map_or(String::new(), |c| format!(" (capped at {c})")),
+        t.elapsed().as_secs_f64()
+    );
+    let opts = AblationOptions {
+        out: out.clone(),
+        force: args.force,
+        save_every: args.save_every,
+        backend: args.backend,
+        progress: !args.quiet,
+    };
+    let report = ablate::ablate(cfg, &market, &plan, &opts, |r| println!("{}", r.line()))?;
+    println!(
+        "{} runs: {} trained, {} resumed, {} evaluated, {} done before; {} PPO iterations in {:.1} s\n",
+        plan.n_runs(),
+        report.trained,
+        report.resumed,
+        report.evaluated,
+        report.skipped,
+        report.iterations_run,
+        report.seconds
+    );
+    print!("{}", report.table.text());
+    println!(
+        "table: {}, {}",
+        out.join(ablate::TABLE_JSON).display(),
+        out.join(ablate::TABLE_CSV).display()
+    );
     Ok(())
 }
 

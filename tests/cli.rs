@@ -352,3 +352,27 @@ fn bench_policy_reports_per_scenario_times() {
         );
     }
 }
+
+#[test]
+fn ablate_refuses_bad_terms_and_seed_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("abl");
+    let o = out.to_str().unwrap();
+    for (args, needle) in [
+        (&["--terms", "sharpe,sharp"][..], "`sharp`"),
+        (&["--seeds", "0"][..], "--seeds"),
+        (&["--iterations", "0"][..], "--iterations"),
+    ] {
+        let mut all = vec!["ablate", "--config", "configs/small.toml", "--out", o];
+        all.extend_from_slice(args);
+        let res = bin(&all);
+        let stderr = text(&res.stderr);
+        assert_eq!(res.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains(needle),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    assert!(!out.exists(), "nothing is written for bad input");
+}

@@ -20,6 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["config"],
     &["run"],
     &["eval"],
+    &["ablate"],
     &["bench"],
 ];
 
