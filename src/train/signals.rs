@@ -31,7 +31,7 @@ with the numbers. Thresholds are the fields of [`SignalThresholds`] (defaults in
   term. (On `configs/small.toml` with the default weights, sharpe takes about 67%: this alarm is
   the known problem that `configs/signal.toml` works around, see docs/training.md.)
 - **collapse**: a term whose weight is non-zero (every term when the weights are not known) is,
-  over the window, *vanishing*, `max |reward.c| <= vanish * scale` [1e-4], or *constant*,
+  over the window, *vanishing*, `max |reward.c| <= vanish * scale` [1e-6], or *constant*,
   `max reward.c - min reward.c <= constant * scale` [1e-9] with at least 2 points. A weighted term
   that contributes nothing, or the same amount at every iteration, gives no gradient: its weight
   is wasted or the term is broken (a saturated clip, a guard that always fires). A window whose
@@ -81,8 +81,10 @@ pub struct SignalThresholds {
     /// the six others together by half again.
     pub dominance: f64,
     /// Collapse (vanishing): every `|value|` of the window at most this fraction of the window's
-    /// scale. Default 1e-4: one hundredth of a percent of the reward, which no normalised return
-    /// can resolve; pnl on the default weights (about 0.5%) stays well above it.
+    /// scale. Default 1e-6: a millionth of the reward, far below anything a normalised return
+    /// resolves, yet 60 times below the smallest live term seen: pnl on `configs/small.toml` with
+    /// the default weights is about 6e-5 of the reward (drowned, which dominance reports, but not
+    /// dead). A term stuck at exactly 0 is caught at any threshold.
     pub vanish: f64,
     /// Collapse (constant): `max - min` of the window at most this fraction of the scale.
     /// Default 1e-9: rounding noise of `f64` means of `f32` terms, nothing a policy changes.
@@ -113,7 +115,7 @@ impl Default for SignalThresholds {
         Self {
             window: 10,
             dominance: 0.6,
-            vanish: 1e-4,
+            vanish: 1e-6,
             constant: 1e-9,
             flip_block: 5,
             flip_t: 2.0,
@@ -315,7 +317,7 @@ impl SignalReport {
                 .map(|a| a.kind.name())
                 .collect();
             s += &format!(
-                "{:<9} {:>7} {:>9.1}% {:>9.1}% {:>+11.3e} {:>+11.2e} {:>+7.1} {:>5}  {}\n",
+                "{:<9} {:>7} {:>9.2}% {:>9.2}% {:>+11.3e} {:>+11.2e} {:>+7.1} {:>5}  {}\n",
                 t.term,
                 t.weight.map_or("?".into(), |w| format!("{w}")),
                 100.0 * t.mean_share,
