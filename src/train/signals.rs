@@ -24,37 +24,38 @@ of `sum_c |reward.c|`, the total magnitude of the reward per symbol-step.
 # Alarms
 
 Each alarm names its kind, its term, the first and last iteration it is based on, and a sentence
-with the numbers. Thresholds are the fields of [`SignalThresholds`] (defaults in brackets).
+with the numbers. Thresholds are the fields of [`SignalThresholds`], with their defaults.
 
-- **dominance**: a term's mean share over the window is above `dominance` [0.6]. The other six
-  terms together then weigh less than this one: after reward normalisation PPO mostly learns that
-  term. (On `configs/small.toml` with the default weights, sharpe takes about 67%: this alarm is
-  the known problem that `configs/signal.toml` works around, see docs/training.md.)
+- **dominance**: a term's mean share over the window is above `dominance` (default 0.6). The other
+  six terms together then weigh less than this one: after reward normalisation PPO mostly learns
+  that term. (On `configs/small.toml` with the default weights, sharpe takes about 67%: this alarm
+  is the known problem that `configs/signal.toml` works around, see docs/training.md.)
 - **collapse**: a term whose weight is non-zero (every term when the weights are not known) is,
-  over the window, *vanishing*, `max |reward.c| <= vanish * scale` [1e-6], or *constant*,
-  `max reward.c - min reward.c <= constant * scale` [1e-9] with at least 2 points. A weighted term
-  that contributes nothing, or the same amount at every iteration, gives no gradient: its weight
-  is wasted or the term is broken (a saturated clip, a guard that always fires). A window whose
-  scale is 0 (every term 0) collapses every weighted term.
-- **sign-flips**: the term's mean changes sign more than `max_sign_flips` [2] times over the run.
-  The points are cut into consecutive blocks of `flip_block` [5] points, aligned to the last point
-  (the oldest `n mod flip_block` points are left out); a block's sign counts only when its mean is
-  at least `flip_t` [2] standard errors from 0 (`|mean| / (sd / sqrt(flip_block)) >= flip_t`,
-  sample sd; a block with sd 0 and a non-zero mean counts); a flip is a change of sign between
-  consecutive counted blocks. A term that is significantly positive, then negative, then positive
-  again pushes the policy back and forth; block means and the significance test keep the noise of
-  a zero-mean term (pnl of a policy without edge) from counting.
+  over the window, *vanishing*, `max |reward.c| <= vanish * scale` (default 1e-6), or *constant*,
+  `max reward.c - min reward.c <= constant * scale` (default 1e-9) with at least 2 points. A
+  weighted term that contributes nothing, or the same amount at every iteration, gives no
+  gradient: its weight is wasted or the term is broken (a saturated clip, a guard that always
+  fires). A window whose scale is 0 (every term 0) collapses every weighted term.
+- **sign-flips**: the term's mean changes sign more than `max_sign_flips` (default 2) times over
+  the run. The points are cut into consecutive blocks of `flip_block` (default 5) points, aligned
+  to the last point (the oldest `n mod flip_block` points are left out); a block's sign counts
+  only when its mean is at least `flip_t` (default 2) standard errors from 0 (`|mean| / (sd /
+  sqrt(flip_block)) >= flip_t`, sample sd; a block with sd 0 and a non-zero mean counts); a flip
+  is a change of sign between consecutive counted blocks. A term that is significantly positive,
+  then negative, then positive again pushes the policy back and forth; block means and the
+  significance test keep the noise of a zero-mean term (pnl of a policy without edge) from
+  counting.
 - **drift**: the term's share has a significant linear trend over all points: at least
-  `drift_min_points` [8] points, `|t| >= drift_t` [3] and a fitted change over the run,
-  `|b| * (x_last - x_first)`, of at least `drift_change` [0.25] (25 points of share). Both
-  conditions, because `t` alone flags negligible but steady changes of long runs and the change
-  alone flags noise in short ones. The reward's composition is moving under the policy: what it
-  learned early is being rewarded for something else now.
+  `drift_min_points` (default 8) points, `|t| >= drift_t` (default 3) and a fitted change over the
+  run, `|b| * (x_last - x_first)`, of at least `drift_change` (default 0.25) (25 points of share).
+  Both conditions, because `t` alone flags negligible but steady changes of long runs and the
+  change alone flags noise in short ones. The reward's composition is moving under the policy:
+  what it learned early is being rewarded for something else now.
 - **ignores-costs**: over the window's points that also have `turnover`, at least
-  `costs_min_points` [4] of them, turnover rises (`t >= costs_t` [2]) while the cost term grows
-  more negative (`t <= -costs_t`). The policy trades more although trading costs it more and more
-  reward. Evaluated only when the run logs `turnover` (runs written before it was added do not:
-  the table then says `turnover: not logged`).
+  `costs_min_points` (default 4) of them, turnover rises (`t >= costs_t` (default 2)) while the
+  cost term grows more negative (`t <= -costs_t`). The policy trades more although trading costs
+  it more and more reward. Evaluated only when the run logs `turnover` (runs written before it was
+  added do not: the table then says `turnover: not logged`).
 
 [`SignalReport::has_alarms`] is what a driver checks; the CLI exits 1 on it. The report, with the
 thresholds it used and every series, serialises to JSON.
