@@ -37,9 +37,11 @@ use crate::config::Config;
 use crate::env::BackendKind;
 use crate::error::{Error, ErrorKind, Result};
 pub use crate::market::Market;
+use crate::reward::RewardParams;
 use crate::train::checkpoint;
 use crate::train::metrics::{Metrics, MetricsWriter, read_metrics};
 pub use crate::train::setup::{build_env, build_policy};
+use crate::train::signals::{self, SignalReport, SignalThresholds};
 use crate::train::{Ppo, TradingEnv, TrainEnv};
 
 /// File names inside a run directory.
@@ -141,7 +143,8 @@ impl TrainReport {
                     .map_or("-".into(), |v| format!("{:+.3}%", 100.0 * v))
             );
         }
-        if let Some(m) = self.metrics.iter().rev().find(|m| !m.env.is_empty()) {
+        let has_terms = |m: &&Metrics| m.env.keys().any(|k| k.starts_with("reward."));
+        if let Some(m) = self.metrics.iter().rev().find(has_terms) {
             let terms: Vec<String> = crate::reward::COMPONENT_NAMES
                 .iter()
                 .filter_map(|c| {
@@ -317,6 +320,22 @@ fn save_checkpoint(ppo: &Trainer, cfg: &Config, symbols: &[String], out: &Path) 
         std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
     }
     Ok(dir)
+}
+
+/// The reward-signal analysis (`train::signals`) of the run in `out`: its `metrics.jsonl`, with
+/// the reward weights of its `config.toml` when that file exists (without it every term counts as
+/// weighted). A missing metrics file is an I/O error naming it, a malformed line an error naming
+/// the file and the line. `th` is validated first.
+pub fn analyze_run(out: &Path, th: &SignalThresholds) -> Result<SignalReport> {
+    th.validate()?;
+    let metrics = read_metrics(out.join(METRICS_JSONL))?;
+    let cfg_path = out.join(CONFIG_FILE);
+    let weights = if cfg_path.is_file() {
+        Some(RewardParams::new(&Config::from_file(&cfg_path)?.reward).w)
+    } else {
+        None
+    };
+    Ok(signals::analyze_weighted(&metrics, th, weights.as_ref()))
 }
 
 /// The checkpoint directory a path names: a checkpoint itself (it has `state.json`), or a run

@@ -269,6 +269,24 @@ fn train_resume_eval_round_trip() {
         metrics_without_clock(&cut.join("metrics.jsonl")),
         metrics_without_clock(&full.join("metrics.jsonl"))
     );
+    // The turnover (env telemetry, logged every iteration) is restored exactly on resume.
+    let turnover = |p: &Path| -> Vec<f64> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["env"]["turnover"].as_f64().expect("turnover logged")
+            })
+            .collect()
+    };
+    let full_turnover = turnover(&full.join("metrics.jsonl"));
+    assert_eq!(full_turnover.len(), 2);
+    assert!(
+        full_turnover.iter().all(|t| t.is_finite() && *t >= 0.0),
+        "{full_turnover:?}"
+    );
+    assert_eq!(turnover(&cut.join("metrics.jsonl")), full_turnover);
     assert_eq!(
         std::fs::read(cut.join("checkpoints/iter-000002/model.safetensors")).unwrap(),
         std::fs::read(full.join("checkpoints/iter-000002/model.safetensors")).unwrap()

@@ -4,6 +4,13 @@
 //! - `mt-tools inspect FILE...`: load long-format OHLCV (parquet / CSV) with the library's loader
 //!   (the same validation as training) and print a per-symbol summary.
 //! - `mt-tools convert IN... --out OUT.parquet`: load, validate, align, and write one parquet file.
+//! - `mt-tools reward-signals RUN_DIR`: the reward-signal analyzer (`marl_trade::train::signals`)
+//!   on a training run's `metrics.jsonl`: prints a table per reward term, writes a PNG of the
+//!   series, optionally the report as JSON, and exits 0 when clean, 1 on an alarm (so that a
+//!   training driver can stop on it), 2 on an error (a bad path, a malformed line: file and line
+//!   named).
+
+mod signals_plot;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +18,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use marl_trade::data::{self, MarketData};
 use marl_trade::data::{AlignPolicy, DataConfig};
+use marl_trade::train::signals::SignalThresholds;
 
 #[derive(Parser)]
 #[command(name = "mt-tools", about = "Utilities for marl-trade data files")]
@@ -37,6 +45,27 @@ enum Cmd {
         files: Vec<PathBuf>,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Analyse the reward terms of a training run (RUN_DIR/metrics.jsonl, weights from
+    /// RUN_DIR/config.toml): dominance, collapse, sign flips, drift, ignores-costs. Prints a
+    /// table, writes a PNG; exit code 0 = clean, 1 = alarm(s), 2 = error.
+    RewardSignals {
+        /// The run directory (`marl-trade train --out`).
+        run_dir: PathBuf,
+        /// Points (iterations with reward terms) in the window of dominance, collapse and
+        /// ignores-costs [default: 10].
+        #[arg(long)]
+        window: Option<usize>,
+        /// Dominance threshold: a term's mean share over the window above it is an alarm
+        /// [default: 0.6].
+        #[arg(long)]
+        dominance: Option<f64>,
+        /// Where to write the PNG [default: RUN_DIR/reward-signals.png].
+        #[arg(long)]
+        png: Option<PathBuf>,
+        /// Also write the report (thresholds, statistics, series, alarms) as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
 }
 
@@ -78,7 +107,50 @@ fn summary(md: &MarketData) -> String {
     s
 }
 
-fn run(cli: Cli) -> marl_trade::Result<()> {
+/// `reward-signals`: analyse, print, write; `Ok(true)` when there is an alarm.
+fn reward_signals(
+    run_dir: &std::path::Path,
+    window: Option<usize>,
+    dominance: Option<f64>,
+    png: Option<PathBuf>,
+    json: Option<PathBuf>,
+) -> marl_trade::Result<bool> {
+    if !run_dir.is_dir() {
+        return Err(
+            marl_trade::Error::invalid("the run directory does not exist").with_file(run_dir),
+        );
+    }
+    let defaults = SignalThresholds::default();
+    let th = SignalThresholds {
+        window: window.unwrap_or(defaults.window),
+        dominance: dominance.unwrap_or(defaults.dominance),
+        ..defaults
+    };
+    let report = marl_trade::run::analyze_run(run_dir, &th)?;
+    if report.points() == 0 {
+        return Err(marl_trade::Error::invalid(format!(
+            "none of its {} iterations has reward terms (no episode has ended yet): nothing to analyse",
+            report.iterations_read
+        ))
+        .with_file(run_dir.join(marl_trade::run::METRICS_JSONL)));
+    }
+    print!("{}", report.table());
+    if let Some(j) = &json {
+        marl_trade::atomic::write(j, report.to_json()?.as_bytes())?;
+        println!("wrote {}", j.display());
+    }
+    let png = png.unwrap_or_else(|| run_dir.join("reward-signals.png"));
+    let name = run_dir.file_name().map_or_else(
+        || run_dir.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    signals_plot::write_png(&report, &name, &png)?;
+    println!("wrote {}", png.display());
+    Ok(report.has_alarms())
+}
+
+/// The data commands' loader settings, from the global options.
+fn data_config(cli: &Cli) -> marl_trade::Result<DataConfig> {
     let align = match cli.align.as_str() {
         "intersection" => AlignPolicy::Intersection,
         "forward-fill" => AlignPolicy::ForwardFill,
@@ -88,20 +160,23 @@ fn run(cli: Cli) -> marl_trade::Result<()> {
             )));
         }
     };
-    let cfg = DataConfig {
+    Ok(DataConfig {
         benchmark: cli.benchmark.clone(),
         align,
         min_bars: cli.min_bars,
         ..DataConfig::default()
-    };
-    match cli.cmd {
+    })
+}
+
+fn run(cli: Cli) -> marl_trade::Result<ExitCode> {
+    match &cli.cmd {
         Cmd::Inspect { files } => {
-            let md = data::loader::load_files(&files, &cfg)?;
+            let md = data::loader::load_files(files, &data_config(&cli)?)?;
             print!("{}", summary(&md));
         }
         Cmd::Convert { files, out } => {
-            let md = data::loader::load_files(&files, &cfg)?;
-            data::synthetic::write_parquet(&md, &out)?;
+            let md = data::loader::load_files(files, &data_config(&cli)?)?;
+            data::synthetic::write_parquet(&md, out)?;
             println!(
                 "wrote {} ({} symbols, {} bars)",
                 out.display(),
@@ -109,13 +184,27 @@ fn run(cli: Cli) -> marl_trade::Result<()> {
                 md.bars
             );
         }
+        Cmd::RewardSignals {
+            run_dir,
+            window,
+            dominance,
+            png,
+            json,
+        } => {
+            let alarm = reward_signals(run_dir, *window, *dominance, png.clone(), json.clone())?;
+            return Ok(if alarm {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            });
+        }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(2)

@@ -9,6 +9,8 @@ Training: PPO (CleanRL-faithful), generic over a vectorised environment and a po
 - [`adamw`]: AdamW with saveable state (torch's formula).
 - [`checkpoint`]: atomic, shape-checked checkpoints.
 - [`metrics`]: per-iteration [`Metrics`], written as JSON lines.
+- [`signals`]: the reward-signal analyzer: dominance, collapse, sign flips, drift and
+  ignores-costs alarms over a run's metrics (`mt-tools reward-signals`).
 - [`cartpole`]: CartPole-v1 (Gymnasium's dynamics), the trainer's test environment.
 
 - [`reward_norm`]: running reward scaling (Gymnasium's `NormalizeReward`).
@@ -27,6 +29,7 @@ pub mod metrics;
 pub mod ppo;
 pub mod reward_norm;
 pub mod setup;
+pub mod signals;
 pub mod trading;
 pub mod train_env;
 pub mod windows;
@@ -36,5 +39,6 @@ pub use config::PpoConfig;
 pub use metrics::{Metrics, MetricsWriter};
 pub use ppo::{Ppo, clip_grad_norm};
 pub use reward_norm::RewardNorm;
+pub use signals::{Alarm, AlarmKind, SignalReport, SignalThresholds};
 pub use trading::TradingEnv;
 pub use train_env::{EpisodeInfo, ResumableRng, StepOut, TrainEnv};

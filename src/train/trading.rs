@@ -22,6 +22,10 @@ The mapping:
 - **episodes**: from the env's `drain_finished()` after each step: `env = scenario`,
   `ret = EpisodeRecord::total_return` (final equity / initial capital - 1, *not* the sum of the
   shaped rewards), `len = EpisodeRecord::length`.
+- **statistics** (`drain_stats`, logged in each iteration's `Metrics::env`): the reward terms of
+  the episodes that ended, and `turnover`, the traded notional / equity per symbol-step, computed
+  here from the positions before and after each step (the env's snapshot; one extra host read of
+  the positions per step, which on the CUDA backend is a device-to-host copy of the state).
 - **masks**: the env's `[N, S, 7]` mask, read after every reset/step (the env's accessors need
   `&mut`, the trait's `&self`, so the observation, mask and keys are cached).
 
@@ -52,6 +56,9 @@ use crate::agents::SymbolObs;
 use crate::env::{self, N_ACTIONS, Snapshot, obs::DYN_OBS};
 use crate::error::Error;
 
+/// Name of the turnover statistic in [`TrainEnv::drain_stats`] (and in `Metrics::env`).
+pub const TURNOVER_STAT: &str = "turnover";
+
 /// The trading environment as a [`TrainEnv`] for the trainer (see the module doc).
 pub struct TradingEnv {
     env: env::VecEnv,
@@ -68,6 +75,14 @@ pub struct TradingEnv {
     episodes: u64,
     /// Episodes finished since the last `drain_stats`.
     fresh_episodes: u64,
+    /// Each row's position quantity and each scenario's equity after the last reset / step / load
+    /// (the `q0`, `E0` of the next step), for the turnover statistic.
+    prev_q: Vec<f64>,
+    prev_equity: Vec<f64>,
+    /// Sum of `|q1 - q0| * O[t'] / E0` over the symbol-steps since the last `drain_stats`, and
+    /// their count.
+    turnover_sum: f64,
+    turnover_rows: u64,
 }
 
 impl TradingEnv {
@@ -92,6 +107,10 @@ impl TradingEnv {
             invalid_actions: 0,
             episodes: 0,
             fresh_episodes: 0,
+            prev_q: vec![0.0; n * s],
+            prev_equity: vec![0.0; n],
+            turnover_sum: 0.0,
+            turnover_rows: 0,
             n,
             s,
             env,
@@ -116,6 +135,41 @@ impl TradingEnv {
     /// Episodes finished so far.
     pub fn episodes(&self) -> u64 {
         self.episodes
+    }
+
+    /// Remember the positions and equities of `snap` as the next step's `q0`, `E0`.
+    fn remember(&mut self, snap: &Snapshot) {
+        self.prev_q.copy_from_slice(&snap.symbols.q);
+        for (e, sc) in self.prev_equity.iter_mut().zip(&snap.scenarios) {
+            *e = sc.equity;
+        }
+    }
+
+    /// Add the last step's traded notional / equity to the turnover statistic: for every scenario
+    /// whose episode did not end with the step, `|q1 - q0| * O[t'] / E0` per symbol, with `O[t']`
+    /// the fill bar's open (`t' = t + 1`, `t` from the observation index cached before the step).
+    fn add_turnover(&mut self, dones: &[bool]) -> Result<()> {
+        let snap = self.env.snapshot()?;
+        let md = self.env.data().clone();
+        let s_n = self.s;
+        for (n, &done) in dones.iter().enumerate() {
+            let e0 = self.prev_equity[n];
+            if done || e0 <= 0.0 {
+                continue;
+            }
+            let (path, t) = (self.index[2 * n] as usize, self.index[2 * n + 1] as usize);
+            if t + 1 >= md.bars || path >= md.paths {
+                continue;
+            }
+            let row = n * s_n;
+            for s in 0..s_n {
+                let dq = (snap.symbols.q[row + s] - self.prev_q[row + s]).abs();
+                self.turnover_sum += dq * f64::from(md.open[md.px(path, t + 1, s)]) / e0;
+            }
+            self.turnover_rows += s_n as u64;
+        }
+        self.remember(&snap);
+        Ok(())
     }
 
     fn refresh(&mut self) -> Result<()> {
@@ -215,6 +269,8 @@ impl TrainEnv for TradingEnv {
 
     fn reset(&mut self, seed: u64) -> Result<SymbolObs> {
         self.inner_mut().reset(seed)?;
+        let snap = self.env.snapshot()?;
+        self.remember(&snap);
         self.refresh()?;
         self.observe()
     }
@@ -256,6 +312,7 @@ impl TrainEnv for TradingEnv {
                 }
             })
             .collect();
+        self.add_turnover(&dones)?;
         self.refresh()?;
         Ok(StepOut {
             obs: self.observe()?,
@@ -276,37 +333,54 @@ impl TrainEnv for TradingEnv {
     fn load_state(&mut self, state: &[u8]) -> Result<()> {
         let (snap, counters) = self.decode(state)?;
         self.inner_mut().load_snapshot(&snap)?;
+        self.remember(&snap);
         (self.masked_actions, self.invalid_actions, self.episodes) = counters;
         self.refresh()
     }
 
+    /// `turnover`: traded notional / equity per symbol-step, `|q1 - q0| * O[t'] / E0` averaged over
+    /// every symbol-step since the last call (all rollout steps, not only those of finished
+    /// episodes; the step that ends a scenario's episode is left out, because the env has already
+    /// reset that scenario when the adapter reads its positions). A full-cap buy of 10% of equity
+    /// adds 0.1 to the sum; a policy that never trades reports 0.
+    ///
     /// `reward.<component>`: the mean weighted term per symbol-step, and `reward_share.<component>`:
     /// its share of the absolute sums (spec §5, "Episode statistics"), over the episodes finished
-    /// since the last call. Shows a term that dominates or collapses. Not restored on resume (the
-    /// components of episodes in flight count from the resume only; see the module doc).
+    /// since the last call; missing when no episode finished. Shows a term that dominates or
+    /// collapses (`train::signals` analyses all of these). Not restored on resume (the
+    /// components of episodes in flight count from the resume only; see the module doc); the
+    /// turnover is (a checkpoint is written between iterations, after `drain_stats`).
+    ///
+    /// `turnover` comes first, so that the CSV's last column stays `reward_share.divers`.
     fn stat_names(&self) -> Vec<String> {
         let names = crate::reward::COMPONENT_NAMES;
-        names
-            .iter()
-            .map(|c| format!("reward.{c}"))
+        std::iter::once(TURNOVER_STAT.to_string())
+            .chain(names.iter().map(|c| format!("reward.{c}")))
             .chain(names.iter().map(|c| format!("reward_share.{c}")))
             .collect()
     }
 
     fn drain_stats(&mut self) -> Vec<(String, f64)> {
         let stats = self.inner_mut().episode_stats();
-        if std::mem::take(&mut self.fresh_episodes) == 0 {
-            return Vec::new();
+        let rows = std::mem::take(&mut self.turnover_rows);
+        let sum = std::mem::take(&mut self.turnover_sum);
+        let mut out = Vec::new();
+        if rows > 0 {
+            out.push((TURNOVER_STAT.to_string(), sum / rows as f64));
         }
-        stats
-            .iter()
-            .map(|c| (format!("reward.{}", c.name), c.mean))
-            .chain(
+        if std::mem::take(&mut self.fresh_episodes) > 0 {
+            out.extend(
                 stats
                     .iter()
-                    .map(|c| (format!("reward_share.{}", c.name), c.share)),
-            )
-            .collect()
+                    .map(|c| (format!("reward.{}", c.name), c.mean))
+                    .chain(
+                        stats
+                            .iter()
+                            .map(|c| (format!("reward_share.{}", c.name), c.share)),
+                    ),
+            );
+        }
+        out
     }
 
     fn observe(&self) -> Result<SymbolObs> {
@@ -419,6 +493,28 @@ mod tests {
         actions[i / N_ACTIONS] = (i % N_ACTIONS) as u32;
         env.step(&actions).unwrap();
         assert_eq!(env.masked_actions(), 1);
+    }
+
+    #[test]
+    fn turnover_counts_traded_notional_over_equity() {
+        let (mut env, _) = make();
+        env.reset(3).unwrap();
+        // HOLD everywhere: nothing traded, turnover 0 (and no reward terms: no episode ended).
+        env.step(&[0; 6]).unwrap();
+        let stats = env.drain_stats();
+        assert_eq!(stats, vec![(TURNOVER_STAT.to_string(), 0.0)]);
+        assert!(env.drain_stats().is_empty(), "drained");
+        // BUY_LARGE on every symbol: positive turnover, at most the leverage cap per scenario.
+        env.step(&[3; 6]).unwrap();
+        let stats = env.drain_stats();
+        let t = stats
+            .iter()
+            .find(|(k, _)| k == TURNOVER_STAT)
+            .map(|(_, v)| *v)
+            .unwrap();
+        assert!(t > 0.0 && t < 2.0, "turnover {t}");
+        assert_eq!(env.stat_names()[0], TURNOVER_STAT);
+        assert_eq!(env.stat_names().last().unwrap(), "reward_share.divers");
     }
 
     #[test]
