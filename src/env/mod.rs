@@ -532,7 +532,7 @@ pub trait Backend: Send {
     fn gather_obs(&mut self, out: &mut [f32]) -> Result<()>;
     /// Dynamic observation `[N, S, DYN_OBS]` in half precision: the f32 values of
     /// [`Backend::dyn_obs`] rounded to nearest even. Backends without it answer
-    /// [`ErrorKind::BackendUnavailable`](crate::error::ErrorKind::BackendUnavailable).
+    /// [`ErrorKind::BackendUnavailable`].
     fn dyn_obs_half(&mut self, _out: HalfObs<'_>) -> Result<()> {
         Err(half_unavailable(self.name()))
     }
