@@ -844,7 +844,44 @@ impl ObsElement for f32 {
 impl ObsElement for half::f16 {
     #[inline]
     fn from_f32_slice(dst: &mut [Self], src: &[f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx") && std::arch::is_x86_feature_detected!("f16c")
+        {
+            // SAFETY: both target features were detected at run time.
+            unsafe { f16c::convert(dst, src) };
+            return;
+        }
         half::slice::HalfFloatSliceExt::convert_from_f32_slice(dst, src);
+    }
+}
+
+/// f32 -> f16 eight lanes at a time with the F16C instruction (`half` converts four at a time and
+/// checks the CPU's features per group of four).
+#[cfg(target_arch = "x86_64")]
+mod f16c {
+    use std::arch::x86_64::{
+        __m128i, _MM_FROUND_TO_NEAREST_INT, _mm_storeu_si128, _mm256_cvtps_ph, _mm256_loadu_ps,
+    };
+
+    /// `dst[i] = f16(src[i])`, rounded to nearest even (as `half::f16::from_f32`).
+    ///
+    /// # Safety
+    /// The CPU must support AVX and F16C.
+    #[target_feature(enable = "avx,f16c")]
+    pub(super) unsafe fn convert(dst: &mut [half::f16], src: &[f32]) {
+        assert_eq!(dst.len(), src.len());
+        let n8 = src.len() / 8 * 8;
+        for i in (0..n8).step_by(8) {
+            // SAFETY: i + 8 <= len of both slices; unaligned loads and stores.
+            unsafe {
+                let v = _mm256_loadu_ps(src.as_ptr().add(i));
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+                _mm_storeu_si128(dst.as_mut_ptr().add(i).cast::<__m128i>(), h);
+            }
+        }
+        for i in n8..src.len() {
+            dst[i] = half::f16::from_f32(src[i]);
+        }
     }
 }
 
