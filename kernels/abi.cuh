@@ -89,7 +89,7 @@ typedef struct {
     const float* sentiment; /* [P, T, S] */
     const float* macro_series; /* [P, T, MACRO] */
     const float* regime;    /* [P, T, N_REGIME] */
-    const float* tech;      /* [P, T, S, N_TECH] */
+    const float* tech;      /* [P, S, T, N_TECH]: one symbol's bars contiguous */
     const ScenarioState* scen;
     const double* q;
     const double* entry;
@@ -238,7 +238,8 @@ HD void marl_gather_obs_row(const ObsArgs* a, u64 row, u32 lane, u32 lanes) {
     const u32 n = (u32)(row / S), s = (u32)(row % S);
     const ScenarioState st = a->scen[n];
     float* o = a->out + row * MARL_OBS_DIM;
-    for (u32 j = lane; j < MARL_TECH_WINDOW_LEN; j += lanes) o[j] = marl_window_elem(&a->dm, &st, a->tech, s, j);
+    const float* win = marl_window_ptr(&a->dm, &st, a->tech, s); /* contiguous: coalesced lanes */
+    for (u32 j = lane; j < MARL_TECH_WINDOW_LEN; j += lanes) o[j] = win[j];
     if (lane == 0u) {
         const u64 off = (u64)n * S;
         marl_dyn_obs_row(&a->p, &a->dm, &st, marl_obs_data(a, a->tech), a->q + off, a->entry + off,

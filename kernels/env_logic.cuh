@@ -249,7 +249,9 @@ typedef struct {
     double value;          /* position value after the step */
 } SymbolTerms;
 
-/* Portfolio quantities every symbol's reward reads (reward::PortfolioTerms). */
+/* Portfolio quantities every symbol's reward reads (reward::PortfolioTerms), with the per-step
+ * constants the per-symbol arithmetic multiplies by instead of dividing; built once per
+ * scenario-step by marl_portfolio_terms (reward::PortfolioTerms::new). */
 typedef struct {
     double initial_capital;
     double equity_before;
@@ -257,32 +259,52 @@ typedef struct {
     double gross;
     double cap;
     double n_symbols;
+    double inv_c0;   /* 1 / C0 */
+    double inv_full; /* 1 / (cap * E0), 0 when cap * E0 <= 0 */
+    double inv_e1;   /* 1 / E1, 0 when E1 <= 0 */
+    double inv_thr;  /* 1 / trade_dd_threshold */
+    double util;     /* -|G / E1 - util_target| / S, shared by every symbol */
 } PortfolioTerms;
 
-/* The 7 unweighted components; updates the symbol's DSR moments in place. */
+HD PortfolioTerms marl_portfolio_terms(const RewardParams* p, double initial_capital, double equity_before,
+                                       double equity_after, double gross, double cap, double n_symbols) {
+    PortfolioTerms pf;
+    const double full = cap * equity_before;
+    const double u = equity_after > 0.0 ? gross / equity_after : 0.0;
+    pf.initial_capital = initial_capital;
+    pf.equity_before = equity_before;
+    pf.equity_after = equity_after;
+    pf.gross = gross;
+    pf.cap = cap;
+    pf.n_symbols = n_symbols;
+    pf.inv_c0 = 1.0 / initial_capital;
+    pf.inv_full = full > 0.0 ? 1.0 / full : 0.0;
+    pf.inv_e1 = equity_after > 0.0 ? 1.0 / equity_after : 0.0;
+    pf.inv_thr = 1.0 / p->trade_dd_threshold;
+    pf.util = -MARL_FABS(u - p->util_target) / n_symbols;
+    return pf;
+}
+
+/* The 7 unweighted components; updates the symbol's DSR moments in place. bar_move is only read
+ * when dir != 0. */
 HD void marl_components(const SymbolTerms* t, const PortfolioTerms* pf, const RewardParams* p,
                         double* dsr_a, double* dsr_b, double* out) {
-    const double c0 = pf->initial_capital;
-    const double pnl = t->pnl / c0;
-    const double cost = -t->cost / c0;
-    const double full = pf->cap * pf->equity_before;
-    const double size = full > 0.0 ? marl_min(t->trade_notional / full, 1.0) : 0.0;
-    const double timing = t->dir * t->bar_move * size;
+    const double inv_c0 = pf->inv_c0;
+    const double pnl = t->pnl * inv_c0;
+    const double cost = -(t->cost * inv_c0);
+    const double timing = t->dir != 0.0 ? t->dir * t->bar_move * marl_min(t->trade_notional * pf->inv_full, 1.0) : 0.0;
     double a1, b1;
-    const double sharpe = marl_dsr(*dsr_a, *dsr_b, (t->pnl - t->cost) / c0, p->dsr_eta, p->dsr_clip, &a1, &b1);
-    const double e1 = pf->equity_after;
-    const double w = e1 > 0.0 ? t->value / e1 : 0.0;
+    const double sharpe = marl_dsr(*dsr_a, *dsr_b, (t->pnl - t->cost) * inv_c0, p->dsr_eta, p->dsr_clip, &a1, &b1);
+    const double w = t->value * pf->inv_e1;
     const double thr = p->trade_dd_threshold;
-    const double drawdown = t->trade_dd > thr ? -((t->trade_dd - thr) / thr) * w : 0.0;
-    const double u = e1 > 0.0 ? pf->gross / e1 : 0.0;
-    const double util = -MARL_FABS(u - p->util_target) / pf->n_symbols;
+    const double drawdown = t->trade_dd > thr ? -((t->trade_dd - thr) * pf->inv_thr) * w : 0.0;
     const double divers = -(w * w);
     out[0] = pnl;
     out[1] = cost;
     out[2] = timing;
     out[3] = sharpe;
     out[4] = drawdown;
-    out[5] = util;
+    out[5] = pf->util;
     out[6] = divers;
     *dsr_a = a1;
     *dsr_b = b1;

@@ -1,7 +1,7 @@
 /*
  * obs.cuh: observation and action-mask logic (spec §6, §4.2), per symbol, for both sides.
  *   marl_dyn_obs_row  <-> env::cpu::ObsCtx::dynamic   (the DYN_OBS floats after the window)
- *   marl_window_elem  <-> features::Features::window_into
+ *   marl_window_ptr   <-> features::Features::window (one contiguous run)
  *   marl_mask_row     <-> env::cpu::CpuBackend::action_mask
  * The layout constants mirror src/env/obs.rs and src/features.rs; the Rust side passes its own
  * values as -D defines to NVRTC, and tests/host_parity.rs checks these defaults against them.
@@ -40,7 +40,7 @@ typedef struct {
     const float* sentiment; /* [P, T, S] */
     const float* macro;     /* [P, T, MACRO] */
     const float* regime;    /* [P, T, N_REGIME] */
-    const float* tech;      /* [P, T, S, N_TECH] */
+    const float* tech;      /* [P, S, T, N_TECH]: one symbol's bars contiguous */
 } MarlObsData;
 
 /* The dynamic observation of symbol s of a scenario (spec §6) into row[0 .. DYN_OBS).
@@ -83,12 +83,12 @@ HD void marl_dyn_obs_row(const StepParams* p, const EnvDims* dm, const ScenarioS
     for (u32 g = 0; g < 3u; ++g) row[ms + 3u + g] = d.mode == g ? 1.0f : 0.0f;
 }
 
-/* Element j < TECH_WINDOW_LEN of symbol s's technical window ending at the scenario's bar
- * (bars t - WINDOW + 1 ..= t, oldest first). */
-HD float marl_window_elem(const EnvDims* dm, const ScenarioState* st, const float* tech, u32 s, u32 j) {
-    const u32 kb = j / MARL_N_TECH, f = j % MARL_N_TECH;
-    const u64 bar = (u64)(st->t0 + st->k) + 1u - MARL_WINDOW + kb;
-    return tech[(((u64)st->path * dm->bars + bar) * dm->n_symbols + s) * MARL_N_TECH + f];
+/* Symbol s's technical window ending at the scenario's bar (bars t - WINDOW + 1 ..= t, oldest
+ * first): with tech [P, S, T, N_TECH] it is one contiguous run of TECH_WINDOW_LEN floats
+ * (Features::window). */
+HD const float* marl_window_ptr(const EnvDims* dm, const ScenarioState* st, const float* tech, u32 s) {
+    const u64 bar = (u64)(st->t0 + st->k) + 1u - MARL_WINDOW;
+    return tech + (((u64)st->path * dm->n_symbols + s) * dm->bars + bar) * MARL_N_TECH;
 }
 
 /* Action mask of one symbol with the stored directive (spec §4.2): out[a] = 1 if allowed. */

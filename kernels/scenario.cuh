@@ -338,14 +338,8 @@ MARL_BLOCKFN void marl_step_kill_switch(MarlStep* c) {
 
 /* The portfolio terms of §5 with the final E1 and G. */
 HD PortfolioTerms marl_step_portfolio(const MarlStep* c) {
-    PortfolioTerms pf;
-    pf.initial_capital = c->p->initial_capital;
-    pf.equity_before = c->e0;
-    pf.equity_after = c->e1;
-    pf.gross = c->gross;
-    pf.cap = c->d.cap;
-    pf.n_symbols = (double)c->S;
-    return pf;
+    return marl_portfolio_terms(&c->p->reward, c->p->initial_capital, c->e0, c->e1, c->gross, c->d.cap,
+                                (double)c->S);
 }
 
 /* H: §4.12 / §5 rewards with the final E1, v1, G: the 7 components, HHI, episode accumulators. */
@@ -354,6 +348,9 @@ MARL_BLOCKFN void marl_step_rewards(MarlStep* c) {
     double* rows = c->w.rows;
     const MarlSymState sy = c->sy;
     const PortfolioTerms pf = marl_step_portfolio(c);
+    /* per-step constants: the borrow fee per unit of open value, 1 / G */
+    const double fee_share = c->fee > 0.0 && c->g_open > 0.0 ? c->fee / c->g_open : 0.0;
+    const double inv_gross = c->gross > 0.0 ? 1.0 / c->gross : 0.0;
     u32 open_count = 0;
     for (u32 s = MARL_TID; s < S; s += MARL_NT) {
         const double cl = (double)c->close[s];
@@ -365,7 +362,7 @@ MARL_BLOCKFN void marl_step_rewards(MarlStep* c) {
         const double slip = c->sc.slip[s];
         const double pb = o1 * (1.0 + slip);
         const double ps = o1 * (1.0 - slip);
-        const double fee_s = c->fee > 0.0 && c->g_open > 0.0 ? c->fee * (q_held * o1) / c->g_open : 0.0;
+        const double fee_s = fee_share > 0.0 ? (q_held * o1) * fee_share : 0.0;
         SymbolTerms tm;
         tm.pnl = q_held * c1 - q0 * cl - (qb - qs) * o1;
         double cost = c->comm * (qb * pb + qs * ps) + qb * (pb - o1) + qs * (o1 - ps) + fee_s;
@@ -373,7 +370,7 @@ MARL_BLOCKFN void marl_step_rewards(MarlStep* c) {
         tm.cost = cost;
         tm.dir = qb > 0.0 ? 1.0 : (qs > 0.0 ? -1.0 : 0.0);
         tm.trade_notional = (qb + qs) * o1;
-        tm.bar_move = c1 / o1 - 1.0;
+        tm.bar_move = tm.dir != 0.0 ? c1 / o1 - 1.0 : 0.0; /* only read for a trade (timing) */
         tm.trade_dd = q1 > 0.0 ? 1.0 - c1 / sy.peak_px[s] : 0.0;
         const double v1 = q1 * c1;
         tm.value = v1;
@@ -393,7 +390,7 @@ MARL_BLOCKFN void marl_step_rewards(MarlStep* c) {
         c->out.reward[s] = (float)total;
         double hw = 0.0;
         if (c->gross > 0.0) {
-            const double wg = v1 / c->gross;
+            const double wg = v1 * inv_gross;
             hw = wg * wg;
         }
         rows[(u64)(2u * MARL_N_COMPONENTS) * S + s] = hw;

@@ -84,6 +84,9 @@ pub struct EnvBench {
     acts: Vec<Vec<u8>>,
     masters: Vec<Vec<u8>>,
     obs: Vec<f32>,
+    dyn_obs: Vec<f32>,
+    /// `None` when the backend has no half-precision observations.
+    obs_f16: Option<Vec<half::f16>>,
     i: usize,
     /// Seconds spent generating the data and its features.
     pub prep_seconds: f64,
@@ -136,11 +139,15 @@ impl EnvBench {
                     .collect()
             })
             .collect();
+        let mut obs_f16 = vec![half::f16::ZERO; n * s * OBS_DIM];
+        let obs_f16 = env.gather_obs_f16(&mut obs_f16).ok().map(|_| obs_f16);
         Ok(Self {
             env,
             acts,
             masters,
             obs: vec![0f32; n * s * OBS_DIM],
+            dyn_obs: vec![0f32; n * s * DYN_OBS],
+            obs_f16,
             i: 0,
             prep_seconds,
         })
@@ -167,6 +174,27 @@ impl EnvBench {
         Ok(())
     }
 
+    /// One step and the dynamic observation (`dyn_obs`: what training reads; the windows are
+    /// re-read from the feature array by the learner).
+    pub fn step_dyn_obs(&mut self) -> Result<()> {
+        self.step()?;
+        self.env.dyn_obs(&mut self.dyn_obs)?;
+        std::hint::black_box(&self.dyn_obs);
+        Ok(())
+    }
+
+    /// One step and the full observation in f16 (`gather_obs_f16`); `false` (nothing done) when
+    /// the backend has no half-precision observations.
+    pub fn step_obs_f16(&mut self) -> Result<bool> {
+        let Some(mut o) = self.obs_f16.take() else {
+            return Ok(false);
+        };
+        let r = self.step().and_then(|_| self.env.gather_obs_f16(&mut o));
+        std::hint::black_box(&o);
+        self.obs_f16 = Some(o);
+        r.map(|_| true)
+    }
+
     /// The full observation alone.
     pub fn gather_obs(&mut self) -> Result<()> {
         self.env.gather_obs(&mut self.obs)?;
@@ -174,7 +202,7 @@ impl EnvBench {
         Ok(())
     }
 
-    /// Warm up, then time `steps` steps, and `steps` steps with observations.
+    /// Warm up, then time `steps` steps, and `steps` steps with each kind of observation.
     pub fn measure(&mut self, steps: usize) -> Result<EnvThroughput> {
         if steps == 0 {
             return Err(Error::invalid("steps must be >= 1"));
@@ -192,12 +220,27 @@ impl EnvBench {
             self.step_obs()?;
         }
         let step_obs_seconds = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for _ in 0..steps {
+            self.step_dyn_obs()?;
+        }
+        let step_dyn_obs_seconds = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let mut step_obs_f16_seconds = None;
+        for _ in 0..steps {
+            if !self.step_obs_f16()? {
+                break;
+            }
+            step_obs_f16_seconds = Some(t.elapsed().as_secs_f64());
+        }
         Ok(EnvThroughput {
             n: self.env.n_scenarios(),
             s: self.env.n_symbols(),
             steps,
             step_seconds,
             step_obs_seconds,
+            step_dyn_obs_seconds,
+            step_obs_f16_seconds,
         })
     }
 }
@@ -215,6 +258,10 @@ pub struct EnvThroughput {
     pub step_seconds: f64,
     /// Seconds of the `step` + `gather_obs` loop.
     pub step_obs_seconds: f64,
+    /// Seconds of the `step` + `dyn_obs` loop.
+    pub step_dyn_obs_seconds: f64,
+    /// Seconds of the `step` + `gather_obs_f16` loop (`None`: the backend has no f16 output).
+    pub step_obs_f16_seconds: Option<f64>,
 }
 
 impl EnvThroughput {
@@ -228,21 +275,35 @@ impl EnvThroughput {
         (self.n * self.s * self.steps) as f64 / self.step_obs_seconds.max(1e-12)
     }
 
-    /// The two report lines.
+    /// Symbol-steps per second of `step` + `dyn_obs`.
+    pub fn step_dyn_obs_sps(&self) -> f64 {
+        (self.n * self.s * self.steps) as f64 / self.step_dyn_obs_seconds.max(1e-12)
+    }
+
+    /// Symbol-steps per second of `step` + `gather_obs_f16` (`None` without f16 output).
+    pub fn step_obs_f16_sps(&self) -> Option<f64> {
+        self.step_obs_f16_seconds
+            .map(|dt| (self.n * self.s * self.steps) as f64 / dt.max(1e-12))
+    }
+
+    /// The report lines: step, step + dyn_obs, step + gather_obs (f32, and f16 when available).
     pub fn lines(&self) -> String {
-        let line = |name: &str, sps: f64, dt: f64| {
+        let line = |name: &str, dt: f64| {
+            let sps = (self.n * self.s * self.steps) as f64 / dt.max(1e-12);
             format!(
-                "{name:<19}{sps:>12.0} symbol-steps/s  ({} steps in {dt:.3} s, {:.3} ms/step)\n",
+                "{name:<24}{sps:>12.0} symbol-steps/s  ({} steps in {dt:.3} s, {:.3} ms/step)\n",
                 self.steps,
                 1e3 * dt / self.steps as f64
             )
         };
-        line("step:", self.step_sps(), self.step_seconds)
-            + &line(
-                "step + gather_obs:",
-                self.step_obs_sps(),
-                self.step_obs_seconds,
-            )
+        let mut out = line("step:", self.step_seconds)
+            + &line("step + dyn_obs:", self.step_dyn_obs_seconds)
+            + &line("step + gather_obs:", self.step_obs_seconds);
+        match self.step_obs_f16_seconds {
+            Some(dt) => out += &line("step + gather_obs_f16:", dt),
+            None => out += "step + gather_obs_f16:  not available on this backend\n",
+        }
+        out
     }
 }
 

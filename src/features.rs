@@ -1,7 +1,8 @@
 /*!
 Causal features, computed once per data set and stored densely.
 
-`tech` is `[P, T, S, N_TECH]` f32 (23 technical features per symbol per bar), `regime` is
+`tech` is `[P, S, T, N_TECH]` f32 (23 technical features per symbol per bar; one symbol's bars are
+contiguous, so the window of an observation is one contiguous run of `WINDOW * N_TECH` floats), `regime` is
 `[P, T, N_REGIME]` f32 (trend, breadth, mean pairwise correlation, VIX proxy). Every value at bar t is
 a function of bars `<= t` only, normalisation included. The environment starts episodes at bar
 `>= WARMUP`, so the window of the last [`WINDOW`] bars is always fully defined.
@@ -72,7 +73,7 @@ pub struct Features {
     pub bars: usize,
     /// Symbols S.
     pub symbols: usize,
-    /// `[P, T, S, N_TECH]`
+    /// `[P, S, T, N_TECH]`: one symbol's bars are contiguous (use [`Features::tech_index`]).
     pub tech: Vec<f32>,
     /// `[P, T, N_REGIME]`
     pub regime: Vec<f32>,
@@ -82,7 +83,7 @@ impl Features {
     /// Offset of `tech[p, t, s, 0]`.
     #[inline]
     pub fn tech_index(&self, p: usize, t: usize, s: usize) -> usize {
-        ((p * self.bars + t) * self.symbols + s) * N_TECH
+        ((p * self.symbols + s) * self.bars + t) * N_TECH
     }
 
     /// The regime features of bar t of path p.
@@ -92,15 +93,20 @@ impl Features {
         &self.regime[i..i + N_REGIME]
     }
 
+    /// The window of bars `t + 1 - WINDOW ..= t` of symbol s (oldest first), `WINDOW * N_TECH`
+    /// contiguous floats. Requires `t + 1 >= WINDOW`.
+    #[inline]
+    pub fn window(&self, p: usize, t: usize, s: usize) -> &[f32] {
+        debug_assert!(t + 1 >= WINDOW);
+        let i = self.tech_index(p, t + 1 - WINDOW, s);
+        &self.tech[i..i + WINDOW * N_TECH]
+    }
+
     /// Copy the window of bars `t + 1 - WINDOW ..= t` of symbol s (oldest first) into `out`
-    /// (`WINDOW * N_TECH` floats). Requires `t + 1 >= WINDOW`.
+    /// (`WINDOW * N_TECH` floats, one contiguous copy). Requires `t + 1 >= WINDOW`.
     #[inline]
     pub fn window_into(&self, p: usize, t: usize, s: usize, out: &mut [f32]) {
-        debug_assert!(t + 1 >= WINDOW && out.len() == WINDOW * N_TECH);
-        for (k, chunk) in out.chunks_exact_mut(N_TECH).enumerate() {
-            let i = self.tech_index(p, t + 1 - WINDOW + k, s);
-            chunk.copy_from_slice(&self.tech[i..i + N_TECH]);
-        }
+        out.copy_from_slice(self.window(p, t, s));
     }
 
     /// Compute all features of `md` (see the module docs for the definitions). Parallel over
@@ -121,17 +127,12 @@ impl Features {
             })
             .collect();
 
+        // `[P, S, T, N_TECH]`: each (path, symbol) pass is one contiguous block.
         let mut tech = vec![0.0f32; p_len * t_len * s * N_TECH];
-        if s > 0 {
-            tech.par_chunks_mut(s * N_TECH)
-                .enumerate()
-                .for_each(|(pt, dst)| {
-                    let (p, t) = (pt / t_len, pt % t_len);
-                    for (sym, chunk) in dst.chunks_exact_mut(N_TECH).enumerate() {
-                        let o = &outs[p * s + sym];
-                        chunk.copy_from_slice(&o.tech[t * N_TECH..(t + 1) * N_TECH]);
-                    }
-                });
+        if s > 0 && t_len > 0 {
+            tech.par_chunks_mut(t_len * N_TECH)
+                .zip(outs.par_iter())
+                .for_each(|(dst, o)| dst.copy_from_slice(&o.tech[..t_len * N_TECH]));
         }
 
         let mut regime = vec![0.0f32; p_len * t_len * N_REGIME];

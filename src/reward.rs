@@ -168,7 +168,9 @@ pub struct SymbolTerms {
     pub value: f64,
 }
 
-/// Portfolio quantities every symbol's reward reads (spec §5).
+/// Portfolio quantities every symbol's reward reads (spec §5), with the per-step constants the
+/// per-symbol arithmetic multiplies by instead of dividing (built once per scenario-step by
+/// [`PortfolioTerms::new`]; `marl_portfolio_terms` in kernels/env_logic.cuh builds the same).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct PortfolioTerms {
     /// Starting capital C0 (rewards are in units of it).
@@ -183,10 +185,60 @@ pub struct PortfolioTerms {
     pub cap: f64,
     /// Number of symbols S.
     pub n_symbols: f64,
+    /// `1 / C0`.
+    pub inv_c0: f64,
+    /// `1 / (cap * E0)`, 0 when `cap * E0 <= 0` (the timing size factor is then 0).
+    pub inv_full: f64,
+    /// `1 / E1`, 0 when `E1 <= 0` (weights are then 0).
+    pub inv_e1: f64,
+    /// `1 / trade_dd_threshold`.
+    pub inv_thr: f64,
+    /// The util component, shared by every symbol: `-|G / E1 - util_target| / S`.
+    pub util: f64,
+}
+
+impl PortfolioTerms {
+    /// The terms of a step from C0, E0, E1, G, the directive's cap and S, with the per-step
+    /// reciprocals and the util component of `p`.
+    pub fn new(
+        p: &RewardParams,
+        initial_capital: f64,
+        equity_before: f64,
+        equity_after: f64,
+        gross: f64,
+        cap: f64,
+        n_symbols: f64,
+    ) -> Self {
+        let full = cap * equity_before;
+        let u = if equity_after > 0.0 {
+            gross / equity_after
+        } else {
+            0.0
+        };
+        Self {
+            initial_capital,
+            equity_before,
+            equity_after,
+            gross,
+            cap,
+            n_symbols,
+            inv_c0: 1.0 / initial_capital,
+            inv_full: if full > 0.0 { 1.0 / full } else { 0.0 },
+            inv_e1: if equity_after > 0.0 {
+                1.0 / equity_after
+            } else {
+                0.0
+            },
+            inv_thr: 1.0 / p.trade_dd_threshold,
+            util: -(u - p.util_target).abs() / n_symbols,
+        }
+    }
 }
 
 impl SymbolTerms {
-    /// The 7 unweighted components and the updated DSR moments `(comps, A', B')`.
+    /// The 7 unweighted components and the updated DSR moments `(comps, A', B')`. Divisions by
+    /// per-step constants are multiplications by `pf`'s reciprocals; `bar_move` is only read when
+    /// `dir != 0` (the caller may leave it 0 otherwise).
     #[inline]
     pub fn components(
         &self,
@@ -195,35 +247,31 @@ impl SymbolTerms {
         dsr_a: f64,
         dsr_b: f64,
     ) -> ([f64; N_COMPONENTS], f64, f64) {
-        let c0 = pf.initial_capital;
-        let pnl = self.pnl / c0;
-        let cost = -self.cost / c0;
-        let full = pf.cap * pf.equity_before;
-        let size = if full > 0.0 {
-            (self.trade_notional / full).min(1.0)
+        let inv_c0 = pf.inv_c0;
+        let pnl = self.pnl * inv_c0;
+        let cost = -(self.cost * inv_c0);
+        let timing = if self.dir != 0.0 {
+            let size = (self.trade_notional * pf.inv_full).min(1.0);
+            self.dir * self.bar_move * size
         } else {
             0.0
         };
-        let timing = self.dir * self.bar_move * size;
         let (sharpe, a, b) = dsr(
             dsr_a,
             dsr_b,
-            (self.pnl - self.cost) / c0,
+            (self.pnl - self.cost) * inv_c0,
             p.dsr_eta,
             p.dsr_clip,
         );
-        let e1 = pf.equity_after;
-        let w = if e1 > 0.0 { self.value / e1 } else { 0.0 };
+        let w = self.value * pf.inv_e1;
         let thr = p.trade_dd_threshold;
         let drawdown = if self.trade_dd > thr {
-            -((self.trade_dd - thr) / thr) * w
+            -((self.trade_dd - thr) * pf.inv_thr) * w
         } else {
             0.0
         };
-        let u = if e1 > 0.0 { pf.gross / e1 } else { 0.0 };
-        let util = -(u - p.util_target).abs() / pf.n_symbols;
         let divers = -(w * w);
-        ([pnl, cost, timing, sharpe, drawdown, util, divers], a, b)
+        ([pnl, cost, timing, sharpe, drawdown, pf.util, divers], a, b)
     }
 }
 
@@ -387,14 +435,7 @@ mod tests {
     #[test]
     fn components_follow_the_spec() {
         let p = RewardParams::new(&RewardConfig::default());
-        let pf = PortfolioTerms {
-            initial_capital: 1000.0,
-            equity_before: 1000.0,
-            equity_after: 1010.0,
-            gross: 505.0,
-            cap: 0.1,
-            n_symbols: 4.0,
-        };
+        let pf = PortfolioTerms::new(&p, 1000.0, 1000.0, 1010.0, 505.0, 0.1, 4.0);
         let t = SymbolTerms {
             pnl: 12.0,
             cost: 2.0,

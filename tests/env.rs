@@ -281,6 +281,56 @@ fn dyn_obs_is_tail_of_full_obs(kind: BackendKind) {
     }
 }
 
+/// Half-precision observations (spec §6): `gather_obs_f16` / `_bf16` and `dyn_obs_f16` / `_bf16`
+/// are the f32 observations rounded to nearest even; a backend without them says so with
+/// `BackendUnavailable`, never with wrong numbers.
+fn half_obs_is_rounded_f32(kind: BackendKind) {
+    use half::{bf16, f16};
+    use marl_trade::error::ErrorKind;
+    let cfg = small_config(2, 40);
+    let mut env = env_on(&cfg, toy_market(3, 300, 1, 8), Period::Train, kind);
+    env.reset(5).unwrap();
+    let (n, s) = (env.n_scenarios(), env.n_symbols());
+    let mut r = SplitMix64::new(9);
+    for _ in 0..6 {
+        let acts: Vec<u8> = (0..n * s).map(|_| r.below(7) as u8).collect();
+        env.step(&acts, &vec![5; n]).unwrap();
+    }
+    for dim in [OBS_DIM, DYN_OBS] {
+        let mut f32s = vec![0f32; n * s * dim];
+        let mut h = vec![f16::ZERO; n * s * dim];
+        let mut b = vec![bf16::ZERO; n * s * dim];
+        let (rh, rb) = if dim == OBS_DIM {
+            env.gather_obs(&mut f32s).unwrap();
+            (env.gather_obs_f16(&mut h), env.gather_obs_bf16(&mut b))
+        } else {
+            env.dyn_obs(&mut f32s).unwrap();
+            (env.dyn_obs_f16(&mut h), env.dyn_obs_bf16(&mut b))
+        };
+        if kind != BackendKind::Cpu {
+            assert_eq!(rh.unwrap_err().kind(), ErrorKind::BackendUnavailable);
+            assert_eq!(rb.unwrap_err().kind(), ErrorKind::BackendUnavailable);
+            continue;
+        }
+        rh.unwrap();
+        rb.unwrap();
+        assert!(f32s.iter().any(|&x| x != 0.0));
+        for i in 0..f32s.len() {
+            assert_eq!(
+                h[i].to_bits(),
+                f16::from_f32(f32s[i]).to_bits(),
+                "f16 element {i}"
+            );
+            assert_eq!(
+                b[i].to_bits(),
+                bf16::from_f32(f32s[i]).to_bits(),
+                "bf16 element {i}"
+            );
+        }
+    }
+    assert!(env.gather_obs_f16(&mut [f16::ZERO; 3]).is_err());
+}
+
 /// No look-ahead (spec §4, §6): perturbing every series after bar `t*` changes no observation of a
 /// bar `<= t*` and no reward of a step that ends at a bar `<= t*`; later ones do change.
 fn no_look_ahead(kind: BackendKind) {
@@ -431,6 +481,7 @@ macro_rules! env_suite {
             $(#[$attr])* #[test] fn kill_switch_trips() { super::kill_switch_trips($kind) }
             $(#[$attr])* #[test] fn masking_and_open_limit() { super::masking_and_open_limit($kind) }
             $(#[$attr])* #[test] fn dyn_obs_is_tail_of_full_obs() { super::dyn_obs_is_tail_of_full_obs($kind) }
+            $(#[$attr])* #[test] fn half_obs_is_rounded_f32() { super::half_obs_is_rounded_f32($kind) }
             $(#[$attr])* #[test] fn no_look_ahead() { super::no_look_ahead($kind) }
             $(#[$attr])* #[test] fn episode_stats_add_up() { super::episode_stats_add_up($kind) }
             $(#[$attr])* #[test] fn bad_inputs_are_errors() { super::bad_inputs_are_errors($kind) }

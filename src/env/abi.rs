@@ -143,13 +143,13 @@ pub struct EnvBuffers {
     pub close: u64,
     /// Volume `[P, T, S + 1]` f32.
     pub volume: u64,
-    /// `[P, T, S]`, `[P, T, MACRO]`, `[P, T, N_REGIME]`, `[P, T, S, N_TECH]`.
+    /// `[P, T, S]`, `[P, T, MACRO]`, `[P, T, N_REGIME]`, `[P, S, T, N_TECH]`.
     pub sentiment: u64,
     /// Macro series `[P, T, MACRO]` f32.
     pub macro_series: u64,
     /// Regime features `[P, T, N_REGIME]` f32.
     pub regime: u64,
-    /// Technical features `[P, T, S, N_TECH]` f32.
+    /// Technical features `[P, S, T, N_TECH]` f32 (one symbol's bars contiguous).
     pub tech: u64,
     /// State: `[N]` scenarios, `[N, S]` per symbol, `[N, 7]` / `[N]` episode accumulators.
     pub scen: u64,
@@ -381,7 +381,7 @@ pub struct ObsArgs {
     pub macro_series: u64,
     /// Regime features `[P, T, N_REGIME]` f32.
     pub regime: u64,
-    /// Technical features `[P, T, S, N_TECH]` f32.
+    /// Technical features `[P, S, T, N_TECH]` f32 (one symbol's bars contiguous).
     pub tech: u64,
     /// Scenario states `[N]` (`ScenarioState`).
     pub scen: u64,

@@ -17,7 +17,9 @@ use rayon::prelude::*;
 
 use super::logic::{self, Directive, HOLD, N_ACTIONS, StepParams};
 use super::obs::{self, DYN_OBS, OBS_DIM, TECH_WINDOW_LEN};
-use super::{Backend, EnvLayout, EpisodeRecord, ScenarioState, Snapshot, StepOutputs, SymbolState};
+use super::{
+    Backend, EnvLayout, EpisodeRecord, HalfObs, ScenarioState, Snapshot, StepOutputs, SymbolState,
+};
 use crate::costs::{borrow_fee, slippage};
 use crate::data::{MACRO, MarketData};
 use crate::error::Result;
@@ -462,14 +464,15 @@ impl Step<'_> {
     /// The portfolio terms of §5 with the final E1 and G.
     #[inline(always)]
     fn portfolio(&self) -> PortfolioTerms {
-        PortfolioTerms {
-            initial_capital: self.p.initial_capital,
-            equity_before: self.e0,
-            equity_after: self.e1,
-            gross: self.gross,
-            cap: self.d.cap,
-            n_symbols: self.s_n as f64,
-        }
+        PortfolioTerms::new(
+            &self.p.reward,
+            self.p.initial_capital,
+            self.e0,
+            self.e1,
+            self.gross,
+            self.d.cap,
+            self.s_n as f64,
+        )
     }
 
     /// §4.12 / §5 rewards with the final E1, v1, G: the 7 components, the episode accumulators,
@@ -486,6 +489,13 @@ impl Step<'_> {
         let (p, b, comm, fee, g_open) = (self.p, &self.bars, self.comm, self.fee, self.g_open);
         let pf = self.portfolio();
         let gross = self.gross;
+        // Per-step constants: the borrow fee per unit of open value, 1 / G.
+        let fee_share = if fee > 0.0 && g_open > 0.0 {
+            fee / g_open
+        } else {
+            0.0
+        };
+        let inv_gross = if gross > 0.0 { 1.0 / gross } else { 0.0 };
         let mut hhi = 0.0;
         let mut open_count = 0u32;
         for s in 0..self.s_n {
@@ -499,8 +509,8 @@ impl Step<'_> {
             let slip = sc.slip[s];
             let pb = o1 * (1.0 + slip);
             let ps = o1 * (1.0 - slip);
-            let fee_s = if fee > 0.0 && g_open > 0.0 {
-                fee * (q_held * o1) / g_open
+            let fee_s = if fee_share > 0.0 {
+                (q_held * o1) * fee_share
             } else {
                 0.0
             };
@@ -510,18 +520,20 @@ impl Step<'_> {
                 cost += liq_cost[s];
             }
             let v1 = q1 * c1;
+            let dir = if qb > 0.0 {
+                1.0
+            } else if qs > 0.0 {
+                -1.0
+            } else {
+                0.0
+            };
             let terms = SymbolTerms {
                 pnl,
                 cost,
-                dir: if qb > 0.0 {
-                    1.0
-                } else if qs > 0.0 {
-                    -1.0
-                } else {
-                    0.0
-                },
+                dir,
                 trade_notional: (qb + qs) * o1,
-                bar_move: c1 / o1 - 1.0,
+                // only read for a trade (timing)
+                bar_move: if dir != 0.0 { c1 / o1 - 1.0 } else { 0.0 },
                 trade_dd: if q1 > 0.0 {
                     1.0 - c1 / sy.peak_px[s]
                 } else {
@@ -534,15 +546,16 @@ impl Step<'_> {
             sy.dsr_b[s] = bm;
             let mut wt = [0.0; N_COMPONENTS];
             let mut total = 0.0;
+            let oc = &mut out.comps[s * N_COMPONENTS..(s + 1) * N_COMPONENTS];
             for i in 0..N_COMPONENTS {
                 wt[i] = p.reward.w[i] * comps[i];
                 total += wt[i];
-                out.comps[s * N_COMPONENTS + i] = comps[i] as f32;
+                oc[i] = comps[i] as f32;
             }
             out.reward[s] = total as f32;
             sums.add(&wt);
             if gross > 0.0 {
-                let w = v1 / gross;
+                let w = v1 * inv_gross;
                 hhi += w * w;
             }
             open_count += (q1 > 0.0) as u32;
@@ -575,6 +588,12 @@ impl Step<'_> {
         *out.truncated = truncated as u8;
         self.killed || truncated
     }
+}
+
+/// Scenarios per rayon task: enough symbols (about 2048) that a task's work dwarfs rayon's
+/// per-task cost, never fewer than one scenario.
+fn lanes_per_task(s: usize) -> usize {
+    (2048 / s.max(1)).max(1)
 }
 
 /// A scratch vector only when the kill switch fired (the rare path).
@@ -619,6 +638,7 @@ impl Backend for CpuBackend {
             seed: self.seed,
         };
         let out = &mut self.out;
+        let min_len = lanes_per_task(s);
         self.lanes
             .par_iter_mut()
             .zip(self.sym.par_chunks_mut(FIELDS * s))
@@ -631,6 +651,7 @@ impl Backend for CpuBackend {
             .zip(out.terminated.par_iter_mut())
             .zip(out.truncated.par_iter_mut())
             .enumerate()
+            .with_min_len(min_len)
             .for_each_init(
                 || Scratch::new(s),
                 |sc, (n, (((((((((lane, sym), ek), acts), &m), rw), cp), mr), te), tr))| {
@@ -651,44 +672,28 @@ impl Backend for CpuBackend {
     }
 
     fn dyn_obs(&mut self, out: &mut [f32]) -> Result<()> {
-        let s = self.layout.n_symbols;
-        let ctx = ObsCtx {
-            l: &self.layout,
-            md: &self.data,
-            f: &self.features,
-        };
-        out.par_chunks_mut(s * DYN_OBS)
-            .zip(self.lanes.par_iter())
-            .zip(self.sym.par_chunks(FIELDS * s))
-            .zip(self.entry_k.par_chunks(s))
-            .for_each(|(((o, lane), sym), ek)| {
-                for (i, row) in o.chunks_exact_mut(DYN_OBS).enumerate() {
-                    ctx.dynamic(&lane.st, sym, ek, i, row);
-                }
-            });
+        self.obs_rows::<f32>(out, false);
         Ok(())
     }
 
     fn gather_obs(&mut self, out: &mut [f32]) -> Result<()> {
-        let s = self.layout.n_symbols;
-        let ctx = ObsCtx {
-            l: &self.layout,
-            md: &self.data,
-            f: &self.features,
-        };
-        out.par_chunks_mut(s * OBS_DIM)
-            .zip(self.lanes.par_iter())
-            .zip(self.sym.par_chunks(FIELDS * s))
-            .zip(self.entry_k.par_chunks(s))
-            .for_each(|(((o, lane), sym), ek)| {
-                let st = &lane.st;
-                let t = (st.t0 + st.k) as usize;
-                for (i, row) in o.chunks_exact_mut(OBS_DIM).enumerate() {
-                    let (win, dynamic) = row.split_at_mut(TECH_WINDOW_LEN);
-                    ctx.f.window_into(st.path as usize, t, i, win);
-                    ctx.dynamic(st, sym, ek, i, dynamic);
-                }
-            });
+        self.obs_rows::<f32>(out, true);
+        Ok(())
+    }
+
+    fn dyn_obs_half(&mut self, out: HalfObs<'_>) -> Result<()> {
+        match out {
+            HalfObs::F16(o) => self.obs_rows(o, false),
+            HalfObs::Bf16(o) => self.obs_rows(o, false),
+        }
+        Ok(())
+    }
+
+    fn gather_obs_half(&mut self, out: HalfObs<'_>) -> Result<()> {
+        match out {
+            HalfObs::F16(o) => self.obs_rows(o, true),
+            HalfObs::Bf16(o) => self.obs_rows(o, true),
+        }
         Ok(())
     }
 
@@ -790,44 +795,140 @@ impl Backend for CpuBackend {
     }
 }
 
-/// Read-only context of the observation builders.
-struct ObsCtx<'a> {
-    l: &'a EnvLayout,
-    md: &'a MarketData,
-    f: &'a Features,
+impl CpuBackend {
+    /// The observations of every (scenario, symbol) into `out`: `[N, S, OBS_DIM]` with the
+    /// technical window when `window`, else `[N, S, DYN_OBS]`. Per scenario, the parts every symbol
+    /// shares are computed once ([`LaneObs::new`]); the window is one contiguous copy (converted
+    /// straight from the f32 feature array for a half-precision `T`).
+    fn obs_rows<T: ObsElement>(&self, out: &mut [T], window: bool) {
+        let s = self.layout.n_symbols;
+        let width = if window { OBS_DIM } else { DYN_OBS };
+        let (l, md, f) = (&self.layout, &*self.data, &*self.features);
+        out.par_chunks_mut(s * width)
+            .zip(self.lanes.par_iter())
+            .zip(self.sym.par_chunks(FIELDS * s))
+            .zip(self.entry_k.par_chunks(s))
+            .with_min_len(lanes_per_task(s))
+            .for_each(|(((o, lane), sym), ek)| {
+                let lo = LaneObs::new(l, md, f, &lane.st, sym, ek);
+                let mut dynamic = [0f32; DYN_OBS];
+                for (i, row) in o.chunks_exact_mut(width).enumerate() {
+                    let dst = if window {
+                        let (win, dst) = row.split_at_mut(TECH_WINDOW_LEN);
+                        T::from_f32_slice(win, f.window(lo.p, lo.t, i));
+                        dst
+                    } else {
+                        row
+                    };
+                    lo.dynamic(i, &mut dynamic);
+                    T::from_f32_slice(dst, &dynamic);
+                }
+            });
+    }
 }
 
-impl ObsCtx<'_> {
-    /// The dynamic observation of symbol `i` (spec §6), into `row` (`DYN_OBS` floats).
+/// An element type of observation buffers: f32, or a half-precision float (rounded from the f32
+/// value, to nearest even).
+trait ObsElement: Copy + Send + Sync {
+    /// `dst[i] = src[i]` converted.
+    fn from_f32_slice(dst: &mut [Self], src: &[f32]);
+}
+
+impl ObsElement for f32 {
     #[inline]
-    fn dynamic(&self, st: &ScenarioState, sym: &[f64], entry_k: &[u32], i: usize, row: &mut [f32]) {
-        let s_n = self.l.n_symbols;
-        let md = self.md;
+    fn from_f32_slice(dst: &mut [f32], src: &[f32]) {
+        dst.copy_from_slice(src);
+    }
+}
+
+impl ObsElement for half::f16 {
+    #[inline]
+    fn from_f32_slice(dst: &mut [Self], src: &[f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx") && std::arch::is_x86_feature_detected!("f16c")
+        {
+            // SAFETY: both target features were detected at run time.
+            unsafe { f16c::convert(dst, src) };
+            return;
+        }
+        half::slice::HalfFloatSliceExt::convert_from_f32_slice(dst, src);
+    }
+}
+
+/// f32 -> f16 eight lanes at a time with the F16C instruction (`half` converts four at a time and
+/// checks the CPU's features per group of four).
+#[cfg(target_arch = "x86_64")]
+mod f16c {
+    use std::arch::x86_64::{
+        __m128i, _MM_FROUND_TO_NEAREST_INT, _mm_storeu_si128, _mm256_cvtps_ph, _mm256_loadu_ps,
+    };
+
+    /// `dst[i] = f16(src[i])`, rounded to nearest even (as `half::f16::from_f32`).
+    ///
+    /// # Safety
+    /// The CPU must support AVX and F16C.
+    #[target_feature(enable = "avx,f16c")]
+    pub(super) unsafe fn convert(dst: &mut [half::f16], src: &[f32]) {
+        assert_eq!(dst.len(), src.len());
+        let n8 = src.len() / 8 * 8;
+        for i in (0..n8).step_by(8) {
+            // SAFETY: i + 8 <= len of both slices; unaligned loads and stores.
+            unsafe {
+                let v = _mm256_loadu_ps(src.as_ptr().add(i));
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+                _mm_storeu_si128(dst.as_mut_ptr().add(i).cast::<__m128i>(), h);
+            }
+        }
+        for i in n8..src.len() {
+            dst[i] = half::f16::from_f32(src[i]);
+        }
+    }
+}
+
+impl ObsElement for half::bf16 {
+    #[inline]
+    fn from_f32_slice(dst: &mut [Self], src: &[f32]) {
+        half::slice::HalfFloatSliceExt::convert_from_f32_slice(dst, src);
+    }
+}
+
+/// One scenario's observation inputs (spec §6), with everything its symbols share computed once:
+/// the template row holds the scenario-wide slices (macro, portfolio, regime, master), each by the
+/// same formula as `marl_dyn_obs_row` (kernels/obs.cuh), so the values are bit-identical.
+struct LaneObs<'a> {
+    p: usize,
+    t: usize,
+    k: u32,
+    equity: f64,
+    episode_len: f32,
+    close: &'a [f32],
+    sentiment: &'a [f32],
+    q: &'a [f64],
+    entry: &'a [f64],
+    peak_px: &'a [f64],
+    entry_k: &'a [u32],
+    template: [f32; DYN_OBS],
+}
+
+impl<'a> LaneObs<'a> {
+    fn new(
+        l: &EnvLayout,
+        md: &'a MarketData,
+        f: &Features,
+        st: &ScenarioState,
+        sym: &'a [f64],
+        entry_k: &'a [u32],
+    ) -> Self {
+        let s_n = l.n_symbols;
         let p = st.path as usize;
         let t = (st.t0 + st.k) as usize;
-        let c = md.close[md.px(p, t, i)] as f64;
-        let q = sym[F_Q * s_n + i];
-        let entry = sym[F_ENTRY * s_n + i];
-        let peak_px = sym[F_PEAK * s_n + i];
         let e = st.equity;
-        let has = q > 0.0;
+        let mut row = [0f32; DYN_OBS];
         let mi = (p * md.bars + t) * MACRO;
-        row[obs::SENT_MACRO.start] = md.sentiment[md.sx(p, t, i)];
         row[obs::SENT_MACRO.start + 1] = md.macro_series[mi];
         row[obs::SENT_MACRO.start + 2] = md.macro_series[mi + 1] / 100.0;
-        row[obs::SL_PROBS].fill(0.0);
-        let pos = obs::POSITION.start;
-        row[pos] = has as u8 as f32;
-        row[pos + 1] = if has { (c / entry - 1.0) as f32 } else { 0.0 };
-        row[pos + 2] = if has {
-            st.k.saturating_sub(entry_k[i]) as f32 / self.l.episode_len as f32
-        } else {
-            0.0
-        };
-        row[pos + 3] = (q * c / e) as f32;
-        row[pos + 4] = if has { (1.0 - c / peak_px) as f32 } else { 0.0 };
         let pf = obs::PORTFOLIO.start;
-        let d = logic::directive(&self.l.params, st.directive as u8);
+        let d = logic::directive(&l.params, st.directive as u8);
         let var = st.dsr_b - st.dsr_a * st.dsr_a;
         row[pf] = (st.cash / e) as f32;
         row[pf + 1] = (1.0 - e / st.peak) as f32;
@@ -838,13 +939,47 @@ impl ObsCtx<'_> {
         };
         row[pf + 3] = (st.gross / e) as f32;
         row[pf + 4] = st.open_count as f32 / d.max_open.max(1) as f32;
-        row[obs::REGIME].copy_from_slice(&self.f.regime_at(p, t)[..N_REGIME]);
+        row[obs::REGIME].copy_from_slice(&f.regime_at(p, t)[..N_REGIME]);
         let ms = obs::MASTER.start;
         row[ms] = d.risk as f32;
         row[ms + 1] = d.cap as f32;
         row[ms + 2] = d.max_open as f32 / s_n as f32;
         for g in 0..3 {
             row[ms + 3 + g] = (d.mode == g as u32) as u8 as f32;
+        }
+        let px = md.px(p, t, 0);
+        let sx = md.sx(p, t, 0);
+        Self {
+            p,
+            t,
+            k: st.k,
+            equity: e,
+            episode_len: l.episode_len as f32,
+            close: &md.close[px..px + s_n],
+            sentiment: &md.sentiment[sx..sx + s_n],
+            q: &sym[F_Q * s_n..(F_Q + 1) * s_n],
+            entry: &sym[F_ENTRY * s_n..(F_ENTRY + 1) * s_n],
+            peak_px: &sym[F_PEAK * s_n..(F_PEAK + 1) * s_n],
+            entry_k: &entry_k[..s_n],
+            template: row,
+        }
+    }
+
+    /// The dynamic observation of symbol `i` (spec §6), into `row`.
+    #[inline]
+    fn dynamic(&self, i: usize, row: &mut [f32; DYN_OBS]) {
+        *row = self.template;
+        let c = self.close[i] as f64;
+        let q = self.q[i];
+        let has = q > 0.0;
+        row[obs::SENT_MACRO.start] = self.sentiment[i];
+        let pos = obs::POSITION.start;
+        row[pos + 3] = (q * c / self.equity) as f32;
+        if has {
+            row[pos] = 1.0;
+            row[pos + 1] = (c / self.entry[i] - 1.0) as f32;
+            row[pos + 2] = self.k.saturating_sub(self.entry_k[i]) as f32 / self.episode_len;
+            row[pos + 4] = (1.0 - c / self.peak_px[i]) as f32;
         }
     }
 }

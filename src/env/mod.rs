@@ -6,6 +6,10 @@ The vectorised environment: N parallel market scenarios x S symbols behind one b
 work to a [`Backend`]: [`cpu::CpuBackend`] (the reference, rayon over scenarios) or, with the
 `cuda` feature, `cuda::CudaBackend`. Both implement docs/env-spec.md.
 
+Observations are f32; the cpu backend also writes them in half precision
+([`VecEnv::gather_obs_f16`], [`VecEnv::dyn_obs_bf16`], ...: the f32 values rounded to nearest even,
+half the bytes). The cuda backend answers those with [`ErrorKind::BackendUnavailable`].
+
 The environment is built from an [`EnvSetup`] (its own config sections and those of costs and
 reward), never from the whole application configuration:
 
@@ -43,7 +47,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::data::MarketData;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::features::{Features, WARMUP};
 use crate::reward::{ComponentStat, ComponentSums, N_COMPONENTS, RewardShaper};
 
@@ -481,6 +485,35 @@ impl StepOutputs {
     }
 }
 
+/// A half-precision observation buffer (the f32 observation rounded to nearest even).
+#[derive(Debug)]
+pub enum HalfObs<'a> {
+    /// IEEE binary16.
+    F16(&'a mut [half::f16]),
+    /// bfloat16.
+    Bf16(&'a mut [half::bf16]),
+}
+
+impl HalfObs<'_> {
+    fn len(&self) -> usize {
+        match self {
+            HalfObs::F16(o) => o.len(),
+            HalfObs::Bf16(o) => o.len(),
+        }
+    }
+}
+
+/// The error of a backend without half-precision observations.
+fn half_unavailable(backend: &str) -> Error {
+    Error::new(
+        ErrorKind::BackendUnavailable,
+        format!(
+            "half-precision observations are implemented by the cpu backend only, not by {backend}: \
+             use gather_obs / dyn_obs (f32) and convert"
+        ),
+    )
+}
+
 /// What a backend implements. Inputs are validated by [`VecEnv`] before they reach a backend.
 pub trait Backend: Send {
     /// `cpu` or `cuda`.
@@ -497,6 +530,16 @@ pub trait Backend: Send {
     fn dyn_obs(&mut self, out: &mut [f32]) -> Result<()>;
     /// Full observation `[N, S, OBS_DIM]` (spec §6).
     fn gather_obs(&mut self, out: &mut [f32]) -> Result<()>;
+    /// Dynamic observation `[N, S, DYN_OBS]` in half precision: the f32 values of
+    /// [`Backend::dyn_obs`] rounded to nearest even. Backends without it answer
+    /// [`ErrorKind::BackendUnavailable`].
+    fn dyn_obs_half(&mut self, _out: HalfObs<'_>) -> Result<()> {
+        Err(half_unavailable(self.name()))
+    }
+    /// Full observation `[N, S, OBS_DIM]` in half precision, as [`Backend::dyn_obs_half`].
+    fn gather_obs_half(&mut self, _out: HalfObs<'_>) -> Result<()> {
+        Err(half_unavailable(self.name()))
+    }
     /// Action mask `[N, S, 7]`, 1 = allowed (spec §4.2 with the stored directive).
     fn action_mask(&mut self, out: &mut [u8]) -> Result<()>;
     /// `(path, bar)` of every scenario's current observation, `[N, 2]`: with the symbol index it
@@ -695,6 +738,41 @@ impl VecEnv {
     pub fn dyn_obs(&mut self, out: &mut [f32]) -> Result<()> {
         self.check_len("dyn_obs", out.len(), obs::DYN_OBS)?;
         self.backend.dyn_obs(out)
+    }
+
+    /// Full observations `[N, S, OBS_DIM]` as f16: [`VecEnv::gather_obs`] rounded to nearest
+    /// even, half the bytes (cpu backend only; other backends answer
+    /// [`ErrorKind::BackendUnavailable`]).
+    pub fn gather_obs_f16(&mut self, out: &mut [half::f16]) -> Result<()> {
+        self.gather_obs_half(HalfObs::F16(out))
+    }
+
+    /// Full observations `[N, S, OBS_DIM]` as bf16 (see [`VecEnv::gather_obs_f16`]).
+    pub fn gather_obs_bf16(&mut self, out: &mut [half::bf16]) -> Result<()> {
+        self.gather_obs_half(HalfObs::Bf16(out))
+    }
+
+    /// Full observations `[N, S, OBS_DIM]` in half precision (see [`VecEnv::gather_obs_f16`]).
+    pub fn gather_obs_half(&mut self, out: HalfObs<'_>) -> Result<()> {
+        self.check_len("gather_obs_half", out.len(), obs::OBS_DIM)?;
+        self.backend.gather_obs_half(out)
+    }
+
+    /// Dynamic observations `[N, S, DYN_OBS]` as f16: [`VecEnv::dyn_obs`] rounded to nearest even
+    /// (cpu backend only; other backends answer [`ErrorKind::BackendUnavailable`]).
+    pub fn dyn_obs_f16(&mut self, out: &mut [half::f16]) -> Result<()> {
+        self.dyn_obs_half(HalfObs::F16(out))
+    }
+
+    /// Dynamic observations `[N, S, DYN_OBS]` as bf16 (see [`VecEnv::dyn_obs_f16`]).
+    pub fn dyn_obs_bf16(&mut self, out: &mut [half::bf16]) -> Result<()> {
+        self.dyn_obs_half(HalfObs::Bf16(out))
+    }
+
+    /// Dynamic observations `[N, S, DYN_OBS]` in half precision (see [`VecEnv::dyn_obs_f16`]).
+    pub fn dyn_obs_half(&mut self, out: HalfObs<'_>) -> Result<()> {
+        self.check_len("dyn_obs_half", out.len(), obs::DYN_OBS)?;
+        self.backend.dyn_obs_half(out)
     }
 
     /// Action mask `[N, S, 7]`.

@@ -94,7 +94,7 @@ pub fn stress_market(paths: usize, bars: usize, symbols: usize, seed: u64) -> Ma
     md
 }
 
-/// Random features of the right shape (the observation only copies them).
+/// Random features of the right shape, `tech` `[P, S, T, N_TECH]` (the observation only copies them).
 pub fn random_features(md: &MarketData, seed: u64) -> Features {
     let mut r = SplitMix64::new(seed);
     let s = md.n_symbols();
