@@ -137,7 +137,21 @@ fn bench_cpu_tiny_reports_throughput() {
     ]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
-    assert_eq!(stdout.matches("symbol-steps/s").count(), 2, "{stdout}");
+    // One line per measured loop: step, step + dyn_obs, step + gather_obs (f32 and f16).
+    for name in [
+        "step:",
+        "step + dyn_obs:",
+        "step + gather_obs:",
+        "step + gather_obs_f16:",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(name) && l.contains("symbol-steps/s")),
+            "{name}\n{stdout}"
+        );
+    }
+    assert_eq!(stdout.matches("symbol-steps/s").count(), 4, "{stdout}");
     assert!(
         stdout.contains("machine:") && stdout.contains("rayon threads: 1"),
         "{stdout}"
