@@ -134,16 +134,25 @@ struct TrainArgs {
     /// Replace the run in `--out` if there is one (its config, metrics and checkpoints).
     #[arg(long)]
     force: bool,
-    /// Run at most this many iterations now (the run's length is `ppo.total_timesteps`).
+    #[command(flatten)]
+    run: RunKnobs,
+}
+
+/// How training runs go (`train` and `ablate`).
+#[derive(Args, Debug)]
+struct RunKnobs {
+    /// Train at most this many PPO iterations now, per run (the run's length is
+    /// `ppo.total_timesteps`; an ablation table says when its runs were capped).
     #[arg(long)]
     iterations: Option<usize>,
-    /// Checkpoint every this many iterations (and after the last one).
+    /// Checkpoint every this many iterations (and after the last one); an interrupted run
+    /// resumes from the last checkpoint.
     #[arg(long, default_value_t = 10)]
     save_every: usize,
     /// Environment backend: `cpu` or `cuda`.
     #[arg(long, default_value = "cpu")]
     backend: BackendKind,
-    /// No progress bar; print one line per iteration instead.
+    /// No progress bar (`train` prints one line per iteration instead, `ablate` one per run).
     #[arg(long)]
     quiet: bool,
 }
@@ -161,22 +170,11 @@ struct AblateArgs {
     /// `runs/ablate-<config file stem>`.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Train at most this many PPO iterations per run (quick looks; the table says the runs were
-    /// capped).
-    #[arg(long)]
-    iterations: Option<usize>,
     /// Replace an ablation of another configuration or plan in `--out`.
     #[arg(long)]
     force: bool,
-    /// Checkpoint every this many iterations (an interrupted run resumes from the last one).
-    #[arg(long, default_value_t = 10)]
-    save_every: usize,
-    /// Environment backend: `cpu` or `cuda`.
-    #[arg(long, default_value = "cpu")]
-    backend: BackendKind,
-    /// No progress bars (one line per run is still printed).
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    run: RunKnobs,
 }
 
 #[derive(Args, Debug)]
@@ -290,13 +288,13 @@ fn train(cfg: &Config, config_path: &Path, args: &TrainArgs) -> Result<()> {
         out: out.clone(),
         resume: args.resume,
         force: args.force,
-        max_iterations: args.iterations,
-        save_every: args.save_every,
-        backend: args.backend,
-        progress: !args.quiet,
+        max_iterations: args.run.iterations,
+        save_every: args.run.save_every,
+        backend: args.run.backend,
+        progress: !args.run.quiet,
     };
     let report = run::train(cfg, &market, &opts)?;
-    if args.quiet {
+    if args.run.quiet {
         for m in &report.metrics {
             println!("{}", m.summary_line());
         }
@@ -307,7 +305,7 @@ fn train(cfg: &Config, config_path: &Path, args: &TrainArgs) -> Result<()> {
 
 fn ablate(cfg: &Config, config_path: &Path, args: &AblateArgs) -> Result<()> {
     let terms = ablate::parse_terms(&args.terms)?;
-    let plan = AblationPlan::new(&cfg.reward, &terms, args.seeds, args.iterations)?;
+    let plan = AblationPlan::new(&cfg.reward, &terms, args.seeds, args.run.iterations)?;
     let out = args.out.clone().unwrap_or_else(|| {
         Path::new("runs").join(format!(
             "ablate-{}",
@@ -328,16 +326,17 @@ fn ablate(cfg: &Config, config_path: &Path, args: &AblateArgs) -> Result<()> {
         plan.n_runs(),
         out.display(),
         cfg.ppo.num_iterations(cfg.env.scenarios),
-        args.iterations
+        args.run
+            .iterations
             .map_or(String::new(), |c| format!(" (capped at {c})")),
         t.elapsed().as_secs_f64()
     );
     let opts = AblationOptions {
         out: out.clone(),
         force: args.force,
-        save_every: args.save_every,
-        backend: args.backend,
-        progress: !args.quiet,
+        save_every: args.run.save_every,
+        backend: args.run.backend,
+        progress: !args.run.quiet,
     };
     let report = ablate::ablate(cfg, &market, &plan, &opts, |r| println!("{}", r.line()))?;
     println!(
