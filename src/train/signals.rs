@@ -665,6 +665,8 @@ mod tests {
             episode_return_mean: None,
             episode_length_mean: None,
             env,
+            policy: Default::default(),
+            timing: Default::default(),
         }
     }
 
