@@ -9,6 +9,7 @@
 //! marl-trade ablate --config configs/signal.toml --terms sharpe,divers --seeds 3 [--out DIR] [--iterations N]
 //! marl-trade bench env --backend cpu --envs 128 --symbols 143 --steps 2048 [--threads K]
 //! marl-trade bench policy --config configs/default.toml --scenarios 128
+//! marl-trade bench train --config configs/default.toml --iterations 2
 //! ```
 //!
 //! Every command reads `--config` (default `configs/default.toml`; `eval` reads the configuration
@@ -23,7 +24,7 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 
 use marl_trade::ablate::{self, AblationOptions, AblationPlan};
-use marl_trade::bench::{EnvBench, Machine, PolicyBench, with_threads};
+use marl_trade::bench::{EnvBench, Machine, PolicyBench, TrainBench, with_threads};
 use marl_trade::config::Config;
 use marl_trade::env::{BackendKind, Period};
 use marl_trade::eval::{
@@ -31,6 +32,7 @@ use marl_trade::eval::{
 };
 use marl_trade::market::Market;
 use marl_trade::run::{self, TrainOptions};
+use marl_trade::train::TrainEnv as _;
 use marl_trade::{Error, Result, data};
 
 #[derive(Parser, Debug)]
@@ -196,6 +198,21 @@ enum BenchCmd {
     Env(BenchEnvArgs),
     /// Time of one policy forward pass (the config's agent) for 1 and for N scenarios.
     Policy(BenchPolicyArgs),
+    /// End-to-end training throughput (rollout + update) of the config, split by part.
+    Train(BenchTrainArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchTrainArgs {
+    /// PPO iterations to time.
+    #[arg(long, default_value_t = 2)]
+    iterations: usize,
+    /// Environment backend: `cpu` or `cuda`.
+    #[arg(long, default_value = "cpu")]
+    backend: BackendKind,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -254,6 +271,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Ablate(args) => ablate(&cfg, &cli.config, &args),
         Command::Bench(BenchCmd::Env(args)) => {
             with_threads(args.threads, || bench_env(&cfg, &args))
+        }
+        Command::Bench(BenchCmd::Train(args)) => {
+            with_threads(args.threads, || bench_train(&cfg, &args))
         }
         Command::Bench(BenchCmd::Policy(args)) => {
             with_threads(args.threads, || bench_policy(&cfg, &args))
@@ -471,6 +491,50 @@ fn bench_env(cfg: &Config, args: &BenchEnvArgs) -> Result<()> {
         marl_trade::env::obs::OBS_DIM
     );
     print!("{}", b.measure(args.steps)?.lines());
+    Ok(())
+}
+
+fn bench_train(cfg: &Config, args: &BenchTrainArgs) -> Result<()> {
+    if args.iterations == 0 {
+        return Err(Error::invalid("--iterations must be >= 1"));
+    }
+    let mut b = TrainBench::from_config(cfg, args.backend)?;
+    let env = b.trainer().env();
+    let p = b.trainer().config();
+    println!(
+        "machine: {}; rayon threads {}; data + features {:.1} s",
+        Machine::here(),
+        rayon::current_num_threads(),
+        b.prep_seconds
+    );
+    println!(
+        "train: N = {} scenarios x S = {} symbols, num_steps {}, {} epochs x {} minibatches ({:?}), \
+         encoder {}, embedding cache {} MiB",
+        env.num_envs(),
+        env.agents_per_env(),
+        p.num_steps,
+        p.update_epochs,
+        p.num_minibatches,
+        p.minibatches,
+        if cfg.agent.freeze_encoder {
+            "frozen"
+        } else {
+            "fine-tuned"
+        },
+        cfg.agent.embed_cache_mb
+    );
+    let mut total = (0u64, 0f64);
+    for _ in 0..args.iterations {
+        let t = b.iterate()?;
+        println!("{}", t.line());
+        total = (total.0 + t.transitions, total.1 + t.seconds);
+    }
+    println!(
+        "total: {} symbol transitions in {:.2} s = {:.0} symbol transitions/s",
+        total.0,
+        total.1,
+        total.0 as f64 / total.1.max(1e-12)
+    );
     Ok(())
 }
 

@@ -175,7 +175,8 @@ impl TrainReport {
     }
 }
 
-type Trainer = Ppo<TradingEnv, SymbolPolicy>;
+/// The trainer of the symbol agents on the trading environment.
+pub type Trainer = Ppo<TradingEnv, SymbolPolicy>;
 
 /// Train (or resume) the run of `cfg` in `opts.out`; see the module doc for the files.
 pub fn train(cfg: &Config, market: &Market, opts: &TrainOptions) -> Result<TrainReport> {

@@ -81,11 +81,21 @@ fn cached_forward_is_bit_identical_to_uncached() {
         let market = Market::load(&cfg.data).unwrap();
         let (p, _vm) = policy(&cfg, &market);
         let obs = steps(&market, 12);
+        // The reference: the same policy without a cache.
+        let cfg0 = small(&[
+            "agent.embed_cache_mb=0",
+            &format!("agent.encoder.embed_dim={dim}"),
+        ]);
+        let (p0, _vm0) = policy(&cfg0, &market);
         for o in &obs {
             let (l1, v1) = p.forward_inference(o).unwrap();
-            let (l0, v0) = p.forward(o).unwrap();
+            let (l0, v0) = p0.forward_inference(o).unwrap();
             assert_eq!(bits(&l1), bits(&l0));
             assert_eq!(bits(&v1), bits(&v0));
+            // The gradient path (one batched encoder pass) agrees to float tolerance.
+            let (lg, _) = p.forward(o).unwrap();
+            let d = (lg - &l1).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
         }
         let stats: std::collections::BTreeMap<String, f64> = p.drain_stats().into_iter().collect();
         // 12 steps x 3 distinct bars each, 16 distinct bars overall.

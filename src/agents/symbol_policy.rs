@@ -19,7 +19,7 @@ Memory: `keys x S x E` f32 for embeddings plus `keys x S x S` f32 for graphs (wh
 branch is on), bounded by `agent.embed_cache_mb`: a key that would exceed the bound empties the
 cache first (`cache.evictions`), a single batch larger than the bound is encoded uncached, and
 `embed_cache_mb = 0` turns the cache off. The cached path returns bit for bit what the uncached one
-returns (`tests/embed_cache.rs`): the encoder runs one key per pass, so an embedding does not
+returns (`tests/embed_cache.rs`): inference encodes one key per pass, so an embedding does not
 depend on which other bars were encoded with it.
 */
 
@@ -95,6 +95,8 @@ struct EmbedCache {
     evictions: u64,
     encoded: u64,
     encoder_secs: f64,
+    /// The most bytes held since the last `drain_stats`.
+    peak_bytes: usize,
     /// The encoder's output dtype (the rows are stored as f32, losslessly for f32/f16/bf16).
     dtype: Option<DType>,
 }
@@ -256,6 +258,7 @@ impl SymbolPolicy {
                 c.adj.extend_from_slice(a);
                 c.adj_rows.insert(*k, row);
             }
+            c.peak_bytes = c.peak_bytes.max(c.bytes());
         }
         let mut flat = Vec::with_capacity(keys.len() * ss);
         for k in keys {
@@ -270,22 +273,28 @@ impl SymbolPolicy {
         Ok(flat)
     }
 
-    /// Encode `keys` (distinct) with the current parameters: `[G, S, E]`, one encoder pass per key.
+    /// Encode `keys` (distinct) with the current parameters: `[G, S, E]`; one encoder pass per key
+    /// when `per_key`, else one pass for all.
     ///
-    /// One key per pass makes an embedding independent of the other keys encoded with it: a
-    /// matmul's rounding depends on its shapes (gemm picks its blocking from them), so a key
-    /// encoded in a batch of 3 and in a batch of 1 can differ in the last bit. Per-key passes keep
-    /// every shape fixed, so the cached rollout, the uncached one and the update see the same bits
-    /// (and the update's first ratio is exactly 1). A key is `S x W` rows (3,432 for 143 symbols):
-    /// large enough matmuls that batching keys would gain little.
-    fn encode_keys(&self, keys: &[(u32, u32)]) -> crate::Result<Tensor> {
+    /// The rollout encodes per key (`per_key`): a matmul's rounding depends on its shapes (gemm
+    /// picks its blocking from them), so a key encoded in a batch of 3 and in a batch of 1 can
+    /// differ in the last bit; per-key passes keep every shape fixed, so the cached rollout and the
+    /// uncached one see the same bits. A key is `S x W` rows (3,432 for 143 symbols), large enough
+    /// matmuls that batching keys gains little there. The update (with gradient) batches all the
+    /// distinct keys of a minibatch in one pass.
+    fn encode_keys(&self, keys: &[(u32, u32)], per_key: bool) -> crate::Result<Tensor> {
         let clock = Instant::now();
-        let mut parts = Vec::with_capacity(keys.len());
-        for k in keys {
-            let (windows, adj) = self.gather(std::slice::from_ref(k))?;
-            parts.push(self.agent.encode(&windows, adj.as_ref())?);
-        }
-        let emb = Tensor::cat(&parts, 0)?;
+        let emb = if per_key {
+            let mut parts = Vec::with_capacity(keys.len());
+            for k in keys {
+                let (windows, adj) = self.gather(std::slice::from_ref(k))?;
+                parts.push(self.agent.encode(&windows, adj.as_ref())?);
+            }
+            Tensor::cat(&parts, 0)?
+        } else {
+            let (windows, adj) = self.gather(keys)?;
+            self.agent.encode(&windows, adj.as_ref())?
+        };
         let mut c = self.lock();
         c.encoded += keys.len() as u64;
         c.encoder_secs += clock.elapsed().as_secs_f64();
@@ -303,7 +312,7 @@ impl SymbolPolicy {
         let cap = self.cap_bytes();
         if 4 * row_len * keys.len() > cap {
             // Cache off, or a batch larger than the bound: encode uncached.
-            return Ok(self.encode_keys(keys)?.detach());
+            return Ok(self.encode_keys(keys, true)?.detach());
         }
         let missing: Vec<(u32, u32)> = {
             let mut c = self.lock();
@@ -322,7 +331,7 @@ impl SymbolPolicy {
             missing
         };
         if !missing.is_empty() {
-            let emb = self.encode_keys(&missing)?.detach();
+            let emb = self.encode_keys(&missing, true)?.detach();
             self.lock().dtype = Some(emb.dtype());
             let emb = emb.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
             let mut c = self.lock();
@@ -369,7 +378,7 @@ impl ActorCritic for SymbolPolicy {
             return self.forward_inference(obs);
         }
         let (unique, group) = Self::group_keys(&obs.keys);
-        let emb = self.encode_keys(&unique)?;
+        let emb = self.encode_keys(&unique, false)?;
         self.heads_rows(obs, &emb, group)
     }
 
@@ -401,11 +410,12 @@ impl ActorCritic for SymbolPolicy {
             ("cache.hits".to_string(), c.hits as f64),
             ("cache.misses".to_string(), c.misses as f64),
             ("cache.evictions".to_string(), c.evictions as f64),
-            ("cache.bytes".to_string(), c.bytes() as f64),
+            ("cache.bytes".to_string(), c.peak_bytes as f64),
             ("encoder.keys".to_string(), c.encoded as f64),
             ("time.encoder".to_string(), c.encoder_secs),
         ];
         (c.hits, c.misses, c.evictions, c.encoded, c.encoder_secs) = (0, 0, 0, 0, 0.0);
+        c.peak_bytes = c.bytes();
         out
     }
 

@@ -59,7 +59,7 @@ pub struct Metrics {
     pub env: std::collections::BTreeMap<String, f64>,
     /// The policy's own statistics of the iteration (`ActorCritic::drain_stats`), e.g. the trading
     /// policy's embedding cache: `cache.hits`, `cache.misses` (keys looked up in the rollout),
-    /// `cache.bytes`, `cache.evictions`, `encoder.keys` (bars encoded in the whole iteration).
+    /// `cache.bytes` (the most held during the iteration), `cache.evictions`, `encoder.keys` (bars encoded in the whole iteration).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub policy: std::collections::BTreeMap<String, f64>,
     /// Wall-clock seconds of the iteration's parts: the rollout's env steps (`time.rollout_env`),
