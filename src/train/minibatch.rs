@@ -74,7 +74,11 @@ mod tests {
     fn grouped_is_a_partition_of_whole_groups() {
         let mut rng = ResumableRng::new(3);
         // 40 units over 7 keys of uneven sizes.
-        let keys: Vec<u64> = (0..40u64).map(|u| (u * u + 3) % 7).collect();
+        let keys: Vec<u64> = (0..40u64).map(|u| (u * u + u / 3) % 7).collect();
+        let mut distinct_keys = keys.clone();
+        distinct_keys.sort_unstable();
+        distinct_keys.dedup();
+        assert_eq!(distinct_keys.len(), 7);
         for m in [1, 2, 4, 7, 9] {
             let mbs = grouped(&keys, m, &mut rng);
             assert!(mbs.len() <= m && !mbs.is_empty());
@@ -100,8 +104,8 @@ mod tests {
     #[test]
     fn grouped_sizes_follow_the_targets_and_the_shuffle_varies() {
         let mut rng = ResumableRng::new(9);
-        // 1000 units, 250 keys of 4 units each: 4 minibatches of exactly 250 units.
-        let keys: Vec<u64> = (0..1000u64).map(|u| u % 250).collect();
+        // 1000 units, 200 keys of 5 units each: 4 minibatches of exactly 250 units.
+        let keys: Vec<u64> = (0..1000u64).map(|u| u % 200).collect();
         let a = grouped(&keys, 4, &mut rng);
         assert_eq!(a.iter().map(Vec::len).collect::<Vec<_>>(), vec![250; 4]);
         let b = grouped(&keys, 4, &mut rng);

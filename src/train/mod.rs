@@ -15,6 +15,8 @@ Training: PPO (CleanRL-faithful), generic over a vectorised environment and a po
 - [`cartpole`]: CartPole-v1 (Gymnasium's dynamics), the trainer's test environment.
 
 - [`reward_norm`]: running reward scaling (Gymnasium's `NormalizeReward`).
+- [`value_norm`]: MAPPO's running, debiased return normalisation for the critic (for the master,
+  issue #12; not used by the symbol agents' PPO).
 - [`windows`]: the market as the symbol agents' window source (features + returns).
 - [`setup`]: the symbol policy of a market and the training environment, assembled.
 - [`trading`]: [`TradingEnv`], the trading environment as a [`TrainEnv`] with
@@ -34,6 +36,7 @@ pub mod setup;
 pub mod signals;
 pub mod trading;
 pub mod train_env;
+pub mod value_norm;
 pub mod windows;
 
 pub use adamw::{AdamW, AdamWConfig};
