@@ -33,7 +33,7 @@ pub struct ValueNorm {
 impl ValueNorm {
     /// Fresh statistics with `beta` (the reference: 0.99999) and `epsilon` (1e-5).
     pub fn new(beta: f64, epsilon: f64) -> Result<Self> {
-        if !(0.0..1.0).contains(&beta) || !(epsilon > 0.0) {
+        if !(0.0..1.0).contains(&beta) || epsilon.is_nan() || epsilon <= 0.0 {
             return Err(Error::invalid(format!(
                 "value norm needs 0 <= beta < 1 and epsilon > 0, got beta {beta}, epsilon {epsilon}"
             )));
