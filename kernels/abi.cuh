@@ -128,11 +128,11 @@ typedef struct {
 /* ---- entry points ---- */
 
 /* Bytes of the step's block scratch (`smem` of marl_env_step_block) for S symbols and `threads`
- * threads per block: fold rows and broadcast slots (f64), the per-symbol carry when `carry`
+ * threads per block: fold rows (MARL_FOLD_ROWS x marl_fold_stride(S)) and broadcast slots (f64), the per-symbol carry when `carry`
  * (5 f64 + 1 u32 per symbol), opener flags and scan scratch (u32). Mirrored by
  * env::cuda::step_smem_bytes. */
 HD u64 marl_step_smem_bytes(u32 S, u32 threads, u32 carry) {
-    const u64 f64s = (u64)MARL_FOLD_ROWS * S + MARL_ACC_SLOTS + (carry ? 5ull * S : 0ull);
+    const u64 f64s = (u64)MARL_FOLD_ROWS * marl_fold_stride(S) + MARL_ACC_SLOTS + (carry ? 5ull * S : 0ull);
     const u64 u32s = (u64)S + (threads > 33u ? threads : 33u) + (carry ? (u64)S : 0ull);
     return 8ull * f64s + 4ull * u32s;
 }
@@ -179,7 +179,7 @@ MARL_BLOCKFN void marl_env_step_block(const EnvStepArgs* a, u32 n, double* smem)
 
     MarlWork w;
     w.rows = smem;
-    w.acc = w.rows + (u64)MARL_FOLD_ROWS * S;
+    w.acc = w.rows + (u64)MARL_FOLD_ROWS * marl_fold_stride(S);
     double* dtail = w.acc + MARL_ACC_SLOTS;
     MarlSymScratch sc;
     if (a->carry_in_smem) {
