@@ -54,6 +54,59 @@ pub fn step_carry_in_smem(s: usize, block: usize) -> bool {
     step_smem_bytes(s, block, true) <= DEFAULT_SMEM_LIMIT
 }
 
+/// What the driver reports about one loaded kernel (`cuFuncGetAttribute`), read by the CUDA backend
+/// when it loads the kernels and checked against the launch it will make ([`check_launch`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelResources {
+    /// Most threads per block this kernel can be launched with (its registers and
+    /// `__launch_bounds__` on this device).
+    pub max_threads_per_block: usize,
+    /// Registers per thread.
+    pub registers: usize,
+    /// Local memory per thread in bytes (register spills and stack).
+    pub local_bytes: usize,
+    /// Statically declared shared memory per block in bytes.
+    pub static_smem_bytes: usize,
+}
+
+/// Whether `kernel` can be launched with `block` threads and `dyn_smem` bytes of dynamic shared
+/// memory per block, given its resources and the device's opt-in shared-memory limit per block
+/// (`CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN`). The error (kind
+/// `BackendUnavailable`) names the kernel, the request and the limit, so a configuration the GPU
+/// cannot run fails at construction with a reason instead of `CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES`
+/// at the first step.
+pub fn check_launch(
+    kernel: &str,
+    what: &str,
+    block: usize,
+    dyn_smem: usize,
+    res: &KernelResources,
+    smem_optin: usize,
+) -> crate::Result<()> {
+    if block > res.max_threads_per_block {
+        return Err(crate::Error::backend(
+            "cuda",
+            format!(
+                "{kernel} ({what}) needs {block} threads per block, but this GPU allows it only {} \
+                 ({} registers per thread, {} bytes of local memory)",
+                res.max_threads_per_block, res.registers, res.local_bytes
+            ),
+        ));
+    }
+    let smem = dyn_smem + res.static_smem_bytes;
+    if smem > smem_optin {
+        return Err(crate::Error::backend(
+            "cuda",
+            format!(
+                "{kernel} ({what}) needs {smem} bytes of shared memory per block, this GPU allows at \
+                 most {smem_optin}: too many symbols for the CUDA backend on this GPU (use the cpu \
+                 backend)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Row stride (in f64) of the step kernel's fold buffer: `s` rounded up to an odd number, so the
 /// threads that fold different rows at once read different shared-memory banks. Mirrors
 /// `marl_fold_stride` (kernels/common.cuh).
