@@ -399,6 +399,54 @@ fn abi_layout_matches() {
     }
 }
 
+/// The step's launch geometry and the load-time check of what a GPU can launch (no GPU needed:
+/// the check is a function of the figures the driver reports).
+#[test]
+fn launch_geometry_and_limits() {
+    use marl_trade::ErrorKind;
+    use marl_trade::env::abi::{KernelResources, MAX_BLOCK, check_launch, fold_stride};
+    for (s, t) in [
+        (1, 32),
+        (31, 32),
+        (32, 32),
+        (33, 64),
+        (143, 160),
+        (256, 256),
+        (300, 256),
+    ] {
+        assert_eq!(step_block_threads(s), t, "S = {s}");
+    }
+    assert_eq!(step_block_threads(1100), MAX_BLOCK);
+    assert_eq!((fold_stride(143), fold_stride(256)), (143, 257));
+    // the carry moves to global memory once the block scratch outgrows 48 KiB
+    assert!(step_carry_in_smem(256, 256) && !step_carry_in_smem(300, 256));
+    // H100 / H200: 227 KiB of opt-in shared memory per block; env_step at 128 registers
+    let h100 = 232_448;
+    let step = KernelResources {
+        max_threads_per_block: 512,
+        registers: 128,
+        local_bytes: 0,
+        static_smem_bytes: 0,
+    };
+    let fits = |s: usize| {
+        let b = step_block_threads(s);
+        let smem = step_smem_bytes(s, b, step_carry_in_smem(s, b));
+        check_launch("env_step", "test", b, smem, &step, h100)
+    };
+    for s in [1, 143, 1100, 1800] {
+        fits(s).unwrap_or_else(|e| panic!("S = {s}: {e}"));
+    }
+    let e = fits(2000).expect_err("S = 2000 needs more shared memory than an H100 block has");
+    assert_eq!(e.kind(), ErrorKind::BackendUnavailable);
+    assert!(e.to_string().contains("bytes of shared memory"), "{e}");
+    let small = KernelResources {
+        max_threads_per_block: 128,
+        ..step
+    };
+    let e = check_launch("env_step", "test", 256, 0, &small, h100).expect_err("256 > 128");
+    assert!(e.to_string().contains("256 threads per block"), "{e}");
+}
+
 #[test]
 fn hash2_and_mix64_match_rng() {
     let mut r = marl_trade::rng::SplitMix64::new(99);
