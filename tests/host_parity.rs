@@ -48,7 +48,6 @@ mod parity;
 use std::sync::Arc;
 
 use marl_trade::data::MarketData;
-use marl_trade::env::Period;
 use marl_trade::env::abi::{
     DEBUG_LEN, EnvBuffers, EnvDims, EnvResetArgs, EnvStepArgs, EpisodeRecordC, MaskArgs, ObsArgs,
     SampleArgs, abi_layout, kernel_constants, step_block_threads, step_carry_in_smem,
@@ -62,7 +61,7 @@ use marl_trade::env::{
 use marl_trade::features::Features;
 use marl_trade::reward::N_COMPONENTS;
 use marl_trade::rng::{hash2, mix64};
-use parity::{Case, Coverage, Plan, cases, run_parity};
+use parity::{BLOCK_WIDTHS, Case, Coverage, cases, run_parity, width_case};
 
 /// Indices into the step's debug scalars (`MARL_DBG_*`, kernels/scenario.cuh).
 const DBG_LAMBDA: usize = 0;
@@ -587,52 +586,15 @@ fn sampler_respects_the_mask() {
     );
 }
 
-/// The block-parallel widths: (S, N, episode length). S = 1, 31: one warp, mostly idle lanes;
-/// 32: a full warp; 143: 5 warps, a partial last warp; 256: the largest block, one symbol per
-/// thread; 300 and 1100: more symbols than threads (strided loops), the per-symbol carry in global
-/// memory. N up to 64.
-const EMU_WIDTHS: [(usize, usize, usize); 7] = [
-    (1, 64, 12),
-    (31, 16, 10),
-    (32, 16, 12),
-    (143, 8, 10),
-    (256, 4, 10),
-    (300, 4, 10),
-    (1100, 2, 8),
-];
-
-/// A stress case with `s` symbols, `n` scenarios and episodes of `ep` steps, stepped over two whole
-/// episodes and one more step from random mid-episode states.
-fn emu_case(s: usize, n: usize, ep: usize, seed: u64) -> Case {
-    let cfg = parity::stress_config(n, ep);
-    let md = parity::stress_market(1, 240 + 4 * ep, s, seed);
-    let feats = parity::random_features(&md, seed ^ 0xfeed);
-    let layout = EnvLayout::new(&cfg.env_setup(), &md, Period::Train).expect("layout");
-    Case {
-        plan: Plan {
-            name: "block_emulation",
-            seed,
-            steps: 2 * ep + 1,
-            random_state: true,
-            p_unmasked: 0.2,
-            action_seed: seed.wrapping_mul(31).wrapping_add(7),
-        },
-        cfg,
-        md: Arc::new(md),
-        feats: Arc::new(feats),
-        layout,
-    }
-}
-
 /// The block-parallel code executed without a GPU: reset and step run in the threaded emulation
 /// (kernels/host_emu.c: every CUDA thread an OS thread, `__syncthreads` a barrier, warp shuffles
 /// emulated) with the block size the CUDA backend launches (`step_block_threads`) and its choice of
 /// where the carry lives (`step_carry_in_smem`), against the CPU backend, exactly, for every width
-/// of `EMU_WIDTHS` over whole episodes. S = 143 also runs with the other carry mode.
+/// of `BLOCK_WIDTHS` over whole episodes. S = 143 also runs with the other carry mode.
 #[test]
 fn block_emulation_matches_cpu_backend() {
     let mut total = Coverage::default();
-    let mut runs: Vec<(usize, usize, usize, bool)> = EMU_WIDTHS
+    let mut runs: Vec<(usize, usize, usize, bool)> = BLOCK_WIDTHS
         .iter()
         .map(|&(s, n, ep)| (s, n, ep, step_carry_in_smem(s, step_block_threads(s))))
         .collect();
@@ -644,7 +606,7 @@ fn block_emulation_matches_cpu_backend() {
     ));
     for (i, (s, n, ep, carry)) in runs.into_iter().enumerate() {
         let t0 = std::time::Instant::now();
-        let case = emu_case(s, n, ep, 100 + i as u64);
+        let case = width_case(s, n, ep, 100 + i as u64);
         let threads = step_block_threads(s);
         let mut cpu = CpuBackend::new(case.layout, case.md.clone(), case.feats.clone());
         let mut host =
@@ -731,7 +693,7 @@ fn run_tsan_cases(exe: &std::path::Path, dir: &std::path::Path) -> Vec<(i32, Str
         .iter()
         .enumerate()
         .map(|(i, &(s, n, ep))| {
-            let case = emu_case(s, n, ep, 200 + i as u64);
+            let case = width_case(s, n, ep, 200 + i as u64);
             let threads = step_block_threads(s);
             let file = dir.join(format!("case{i}.bin"));
             write_tsan_case(
