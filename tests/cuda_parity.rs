@@ -12,6 +12,7 @@
 //! - `kernel_resources_report`: the kernels' registers, local memory and threads per block as the
 //!   driver reports them, and the step's launch for several S.
 //! - `device_sampler_replays_on_cpu`: actions drawn on the device, replayed on the CPU backend.
+//! - `step_device_matches_cpu`: steps from actions already on the device (`step_device`).
 //! - `cuda_rollout_throughput`: whole 128 x 2048 rollouts on the device, timed with CUDA events.
 //! - `construction_without_gpu_is_a_clear_error` runs everywhere (not ignored): without a driver the
 //!   backend must return an error of kind `ErrorKind::BackendUnavailable`, never panic.
@@ -176,6 +177,43 @@ fn device_sampler_replays_on_cpu() {
         .map_err(ctx)
         .unwrap();
         cmp_views(&mut cpu, &mut gpu).map_err(ctx).unwrap();
+    }
+}
+
+/// `step_device` (actions already on the device) gives what `step` gives with the same actions.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn step_device_matches_cpu() {
+    let case = cases().into_iter().next().unwrap();
+    let l = case.layout;
+    let mut cpu = CpuBackend::new(l, case.md.clone(), case.feats.clone());
+    let mut gpu = CudaBackend::new(l, case.md.clone(), case.feats.clone()).expect("CUDA backend");
+    cpu.reset(5).unwrap();
+    gpu.reset(5).unwrap();
+    let (mut oa, mut ob) = (
+        StepOutputs::new(l.n_scenarios, l.n_symbols),
+        StepOutputs::new(l.n_scenarios, l.n_symbols),
+    );
+    for it in 0..(2 * l.episode_len as u64 + 1) {
+        let (acts, master) = gpu.sample_actions(99, it, None).unwrap();
+        let stream = gpu.stream().clone();
+        let dev_acts = stream.clone_htod(&acts).unwrap();
+        let dev_master = stream.clone_htod(&master).unwrap();
+        cpu.step(&acts, &master).unwrap();
+        gpu.step_device(&dev_acts, &dev_master).unwrap();
+        cpu.read_outputs(&mut oa).unwrap();
+        gpu.read_outputs(&mut ob).unwrap();
+        let ctx = |e: String| format!("step {it}: {e}");
+        cmp_outputs(&oa, &ob).map_err(ctx).unwrap();
+        cmp_snapshots(&cpu.snapshot().unwrap(), &gpu.snapshot().unwrap())
+            .map_err(ctx)
+            .unwrap();
+        cmp_records(
+            &cpu.drain_episodes().unwrap(),
+            &gpu.drain_episodes().unwrap(),
+        )
+        .map_err(ctx)
+        .unwrap();
     }
 }
 

@@ -5,7 +5,8 @@
 //! `cuda::nvrtc_options`: `--fmad=false`, `-default-device`, the layout constants as defines) to PTX
 //! for compute_80 (A100) and compute_90 (H100/H200), and fails on any error **or warning** (a
 //! non-empty NVRTC log), on a float `add` / `sub` / `mul` without an explicit rounding mode (which
-//! ptxas may contract into an FMA), on any `fma` and on approximate float instructions.
+//! ptxas may contract into an FMA), on any `fma` and on approximate float instructions, and on a
+//! generic (state-space-less) load or store.
 //!
 //! `ptxas_sm90_report` assembles the compute_90 PTX for sm_90 with `ptxas -v` (ptxas from PyPI's
 //! `nvidia-cuda-nvcc-cu12` wheel, installed by `.ci/test`, found through `$MARL_PTXAS` or the
@@ -54,6 +55,15 @@ fn every_kernel_compiles_cleanly() {
             assert!(
                 bad.is_empty(),
                 "{arch} {}: PTX has float instructions that may be fused or approximated: {bad:?}",
+                p.name
+            );
+            // Every load and store names its state space: the step's carry pointers are known to
+            // be shared or global memory in each of its two inlined carry modes (kernels/abi.cuh),
+            // so no generic `ld` / `st` (which costs an address-space check) remains.
+            let generic = generic_accesses(&p.ptx);
+            assert!(
+                generic.is_empty(),
+                "{arch} {}: generic loads / stores: {generic:?}",
                 p.name
             );
             if let Ok(dir) = std::env::var("MARL_PTX_DUMP") {
@@ -121,6 +131,23 @@ fn inexact_float_ops(ptx: &str) -> Vec<String> {
     bad
 }
 
+/// Loads and stores of `ptx` without a state space (`ld.f64`, `st.u32`, ...: generic addressing).
+fn generic_accesses(ptx: &str) -> Vec<String> {
+    ptx.lines()
+        .map(|l| l.trim())
+        .filter(|t| {
+            let op = t.split(char::is_whitespace).next().unwrap_or("");
+            let mut parts = op.split('.');
+            matches!(parts.next(), Some("ld") | Some("st"))
+                && !matches!(
+                    parts.next(),
+                    Some("global" | "shared" | "param" | "const" | "local")
+                )
+        })
+        .map(str::to_string)
+        .collect()
+}
+
 /// The PTX check itself flags what it must and passes what it must (it is not vacuous).
 #[test]
 fn the_ptx_check_flags_unrounded_ops() {
@@ -136,6 +163,14 @@ fn the_ptx_check_flags_unrounded_ops() {
     ] {
         assert_eq!(inexact_float_ops(bad).len(), 1, "{bad}");
     }
+    assert_eq!(
+        generic_accesses("\tld.f64 \t%fd1, [%rd1];\n\tst.u32 \t[%rd2], %r1;\n").len(),
+        2
+    );
+    assert!(
+        generic_accesses("\tld.shared.f64 \t%fd1, [%r1];\n\tst.global.u32 \t[%rd2], %r1;\n")
+            .is_empty()
+    );
     for good in [
         "\tadd.rn.f64 \t%fd3, %fd1, %fd2;",
         "\tmul.rn.f32 \t%f3, %f1, %f2;",

@@ -476,6 +476,33 @@ impl CudaBackend {
     }
 
     fn launch_step(&mut self) -> Result<()> {
+        let bufs = self.bufs;
+        self.launch_step_with(&bufs)
+    }
+
+    /// The backend's stream: every copy and launch of the backend is ordered on it (event
+    /// tracking is off). Work of a caller that reads or writes the backend's device buffers
+    /// ([`Self::gather_obs_device`], [`Self::outputs_device`], the inputs of
+    /// [`Self::step_device`]) must be ordered on this stream too (or synchronised with it).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// One step with actions already on the device: symbol actions `[N, S]` and master actions
+    /// `[N]`, allocated on this backend's context (e.g. with `stream().alloc_zeros`) and written in
+    /// the order of [`Self::stream`]. Equivalent to [`Backend::step`] with the same values, minus
+    /// the two host-to-device copies.
+    pub fn step_device(&mut self, actions: &CudaSlice<u8>, master: &CudaSlice<u8>) -> Result<()> {
+        let (n, s) = (self.layout.n_scenarios, self.layout.n_symbols);
+        Self::check_host_len("device symbol actions", actions.len(), n * s)?;
+        Self::check_host_len("device master actions", master.len(), n)?;
+        let mut bufs = self.bufs;
+        bufs.actions = actions.device_ptr(&self.stream).0;
+        bufs.master = master.device_ptr(&self.stream).0;
+        self.launch_step_with(&bufs)
+    }
+
+    fn launch_step_with(&mut self, bufs: &EnvBuffers) -> Result<()> {
         let cfg = LaunchConfig {
             grid_dim: (self.dims.n_scenarios, 1, 1),
             block_dim: (self.block, 1, 1),
@@ -485,14 +512,15 @@ impl CudaBackend {
             &self.layout.params,
             &self.dims,
             self.seed,
-            &self.bufs,
+            bufs,
             self.carry_in_smem,
         );
         let mut b = self.stream.launch_builder(&self.k.step);
         b.arg(&args);
         // SAFETY: `env_step` (kernels/env_step.cu) takes one `EnvStepArgs` by value, whose layout
         // equals this struct's (`abi_layout_matches`); every address in it is a live buffer of this
-        // backend with the length the kernel indexes (N, N*S, N*S*7, N*7, N*RECORD_CAP, and
+        // backend (or, for the actions of `step_device`, the caller's, length-checked) with the
+        // length the kernel indexes (N, N*S, N*S*7, N*7, N*RECORD_CAP, and
         // 5*N*S / N*S for scratch/opener when the carry is not in shared memory; debug is null);
         // `smem` is what the kernel carves (`step_smem_bytes`) and was allowed via the function
         // attribute when above 48 KiB; all work is ordered on the backend's single stream.
