@@ -43,6 +43,24 @@
 //! fail with `[leveraged] step 1: reward[0]: 4.8537174e-1 vs 4.8651877e-1` (and
 //! `sampler_respects_the_mask` with `sampled actions were counted invalid`).
 
+//!
+//! **Block-parallel code with real threads.** The serial shim never runs the block-parallel paths.
+//! `block_emulation_matches_cpu_backend` runs reset and step in the threaded emulation
+//! (`kernels/host_emu.c`, `kernels/block_emu.h`: every CUDA thread of a block an OS thread,
+//! `__syncthreads` a barrier, warp shuffles exchanged between warp barriers, per-block shared
+//! memory poisoned with NaN) with the backend's block size and carry mode for every S of
+//! `parity::BLOCK_WIDTHS` (1 to 1100) against the CPU backend, exactly. `block_emulation_is_race_free_under_tsan`
+//! builds `tests/emu/tsan_main.c` with `-fsanitize=thread` and requires no report, and a report
+//! from the build without the barrier that opens `marl_fold_rows`. By hand (once, then reverted):
+//! removing the barrier after `scratch[warp] = v` in `marl_block_sum_u32` made the emulation fail
+//! with `S = 143, N = 8, 160 threads, carry in smem true: [block_width] step 1: scenario 0
+//! open_count: 57 vs 17` (S <= 32, one warp, still passed) and ThreadSanitizer report a data race
+//! between common.cuh:159 (the write) and :161 (warp 0's read) in `marl_step_orders`; removing the
+//! barrier that closes `marl_fold_rows` made threads read a fold result before it was written, so
+//! they disagreed on the kill switch and reached different barriers: the emulation aborted with
+//! `block emulation: thread 5 waited 60 s at a __syncthreads barrier (27 of 32 arrived): the
+//! threads reached different barriers (a barrier in divergent code)`.
+
 mod parity;
 
 use std::sync::Arc;
