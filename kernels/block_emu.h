@@ -15,7 +15,7 @@
  * happens-before edges, so a missing `__syncthreads` between a write and a read of another thread
  * is reported as a data race). A thread that waits on a barrier for MARL_EMU_TIMEOUT_S seconds means the threads
  * of a block reached different numbers of barriers (a barrier in divergent code, undefined on the
- * device): the emulation reports it and aborts instead of hanging.
+ * device): the emulation reports it and aborts instead of hanging. Linux only (futex(2)).
  */
 #ifndef MARL_BLOCK_EMU_H
 #define MARL_BLOCK_EMU_H
