@@ -845,16 +845,17 @@ fn crisis_warning_ramps_vix_before_each_onset_and_changes_nothing_else() {
     assert!(!onsets.is_empty());
     let mut ramp = vec![0f64; reg.len()];
     for &t0 in &onsets {
-        for t in t0.saturating_sub(lead)..t0 {
-            ramp[t] += 25.0 * (t + lead + 1 - t0) as f64 / lead as f64;
+        let start = t0.saturating_sub(lead);
+        for (t, r) in ramp.iter_mut().enumerate().take(t0).skip(start) {
+            *r += 25.0 * (t + lead + 1 - t0) as f64 / lead as f64;
         }
     }
     let mut changed = 0;
-    for t in 0..plain.bars {
+    for (t, r) in ramp.iter().enumerate() {
         let (rate0, vix0) = (plain.macro_series[2 * t], plain.macro_series[2 * t + 1]);
         let (rate1, vix1) = (warned.macro_series[2 * t], warned.macro_series[2 * t + 1]);
         assert_eq!(rate0, rate1, "rate changed at bar {t}");
-        assert_eq!(vix1, (f64::from(vix0) + ramp[t]) as f32, "bar {t}");
+        assert_eq!(vix1, (f64::from(vix0) + r) as f32, "bar {t}");
         changed += usize::from(vix0 != vix1);
     }
     // Every bar of every lead window moved (a window can be cut by the start of the data).
