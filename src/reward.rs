@@ -607,6 +607,37 @@ mod tests {
     }
 
     #[test]
+    fn bad_shaping_parameters_name_their_field() {
+        for (set, field) in [
+            (
+                RewardConfig {
+                    ref_vol: 0.0,
+                    ..RewardConfig::default()
+                },
+                "reward.ref_vol",
+            ),
+            (
+                RewardConfig {
+                    ref_vol: f64::INFINITY,
+                    ..RewardConfig::default()
+                },
+                "reward.ref_vol",
+            ),
+            (
+                RewardConfig {
+                    dsr_clip: -1.0,
+                    ..RewardConfig::default()
+                },
+                "reward.dsr_clip",
+            ),
+        ] {
+            let e = set.validate("f.toml").unwrap_err().to_string();
+            assert!(e.contains(field) && e.contains("f.toml"), "{e}");
+        }
+        assert!(RewardConfig::default().validate("f.toml").is_ok());
+    }
+
+    #[test]
     fn shaper_reports_share_and_resets() {
         let mut sh = RewardShaper::new();
         let mut s = ComponentSums::default();
