@@ -92,7 +92,7 @@ impl RewardConfig {
         if !(self.ref_vol > 0.0 && self.ref_vol.is_finite()) {
             return bad("reward.ref_vol", "must be > 0 and finite");
         }
-        if !(self.dsr_clip > 0.0) {
+        if self.dsr_clip.is_nan() || self.dsr_clip <= 0.0 {
             return bad("reward.dsr_clip", "must be > 0");
         }
         Ok(())
