@@ -271,10 +271,10 @@ struct TermScale {
 impl TermScale {
     fn table(&self, label: &str) -> String {
         let mut t = format!("{label}: term  mean|w*c|  share|.|  share(sum)  std\n");
-        for c in 0..N_COMPONENTS {
+        for (c, name) in COMPONENT_NAMES.iter().enumerate() {
             t += &format!(
-                "  {:>8}  {:>10.3e}  {:>7.3}  {:>9.3}  {:>10.3e}\n",
-                COMPONENT_NAMES[c], self.abs[c], self.share_abs[c], self.share[c], self.std[c]
+                "  {name:>8}  {:>10.3e}  {:>7.3}  {:>9.3}  {:>10.3e}\n",
+                self.abs[c], self.share_abs[c], self.share[c], self.std[c]
             );
         }
         t + &format!("  master reward mean |r_m| {:.3e}\n", self.master_abs)
@@ -373,8 +373,7 @@ fn reward_terms_share_one_scale_at_the_design_weights() {
         (COMPONENT_NAMES[pnl], COMPONENT_NAMES[dd]),
         ("pnl", "drawdown")
     );
-    for c in 0..N_COMPONENTS {
-        let name = COMPONENT_NAMES[c];
+    for (c, name) in COMPONENT_NAMES.iter().enumerate() {
         assert!(sentiment.std[c] > 0.0, "{name} is constant:\n{report}");
         // The objective leads: P&L (weight 10) is the largest term, and no shaping term takes
         // more than 60% by either share. (P&L itself is about 70% of the total: the other terms
