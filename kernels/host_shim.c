@@ -46,6 +46,7 @@ u32 EXPORT(abi_layout)(u64* out, u32 cap) {
     PUT(offsetof(RewardParams, dsr_clip));
     PUT(offsetof(RewardParams, trade_dd_threshold));
     PUT(offsetof(RewardParams, util_target));
+    PUT(offsetof(RewardParams, bar_vol));
     PUT(offsetof(RewardParams, master_w));
     PUT(sizeof(StepParams));
     PUT(offsetof(StepParams, costs));

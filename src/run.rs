@@ -37,7 +37,6 @@ use crate::config::Config;
 use crate::env::BackendKind;
 use crate::error::{Error, ErrorKind, Result};
 pub use crate::market::Market;
-use crate::reward::RewardParams;
 use crate::train::checkpoint;
 use crate::train::metrics::{Metrics, MetricsWriter, read_metrics};
 pub use crate::train::setup::{build_env, build_policy};
@@ -332,7 +331,7 @@ pub fn analyze_run(out: &Path, th: &SignalThresholds) -> Result<SignalReport> {
     let metrics = read_metrics(out.join(METRICS_JSONL))?;
     let cfg_path = out.join(CONFIG_FILE);
     let weights = if cfg_path.is_file() {
-        Some(RewardParams::new(&Config::from_file(&cfg_path)?.reward).w)
+        Some(Config::from_file(&cfg_path)?.reward.weights())
     } else {
         None
     };
