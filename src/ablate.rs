@@ -767,6 +767,7 @@ pub fn ablate(
                         save_every: opts.save_every,
                         backend: opts.backend,
                         progress: opts.progress,
+                        ..TrainOptions::new(&dir)
                     };
                     run::train(&rcfg, market, &o).map(|r| r.metrics.len())
                 };

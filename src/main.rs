@@ -292,6 +292,7 @@ fn train(cfg: &Config, config_path: &Path, args: &TrainArgs) -> Result<()> {
         save_every: args.run.save_every,
         backend: args.run.backend,
         progress: !args.run.quiet,
+        ..TrainOptions::new(&out)
     };
     let report = run::train(cfg, &market, &opts)?;
     if args.run.quiet {

@@ -260,6 +260,7 @@ mod tests {
             curves,
             first_bar: 0,
             last_bar: rets[0].len(),
+            limits: Default::default(),
         }
     }
 
