@@ -35,7 +35,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::baselines::{
     BacktestPolicy, EqualWeight, Hold, Momentum, PolicyView, RandomPolicy,
@@ -178,7 +178,7 @@ impl Default for BacktestOptions {
 }
 
 /// The outcome of one policy's backtest.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BacktestResult {
     /// Metrics averaged over the paths.
     pub metrics: Metrics,
@@ -206,7 +206,7 @@ pub struct BacktestResult {
 /// - **kill switch**: no scenario continues past a step whose drawdown from its peak reached
 ///   `kill_drawdown` (step 11); the drawdown at which the switch fired is recorded (a gap can
 ///   carry it past the threshold: the switch sells at the close of the bar that breached it).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LimitCheck {
     /// Scenario steps checked.
     pub steps: usize,
@@ -251,7 +251,8 @@ impl LimitCheck {
 }
 
 impl BacktestResult {
-    fn from_curves(policy: &str, curves: Vec<Curve>, first_bar: usize, last_bar: usize) -> Self {
+    /// The result of `curves` (one per path, metrics per path and averaged), with no limit check.
+    pub fn from_curves(policy: &str, curves: Vec<Curve>, first_bar: usize, last_bar: usize) -> Self {
         let per_path: Vec<Metrics> = curves
             .iter()
             .map(|c| Metrics::from_curve(policy, c))

@@ -121,6 +121,22 @@ fn check_out(view: &PolicyView, sym_out: &[u8], master_out: &[u8]) -> Result<()>
     Ok(())
 }
 
+/// A boxed policy is a policy (so that wrappers can take either).
+impl BacktestPolicy for Box<dyn BacktestPolicy> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn needs_full_obs(&self) -> bool {
+        (**self).needs_full_obs()
+    }
+    fn reset(&mut self) {
+        (**self).reset()
+    }
+    fn act(&mut self, view: &PolicyView, sym_out: &mut [u8], master_out: &mut [u8]) -> Result<()> {
+        (**self).act(view, sym_out, master_out)
+    }
+}
+
 /// HOLD everywhere, master `default_action`.
 #[derive(Debug, Clone, Default)]
 pub struct Hold;
