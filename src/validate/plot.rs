@@ -249,10 +249,15 @@ fn fold_sharpe(r: &Report, buf: &mut [u8]) -> DrawResult<()> {
             blue.stroke_width(2),
         ))?;
         ch.draw_series(LineSeries::new([(x, m - sd), (x, m + sd)], blue.stroke_width(2)))?;
-        ch.draw_series([Rectangle::new(
+        let mark = ch.draw_series([Rectangle::new(
             [(x - 0.06, m - 0.02 * (hi - lo)), (x + 0.06, m + 0.02 * (hi - lo))],
             blue.filled(),
         )])?;
+        if i == 0 {
+            mark.label("ppo (mean ± sd over seeds)").legend(move |(x, y)| {
+                Rectangle::new([(x, y - 4), (x + 20, y + 4)], blue.filled())
+            });
+        }
         let nb = f.baselines.len().max(1) as f64;
         for (j, b) in f.baselines.iter().enumerate() {
             let bx = x + 0.15 + 0.25 * j as f64 / nb;
@@ -264,9 +269,6 @@ fn fold_sharpe(r: &Report, buf: &mut [u8]) -> DrawResult<()> {
             }
         }
     }
-    ch.draw_series([Rectangle::new([(-10.0, -1e9), (-9.0, -1e9)], blue.filled())])?
-        .label("ppo (mean ± sd)")
-        .legend(move |(x, y)| Rectangle::new([(x, y - 4), (x + 20, y + 4)], blue.filled()));
     ch.configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.85))

@@ -542,7 +542,7 @@ pub fn criteria(r: &Report) -> Vec<Criterion> {
         .map(|g| if g.early > 0.0 { g.late / g.early } else { f64::NAN })
         .collect();
     let min_ratio = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-    if r.grad_norms.is_empty() {
+    if r.grad_norms.is_empty() && collapse == 0 {
         out.push(crit(
             "no-go: reward gradients collapse",
             None,
@@ -550,7 +550,7 @@ pub fn criteria(r: &Report) -> Vec<Criterion> {
             "no run with >= 5 logged iterations".into(),
         ));
     } else {
-        let bad = collapse > 0 || !(min_ratio >= 0.01);
+        let bad = collapse > 0 || (!r.grad_norms.is_empty() && !(min_ratio >= 0.01));
         out.push(crit(
             "no-go: reward gradients collapse",
             Some(min_ratio),
