@@ -477,7 +477,9 @@ fn walkforward(cfg: &Config, config_path: &Path, args: &WalkForwardArgs) -> Resu
     print!("{}", walkforward_text(&r));
     println!(
         "report: {}",
-        args.out.join(marl_trade::validate::walkforward::REPORT_JSON).display()
+        args.out
+            .join(marl_trade::validate::walkforward::REPORT_JSON)
+            .display()
     );
     Ok(())
 }
@@ -540,7 +542,9 @@ fn stress(args: &StressArgs, overrides: &[String]) -> Result<()> {
         r.write_json(p)?;
     }
     if !r.limits_held() {
-        return Err(Error::invalid("a risk limit was violated in a stress scenario (see above)"));
+        return Err(Error::invalid(
+            "a risk limit was violated in a stress scenario (see above)",
+        ));
     }
     Ok(())
 }

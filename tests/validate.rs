@@ -27,7 +27,13 @@ fn small(overrides: &[&str]) -> Config {
     Config::from_file_with_overrides(format!("{root}/configs/small.toml"), &o).unwrap()
 }
 
-fn spec(train: usize, test: usize, step: usize, embargo: usize, expanding: bool) -> WalkForwardSpec {
+fn spec(
+    train: usize,
+    test: usize,
+    step: usize,
+    embargo: usize,
+    expanding: bool,
+) -> WalkForwardSpec {
     WalkForwardSpec {
         train_bars: train,
         test_bars: test,
@@ -85,7 +91,10 @@ fn folds_never_test_on_trained_or_embargoed_bars_and_tile_the_period() {
                     // Coverage: from the first possible test bar, and no further fold fits.
                     let last = folds.last().unwrap();
                     assert_eq!(folds[0].test_lo, a + e);
-                    assert!(last.test_last + step > bars - 1, "another fold fits: {last:?}");
+                    assert!(
+                        last.test_last + step > bars - 1,
+                        "another fold fits: {last:?}"
+                    );
                     checked += folds.len();
                 }
             }
@@ -108,10 +117,16 @@ fn folds_never_test_on_trained_or_embargoed_bars_and_tile_the_period() {
 #[test]
 fn bad_walk_forward_arguments_are_clear_errors() {
     let cases: &[(WalkForwardSpec, &str)] = &[
-        (spec(1000, 200, 200, 0, false), "--train-bars 1000 + --embargo 0 + --test-bars 200 + 1 = 1201 bars, but the data has 1200"),
+        (
+            spec(1000, 200, 200, 0, false),
+            "--train-bars 1000 + --embargo 0 + --test-bars 200 + 1 = 1201 bars, but the data has 1200",
+        ),
         (spec(900, 200, 200, 100, false), "--embargo 100"),
         (spec(50, 20, 20, 0, false), "--train-bars 50 is too short"),
-        (spec(300, 100, 50, 0, false), "--step 50 is smaller than --test-bars 100"),
+        (
+            spec(300, 100, 50, 0, false),
+            "--step 50 is smaller than --test-bars 100",
+        ),
         (spec(300, 0, 50, 0, false), "--test-bars must be >= 1"),
         (
             WalkForwardSpec {
@@ -149,8 +164,14 @@ fn the_stitched_curve_chains_the_fold_curves() {
     for (x, y) in s.curve.equity.iter().zip(want) {
         assert!((x - y).abs() < 1e-9, "{:?}", s.curve.equity);
     }
-    assert!((s.curve.costs[3] - 1.2 * 0.0).abs() < 1e-12 && (s.curve.costs[4] - 1.2 * 0.1).abs() < 1e-12);
-    assert!((s.curve.traded[5] - 1.14 * 0.0).abs() < 1e-12 && (s.curve.traded[4] - 1.2 * 10.0).abs() < 1e-12);
+    assert!(
+        (s.curve.costs[3] - 1.2 * 0.0).abs() < 1e-12
+            && (s.curve.costs[4] - 1.2 * 0.1).abs() < 1e-12
+    );
+    assert!(
+        (s.curve.traded[5] - 1.14 * 0.0).abs() < 1e-12
+            && (s.curve.traded[4] - 1.2 * 10.0).abs() < 1e-12
+    );
     assert!(stitch("none", &[]).is_err());
 }
 
@@ -179,7 +200,11 @@ fn a_small_walk_forward_resumes_refuses_another_plan_and_reports() {
     let mut actions = Vec::new();
     let first = walk_forward(&cfg, &market, &s, &opts, |o| actions.push(o.action)).unwrap();
     assert_eq!(actions.len(), 6);
-    assert!(actions.iter().all(|a| *a == walkforward::RunAction::Trained));
+    assert!(
+        actions
+            .iter()
+            .all(|a| *a == walkforward::RunAction::Trained)
+    );
     assert_eq!((first.runs_done, first.runs_total), (6, 6));
     assert!(out.join(PLAN_FILE).is_file() && out.join(walkforward::REPORT_JSON).is_file());
 
@@ -246,7 +271,14 @@ fn a_small_walk_forward_resumes_refuses_another_plan_and_reports() {
     let mut r = build_report(&out, None).unwrap();
     let rep = tmp.path().join("report");
     write_report(&mut r, &rep).unwrap();
-    for f in ["report.md", "report.json", "equity.png", "fold_sharpe.png", "reward_shares.png", "actions_costs.png"] {
+    for f in [
+        "report.md",
+        "report.json",
+        "equity.png",
+        "fold_sharpe.png",
+        "reward_shares.png",
+        "actions_costs.png",
+    ] {
         assert!(rep.join(f).is_file(), "{f}");
     }
     let j: serde_json::Value =
@@ -263,7 +295,12 @@ fn a_small_walk_forward_resumes_refuses_another_plan_and_reports() {
     let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
     let seeds: Vec<&serde_json::Value> = j["policy"].as_array().unwrap().iter().collect();
     assert_eq!(seeds.len(), 2);
-    let col = |k: &str| seeds.iter().map(|m| m[k].as_f64().unwrap()).collect::<Vec<_>>();
+    let col = |k: &str| {
+        seeds
+            .iter()
+            .map(|m| m[k].as_f64().unwrap())
+            .collect::<Vec<_>>()
+    };
     for (name, key) in [
         ("total return > 15%", "total_return"),
         ("Sharpe > 0.8", "sharpe"),
@@ -303,7 +340,10 @@ fn a_small_walk_forward_resumes_refuses_another_plan_and_reports() {
         assert!((fold_sharpes[i] - mean(&per)).abs() < 1e-12);
     }
     // Not-evaluable criteria are listed as such, never passed.
-    for name in ["master cuts drawdown > 15% vs baseline", "no-go: MAPPO diverges"] {
+    for name in [
+        "master cuts drawdown > 15% vs baseline",
+        "no-go: MAPPO diverges",
+    ] {
         assert_eq!(crit(name)["verdict"], "NotEvaluable");
     }
     let alarms = j["alarms"].as_array().unwrap().len();
@@ -311,7 +351,11 @@ fn a_small_walk_forward_resumes_refuses_another_plan_and_reports() {
         crit("reward diagnostics stable")["verdict"],
         if alarms == 0 { "Go" } else { "NoGo" }
     );
-    assert!(r.criteria.iter().any(|c| c.verdict == Verdict::NotEvaluable));
+    assert!(
+        r.criteria
+            .iter()
+            .any(|c| c.verdict == Verdict::NotEvaluable)
+    );
     assert!(!r.overall.starts_with("GO"), "{}", r.overall);
     let md = std::fs::read_to_string(rep.join("report.md")).unwrap();
     for c in &r.criteria {
@@ -327,7 +371,12 @@ impl BacktestPolicy for BuyOnce {
     fn name(&self) -> &str {
         "buy-once"
     }
-    fn act(&mut self, view: &PolicyView, sym_out: &mut [u8], master_out: &mut [u8]) -> marl_trade::Result<()> {
+    fn act(
+        &mut self,
+        view: &PolicyView,
+        sym_out: &mut [u8],
+        master_out: &mut [u8],
+    ) -> marl_trade::Result<()> {
         let s = view.n_symbols();
         sym_out.fill(HOLD);
         for (i, &k) in view.step_in_episode.iter().enumerate() {
@@ -387,19 +436,34 @@ fn stress_costs_of_a_scripted_policy_match_a_hand_computation() {
         },
         Scenario::StaleBars { every: 10 },
     ];
-    let mut make = |_: &Market| -> marl_trade::Result<Box<dyn BacktestPolicy>> { Ok(Box::new(BuyOnce)) };
-    let r = stress_policy(&cfg.env_setup(), &market, &opts, &scen, "buy-once", &mut make).unwrap();
+    let mut make =
+        |_: &Market| -> marl_trade::Result<Box<dyn BacktestPolicy>> { Ok(Box::new(BuyOnce)) };
+    let r = stress_policy(
+        &cfg.env_setup(),
+        &market,
+        &opts,
+        &scen,
+        "buy-once",
+        &mut make,
+    )
+    .unwrap();
     assert_eq!(r.bars, (lo, hi - 1));
     let row = |n: &str| r.rows.iter().find(|x| x.scenario == n).unwrap();
     for (name, k) in [("base", 1.0), ("costs-x2", 2.0), ("costs-x5", 5.0)] {
         let got = row(name).policy.costs_paid;
         let want = hand_cost(&cfg, &md, lo, k);
-        assert!((got - want).abs() <= 1e-9 * want.max(1e-12) + 1e-12, "{name}: {got} vs {want}");
+        assert!(
+            (got - want).abs() <= 1e-9 * want.max(1e-12) + 1e-12,
+            "{name}: {got} vs {want}"
+        );
         assert!(got > 0.0);
     }
     // x2 doubles the commission rate and the (uncapped) slippage fraction; the commission is paid
     // on the dearer fill, so the cost is a little more than twice the base cost.
-    let (b, x2) = (row("base").policy.costs_paid, row("costs-x2").policy.costs_paid);
+    let (b, x2) = (
+        row("base").policy.costs_paid,
+        row("costs-x2").policy.costs_paid,
+    );
     assert!(x2 > 2.0 * b && x2 < 2.01 * b, "{b} {x2}");
     // One bar late: the same order decided at lo + 1.
     let late = row("late-fills").policy.costs_paid;
@@ -410,9 +474,66 @@ fn stress_costs_of_a_scripted_policy_match_a_hand_computation() {
     // The crisis takes the market down: equal weight loses more than in the base replay.
     assert!(row("crisis").equal_weight.total_return < row("base").equal_weight.total_return);
     assert!(r.limits_held(), "{}", r.text());
-    assert!(r.rows.iter().all(|x| x.limits.steps > 0 && x.limits.buy_steps >= 1));
+    assert!(
+        r.rows
+            .iter()
+            .all(|x| x.limits.steps > 0 && x.limits.buy_steps >= 1)
+    );
     let text = r.text();
     for s in &scen {
         assert!(text.contains(&s.name()));
     }
+}
+
+#[test]
+fn one_over_n_rebalanced_by_hand() {
+    use marl_trade::costs::{CostConfig, CostParams};
+    use marl_trade::eval::rebalanced_equal_weight;
+    let cfg = small(&[]);
+    let md = data::generate(&cfg.data.synthetic, &cfg.data.benchmark);
+    let s = md.n_symbols();
+    let (t0, t_end, c0) = (200, 260, 1e6);
+    let free = CostParams::new(
+        &CostConfig {
+            commission_bps: 0.0,
+            half_spread_bps: 0.0,
+            ..CostConfig::default()
+        },
+        md.bars_per_year(),
+    );
+    // Never rebalanced after the start, no costs: 1/N buy-and-hold at the open of t0 + 1.
+    let c = rebalanced_equal_weight(&md, &free, c0, 0, t0, t_end, 10_000).unwrap();
+    for t in t0 + 1..=t_end {
+        let want: f64 = (0..s)
+            .map(|j| {
+                c0 / s as f64 / md.open[md.px(0, t0 + 1, j)] as f64
+                    * md.close[md.px(0, t, j)] as f64
+            })
+            .sum();
+        assert!((c.equity[t - t0] - want).abs() < 1e-6, "bar {t}");
+    }
+    // Rebalanced at every open, no costs: the open-to-open growth is the mean of the symbols'
+    // open-to-open ratios, and the close is the open times the mean open-to-close ratio.
+    let c = rebalanced_equal_weight(&md, &free, c0, 0, t0, t_end, 1).unwrap();
+    let mean = |f: &dyn Fn(usize) -> f64| (0..s).map(f).sum::<f64>() / s as f64;
+    let px = |a: &[f32], t: usize, j: usize| a[md.px(0, t, j)] as f64;
+    let mut e_open = c0;
+    for t in t0 + 1..=t_end {
+        if t > t0 + 1 {
+            e_open *= mean(&|j| px(&md.open, t, j) / px(&md.open, t - 1, j));
+        }
+        let want = e_open * mean(&|j| px(&md.close, t, j) / px(&md.open, t, j));
+        assert!((c.equity[t - t0] - want).abs() < 1e-6 * want, "bar {t}");
+    }
+    // With costs: the first purchase pays rate * e1 with e1 = C0 / (1 + rate).
+    let p = CostParams::new(&cfg.costs, md.bars_per_year());
+    let c = rebalanced_equal_weight(&md, &p, c0, 0, t0, t_end, 5).unwrap();
+    let rate = p.half_spread + p.commission;
+    assert!(
+        (c.costs[0] - (c0 - c0 / (1.0 + rate))).abs() < 1e-6,
+        "{}",
+        c.costs[0]
+    );
+    assert!(c.costs[1] == 0.0 && c.costs[5] > 0.0);
+    assert!(rebalanced_equal_weight(&md, &p, c0, 0, t0, t_end, 0).is_err());
 }

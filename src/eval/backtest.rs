@@ -38,8 +38,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use super::baselines::{
-    BacktestPolicy, EqualWeight, Hold, Momentum, PolicyView, RandomPolicy,
-    rebalanced_equal_weight, spy_buy_and_hold,
+    BacktestPolicy, EqualWeight, Hold, Momentum, PolicyView, RandomPolicy, rebalanced_equal_weight,
+    spy_buy_and_hold,
 };
 use super::metrics::{Curve, Metrics};
 use crate::data::MarketData;
@@ -252,7 +252,12 @@ impl LimitCheck {
 
 impl BacktestResult {
     /// The result of `curves` (one per path, metrics per path and averaged), with no limit check.
-    pub fn from_curves(policy: &str, curves: Vec<Curve>, first_bar: usize, last_bar: usize) -> Self {
+    pub fn from_curves(
+        policy: &str,
+        curves: Vec<Curve>,
+        first_bar: usize,
+        last_bar: usize,
+    ) -> Self {
         let per_path: Vec<Metrics> = curves
             .iter()
             .map(|c| Metrics::from_curve(policy, c))
@@ -520,7 +525,11 @@ fn check_limits(
             cash1
         };
         let e_open = cash + g_open;
-        let lev = if e_open > 0.0 { g_open / e_open } else { f64::INFINITY };
+        let lev = if e_open > 0.0 {
+            g_open / e_open
+        } else {
+            f64::INFINITY
+        };
         lc.max_leverage_at_fill = lc.max_leverage_at_fill.max(lev);
         if lev > params.leverage_cap * (1.0 + TOL) {
             lc.leverage_violations += 1;
@@ -536,7 +545,11 @@ fn check_limits(
             ));
         }
     }
-    let dd = if peak1 > 0.0 { 1.0 - e1 / peak1.max(e1) } else { 0.0 };
+    let dd = if peak1 > 0.0 {
+        1.0 - e1 / peak1.max(e1)
+    } else {
+        0.0
+    };
     if killed {
         lc.kills += 1;
         lc.max_drawdown_at_kill = lc.max_drawdown_at_kill.max(dd);
@@ -641,4 +654,62 @@ pub fn run_rebalanced(
         a,
         last,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// The limit check flags what the env must never do: it is fed hand-made states.
+    #[test]
+    fn the_limit_check_flags_each_violation() {
+        let mut cfg = Config::default();
+        cfg.data.synthetic.symbols = 2;
+        cfg.data.synthetic.bars = 300;
+        let md = crate::data::generate(&cfg.data.synthetic, &cfg.data.benchmark);
+        let params = crate::env::logic::StepParams::new(&cfg.env_setup(), 2, md.bars_per_year());
+        let t = 150;
+        let c = |j: usize| md.close[md.px(0, t, j)] as f64;
+        let o1 = |j: usize| md.open[md.px(0, t + 1, j)] as f64;
+        let c0 = params.initial_capital;
+        let m = params.default_action as u8; // cap 0.05, neutral
+        let cap = params.position_caps[(m as usize / 3) % 4];
+        let check = |q1: [f64; 2], cash1: f64, e1: f64, peak: f64, killed: bool| {
+            let mut lc = LimitCheck::default();
+            check_limits(
+                &mut lc,
+                &params,
+                &md,
+                (0, 0, t),
+                (&[0.0, 0.0], &q1),
+                (c0, m),
+                (cash1, e1, peak),
+                killed,
+            );
+            lc
+        };
+        // Within the cap, no leverage, no drawdown: clean.
+        let q = 0.5 * cap * c0 / c(0);
+        let ok = check([q, 0.0], c0 - q * o1(0), c0, c0, false);
+        assert!(ok.held() && ok.buy_steps == 1, "{ok:?}");
+        // Over the position cap.
+        let q = 1.5 * cap * c0 / c(0);
+        let lc = check([q, 0.0], c0 - q * o1(0), c0, c0, false);
+        assert_eq!(lc.cap_violations, 1, "{lc:?}");
+        assert!(lc.first_violation.unwrap().contains("position cap"));
+        // Over the leverage cap at the fill: gross 3 C0 on equity C0.
+        let (qa, qb) = (1.5 * c0 / o1(0), 1.5 * c0 / o1(1));
+        let lc = check([qa, qb], c0 - 3.0 * c0, c0, c0, false);
+        assert!(
+            lc.leverage_violations == 1 && lc.max_leverage_at_fill > 2.9,
+            "{lc:?}"
+        );
+        // Drawdown past the kill switch without a kill; and with one (recorded, not a violation).
+        let dd = params.kill_drawdown + 0.01;
+        let lc = check([0.0, 0.0], c0 * (1.0 - dd), c0 * (1.0 - dd), c0, false);
+        assert_eq!(lc.kill_violations, 1);
+        let lc = check([0.0, 0.0], c0 * (1.0 - dd), c0 * (1.0 - dd), c0, true);
+        assert!(lc.held() && lc.kills == 1 && (lc.max_drawdown_at_kill - dd).abs() < 1e-9);
+    }
 }

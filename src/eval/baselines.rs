@@ -282,13 +282,17 @@ impl BacktestPolicy for Momentum {
         for i in 0..view.n_scenarios() {
             let row = &mut sym_out[i * s..(i + 1) * s];
             row.fill(HOLD);
-            if (view.step_in_episode[i] as usize) % self.every != 0 {
+            if !(view.step_in_episode[i] as usize).is_multiple_of(self.every) {
                 continue;
             }
-            let (p, t) = (view.obs_index[2 * i] as usize, view.obs_index[2 * i + 1] as usize);
+            let (p, t) = (
+                view.obs_index[2 * i] as usize,
+                view.obs_index[2 * i + 1] as usize,
+            );
             let t_back = t.saturating_sub(self.lookback);
             for (j, a) in row.iter_mut().enumerate() {
-                let r = md.close[md.px(p, t, j)] as f64 / md.close[md.px(p, t_back, j)] as f64 - 1.0;
+                let r =
+                    md.close[md.px(p, t, j)] as f64 / md.close[md.px(p, t_back, j)] as f64 - 1.0;
                 let m = &view.mask[(i * s + j) * N_ACTIONS..(i * s + j + 1) * N_ACTIONS];
                 let held = m[SELL_ALL as usize] != 0;
                 *a = if !held && r > 0.0 && m[BUY_SMALL as usize] != 0 {
@@ -349,7 +353,9 @@ pub fn rebalanced_equal_weight(
             cost = e_open - e1;
             cash = 0.0;
         }
-        let g: f64 = (0..s).map(|j| q[j] * md.close[md.px(path, t, j)] as f64).sum();
+        let g: f64 = (0..s)
+            .map(|j| q[j] * md.close[md.px(path, t, j)] as f64)
+            .sum();
         c.push(cash + g, g, traded, cost);
     }
     Ok(c)

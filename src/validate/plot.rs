@@ -67,7 +67,11 @@ fn png(path: &Path, w: u32, h: u32, f: impl FnOnce(&mut [u8]) -> DrawResult<()>)
     })?;
     let mut buf = vec![255u8; (w * h * 3) as usize];
     f(&mut buf).map_err(|e| {
-        Error::new(ErrorKind::InvalidArgument, format!("drawing the chart: {e}")).with_file(path)
+        Error::new(
+            ErrorKind::InvalidArgument,
+            format!("drawing the chart: {e}"),
+        )
+        .with_file(path)
     })?;
     crate::atomic::write_with(path, |tmp| {
         let file = std::fs::File::create(tmp).map_err(|e| Error::io(path, e))?;
@@ -105,7 +109,9 @@ pub fn write_all(r: &Report, out: &Path) -> Result<Vec<String>> {
         names.push("equity.png".to_string());
     }
     if !r.folds.is_empty() {
-        png(&out.join("fold_sharpe.png"), 1200, 700, |b| fold_sharpe(r, b))?;
+        png(&out.join("fold_sharpe.png"), 1200, 700, |b| {
+            fold_sharpe(r, b)
+        })?;
         names.push("fold_sharpe.png".to_string());
     }
     if !r.reward_shares.is_empty() {
@@ -123,7 +129,12 @@ fn equity(r: &Report, buf: &mut [u8]) -> DrawResult<()> {
     let root = BitMapBackend::with_buffer(buf, (1400, 1000)).into_drawing_area();
     root.fill(&WHITE)?;
     let (top, bottom) = root.split_vertically(620);
-    let n = r.curves.iter().map(|c| c.curve.equity.len()).max().unwrap_or(1);
+    let n = r
+        .curves
+        .iter()
+        .map(|c| c.curve.equity.len())
+        .max()
+        .unwrap_or(1);
     let norm = |c: &super::walkforward::StitchedCurve| -> Vec<f64> {
         let e0 = c.curve.equity[0];
         c.curve.equity.iter().map(|e| e / e0).collect()
@@ -159,7 +170,11 @@ fn equity(r: &Report, buf: &mut [u8]) -> DrawResult<()> {
         };
         let mut ch = ChartBuilder::on(area)
             .caption(
-                if draw_dd { "drawdown from the running peak".to_string() } else { title.clone() },
+                if draw_dd {
+                    "drawdown from the running peak".to_string()
+                } else {
+                    title.clone()
+                },
                 (FAMILY, 18),
             )
             .margin(12)
@@ -168,7 +183,11 @@ fn equity(r: &Report, buf: &mut [u8]) -> DrawResult<()> {
             .build_cartesian_2d(0f64..(n.max(2) - 1) as f64, ylo..yhi)?;
         ch.configure_mesh()
             .x_desc("out-of-sample bar (stitched index)")
-            .y_desc(if draw_dd { "drawdown" } else { "equity / start" })
+            .y_desc(if draw_dd {
+                "drawdown"
+            } else {
+                "equity / start"
+            })
             .label_style((FAMILY, 14))
             .draw()?;
         for &s in &starts {
@@ -209,7 +228,11 @@ fn fold_sharpe(r: &Report, buf: &mut [u8]) -> DrawResult<()> {
     root.fill(&WHITE)?;
     let nf = r.folds.len();
     let vals = r.folds.iter().flat_map(|f| {
-        let sd = if f.sharpe.std.is_finite() { f.sharpe.std } else { 0.0 };
+        let sd = if f.sharpe.std.is_finite() {
+            f.sharpe.std
+        } else {
+            0.0
+        };
         [f.sharpe.mean - sd, f.sharpe.mean + sd, 0.0]
             .into_iter()
             .chain(f.baselines.iter().map(|b| b.1))
@@ -238,7 +261,11 @@ fn fold_sharpe(r: &Report, buf: &mut [u8]) -> DrawResult<()> {
     let blue = color_of("ppo", 0);
     for (i, f) in r.folds.iter().enumerate() {
         let x = i as f64;
-        let sd = if f.sharpe.std.is_finite() { f.sharpe.std } else { 0.0 };
+        let sd = if f.sharpe.std.is_finite() {
+            f.sharpe.std
+        } else {
+            0.0
+        };
         let m = f.sharpe.mean;
         ch.draw_series(LineSeries::new(
             [(x - 0.1, m - sd), (x + 0.1, m - sd)],
@@ -248,15 +275,20 @@ fn fold_sharpe(r: &Report, buf: &mut [u8]) -> DrawResult<()> {
             [(x - 0.1, m + sd), (x + 0.1, m + sd)],
             blue.stroke_width(2),
         ))?;
-        ch.draw_series(LineSeries::new([(x, m - sd), (x, m + sd)], blue.stroke_width(2)))?;
+        ch.draw_series(LineSeries::new(
+            [(x, m - sd), (x, m + sd)],
+            blue.stroke_width(2),
+        ))?;
         let mark = ch.draw_series([Rectangle::new(
-            [(x - 0.06, m - 0.02 * (hi - lo)), (x + 0.06, m + 0.02 * (hi - lo))],
+            [
+                (x - 0.06, m - 0.02 * (hi - lo)),
+                (x + 0.06, m + 0.02 * (hi - lo)),
+            ],
             blue.filled(),
         )])?;
         if i == 0 {
-            mark.label("ppo (mean ± sd over seeds)").legend(move |(x, y)| {
-                Rectangle::new([(x, y - 4), (x + 20, y + 4)], blue.filled())
-            });
+            mark.label("ppo (mean ± sd over seeds)")
+                .legend(move |(x, y)| Rectangle::new([(x, y - 4), (x + 20, y + 4)], blue.filled()));
         }
         let nb = f.baselines.len().max(1) as f64;
         for (j, b) in f.baselines.iter().enumerate() {
@@ -374,7 +406,11 @@ fn actions_costs(r: &Report, buf: &mut [u8]) -> DrawResult<()> {
         let pick = |f: &super::report::FoldRow| -> Vec<(String, f64)> {
             let mut v = vec![(
                 "ppo".to_string(),
-                if costs { 100.0 * f.costs_paid.mean } else { f.turnover.mean },
+                if costs {
+                    100.0 * f.costs_paid.mean
+                } else {
+                    f.turnover.mean
+                },
             )];
             for b in &f.baselines {
                 v.push((b.0.clone(), if costs { 100.0 * b.3 } else { b.2 }));
@@ -385,7 +421,11 @@ fn actions_costs(r: &Report, buf: &mut [u8]) -> DrawResult<()> {
         let (_, hi) = range(rows.iter().flatten().map(|x| x.1).chain([0.0]));
         let mut ch = ChartBuilder::on(area)
             .caption(
-                if costs { "costs paid per fold, % of capital" } else { "turnover per fold (x / year)" },
+                if costs {
+                    "costs paid per fold, % of capital"
+                } else {
+                    "turnover per fold (x / year)"
+                },
                 (FAMILY, 16),
             )
             .margin(12)

@@ -229,8 +229,17 @@ fn from_walk_forward(dir: &Path) -> Result<Report> {
         // Recompute per seed from the stitched curves' comparisons (the report keeps only stats).
         let mut z = Vec::new();
         for s in &wf.stitched {
-            if let Some(b) = wf.stitched_baselines.iter().find(|b| b.name == "rebalanced") {
-                z.push(z_of(&s.curve, &b.curve, s.bars[0], *s.bars.last().unwrap_or(&0))?);
+            if let Some(b) = wf
+                .stitched_baselines
+                .iter()
+                .find(|b| b.name == "rebalanced")
+            {
+                z.push(z_of(
+                    &s.curve,
+                    &b.curve,
+                    s.bars[0],
+                    *s.bars.last().unwrap_or(&0),
+                )?);
             }
         }
         z
@@ -238,27 +247,30 @@ fn from_walk_forward(dir: &Path) -> Result<Report> {
     let _ = fold_dir;
     let mut curves = wf.stitched.clone();
     curves.extend(wf.stitched_baselines.iter().cloned());
-    finish(Report {
-        source: dir.display().to_string(),
-        kind: "walk-forward".into(),
-        stats: wf.overall_stats.clone(),
-        policy: wf.overall.clone(),
-        baselines: wf.overall_baselines.clone(),
-        vs: wf.overall_vs.clone(),
-        z_vs_rebalanced,
-        folds,
-        deflated: wf.deflated.clone(),
-        alarms: Vec::new(),
-        runs_analysed: 0,
-        grad_norms: Vec::new(),
-        reward_shares: BTreeMap::new(),
-        actions: wf.actions,
-        limits_held: wf.limits_held,
-        criteria: Vec::new(),
-        overall: String::new(),
-        plots: Vec::new(),
-        curves,
-    }, &runs)
+    finish(
+        Report {
+            source: dir.display().to_string(),
+            kind: "walk-forward".into(),
+            stats: wf.overall_stats.clone(),
+            policy: wf.overall.clone(),
+            baselines: wf.overall_baselines.clone(),
+            vs: wf.overall_vs.clone(),
+            z_vs_rebalanced,
+            folds,
+            deflated: wf.deflated.clone(),
+            alarms: Vec::new(),
+            runs_analysed: 0,
+            grad_norms: Vec::new(),
+            reward_shares: BTreeMap::new(),
+            actions: wf.actions,
+            limits_held: wf.limits_held,
+            criteria: Vec::new(),
+            overall: String::new(),
+            plots: Vec::new(),
+            curves,
+        },
+        &runs,
+    )
 }
 
 /// The Memmel z of curve `a` against `b` (one path each, same bars).
@@ -331,27 +343,30 @@ fn from_run(dir: &Path, data: Option<&Path>) -> Result<Report> {
     let all: Vec<crate::eval::BacktestResult> = vec![bt.clone()];
     let deflated = None;
     let _ = all;
-    finish(Report {
-        source: dir.display().to_string(),
-        kind: "run".into(),
-        stats: SeedStats::of(&policy_m),
-        policy: policy_m,
-        baselines: bs.iter().map(|b| b.metrics.clone()).collect(),
-        vs,
-        z_vs_rebalanced,
-        folds,
-        deflated,
-        alarms: Vec::new(),
-        runs_analysed: 0,
-        grad_norms: Vec::new(),
-        reward_shares: BTreeMap::new(),
-        actions,
-        limits_held: bt.limits.held() && bs.iter().all(|b| b.limits.held()),
-        criteria: Vec::new(),
-        overall: String::new(),
-        plots: Vec::new(),
-        curves,
-    }, &[dir.to_path_buf()])
+    finish(
+        Report {
+            source: dir.display().to_string(),
+            kind: "run".into(),
+            stats: SeedStats::of(&policy_m),
+            policy: policy_m,
+            baselines: bs.iter().map(|b| b.metrics.clone()).collect(),
+            vs,
+            z_vs_rebalanced,
+            folds,
+            deflated,
+            alarms: Vec::new(),
+            runs_analysed: 0,
+            grad_norms: Vec::new(),
+            reward_shares: BTreeMap::new(),
+            actions,
+            limits_held: bt.limits.held() && bs.iter().all(|b| b.limits.held()),
+            criteria: Vec::new(),
+            overall: String::new(),
+            plots: Vec::new(),
+            curves,
+        },
+        &[dir.to_path_buf()],
+    )
 }
 
 /// Add the training diagnostics of `runs` and the criteria.
@@ -402,7 +417,12 @@ fn finish(mut r: Report, runs: &[PathBuf]) -> Result<Report> {
     }
     r.reward_shares = shares
         .into_iter()
-        .map(|(t, v)| (t, v.into_iter().map(|(i, (s, k))| (i, s / k as f64)).collect()))
+        .map(|(t, v)| {
+            (
+                t,
+                v.into_iter().map(|(i, (s, k))| (i, s / k as f64)).collect(),
+            )
+        })
         .collect();
     r.criteria = criteria(&r);
     r.overall = overall(&r.criteria);
@@ -511,7 +531,10 @@ pub fn criteria(r: &Report) -> Vec<Criterion> {
             Some(k as f64),
             if k == 0 { Verdict::Go } else { Verdict::NoGo },
             if k == 0 {
-                format!("no reward-signal alarm in {} run(s) (train::signals, default thresholds)", r.runs_analysed)
+                format!(
+                    "no reward-signal alarm in {} run(s) (train::signals, default thresholds)",
+                    r.runs_analysed
+                )
             } else {
                 format!(
                     "{k} reward-signal alarm(s) in {} run(s): {}",
@@ -529,7 +552,8 @@ pub fn criteria(r: &Report) -> Vec<Criterion> {
         "master cuts drawdown > 15% vs baseline",
         None,
         Verdict::NotEvaluable,
-        "no master agent exists yet: the master plays master.default_action in every backtest".into(),
+        "no master agent exists yet: the master plays master.default_action in every backtest"
+            .into(),
     ));
     let collapse = r
         .alarms
@@ -539,7 +563,13 @@ pub fn criteria(r: &Report) -> Vec<Criterion> {
     let ratios: Vec<f64> = r
         .grad_norms
         .iter()
-        .map(|g| if g.early > 0.0 { g.late / g.early } else { f64::NAN })
+        .map(|g| {
+            if g.early > 0.0 {
+                g.late / g.early
+            } else {
+                f64::NAN
+            }
+        })
         .collect();
     let min_ratio = ratios.iter().copied().fold(f64::INFINITY, f64::min);
     if r.grad_norms.is_empty() && collapse == 0 {
@@ -550,7 +580,8 @@ pub fn criteria(r: &Report) -> Vec<Criterion> {
             "no run with >= 5 logged iterations".into(),
         ));
     } else {
-        let bad = collapse > 0 || (!r.grad_norms.is_empty() && !(min_ratio >= 0.01));
+        let bad =
+            collapse > 0 || (!r.grad_norms.is_empty() && (min_ratio.is_nan() || min_ratio < 0.01));
         out.push(crit(
             "no-go: reward gradients collapse",
             Some(min_ratio),
@@ -591,7 +622,11 @@ pub fn criteria(r: &Report) -> Vec<Criterion> {
         Verdict::NotEvaluable,
         "no MAPPO exists yet (only the symbol agents are trained, with PPO)".into(),
     ));
-    let zmin = r.z_vs_rebalanced.iter().copied().fold(f64::INFINITY, f64::min);
+    let zmin = r
+        .z_vs_rebalanced
+        .iter()
+        .copied()
+        .fold(f64::INFINITY, f64::min);
     if r.z_vs_rebalanced.is_empty() {
         out.push(crit(
             "(extra) beats 1/N rebalanced beyond noise",
@@ -617,9 +652,14 @@ pub fn criteria(r: &Report) -> Vec<Criterion> {
     out.push(crit(
         "(extra) risk limits held",
         None,
-        if r.limits_held { Verdict::Go } else { Verdict::NoGo },
         if r.limits_held {
-            "position cap, leverage, open positions and kill switch held on every backtest step".into()
+            Verdict::Go
+        } else {
+            Verdict::NoGo
+        },
+        if r.limits_held {
+            "position cap, leverage, open positions and kill switch held on every backtest step"
+                .into()
         } else {
             "a risk limit was violated in a backtest (see the runs' results)".into()
         },
@@ -646,7 +686,10 @@ fn fmt_pct(x: f64) -> String {
 /// The overall line (module docs).
 pub fn overall(c: &[Criterion]) -> String {
     let no = c.iter().filter(|c| c.verdict == Verdict::NoGo).count();
-    let ne = c.iter().filter(|c| c.verdict == Verdict::NotEvaluable).count();
+    let ne = c
+        .iter()
+        .filter(|c| c.verdict == Verdict::NotEvaluable)
+        .count();
     if no > 0 {
         format!("NO-GO: {no} criterion/criteria not met ({ne} not evaluable)")
     } else if ne > 0 {
@@ -744,10 +787,7 @@ impl Report {
         let total: u64 = self.actions.iter().sum();
         s += "\n## Requested actions (all test blocks)\n\n| action | share % |\n|---|---|\n";
         for (a, c) in crate::env::logic::ACTION_NAMES.iter().zip(self.actions) {
-            s += &format!(
-                "| {a} | {:.2} |\n",
-                100.0 * c as f64 / total.max(1) as f64
-            );
+            s += &format!("| {a} | {:.2} |\n", 100.0 * c as f64 / total.max(1) as f64);
         }
         s += &format!(
             "\n## Training diagnostics\n\n{} run(s) analysed; {} reward-signal alarm(s).\n\n",

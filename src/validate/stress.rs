@@ -116,7 +116,9 @@ impl Scenario {
                 100.0 * fall
             ),
             Scenario::LateFills => "every decision executed one bar later".into(),
-            Scenario::StaleBars { every } => format!("every {every}th bar stale (O=H=L=C=prev close, volume 0)"),
+            Scenario::StaleBars { every } => {
+                format!("every {every}th bar stale (O=H=L=C=prev close, volume 0)")
+            }
         }
     }
 
@@ -370,7 +372,10 @@ impl StressReport {
             );
         }
         for r in &self.rows {
-            for (who, l) in [("policy", &r.limits), ("equal-weight", &r.equal_weight_limits)] {
+            for (who, l) in [
+                ("policy", &r.limits),
+                ("equal-weight", &r.equal_weight_limits),
+            ] {
                 if let Some(v) = &l.first_violation {
                     out += &format!(
                         "{} {who}: {} violations, first: {v}\n",
@@ -480,7 +485,9 @@ pub fn stress_checkpoint(opts: &StressOptions) -> Result<StressReport> {
     let (market, _) = Market::load_source(&cfg.data, opts.data.as_deref())?;
     let master = cfg.master.default_action;
     let mut make = |m: &Market| -> Result<Box<dyn BacktestPolicy>> {
-        Ok(Box::new(AgentPolicy::from_checkpoint("ppo", &dir, m, master)?))
+        Ok(Box::new(AgentPolicy::from_checkpoint(
+            "ppo", &dir, m, master,
+        )?))
     };
     stress_policy(
         &cfg.env_setup(),

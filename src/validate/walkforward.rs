@@ -609,7 +609,10 @@ fn prepare_dir(out: &Path, mine: &WalkForwardPlan, force: bool) -> Result<()> {
         Some(Ok(p)) if !force => {
             let mut what = Vec::new();
             if p.spec != mine.spec {
-                what.push(format!("arguments ({:?} there, {:?} here)", p.spec, mine.spec));
+                what.push(format!(
+                    "arguments ({:?} there, {:?} here)",
+                    p.spec, mine.spec
+                ));
             }
             if (p.bars, &p.symbols) != (mine.bars, &mine.symbols) {
                 what.push(format!(
@@ -677,8 +680,12 @@ fn prepare_dir(out: &Path, mine: &WalkForwardPlan, force: bool) -> Result<()> {
         }
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let text = toml::to_string_pretty(mine)
-        .map_err(|e| Error::new(ErrorKind::InvalidArgument, format!("walk-forward plan: {e}")))?;
+    let text = toml::to_string_pretty(mine).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidArgument,
+            format!("walk-forward plan: {e}"),
+        )
+    })?;
     let head = "# marl-trade walk-forward plan (`marl-trade walkforward`): arguments, folds, data shape and the whole configuration.\n\
                 # A later invocation into this directory must match it (or pass --force).\n\n";
     crate::atomic::write(&plan_path, format!("{head}{text}").as_bytes())
@@ -758,14 +765,17 @@ pub fn walk_forward(
             let mut rcfg = cfg.clone();
             rcfg.ppo.seed = cfg.ppo.seed + k as u64;
             let (action, result) = if rpath.is_file() {
-                (RunAction::Skipped, read_json::<RunResult>(&rpath, "walk-forward result")?)
+                (
+                    RunAction::Skipped,
+                    read_json::<RunResult>(&rpath, "walk-forward result")?,
+                )
             } else {
                 let done = run::latest_checkpoint(&dir)
                     .and_then(|c| checkpoint::read_state(&c))
                     .map(|s| s.iteration)
                     .ok();
-                let init_from = (spec.warm_start && fold.index > 0)
-                    .then(|| run_dir(out, fold.index - 1, k));
+                let init_from =
+                    (spec.warm_start && fold.index > 0).then(|| run_dir(out, fold.index - 1, k));
                 let train = |resume: bool, todo: usize| {
                     let o = TrainOptions {
                         out: dir.clone(),
@@ -891,7 +901,10 @@ pub fn load_report(out: &Path) -> Result<WalkForwardReport> {
             continue;
         };
         let name = format!("ppo/seed-{k}");
-        let r = stitch_results(&name, &parts.iter().map(|r| &r.backtest).collect::<Vec<_>>())?;
+        let r = stitch_results(
+            &name,
+            &parts.iter().map(|r| &r.backtest).collect::<Vec<_>>(),
+        )?;
         stitched.push(r.1);
         overall_results.push((k, r.0));
     }
@@ -938,7 +951,10 @@ pub fn load_report(out: &Path) -> Result<WalkForwardReport> {
 }
 
 /// Stitch per-fold backtests path by path; returns the stitched result and path 0's curve.
-fn stitch_results(name: &str, parts: &[&BacktestResult]) -> Result<(BacktestResult, StitchedCurve)> {
+fn stitch_results(
+    name: &str,
+    parts: &[&BacktestResult],
+) -> Result<(BacktestResult, StitchedCurve)> {
     let paths = parts[0].curves.len();
     let mut curves = Vec::with_capacity(paths);
     let mut first = None;
@@ -991,10 +1007,7 @@ fn pooled_returns(r: &BacktestResult) -> Vec<f64> {
 fn deflated_of(seeds: &[(usize, BacktestResult)], trials: usize) -> Option<Deflated> {
     let rets: Vec<(usize, Vec<f64>)> = seeds.iter().map(|(k, r)| (*k, pooled_returns(r))).collect();
     let srs: Vec<f64> = rets.iter().map(|(_, x)| moments(x).sharpe).collect();
-    let (best, _) = srs
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))?;
+    let (best, _) = srs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1))?;
     let bpy = seeds[best].1.curves.first()?.bars_per_year;
     let var = if srs.len() > 1 {
         let m = srs.iter().sum::<f64>() / srs.len() as f64;
@@ -1094,7 +1107,9 @@ pub fn deflated_sharpe(
     } else {
         0.0
     };
-    let den = (1.0 - skew * sr + (kurt - 1.0) / 4.0 * sr * sr).max(1e-12).sqrt();
+    let den = (1.0 - skew * sr + (kurt - 1.0) / 4.0 * sr * sr)
+        .max(1e-12)
+        .sqrt();
     let z = (sr - sr0) * ((t.max(1) - 1) as f64).sqrt() / den;
     (sr0, norm_cdf(z))
 }
