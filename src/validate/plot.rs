@@ -183,6 +183,7 @@ fn equity(r: &Report, buf: &mut [u8]) -> DrawResult<()> {
             .build_cartesian_2d(0f64..(n.max(2) - 1) as f64, ylo..yhi)?;
         ch.configure_mesh()
             .x_desc("out-of-sample bar (stitched index)")
+            .x_label_formatter(&|x| format!("{x:.0}"))
             .y_desc(if draw_dd {
                 "drawdown"
             } else {
@@ -246,16 +247,22 @@ fn fold_sharpe(r: &Report, buf: &mut [u8]) -> DrawResult<()> {
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(-0.5f64..nf as f64 - 0.5, lo..hi)?;
+        .build_cartesian_2d(-0.5f64..nf as f64 + 0.9, lo..hi)?;
     ch.configure_mesh()
         .x_desc("fold")
         .y_desc("annualised Sharpe")
-        .x_labels(nf.min(20))
-        .x_label_formatter(&|x| format!("{:.0}", x))
+        .x_labels(2 * (nf + 2))
+        .x_label_formatter(&|x| {
+            if (x - x.round()).abs() < 1e-6 && *x >= 0.0 && (x.round() as usize) < nf {
+                format!("{x:.0}")
+            } else {
+                String::new()
+            }
+        })
         .label_style((FAMILY, 14))
         .draw()?;
     ch.draw_series(LineSeries::new(
-        [(-0.5, 0.0), (nf as f64 - 0.5, 0.0)],
+        [(-0.5, 0.0), (nf as f64 + 0.9, 0.0)],
         BLACK.stroke_width(1),
     ))?;
     let blue = color_of("ppo", 0);
@@ -400,6 +407,13 @@ fn actions_costs(r: &Report, buf: &mut [u8]) -> DrawResult<()> {
             COLORS[0].filled(),
         )
     }))?;
+    ch.draw_series(shares.iter().enumerate().map(|(i, s)| {
+        Text::new(
+            format!("{:.2}%", 100.0 * s),
+            (i as f64 - 0.2, (s + 0.04).min(0.95)),
+            (FAMILY, 15),
+        )
+    }))?;
     // Turnover and costs per fold.
     for (area, costs) in [(&bl, false), (&br, true)] {
         let nf = r.folds.len();
@@ -431,12 +445,18 @@ fn actions_costs(r: &Report, buf: &mut [u8]) -> DrawResult<()> {
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(60)
-            .build_cartesian_2d(-0.5f64..nf as f64 - 0.5, 0f64..hi.max(1e-9))?;
+            .build_cartesian_2d(-0.5f64..nf as f64 + 0.8, 0f64..hi.max(1e-9))?;
         ch.configure_mesh()
             .disable_x_mesh()
             .x_desc("fold")
-            .x_labels(nf.min(20))
-            .x_label_formatter(&|x| format!("{:.0}", x))
+            .x_labels(2 * (nf + 2))
+            .x_label_formatter(&|x| {
+                if (x - x.round()).abs() < 1e-6 && *x >= 0.0 && (x.round() as usize) < nf {
+                    format!("{x:.0}")
+                } else {
+                    String::new()
+                }
+            })
             .label_style((FAMILY, 13))
             .draw()?;
         for (i, row) in rows.iter().enumerate() {
