@@ -537,3 +537,48 @@ fn one_over_n_rebalanced_by_hand() {
     assert!(c.costs[1] == 0.0 && c.costs[5] > 0.0);
     assert!(rebalanced_equal_weight(&md, &p, c0, 0, t0, t_end, 0).is_err());
 }
+
+#[test]
+fn scenario_data_changes_only_the_replayed_bars_as_documented() {
+    let cfg = small(&[]);
+    let md = data::generate(&cfg.data.synthetic, &cfg.data.benchmark);
+    let (a, hi) = (900, 1200);
+    let s1 = md.n_symbols() + 1;
+    let crisis = Scenario::Crisis {
+        vol: 3.0,
+        fall: 0.3,
+    }
+    .data(&md, a, hi)
+    .unwrap();
+    crisis.validate("crisis").unwrap();
+    let (w0, w1) = (a + 100, a + 200);
+    for j in 0..s1 {
+        let c = |d: &MarketData, t: usize| d.close[d.px(0, t, j)] as f64;
+        // Every column closes the window exactly 30% below where it entered it ...
+        assert!(
+            (c(&crisis, w1 - 1) / c(&crisis, w0 - 1) - 0.7).abs() < 1e-5,
+            "column {j}"
+        );
+        // ... with larger swings inside it, and the same bar-to-bar returns after it.
+        assert!((c(&crisis, hi - 1) / c(&crisis, w1) - c(&md, hi - 1) / c(&md, w1)).abs() < 1e-4);
+    }
+    for t in 0..w0 {
+        for j in 0..s1 {
+            assert_eq!(crisis.close[md.px(0, t, j)], md.close[md.px(0, t, j)]);
+        }
+    }
+    let liq = Scenario::Liquidity(10.0).data(&md, a, hi).unwrap();
+    assert_eq!(
+        liq.volume[md.px(0, a - 1, 0)],
+        md.volume[md.px(0, a - 1, 0)]
+    );
+    assert!(
+        (liq.volume[md.px(0, a, 0)] * 10.0 - md.volume[md.px(0, a, 0)]).abs()
+            <= 1e-3 * md.volume[md.px(0, a, 0)]
+    );
+    let stale = Scenario::StaleBars { every: 10 }.data(&md, a, hi).unwrap();
+    let t = a + 10;
+    assert_eq!(stale.open[md.px(0, t, 2)], md.close[md.px(0, t - 1, 2)]);
+    assert_eq!(stale.volume[md.px(0, t, 2)], 0.0);
+    assert!(Scenario::Costs(2.0).data(&md, a, hi).is_none());
+}

@@ -10,7 +10,7 @@ before and after each step).
 | `costs-x2`, `costs-x5` | `commission_bps`, `half_spread_bps`, `impact_coef`, `max_slippage_bps` and `borrow_rate_annual` multiplied by 2 / 5 |
 | `liquidity` | every volume divided by 10 (square-root impact grows by `sqrt(10)`) |
 | `gaps` | an overnight gap at the open of every 10th trading day of the period, alternately -5% and +5%: every price (all symbols and the benchmark) from that bar on is scaled |
-| `crisis` | the middle third of the period becomes a crash: each bar's prices relative to the previous close are raised to the power 3 (three times the volatility, same ordering of open/high/low/close) and the market falls 30% over the window (a drift of `ln(0.7) / window` per bar); later bars continue from the new level; the VIX-like macro series doubles in the window |
+| `crisis` | the middle third `[w0, w1)` of the period becomes a crash of every symbol and the benchmark: per column, log prices are split into the straight line from the close before the window to the last close in it and the deviations from that line; the deviations are multiplied by 3 (three times the volatility; open/high/low/close keep their order) and the line is replaced by a fall to 70% (`ln 0.7 * k / n` at the `k`-th of `n` bars), so every column closes the window exactly 30% below where it entered it; later bars continue from the new level; the VIX-like macro series doubles in the window |
 | `late-fills` | every decision is executed one bar later (the policy decides at `t`, the env receives the decision at `t + 1` and fills it at `t + 2`); HOLD at the first step |
 | `stale-bars` | every 10th bar of the period is a stale (missing, forward-filled) bar: open = high = low = close = the previous close, volume 0, as the loader's `forward-fill` alignment makes a missing bar |
 
@@ -174,32 +174,36 @@ impl Scenario {
             Scenario::Crisis { vol, fall } => {
                 let n = hi - a;
                 let (w0, w1) = (a + n / 3, a + 2 * n / 3);
-                if w1 <= w0 + 1 {
+                if w1 <= w0 + 1 || w0 == 0 {
                     return None;
                 }
-                let drift = (1.0 - fall).ln() / (w1 - w0) as f64;
+                let len = (w1 - w0) as f64;
+                let target = (1.0 - fall).ln();
                 for p in 0..md.paths {
                     for j in 0..s1 {
-                        let mut level = 1.0f64; // new close / old close at the previous bar
+                        // Log prices around the column's own straight line from the close before
+                        // the window to its last close in the window: deviations times `vol`,
+                        // the line replaced by a fall to (1 - fall) (module docs).
+                        let l0 = (md.close[md.px(p, w0 - 1, j)] as f64).ln();
+                        let slope = ((md.close[md.px(p, w1 - 1, j)] as f64).ln() - l0) / len;
+                        let mut level = 1.0f64;
                         for t in w0..hi {
-                            let prev = md.close[md.px(p, t - 1, j)] as f64;
-                            let new_prev = prev * level;
                             let i = md.px(p, t, j);
-                            if t < w1 {
-                                let f = |x: f32| {
-                                    (new_prev * (x as f64 / prev).powf(vol) * drift.exp()) as f32
-                                };
-                                d.open[i] = f(md.open[i]);
-                                d.high[i] = f(md.high[i]);
-                                d.low[i] = f(md.low[i]);
-                                d.close[i] = f(md.close[i]);
+                            let k = (t - w0 + 1) as f64;
+                            let f = |x: f32| -> f32 {
+                                if t < w1 {
+                                    let dev = (x as f64).ln() - l0 - slope * k;
+                                    (l0 + vol * dev + target * k / len).exp() as f32
+                                } else {
+                                    (x as f64 * level) as f32
+                                }
+                            };
+                            d.open[i] = f(md.open[i]);
+                            d.high[i] = f(md.high[i]);
+                            d.low[i] = f(md.low[i]);
+                            d.close[i] = f(md.close[i]);
+                            if t == w1 - 1 {
                                 level = d.close[i] as f64 / md.close[i] as f64;
-                            } else {
-                                let f = |x: f32| (x as f64 * level) as f32;
-                                d.open[i] = f(md.open[i]);
-                                d.high[i] = f(md.high[i]);
-                                d.low[i] = f(md.low[i]);
-                                d.close[i] = f(md.close[i]);
                             }
                         }
                     }
