@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use super::plot;
 use super::walkforward::{
-    self, Deflated, SeedStats, StitchedCurve, VsBaseline, WF_BASELINES, fold_dir, run_dir,
+    self, Deflated, SeedStats, StitchedCurve, VsBaseline, WF_BASELINES, run_dir,
 };
 use crate::ablate::Stat;
 use crate::config::Config;
@@ -244,7 +244,6 @@ fn from_walk_forward(dir: &Path) -> Result<Report> {
         }
         z
     };
-    let _ = fold_dir;
     let mut curves = wf.stitched.clone();
     curves.extend(wf.stitched_baselines.iter().cloned());
     finish(
@@ -340,9 +339,8 @@ fn from_run(dir: &Path, data: Option<&Path>) -> Result<Report> {
             })
             .collect(),
     }];
-    let all: Vec<crate::eval::BacktestResult> = vec![bt.clone()];
+    // One run is one trial on one curve: no selection among seeds to deflate for.
     let deflated = None;
-    let _ = all;
     finish(
         Report {
             source: dir.display().to_string(),
