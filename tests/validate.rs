@@ -582,3 +582,47 @@ fn scenario_data_changes_only_the_replayed_bars_as_documented() {
     assert_eq!(stale.volume[md.px(0, t, 2)], 0.0);
     assert!(Scenario::Costs(2.0).data(&md, a, hi).is_none());
 }
+
+/// The flattened values of every tensor of a checkpoint's model file, by name.
+fn model(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<f32>> {
+    let ck = marl_trade::run::latest_checkpoint(dir).unwrap();
+    let t = candle_core::safetensors::load(ck.join("model.safetensors"), &candle_core::Device::Cpu)
+        .unwrap();
+    t.into_iter()
+        .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect()
+}
+
+#[test]
+fn warm_start_takes_the_weights_of_the_previous_checkpoint() {
+    use marl_trade::run::{TrainOptions, train};
+    let cfg = small(&[]);
+    let market = Market::load(&cfg.data).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
+    let period = Period::Bars(0, 600);
+    let one = |out: &std::path::Path, n: usize, init: Option<std::path::PathBuf>, seed: u64| {
+        let mut cfg = cfg.clone();
+        cfg.ppo.seed = seed;
+        let o = TrainOptions {
+            max_iterations: Some(n),
+            period,
+            init_from: init,
+            ..TrainOptions::new(out)
+        };
+        train(&cfg, &market, &o).unwrap()
+    };
+    one(&a, 1, None, 1);
+    // No iteration: the checkpoint holds the initial weights, which are A's for a warm start ...
+    one(&b, 0, Some(a.clone()), 2);
+    // ... and a fresh initialisation otherwise.
+    one(&c, 0, None, 2);
+    let (ma, mb, mc) = (model(&a), model(&b), model(&c));
+    assert_eq!(ma.keys().collect::<Vec<_>>(), mb.keys().collect::<Vec<_>>());
+    assert_eq!(ma, mb);
+    assert_ne!(ma, mc);
+}
