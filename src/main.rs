@@ -7,6 +7,9 @@
 //! marl-trade eval --checkpoint runs/small --period test [--data FILE] [--json FILE]
 //! marl-trade backtest --config configs/small.toml --policy all --period test [--data FILE]
 //! marl-trade ablate --config configs/signal.toml --terms sharpe,divers --seeds 3 [--out DIR] [--iterations N]
+//! marl-trade walkforward --config configs/signal.toml --train-bars 3000 --test-bars 600 [--step C] [--expanding] [--embargo E] [--seeds K] [--warm-start] --out DIR
+//! marl-trade stress --checkpoint runs/signal [--period test] [--data FILE] [--json FILE]
+//! marl-trade report runs/wf-signal --out runs/wf-signal/report
 //! marl-trade bench env --backend cpu --envs 128 --symbols 143 --steps 2048 [--threads K]
 //! marl-trade bench policy --config configs/default.toml --scenarios 128
 //! marl-trade bench train --config configs/default.toml --iterations 2
@@ -33,6 +36,10 @@ use marl_trade::eval::{
 use marl_trade::market::Market;
 use marl_trade::run::{self, TrainOptions};
 use marl_trade::train::TrainEnv as _;
+use marl_trade::validate::{
+    StressOptions, WalkForwardOptions, WalkForwardReport, WalkForwardSpec, build_report,
+    fold_layout, stress_checkpoint, walk_forward, write_report,
+};
 use marl_trade::{Error, Result, data};
 
 #[derive(Parser, Debug)]
@@ -69,9 +76,75 @@ enum Command {
     /// dropped, each alone with pnl) and seed, each evaluated on the held-out bars; prints and
     /// writes (JSON + CSV) the table. Resumable: run it again to continue.
     Ablate(AblateArgs),
+    /// Walk-forward evaluation: per fold, train on a window of bars, test on the next block after
+    /// an embargo; stitched out-of-sample curves next to the baselines, mean +- sd over seeds, the
+    /// deflated Sharpe ratio. Resumable: run it again to continue.
+    Walkforward(WalkForwardArgs),
+    /// Replay a checkpoint's test period under stress scenarios (costs x2 / x5, liquidity shock,
+    /// gaps, crisis, late fills, stale bars) and check the risk limits on every step.
+    Stress(StressArgs),
+    /// The go/no-go report of a run or walk-forward directory: report.md, report.json, PNG plots.
+    Report(ReportArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(Args, Debug)]
+struct WalkForwardArgs {
+    /// A data file instead of the configured source.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Bars of each training window.
+    #[arg(long)]
+    train_bars: usize,
+    /// Decision bars of each test block.
+    #[arg(long)]
+    test_bars: usize,
+    /// Bars the window moves per fold (default: --test-bars; must be >= --test-bars).
+    #[arg(long)]
+    step: Option<usize>,
+    /// Grow the training window from bar 0 instead of rolling it.
+    #[arg(long)]
+    expanding: bool,
+    /// Bars between a training window and its test block.
+    #[arg(long, default_value_t = 0)]
+    embargo: usize,
+    /// Seeds per fold (`ppo.seed + 0 .. ppo.seed + K`).
+    #[arg(long, default_value_t = 1)]
+    seeds: usize,
+    /// Start each fold from the previous fold's final checkpoint of the same seed (weights only).
+    #[arg(long)]
+    warm_start: bool,
+    /// Output directory (plan, report, one run directory per fold and seed).
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace a walk-forward of another plan or configuration in `--out`.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    run: RunKnobs,
+}
+
+#[derive(Args, Debug)]
+struct StressArgs {
+    /// A checkpoint directory, or a run directory (its latest checkpoint).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[command(flatten)]
+    on: BacktestOn,
+}
+
+#[derive(Args, Debug)]
+struct ReportArgs {
+    /// A walk-forward directory (it holds walkforward.toml) or a training run directory.
+    dir: PathBuf,
+    /// Output directory of report.md, report.json and the PNGs.
+    #[arg(long)]
+    out: PathBuf,
+    /// For a run directory: a data file instead of its configured source.
+    #[arg(long)]
+    data: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -259,14 +332,20 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    if let Command::Eval(args) = &cli.command {
-        return eval(args, &cli.overrides);
+    match &cli.command {
+        Command::Eval(args) => return eval(args, &cli.overrides),
+        Command::Stress(args) => return stress(args, &cli.overrides),
+        Command::Report(args) => return report(args),
+        _ => {}
     }
     let cfg = Config::from_file_with_overrides(&cli.config, &cli.overrides)?;
     match cli.command {
         Command::Data(DataCmd::Synth { out }) => data_synth(&cfg, &out),
         Command::Train(args) => train(&cfg, &cli.config, &args),
-        Command::Eval(_) => unreachable!("handled above"),
+        Command::Eval(_) | Command::Stress(_) | Command::Report(_) => {
+            unreachable!("handled above")
+        }
+        Command::Walkforward(args) => walkforward(&cfg, &cli.config, &args),
         Command::Backtest(args) => backtest(&cfg, &args),
         Command::Ablate(args) => ablate(&cfg, &cli.config, &args),
         Command::Bench(BenchCmd::Env(args)) => {
@@ -312,6 +391,7 @@ fn train(cfg: &Config, config_path: &Path, args: &TrainArgs) -> Result<()> {
         save_every: args.run.save_every,
         backend: args.run.backend,
         progress: !args.run.quiet,
+        ..TrainOptions::new(&out)
     };
     let report = run::train(cfg, &market, &opts)?;
     if args.run.quiet {
@@ -374,6 +454,132 @@ fn ablate(cfg: &Config, config_path: &Path, args: &AblateArgs) -> Result<()> {
         "table: {}, {}",
         out.join(ablate::TABLE_JSON).display(),
         out.join(ablate::TABLE_CSV).display()
+    );
+    Ok(())
+}
+
+fn walkforward(cfg: &Config, config_path: &Path, args: &WalkForwardArgs) -> Result<()> {
+    let spec = WalkForwardSpec {
+        train_bars: args.train_bars,
+        test_bars: args.test_bars,
+        step: args.step.unwrap_or(args.test_bars),
+        expanding: args.expanding,
+        embargo: args.embargo,
+        seeds: args.seeds,
+        warm_start: args.warm_start,
+        iterations: args.run.iterations,
+    };
+    let t = Instant::now();
+    let (market, origin) = Market::load_source(&cfg.data, args.data.as_deref())?;
+    let folds = fold_layout(market.data.bars, &spec)?;
+    println!(
+        "walkforward {}: data {origin} ({} bars); {} folds x {} seeds = {} runs into {}; {} iterations per run{}; data + features {:.1} s",
+        config_path.display(),
+        market.data.bars,
+        folds.len(),
+        spec.seeds,
+        folds.len() * spec.seeds,
+        args.out.display(),
+        cfg.ppo.num_iterations(cfg.env.scenarios),
+        args.run
+            .iterations
+            .map_or(String::new(), |c| format!(" (capped at {c})")),
+        t.elapsed().as_secs_f64()
+    );
+    let opts = WalkForwardOptions {
+        out: args.out.clone(),
+        force: args.force,
+        save_every: args.run.save_every,
+        backend: args.run.backend,
+        progress: !args.run.quiet,
+    };
+    let r = walk_forward(cfg, &market, &spec, &opts, |o| println!("{}", o.line()))?;
+    print!("{}", walkforward_text(&r));
+    println!(
+        "report: {}",
+        args.out
+            .join(marl_trade::validate::walkforward::REPORT_JSON)
+            .display()
+    );
+    Ok(())
+}
+
+fn walkforward_text(r: &WalkForwardReport) -> String {
+    let mut s = format!("\n{} of {} runs done\n", r.runs_done, r.runs_total);
+    for f in &r.folds {
+        s += &format!(
+            "fold {} (train {}..{}, test {}..={}): ppo Sharpe {}, return % {}; {}\n",
+            f.fold.index,
+            f.fold.train_lo,
+            f.fold.train_hi,
+            f.fold.test_lo,
+            f.fold.test_last,
+            f.stats.sharpe.text(1.0, 3),
+            f.stats.total_return.text(100.0, 2),
+            f.baselines
+                .iter()
+                .map(|b| format!("{} {:.3}", b.policy, b.sharpe))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if !r.overall.is_empty() {
+        s += "\nstitched out-of-sample:\n";
+        let mut rows = r.overall.clone();
+        rows.extend(r.overall_baselines.iter().cloned());
+        s += &format_table(&rows);
+        for v in &r.overall_vs {
+            s += &format!(
+                "ppo vs {}: Sharpe difference {} (z {})\n",
+                v.baseline,
+                v.sharpe_diff.text(1.0, 3),
+                v.sharpe_z.text(1.0, 2)
+            );
+        }
+        if let Some(d) = &r.deflated {
+            s += &format!(
+                "deflated Sharpe ratio of the best of {} seed(s) (seed {}): {:.4} (SR {:.3} annualised, SR0 {:.4} per bar)\n",
+                d.trials, d.seed, d.dsr, d.sharpe_annual, d.sr0
+            );
+        }
+        s += &format!(
+            "risk limits held on every test step: {}\n",
+            if r.limits_held { "yes" } else { "NO" }
+        );
+    }
+    s
+}
+
+fn stress(args: &StressArgs, overrides: &[String]) -> Result<()> {
+    let mut opts = StressOptions::new(&args.checkpoint);
+    opts.overrides = overrides.to_vec();
+    opts.data = args.on.data.clone();
+    opts.backtest = args.on.options();
+    opts.backtest.progress = false;
+    let r = stress_checkpoint(&opts)?;
+    print!("{}", r.text());
+    if let Some(p) = &args.on.json {
+        r.write_json(p)?;
+    }
+    if !r.limits_held() {
+        return Err(Error::invalid(
+            "a risk limit was violated in a stress scenario (see above)",
+        ));
+    }
+    Ok(())
+}
+
+fn report(args: &ReportArgs) -> Result<()> {
+    let mut r = build_report(&args.dir, args.data.as_deref())?;
+    write_report(&mut r, &args.out)?;
+    for c in &r.criteria {
+        println!("{}", c.line());
+    }
+    println!("overall: {}", r.overall);
+    println!(
+        "wrote {} (report.md, report.json, {})",
+        args.out.display(),
+        r.plots.join(", ")
     );
     Ok(())
 }

@@ -34,7 +34,7 @@ use candle_core::Device;
 
 use crate::agents::{AgentDims, SymbolPolicy};
 use crate::config::Config;
-use crate::env::BackendKind;
+use crate::env::{BackendKind, Period, VecEnv};
 use crate::error::{Error, ErrorKind, Result};
 pub use crate::market::Market;
 use crate::train::checkpoint;
@@ -81,6 +81,13 @@ pub struct TrainOptions {
     pub backend: BackendKind,
     /// Progress bar on stderr.
     pub progress: bool,
+    /// The bars the training environment plays: `Period::Train` (the configured split), or a
+    /// walk-forward fold's window `Period::Bars(lo, hi)`. Not stored in the run directory: a
+    /// resumed run must be given the same period (walk-forward keeps it in its plan file).
+    pub period: Period,
+    /// Warm start: initialise the policy's parameters from this checkpoint's model (weights only;
+    /// the optimizer, iteration count and environment start afresh). Ignored on resume.
+    pub init_from: Option<PathBuf>,
 }
 
 impl TrainOptions {
@@ -94,6 +101,8 @@ impl TrainOptions {
             save_every: 10,
             backend: BackendKind::Cpu,
             progress: false,
+            period: Period::Train,
+            init_from: None,
         }
     }
 }
@@ -186,8 +195,24 @@ pub fn train(cfg: &Config, market: &Market, opts: &TrainOptions) -> Result<Train
     let out = &opts.out;
     let cfg_path = out.join(CONFIG_FILE);
     let dims = agent_dims(market);
-    let env = build_env(&cfg.env_setup(), market, opts.backend, &dev)?;
+    let setup = cfg.env_setup();
+    let env = if opts.period == Period::Train {
+        build_env(&setup, market, opts.backend, &dev)?
+    } else {
+        let venv = VecEnv::new(
+            &setup,
+            market.data.clone(),
+            market.features.clone(),
+            opts.period,
+            opts.backend,
+        )?;
+        TradingEnv::new(venv, setup.master.default_action, &dev)?
+    };
     let (policy, vm) = build_policy(&cfg.agent, dims, market, cfg.ppo.seed, &dev)?;
+    if let (Some(from), false) = (&opts.init_from, opts.resume) {
+        let dir = resolve_checkpoint(from)?;
+        checkpoint::load_params(&vm, &dir.join(checkpoint::MODEL_FILE))?;
+    }
 
     let mut ppo: Trainer = if opts.resume {
         let stored = Config::from_file(&cfg_path)?;

@@ -21,6 +21,7 @@ const LAYERS: &[&[&str]] = &[
     &["run"],
     &["eval"],
     &["ablate"],
+    &["validate"],
     &["bench"],
 ];
 
