@@ -38,8 +38,7 @@ assert_eq!(enc.forward(&windows, Some(&adj))?.dims(), &[2, 5, cfg.embed_dim]);
 */
 
 use candle_core::{D, DType, IndexOp, Module, Result, Tensor};
-use candle_nn::rnn::{Direction, LSTMConfig, RNN};
-use candle_nn::{Conv1d, Conv1dConfig, LSTM, Linear, VarBuilder};
+use candle_nn::{Conv1d, Conv1dConfig, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::attention::MultiHeadAttention;
@@ -388,38 +387,79 @@ impl Module for TransformerEncoder {
     }
 }
 
-/// Bidirectional LSTM: `[B, W, F] -> [B, 2H]` (final forward state, final backward state), from
-/// two candle-nn LSTMs, the second run over the reversed window. Parameters follow PyTorch's names:
-/// `weight_ih_l0`, `weight_hh_l0`, `bias_ih_l0`, `bias_hh_l0` and the same with `_reverse`.
+/// Bidirectional LSTM: `[B, W, F] -> [B, 2H]` (final forward state, final backward state; the
+/// backward direction reads the window newest bar first). Parameters are candle-nn's / PyTorch's:
+/// `weight_ih_l0 [4H, F]`, `weight_hh_l0 [4H, H]`, `bias_ih_l0 [4H]`, `bias_hh_l0 [4H]` and the same
+/// with `_reverse`, gate order (input, forget, cell, output), so checkpoints of the earlier
+/// candle-nn-based branch load unchanged.
+///
+/// Computed as in [`super::lstm`]: the input projections of all bars and both directions in one
+/// matmul (the biases folded in as an extra input column), then the fused recurrence op.
 #[derive(Debug, Clone)]
 pub struct BiLstm {
-    fwd: LSTM,
-    bwd: LSTM,
+    hidden: usize,
+    /// `(weight_ih, weight_hh, bias_ih, bias_hh)` of the forward and the backward direction.
+    dirs: [(Tensor, Tensor, Tensor, Tensor); 2],
 }
 
 impl BiLstm {
-    /// Both directions with `hidden` units each over `features` inputs per bar.
+    /// Both directions with `hidden` units each over `features` inputs per bar (candle-nn's
+    /// default initialisation: Kaiming-uniform weights, zero biases).
     pub fn new(features: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
-        let fwd = candle_nn::lstm(features, hidden, LSTMConfig::default(), vb.clone())?;
+        let init = candle_nn::init::DEFAULT_KAIMING_UNIFORM;
+        let zero = candle_nn::Init::Const(0.);
+        let dir = |suffix: &str| -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+            Ok((
+                vb.get_with_hints((4 * hidden, features), &format!("weight_ih_l0{suffix}"), init)?,
+                vb.get_with_hints((4 * hidden, hidden), &format!("weight_hh_l0{suffix}"), init)?,
+                vb.get_with_hints(4 * hidden, &format!("bias_ih_l0{suffix}"), zero)?,
+                vb.get_with_hints(4 * hidden, &format!("bias_hh_l0{suffix}"), zero)?,
+            ))
+        };
+        Ok(Self {
+            hidden,
+            dirs: [dir("")?, dir("_reverse")?],
+        })
+    }
+
+    /// The straightforward computation with candle-nn's `LSTM` (one small op per gate and step,
+    /// the second direction run over the reversed window): the reference [`Module::forward`] is
+    /// tested against. Builds candle-nn LSTMs over the same variables (`vb` must be the one
+    /// `new` was given).
+    pub fn forward_reference(&self, x: &Tensor, vb: VarBuilder) -> Result<Tensor> {
+        use candle_nn::rnn::{Direction, LSTMConfig, RNN};
+        let (_, w, f) = x.dims3()?;
+        let fwd = candle_nn::lstm(f, self.hidden, LSTMConfig::default(), vb.clone())?;
         let cfg = LSTMConfig {
             direction: Direction::Backward,
             ..LSTMConfig::default()
         };
-        let bwd = candle_nn::lstm(features, hidden, cfg, vb)?;
-        Ok(Self { fwd, bwd })
-    }
-}
-
-impl Module for BiLstm {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let w = x.dim(1)?;
-        let last = |lstm: &LSTM, x: &Tensor| -> Result<Tensor> {
+        let bwd = candle_nn::lstm(f, self.hidden, cfg, vb)?;
+        let last = |lstm: &candle_nn::LSTM, x: &Tensor| -> Result<Tensor> {
             let states = lstm.seq(x)?;
             Ok(states.last().expect("window has >= 1 bar").h().clone())
         };
         let rev: Vec<u32> = (0..w as u32).rev().collect();
         let x_rev = x.index_select(&Tensor::from_vec(rev, w, x.device())?, 1)?;
-        Tensor::cat(&[last(&self.fwd, x)?, last(&self.bwd, &x_rev)?], D::Minus1)
+        Tensor::cat(&[last(&fwd, x)?, last(&bwd, &x_rev)?], D::Minus1)
+    }
+}
+
+impl Module for BiLstm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, w, f) = x.dims3()?;
+        let h = self.hidden;
+        let [d0, d1] = &self.dirs;
+        // [F + 1, 8H]: both directions' input weights, the summed biases as the last row.
+        let wi = Tensor::cat(&[&d0.0, &d1.0], 0)?;
+        let bias = (Tensor::cat(&[&d0.2, &d1.2], 0)? + Tensor::cat(&[&d0.3, &d1.3], 0)?)?;
+        let wi = Tensor::cat(&[wi.t()?, bias.unsqueeze(0)?], 0)?;
+        let ones = Tensor::ones((b * w, 1), x.dtype(), x.device())?;
+        let xa = Tensor::cat(&[&x.reshape((b * w, f))?, &ones], 1)?;
+        let xproj = xa.matmul(&wi)?.reshape((b, w, 2, 4 * h))?;
+        let w_hh = Tensor::stack(&[&d0.1, &d1.1], 0)?;
+        let hs = super::lstm::bilstm_recurrence(&xproj, &w_hh)?; // [2, B, H]
+        Tensor::cat(&[hs.get(0)?, hs.get(1)?], D::Minus1)
     }
 }
 
@@ -691,6 +731,57 @@ mod tests {
             .map(|(n, _)| n)
             .collect();
         assert!(names.contains(&"weight_ih_l0_reverse".to_string()));
+        Ok(())
+    }
+
+    /// Largest `|a - b| / max(|b|, 1e-3)` over all elements, and `max |b|` (so a test can see that
+    /// the compared values are not trivially zero).
+    fn rel_err(a: &Tensor, b: &Tensor) -> Result<(f32, f32)> {
+        let a = a.flatten_all()?.to_vec1::<f32>()?;
+        let b = b.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs() / y.abs().max(1e-3 * scale.max(1e-6)))
+            .fold(0f32, f32::max);
+        Ok((err, scale))
+    }
+
+    /// The fused BiLSTM equals candle-nn's step-by-step LSTMs over the same variables: outputs and
+    /// the gradients of every parameter and of the input.
+    #[test]
+    fn fused_bilstm_matches_candle_nn_lstm() -> Result<()> {
+        let dev = Device::Cpu;
+        for (b, w, f, h) in [(3usize, 5usize, 4usize, 3usize), (7, 24, 23, 16)] {
+            let vm = candle_nn::VarMap::new();
+            let vb = crate::agents::init::seeded_var_builder(&vm, 9, DType::F32, &dev);
+            let l = BiLstm::new(f, h, vb.clone())?;
+            // Non-zero biases so their path is exercised.
+            for (name, var) in crate::agents::init::named_vars(&vm) {
+                if name.starts_with("bias") {
+                    let n = var.elem_count();
+                    let v: Vec<f32> = (0..n).map(|i| ((i * 13 % 7) as f32 - 3.0) * 0.1).collect();
+                    var.set(&Tensor::from_vec(v, n, &dev)?)?;
+                }
+            }
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, w, f), &dev)?)?;
+            let coef = Tensor::randn(0f32, 1.0, (b, 2 * h), &dev)?;
+            let fast = l.forward(x.as_tensor())?;
+            let slow = l.forward_reference(x.as_tensor(), vb)?;
+            let (err, scale) = rel_err(&fast, &slow)?;
+            assert!(err < 1e-5 && scale > 1e-2, "{b}x{w}x{f}, H {h}: output rel. error {err}");
+            let gf = (fast * &coef)?.sum_all()?.backward()?;
+            let gs = (slow * &coef)?.sum_all()?.backward()?;
+            let mut checked = vec![x.clone()];
+            checked.extend(crate::agents::init::named_vars(&vm).into_iter().map(|(_, v)| v));
+            for v in checked {
+                let (a, r) = (gf.get(v.as_tensor()).unwrap(), gs.get(v.as_tensor()).unwrap());
+                let (err, scale) = rel_err(a, r)?;
+                assert!(err < 1e-4 && scale > 1e-3, "{b}x{w}x{f}, H {h}: gradient rel. error {err}");
+            }
+        }
         Ok(())
     }
 
