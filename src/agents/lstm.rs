@@ -28,9 +28,7 @@ CPU only: the op fails with a clear error on another device.
 
 use std::sync::Mutex;
 
-use candle_core::{
-    CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Storage, Tensor,
-};
+use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 /// `exp(x)` to within 2e-7 relative for `|x| <= 87` (Cephes' `expf` polynomial after range
@@ -39,8 +37,11 @@ use rayon::prelude::*;
 fn fast_exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 87.0);
     // n = round(x / ln 2) with the 1.5 * 2^23 trick (exact for |n| < 2^22).
+    // The bits of `t` are `0x4B40_0000 + n`, so `2^n` is built with integer ops only (a float to
+    // int cast would be scalar, saturating code).
     const MAGIC: f32 = 12_582_912.0;
-    let n = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
+    let t = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = t - MAGIC;
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
     let p = 1.987_569_1e-4f32;
     let p = p * r + 1.398_199_9e-3;
@@ -49,7 +50,7 @@ fn fast_exp(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 5e-1;
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    y * f32::from_bits(t.to_bits().wrapping_add(127u32.wrapping_sub(0x4B40_0000)) << 23)
 }
 
 #[inline(always)]
@@ -69,6 +70,130 @@ fn tanh(x: f32) -> f32 {
         * (1.0
             + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0 + x2 * (62.0 / 2835.0)))));
     if a < 0.25 { small } else { big }
+}
+
+/// One row of the cell: `pre` (the gates' pre-activations `(i, f, g, o)`, `4H`) becomes the
+/// activations; `c` (`H`) the new cell state; `h` (`H`) the new hidden state. Slice-wise loops
+/// without branches, so that they vectorise.
+#[inline(always)]
+fn cell_forward(pre: &mut [f32], c: &mut [f32], h: &mut [f32]) {
+    let n = c.len();
+    let (ifg, rest) = pre.split_at_mut(2 * n);
+    let (g, o) = rest.split_at_mut(n);
+    for v in ifg.iter_mut() {
+        *v = sigmoid(*v);
+    }
+    for v in g.iter_mut() {
+        *v = tanh(*v);
+    }
+    for v in o.iter_mut() {
+        *v = sigmoid(*v);
+    }
+    let (i, f) = ifg.split_at(n);
+    let (g, o, h) = (&g[..n], &o[..n], &mut h[..n]);
+    for j in 0..n {
+        let cj = f[j] * c[j] + i[j] * g[j];
+        c[j] = cj;
+        h[j] = o[j] * tanh(cj);
+    }
+}
+
+/// One row of the cell's backward pass: from the activations `a` (`4H`), the new and old cell
+/// states, the hidden-state gradient `dh` and the cell-state gradient `dc` (replaced by the
+/// gradient of the old cell state), the gates' pre-activation gradients `da` (`4H`).
+#[inline(always)]
+fn cell_backward(
+    a: &[f32],
+    c_new: &[f32],
+    c_old: &[f32],
+    dh: &[f32],
+    dc: &mut [f32],
+    da: &mut [f32],
+) {
+    let n = dc.len();
+    let (ai, rest) = a.split_at(n);
+    let (af, rest) = rest.split_at(n);
+    let (ag, ao) = rest.split_at(n);
+    let (di, rest) = da.split_at_mut(n);
+    let (df, rest) = rest.split_at_mut(n);
+    let (dg, d_o) = rest.split_at_mut(n);
+    let (ao, c_new, c_old, dh) = (&ao[..n], &c_new[..n], &c_old[..n], &dh[..n]);
+    let (df, dg, d_o) = (&mut df[..n], &mut dg[..n], &mut d_o[..n]);
+    for j in 0..n {
+        let (ig, fg, gg, og) = (ai[j], af[j], ag[j], ao[j]);
+        let tc = tanh(c_new[j]);
+        let dct = dc[j] + dh[j] * og * (1.0 - tc * tc);
+        di[j] = dct * gg * ig * (1.0 - ig);
+        df[j] = dct * c_old[j] * fg * (1.0 - fg);
+        dg[j] = dct * ig * (1.0 - gg * gg);
+        d_o[j] = dh[j] * tc * og * (1.0 - og);
+        dc[j] = dct * fg;
+    }
+}
+
+/// Whether the CPU has AVX2 and FMA, checked once: the cell loops are then compiled for them (the
+/// crate's baseline target is plain x86-64, SSE2).
+fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| {
+            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn cell_forward_avx2(pre: &mut [f32], c: &mut [f32], h: &mut [f32]) {
+    cell_forward(pre, c, h)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn cell_backward_avx2(
+    a: &[f32],
+    c_new: &[f32],
+    c_old: &[f32],
+    dh: &[f32],
+    dc: &mut [f32],
+    da: &mut [f32],
+) {
+    cell_backward(a, c_new, c_old, dh, dc, da)
+}
+
+/// [`cell_forward`], with AVX2 + FMA when `avx` (the caller checked [`has_avx2_fma`]).
+fn cell_forward_dispatch(avx: bool, pre: &mut [f32], c: &mut [f32], h: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx {
+        // SAFETY: `avx` is true only when the CPU has AVX2 and FMA.
+        return unsafe { cell_forward_avx2(pre, c, h) };
+    }
+    let _ = avx;
+    cell_forward(pre, c, h)
+}
+
+/// [`cell_backward`], with AVX2 + FMA when `avx` (the caller checked [`has_avx2_fma`]).
+fn cell_backward_dispatch(
+    avx: bool,
+    a: &[f32],
+    c_new: &[f32],
+    c_old: &[f32],
+    dh: &[f32],
+    dc: &mut [f32],
+    da: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx {
+        // SAFETY: `avx` is true only when the CPU has AVX2 and FMA.
+        return unsafe { cell_backward_avx2(a, c_new, c_old, dh, dc, da) };
+    }
+    let _ = avx;
+    cell_backward(a, c_new, c_old, dh, dc, da)
 }
 
 /// What the forward pass keeps for the backward pass.
@@ -153,6 +278,7 @@ impl BiLstmRecurrence {
         let rows = 2 * b;
         // W_hh^T per direction, [2, H, 4H], as a tensor for the batched matmul.
         let w_t = Tensor::from_slice(w_hh, (2, h4, h), &Device::Cpu)?.transpose(1, 2)?;
+        let avx = has_avx2_fma();
         let mut hs = vec![0f32; rows * h];
         let mut cs = vec![0f32; rows * h];
         let mut saved = save.then(|| Saved {
@@ -196,19 +322,12 @@ impl BiLstmRecurrence {
                             *p += r;
                         }
                     }
-                    for (j, p) in pre.iter_mut().enumerate() {
-                        *p = if j / h == 2 { tanh(*p) } else { sigmoid(*p) };
-                    }
-                    let (ig, rest) = pre.split_at(h);
-                    let (fg, rest) = rest.split_at(h);
-                    let (gg, og) = rest.split_at(h);
-                    let hrow = &mut hc[k * h..(k + 1) * h];
-                    let crow = &mut cc[k * h..(k + 1) * h];
-                    for j in 0..h {
-                        let c = fg[j] * crow[j] + ig[j] * gg[j];
-                        crow[j] = c;
-                        hrow[j] = og[j] * tanh(c);
-                    }
+                    cell_forward_dispatch(
+                        avx,
+                        pre,
+                        &mut cc[k * h..(k + 1) * h],
+                        &mut hc[k * h..(k + 1) * h],
+                    );
                     if let Some(a) = ac.as_deref_mut() {
                         a[k * h4..(k + 1) * h4].copy_from_slice(pre);
                     }
@@ -284,6 +403,7 @@ impl CustomOp2 for BiLstmRecurrence {
         let mut dx = vec![0f32; b * w * 2 * h4];
         let mut dw = Tensor::zeros((2, h4, h), DType::F32, &Device::Cpu)?;
         let mut da = vec![0f32; rows * h4];
+        let avx = has_avx2_fma();
         for t in (0..w).rev() {
             let acts = &saved.acts[t * rows * h4..(t + 1) * rows * h4];
             let c_new = &saved.cells[(t + 1) * rows * h..(t + 2) * rows * h];
@@ -296,19 +416,15 @@ impl CustomOp2 for BiLstmRecurrence {
                     let r0 = i * ROWS_PER_TASK;
                     for k in 0..dcc.len() / h {
                         let row = r0 + k;
-                        let a = &acts[row * h4..(row + 1) * h4];
-                        let dar = &mut dac[k * h4..(k + 1) * h4];
-                        for j in 0..h {
-                            let (ig, fg, gg, og) = (a[j], a[h + j], a[2 * h + j], a[3 * h + j]);
-                            let tc = tanh(c_new[row * h + j]);
-                            let dhj = dh[row * h + j];
-                            let dct = dcc[k * h + j] + dhj * og * (1.0 - tc * tc);
-                            dar[j] = dct * gg * ig * (1.0 - ig);
-                            dar[h + j] = dct * c_old[row * h + j] * fg * (1.0 - fg);
-                            dar[2 * h + j] = dct * ig * (1.0 - gg * gg);
-                            dar[3 * h + j] = dhj * tc * og * (1.0 - og);
-                            dcc[k * h + j] = dct * fg;
-                        }
+                        cell_backward_dispatch(
+                            avx,
+                            &acts[row * h4..(row + 1) * h4],
+                            &c_new[row * h..(row + 1) * h],
+                            &c_old[row * h..(row + 1) * h],
+                            &dh[row * h..(row + 1) * h],
+                            &mut dcc[k * h..(k + 1) * h],
+                            &mut dac[k * h4..(k + 1) * h4],
+                        );
                     }
                 });
             // Scatter dA into dxproj [B, W, 2, 4H] (direction 1 read bar W - 1 - t).
@@ -345,7 +461,10 @@ mod tests {
         for i in -8000..=8000 {
             let x = i as f32 * 0.01;
             let (got, want) = (fast_exp(x) as f64, (x as f64).exp());
-            assert!(((got - want) / want).abs() < 3e-7, "exp({x}) = {got}, want {want}");
+            assert!(
+                ((got - want) / want).abs() < 3e-7,
+                "exp({x}) = {got}, want {want}"
+            );
         }
         assert!(fast_exp(-200.0) >= 0.0 && fast_exp(-200.0) < 1e-37);
         assert!(fast_exp(200.0).is_finite());
@@ -353,7 +472,11 @@ mod tests {
             let x = i as f32 * 0.001;
             let want = (x as f64).tanh();
             let tol = 4e-7 * want.abs().max(1e-30);
-            assert!((tanh(x) as f64 - want).abs() <= tol, "tanh({x}) = {}", tanh(x));
+            assert!(
+                (tanh(x) as f64 - want).abs() <= tol,
+                "tanh({x}) = {}",
+                tanh(x)
+            );
             assert!((sigmoid(x) as f64 - 1.0 / (1.0 + (-x as f64).exp())).abs() < 3e-7);
         }
     }
@@ -383,8 +506,16 @@ mod tests {
         let wv = candle_core::Var::from_vec(ws.clone(), (2, 4 * h, h), &dev)?;
         let y = bilstm_recurrence(xv.as_tensor(), wv.as_tensor())?;
         let grads = (y * &coef_t)?.sum_all()?.backward()?;
-        let gx = grads.get(xv.as_tensor()).unwrap().flatten_all()?.to_vec1::<f32>()?;
-        let gw = grads.get(wv.as_tensor()).unwrap().flatten_all()?.to_vec1::<f32>()?;
+        let gx = grads
+            .get(xv.as_tensor())
+            .unwrap()
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let gw = grads
+            .get(wv.as_tensor())
+            .unwrap()
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let eps = 1e-2f32;
         let mut worst = 0f64;
         for (i, g) in gx.iter().enumerate() {
@@ -401,7 +532,10 @@ mod tests {
             let fd = (loss(&xs, &p)? - loss(&xs, &m)?) / (2.0 * eps as f64);
             worst = worst.max((fd - *g as f64).abs());
         }
-        assert!(worst < 2e-3, "largest |analytic - finite difference| = {worst}");
+        assert!(
+            worst < 2e-3,
+            "largest |analytic - finite difference| = {worst}"
+        );
         // The gradient is not trivially zero.
         assert!(gx.iter().any(|g| g.abs() > 1e-2) && gw.iter().any(|g| g.abs() > 1e-2));
         Ok(())
