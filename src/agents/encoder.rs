@@ -41,7 +41,7 @@ use candle_core::{D, DType, IndexOp, Module, Result, Tensor};
 use candle_nn::{Conv1d, Conv1dConfig, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::attention::MultiHeadAttention;
+use super::attention::{MultiHeadAttention, linear_rows};
 use super::graph::GraphMessagePassing;
 use super::norm::LayerNorm;
 use crate::error::Error;
@@ -305,9 +305,10 @@ impl TransformerBlock {
 impl Module for TransformerBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = (x + self.attn.forward(&self.ln1.forward(x)?)?)?;
-        let ff = self
-            .ff2
-            .forward(&self.ff1.forward(&self.ln2.forward(&x)?)?.gelu()?)?;
+        let ff = linear_rows(
+            &self.ff2,
+            &linear_rows(&self.ff1, &self.ln2.forward(&x)?)?.gelu()?,
+        )?;
         x + ff
     }
 }
@@ -320,9 +321,10 @@ impl TransformerBlock {
         let n = self.ln1.forward(x)?;
         let h =
             (x.narrow(1, l - 1, 1)? + self.attn.forward_queries(&n.narrow(1, l - 1, 1)?, &n)?)?;
-        let ff = self
-            .ff2
-            .forward(&self.ff1.forward(&self.ln2.forward(&h)?)?.gelu()?)?;
+        let ff = linear_rows(
+            &self.ff2,
+            &linear_rows(&self.ff1, &self.ln2.forward(&h)?)?.gelu()?,
+        )?;
         h + ff
     }
 }
@@ -375,7 +377,7 @@ impl TransformerEncoder {
 impl Module for TransformerEncoder {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let w = x.dim(1)?;
-        let mut h = self.input.forward(x)?.broadcast_add(&self.pos)?;
+        let mut h = linear_rows(&self.input, x)?.broadcast_add(&self.pos)?;
         let Some((last, rest)) = self.blocks.split_last() else {
             return self.ln_f.forward(&h.i((.., w - 1, ..))?);
         };
@@ -532,6 +534,9 @@ impl Module for Cnn1d {
     }
 }
 
+/// Windows per chunk in [`SharedEncoder::sequence_features`].
+pub const SEQUENCE_CHUNK: usize = 512;
+
 /// The shared encoder (see the module docs).
 #[derive(Debug, Clone)]
 pub struct SharedEncoder {
@@ -610,8 +615,23 @@ impl SharedEncoder {
         self.graph.is_some()
     }
 
-    /// Per-symbol features before the graph: `[B, W, F] -> [B, base_dim]`.
+    /// Per-symbol features before the graph: `[B, W, F] -> [B, base_dim]`. Runs over chunks of
+    /// [`SEQUENCE_CHUNK`] windows: the windows are independent, and chunks keep every intermediate
+    /// tensor small enough to be cache-friendly and to be recycled by the allocator instead of
+    /// being mapped (and zeroed by the kernel) afresh on every call.
     pub fn sequence_features(&self, x: &Tensor) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        if n <= SEQUENCE_CHUNK {
+            return self.sequence_features_chunk(x);
+        }
+        let parts = (0..n)
+            .step_by(SEQUENCE_CHUNK)
+            .map(|s| self.sequence_features_chunk(&x.narrow(0, s, SEQUENCE_CHUNK.min(n - s))?))
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&parts, 0)
+    }
+
+    fn sequence_features_chunk(&self, x: &Tensor) -> Result<Tensor> {
         let mut parts = Vec::new();
         if let Some(t) = &self.transformer {
             parts.push(t.forward(x)?);
