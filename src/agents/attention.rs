@@ -297,7 +297,10 @@ mod tests {
             // shared by all scores): both sides are rounding noise, compared absolutely.
             let err = (a - r)?.abs()?.max_all()?.to_scalar::<f32>()? / scale.max(1e-2);
             assert!(err < 1e-5, "{:?}: gradient rel. error {err}", v.dims());
-            assert!(i > 0 || scale > 1e-2, "the input gradient is trivially small");
+            assert!(
+                i > 0 || scale > 1e-2,
+                "the input gradient is trivially small"
+            );
         }
         Ok(())
     }
