@@ -411,24 +411,54 @@ impl PolicyBench {
         Ok(logits.sum_all()?.to_scalar::<f32>()? + value.sum_all()?.to_scalar::<f32>()?)
     }
 
-    /// One warm-up and `reps` timed forward passes of every case.
+    /// One forward and backward pass of case `i`: the gradient of `sum(logits) + sum(values)`
+    /// with respect to every parameter (what a PPO update step does, without the optimiser).
+    pub fn forward_backward(&self, i: usize) -> Result<f32> {
+        let (logits, value) = self.policy.forward(&self.cases[i].1)?;
+        let loss = (logits.sum_all()? + value.sum_all()?)?;
+        let grads = loss.backward()?;
+        std::hint::black_box(grads);
+        Ok(loss.to_scalar::<f32>()?)
+    }
+
+    /// One warm-up and `reps` timed forward passes of every case, then the same for a forward and
+    /// backward pass of the last case (N scenarios at N distinct bars).
     pub fn measure(&self, reps: usize) -> Result<Vec<PolicyTiming>> {
         if reps == 0 {
             return Err(Error::invalid("reps must be >= 1"));
         }
         let s = self.policy.agent().dims().symbols;
-        (0..self.cases.len())
-            .map(|i| {
-                std::hint::black_box(self.forward(i)?);
+        let last = self.cases.len() - 1;
+        let runs: Vec<(&'static str, usize, bool)> = (0..self.cases.len())
+            .map(|i| (self.cases[i].0, i, false))
+            .chain([("N bars, fwd + bwd", last, true)])
+            .collect();
+        runs.into_iter()
+            .map(|(name, i, backward)| {
+                let run = |i| {
+                    if backward {
+                        self.forward_backward(i)
+                    } else {
+                        self.forward(i)
+                    }
+                };
+                std::hint::black_box(run(i)?);
                 let t = Instant::now();
+                let cpu = process_cpu_seconds();
                 for _ in 0..reps {
-                    std::hint::black_box(self.forward(i)?);
+                    std::hint::black_box(run(i)?);
                 }
+                let seconds = t.elapsed().as_secs_f64() / reps as f64;
+                let cpu_seconds = match (cpu, process_cpu_seconds()) {
+                    (Some(a), Some(b)) => Some((b - a) / reps as f64),
+                    _ => None,
+                };
                 Ok(PolicyTiming {
-                    name: self.cases[i].0,
+                    name,
                     units: self.cases[i].1.keys.len(),
                     symbols: s,
-                    seconds: t.elapsed().as_secs_f64() / reps as f64,
+                    seconds,
+                    cpu_seconds,
                 })
             })
             .collect()
@@ -444,15 +474,37 @@ pub struct PolicyTiming {
     pub units: usize,
     /// Symbols per scenario.
     pub symbols: usize,
-    /// Seconds per forward pass.
+    /// Seconds per forward pass (wall clock).
     pub seconds: f64,
+    /// CPU seconds per forward pass, all threads of the process together (Linux only; includes
+    /// the time candle's worker threads spin while waiting). On a machine shared with other jobs
+    /// this is the steadier figure: wall time then depends on the competing load.
+    pub cpu_seconds: Option<f64>,
+}
+
+/// CPU time used so far by all threads of this process, from `/proc/self/task/*/schedstat`
+/// (nanoseconds on the CPU); `None` where that is not available.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let mut ns = 0f64;
+    for e in std::fs::read_dir("/proc/self/task").ok()? {
+        let Ok(e) = e else { continue };
+        // A thread may exit between the listing and the read: skip it.
+        if let Ok(s) = std::fs::read_to_string(e.path().join("schedstat")) {
+            ns += s.split_whitespace().next()?.parse::<f64>().ok()?;
+        }
+    }
+    Some(ns * 1e-9)
 }
 
 impl PolicyTiming {
     /// The report line.
     pub fn line(&self) -> String {
+        let cpu = match self.cpu_seconds {
+            Some(c) => format!(", CPU {:>9.2} ms", 1e3 * c),
+            None => String::new(),
+        };
         format!(
-            "{:<22} ({:>4} x {}): {:>9.2} ms per forward, {:>8.3} ms per scenario, {:>11.0} symbol-forwards/s",
+            "{:<22} ({:>4} x {}): {:>9.2} ms per forward, {:>8.3} ms per scenario, {:>11.0} symbol-forwards/s{cpu}",
             self.name,
             self.units,
             self.symbols,

@@ -87,8 +87,8 @@ impl MultiHeadAttention {
 
     /// Weights of the queries of `xq` (`[B, Lq, D]`) over the keys of `x` (`[B, L, D]`).
     fn weights_for(&self, xq: &Tensor, x: &Tensor) -> Result<Tensor> {
-        let q = self.split_heads(&self.q.forward(xq)?)?;
-        let k = self.split_heads(&self.k.forward(x)?)?;
+        let q = self.split_heads(&linear_rows(&self.q, xq)?)?;
+        let k = self.split_heads(&linear_rows(&self.k, x)?)?;
         let scores = (q.matmul(&k.t()?.contiguous()?)? / (self.head_dim as f64).sqrt())?;
         candle_nn::ops::softmax(&scores, D::Minus1)
     }
@@ -96,18 +96,75 @@ impl MultiHeadAttention {
     /// Attention outputs at the positions of `xq` (`[B, Lq, D]`, queries) over the sequence `x`
     /// (`[B, L, D]`, keys and values): `[B, Lq, D]`. `forward(x)` is `forward_queries(x, x)`; passing
     /// only the last position as `xq` computes that position's output alone, which is all an encoder
-    /// that reads the last state needs.
+    /// that reads the last state needs. A single query (`Lq = 1`) takes a path without per-head
+    /// matmuls (see [`Self::forward_one_query`]).
     pub fn forward_queries(&self, xq: &Tensor, x: &Tensor) -> Result<Tensor> {
+        if xq.dim(1)? == 1 {
+            return self.forward_one_query(xq, x);
+        }
+        self.forward_queries_batched(xq, x)
+    }
+
+    /// The straightforward computation: heads split out, `Q K^T` and `A V` as batched matmuls over
+    /// (batch x heads).
+    fn forward_queries_batched(&self, xq: &Tensor, x: &Tensor) -> Result<Tensor> {
         let (b, lq, d_model) = xq.dims3()?;
         let attn = self.weights_for(xq, x)?;
-        let v = self.split_heads(&self.v.forward(x)?)?;
+        let v = self.split_heads(&linear_rows(&self.v, x)?)?;
         let y = attn
             .matmul(&v)?
             .transpose(1, 2)?
             .contiguous()?
             .reshape((b, lq, d_model))?;
-        self.o.forward(&y)
+        linear_rows(&self.o, &y)
     }
+
+    /// One query per sequence (`xq`: `[B, 1, D]`) without per-head matmuls: with a 1-query problem
+    /// per (sequence, head), candle's batched matmul would run `B x H` tiny products. Instead
+    /// `scores[b, l, h] = sum_{j in head h} k[b, l, j] q[b, j] / sqrt(d)` is one elementwise
+    /// product and one `[B L, D] x [D, H]` matmul with a head-indicator matrix, the softmax runs
+    /// over `L`, and the weights are spread back to `D` columns by the transposed indicator before
+    /// `sum_l a v`. The same values as the batched path (tested).
+    pub fn forward_one_query(&self, xq: &Tensor, x: &Tensor) -> Result<Tensor> {
+        let (b, l, d_model) = x.dims3()?;
+        let (h, dh) = (self.num_heads, self.head_dim);
+        let q = linear_rows(&self.q, xq)?; // [B, 1, D]
+        let k = linear_rows(&self.k, x)?; // [B, L, D]
+        let v = linear_rows(&self.v, x)?;
+        // ind[j, h] = 1 if column j belongs to head h.
+        let ind: Vec<f32> = (0..d_model)
+            .flat_map(|j| (0..h).map(move |hh| if j / dh == hh { 1.0 } else { 0.0 }))
+            .collect();
+        let ind = Tensor::from_vec(ind, (d_model, h), x.device())?.to_dtype(x.dtype())?;
+        let scores = k
+            .broadcast_mul(&q)?
+            .reshape((b * l, d_model))?
+            .matmul(&(&ind / (dh as f64).sqrt())?)?
+            .reshape((b, l, h))?;
+        let a = candle_nn::ops::softmax(&scores, 1)?; // over L
+        let a = a
+            .reshape((b * l, h))?
+            .matmul(&ind.t()?)?
+            .reshape((b, l, d_model))?;
+        let y = (a * v)?.sum_keepdim(1)?; // [B, 1, D]
+        linear_rows(&self.o, &y)
+    }
+}
+
+/// `x [.., in] -> [.., out]` through `l` as one 2-D matmul over all leading rows (candle-nn's
+/// `Linear` broadcasts the weight over a 3-D input's batch and runs one small matmul per batch
+/// element).
+pub fn linear_rows(l: &Linear, x: &Tensor) -> Result<Tensor> {
+    let dims = x.dims();
+    if dims.len() <= 2 {
+        return l.forward(x);
+    }
+    let last = dims[dims.len() - 1];
+    let rows = x.elem_count() / last.max(1);
+    let y = l.forward(&x.reshape((rows, last))?)?;
+    let mut out = dims.to_vec();
+    *out.last_mut().expect("rank >= 3") = y.dim(1)?;
+    y.reshape(out)
 }
 
 impl Module for MultiHeadAttention {
@@ -194,6 +251,55 @@ mod tests {
             assert!(
                 g.abs()?.sum_all()?.to_scalar::<f32>()? > 0.0,
                 "{name} has zero grad"
+            );
+        }
+        Ok(())
+    }
+
+    /// The single-query path equals the batched per-head matmuls, outputs and gradients.
+    #[test]
+    fn one_query_path_matches_batched_heads() -> Result<()> {
+        let dev = Device::Cpu;
+        let vm = candle_nn::VarMap::new();
+        let vb = crate::agents::init::seeded_var_builder(&vm, 11, DType::F32, &dev);
+        let mha = MultiHeadAttention::new(8, 4, vb)?;
+        let x = Var::from_tensor(
+            &Tensor::arange(0f32, 3. * 7. * 8., &dev)?
+                .reshape((3, 7, 8))?
+                .affine(0.37, 0.2)?
+                .sin()?,
+        )?;
+        let xq = x.as_tensor().narrow(1, 6, 1)?;
+        let fast = mha.forward_one_query(&xq, x.as_tensor())?;
+        let slow = mha.forward_queries_batched(&xq, x.as_tensor())?;
+        let scale = slow.abs()?.max_all()?.to_scalar::<f32>()?;
+        let err = (&fast - &slow)?.abs()?.max_all()?.to_scalar::<f32>()? / scale;
+        assert!(
+            err < 1e-5 && scale > 0.1,
+            "output: normwise rel. error {err}"
+        );
+        let coef = Tensor::arange(0f32, 24., &dev)?.reshape((3, 1, 8))?.cos()?;
+        let gf = (fast * &coef)?.sum_all()?.backward()?;
+        let gs = (slow * &coef)?.sum_all()?.backward()?;
+        let mut vars: Vec<Var> = vec![x.clone()];
+        vars.extend(
+            crate::agents::init::named_vars(&vm)
+                .into_iter()
+                .map(|(_, v)| v),
+        );
+        for (i, v) in vars.iter().enumerate() {
+            let (a, r) = (
+                gf.get(v.as_tensor()).unwrap(),
+                gs.get(v.as_tensor()).unwrap(),
+            );
+            let scale = r.abs()?.max_all()?.to_scalar::<f32>()?;
+            // The key bias's gradient is zero in exact arithmetic (a softmax does not see a shift
+            // shared by all scores): both sides are rounding noise, compared absolutely.
+            let err = (a - r)?.abs()?.max_all()?.to_scalar::<f32>()? / scale.max(1e-2);
+            assert!(err < 1e-5, "{:?}: gradient rel. error {err}", v.dims());
+            assert!(
+                i > 0 || scale > 1e-2,
+                "the input gradient is trivially small"
             );
         }
         Ok(())

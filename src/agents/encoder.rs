@@ -38,11 +38,10 @@ assert_eq!(enc.forward(&windows, Some(&adj))?.dims(), &[2, 5, cfg.embed_dim]);
 */
 
 use candle_core::{D, DType, IndexOp, Module, Result, Tensor};
-use candle_nn::rnn::{Direction, LSTMConfig, RNN};
-use candle_nn::{Conv1d, Conv1dConfig, LSTM, Linear, VarBuilder};
+use candle_nn::{Conv1d, Conv1dConfig, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::attention::MultiHeadAttention;
+use super::attention::{MultiHeadAttention, linear_rows};
 use super::graph::GraphMessagePassing;
 use super::norm::LayerNorm;
 use crate::error::Error;
@@ -306,9 +305,10 @@ impl TransformerBlock {
 impl Module for TransformerBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = (x + self.attn.forward(&self.ln1.forward(x)?)?)?;
-        let ff = self
-            .ff2
-            .forward(&self.ff1.forward(&self.ln2.forward(&x)?)?.gelu()?)?;
+        let ff = linear_rows(
+            &self.ff2,
+            &linear_rows(&self.ff1, &self.ln2.forward(&x)?)?.gelu()?,
+        )?;
         x + ff
     }
 }
@@ -321,9 +321,10 @@ impl TransformerBlock {
         let n = self.ln1.forward(x)?;
         let h =
             (x.narrow(1, l - 1, 1)? + self.attn.forward_queries(&n.narrow(1, l - 1, 1)?, &n)?)?;
-        let ff = self
-            .ff2
-            .forward(&self.ff1.forward(&self.ln2.forward(&h)?)?.gelu()?)?;
+        let ff = linear_rows(
+            &self.ff2,
+            &linear_rows(&self.ff1, &self.ln2.forward(&h)?)?.gelu()?,
+        )?;
         h + ff
     }
 }
@@ -376,7 +377,7 @@ impl TransformerEncoder {
 impl Module for TransformerEncoder {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let w = x.dim(1)?;
-        let mut h = self.input.forward(x)?.broadcast_add(&self.pos)?;
+        let mut h = linear_rows(&self.input, x)?.broadcast_add(&self.pos)?;
         let Some((last, rest)) = self.blocks.split_last() else {
             return self.ln_f.forward(&h.i((.., w - 1, ..))?);
         };
@@ -388,38 +389,83 @@ impl Module for TransformerEncoder {
     }
 }
 
-/// Bidirectional LSTM: `[B, W, F] -> [B, 2H]` (final forward state, final backward state), from
-/// two candle-nn LSTMs, the second run over the reversed window. Parameters follow PyTorch's names:
-/// `weight_ih_l0`, `weight_hh_l0`, `bias_ih_l0`, `bias_hh_l0` and the same with `_reverse`.
+/// Bidirectional LSTM: `[B, W, F] -> [B, 2H]` (final forward state, final backward state; the
+/// backward direction reads the window newest bar first). Parameters are candle-nn's / PyTorch's:
+/// `weight_ih_l0 [4H, F]`, `weight_hh_l0 [4H, H]`, `bias_ih_l0 [4H]`, `bias_hh_l0 [4H]` and the same
+/// with `_reverse`, gate order (input, forget, cell, output), so checkpoints of the earlier
+/// candle-nn-based branch load unchanged.
+///
+/// Computed as in [`super::lstm`]: the input projections of all bars and both directions in one
+/// matmul (the biases folded in as an extra input column), then the fused recurrence op.
 #[derive(Debug, Clone)]
 pub struct BiLstm {
-    fwd: LSTM,
-    bwd: LSTM,
+    hidden: usize,
+    /// `(weight_ih, weight_hh, bias_ih, bias_hh)` of the forward and the backward direction.
+    dirs: [(Tensor, Tensor, Tensor, Tensor); 2],
 }
 
 impl BiLstm {
-    /// Both directions with `hidden` units each over `features` inputs per bar.
+    /// Both directions with `hidden` units each over `features` inputs per bar (candle-nn's
+    /// default initialisation: Kaiming-uniform weights, zero biases).
     pub fn new(features: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
-        let fwd = candle_nn::lstm(features, hidden, LSTMConfig::default(), vb.clone())?;
+        let init = candle_nn::init::DEFAULT_KAIMING_UNIFORM;
+        let zero = candle_nn::Init::Const(0.);
+        let dir = |suffix: &str| -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+            Ok((
+                vb.get_with_hints(
+                    (4 * hidden, features),
+                    &format!("weight_ih_l0{suffix}"),
+                    init,
+                )?,
+                vb.get_with_hints((4 * hidden, hidden), &format!("weight_hh_l0{suffix}"), init)?,
+                vb.get_with_hints(4 * hidden, &format!("bias_ih_l0{suffix}"), zero)?,
+                vb.get_with_hints(4 * hidden, &format!("bias_hh_l0{suffix}"), zero)?,
+            ))
+        };
+        Ok(Self {
+            hidden,
+            dirs: [dir("")?, dir("_reverse")?],
+        })
+    }
+
+    /// The straightforward computation with candle-nn's `LSTM` (one small op per gate and step,
+    /// the second direction run over the reversed window): the reference [`Module::forward`] is
+    /// tested against. Builds candle-nn LSTMs over the same variables (`vb` must be the one
+    /// `new` was given).
+    pub fn forward_reference(&self, x: &Tensor, vb: VarBuilder) -> Result<Tensor> {
+        use candle_nn::rnn::{Direction, LSTMConfig, RNN};
+        let (_, w, f) = x.dims3()?;
+        let fwd = candle_nn::lstm(f, self.hidden, LSTMConfig::default(), vb.clone())?;
         let cfg = LSTMConfig {
             direction: Direction::Backward,
             ..LSTMConfig::default()
         };
-        let bwd = candle_nn::lstm(features, hidden, cfg, vb)?;
-        Ok(Self { fwd, bwd })
-    }
-}
-
-impl Module for BiLstm {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let w = x.dim(1)?;
-        let last = |lstm: &LSTM, x: &Tensor| -> Result<Tensor> {
+        let bwd = candle_nn::lstm(f, self.hidden, cfg, vb)?;
+        let last = |lstm: &candle_nn::LSTM, x: &Tensor| -> Result<Tensor> {
             let states = lstm.seq(x)?;
             Ok(states.last().expect("window has >= 1 bar").h().clone())
         };
         let rev: Vec<u32> = (0..w as u32).rev().collect();
         let x_rev = x.index_select(&Tensor::from_vec(rev, w, x.device())?, 1)?;
-        Tensor::cat(&[last(&self.fwd, x)?, last(&self.bwd, &x_rev)?], D::Minus1)
+        Tensor::cat(&[last(&fwd, x)?, last(&bwd, &x_rev)?], D::Minus1)
+    }
+}
+
+impl Module for BiLstm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, w, f) = x.dims3()?;
+        let h = self.hidden;
+        let [d0, d1] = &self.dirs;
+        // [F + 1, 8H]: both directions' input weights, the summed biases as the last row.
+        let wi = Tensor::cat(&[&d0.0, &d1.0], 0)?;
+        let bias = (Tensor::cat(&[&d0.2, &d1.2], 0)? + Tensor::cat(&[&d0.3, &d1.3], 0)?)?;
+        let wi = Tensor::cat(&[wi.t()?, bias.unsqueeze(0)?], 0)?;
+        let ones = Tensor::ones((b * w, 1), x.dtype(), x.device())?;
+        let xa = Tensor::cat(&[&x.reshape((b * w, f))?, &ones], 1)?;
+        let xproj = xa.matmul(&wi)?.reshape((b, w, 2, 4 * h))?;
+        let w_hh = Tensor::stack(&[&d0.1, &d1.1], 0)?;
+        let hs = super::lstm::bilstm_recurrence(&xproj, &w_hh)?; // [2, B, H]
+        Tensor::cat(&[hs.get(0)?, hs.get(1)?], D::Minus1)
     }
 }
 
@@ -487,6 +533,9 @@ impl Module for Cnn1d {
         h.mean(1)
     }
 }
+
+/// Windows per chunk in [`SharedEncoder::sequence_features`].
+pub const SEQUENCE_CHUNK: usize = 512;
 
 /// The shared encoder (see the module docs).
 #[derive(Debug, Clone)]
@@ -566,8 +615,23 @@ impl SharedEncoder {
         self.graph.is_some()
     }
 
-    /// Per-symbol features before the graph: `[B, W, F] -> [B, base_dim]`.
+    /// Per-symbol features before the graph: `[B, W, F] -> [B, base_dim]`. Runs over chunks of
+    /// [`SEQUENCE_CHUNK`] windows: the windows are independent, and chunks keep every intermediate
+    /// tensor small enough to be cache-friendly and to be recycled by the allocator instead of
+    /// being mapped (and zeroed by the kernel) afresh on every call.
     pub fn sequence_features(&self, x: &Tensor) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        if n <= SEQUENCE_CHUNK {
+            return self.sequence_features_chunk(x);
+        }
+        let parts = (0..n)
+            .step_by(SEQUENCE_CHUNK)
+            .map(|s| self.sequence_features_chunk(&x.narrow(0, s, SEQUENCE_CHUNK.min(n - s))?))
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&parts, 0)
+    }
+
+    fn sequence_features_chunk(&self, x: &Tensor) -> Result<Tensor> {
         let mut parts = Vec::new();
         if let Some(t) = &self.transformer {
             parts.push(t.forward(x)?);
@@ -691,6 +755,72 @@ mod tests {
             .map(|(n, _)| n)
             .collect();
         assert!(names.contains(&"weight_ih_l0_reverse".to_string()));
+        Ok(())
+    }
+
+    /// The normwise relative error `max |a - b| / max |b|`, and `max |b|` (so that a test can see
+    /// that the compared values are not trivially zero).
+    fn rel_err(a: &Tensor, b: &Tensor) -> Result<(f32, f32)> {
+        assert_eq!(a.dims(), b.dims());
+        let scale = b.abs()?.max_all()?.to_scalar::<f32>()?;
+        let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        Ok((diff / scale.max(f32::MIN_POSITIVE), scale))
+    }
+
+    /// Deterministic test values in about `[-1.5, 1.5]` (candle's CPU RNG cannot be seeded).
+    fn det(shape: &[usize], seed: u64) -> Result<Tensor> {
+        let mut rng = crate::rng::SplitMix64::new(seed);
+        let n = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.normal() as f32 * 0.7).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu)
+    }
+
+    /// The fused BiLSTM equals candle-nn's step-by-step LSTMs over the same variables: outputs and
+    /// the gradients of every parameter and of the input.
+    #[test]
+    fn fused_bilstm_matches_candle_nn_lstm() -> Result<()> {
+        let dev = Device::Cpu;
+        for (b, w, f, h) in [(3usize, 5usize, 4usize, 3usize), (7, 24, 23, 16)] {
+            let vm = candle_nn::VarMap::new();
+            let vb = crate::agents::init::seeded_var_builder(&vm, 9, DType::F32, &dev);
+            let l = BiLstm::new(f, h, vb.clone())?;
+            // Non-zero biases so their path is exercised.
+            for (name, var) in crate::agents::init::named_vars(&vm) {
+                if name.starts_with("bias") {
+                    let n = var.elem_count();
+                    let v: Vec<f32> = (0..n).map(|i| ((i * 13 % 7) as f32 - 3.0) * 0.1).collect();
+                    var.set(&Tensor::from_vec(v, n, &dev)?)?;
+                }
+            }
+            let x = Var::from_tensor(&det(&[b, w, f], 1)?)?;
+            let coef = det(&[b, 2 * h], 2)?;
+            let fast = l.forward(x.as_tensor())?;
+            let slow = l.forward_reference(x.as_tensor(), vb)?;
+            let (err, scale) = rel_err(&fast, &slow)?;
+            assert!(
+                err < 1e-5 && scale > 1e-2,
+                "{b}x{w}x{f}, H {h}: output rel. error {err}"
+            );
+            let gf = (fast * &coef)?.sum_all()?.backward()?;
+            let gs = (slow * &coef)?.sum_all()?.backward()?;
+            let mut checked = vec![x.clone()];
+            checked.extend(
+                crate::agents::init::named_vars(&vm)
+                    .into_iter()
+                    .map(|(_, v)| v),
+            );
+            for v in checked {
+                let (a, r) = (
+                    gf.get(v.as_tensor()).unwrap(),
+                    gs.get(v.as_tensor()).unwrap(),
+                );
+                let (err, scale) = rel_err(a, r)?;
+                assert!(
+                    err < 1e-4 && scale > 1e-3,
+                    "{b}x{w}x{f}, H {h}: gradient rel. error {err}"
+                );
+            }
+        }
         Ok(())
     }
 

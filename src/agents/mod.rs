@@ -6,6 +6,7 @@ Layers follow candle-nn's style: a small struct, a constructor taking a `VarBuil
 
 - [`attention`]: multi-head self-attention from matmul + softmax.
 - [`norm`]: a LayerNorm that has a backward pass.
+- [`lstm`]: the bidirectional LSTM recurrence as one custom op with a hand-written backward pass.
 - [`encoder`]: the shared window encoder (transformer, bidirectional LSTM, 1-D CNN, symbol graph)
   and its [`EncoderConfig`].
 - [`graph`]: the causal correlation graph and message passing over symbols.
@@ -30,6 +31,7 @@ pub mod encoder;
 pub mod graph;
 pub mod heads;
 pub mod init;
+pub mod lstm;
 pub mod master;
 pub mod mlp;
 pub mod norm;
