@@ -95,13 +95,15 @@ impl Recurrent {
         })
     }
 
-    /// The input projections of every bar, `[B, W, G H]`.
-    fn project(&self, win: &Tensor) -> Result<Tensor> {
-        let (b, w, f) = win.dims3()?;
-        win.reshape((b * w, f))?
-            .matmul(&self.w_ih.t()?)?
-            .broadcast_add(&self.b_ih)?
-            .reshape((b, w, ()))
+    /// The input projections of every bar, one `[B, G H]` tensor per bar. Each bar's input is
+    /// sliced from the (constant) window before its own matmul, so the backward pass never
+    /// scatters into a `[B, W, G H]` tensor (which costs O(W^2) for the whole recurrence).
+    fn project(&self, win: &Tensor) -> Result<Vec<Tensor>> {
+        let w_ih = self.w_ih.t()?;
+        let time_major = win.transpose(0, 1)?.contiguous()?;
+        (0..win.dim(1)?)
+            .map(|t| time_major.get(t)?.matmul(&w_ih)?.broadcast_add(&self.b_ih))
+            .collect()
     }
 }
 
@@ -190,16 +192,13 @@ impl SlModel {
     /// `i, f, g, o` gates; `c' = f c + i g`, `h' = o tanh(c')`. Returns the last `h`.
     fn lstm(&self, r: &Recurrent, win: &Tensor) -> Result<Tensor> {
         let xp = r.project(win)?;
-        let (b, w, _) = xp.dims3()?;
+        let b = win.dim(0)?;
         let h = r.hidden;
-        let w_hh = r.w_hh.t()?.contiguous()?;
+        let w_hh = r.w_hh.t()?;
         let mut hs = Tensor::zeros((b, h), win.dtype(), win.device())?;
         let mut c = hs.clone();
-        for t in 0..w {
-            let g = xp
-                .narrow(1, t, 1)?
-                .squeeze(1)?
-                .add(&hs.matmul(&w_hh)?.broadcast_add(&r.b_hh)?)?;
+        for x in &xp {
+            let g = x.add(&hs.matmul(&w_hh)?.broadcast_add(&r.b_hh)?)?;
             let i = sigmoid(&g.narrow(1, 0, h)?)?;
             let f = sigmoid(&g.narrow(1, h, h)?)?;
             let gg = g.narrow(1, 2 * h, h)?.tanh()?;
@@ -213,12 +212,11 @@ impl SlModel {
     /// `r, z, n` gates: `n = tanh(x_n + r (W_hn h + b_hn))`, `h' = (1 - z) n + z h`.
     fn gru(&self, r: &Recurrent, win: &Tensor) -> Result<Tensor> {
         let xp = r.project(win)?;
-        let (b, w, _) = xp.dims3()?;
+        let b = win.dim(0)?;
         let h = r.hidden;
-        let w_hh = r.w_hh.t()?.contiguous()?;
+        let w_hh = r.w_hh.t()?;
         let mut hs = Tensor::zeros((b, h), win.dtype(), win.device())?;
-        for t in 0..w {
-            let x = xp.narrow(1, t, 1)?.squeeze(1)?;
+        for x in &xp {
             let hp = hs.matmul(&w_hh)?.broadcast_add(&r.b_hh)?;
             let rg = sigmoid(&(x.narrow(1, 0, h)? + hp.narrow(1, 0, h)?)?)?;
             let z = sigmoid(&(x.narrow(1, h, h)? + hp.narrow(1, h, h)?)?)?;
@@ -302,6 +300,48 @@ mod tests {
                 c[k] = sig(g[2 + k]) * c[k] + sig(g[k]) * g[4 + k].tanh();
                 h[k] = sig(g[6 + k]) * c[k].tanh();
             }
+        }
+        for k in 0..2 {
+            assert!((got[k] as f64 - h[k]).abs() < 1e-5, "{got:?} vs {h:?}");
+        }
+    }
+
+    /// The GRU recurrence against a scalar re-implementation of PyTorch's equations.
+    #[test]
+    fn gru_matches_a_scalar_reference() {
+        let cfg = SlConfig {
+            gru_hidden: 2,
+            ..SlConfig::default()
+        };
+        let dev = Device::Cpu;
+        let (m, _) = SlModel::seeded(ModelKind::Gru, &cfg, &dev).unwrap();
+        let Body::Gru(r) = &m.body else {
+            unreachable!()
+        };
+        let win = Tensor::randn(0f32, 1.0, (1, WINDOW, N_TECH), &dev).unwrap();
+        let got: Vec<f32> = m.gru(r, &win).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let x: Vec<f32> = win.flatten_all().unwrap().to_vec1().unwrap();
+        let wih: Vec<Vec<f32>> = r.w_ih.to_vec2().unwrap();
+        let whh: Vec<Vec<f32>> = r.w_hh.to_vec2().unwrap();
+        let (bi, bh): (Vec<f32>, Vec<f32>) = (r.b_ih.to_vec1().unwrap(), r.b_hh.to_vec1().unwrap());
+        let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+        let mut h = vec![0f64; 2];
+        for t in 0..WINDOW {
+            let xt = &x[t * N_TECH..(t + 1) * N_TECH];
+            let gx: Vec<f64> = (0..6)
+                .map(|j| (0..N_TECH).map(|k| (wih[j][k] * xt[k]) as f64).sum::<f64>() + bi[j] as f64)
+                .collect();
+            let gh: Vec<f64> = (0..6)
+                .map(|j| (0..2).map(|k| whh[j][k] as f64 * h[k]).sum::<f64>() + bh[j] as f64)
+                .collect();
+            let mut next = vec![0f64; 2];
+            for k in 0..2 {
+                let rg = sig(gx[k] + gh[k]);
+                let z = sig(gx[2 + k] + gh[2 + k]);
+                let n = (gx[4 + k] + rg * gh[4 + k]).tanh();
+                next[k] = (1.0 - z) * n + z * h[k];
+            }
+            h = next;
         }
         for k in 0..2 {
             assert!((got[k] as f64 - h[k]).abs() < 1e-5, "{got:?} vs {h:?}");
