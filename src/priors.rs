@@ -84,7 +84,9 @@ impl CacheHeader {
     fn parse(path: &Path, b: &[u8]) -> Result<Self> {
         let stale = |m: String| Error::new(ErrorKind::StalePriors, m).with_file(path);
         if b.len() < HEADER_LEN || b[..8] != MAGIC {
-            return Err(stale("not an SL prior cache (bad magic or too short)".into()));
+            return Err(stale(
+                "not an SL prior cache (bad magic or too short)".into(),
+            ));
         }
         let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
         let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
@@ -101,7 +103,8 @@ impl CacheHeader {
                 "cache has {channels} channels per symbol-bar, expected {CHANNELS}"
             )));
         }
-        let to_usize = |v: u64| usize::try_from(v).map_err(|_| stale(format!("size {v} too large")));
+        let to_usize =
+            |v: u64| usize::try_from(v).map_err(|_| stale(format!("size {v} too large")));
         Ok(Self {
             paths: to_usize(u64_at(16))?,
             bars: to_usize(u64_at(24))?,
@@ -114,7 +117,7 @@ impl CacheHeader {
     /// Read only the header of the cache file at `path`.
     pub fn read(path: &Path) -> Result<Self> {
         let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let mut b = vec![0u8; HEADER_LEN];
+        let mut b = [0u8; HEADER_LEN];
         let mut got = 0;
         while got < HEADER_LEN {
             let n = f.read(&mut b[got..]).map_err(|e| Error::io(path, e))?;
@@ -211,11 +214,10 @@ impl PriorCache {
             .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
             .collect();
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(Error::new(
-                ErrorKind::StalePriors,
-                format!("value {i} is not finite"),
-            )
-            .with_file(path));
+            return Err(
+                Error::new(ErrorKind::StalePriors, format!("value {i} is not finite"))
+                    .with_file(path),
+            );
         }
         Ok(Self { header, values })
     }

@@ -428,7 +428,12 @@ fn sl_slice_reads_the_prior_cache() {
             for j in 0..s {
                 let row = &d[(i * s + j) * obs::DYN_OBS..][..obs::DYN_OBS];
                 let k = c.index(p, t, j);
-                assert_eq!(&row[obs::SL_PROBS], &c.values[k..k + CHANNELS], "{}", b.name());
+                assert_eq!(
+                    &row[obs::SL_PROBS],
+                    &c.values[k..k + CHANNELS],
+                    "{}",
+                    b.name()
+                );
             }
         }
     }

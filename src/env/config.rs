@@ -118,7 +118,11 @@ impl EnvConfig {
         if !(0.0..1.0).contains(&self.train_fraction) || self.train_fraction == 0.0 {
             return bad("env.train_fraction", "must be in (0, 1)");
         }
-        if self.sl_cache.as_deref().is_some_and(|p| p.trim().is_empty()) {
+        if self
+            .sl_cache
+            .as_deref()
+            .is_some_and(|p| p.trim().is_empty())
+        {
             return bad(
                 "env.sl_cache",
                 "is empty: name a cache file (`marl-trade sl cache`) or leave the field out",

@@ -93,7 +93,10 @@ impl SlConfig {
             return bad("sl.weight_decay", "must be >= 0".into());
         }
         if self.models.as_deref().is_some_and(|p| p.trim().is_empty()) {
-            return bad("sl.models", "is empty: name a models directory or leave it out".into());
+            return bad(
+                "sl.models",
+                "is empty: name a models directory or leave it out".into(),
+            );
         }
         Ok(())
     }

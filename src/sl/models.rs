@@ -135,7 +135,10 @@ impl SlModel {
                 )?),
                 h,
             ),
-            ModelKind::Lstm => (Body::Lstm(Recurrent::new(&vb.pp("rnn"), 4, h)?), h + N_EXTRA),
+            ModelKind::Lstm => (
+                Body::Lstm(Recurrent::new(&vb.pp("rnn"), 4, h)?),
+                h + N_EXTRA,
+            ),
             ModelKind::Gru => (Body::Gru(Recurrent::new(&vb.pp("rnn"), 3, h)?), h + N_EXTRA),
         };
         let head = candle_nn::linear(head_in, N_CLASSES, vb.pp("head"))?;
@@ -269,6 +272,7 @@ mod tests {
 
     /// The LSTM recurrence against a scalar re-implementation of the same equations.
     #[test]
+    #[allow(clippy::needless_range_loop)] // the equations, index by index
     fn lstm_matches_a_scalar_reference() {
         let cfg = SlConfig {
             lstm_hidden: 2,
@@ -280,7 +284,13 @@ mod tests {
             unreachable!()
         };
         let win = Tensor::randn(0f32, 1.0, (1, WINDOW, N_TECH), &dev).unwrap();
-        let got: Vec<f32> = m.lstm(r, &win).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let got: Vec<f32> = m
+            .lstm(r, &win)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let x: Vec<f32> = win.flatten_all().unwrap().to_vec1().unwrap();
         let wih: Vec<Vec<f32>> = r.w_ih.to_vec2().unwrap();
         let whh: Vec<Vec<f32>> = r.w_hh.to_vec2().unwrap();
@@ -308,6 +318,7 @@ mod tests {
 
     /// The GRU recurrence against a scalar re-implementation of PyTorch's equations.
     #[test]
+    #[allow(clippy::needless_range_loop)] // the equations, index by index
     fn gru_matches_a_scalar_reference() {
         let cfg = SlConfig {
             gru_hidden: 2,
@@ -319,7 +330,13 @@ mod tests {
             unreachable!()
         };
         let win = Tensor::randn(0f32, 1.0, (1, WINDOW, N_TECH), &dev).unwrap();
-        let got: Vec<f32> = m.gru(r, &win).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let got: Vec<f32> = m
+            .gru(r, &win)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let x: Vec<f32> = win.flatten_all().unwrap().to_vec1().unwrap();
         let wih: Vec<Vec<f32>> = r.w_ih.to_vec2().unwrap();
         let whh: Vec<Vec<f32>> = r.w_hh.to_vec2().unwrap();
@@ -329,7 +346,9 @@ mod tests {
         for t in 0..WINDOW {
             let xt = &x[t * N_TECH..(t + 1) * N_TECH];
             let gx: Vec<f64> = (0..6)
-                .map(|j| (0..N_TECH).map(|k| (wih[j][k] * xt[k]) as f64).sum::<f64>() + bi[j] as f64)
+                .map(|j| {
+                    (0..N_TECH).map(|k| (wih[j][k] * xt[k]) as f64).sum::<f64>() + bi[j] as f64
+                })
                 .collect();
             let gh: Vec<f64> = (0..6)
                 .map(|j| (0..2).map(|k| whh[j][k] as f64 * h[k]).sum::<f64>() + bh[j] as f64)

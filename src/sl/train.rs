@@ -246,10 +246,11 @@ fn log_loss_acc(probs: &[[f32; 3]], samples: &[Sample]) -> (f64, f64) {
     (ll / n, right as f64 / n)
 }
 
-fn argmax(p: &[f32; 3]) -> usize {
+/// Index of the largest value (the first of equals).
+fn argmax<T: PartialOrd + Copy>(p: &[T; 3]) -> usize {
     let mut best = 0;
-    for k in 1..3 {
-        if p[k] > p[best] {
+    for (k, &v) in p.iter().enumerate().skip(1) {
+        if v > p[best] {
             best = k;
         }
     }
@@ -262,19 +263,14 @@ pub fn held_out(probs: &[[f32; 3]], samples: &[Sample], fit_freq: &[f64; 3]) -> 
     let n = samples.len();
     let nf = n.max(1) as f64;
     let (log_loss, accuracy) = log_loss_acc(probs, samples);
-    let mut majority = 0usize;
-    for k in 1..3 {
-        if fit_freq[k] > fit_freq[majority] {
-            majority = k;
-        }
-    }
+    let majority = argmax(fit_freq);
     let mut mean_prob = [0.0f64; 3];
     let (mut sum_d, mut sum_d2, mut maj_right) = (0.0f64, 0.0f64, 0usize);
     let mut prior_ll = 0.0;
     let mut bins = [(0usize, 0.0f64, 0.0f64); 10];
     for (p, s) in probs.iter().zip(samples) {
-        for k in 0..3 {
-            mean_prob[k] += p[k] as f64 / nf;
+        for (m, &v) in mean_prob.iter_mut().zip(p) {
+            *m += v as f64 / nf;
         }
         let a = argmax(p);
         let right = (a == s.class as usize) as u8 as f64;
@@ -476,8 +472,8 @@ pub fn train_all(
         let probs = predict(&model, market, &split.test)?;
         let best = log
             .iter()
-            .filter(|e| e.improved)
-            .next_back()
+            .rev()
+            .find(|e| e.improved)
             .expect("at least one epoch");
         let r = ModelReport {
             model: kind,
