@@ -397,19 +397,11 @@ fn hash2_and_mix64_match_rng() {
     }
 }
 
-/// A cache of distinct pseudo-random values in [-1, 1] for `md`.
-fn random_priors(md: &MarketData, seed: u64) -> PriorCache {
-    let mut r = marl_trade::rng::SplitMix64::new(seed);
-    let n = md.paths * md.bars * md.n_symbols() * CHANNELS;
-    let v = (0..n).map(|_| (2.0 * r.uniform() - 1.0) as f32).collect();
-    PriorCache::new(md, seed, v).unwrap()
-}
-
 /// The SL slice reads the cache at the observation's own (path, bar, symbol) on both sides.
 #[test]
 fn sl_slice_reads_the_prior_cache() {
     let case = cases().into_iter().next().expect("a case");
-    let c = Arc::new(random_priors(&case.md, 9));
+    let c = Arc::new(parity::random_priors(&case.md, 9));
     let mut cpu = CpuBackend::new(case.layout, case.md.clone(), case.feats.clone())
         .with_priors(Some(c.clone()))
         .unwrap();
@@ -455,7 +447,7 @@ fn parity_with_cpu_backend() {
         };
         // every other case with an SL prior cache (the observation's SL slice), the rest without
         let (mut cpu, mut host) = if i % 2 == 0 {
-            let c = Arc::new(random_priors(&case.md, i as u64));
+            let c = Arc::new(parity::random_priors(&case.md, i as u64));
             (
                 cpu.with_priors(Some(c.clone())).unwrap(),
                 host.with_priors(c),
