@@ -1,9 +1,12 @@
-//! Build script: compiles `kernels/host_shim.c` (the CUDA backend's kernel code compiled for the
-//! host, see docs/gpu.md) into two small static libraries:
+//! Build script: compiles the CUDA backend's kernel code for the host (see docs/gpu.md) into three
+//! small static libraries:
 //! - `marl_host_shim`: the kernels' exact logic, exported as `marl_host_*` (each taking a pointer
 //!   to the kernel's own argument struct of `kernels/abi.cuh` and running its per-block entry point);
 //! - `marl_host_shim_mutant`: the same with one formula deliberately perturbed
 //!   (`MARL_PARITY_MUTANT`, exported as `marl_mutant_host_*`), which the parity test must reject.
+//!
+//! - `marl_host_emu` (`kernels/host_emu.c`): the block kernels with every CUDA thread of a block an
+//!   OS thread (`kernels/block_emu.h`), exported as `marl_emu_env_reset` / `marl_emu_env_step`.
 //!
 //! Only `tests/host_parity.rs` references their symbols, so nothing from them reaches the library
 //! or binaries. Needs a C compiler, no CUDA.
@@ -11,6 +14,8 @@
 fn main() {
     for f in [
         "kernels/host_shim.c",
+        "kernels/host_emu.c",
+        "kernels/block_emu.h",
         "kernels/abi.cuh",
         "kernels/common.cuh",
         "kernels/env_logic.cuh",
@@ -33,4 +38,12 @@ fn main() {
         }
         b.compile(lib);
     }
+    cc::Build::new()
+        .file("kernels/host_emu.c")
+        .include("kernels")
+        .flag("-ffp-contract=off")
+        .flag("-std=c11")
+        .flag("-pthread")
+        .opt_level(2)
+        .compile("marl_host_emu");
 }

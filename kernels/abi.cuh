@@ -129,11 +129,11 @@ typedef struct {
 /* ---- entry points ---- */
 
 /* Bytes of the step's block scratch (`smem` of marl_env_step_block) for S symbols and `threads`
- * threads per block: fold rows and broadcast slots (f64), the per-symbol carry when `carry`
+ * threads per block: fold rows (MARL_FOLD_ROWS x marl_fold_stride(S)) and broadcast slots (f64), the per-symbol carry when `carry`
  * (5 f64 + 1 u32 per symbol), opener flags and scan scratch (u32). Mirrored by
  * env::cuda::step_smem_bytes. */
 HD u64 marl_step_smem_bytes(u32 S, u32 threads, u32 carry) {
-    const u64 f64s = (u64)MARL_FOLD_ROWS * S + MARL_ACC_SLOTS + (carry ? 5ull * S : 0ull);
+    const u64 f64s = (u64)MARL_FOLD_ROWS * marl_fold_stride(S) + MARL_ACC_SLOTS + (carry ? 5ull * S : 0ull);
     const u64 u32s = (u64)S + (threads > 33u ? threads : 33u) + (carry ? (u64)S : 0ull);
     return 8ull * f64s + 4ull * u32s;
 }
@@ -170,9 +170,9 @@ MARL_BLOCKFN void marl_env_reset_block(const EnvResetArgs* a, u32 n) {
     if (MARL_TID == 0u) a->rec_count[n] = 0u;
 }
 
-/* env_step, block n (= scenario n). `smem` holds marl_step_smem_bytes(S, MARL_NT, carry_in_smem)
- * bytes: the kernel's dynamic shared memory on the GPU, a heap buffer on the host. */
-MARL_BLOCKFN void marl_env_step_block(const EnvStepArgs* a, u32 n, double* smem) {
+/* env_step, block n, with the carry in shared memory (`carry` = 1) or in the global buffers
+ * (`carry` = 0), a compile-time constant at both call sites below. */
+MARL_BLOCKFN void marl_env_step_block_carry(const EnvStepArgs* a, u32 n, double* smem, const u32 carry) {
     if (n >= a->dm.n_scenarios) return;
     const u32 S = a->dm.n_symbols;
     const u32 nscan = MARL_NT > 33u ? MARL_NT : 33u;
@@ -180,10 +180,10 @@ MARL_BLOCKFN void marl_env_step_block(const EnvStepArgs* a, u32 n, double* smem)
 
     MarlWork w;
     w.rows = smem;
-    w.acc = w.rows + (u64)MARL_FOLD_ROWS * S;
+    w.acc = w.rows + (u64)MARL_FOLD_ROWS * marl_fold_stride(S);
     double* dtail = w.acc + MARL_ACC_SLOTS;
     MarlSymScratch sc;
-    if (a->carry_in_smem) {
+    if (carry) {
         sc.q0 = dtail;
         sc.qb = dtail + S;
         sc.qs = dtail + 2u * S;
@@ -200,7 +200,7 @@ MARL_BLOCKFN void marl_env_step_block(const EnvStepArgs* a, u32 n, double* smem)
     }
     w.flags = (u32*)dtail;
     w.scan = w.flags + S;
-    sc.opener = a->carry_in_smem ? w.scan + nscan : a->opener + off;
+    sc.opener = carry ? w.scan + nscan : a->opener + off;
 
     MarlMarket mk;
     mk.open = a->open;
@@ -218,6 +218,18 @@ MARL_BLOCKFN void marl_env_step_block(const EnvStepArgs* a, u32 n, double* smem)
     marl_step_scenario(&a->p, &a->dm, a->seed, n, mk, a->actions + off, (u32)a->master[n], a->scen + n,
                        marl_sym_state(off, a->q, a->entry, a->peak_px, a->dsr_a, a->dsr_b, a->entry_k),
                        marl_accum(n, a->comp_sum, a->comp_sumsq, a->comp_count), out, sc, w);
+}
+
+/* env_step, block n (= scenario n). `smem` holds marl_step_smem_bytes(S, MARL_NT, carry_in_smem)
+ * bytes: the kernel's dynamic shared memory on the GPU, a heap buffer on the host. The carry mode
+ * is block-uniform and selects one of two inlined copies of the step, in each of which every carry
+ * pointer is known to point to shared or to global memory, so the device code addresses it with
+ * `ld.shared` / `ld.global` rather than generic loads (tests/nvrtc_compile.rs counts them). */
+MARL_BLOCKFN void marl_env_step_block(const EnvStepArgs* a, u32 n, double* smem) {
+    if (a->carry_in_smem)
+        marl_env_step_block_carry(a, n, smem, 1u);
+    else
+        marl_env_step_block_carry(a, n, smem, 0u);
 }
 
 /* The observation inputs of ObsArgs; `tech` NULL for the dynamic part alone. */

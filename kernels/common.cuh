@@ -69,25 +69,53 @@ HD double marl_clamp(double x, double lo, double hi) {
     return x;
 }
 
-/* ---- block-level primitives, written once for both sides ----
+/* ---- block-level primitives, written once for every build ----
  *
- * A scenario is stepped by one thread block on the GPU (threadIdx.x walks the symbols) and by one
- * plain loop on the host (MARL_NT = 1, MARL_TID = 0, no barriers). The same source then runs on both
- * sides: `for (u32 s = MARL_TID; s < S; s += MARL_NT)` visits every symbol on either side.
+ * A scenario is stepped by one thread block. The same source is compiled three ways:
+ *   - device (NVRTC): threadIdx.x walks the symbols, `__syncthreads`, warp shuffles;
+ *   - threaded host emulation (MARL_EMU_THREADS, kernels/host_emu.c, kernels/block_emu.h): every
+ *     CUDA thread of a block is an OS thread (thread-local `threadIdx`), `__syncthreads` a barrier
+ *     of the block's threads, a warp shuffle an exchange through a per-block array between two
+ *     barriers of the warp's 32 threads; the block-parallel code paths run for real on the host,
+ *     under ThreadSanitizer in CI (tests/host_parity.rs `block_emulation_*`);
+ *   - serial host (kernels/host_shim.c): MARL_NT = 1, MARL_TID = 0, no barriers, i.e. plain loops
+ *     over symbols in the spec's order.
+ * `for (u32 s = MARL_TID; s < S; s += MARL_NT)` visits every symbol in every build; the block size
+ * is at most MARL_MAX_BLOCK (the kernels' `__launch_bounds__`), so a thread owns several symbols
+ * when S > MARL_MAX_BLOCK.
  *
  * Floating-point sums over symbols are folds in symbol order (`((init + x_0) + x_1) + ...`, exactly
  * the CPU backend's `for s in 0..S { acc += x[s] }`), so the device reproduces the CPU bit for bit:
  * every thread writes its symbols' terms into a row of a shared buffer, then thread j folds row j.
- * Independent sums of one phase are folded by different threads at once. For S <= 1024 a fold is a
- * few hundred dependent adds from shared memory.
+ * Independent sums of one phase are folded by different threads at once. Rows are `stride` apart,
+ * an odd number of f64 (marl_fold_stride), so the threads folding rows at once read different
+ * shared-memory banks.
  */
+
+/* Threads per block at most (the `__launch_bounds__` of every block kernel; env::abi::MAX_BLOCK). */
+#define MARL_MAX_BLOCK 256u
+/* Threads per block of the per-row kernels (gather_obs, dyn_obs, action_mask, sample_actions): their
+ * `__launch_bounds__` and the host's block size (env::abi::ROWS_BLOCK). */
+#define MARL_ROWS_BLOCK 256u
+
 #if MARL_DEVICE
 #define MARL_BLOCKFN __device__ __forceinline__
+#define MARL_SERIAL 0
 #define MARL_TID ((u32)threadIdx.x)
 #define MARL_NT ((u32)blockDim.x)
 #define MARL_SYNC() __syncthreads()
+#define MARL_SHFL_DOWN(v, o) __shfl_down_sync(0xffffffffu, (v), (o))
+#elif defined(MARL_EMU_THREADS)
+#include "block_emu.h"
+#define MARL_BLOCKFN static inline
+#define MARL_SERIAL 0
+#define MARL_TID marl_emu_tid
+#define MARL_NT marl_emu_nt
+#define MARL_SYNC() marl_emu_syncthreads()
+#define MARL_SHFL_DOWN(v, o) marl_emu_shfl_down((v), (o))
 #else
 #define MARL_BLOCKFN static inline
+#define MARL_SERIAL 1
 #define MARL_TID 0u
 #define MARL_NT 1u
 #define MARL_SYNC() \
@@ -95,11 +123,18 @@ HD double marl_clamp(double x, double lo, double hi) {
     } while (0)
 #endif
 
+/* Row stride of the fold buffer for S symbols: S rounded up to an odd number, so rows start in
+ * different banks of shared memory (4-byte banks, 8-byte values: an even stride in f64 maps every
+ * row start to the same few banks). Mirrored by env::abi::fold_stride. */
+HD u32 marl_fold_stride(u32 S) { return S | 1u; }
+
 /* Fold rows[j * stride + 0 .. n) into out[j] for j < nrows (out[j] holds the initial value and
  * receives the result, visible to every thread on return). The caller's writes to rows and out
  * must precede the call. Contains barriers: call from every thread. */
 MARL_BLOCKFN void marl_fold_rows(const double* rows, u32 stride, u32 n, u32 nrows, double* out) {
+#ifndef MARL_MUTANT_NO_FOLD_SYNC /* defined only by the race test's mutant (tests/host_parity.rs) */
     MARL_SYNC();
+#endif
     for (u32 j = MARL_TID; j < nrows; j += MARL_NT) {
         const double* r = rows + (u64)j * stride;
         double acc = out[j];
@@ -109,25 +144,27 @@ MARL_BLOCKFN void marl_fold_rows(const double* rows, u32 stride, u32 n, u32 nrow
     MARL_SYNC();
 }
 
-/* Sum of one u32 per thread over the block (exact). `scratch` holds >= 33 u32. Contains barriers. */
+/* Sum of one u32 per thread over the block (exact). `scratch` holds >= 33 u32. Contains barriers.
+ * The block size is a multiple of 32 (a whole number of warps) on the device and in the threaded
+ * emulation. */
 MARL_BLOCKFN u32 marl_block_sum_u32(u32 v, u32* scratch) {
-#if MARL_DEVICE
-    const u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
-    const u32 nwarps = (blockDim.x + 31u) >> 5;
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        u32 x = lane < nwarps ? scratch[lane] : 0u;
-        for (int o = 16; o > 0; o >>= 1) x += __shfl_down_sync(0xffffffffu, x, o);
-        if (lane == 0) scratch[32] = x;
-    }
-    __syncthreads();
-    return scratch[32];
-#else
+#if MARL_SERIAL
     (void)scratch;
     return v;
+#else
+    const u32 lane = MARL_TID & 31u, warp = MARL_TID >> 5;
+    const u32 nwarps = (MARL_NT + 31u) >> 5;
+    for (u32 o = 16; o > 0; o >>= 1) v += MARL_SHFL_DOWN(v, o);
+    MARL_SYNC();
+    if (lane == 0) scratch[warp] = v;
+    MARL_SYNC();
+    if (warp == 0) {
+        u32 x = lane < nwarps ? scratch[lane] : 0u;
+        for (u32 o = 16; o > 0; o >>= 1) x += MARL_SHFL_DOWN(x, o);
+        if (lane == 0) scratch[32] = x;
+    }
+    MARL_SYNC();
+    return scratch[32];
 #endif
 }
 
@@ -137,7 +174,7 @@ MARL_BLOCKFN void marl_exclusive_scan_u32(u32* flags, u32 n, u32* scratch) {
     MARL_SYNC();
     const u32 nt = MARL_NT;
     const u32 chunk = (n + nt - 1u) / nt;
-    const u32 lo = MARL_TID * chunk;
+    const u32 lo = MARL_TID * chunk < n ? MARL_TID * chunk : n;
     const u32 hi = lo + chunk < n ? lo + chunk : n;
     u32 total = 0;
     for (u32 i = lo; i < hi; ++i) total += flags[i];

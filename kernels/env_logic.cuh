@@ -51,6 +51,7 @@ typedef struct {
     double dsr_clip;
     double trade_dd_threshold;
     double util_target;
+    double bar_vol;              /* ref_vol / sqrt(bars_per_year) */
     double master_w[3];          /* sharpe, divers, excess */
 } RewardParams;
 
@@ -227,15 +228,21 @@ HD void marl_kill_sale(const CostParams* c, double q1, double c1, double v1, dou
 
 /* ---- spec §5: reward ---- */
 
-/* Differential Sharpe ratio: D from the moments (a, b) before the update; a1, b1 the updated ones. */
-HD double marl_dsr(double a, double b, double r, double eta, double clip, double* a1, double* b1) {
+/* Differential Sharpe ratio on the P&L scale (reward::dsr): D * sd from the moments (a, b) before the
+ * update with the variance floor `floor`; a1, b1 the updated moments. */
+HD double marl_dsr(double a, double b, double r, double eta, double clip, double floor, double* a1,
+                   double* b1) {
     const double da = r - a;
     const double db = r * r - b;
-    const double var = b - a * a;
-    const double d = var > 1e-18 ? (b * da - 0.5 * a * db) / (var * MARL_SQRT(var)) : 0.0;
+    const double var = (b - a * a) + floor;
+    double d = 0.0;
+    if (var > 1e-18) {
+        const double sd = MARL_SQRT(var);
+        d = marl_clamp((b * da - 0.5 * a * db) / (var * sd), -clip, clip) * sd;
+    }
     *a1 = a + eta * da;
     *b1 = b + eta * db;
-    return marl_clamp(d, -clip, clip);
+    return d;
 }
 
 /* What one symbol's step produced (reward::SymbolTerms). */
@@ -263,7 +270,11 @@ typedef struct {
     double inv_full; /* 1 / (cap * E0), 0 when cap * E0 <= 0 */
     double inv_e1;   /* 1 / E1, 0 when E1 <= 0 */
     double inv_thr;  /* 1 / trade_dd_threshold */
-    double util;     /* -|G / E1 - util_target| / S, shared by every symbol */
+    double inv_gross; /* 1 / G, 0 when G = 0 */
+    double inv_cap;  /* 1 / cap, 0 when cap <= 0 */
+    double inv_s;    /* 1 / S */
+    double util_err; /* G / E1 - util_target (G / E1 is 0 when E1 <= 0) */
+    double var_floor; /* (cap * bar_vol)^2, the sharpe term's variance floor */
 } PortfolioTerms;
 
 HD PortfolioTerms marl_portfolio_terms(const RewardParams* p, double initial_capital, double equity_before,
@@ -271,6 +282,7 @@ HD PortfolioTerms marl_portfolio_terms(const RewardParams* p, double initial_cap
     PortfolioTerms pf;
     const double full = cap * equity_before;
     const double u = equity_after > 0.0 ? gross / equity_after : 0.0;
+    const double fv = cap * p->bar_vol;
     pf.initial_capital = initial_capital;
     pf.equity_before = equity_before;
     pf.equity_after = equity_after;
@@ -281,41 +293,60 @@ HD PortfolioTerms marl_portfolio_terms(const RewardParams* p, double initial_cap
     pf.inv_full = full > 0.0 ? 1.0 / full : 0.0;
     pf.inv_e1 = equity_after > 0.0 ? 1.0 / equity_after : 0.0;
     pf.inv_thr = 1.0 / p->trade_dd_threshold;
-    pf.util = -MARL_FABS(u - p->util_target) / n_symbols;
+    pf.inv_gross = gross > 0.0 ? 1.0 / gross : 0.0;
+    pf.inv_cap = cap > 0.0 ? 1.0 / cap : 0.0;
+    pf.inv_s = 1.0 / n_symbols;
+    pf.util_err = u - p->util_target;
+    pf.var_floor = fv * fv;
     return pf;
 }
 
-/* The 7 unweighted components; updates the symbol's DSR moments in place. bar_move is only read
- * when dir != 0. */
+/* The 7 unweighted components (reward::SymbolTerms::components); updates the symbol's DSR moments in
+ * place. bar_move is only read when dir != 0. */
 HD void marl_components(const SymbolTerms* t, const PortfolioTerms* pf, const RewardParams* p,
                         double* dsr_a, double* dsr_b, double* out) {
     const double inv_c0 = pf->inv_c0;
+    const double bar_vol = p->bar_vol;
     const double pnl = t->pnl * inv_c0;
     const double cost = -(t->cost * inv_c0);
+    /* the traded stock's first-bar move, times the order's size as a fraction of a full-cap order */
     const double timing = t->dir != 0.0 ? t->dir * t->bar_move * marl_min(t->trade_notional * pf->inv_full, 1.0) : 0.0;
     double a1, b1;
-    const double sharpe = marl_dsr(*dsr_a, *dsr_b, (t->pnl - t->cost) * inv_c0, p->dsr_eta, p->dsr_clip, &a1, &b1);
+    const double sharpe =
+        marl_dsr(*dsr_a, *dsr_b, (t->pnl - t->cost) * inv_c0, p->dsr_eta, p->dsr_clip, pf->var_floor, &a1, &b1);
     const double w = t->value * pf->inv_e1;
     const double thr = p->trade_dd_threshold;
-    const double drawdown = t->trade_dd > thr ? -((t->trade_dd - thr) * pf->inv_thr) * w : 0.0;
-    const double divers = -(w * w);
+    /* losses past the intra-trade drawdown threshold count again, times the depth past it */
+    const double drawdown = t->trade_dd > thr && pnl < 0.0 ? pnl * ((t->trade_dd - thr) * pf->inv_thr) : 0.0;
+    /* the utilisation error split by responsibility: exposure share over, unused room under */
+    const double err = pf->util_err;
+    double util = 0.0;
+    if (err > 0.0) {
+        util = -(err * (t->value * pf->inv_gross)) * bar_vol;
+    } else if (err < 0.0) {
+        util = -((-err) * (marl_max(1.0 - w * pf->inv_cap, 0.0) * pf->inv_s)) * bar_vol;
+    }
+    /* concentration past the directive's per-position cap, as P&L at stake */
+    const double divers = -(marl_max(w - pf->cap, 0.0) * bar_vol);
     out[0] = pnl;
     out[1] = cost;
     out[2] = timing;
     out[3] = sharpe;
     out[4] = drawdown;
-    out[5] = pf->util;
+    out[5] = util;
     out[6] = divers;
     *dsr_a = a1;
     *dsr_b = b1;
 }
 
-/* Master reward; hhi_gross = sum_s (v1 / G)^2 (0 when G = 0); updates (A_p, B_p) in place. */
+/* Master reward (reward::master_reward); hhi_gross = sum_s (v1 / G)^2 (0 when G = 0); updates
+ * (A_p, B_p) in place. The portfolio DSR's floor is (util_target * bar_vol)^2. */
 HD double marl_master_reward(const PortfolioTerms* pf, const RewardParams* p, double hhi_gross,
                              double bench_ret, double* a, double* b) {
     const double rp = pf->equity_after / pf->equity_before - 1.0;
+    const double fv = p->util_target * p->bar_vol;
     double a1, b1;
-    const double d = marl_dsr(*a, *b, rp, p->dsr_eta, p->dsr_clip, &a1, &b1);
+    const double d = marl_dsr(*a, *b, rp, p->dsr_eta, p->dsr_clip, fv * fv, &a1, &b1);
     const double divers = hhi_gross > 0.0 ? 1.0 / (pf->n_symbols * hhi_gross) : 0.0;
     const double excess = rp - bench_ret;
     *a = a1;

@@ -46,6 +46,7 @@ u32 EXPORT(abi_layout)(u64* out, u32 cap) {
     PUT(offsetof(RewardParams, dsr_clip));
     PUT(offsetof(RewardParams, trade_dd_threshold));
     PUT(offsetof(RewardParams, util_target));
+    PUT(offsetof(RewardParams, bar_vol));
     PUT(offsetof(RewardParams, master_w));
     PUT(sizeof(StepParams));
     PUT(offsetof(StepParams, costs));
@@ -186,7 +187,7 @@ u32 EXPORT(abi_layout)(u64* out, u32 cap) {
 
 /* Layout constants the headers assume: N_ACTIONS, N_COMPONENTS, MASTER_ACTIONS, N_TECH, WINDOW,
  * N_REGIME, MACRO, TECH_WINDOW_LEN, DYN_OBS, OBS_DIM, the dynamic slice starts, and the step
- * kernel's FOLD_ROWS, ACC_SLOTS, DEBUG_LEN. */
+ * kernel's FOLD_ROWS, ACC_SLOTS, DEBUG_LEN, and the block sizes MAX_BLOCK, ROWS_BLOCK. */
 u32 EXPORT(host_constants)(u64* out, u32 cap) {
     u32 i = 0;
     PUT(MARL_N_ACTIONS);
@@ -208,6 +209,8 @@ u32 EXPORT(host_constants)(u64* out, u32 cap) {
     PUT(MARL_FOLD_ROWS);
     PUT(MARL_ACC_SLOTS);
     PUT(MARL_DEBUG_LEN);
+    PUT(MARL_MAX_BLOCK);
+    PUT(MARL_ROWS_BLOCK);
     return i;
 }
 

@@ -10,12 +10,16 @@
  * of `step_lane` (src/env/cpu.rs), whose summation order they reproduce:
  *   A  marl_step_orders          §4.1-4.3, 4.5-4.6  directive, mask, order sizing, slippage, sells
  *   B  marl_step_open_limit      §4.4   opener ranks in rotated symbol order, open-position limit
- *   C  marl_step_budget          §4.7   buy budget G1, R, lambda
- *   D  marl_step_buys            §4.8, 4.9  buys, entry prices; borrow fee
- *   F  marl_step_mark_to_market  §4.10  mark to market at C[t']
+ *   C  marl_step_budget          §4.7   sell proceeds, buy budget G1, R, lambda
+ *   D  marl_step_buys            §4.8, 4.9, 4.10  buys, entry prices, mark to market; borrow fee
+ *   F  marl_step_mark_to_market  §4.10  E1 and the peak from the gross value folded in D
  *   G  marl_step_kill_switch     §4.11  kill switch
  *   H  marl_step_rewards         §4.12, §5  the 7 components, rewards, HHI, episode accumulators
  *   I  marl_step_advance         §4.13, §7  master reward, advance, done, episode record, auto-reset
+ * Sums that do not depend on each other are folded together, each still in symbol order (so the
+ * results are the CPU backend's bits): the sell proceeds (A) with G1 and R (C), once B has limited
+ * the buys; buy cash, open gross and close gross in D (the close gross needs only q1). A step has
+ * three fold phases (C, D, H; four when the kill switch fires), i.e. three chains of S dependent adds.
  * Block-uniform scalars (E0, cash, lambda, fee, E1, ...) are computed by every thread from the
  * same broadcast values; only thread 0 writes the scenario state.
  */
@@ -24,7 +28,8 @@
 
 #include "env_logic.cuh"
 
-/* Rows of the fold buffer: 7 weighted components + 7 squares + the HHI term in phase H. */
+/* Rows of the fold buffer: 7 weighted components + 7 squares + the HHI term in phase H. Each row
+ * is marl_fold_stride(S) f64 long. */
 #define MARL_FOLD_ROWS 15u
 /* Broadcast slots, one per fold result of a step (each written once per step: no reuse races). */
 #define MARL_ACC_SLOTS 24u
@@ -39,7 +44,7 @@
 
 /* Block scratch: shared memory on the GPU, heap on the host. */
 typedef struct {
-    double* rows;  /* MARL_FOLD_ROWS * S */
+    double* rows;  /* MARL_FOLD_ROWS * marl_fold_stride(S) */
     double* acc;   /* MARL_ACC_SLOTS */
     u32* flags;    /* S: opener flags by rotated position, then their exclusive scan */
     u32* scan;     /* max(threads, 33) */
@@ -154,6 +159,7 @@ typedef struct {
     const EnvDims* dm;
     ScenarioState st; /* the state before the step */
     u32 S;
+    u32 fs; /* row stride of the fold buffer, marl_fold_stride(S) */
     const float* close;  /* C[t], [S + 1] (column S is the benchmark) */
     const float* vol;    /* V[t] */
     const float* open1;  /* O[t'] */
@@ -178,7 +184,8 @@ typedef struct {
     u32 open_count;
 } MarlStep;
 
-/* A: §4.2 mask, §4.3 orders, §4.5 slippage (requested size), §4.6 sell proceeds. */
+/* A: §4.2 mask, §4.3 orders, §4.5 slippage (requested size), §4.6 sell proceeds (row 0 of the
+ * fold buffer, folded in C). */
 MARL_BLOCKFN void marl_step_orders(MarlStep* c, const u8* actions) {
     const u32 S = c->S;
     const u32 r = c->st.k % S;
@@ -206,9 +213,6 @@ MARL_BLOCKFN void marl_step_orders(MarlStep* c, const u8* actions) {
         c->sc.opener[s] = ord.opener;
         c->w.flags[(s + S - r) % S] = ord.opener; /* §4.4: position in the order rotated to start at r */
     }
-    if (MARL_TID == 0u) c->w.acc[MARL_ACC_SELL] = 0.0;
-    marl_fold_rows(rows, S, S, 1u, c->w.acc + MARL_ACC_SELL);
-    c->cash = c->st.cash + c->w.acc[MARL_ACC_SELL];
     c->invalid = marl_block_sum_u32(invalid, c->w.scan);
 }
 
@@ -230,32 +234,36 @@ MARL_BLOCKFN void marl_step_open_limit(MarlStep* c) {
     c->limited = marl_block_sum_u32(limited, c->w.scan);
 }
 
-/* C: §4.7 budget: G1 = sum (q0 - qs) O[t'], R = sum qb (O + lev (Pb - O + c Pb)), lambda. */
+/* C: §4.6 cash after sells (row 0 from A); §4.7 budget: G1 = sum (q0 - qs) O[t'],
+ * R = sum qb (O + lev (Pb - O + c Pb)), lambda. */
 MARL_BLOCKFN void marl_step_budget(MarlStep* c) {
-    const u32 S = c->S;
+    const u32 S = c->S, fs = c->fs;
     double* rows = c->w.rows;
     const double lev = c->p->leverage_cap;
     for (u32 s = MARL_TID; s < S; s += MARL_NT) {
         const double o1 = (double)c->open1[s];
-        rows[s] = (c->sc.q0[s] - c->sc.qs[s]) * o1;
+        rows[fs + s] = (c->sc.q0[s] - c->sc.qs[s]) * o1;
         const double pb = o1 * (1.0 + c->sc.slip[s]);
-        rows[S + s] = c->sc.qb[s] * (o1 + lev * (pb - o1 + c->comm * pb));
+        rows[2u * fs + s] = c->sc.qb[s] * (o1 + lev * (pb - o1 + c->comm * pb));
     }
     if (MARL_TID == 0u) {
+        c->w.acc[MARL_ACC_SELL] = 0.0;
         c->w.acc[MARL_ACC_G1] = 0.0;
         c->w.acc[MARL_ACC_REQ] = 0.0;
     }
-    marl_fold_rows(rows, S, S, 2u, c->w.acc + MARL_ACC_G1);
+    marl_fold_rows(rows, fs, S, 3u, c->w.acc + MARL_ACC_SELL);
+    c->cash = c->st.cash + c->w.acc[MARL_ACC_SELL];
     c->g1 = c->w.acc[MARL_ACC_G1];
     c->req = c->w.acc[MARL_ACC_REQ];
     c->avail = marl_max(lev * (c->cash + c->g1) - c->g1, 0.0);
     c->lambda = c->req > 0.0 ? marl_min(c->avail / c->req, 1.0) : 1.0;
 }
 
-/* D: §4.8 buys (scaled by lambda), entry price, entry step, peak price; §4.9 borrow fee,
- * attributed pro rata to q1 * O[t'] in the rewards. */
+/* D: §4.8 buys (scaled by lambda), entry price, entry step, peak price; §4.10 the per-symbol part
+ * of the mark to market at C[t'] (value q1 C[t'], peak price); §4.9 borrow fee, attributed pro
+ * rata to q1 * O[t'] in the rewards. Folds buy cash, open gross and close gross. */
 MARL_BLOCKFN void marl_step_buys(MarlStep* c) {
-    const u32 S = c->S;
+    const u32 S = c->S, fs = c->fs;
     double* rows = c->w.rows;
     const MarlSymState sy = c->sy;
     for (u32 s = MARL_TID; s < S; s += MARL_NT) {
@@ -280,31 +288,26 @@ MARL_BLOCKFN void marl_step_buys(MarlStep* c) {
         }
         sy.q[s] = q1;
         rows[s] = buy;
-        rows[S + s] = q1 * o1;
+        rows[fs + s] = q1 * o1;
+        /* §4.10 */
+        const double c1 = (double)c->close1[s];
+        rows[2u * fs + s] = q1 * c1;
+        if (q1 > 0.0 && c1 > sy.peak_px[s]) sy.peak_px[s] = c1;
     }
     if (MARL_TID == 0u) {
         c->w.acc[MARL_ACC_BUY] = 0.0;
         c->w.acc[MARL_ACC_GOPEN] = 0.0;
+        c->w.acc[MARL_ACC_GROSS] = 0.0;
     }
-    marl_fold_rows(rows, S, S, 2u, c->w.acc + MARL_ACC_BUY);
+    marl_fold_rows(rows, fs, S, 3u, c->w.acc + MARL_ACC_BUY);
     c->cash -= c->w.acc[MARL_ACC_BUY];
     c->g_open = c->w.acc[MARL_ACC_GOPEN];
     c->fee = marl_borrow_fee(&c->p->costs, c->cash);
     c->cash -= c->fee;
 }
 
-/* F: §4.10 mark to market at C[t']. */
+/* F: §4.10 mark to market at C[t']: E1 and the peak (the gross value G was folded in D). */
 MARL_BLOCKFN void marl_step_mark_to_market(MarlStep* c) {
-    const u32 S = c->S;
-    double* rows = c->w.rows;
-    for (u32 s = MARL_TID; s < S; s += MARL_NT) {
-        const double c1 = (double)c->close1[s];
-        const double q1 = c->sy.q[s];
-        rows[s] = q1 * c1;
-        if (q1 > 0.0 && c1 > c->sy.peak_px[s]) c->sy.peak_px[s] = c1;
-    }
-    if (MARL_TID == 0u) c->w.acc[MARL_ACC_GROSS] = 0.0;
-    marl_fold_rows(rows, S, S, 1u, c->w.acc + MARL_ACC_GROSS);
     c->gross = c->w.acc[MARL_ACC_GROSS];
     c->e1 = c->cash + c->gross;
     c->peak = c->st.peak;
@@ -330,7 +333,7 @@ MARL_BLOCKFN void marl_step_kill_switch(MarlStep* c) {
         c->sc.liq[s] = liq;
     }
     if (MARL_TID == 0u) c->w.acc[MARL_ACC_PROCEEDS] = 0.0;
-    marl_fold_rows(rows, S, S, 1u, c->w.acc + MARL_ACC_PROCEEDS);
+    marl_fold_rows(rows, c->fs, S, 1u, c->w.acc + MARL_ACC_PROCEEDS);
     c->cash += c->w.acc[MARL_ACC_PROCEEDS];
     c->gross = 0.0;
     c->e1 = c->cash;
@@ -344,7 +347,7 @@ HD PortfolioTerms marl_step_portfolio(const MarlStep* c) {
 
 /* H: §4.12 / §5 rewards with the final E1, v1, G: the 7 components, HHI, episode accumulators. */
 MARL_BLOCKFN void marl_step_rewards(MarlStep* c) {
-    const u32 S = c->S;
+    const u32 S = c->S, fs = c->fs;
     double* rows = c->w.rows;
     const MarlSymState sy = c->sy;
     const PortfolioTerms pf = marl_step_portfolio(c);
@@ -384,8 +387,8 @@ MARL_BLOCKFN void marl_step_rewards(MarlStep* c) {
             const double wt = c->p->reward.w[i] * comps[i];
             total += wt;
             c->out.comps[(u64)s * MARL_N_COMPONENTS + i] = (float)comps[i];
-            rows[(u64)i * S + s] = wt;
-            rows[(u64)(MARL_N_COMPONENTS + i) * S + s] = wt * wt;
+            rows[(u64)i * fs + s] = wt;
+            rows[(u64)(MARL_N_COMPONENTS + i) * fs + s] = wt * wt;
         }
         c->out.reward[s] = (float)total;
         double hw = 0.0;
@@ -393,7 +396,7 @@ MARL_BLOCKFN void marl_step_rewards(MarlStep* c) {
             const double wg = v1 * inv_gross;
             hw = wg * wg;
         }
-        rows[(u64)(2u * MARL_N_COMPONENTS) * S + s] = hw;
+        rows[(u64)(2u * MARL_N_COMPONENTS) * fs + s] = hw;
         open_count += q1 > 0.0 ? 1u : 0u;
     }
     if (MARL_TID == 0u) {
@@ -403,7 +406,7 @@ MARL_BLOCKFN void marl_step_rewards(MarlStep* c) {
         }
         c->w.acc[MARL_ACC_COMP + 2u * MARL_N_COMPONENTS] = 0.0;
     }
-    marl_fold_rows(rows, S, S, MARL_FOLD_ROWS, c->w.acc + MARL_ACC_COMP);
+    marl_fold_rows(rows, fs, S, MARL_FOLD_ROWS, c->w.acc + MARL_ACC_COMP);
     c->open_count = marl_block_sum_u32(open_count, c->w.scan);
 }
 
@@ -504,6 +507,7 @@ MARL_BLOCKFN void marl_step_scenario(const StepParams* p, const EnvDims* dm, u64
     c.dm = dm;
     c.st = *stp;
     c.S = dm->n_symbols;
+    c.fs = marl_fold_stride(c.S);
     const u64 base = ((u64)c.st.path * dm->bars + (c.st.t0 + c.st.k)) * (u64)(c.S + 1u);
     c.close = mk.close + base;
     c.vol = mk.volume + base;
@@ -522,8 +526,8 @@ MARL_BLOCKFN void marl_step_scenario(const StepParams* p, const EnvDims* dm, u64
 
     marl_step_orders(&c, actions);      /* §4.2, 4.3, 4.5, 4.6 */
     marl_step_open_limit(&c);           /* §4.4 */
-    marl_step_budget(&c);               /* §4.7 */
-    marl_step_buys(&c);                 /* §4.8, 4.9 */
+    marl_step_budget(&c);               /* §4.6 cash, §4.7 */
+    marl_step_buys(&c);                 /* §4.8, 4.9, 4.10 per symbol */
     marl_step_mark_to_market(&c);       /* §4.10 */
     marl_step_kill_switch(&c);          /* §4.11 */
     marl_step_rewards(&c);              /* §4.12, §5 */

@@ -328,11 +328,13 @@ impl RunResult {
 }
 
 /// Mean, sample standard deviation and count of the finite values of one column.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Stat {
     /// Mean (NaN, `null` in JSON, when `n = 0`).
+    #[serde(deserialize_with = "f64_or_nan")]
     pub mean: f64,
     /// Sample standard deviation (denominator `n - 1`; NaN when `n < 2`).
+    #[serde(deserialize_with = "f64_or_nan")]
     pub std: f64,
     /// Number of finite values.
     pub n: usize,
@@ -767,6 +769,7 @@ pub fn ablate(
                         save_every: opts.save_every,
                         backend: opts.backend,
                         progress: opts.progress,
+                        ..TrainOptions::new(&dir)
                     };
                     run::train(&rcfg, market, &o).map(|r| r.metrics.len())
                 };
@@ -980,12 +983,7 @@ fn is_variant_name(name: &str) -> bool {
 fn describe_difference(old: &PlanFile, new: &PlanFile) -> String {
     let mut parts = Vec::new();
     if old.config != new.config {
-        let (a, b) = (
-            toml::Table::try_from(&old.config).unwrap_or_default(),
-            toml::Table::try_from(&new.config).unwrap_or_default(),
-        );
-        let mut diffs = Vec::new();
-        diff_tables("", &a, &b, &mut diffs);
+        let diffs = config_differences(&old.config, &new.config);
         let shown: Vec<String> = diffs.iter().take(5).cloned().collect();
         let more = diffs.len().saturating_sub(shown.len());
         parts.push(format!(
@@ -1021,6 +1019,18 @@ fn describe_difference(old: &PlanFile, new: &PlanFile) -> String {
         parts.push("plan (variants or weights)".into());
     }
     parts.join(", ")
+}
+
+/// The fields whose values differ between configuration `old` (stored) and `new` (given), as
+/// `section.field: <old> there, <new> here` lines (shared with the walk-forward's plan check).
+pub fn config_differences(old: &Config, new: &Config) -> Vec<String> {
+    let (a, b) = (
+        toml::Table::try_from(old).unwrap_or_default(),
+        toml::Table::try_from(new).unwrap_or_default(),
+    );
+    let mut diffs = Vec::new();
+    diff_tables("", &a, &b, &mut diffs);
+    diffs
 }
 
 /// Dotted keys whose values differ between `a` (stored) and `b` (given).

@@ -464,6 +464,149 @@ impl PolicyTiming {
     }
 }
 
+/// End-to-end training throughput (`marl-trade bench train`): PPO iterations of a configuration
+/// (rollout + update, exactly what `marl-trade train` runs, without a run directory), each timed
+/// and split into env steps, policy passes of the rollout, encoder passes, and the update, with
+/// the embedding cache's hit rate and the process's peak resident memory.
+pub struct TrainBench {
+    ppo: crate::run::Trainer,
+    symbols: usize,
+    /// Seconds spent loading the data and computing its features.
+    pub prep_seconds: f64,
+}
+
+impl TrainBench {
+    /// The training of `cfg` on its market (loaded), the env on `backend`.
+    pub fn from_config(cfg: &Config, backend: BackendKind) -> Result<Self> {
+        let t = Instant::now();
+        let market = Market::load(&cfg.data)?;
+        let prep_seconds = t.elapsed().as_secs_f64();
+        let dev = Device::Cpu;
+        let dims = crate::run::agent_dims(&market);
+        let env = crate::train::setup::build_env(&cfg.env_setup(), &market, backend, &dev)?;
+        let (policy, vm) =
+            crate::train::setup::build_policy(&cfg.agent, dims, &market, cfg.ppo.seed, &dev)?;
+        let spec = serde_json::to_value(policy.agent().spec())
+            .map_err(|e| Error::json("agent spec", e))?;
+        let ppo = crate::train::Ppo::new(cfg.ppo.clone(), env, policy, vm, spec)?;
+        Ok(Self {
+            ppo,
+            symbols: market.data.n_symbols(),
+            prep_seconds,
+        })
+    }
+
+    /// The trainer.
+    pub fn trainer(&self) -> &crate::run::Trainer {
+        &self.ppo
+    }
+
+    /// One iteration, timed.
+    pub fn iterate(&mut self) -> Result<TrainTiming> {
+        let step0 = self.ppo.global_step();
+        let t = Instant::now();
+        let m = self.ppo.iterate()?;
+        let seconds = t.elapsed().as_secs_f64();
+        let get = |map: &std::collections::BTreeMap<String, f64>, k: &str| {
+            map.get(k).copied().unwrap_or(0.0)
+        };
+        Ok(TrainTiming {
+            iteration: m.iteration,
+            transitions: (self.ppo.global_step() - step0) * self.symbols as u64,
+            seconds,
+            env: get(&m.timing, "time.rollout_env"),
+            rollout_policy: get(&m.timing, "time.rollout_policy"),
+            update: get(&m.timing, "time.update"),
+            encoder: get(&m.timing, "time.encoder"),
+            cache_hits: get(&m.policy, "cache.hits") as u64,
+            cache_misses: get(&m.policy, "cache.misses") as u64,
+            encoder_keys: get(&m.policy, "encoder.keys") as u64,
+            cache_bytes: get(&m.policy, "cache.bytes") as u64,
+            peak_rss: peak_rss_bytes(),
+        })
+    }
+}
+
+/// One [`TrainBench`] iteration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainTiming {
+    /// 1-based iteration.
+    pub iteration: usize,
+    /// Symbol transitions (scenario-steps x symbols) of the rollout.
+    pub transitions: u64,
+    /// Wall-clock seconds of the iteration.
+    pub seconds: f64,
+    /// Seconds of the rollout's env steps.
+    pub env: f64,
+    /// Seconds of the rollout's policy passes and sampling (its encoder passes included).
+    pub rollout_policy: f64,
+    /// Seconds of the update (its encoder passes included).
+    pub update: f64,
+    /// Seconds of encoder passes, rollout and update.
+    pub encoder: f64,
+    /// Distinct `(path, bar)` keys of rollout steps found in the embedding cache ...
+    pub cache_hits: u64,
+    /// ... and not found (encoded).
+    pub cache_misses: u64,
+    /// Bars encoded in the iteration (rollout misses + the update's passes).
+    pub encoder_keys: u64,
+    /// The most bytes the embedding cache held during the iteration.
+    pub cache_bytes: u64,
+    /// Peak resident memory of the process so far (`VmHWM`), when the OS reports it.
+    pub peak_rss: Option<u64>,
+}
+
+impl TrainTiming {
+    /// Symbol transitions per second, rollout and update together.
+    pub fn transitions_per_second(&self) -> f64 {
+        self.transitions as f64 / self.seconds.max(1e-12)
+    }
+
+    /// The cache's hit rate over the rollout's key lookups.
+    pub fn hit_rate(&self) -> f64 {
+        let n = self.cache_hits + self.cache_misses;
+        if n == 0 {
+            0.0
+        } else {
+            self.cache_hits as f64 / n as f64
+        }
+    }
+
+    /// The report line.
+    pub fn line(&self) -> String {
+        format!(
+            "iter {:>3}: {:>10} symbol transitions in {:>8.2} s = {:>9.0} /s | env {:.2} s, rollout policy {:.2} s, \
+             update {:.2} s, encoder {:.2} s ({} bars) | cache hit rate {:.1}% ({} hits, {} misses, {:.1} MiB) | peak RSS {}",
+            self.iteration,
+            self.transitions,
+            self.seconds,
+            self.transitions_per_second(),
+            self.env,
+            self.rollout_policy,
+            self.update,
+            self.encoder,
+            self.encoder_keys,
+            100.0 * self.hit_rate(),
+            self.cache_hits,
+            self.cache_misses,
+            self.cache_bytes as f64 / (1 << 20) as f64,
+            self.peak_rss.map_or("n/a".into(), |b| format!(
+                "{:.2} GiB",
+                b as f64 / (1u64 << 30) as f64
+            )),
+        )
+    }
+}
+
+/// Peak resident set size of this process (`VmHWM` in `/proc/self/status`), in bytes; `None`
+/// where the OS does not report it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// Inference latency of the three supervised models (`marl-trade bench sl`): the forward pass
 /// to class probabilities of one sample and of a batch, inputs (windows of the market's
 /// technical features) built beforehand.

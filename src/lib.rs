@@ -30,6 +30,8 @@ and owns its configuration section:
   checkpoint evaluation service (`marl-trade eval`).
 - [`ablate`]: reward ablations (`marl-trade ablate`): one run per reward-weight variant and seed,
   evaluated on the held-out bars, summarised in a table.
+- [`validate`]: the validation suite: walk-forward evaluation (`marl-trade walkforward`), stress
+  scenarios (`marl-trade stress`), the go/no-go report with plots (`marl-trade report`).
 - [`bench`](mod@bench): the environment and policy throughput benchmarks (`marl-trade bench`, `benches/`).
 
 The semantics of a step are written once in `docs/env-spec.md`; both backends implement it.
@@ -55,6 +57,7 @@ pub mod rng;
 pub mod run;
 pub mod sl;
 pub mod train;
+pub mod validate;
 
 pub use config::Config;
 pub use error::{Error, ErrorKind, Result};

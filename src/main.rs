@@ -7,11 +7,15 @@
 //! marl-trade eval --checkpoint runs/small --period test [--data FILE] [--json FILE]
 //! marl-trade backtest --config configs/small.toml --policy all --period test [--data FILE]
 //! marl-trade ablate --config configs/signal.toml --terms sharpe,divers --seeds 3 [--out DIR] [--iterations N]
+//! marl-trade walkforward --config configs/signal.toml --train-bars 3000 --test-bars 600 [--step C] [--expanding] [--embargo E] [--seeds K] [--warm-start] --out DIR
+//! marl-trade stress --checkpoint runs/signal [--period test] [--data FILE] [--json FILE]
+//! marl-trade report runs/wf-signal --out runs/wf-signal/report
 //! marl-trade bench env --backend cpu --envs 128 --symbols 143 --steps 2048 [--threads K]
 //! marl-trade bench policy --config configs/default.toml --scenarios 128
 //! marl-trade sl train --config configs/signal.toml --out runs/sl-signal [--force]
 //! marl-trade sl cache --config configs/signal.toml --models runs/sl-signal --out runs/sl-signal/priors.slc
 //! marl-trade bench sl --config configs/signal.toml [--models DIR] [--batch 1024]
+//! marl-trade bench train --config configs/default.toml --iterations 2
 //! ```
 //!
 //! Every command reads `--config` (default `configs/default.toml`; `eval` reads the configuration
@@ -26,7 +30,7 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 
 use marl_trade::ablate::{self, AblationOptions, AblationPlan};
-use marl_trade::bench::{EnvBench, Machine, PolicyBench, SlBench, with_threads};
+use marl_trade::bench::{EnvBench, Machine, PolicyBench, SlBench, TrainBench, with_threads};
 use marl_trade::config::Config;
 use marl_trade::env::{BackendKind, Period};
 use marl_trade::eval::{
@@ -34,6 +38,11 @@ use marl_trade::eval::{
 };
 use marl_trade::market::Market;
 use marl_trade::run::{self, TrainOptions};
+use marl_trade::train::TrainEnv as _;
+use marl_trade::validate::{
+    StressOptions, WalkForwardOptions, WalkForwardReport, WalkForwardSpec, build_report,
+    fold_layout, stress_checkpoint, walk_forward, write_report,
+};
 use marl_trade::{Error, Result, data};
 
 #[derive(Parser, Debug)]
@@ -70,6 +79,15 @@ enum Command {
     /// dropped, each alone with pnl) and seed, each evaluated on the held-out bars; prints and
     /// writes (JSON + CSV) the table. Resumable: run it again to continue.
     Ablate(AblateArgs),
+    /// Walk-forward evaluation: per fold, train on a window of bars, test on the next block after
+    /// an embargo; stitched out-of-sample curves next to the baselines, mean +- sd over seeds, the
+    /// deflated Sharpe ratio. Resumable: run it again to continue.
+    Walkforward(WalkForwardArgs),
+    /// Replay a checkpoint's test period under stress scenarios (costs x2 / x5, liquidity shock,
+    /// gaps, crisis, late fills, stale bars) and check the risk limits on every step.
+    Stress(StressArgs),
+    /// The go/no-go report of a run or walk-forward directory: report.md, report.json, PNG plots.
+    Report(ReportArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -116,6 +134,63 @@ struct BenchSlArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+struct WalkForwardArgs {
+    /// A data file instead of the configured source.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Bars of each training window.
+    #[arg(long)]
+    train_bars: usize,
+    /// Decision bars of each test block.
+    #[arg(long)]
+    test_bars: usize,
+    /// Bars the window moves per fold (default: --test-bars; must be >= --test-bars).
+    #[arg(long)]
+    step: Option<usize>,
+    /// Grow the training window from bar 0 instead of rolling it.
+    #[arg(long)]
+    expanding: bool,
+    /// Bars between a training window and its test block.
+    #[arg(long, default_value_t = 0)]
+    embargo: usize,
+    /// Seeds per fold (`ppo.seed + 0 .. ppo.seed + K`).
+    #[arg(long, default_value_t = 1)]
+    seeds: usize,
+    /// Start each fold from the previous fold's final checkpoint of the same seed (weights only).
+    #[arg(long)]
+    warm_start: bool,
+    /// Output directory (plan, report, one run directory per fold and seed).
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace a walk-forward of another plan or configuration in `--out`.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    run: RunKnobs,
+}
+
+#[derive(Args, Debug)]
+struct StressArgs {
+    /// A checkpoint directory, or a run directory (its latest checkpoint).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[command(flatten)]
+    on: BacktestOn,
+}
+
+#[derive(Args, Debug)]
+struct ReportArgs {
+    /// A walk-forward directory (it holds walkforward.toml) or a training run directory.
+    dir: PathBuf,
+    /// Output directory of report.md, report.json and the PNGs.
+    #[arg(long)]
+    out: PathBuf,
+    /// For a run directory: a data file instead of its configured source.
+    #[arg(long)]
+    data: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -244,6 +319,21 @@ enum BenchCmd {
     Policy(BenchPolicyArgs),
     /// Inference latency of the three supervised models, one sample and batched.
     Sl(BenchSlArgs),
+    /// End-to-end training throughput (rollout + update) of the config, split by part.
+    Train(BenchTrainArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchTrainArgs {
+    /// PPO iterations to time.
+    #[arg(long, default_value_t = 2)]
+    iterations: usize,
+    /// Environment backend: `cpu` or `cuda`.
+    #[arg(long, default_value = "cpu")]
+    backend: BackendKind,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -290,8 +380,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    if let Command::Eval(args) = &cli.command {
-        return eval(args, &cli.overrides);
+    match &cli.command {
+        Command::Eval(args) => return eval(args, &cli.overrides),
+        Command::Stress(args) => return stress(args, &cli.overrides),
+        Command::Report(args) => return report(args),
+        _ => {}
     }
     // The `sl` commands build the models and the cache that `Config::check_priors` compares.
     let check_priors = !matches!(cli.command, Command::Sl(_));
@@ -299,11 +392,17 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Data(DataCmd::Synth { out }) => data_synth(&cfg, &out),
         Command::Train(args) => train(&cfg, &cli.config, &args),
-        Command::Eval(_) => unreachable!("handled above"),
+        Command::Eval(_) | Command::Stress(_) | Command::Report(_) => {
+            unreachable!("handled above")
+        }
+        Command::Walkforward(args) => walkforward(&cfg, &cli.config, &args),
         Command::Backtest(args) => backtest(&cfg, &args),
         Command::Ablate(args) => ablate(&cfg, &cli.config, &args),
         Command::Bench(BenchCmd::Env(args)) => {
             with_threads(args.threads, || bench_env(&cfg, &args))
+        }
+        Command::Bench(BenchCmd::Train(args)) => {
+            with_threads(args.threads, || bench_train(&cfg, &args))
         }
         Command::Bench(BenchCmd::Policy(args)) => {
             with_threads(args.threads, || bench_policy(&cfg, &args))
@@ -345,6 +444,7 @@ fn train(cfg: &Config, config_path: &Path, args: &TrainArgs) -> Result<()> {
         save_every: args.run.save_every,
         backend: args.run.backend,
         progress: !args.run.quiet,
+        ..TrainOptions::new(&out)
     };
     let report = run::train(cfg, &market, &opts)?;
     if args.run.quiet {
@@ -407,6 +507,132 @@ fn ablate(cfg: &Config, config_path: &Path, args: &AblateArgs) -> Result<()> {
         "table: {}, {}",
         out.join(ablate::TABLE_JSON).display(),
         out.join(ablate::TABLE_CSV).display()
+    );
+    Ok(())
+}
+
+fn walkforward(cfg: &Config, config_path: &Path, args: &WalkForwardArgs) -> Result<()> {
+    let spec = WalkForwardSpec {
+        train_bars: args.train_bars,
+        test_bars: args.test_bars,
+        step: args.step.unwrap_or(args.test_bars),
+        expanding: args.expanding,
+        embargo: args.embargo,
+        seeds: args.seeds,
+        warm_start: args.warm_start,
+        iterations: args.run.iterations,
+    };
+    let t = Instant::now();
+    let (market, origin) = Market::load_source(&cfg.data, args.data.as_deref())?;
+    let folds = fold_layout(market.data.bars, &spec)?;
+    println!(
+        "walkforward {}: data {origin} ({} bars); {} folds x {} seeds = {} runs into {}; {} iterations per run{}; data + features {:.1} s",
+        config_path.display(),
+        market.data.bars,
+        folds.len(),
+        spec.seeds,
+        folds.len() * spec.seeds,
+        args.out.display(),
+        cfg.ppo.num_iterations(cfg.env.scenarios),
+        args.run
+            .iterations
+            .map_or(String::new(), |c| format!(" (capped at {c})")),
+        t.elapsed().as_secs_f64()
+    );
+    let opts = WalkForwardOptions {
+        out: args.out.clone(),
+        force: args.force,
+        save_every: args.run.save_every,
+        backend: args.run.backend,
+        progress: !args.run.quiet,
+    };
+    let r = walk_forward(cfg, &market, &spec, &opts, |o| println!("{}", o.line()))?;
+    print!("{}", walkforward_text(&r));
+    println!(
+        "report: {}",
+        args.out
+            .join(marl_trade::validate::walkforward::REPORT_JSON)
+            .display()
+    );
+    Ok(())
+}
+
+fn walkforward_text(r: &WalkForwardReport) -> String {
+    let mut s = format!("\n{} of {} runs done\n", r.runs_done, r.runs_total);
+    for f in &r.folds {
+        s += &format!(
+            "fold {} (train {}..{}, test {}..={}): ppo Sharpe {}, return % {}; {}\n",
+            f.fold.index,
+            f.fold.train_lo,
+            f.fold.train_hi,
+            f.fold.test_lo,
+            f.fold.test_last,
+            f.stats.sharpe.text(1.0, 3),
+            f.stats.total_return.text(100.0, 2),
+            f.baselines
+                .iter()
+                .map(|b| format!("{} {:.3}", b.policy, b.sharpe))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if !r.overall.is_empty() {
+        s += "\nstitched out-of-sample:\n";
+        let mut rows = r.overall.clone();
+        rows.extend(r.overall_baselines.iter().cloned());
+        s += &format_table(&rows);
+        for v in &r.overall_vs {
+            s += &format!(
+                "ppo vs {}: Sharpe difference {} (z {})\n",
+                v.baseline,
+                v.sharpe_diff.text(1.0, 3),
+                v.sharpe_z.text(1.0, 2)
+            );
+        }
+        if let Some(d) = &r.deflated {
+            s += &format!(
+                "deflated Sharpe ratio of the best of {} seed(s) (seed {}): {:.4} (SR {:.3} annualised, SR0 {:.4} per bar)\n",
+                d.trials, d.seed, d.dsr, d.sharpe_annual, d.sr0
+            );
+        }
+        s += &format!(
+            "risk limits held on every test step: {}\n",
+            if r.limits_held { "yes" } else { "NO" }
+        );
+    }
+    s
+}
+
+fn stress(args: &StressArgs, overrides: &[String]) -> Result<()> {
+    let mut opts = StressOptions::new(&args.checkpoint);
+    opts.overrides = overrides.to_vec();
+    opts.data = args.on.data.clone();
+    opts.backtest = args.on.options();
+    opts.backtest.progress = false;
+    let r = stress_checkpoint(&opts)?;
+    print!("{}", r.text());
+    if let Some(p) = &args.on.json {
+        r.write_json(p)?;
+    }
+    if !r.limits_held() {
+        return Err(Error::invalid(
+            "a risk limit was violated in a stress scenario (see above)",
+        ));
+    }
+    Ok(())
+}
+
+fn report(args: &ReportArgs) -> Result<()> {
+    let mut r = build_report(&args.dir, args.data.as_deref())?;
+    write_report(&mut r, &args.out)?;
+    for c in &r.criteria {
+        println!("{}", c.line());
+    }
+    println!("overall: {}", r.overall);
+    println!(
+        "wrote {} (report.md, report.json, {})",
+        args.out.display(),
+        r.plots.join(", ")
     );
     Ok(())
 }
@@ -524,6 +750,50 @@ fn bench_env(cfg: &Config, args: &BenchEnvArgs) -> Result<()> {
         marl_trade::env::obs::OBS_DIM
     );
     print!("{}", b.measure(args.steps)?.lines());
+    Ok(())
+}
+
+fn bench_train(cfg: &Config, args: &BenchTrainArgs) -> Result<()> {
+    if args.iterations == 0 {
+        return Err(Error::invalid("--iterations must be >= 1"));
+    }
+    let mut b = TrainBench::from_config(cfg, args.backend)?;
+    let env = b.trainer().env();
+    let p = b.trainer().config();
+    println!(
+        "machine: {}; rayon threads {}; data + features {:.1} s",
+        Machine::here(),
+        rayon::current_num_threads(),
+        b.prep_seconds
+    );
+    println!(
+        "train: N = {} scenarios x S = {} symbols, num_steps {}, {} epochs x {} minibatches ({:?}), \
+         encoder {}, embedding cache {} MiB",
+        env.num_envs(),
+        env.agents_per_env(),
+        p.num_steps,
+        p.update_epochs,
+        p.num_minibatches,
+        p.minibatches,
+        if cfg.agent.freeze_encoder {
+            "frozen"
+        } else {
+            "fine-tuned"
+        },
+        cfg.agent.embed_cache_mb
+    );
+    let mut total = (0u64, 0f64);
+    for _ in 0..args.iterations {
+        let t = b.iterate()?;
+        println!("{}", t.line());
+        total = (total.0 + t.transitions, total.1 + t.seconds);
+    }
+    println!(
+        "total: {} symbol transitions in {:.2} s = {:.0} symbol transitions/s",
+        total.0,
+        total.1,
+        total.0 as f64 / total.1.max(1e-12)
+    );
     Ok(())
 }
 

@@ -40,6 +40,11 @@ pub struct RewardConfig {
     pub trade_dd_threshold: f64,
     /// Target gross exposure / equity for the utilisation term.
     pub util_target: f64,
+    /// Reference annualised volatility of one stock's returns (default 0.25, a typical large cap).
+    /// With the data's bars per year it gives the per-bar scale `bar_vol = ref_vol /
+    /// sqrt(bars_per_year)` on which util and divers express a misallocated fraction of equity as
+    /// P&L at stake, and from which the sharpe term's variance floor is built (spec §5).
+    pub ref_vol: f64,
     /// Master reward weight of the portfolio's differential Sharpe ratio (the other two master
     /// terms: diversification, excess return over the benchmark).
     pub master_w_sharpe: f64,
@@ -63,6 +68,7 @@ impl Default for RewardConfig {
             dsr_clip: 1.0,
             trade_dd_threshold: 0.10,
             util_target: 0.8,
+            ref_vol: 0.25,
             master_w_sharpe: 1.0,
             master_w_divers: 0.1,
             master_w_excess: 100.0,
@@ -83,7 +89,26 @@ impl RewardConfig {
         if self.util_target.is_nan() || self.util_target <= 0.0 {
             return bad("reward.util_target", "must be > 0");
         }
+        if !(self.ref_vol > 0.0 && self.ref_vol.is_finite()) {
+            return bad("reward.ref_vol", "must be > 0 and finite");
+        }
+        if self.dsr_clip.is_nan() || self.dsr_clip <= 0.0 {
+            return bad("reward.dsr_clip", "must be > 0");
+        }
         Ok(())
+    }
+
+    /// The seven symbol-reward weights in storage order (`COMPONENT_NAMES`).
+    pub fn weights(&self) -> [f64; N_COMPONENTS] {
+        [
+            self.w_pnl,
+            self.w_cost,
+            self.w_timing,
+            self.w_sharpe,
+            self.w_drawdown,
+            self.w_util,
+            self.w_divers,
+        ]
     }
 }
 
@@ -102,51 +127,51 @@ pub struct RewardParams {
     pub w: [f64; N_COMPONENTS],
     /// EMA rate of the differential Sharpe ratio.
     pub dsr_eta: f64,
-    /// Clip of the differential Sharpe term.
+    /// Clip of the differential Sharpe ratio (in Sharpe units, before it is put on the P&L scale).
     pub dsr_clip: f64,
     /// Intra-trade drawdown beyond which the drawdown term applies.
     pub trade_dd_threshold: f64,
     /// Target gross exposure / equity of the utilisation term.
     pub util_target: f64,
+    /// Reference per-bar volatility `ref_vol / sqrt(bars_per_year)` (spec §5).
+    pub bar_vol: f64,
     /// Master weights: sharpe, divers, excess.
     pub master_w: [f64; 3],
 }
 
 impl RewardParams {
-    /// The per-element parameters of `c`.
-    pub fn new(c: &RewardConfig) -> Self {
+    /// The per-element parameters of `c` for data with `bars_per_year` bars a year.
+    pub fn new(c: &RewardConfig, bars_per_year: f64) -> Self {
         Self {
-            w: [
-                c.w_pnl,
-                c.w_cost,
-                c.w_timing,
-                c.w_sharpe,
-                c.w_drawdown,
-                c.w_util,
-                c.w_divers,
-            ],
+            w: c.weights(),
             dsr_eta: c.dsr_eta,
             dsr_clip: c.dsr_clip,
             trade_dd_threshold: c.trade_dd_threshold,
             util_target: c.util_target,
+            bar_vol: c.ref_vol / bars_per_year.max(1.0).sqrt(),
             master_w: [c.master_w_sharpe, c.master_w_divers, c.master_w_excess],
         }
     }
 }
 
-/// Differential Sharpe ratio (spec §5): returns `(D, A', B')` from the moments `(a, b)` before the
-/// update and the new return `r`.
+/// Differential Sharpe ratio on the P&L scale (spec §5, sharpe): returns `(D * sd, A', B')` from
+/// the moments `(a, b)` before the update, the new return `r` and the variance floor `floor`.
+/// `var = B - A^2 + floor`, `sd = sqrt(var)`, `D = (B dA - 0.5 A dB) / (var * sd)` (Moody &
+/// Saffell 2001) clipped to `[-clip, clip]`, then times `sd`: the change of the running Sharpe
+/// ratio expressed in units of return, so it is bounded by `clip * sd` and near `R - A` once the
+/// moments have warmed up. 0 when `var <= 1e-18`.
 #[inline]
-pub fn dsr(a: f64, b: f64, r: f64, eta: f64, clip: f64) -> (f64, f64, f64) {
+pub fn dsr(a: f64, b: f64, r: f64, eta: f64, clip: f64, floor: f64) -> (f64, f64, f64) {
     let da = r - a;
     let db = r * r - b;
-    let var = b - a * a;
+    let var = (b - a * a) + floor;
     let d = if var > 1e-18 {
-        (b * da - 0.5 * a * db) / (var * var.sqrt())
+        let sd = var.sqrt();
+        ((b * da - 0.5 * a * db) / (var * sd)).clamp(-clip, clip) * sd
     } else {
         0.0
     };
-    (d.clamp(-clip, clip), a + eta * da, b + eta * db)
+    (d, a + eta * da, b + eta * db)
 }
 
 /// What one symbol's step produced, as needed by the reward (spec §5).
@@ -193,13 +218,22 @@ pub struct PortfolioTerms {
     pub inv_e1: f64,
     /// `1 / trade_dd_threshold`.
     pub inv_thr: f64,
-    /// The util component, shared by every symbol: `-|G / E1 - util_target| / S`.
-    pub util: f64,
+    /// `1 / G`, 0 when `G = 0`.
+    pub inv_gross: f64,
+    /// `1 / cap`, 0 when `cap <= 0`.
+    pub inv_cap: f64,
+    /// `1 / S`.
+    pub inv_s: f64,
+    /// The portfolio's utilisation error `G / E1 - util_target` (`G / E1` is 0 when `E1 <= 0`).
+    pub util_err: f64,
+    /// The sharpe term's variance floor `(cap * bar_vol)^2`: the per-bar variance of a full-cap
+    /// position in a stock of the reference volatility.
+    pub var_floor: f64,
 }
 
 impl PortfolioTerms {
     /// The terms of a step from C0, E0, E1, G, the directive's cap and S, with the per-step
-    /// reciprocals and the util component of `p`.
+    /// reciprocals of `p`.
     pub fn new(
         p: &RewardParams,
         initial_capital: f64,
@@ -215,6 +249,7 @@ impl PortfolioTerms {
         } else {
             0.0
         };
+        let fv = cap * p.bar_vol;
         Self {
             initial_capital,
             equity_before,
@@ -230,15 +265,19 @@ impl PortfolioTerms {
                 0.0
             },
             inv_thr: 1.0 / p.trade_dd_threshold,
-            util: -(u - p.util_target).abs() / n_symbols,
+            inv_gross: if gross > 0.0 { 1.0 / gross } else { 0.0 },
+            inv_cap: if cap > 0.0 { 1.0 / cap } else { 0.0 },
+            inv_s: 1.0 / n_symbols,
+            util_err: u - p.util_target,
+            var_floor: fv * fv,
         }
     }
 }
 
 impl SymbolTerms {
-    /// The 7 unweighted components and the updated DSR moments `(comps, A', B')`. Divisions by
-    /// per-step constants are multiplications by `pf`'s reciprocals; `bar_move` is only read when
-    /// `dir != 0` (the caller may leave it 0 otherwise).
+    /// The 7 unweighted components and the updated DSR moments `(comps, A', B')` (spec §5).
+    /// Divisions by per-step constants are multiplications by `pf`'s reciprocals; `bar_move` is
+    /// only read when `dir != 0` (the caller may leave it 0 otherwise).
     #[inline]
     pub fn components(
         &self,
@@ -248,8 +287,11 @@ impl SymbolTerms {
         dsr_b: f64,
     ) -> ([f64; N_COMPONENTS], f64, f64) {
         let inv_c0 = pf.inv_c0;
+        let bar_vol = p.bar_vol;
         let pnl = self.pnl * inv_c0;
         let cost = -(self.cost * inv_c0);
+        // The traded stock's first-bar move (earned by a buy, avoided by a sell), times the
+        // order's size as a fraction of a full-cap order.
         let timing = if self.dir != 0.0 {
             let size = (self.trade_notional * pf.inv_full).min(1.0);
             self.dir * self.bar_move * size
@@ -262,16 +304,29 @@ impl SymbolTerms {
             (self.pnl - self.cost) * inv_c0,
             p.dsr_eta,
             p.dsr_clip,
+            pf.var_floor,
         );
         let w = self.value * pf.inv_e1;
         let thr = p.trade_dd_threshold;
-        let drawdown = if self.trade_dd > thr {
-            -((self.trade_dd - thr) * pf.inv_thr) * w
+        // Losses past the intra-trade drawdown threshold count again, times the depth past it.
+        let drawdown = if self.trade_dd > thr && pnl < 0.0 {
+            pnl * ((self.trade_dd - thr) * pf.inv_thr)
         } else {
             0.0
         };
-        let divers = -(w * w);
-        ([pnl, cost, timing, sharpe, drawdown, pf.util, divers], a, b)
+        // The portfolio's utilisation error, split by responsibility: over the target by the
+        // symbol's share of the exposure, under it by the symbol's unused room below the cap.
+        let err = pf.util_err;
+        let util = if err > 0.0 {
+            -(err * (self.value * pf.inv_gross)) * bar_vol
+        } else if err < 0.0 {
+            -((-err) * ((1.0 - w * pf.inv_cap).max(0.0) * pf.inv_s)) * bar_vol
+        } else {
+            0.0
+        };
+        // Concentration past the directive's per-position cap, as P&L at stake.
+        let divers = -((w - pf.cap).max(0.0) * bar_vol);
+        ([pnl, cost, timing, sharpe, drawdown, util, divers], a, b)
     }
 }
 
@@ -286,7 +341,8 @@ pub fn weighted(comps: &[f64; N_COMPONENTS], p: &RewardParams) -> f64 {
 }
 
 /// Master reward (spec §5): `(reward, A_p', B_p')`. `hhi_gross` is `sum_s (v1 / G)^2` (0 when G = 0),
-/// `bench_ret` the benchmark's close-to-close return.
+/// `bench_ret` the benchmark's close-to-close return. The portfolio's differential Sharpe ratio is
+/// on the return scale like the symbols' ([`dsr`]), with the floor `(util_target * bar_vol)^2`.
 #[inline]
 pub fn master_reward(
     pf: &PortfolioTerms,
@@ -297,7 +353,8 @@ pub fn master_reward(
     b: f64,
 ) -> (f64, f64, f64) {
     let rp = pf.equity_after / pf.equity_before - 1.0;
-    let (d, a1, b1) = dsr(a, b, rp, p.dsr_eta, p.dsr_clip);
+    let fv = p.util_target * p.bar_vol;
+    let (d, a1, b1) = dsr(a, b, rp, p.dsr_eta, p.dsr_clip, fv * fv);
     let divers = if hhi_gross > 0.0 {
         1.0 / (pf.n_symbols * hhi_gross)
     } else {
@@ -418,44 +475,166 @@ mod tests {
     #[test]
     fn dsr_matches_hand_computation() {
         // A = 0.01, B = 0.0002 -> var = 0.0001, sd = 0.01; r = 0.02: dA = 0.01, dB = 0.0002
-        // D = (0.0002*0.01 - 0.5*0.01*0.0002) / (0.0001 * 0.01) = (2e-6 - 1e-6) / 1e-6 = 1
-        let (d, a, b) = dsr(0.01, 0.0002, 0.02, 0.1, 10.0);
-        assert!((d - 1.0).abs() < 1e-9, "{d}");
+        // D = (0.0002*0.01 - 0.5*0.01*0.0002) / (0.0001 * 0.01) = (2e-6 - 1e-6) / 1e-6 = 1,
+        // on the P&L scale D * sd = 0.01
+        let (d, a, b) = dsr(0.01, 0.0002, 0.02, 0.1, 10.0, 0.0);
+        assert!((d - 0.01).abs() < 1e-12, "{d}");
         assert!((a - 0.011).abs() < 1e-15);
         assert!((b - 0.00022).abs() < 1e-15);
-        // zero variance -> 0, clip applies
-        assert_eq!(dsr(0.0, 0.0, 0.5, 0.1, 1.0).0, 0.0);
-        // r = 0.03: dA = 0.02, dB = 0.0007, D = (4e-6 - 3.5e-6) / 1e-6 = 0.5, clipped to 0.25
-        assert!((dsr(0.01, 0.0002, 0.03, 0.1, 10.0).0 - 0.5).abs() < 1e-9);
-        assert_eq!(dsr(0.01, 0.0002, 0.03, 0.1, 0.25).0, 0.25);
+        // zero variance and no floor -> 0
+        assert_eq!(dsr(0.0, 0.0, 0.5, 0.1, 1.0, 0.0).0, 0.0);
+        // r = 0.03: dA = 0.02, dB = 0.0007, D = (4e-6 - 3.5e-6) / 1e-6 = 0.5; clipped to 0.25
+        assert!((dsr(0.01, 0.0002, 0.03, 0.1, 10.0, 0.0).0 - 0.005).abs() < 1e-12);
+        assert!((dsr(0.01, 0.0002, 0.03, 0.1, 0.25, 0.0).0 - 0.0025).abs() < 1e-12);
         // an outsized return raises the variance more than the mean: D < 0, clipped to -clip
-        assert_eq!(dsr(0.01, 0.0002, 1.0, 0.1, 1.0).0, -1.0);
+        assert!((dsr(0.01, 0.0002, 1.0, 0.1, 1.0, 0.0).0 + 0.01).abs() < 1e-12);
+        // the floor adds to the variance: var = 0.0001 + 0.0003 = 0.0004, sd = 0.02,
+        // D = 1e-6 / (0.0004 * 0.02) = 0.125, D * sd = 0.0025
+        assert!((dsr(0.01, 0.0002, 0.02, 0.1, 10.0, 0.0003).0 - 0.0025).abs() < 1e-12);
     }
 
+    /// Spec §5, sharpe: the first steps of an episode (moments from zero) no longer saturate:
+    /// the term stays within `clip * sd` and far below the return itself while the moments warm up.
     #[test]
-    fn components_follow_the_spec() {
-        let p = RewardParams::new(&RewardConfig::default());
+    fn dsr_does_not_saturate_at_episode_start() {
+        let floor = (0.1f64 * 0.005).powi(2);
+        let (mut a, mut b) = (0.0, 0.0);
+        for k in 0..20 {
+            let r = if k % 2 == 0 { 5e-4 } else { -3e-4 };
+            let (d, a1, b1) = dsr(a, b, r, 0.01, 1.0, floor);
+            assert!(
+                d.abs() <= 1.0 * (b - a * a + floor).sqrt() + 1e-18,
+                "{k}: {d}"
+            );
+            assert!(d.abs() < 0.5 * 5e-4, "step {k} saturates: {d}");
+            (a, b) = (a1, b1);
+        }
+    }
+
+    fn pf_and_terms() -> (RewardParams, PortfolioTerms, SymbolTerms) {
+        // 1764 bars a year: bar_vol = 0.25 / 42
+        let p = RewardParams::new(&RewardConfig::default(), 1764.0);
+        assert!((p.bar_vol - 0.25 / 42.0).abs() < 1e-15);
         let pf = PortfolioTerms::new(&p, 1000.0, 1000.0, 1010.0, 505.0, 0.1, 4.0);
         let t = SymbolTerms {
-            pnl: 12.0,
+            pnl: -12.0,
             cost: 2.0,
             dir: 1.0,
             trade_notional: 50.0,
             bar_move: 0.02,
             trade_dd: 0.15,
-            value: 101.0,
+            value: 151.5,
         };
+        (p, pf, t)
+    }
+
+    #[test]
+    fn components_follow_the_spec() {
+        let (p, pf, t) = pf_and_terms();
+        let bv = p.bar_vol;
         let (c, _, _) = t.components(&pf, &p, 0.0, 0.0);
-        assert!((c[0] - 0.012).abs() < 1e-15);
+        assert!((c[0] + 0.012).abs() < 1e-15);
         assert!((c[1] + 0.002).abs() < 1e-15);
-        assert!((c[2] - 0.02 * 0.5).abs() < 1e-15);
-        assert_eq!(c[3], 0.0); // no variance yet
-        assert!((c[4] + 0.5 * 0.1).abs() < 1e-12); // (0.15-0.1)/0.1 * 0.1
-        assert!((c[5] + (0.5 - 0.8f64).abs() / 4.0).abs() < 1e-12);
-        assert!((c[6] + 0.01).abs() < 1e-12);
+        // timing: 0.02 * min(50 / 100, 1) = 0.01
+        assert!((c[2] - 0.01).abs() < 1e-15);
+        // sharpe: no variance yet, the floor (0.1 * bv)^2 only: A = B = 0 -> D = 0
+        assert_eq!(c[3], 0.0);
+        // drawdown: a loss at 15% intra-trade drawdown: -0.012 * (0.15 - 0.1) / 0.1
+        assert!((c[4] + 0.012 * 0.5).abs() < 1e-12);
+        // util: G/E1 = 0.5 < 0.8: the shortfall 0.3 x room (1 - 0.15 / 0.1)+ = 0 -> 0
+        assert_eq!(c[5], 0.0);
+        // divers: w = 0.15 > cap 0.1: -(0.05) * bv
+        assert!((c[6] + 0.05 * bv).abs() < 1e-12);
         let r = weighted(&c, &p);
-        let hand = 10.0 * 0.012 - 5.0 * 0.002 + 2.0 * 0.01 - 5.0 * 0.05 - 0.5 * 0.075 - 0.01;
+        let hand = -10.0 * 0.012 - 5.0 * 0.002 + 2.0 * 0.01 - 5.0 * 0.006 - 0.05 * bv;
         assert!((r - hand).abs() < 1e-12, "{r} vs {hand}");
+    }
+
+    #[test]
+    fn drawdown_charges_losses_only_past_the_threshold() {
+        let (p, pf, mut t) = pf_and_terms();
+        t.pnl = 12.0; // a gain deep in a drawdown is not charged
+        assert_eq!(t.components(&pf, &p, 0.0, 0.0).0[4], 0.0);
+        t.pnl = -12.0;
+        t.trade_dd = 0.09; // a loss above the threshold is not charged
+        assert_eq!(t.components(&pf, &p, 0.0, 0.0).0[4], 0.0);
+        t.trade_dd = 0.30; // twice as deep past it: the loss counts twice again
+        assert!((t.components(&pf, &p, 0.0, 0.0).0[4] + 0.012 * 2.0).abs() < 1e-12);
+    }
+
+    /// Spec §5, util: attributed by each symbol's own exposure (over the target) or room below
+    /// the cap (under it): symbols of one step get different values, which sum to the error.
+    #[test]
+    fn util_is_attributed_per_symbol() {
+        let p = RewardParams::new(&RewardConfig::default(), 1764.0);
+        let bv = p.bar_vol;
+        let val = |value| SymbolTerms {
+            value,
+            ..SymbolTerms::default()
+        };
+        // under: E1 = 1000, G = 100 (u = 0.1, err = -0.7), cap 0.1, S = 4
+        let pf = PortfolioTerms::new(&p, 1000.0, 1000.0, 1000.0, 100.0, 0.1, 4.0);
+        let u = |v| val(v).components(&pf, &p, 0.0, 0.0).0[5];
+        assert!((u(0.0) + 0.7 * 0.25 * bv).abs() < 1e-15); // flat: a full quarter of the shortfall
+        assert!((u(50.0) + 0.7 * 0.5 * 0.25 * bv).abs() < 1e-15); // half the cap used
+        assert_eq!(u(100.0), 0.0); // at the cap: none of it
+        // over: E1 = 1000, G = 900 (u = 0.9, err = 0.1): by the share of the exposure
+        let pf = PortfolioTerms::new(&p, 1000.0, 1000.0, 1000.0, 900.0, 0.3, 4.0);
+        let u = |v| val(v).components(&pf, &p, 0.0, 0.0).0[5];
+        let parts = [u(300.0), u(300.0), u(200.0), u(100.0), u(0.0)];
+        assert!((parts[0] + 0.1 * (300.0 / 900.0) * bv).abs() < 1e-12);
+        assert_eq!(parts[4], 0.0);
+        assert!((parts.iter().sum::<f64>() + 0.1 * bv).abs() < 1e-12);
+    }
+
+    /// Spec §5, divers: zero at or below the cap, growing with the excess past it.
+    #[test]
+    fn divers_is_zero_up_to_the_cap() {
+        let p = RewardParams::new(&RewardConfig::default(), 1764.0);
+        let pf = PortfolioTerms::new(&p, 1000.0, 1000.0, 1000.0, 500.0, 0.1, 4.0);
+        let d = |value| {
+            SymbolTerms {
+                value,
+                ..SymbolTerms::default()
+            }
+            .components(&pf, &p, 0.0, 0.0)
+            .0[6]
+        };
+        assert_eq!(d(0.0), 0.0);
+        assert_eq!(d(100.0), 0.0);
+        assert!(d(120.0) < 0.0 && d(200.0) < d(120.0));
+        assert!((d(200.0) + 0.1 * p.bar_vol).abs() < 1e-15);
+    }
+
+    #[test]
+    fn bad_shaping_parameters_name_their_field() {
+        for (set, field) in [
+            (
+                RewardConfig {
+                    ref_vol: 0.0,
+                    ..RewardConfig::default()
+                },
+                "reward.ref_vol",
+            ),
+            (
+                RewardConfig {
+                    ref_vol: f64::INFINITY,
+                    ..RewardConfig::default()
+                },
+                "reward.ref_vol",
+            ),
+            (
+                RewardConfig {
+                    dsr_clip: -1.0,
+                    ..RewardConfig::default()
+                },
+                "reward.dsr_clip",
+            ),
+        ] {
+            let e = set.validate("f.toml").unwrap_err().to_string();
+            assert!(e.contains(field) && e.contains("f.toml"), "{e}");
+        }
+        assert!(RewardConfig::default().validate("f.toml").is_ok());
     }
 
     #[test]

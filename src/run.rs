@@ -34,10 +34,9 @@ use candle_core::Device;
 
 use crate::agents::{AgentDims, SymbolPolicy};
 use crate::config::Config;
-use crate::env::BackendKind;
+use crate::env::{BackendKind, Period, VecEnv};
 use crate::error::{Error, ErrorKind, Result};
 pub use crate::market::Market;
-use crate::reward::RewardParams;
 use crate::train::checkpoint;
 use crate::train::metrics::{Metrics, MetricsWriter, read_metrics};
 pub use crate::train::setup::{build_env, build_policy};
@@ -82,6 +81,13 @@ pub struct TrainOptions {
     pub backend: BackendKind,
     /// Progress bar on stderr.
     pub progress: bool,
+    /// The bars the training environment plays: `Period::Train` (the configured split), or a
+    /// walk-forward fold's window `Period::Bars(lo, hi)`. Not stored in the run directory: a
+    /// resumed run must be given the same period (walk-forward keeps it in its plan file).
+    pub period: Period,
+    /// Warm start: initialise the policy's parameters from this checkpoint's model (weights only;
+    /// the optimizer, iteration count and environment start afresh). Ignored on resume.
+    pub init_from: Option<PathBuf>,
 }
 
 impl TrainOptions {
@@ -95,6 +101,8 @@ impl TrainOptions {
             save_every: 10,
             backend: BackendKind::Cpu,
             progress: false,
+            period: Period::Train,
+            init_from: None,
         }
     }
 }
@@ -175,7 +183,8 @@ impl TrainReport {
     }
 }
 
-type Trainer = Ppo<TradingEnv, SymbolPolicy>;
+/// The trainer of the symbol agents on the trading environment.
+pub type Trainer = Ppo<TradingEnv, SymbolPolicy>;
 
 /// Train (or resume) the run of `cfg` in `opts.out`; see the module doc for the files.
 pub fn train(cfg: &Config, market: &Market, opts: &TrainOptions) -> Result<TrainReport> {
@@ -186,8 +195,24 @@ pub fn train(cfg: &Config, market: &Market, opts: &TrainOptions) -> Result<Train
     let out = &opts.out;
     let cfg_path = out.join(CONFIG_FILE);
     let dims = agent_dims(market);
-    let env = build_env(&cfg.env_setup(), market, opts.backend, &dev)?;
+    let setup = cfg.env_setup();
+    let env = if opts.period == Period::Train {
+        build_env(&setup, market, opts.backend, &dev)?
+    } else {
+        let venv = VecEnv::new(
+            &setup,
+            market.data.clone(),
+            market.features.clone(),
+            opts.period,
+            opts.backend,
+        )?;
+        TradingEnv::new(venv, setup.master.default_action, &dev)?
+    };
     let (policy, vm) = build_policy(&cfg.agent, dims, market, cfg.ppo.seed, &dev)?;
+    if let (Some(from), false) = (&opts.init_from, opts.resume) {
+        let dir = resolve_checkpoint(from)?;
+        checkpoint::load_params(&vm, &dir.join(checkpoint::MODEL_FILE))?;
+    }
 
     let mut ppo: Trainer = if opts.resume {
         let stored = Config::from_file(&cfg_path)?;
@@ -331,7 +356,7 @@ pub fn analyze_run(out: &Path, th: &SignalThresholds) -> Result<SignalReport> {
     let metrics = read_metrics(out.join(METRICS_JSONL))?;
     let cfg_path = out.join(CONFIG_FILE);
     let weights = if cfg_path.is_file() {
-        Some(RewardParams::new(&Config::from_file(&cfg_path)?.reward).w)
+        Some(Config::from_file(&cfg_path)?.reward.weights())
     } else {
         None
     };

@@ -465,3 +465,59 @@ fn sl_commands_bench_and_clean_errors() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn validation_commands_refuse_bad_arguments_with_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("wf");
+    let o = out_dir.to_str().unwrap();
+    // configs/small.toml has 1200 bars.
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "walkforward",
+                "--config",
+                "configs/small.toml",
+                "--train-bars",
+                "1100",
+                "--test-bars",
+                "200",
+                "--out",
+                o,
+            ],
+            "--train-bars 1100 + --embargo 0 + --test-bars 200 + 1 = 1301 bars, but the data has 1200",
+        ),
+        (
+            &[
+                "walkforward",
+                "--config",
+                "configs/small.toml",
+                "--train-bars",
+                "500",
+                "--test-bars",
+                "200",
+                "--step",
+                "100",
+                "--out",
+                o,
+            ],
+            "--step 100 is smaller than --test-bars 200",
+        ),
+        (
+            &["stress", "--checkpoint", dir.path().to_str().unwrap()],
+            "not a checkpoint",
+        ),
+        (
+            &["report", dir.path().to_str().unwrap(), "--out", o],
+            "not a checkpoint",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = bin(args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+    }
+    // Nothing was written for the refused walk-forwards.
+    assert!(!out_dir.join("walkforward.toml").exists());
+}

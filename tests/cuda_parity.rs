@@ -7,7 +7,12 @@
 //!   masks and observation indices (every other case with an SL prior cache), **exactly** (the kernels fold sums in symbol order and run with
 //!   `--fmad=false`, so no tolerance is expected to be needed; a failure names the first differing
 //!   value).
+//! - `cuda_matches_cpu_at_every_block_width`: the same for S in {1, 31, 32, 143, 256, 300, 1100}
+//!   (the widths the threaded host emulation runs, tests/host_parity.rs).
+//! - `kernel_resources_report`: the kernels' registers, local memory and threads per block as the
+//!   driver reports them, and the step's launch for several S.
 //! - `device_sampler_replays_on_cpu`: actions drawn on the device, replayed on the CPU backend.
+//! - `step_device_matches_cpu`: steps from actions already on the device (`step_device`).
 //! - `cuda_rollout_throughput`: whole 128 x 2048 rollouts on the device, timed with CUDA events.
 //! - `construction_without_gpu_is_a_clear_error` runs everywhere (not ignored): without a driver the
 //!   backend must return an error of kind `ErrorKind::BackendUnavailable`, never panic.
@@ -94,6 +99,54 @@ fn cuda_matches_cpu() {
     }
 }
 
+/// The block widths of the threaded host emulation on the GPU: every S of `BLOCK_WIDTHS` (1 to
+/// 1100 symbols: partial warps, full 256-thread blocks, several symbols per thread, the carry in
+/// global memory), exactly, over two whole episodes.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn cuda_matches_cpu_at_every_block_width() {
+    for (i, &(s, n, ep)) in parity::BLOCK_WIDTHS.iter().enumerate() {
+        let case = parity::width_case(s, n, ep, 300 + i as u64);
+        let l = case.layout;
+        let mut cpu = CpuBackend::new(l, case.md.clone(), case.feats.clone());
+        let mut gpu =
+            CudaBackend::new(l, case.md.clone(), case.feats.clone()).expect("CUDA backend");
+        let (_, block, smem, carry) = gpu.kernel_resources();
+        let cov = run_parity(&mut cpu, &mut gpu, &case.md, &case.plan, |_, _| {})
+            .unwrap_or_else(|e| panic!("S = {s}, N = {n}: CUDA differs from CPU: {e}"));
+        eprintln!(
+            "S = {s}, N = {n} ({block} threads, {smem} bytes shared, carry in shared memory \
+             {carry}) on {}: {cov:?}",
+            gpu.device_description()
+        );
+        assert!(cov.episodes >= n);
+    }
+}
+
+/// What the driver reports for every kernel, and the step's launch for several S; no local
+/// memory (spills) expected (ptxas for sm_90 reports none, tests/nvrtc_compile.rs).
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn kernel_resources_report() {
+    for s in [1usize, 143, 512, 1100, 1800] {
+        let case = parity::width_case(s, 2, 8, 7);
+        let gpu = CudaBackend::new(case.layout, case.md.clone(), case.feats.clone())
+            .unwrap_or_else(|e| panic!("S = {s}: {e}"));
+        let (res, block, smem, carry) = gpu.kernel_resources();
+        eprintln!(
+            "{}: S = {s}: env_step {block} threads, {smem} bytes dynamic shared memory, carry in \
+             shared memory {carry}",
+            gpu.device_description()
+        );
+        if s == 1 {
+            for (k, r) in res {
+                eprintln!("  {k}: {r:?}");
+                assert_eq!(r.local_bytes, 0, "{k} uses local memory");
+            }
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn device_sampler_replays_on_cpu() {
@@ -128,6 +181,43 @@ fn device_sampler_replays_on_cpu() {
         .map_err(ctx)
         .unwrap();
         cmp_views(&mut cpu, &mut gpu).map_err(ctx).unwrap();
+    }
+}
+
+/// `step_device` (actions already on the device) gives what `step` gives with the same actions.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn step_device_matches_cpu() {
+    let case = cases().into_iter().next().unwrap();
+    let l = case.layout;
+    let mut cpu = CpuBackend::new(l, case.md.clone(), case.feats.clone());
+    let mut gpu = CudaBackend::new(l, case.md.clone(), case.feats.clone()).expect("CUDA backend");
+    cpu.reset(5).unwrap();
+    gpu.reset(5).unwrap();
+    let (mut oa, mut ob) = (
+        StepOutputs::new(l.n_scenarios, l.n_symbols),
+        StepOutputs::new(l.n_scenarios, l.n_symbols),
+    );
+    for it in 0..(2 * l.episode_len as u64 + 1) {
+        let (acts, master) = gpu.sample_actions(99, it, None).unwrap();
+        let stream = gpu.stream().clone();
+        let dev_acts = stream.clone_htod(&acts).unwrap();
+        let dev_master = stream.clone_htod(&master).unwrap();
+        cpu.step(&acts, &master).unwrap();
+        gpu.step_device(&dev_acts, &dev_master).unwrap();
+        cpu.read_outputs(&mut oa).unwrap();
+        gpu.read_outputs(&mut ob).unwrap();
+        let ctx = |e: String| format!("step {it}: {e}");
+        cmp_outputs(&oa, &ob).map_err(ctx).unwrap();
+        cmp_snapshots(&cpu.snapshot().unwrap(), &gpu.snapshot().unwrap())
+            .map_err(ctx)
+            .unwrap();
+        cmp_records(
+            &cpu.drain_episodes().unwrap(),
+            &gpu.drain_episodes().unwrap(),
+        )
+        .map_err(ctx)
+        .unwrap();
     }
 }
 

@@ -803,3 +803,71 @@ fn features_full_size_timing() {
     }
     assert!(feat_s < 2.0, "Features::compute took {feat_s} s");
 }
+
+/// The crisis warning (issue #12's foreseeable crisis): only the VIX series changes, by the ramp
+/// of `data::synthetic`'s doc before every crisis onset, and the same market without it is the
+/// null control.
+#[test]
+fn crisis_warning_ramps_vix_before_each_onset_and_changes_nothing_else() {
+    let (plain, reg) = all_regimes_seed(&small(0, 10, 7000));
+    let seed = (0..50)
+        .find(|&s| {
+            generate_with_regimes(
+                &SyntheticConfig {
+                    seed: s,
+                    ..small(0, 10, 7000)
+                },
+                "SPY",
+            )
+            .1 == reg
+        })
+        .unwrap();
+    let lead = 14;
+    let warned_cfg = SyntheticConfig {
+        seed,
+        crisis_warning_bars: lead,
+        crisis_warning_vix: 25.0,
+        ..small(0, 10, 7000)
+    };
+    let (warned, reg2) = generate_with_regimes(&warned_cfg, "SPY");
+    assert_eq!(reg, reg2);
+    for (name, a, b) in [
+        ("open", &plain.open, &warned.open),
+        ("close", &plain.close, &warned.close),
+        ("volume", &plain.volume, &warned.volume),
+        ("sentiment", &plain.sentiment, &warned.sentiment),
+    ] {
+        assert_eq!(a, b, "{name} changed");
+    }
+    let onsets: Vec<usize> = (1..reg.len())
+        .filter(|&t| reg[t] == 2 && reg[t - 1] != 2)
+        .collect();
+    assert!(!onsets.is_empty());
+    let mut ramp = vec![0f64; reg.len()];
+    for &t0 in &onsets {
+        let start = t0.saturating_sub(lead);
+        for (t, r) in ramp.iter_mut().enumerate().take(t0).skip(start) {
+            *r += 25.0 * (t + lead + 1 - t0) as f64 / lead as f64;
+        }
+    }
+    let mut changed = 0;
+    for (t, r) in ramp.iter().enumerate() {
+        let (rate0, vix0) = (plain.macro_series[2 * t], plain.macro_series[2 * t + 1]);
+        let (rate1, vix1) = (warned.macro_series[2 * t], warned.macro_series[2 * t + 1]);
+        assert_eq!(rate0, rate1, "rate changed at bar {t}");
+        assert_eq!(vix1, (f64::from(vix0) + r) as f32, "bar {t}");
+        changed += usize::from(vix0 != vix1);
+    }
+    // Every bar of every lead window moved (a window can be cut by the start of the data).
+    let expected = ramp.iter().filter(|r| **r > 0.0).count();
+    assert_eq!(changed, expected);
+    assert!(expected >= lead, "{expected}");
+    // A negative or non-finite height is refused, naming the field.
+    let mut dc = DataConfig::default();
+    dc.synthetic.crisis_warning_vix = -1.0;
+    let e = dc.validate("x.toml").unwrap_err();
+    assert!(
+        e.to_string().contains("data.synthetic.crisis_warning_vix"),
+        "{e}"
+    );
+}

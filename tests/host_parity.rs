@@ -43,6 +43,24 @@
 //! fail with `[leveraged] step 1: reward[0]: 4.8537174e-1 vs 4.8651877e-1` (and
 //! `sampler_respects_the_mask` with `sampled actions were counted invalid`).
 
+//!
+//! **Block-parallel code with real threads.** The serial shim never runs the block-parallel paths.
+//! `block_emulation_matches_cpu_backend` runs reset and step in the threaded emulation
+//! (`kernels/host_emu.c`, `kernels/block_emu.h`: every CUDA thread of a block an OS thread,
+//! `__syncthreads` a barrier, warp shuffles exchanged between warp barriers, per-block shared
+//! memory poisoned with NaN) with the backend's block size and carry mode for every S of
+//! `parity::BLOCK_WIDTHS` (1 to 1100) against the CPU backend, exactly. `block_emulation_is_race_free_under_tsan`
+//! builds `tests/emu/tsan_main.c` with `-fsanitize=thread` and requires no report, and a report
+//! from the build without the barrier that opens `marl_fold_rows`. By hand (once, then reverted):
+//! removing the barrier after `scratch[warp] = v` in `marl_block_sum_u32` made the emulation fail
+//! with `S = 143, N = 8, 160 threads, carry in smem true: [block_width] step 1: scenario 0
+//! open_count: 57 vs 17` (S <= 32, one warp, still passed) and ThreadSanitizer report a data race
+//! between common.cuh:159 (the write) and :161 (warp 0's read) in `marl_step_orders`; removing the
+//! barrier that closes `marl_fold_rows` made threads read a fold result before it was written, so
+//! they disagreed on the kill switch and reached different barriers: the emulation aborted with
+//! `block emulation: thread 5 waited 60 s at a __syncthreads barrier (27 of 32 arrived): the
+//! threads reached different barriers (a barrier in divergent code)`.
+
 mod parity;
 
 use std::sync::Arc;
@@ -50,7 +68,8 @@ use std::sync::Arc;
 use marl_trade::data::MarketData;
 use marl_trade::env::abi::{
     DEBUG_LEN, EnvBuffers, EnvDims, EnvResetArgs, EnvStepArgs, EpisodeRecordC, MaskArgs, ObsArgs,
-    SampleArgs, abi_layout, kernel_constants, step_smem_bytes,
+    SampleArgs, abi_layout, kernel_constants, step_block_threads, step_carry_in_smem,
+    step_smem_bytes,
 };
 use marl_trade::env::cpu::CpuBackend;
 use marl_trade::env::logic::{directive, mask_bits};
@@ -61,7 +80,7 @@ use marl_trade::features::Features;
 use marl_trade::priors::{CHANNELS, PriorCache};
 use marl_trade::reward::N_COMPONENTS;
 use marl_trade::rng::{hash2, mix64};
-use parity::{Coverage, cases, run_parity};
+use parity::{BLOCK_WIDTHS, Case, Coverage, cases, run_parity, width_case};
 
 /// Indices into the step's debug scalars (`MARL_DBG_*`, kernels/scenario.cuh).
 const DBG_LAMBDA: usize = 0;
@@ -81,6 +100,8 @@ unsafe extern "C" {
     fn marl_host_sample_actions(a: *const SampleArgs);
     fn marl_mutant_host_env_reset(a: *const EnvResetArgs);
     fn marl_mutant_host_env_step(a: *const EnvStepArgs) -> i32;
+    fn marl_emu_env_reset(a: *const EnvResetArgs, threads: u32) -> i32;
+    fn marl_emu_env_step(a: *const EnvStepArgs, threads: u32) -> i32;
 }
 
 /// The entry points of one build of the shim: each runs one kernel's per-block (or per-row) entry
@@ -138,6 +159,10 @@ struct HostShimBackend {
     opener: Vec<u32>,
     /// `[N, DEBUG_LEN]` scalars of the last step.
     debug: Vec<f64>,
+    /// 0: reset and step run serially (`marl_host_env_*`, one "thread" per block); else they run in
+    /// the threaded block emulation (`marl_emu_env_*`, kernels/host_emu.c) with this many OS
+    /// threads per block.
+    threads: u32,
 }
 
 impl HostShimBackend {
@@ -170,12 +195,19 @@ impl HostShimBackend {
             scratch: vec![0.0; 5 * n * s],
             opener: vec![0; n * s],
             debug: vec![0.0; n * DEBUG_LEN],
+            threads: 0,
         }
     }
 
     /// Observations read `priors` (as `CpuBackend::with_priors`).
     fn with_priors(mut self, priors: Arc<PriorCache>) -> Self {
         self.priors = Some(priors);
+        self
+    }
+
+    /// Run reset and step block-parallel, `threads` OS threads per block (kernels/host_emu.c).
+    fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads as u32;
         self
     }
 
@@ -256,6 +288,12 @@ impl Backend for HostShimBackend {
         self.seed = seed;
         let b = self.buffers();
         let args = EnvResetArgs::new(&self.layout.params, &self.dims, seed, &b);
+        if self.threads > 0 {
+            // SAFETY: as below; the emulation only adds threads that run the same entry point.
+            let rc = unsafe { marl_emu_env_reset(&args, self.threads) };
+            assert_eq!(rc, 0, "block emulation of env_reset failed");
+            return Ok(());
+        }
         // SAFETY: buffers sized [N], [N*S], [N*7], [N] as the kernel expects.
         unsafe { (self.shim.reset)(&args) };
         Ok(())
@@ -275,8 +313,13 @@ impl Backend for HostShimBackend {
         );
         // SAFETY: as in reset, plus market data [P,T,S+1], actions [N*S], master [N], outputs [N*S],
         // [N*S*7], [N], records [N*RECORD_CAP] (dims.record_cap), scratch [5*N*S], opener [N*S] and
-        // debug [N*DEBUG_LEN]; the actions outlive the call.
-        let rc = unsafe { (self.shim.step)(&args) };
+        // debug [N*DEBUG_LEN]; the actions outlive the call. The threaded emulation gives each block
+        // its own scratch of step_smem_bytes(S, threads, carry) bytes.
+        let rc = if self.threads > 0 {
+            unsafe { marl_emu_env_step(&args, self.threads) }
+        } else {
+            unsafe { (self.shim.step)(&args) }
+        };
         assert_eq!(rc, 0, "host shim could not allocate scratch");
         Ok(())
     }
@@ -382,6 +425,54 @@ fn abi_layout_matches() {
             );
         }
     }
+}
+
+/// The step's launch geometry and the load-time check of what a GPU can launch (no GPU needed:
+/// the check is a function of the figures the driver reports).
+#[test]
+fn launch_geometry_and_limits() {
+    use marl_trade::ErrorKind;
+    use marl_trade::env::abi::{KernelResources, MAX_BLOCK, check_launch, fold_stride};
+    for (s, t) in [
+        (1, 32),
+        (31, 32),
+        (32, 32),
+        (33, 64),
+        (143, 160),
+        (256, 256),
+        (300, 256),
+    ] {
+        assert_eq!(step_block_threads(s), t, "S = {s}");
+    }
+    assert_eq!(step_block_threads(1100), MAX_BLOCK);
+    assert_eq!((fold_stride(143), fold_stride(256)), (143, 257));
+    // the carry moves to global memory once the block scratch outgrows 48 KiB
+    assert!(step_carry_in_smem(256, 256) && !step_carry_in_smem(300, 256));
+    // H100 / H200: 227 KiB of opt-in shared memory per block; env_step at 128 registers
+    let h100 = 232_448;
+    let step = KernelResources {
+        max_threads_per_block: 512,
+        registers: 128,
+        local_bytes: 0,
+        static_smem_bytes: 0,
+    };
+    let fits = |s: usize| {
+        let b = step_block_threads(s);
+        let smem = step_smem_bytes(s, b, step_carry_in_smem(s, b));
+        check_launch("env_step", "test", b, smem, &step, h100)
+    };
+    for s in [1, 143, 1100, 1800] {
+        fits(s).unwrap_or_else(|e| panic!("S = {s}: {e}"));
+    }
+    let e = fits(2000).expect_err("S = 2000 needs more shared memory than an H100 block has");
+    assert_eq!(e.kind(), ErrorKind::BackendUnavailable);
+    assert!(e.to_string().contains("bytes of shared memory"), "{e}");
+    let small = KernelResources {
+        max_threads_per_block: 128,
+        ..step
+    };
+    let e = check_launch("env_step", "test", 256, 0, &small, h100).expect_err("256 > 128");
+    assert!(e.to_string().contains("256 threads per block"), "{e}");
 }
 
 #[test]
@@ -566,6 +657,179 @@ fn sampler_respects_the_mask() {
         seen.iter().all(|&c| c > 0),
         "some action never sampled: {seen:?}"
     );
+}
+
+/// The block-parallel code executed without a GPU: reset and step run in the threaded emulation
+/// (kernels/host_emu.c: every CUDA thread an OS thread, `__syncthreads` a barrier, warp shuffles
+/// emulated) with the block size the CUDA backend launches (`step_block_threads`) and its choice of
+/// where the carry lives (`step_carry_in_smem`), against the CPU backend, exactly, for every width
+/// of `BLOCK_WIDTHS` over whole episodes. S = 143 also runs with the other carry mode.
+#[test]
+fn block_emulation_matches_cpu_backend() {
+    let mut total = Coverage::default();
+    let mut runs: Vec<(usize, usize, usize, bool)> = BLOCK_WIDTHS
+        .iter()
+        .map(|&(s, n, ep)| (s, n, ep, step_carry_in_smem(s, step_block_threads(s))))
+        .collect();
+    runs.push((
+        143,
+        8,
+        10,
+        !step_carry_in_smem(143, step_block_threads(143)),
+    ));
+    for (i, (s, n, ep, carry)) in runs.into_iter().enumerate() {
+        let t0 = std::time::Instant::now();
+        let case = width_case(s, n, ep, 100 + i as u64);
+        let threads = step_block_threads(s);
+        let mut cpu = CpuBackend::new(case.layout, case.md.clone(), case.feats.clone());
+        let mut host =
+            HostShimBackend::new(EXACT, case.layout, case.md.clone(), case.feats.clone())
+                .with_threads(threads);
+        host.carry_in_smem = carry;
+        let cov =
+            run_parity(&mut cpu, &mut host, &case.md, &case.plan, |_, _| {}).unwrap_or_else(|e| {
+                panic!("S = {s}, N = {n}, {threads} threads, carry in smem {carry}: {e}")
+            });
+        eprintln!(
+            "S = {s}, N = {n}, {threads} threads/block, carry in smem {carry}: {cov:?} ({:.1} s)",
+            t0.elapsed().as_secs_f64()
+        );
+        assert!(
+            cov.episodes >= n,
+            "S = {s}: fewer episodes than scenarios: {cov:?}"
+        );
+        total.merge(&cov);
+    }
+    eprintln!("total: {total:?}");
+    assert!(total.killed > 0, "no kill switch reached: {total:?}");
+    assert!(
+        total.invalid_actions > 0 && total.limited_orders > 0,
+        "{total:?}"
+    );
+}
+
+/// The ThreadSanitizer cases: (S, N, episode length): more symbols than threads with the carry in
+/// global memory (256 threads), and two warps with the carry in shared memory.
+const TSAN_WIDTHS: [(usize, usize, usize); 2] = [(300, 2, 8), (40, 3, 10)];
+
+/// Write the case file of tests/emu/tsan_main.c for `case`, stepped `steps` times.
+fn write_tsan_case(path: &std::path::Path, case: &Case, steps: usize, threads: usize, carry: bool) {
+    let l = &case.layout;
+    let dims = EnvDims::new(l, RECORD_CAP);
+    let mut b: Vec<u8> = Vec::new();
+    let u = |b: &mut Vec<u8>, x: u64| b.extend_from_slice(&x.to_ne_bytes());
+    u(&mut b, 0x3155_4D45_4C52_414D); // "MARLEMU1"
+    u(&mut b, std::mem::size_of_val(&l.params) as u64);
+    u(&mut b, std::mem::size_of::<EnvDims>() as u64);
+    b.extend_from_slice(bytemuck::bytes_of(&l.params));
+    b.extend_from_slice(bytemuck::bytes_of(&dims));
+    for x in [case.plan.seed, steps as u64, threads as u64, carry as u64] {
+        u(&mut b, x);
+    }
+    u(&mut b, case.md.close.len() as u64);
+    for a in [&case.md.open, &case.md.close, &case.md.volume] {
+        b.extend_from_slice(bytemuck::cast_slice(a));
+    }
+    std::fs::write(path, b).expect("write the case file");
+}
+
+/// Compile tests/emu/tsan_main.c (with kernels/host_emu.c) with ThreadSanitizer into `out`.
+fn build_tsan_harness(out: &std::path::Path, defines: &[&str]) {
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut cmd = std::process::Command::new(&cc);
+    cmd.args([
+        "-std=c11",
+        "-O1",
+        "-g",
+        "-fsanitize=thread",
+        "-ffp-contract=off",
+        "-pthread",
+    ])
+    .arg(format!("-I{root}/kernels"))
+    .args(defines.iter().map(|d| format!("-D{d}")))
+    .arg(format!("{root}/tests/emu/tsan_main.c"))
+    .args(["-lm", "-o"])
+    .arg(out);
+    let o = cmd.output().unwrap_or_else(|e| panic!("running {cc}: {e}"));
+    assert!(
+        o.status.success(),
+        "{cc} -fsanitize=thread failed (this test needs a C compiler with ThreadSanitizer, e.g. gcc \
+         with libtsan):\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Run the harness on every TSAN_WIDTHS case: (exit status, stdout, stderr) per case.
+fn run_tsan_cases(exe: &std::path::Path, dir: &std::path::Path) -> Vec<(i32, String, String)> {
+    TSAN_WIDTHS
+        .iter()
+        .enumerate()
+        .map(|(i, &(s, n, ep))| {
+            let case = width_case(s, n, ep, 200 + i as u64);
+            let threads = step_block_threads(s);
+            let file = dir.join(format!("case{i}.bin"));
+            write_tsan_case(
+                &file,
+                &case,
+                2 * ep + 1,
+                threads,
+                step_carry_in_smem(s, threads),
+            );
+            let o = std::process::Command::new(exe)
+                .arg(&file)
+                .env(
+                    "TSAN_OPTIONS",
+                    "halt_on_error=1 exitcode=66 report_signal_unsafe=0",
+                )
+                .output()
+                .expect("run the harness");
+            (
+                o.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&o.stdout).into_owned(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The threaded block emulation under ThreadSanitizer: every barrier the kernels need is there
+/// (no data race between the threads of a block over whole episodes, S = 300 with 256 threads and
+/// S = 40 with 64), and the check is not vacuous: the same harness built without the barrier that
+/// opens `marl_fold_rows` (`MARL_MUTANT_NO_FOLD_SYNC`) must be reported as a race.
+#[test]
+fn block_emulation_is_race_free_under_tsan() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let exact = dir.path().join("tsan_exact");
+    build_tsan_harness(&exact, &[]);
+    let mutant = dir.path().join("tsan_mutant");
+    build_tsan_harness(&mutant, &["MARL_MUTANT_NO_FOLD_SYNC"]);
+    for (i, (code, out, err)) in run_tsan_cases(&exact, dir.path()).into_iter().enumerate() {
+        assert!(
+            code == 0 && !err.contains("ThreadSanitizer"),
+            "TSAN case {i} {:?}: exit {code}\n{out}\n{err}",
+            TSAN_WIDTHS[i]
+        );
+        eprintln!("TSAN case {:?}: clean, {}", TSAN_WIDTHS[i], out.trim());
+        assert!(
+            out.contains("episodes=") && !out.contains("episodes=0 "),
+            "{out}"
+        );
+    }
+    for (i, (code, _, err)) in run_tsan_cases(&mutant, dir.path()).into_iter().enumerate() {
+        assert!(
+            code == 66 && err.contains("WARNING: ThreadSanitizer: data race"),
+            "the race detector missed a removed __syncthreads in case {:?}: exit {code}\n{err}",
+            TSAN_WIDTHS[i]
+        );
+        let first = err
+            .lines()
+            .filter(|l| l.contains("WARNING") || l.contains(" #0 ") || l.contains(" #1 "))
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n");
+        eprintln!("mutant case {:?} caught:\n{first}", TSAN_WIDTHS[i]);
+    }
 }
 
 /// A longer sweep: every case with 20 more seeds (run by hand:

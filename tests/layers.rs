@@ -23,6 +23,7 @@ const LAYERS: &[&[&str]] = &[
     &["run"],
     &["eval"],
     &["ablate"],
+    &["validate"],
     &["bench"],
 ];
 

@@ -157,6 +157,7 @@ fn resume_is_bit_identical() {
     let strip = |m: &Metrics| Metrics {
         sps: 0.0,
         agent_sps: 0.0,
+        timing: Default::default(),
         ..m.clone()
     };
     let split: Vec<Metrics> = ms_first.iter().chain(&ms_second).map(strip).collect();

@@ -99,6 +99,7 @@ fn strip(ms: &[Metrics]) -> Vec<Metrics> {
             sps: 0.0,
             agent_sps: 0.0,
             env: Default::default(),
+            timing: Default::default(),
             ..m.clone()
         })
         .collect()

@@ -30,6 +30,16 @@ pub struct AgentConfig {
     pub hold_prior: f64,
     /// The shared encoder's branches and sizes.
     pub encoder: EncoderConfig,
+    /// Freeze the shared encoder (after pre-training): the trainer updates only the heads, and the
+    /// embeddings computed in a rollout stay valid for the whole run, so the update never runs the
+    /// encoder. `false` (default): the encoder is fine-tuned with the heads.
+    pub freeze_encoder: bool,
+    /// Memory bound of the policy's embedding cache, in MiB (`SymbolPolicy`): the embeddings
+    /// (`S x embed_dim` f32 per distinct `(path, bar)`) and correlation graphs (`S x S` f32) of the
+    /// bars met since the parameters last changed. When a new key would exceed it the cache is
+    /// emptied and refilled (counted as `cache.evictions`); a single batch larger than the bound is
+    /// encoded uncached. 0: no cache (every rollout step encodes its distinct bars).
+    pub embed_cache_mb: usize,
 }
 
 impl Default for AgentConfig {
@@ -40,6 +50,8 @@ impl Default for AgentConfig {
             head_activation: HeadActivation::Tanh,
             hold_prior: 0.0,
             encoder: EncoderConfig::default(),
+            freeze_encoder: false,
+            embed_cache_mb: 4096,
         }
     }
 }

@@ -17,6 +17,8 @@ Layers follow candle-nn's style: a small struct, a constructor taking a `VarBuil
   distinct `(path, bar)` once.
 - [`dist`]: the masked categorical distribution.
 - [`mlp`]: CleanRL's MLP actor-critic (CartPole).
+- [`master`]: the portfolio master's network ([`MasterNet`]) and the symbol agents' aggregated
+  intents it reads ([`SymbolIntents`]). Not trained yet (issue #12).
 - [`policy`]: the [`ActorCritic`] and [`ObsBatch`] traits the trainer is generic over.
 - [`init`]: seeded, order-independent initialisation (candle's CPU RNG cannot be seeded).
 */
@@ -28,6 +30,7 @@ pub mod encoder;
 pub mod graph;
 pub mod heads;
 pub mod init;
+pub mod master;
 pub mod mlp;
 pub mod norm;
 pub mod policy;
@@ -41,6 +44,7 @@ pub use dist::MaskedCategorical;
 pub use encoder::{EncoderConfig, SharedEncoder, WindowShape};
 pub use graph::{GraphMessagePassing, correlation_graph};
 pub use heads::SymbolHeads;
+pub use master::{MasterNet, MasterNetConfig, SymbolIntents};
 pub use mlp::{MlpActorCritic, MlpConfig};
 pub use policy::{ActorCritic, ObsBatch};
 pub use symbol::SymbolAgent;

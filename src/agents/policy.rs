@@ -23,6 +23,13 @@ pub trait ObsBatch: Sized + Clone {
     fn concat(parts: &[Self]) -> Result<Self>;
     /// The units `idx`, in that order.
     fn select_units(&self, idx: &[u32]) -> Result<Self>;
+    /// A key per unit saying which units share work in the policy (the trading observation's
+    /// `(path, bar)`: units at the same bar share one encoder pass). The trainer forms bar-grouped
+    /// minibatches from it ([`PpoConfig::minibatches`](crate::train::PpoConfig)); `None` (the
+    /// default): units share nothing, minibatches are plain shuffles.
+    fn group_keys(&self) -> Option<Vec<u64>> {
+        None
+    }
 }
 
 /// A tensor whose first axis is the unit.
@@ -53,6 +60,32 @@ pub trait ActorCritic {
     /// State values `[R]` (the critic alone, when it is cheaper).
     fn value(&self, obs: &Self::Obs) -> Result<Tensor> {
         Ok(self.forward(obs)?.1)
+    }
+
+    /// [`forward`](Self::forward) where no gradient will be taken (rollouts, bootstrap values): a
+    /// policy may reuse work it cached under the current parameters. The trainer calls
+    /// [`parameters_changed`](Self::parameters_changed) after every parameter update, so a cache
+    /// is never read across one. Must return what `forward` returns (the trading policy's
+    /// embedding cache: bit for bit, checked by `tests/embed_cache.rs`).
+    fn forward_inference(&self, obs: &Self::Obs) -> Result<(Tensor, Tensor)> {
+        self.forward(obs)
+    }
+
+    /// The parameters changed: drop what was cached under the old ones. `all = false` after an
+    /// optimiser step (only the trainable parameters changed: a policy may keep what depends on
+    /// frozen ones only), `true` after anything else (a checkpoint load).
+    fn parameters_changed(&self, _all: bool) {}
+
+    /// Whether the parameter `name` (a `VarMap` name) is frozen: the trainer leaves it out of the
+    /// optimiser (the trading policy's encoder when `agent.freeze_encoder`).
+    fn is_frozen(&self, _name: &str) -> bool {
+        false
+    }
+
+    /// Statistics since the last call, by name (the trading policy: embedding-cache hits, misses,
+    /// bytes, encoder seconds); the trainer logs them in `Metrics::policy`.
+    fn drain_stats(&self) -> Vec<(String, f64)> {
+        Vec::new()
     }
 
     /// The device the policy's parameters live on.

@@ -3,10 +3,29 @@ The symbol agents as the PPO trainer sees them: [`SymbolPolicy`] wraps a [`Symbo
 [`ActorCritic`] over [`SymbolObs`], an observation that holds only the dynamic part and a
 `(path, bar)` key per scenario. The windows (and the correlation graph) are read from a
 [`WindowSource`] when needed, and each distinct `(path, bar)` of a batch is encoded once.
+
+**Embedding cache.** Within a rollout the parameters are fixed and every scenario plays the same
+market paths, so a bar's embedding `[S, E]` depends only on its `(path, bar)` key. The policy keeps
+the embeddings it computed in [`forward_inference`](ActorCritic::forward_inference) (what the
+trainer's rollout calls) in a buffer addressed by key: a rollout step encodes, in one batch, only
+the keys no earlier step of the rollout met, and every scenario at a known bar reads the stored
+embedding. The trainer calls [`parameters_changed`](ActorCritic::parameters_changed) after each
+optimiser step, which empties it (unless the encoder is frozen: then the embeddings stay valid
+for the whole run, and the update reads them too instead of running the encoder). The correlation
+graphs (`[S, S]` per key, independent of the parameters) are cached beside them, so a bar's graph
+is built once until the memory bound is hit, not once per forward.
+
+Memory: `keys x S x E` f32 for embeddings plus `keys x S x S` f32 for graphs (when the graph
+branch is on), bounded by `agent.embed_cache_mb`: a key that would exceed the bound empties the
+cache first (`cache.evictions`), a single batch larger than the bound is encoded uncached, and
+`embed_cache_mb = 0` turns the cache off. The cached path returns bit for bit what the uncached one
+returns (`tests/embed_cache.rs`): inference encodes one key per pass, so an embedding does not
+depend on which other bars were encoded with it.
 */
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
@@ -49,6 +68,50 @@ impl ObsBatch for SymbolObs {
             dyn_obs: self.dyn_obs.select_units(idx)?,
         })
     }
+
+    /// `(path << 32) | bar`: units at the same bar share one encoder pass.
+    fn group_keys(&self) -> Option<Vec<u64>> {
+        Some(
+            self.keys
+                .iter()
+                .map(|&(p, t)| (u64::from(p) << 32) | u64::from(t))
+                .collect(),
+        )
+    }
+}
+
+/// Embeddings and correlation graphs by `(path, bar)` (see the module doc).
+#[derive(Debug, Default)]
+struct EmbedCache {
+    /// Key -> row of `emb` (`[rows, S * E]` f32), valid under the current parameters.
+    emb_rows: HashMap<(u32, u32), usize>,
+    emb: Vec<f32>,
+    /// Key -> row of `adj` (`[rows, S * S]` f32); independent of the parameters.
+    adj_rows: HashMap<(u32, u32), usize>,
+    adj: Vec<f32>,
+    /// Statistics since the last `drain_stats`.
+    hits: u64,
+    misses: u64,
+    evictions: u64,
+    encoded: u64,
+    encoder_secs: f64,
+    /// The most bytes held since the last `drain_stats`.
+    peak_bytes: usize,
+    /// The encoder's output dtype (the rows are stored as f32, losslessly for f32/f16/bf16).
+    dtype: Option<DType>,
+}
+
+impl EmbedCache {
+    fn bytes(&self) -> usize {
+        4 * (self.emb.len() + self.adj.len())
+    }
+
+    fn clear(&mut self) {
+        self.emb_rows.clear();
+        self.emb = Vec::new();
+        self.adj_rows.clear();
+        self.adj = Vec::new();
+    }
 }
 
 /// [`SymbolAgent`] as an [`ActorCritic`] over [`SymbolObs`]: encodes each distinct `(path, bar)` of a
@@ -57,6 +120,7 @@ pub struct SymbolPolicy {
     agent: SymbolAgent,
     source: Arc<dyn WindowSource>,
     device: Device,
+    cache: Mutex<EmbedCache>,
 }
 
 impl SymbolPolicy {
@@ -85,7 +149,29 @@ impl SymbolPolicy {
             agent,
             source,
             device: device.clone(),
+            cache: Mutex::new(EmbedCache::default()),
         })
+    }
+
+    /// Empty the embedding cache (after changing the parameters behind the policy's back, e.g.
+    /// loading a `VarMap`; the trainer does it through `parameters_changed`).
+    pub fn clear_cache(&self) {
+        self.lock().clear();
+    }
+
+    /// Bytes the embedding cache holds now.
+    pub fn cache_bytes(&self) -> usize {
+        self.lock().bytes()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, EmbedCache> {
+        // A panic while the lock was held left at worst a partly filled cache: still consistent
+        // (rows are appended before their keys are inserted), so the poison is ignored.
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cap_bytes(&self) -> usize {
+        self.agent.config().embed_cache_mb.saturating_mul(1 << 20)
     }
 
     /// The network.
@@ -111,7 +197,6 @@ impl SymbolPolicy {
 
     /// Windows `[G, S, W, F]` and, when the graph is on, adjacencies `[G, S, S]` of `keys`.
     pub fn gather(&self, keys: &[(u32, u32)]) -> crate::Result<(Tensor, Option<Tensor>)> {
-        let e = &self.agent.config().encoder;
         let ws = self.agent.dims().window;
         let s = self.source.symbols();
         let per = s * ws.window * ws.features;
@@ -123,42 +208,215 @@ impl SymbolPolicy {
         if !self.agent.encoder().uses_graph() {
             return Ok((windows, None));
         }
-        let lb = e.graph.lookback;
-        let adj: Vec<Option<Vec<f32>>> = keys
-            .par_iter()
-            .map(|&(p, t)| {
-                let mut r = vec![0f32; lb * s];
-                self.source
-                    .returns_into(p as usize, t as usize, lb, &mut r)
-                    .then(|| correlation_graph(&r, lb, s, e.graph.k))
-            })
-            .collect();
-        let mut flat = Vec::with_capacity(keys.len() * s * s);
-        for a in adj {
-            flat.extend(a.ok_or_else(|| {
-                Error::invalid("the graph branch needs returns from the window source")
-            })?);
-        }
+        let flat = self.adjacencies(keys)?;
         Ok((
             windows,
             Some(Tensor::from_vec(flat, (keys.len(), s, s), &self.device)?),
         ))
+    }
+
+    /// The correlation graphs `[G, S * S]` of `keys`: from the cache where known, built (in
+    /// parallel) and cached otherwise.
+    fn adjacencies(&self, keys: &[(u32, u32)]) -> crate::Result<Vec<f32>> {
+        let e = &self.agent.config().encoder;
+        let (lb, s) = (e.graph.lookback, self.source.symbols());
+        let ss = s * s;
+        let build = |&(p, t): &(u32, u32)| {
+            let mut r = vec![0f32; lb * s];
+            self.source
+                .returns_into(p as usize, t as usize, lb, &mut r)
+                .then(|| correlation_graph(&r, lb, s, e.graph.k))
+                .ok_or_else(|| {
+                    Error::invalid("the graph branch needs returns from the window source")
+                })
+        };
+        let cap = self.cap_bytes();
+        let mut c = self.lock();
+        let missing: Vec<(u32, u32)> = {
+            let mut m: Vec<(u32, u32)> = keys
+                .iter()
+                .filter(|k| !c.adj_rows.contains_key(k))
+                .copied()
+                .collect();
+            m.sort_unstable();
+            m.dedup();
+            m
+        };
+        let built: Vec<Vec<f32>> = missing
+            .par_iter()
+            .map(build)
+            .collect::<crate::Result<_>>()?;
+        let mut fresh: HashMap<(u32, u32), &[f32]> = HashMap::new();
+        if c.bytes() + 4 * ss * missing.len() > cap {
+            // Over the bound: serve this batch from what was built, cache nothing new.
+            for (k, a) in missing.iter().zip(&built) {
+                fresh.insert(*k, a);
+            }
+        } else {
+            for (k, a) in missing.iter().zip(&built) {
+                let row = c.adj.len() / ss;
+                c.adj.extend_from_slice(a);
+                c.adj_rows.insert(*k, row);
+            }
+            c.peak_bytes = c.peak_bytes.max(c.bytes());
+        }
+        let mut flat = Vec::with_capacity(keys.len() * ss);
+        for k in keys {
+            match fresh.get(k) {
+                Some(a) => flat.extend_from_slice(a),
+                None => {
+                    let row = c.adj_rows[k];
+                    flat.extend_from_slice(&c.adj[row * ss..(row + 1) * ss]);
+                }
+            }
+        }
+        Ok(flat)
+    }
+
+    /// Encode `keys` (distinct) with the current parameters: `[G, S, E]`; one encoder pass per key
+    /// when `per_key`, else one pass for all.
+    ///
+    /// The rollout encodes per key (`per_key`): a matmul's rounding depends on its shapes (gemm
+    /// picks its blocking from them), so a key encoded in a batch of 3 and in a batch of 1 can
+    /// differ in the last bit; per-key passes keep every shape fixed, so the cached rollout and the
+    /// uncached one see the same bits. A key is `S x W` rows (3,432 for 143 symbols), large enough
+    /// matmuls that batching keys gains little there. The update (with gradient) batches all the
+    /// distinct keys of a minibatch in one pass.
+    fn encode_keys(&self, keys: &[(u32, u32)], per_key: bool) -> crate::Result<Tensor> {
+        let clock = Instant::now();
+        let emb = if per_key {
+            let mut parts = Vec::with_capacity(keys.len());
+            for k in keys {
+                let (windows, adj) = self.gather(std::slice::from_ref(k))?;
+                parts.push(self.agent.encode(&windows, adj.as_ref())?);
+            }
+            Tensor::cat(&parts, 0)?
+        } else {
+            let (windows, adj) = self.gather(keys)?;
+            self.agent.encode(&windows, adj.as_ref())?
+        };
+        let mut c = self.lock();
+        c.encoded += keys.len() as u64;
+        c.encoder_secs += clock.elapsed().as_secs_f64();
+        Ok(emb)
+    }
+
+    /// Embeddings `[G, S, E]` of the distinct `keys` through the cache (no gradient): known keys are
+    /// read, the others encoded in one batch and stored.
+    fn cached_embeddings(&self, keys: &[(u32, u32)]) -> crate::Result<Tensor> {
+        let (s, e) = (
+            self.agent.dims().symbols,
+            self.agent.config().encoder.embed_dim,
+        );
+        let row_len = s * e;
+        let cap = self.cap_bytes();
+        if 4 * row_len * keys.len() > cap {
+            // Cache off, or a batch larger than the bound: encode uncached.
+            return Ok(self.encode_keys(keys, true)?.detach());
+        }
+        let missing: Vec<(u32, u32)> = {
+            let mut c = self.lock();
+            let mut missing: Vec<(u32, u32)> = keys
+                .iter()
+                .filter(|k| !c.emb_rows.contains_key(k))
+                .copied()
+                .collect();
+            if c.bytes() + 4 * row_len * missing.len() > cap {
+                c.clear();
+                c.evictions += 1;
+                missing = keys.to_vec();
+            }
+            c.hits += (keys.len() - missing.len()) as u64;
+            c.misses += missing.len() as u64;
+            missing
+        };
+        if !missing.is_empty() {
+            let emb = self.encode_keys(&missing, true)?.detach();
+            self.lock().dtype = Some(emb.dtype());
+            let emb = emb.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            let mut c = self.lock();
+            for (i, k) in missing.iter().enumerate() {
+                let row = c.emb.len() / row_len;
+                c.emb
+                    .extend_from_slice(&emb[i * row_len..(i + 1) * row_len]);
+                c.emb_rows.insert(*k, row);
+            }
+        }
+        let c = self.lock();
+        let dtype = c.dtype.unwrap_or(DType::F32);
+        let mut out = Vec::with_capacity(keys.len() * row_len);
+        for k in keys {
+            let row = c.emb_rows[k];
+            out.extend_from_slice(&c.emb[row * row_len..(row + 1) * row_len]);
+        }
+        drop(c);
+        Ok(Tensor::from_vec(out, (keys.len(), s, e), &self.device)?.to_dtype(dtype)?)
+    }
+
+    /// Logits `[B*S, A]` and values `[B*S]` from the embeddings `emb` of the distinct keys.
+    fn heads_rows(
+        &self,
+        obs: &SymbolObs,
+        emb: &Tensor,
+        group: Vec<u32>,
+    ) -> crate::Result<(Tensor, Tensor)> {
+        let group = Tensor::from_vec(group, obs.keys.len(), &self.device)?;
+        let (logits, value) = self.agent.heads(emb, &group, &obs.dyn_obs)?;
+        let (b, s, a) = logits.dims3()?;
+        Ok((logits.reshape((b * s, a))?, value.reshape(b * s)?))
     }
 }
 
 impl ActorCritic for SymbolPolicy {
     type Obs = SymbolObs;
 
-    /// Rows are `(scenario, symbol)`, scenario-major: logits `[B*S, A]`, values `[B*S]`.
+    /// Rows are `(scenario, symbol)`, scenario-major: logits `[B*S, A]`, values `[B*S]`. The
+    /// encoder runs once per distinct key of the batch, with gradient (or, with a frozen encoder,
+    /// not at all for keys in the cache).
     fn forward(&self, obs: &SymbolObs) -> crate::Result<(Tensor, Tensor)> {
+        if self.agent.config().freeze_encoder {
+            return self.forward_inference(obs);
+        }
         let (unique, group) = Self::group_keys(&obs.keys);
-        let (windows, adj) = self.gather(&unique)?;
-        let group = Tensor::from_vec(group, obs.keys.len(), &self.device)?;
-        let (logits, value) = self
-            .agent
-            .forward(&windows, adj.as_ref(), &group, &obs.dyn_obs)?;
-        let (b, s, a) = logits.dims3()?;
-        Ok((logits.reshape((b * s, a))?, value.reshape(b * s)?))
+        let emb = self.encode_keys(&unique, false)?;
+        self.heads_rows(obs, &emb, group)
+    }
+
+    /// As [`forward`](Self::forward), with the embeddings read from / added to the cache.
+    fn forward_inference(&self, obs: &SymbolObs) -> crate::Result<(Tensor, Tensor)> {
+        let (unique, group) = Self::group_keys(&obs.keys);
+        let emb = self.cached_embeddings(&unique)?;
+        self.heads_rows(obs, &emb, group)
+    }
+
+    /// Empties the embeddings (not the graphs, which do not depend on the parameters), unless only
+    /// the trainable parameters changed and the encoder is frozen.
+    fn parameters_changed(&self, all: bool) {
+        if all || !self.agent.config().freeze_encoder {
+            let mut c = self.lock();
+            c.emb_rows.clear();
+            c.emb = Vec::new();
+        }
+    }
+
+    /// `encoder.*` parameters when `agent.freeze_encoder`.
+    fn is_frozen(&self, name: &str) -> bool {
+        self.agent.config().freeze_encoder && name.starts_with("encoder.")
+    }
+
+    fn drain_stats(&self) -> Vec<(String, f64)> {
+        let mut c = self.lock();
+        let out = vec![
+            ("cache.hits".to_string(), c.hits as f64),
+            ("cache.misses".to_string(), c.misses as f64),
+            ("cache.evictions".to_string(), c.evictions as f64),
+            ("cache.bytes".to_string(), c.peak_bytes as f64),
+            ("encoder.keys".to_string(), c.encoded as f64),
+            ("time.encoder".to_string(), c.encoder_secs),
+        ];
+        (c.hits, c.misses, c.evictions, c.encoded, c.encoder_secs) = (0, 0, 0, 0, 0.0);
+        c.peak_bytes = c.bytes();
+        out
     }
 
     fn device(&self) -> &Device {

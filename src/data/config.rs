@@ -81,6 +81,14 @@ pub struct SyntheticConfig {
     pub signal_strength: f64,
     /// Which signal is planted.
     pub signal_kind: SignalKind,
+    /// Crisis warning (for the master's test, issue #12): the VIX-like series rises linearly over
+    /// the `crisis_warning_bars` bars before every onset of the hidden crisis regime, by up to
+    /// `crisis_warning_vix` points, so a defensive posture is foreseeable from an observable.
+    /// Prices, volumes and every other series are unchanged (the same random draws), so the same
+    /// market with the warning off is the null control. 0: off.
+    pub crisis_warning_bars: usize,
+    /// Height of the crisis warning ramp, VIX points (reached on the bar before the onset).
+    pub crisis_warning_vix: f64,
 }
 
 impl Default for SyntheticConfig {
@@ -94,6 +102,8 @@ impl Default for SyntheticConfig {
             seed: 7,
             signal_strength: 0.0,
             signal_kind: SignalKind::Sentiment,
+            crisis_warning_bars: 0,
+            crisis_warning_vix: 30.0,
         }
     }
 }
@@ -124,6 +134,12 @@ impl DataConfig {
         }
         if s.sectors == 0 {
             return bad("data.synthetic.sectors", "must be >= 1".into());
+        }
+        if !s.crisis_warning_vix.is_finite() || s.crisis_warning_vix < 0.0 {
+            return bad(
+                "data.synthetic.crisis_warning_vix",
+                format!("must be a finite number >= 0, got {}", s.crisis_warning_vix),
+            );
         }
         if !(0.0..=1.0).contains(&s.signal_strength) {
             return bad(

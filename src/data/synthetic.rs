@@ -95,6 +95,15 @@ Short rate (ann), an Ornstein-Uhlenbeck process pulled to the regime's target:
 `w(t) = (1 - a) w(t-1) + a f(t)^2` with `a = 1 / (2 D)` (about a two-day half-life), `w(-1) = vm_k^2 dt`,
 `vix(t) = clamp(110 sqrt(0.5 w(t) / dt + 0.5 vm_k^2) exp(0.03 n), 5, 150)`.
 
+# Crisis warning (`crisis_warning_bars = L > 0`)
+
+After generation, for every onset `t0` of the crisis regime (`regime[t0] = crisis`, `t0 = 0` or
+`regime[t0 - 1] != crisis`) the VIX value of each bar `t` in `[t0 - L, t0)` gets
+`+ crisis_warning_vix * (t - (t0 - L) + 1) / L` (a ramp that peaks on the bar before the onset;
+ramps of close onsets add up), computed in f64 and stored as f32. No other value changes, so the
+market with and without the warning is the same market: the warning makes a crisis foreseeable from
+an observable (the master's test of issue #12) and switching it off is the null control.
+
 # Files
 
 [`write_parquet`] writes the long format read back by [`crate::data::loader`]: columns `timestamp`
@@ -224,7 +233,39 @@ pub fn generate_with_regimes(cfg: &SyntheticConfig, benchmark: &str) -> (MarketD
         md.macro_series.extend_from_slice(&pd.macro_series);
         regimes.extend_from_slice(&pd.regime);
     }
+    if cfg.crisis_warning_bars > 0 {
+        add_crisis_warning(
+            &mut md,
+            &regimes,
+            cfg.crisis_warning_bars,
+            cfg.crisis_warning_vix,
+        );
+    }
     (md, regimes)
+}
+
+/// The crisis warning ramp of the module doc, added to the VIX series (macro column 1).
+fn add_crisis_warning(md: &mut MarketData, regimes: &[u8], lead: usize, height: f64) {
+    const CRISIS: u8 = 2;
+    let t_len = md.bars;
+    for p in 0..md.paths {
+        let reg = &regimes[p * t_len..(p + 1) * t_len];
+        let mut ramp = vec![0f64; t_len];
+        for t0 in 0..t_len {
+            if reg[t0] == CRISIS && (t0 == 0 || reg[t0 - 1] != CRISIS) {
+                let start = t0.saturating_sub(lead);
+                for (t, r) in ramp.iter_mut().enumerate().take(t0).skip(start) {
+                    *r += height * (t + lead + 1 - t0) as f64 / lead as f64;
+                }
+            }
+        }
+        for (t, r) in ramp.iter().enumerate() {
+            if *r != 0.0 {
+                let i = (p * t_len + t) * MACRO + 1;
+                md.macro_series[i] = (f64::from(md.macro_series[i]) + r) as f32;
+            }
+        }
+    }
 }
 
 /// The synthetic calendar: `bars_per_day` bars per weekday from Monday 2015-01-05, seconds since the

@@ -28,11 +28,98 @@ pub const ACC_SLOTS: usize = 24;
 /// Scalars per scenario of the step's optional debug output (`MARL_DEBUG_LEN`).
 pub const DEBUG_LEN: usize = 14;
 
+/// Most threads per block of the block kernels (`env_reset`, `env_step`): their
+/// `__launch_bounds__` (`MARL_MAX_BLOCK`, kernels/common.cuh). With more symbols than this, a
+/// thread owns several symbols (strided loops).
+pub const MAX_BLOCK: usize = 256;
+/// Threads per block of the per-row kernels (`gather_obs`, `dyn_obs`, `action_mask`,
+/// `sample_actions`): their `__launch_bounds__` (`MARL_ROWS_BLOCK`).
+pub const ROWS_BLOCK: usize = 256;
+
+/// Threads per block of the step and reset kernels for `s` symbols: `s` rounded up to whole warps,
+/// at most [`MAX_BLOCK`]. The CUDA backend launches with it and the threaded host emulation of the
+/// kernels (`tests/host_parity.rs`) runs with it.
+pub fn step_block_threads(s: usize) -> usize {
+    s.div_ceil(32).clamp(1, MAX_BLOCK / 32) * 32
+}
+
+/// Shared memory a block may use without opting in (every CUDA GPU since compute capability 2.0).
+pub const DEFAULT_SMEM_LIMIT: usize = 48 * 1024;
+
+/// Whether the step kernel keeps the per-symbol carry of its phases in shared memory for `s`
+/// symbols and `block` threads: when the whole block scratch then fits [`DEFAULT_SMEM_LIMIT`] (more
+/// shared memory per block would cost occupancy); otherwise the carry lives in global memory. The
+/// CUDA backend and the threaded host emulation decide the same way.
+pub fn step_carry_in_smem(s: usize, block: usize) -> bool {
+    step_smem_bytes(s, block, true) <= DEFAULT_SMEM_LIMIT
+}
+
+/// What the driver reports about one loaded kernel (`cuFuncGetAttribute`), read by the CUDA backend
+/// when it loads the kernels and checked against the launch it will make ([`check_launch`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelResources {
+    /// Most threads per block this kernel can be launched with (its registers and
+    /// `__launch_bounds__` on this device).
+    pub max_threads_per_block: usize,
+    /// Registers per thread.
+    pub registers: usize,
+    /// Local memory per thread in bytes (register spills and stack).
+    pub local_bytes: usize,
+    /// Statically declared shared memory per block in bytes.
+    pub static_smem_bytes: usize,
+}
+
+/// Whether `kernel` can be launched with `block` threads and `dyn_smem` bytes of dynamic shared
+/// memory per block, given its resources and the device's opt-in shared-memory limit per block
+/// (`CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN`). The error (kind
+/// `BackendUnavailable`) names the kernel, the request and the limit, so a configuration the GPU
+/// cannot run fails at construction with a reason instead of `CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES`
+/// at the first step.
+pub fn check_launch(
+    kernel: &str,
+    what: &str,
+    block: usize,
+    dyn_smem: usize,
+    res: &KernelResources,
+    smem_optin: usize,
+) -> crate::Result<()> {
+    if block > res.max_threads_per_block {
+        return Err(crate::Error::backend(
+            "cuda",
+            format!(
+                "{kernel} ({what}) needs {block} threads per block, but this GPU allows it only {} \
+                 ({} registers per thread, {} bytes of local memory)",
+                res.max_threads_per_block, res.registers, res.local_bytes
+            ),
+        ));
+    }
+    let smem = dyn_smem + res.static_smem_bytes;
+    if smem > smem_optin {
+        return Err(crate::Error::backend(
+            "cuda",
+            format!(
+                "{kernel} ({what}) needs {smem} bytes of shared memory per block, this GPU allows at \
+                 most {smem_optin}: too many symbols for the CUDA backend on this GPU (use the cpu \
+                 backend)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Row stride (in f64) of the step kernel's fold buffer: `s` rounded up to an odd number, so the
+/// threads that fold different rows at once read different shared-memory banks. Mirrors
+/// `marl_fold_stride` (kernels/common.cuh).
+pub fn fold_stride(s: usize) -> usize {
+    s | 1
+}
+
 /// Bytes of the step kernel's block scratch (dynamic shared memory) for `s` symbols and `block`
-/// threads: fold rows and broadcast slots (f64), per-symbol carry when `carry` (5 f64 + 1 u32 per
-/// symbol), opener flags and scan scratch (u32). Mirrors `marl_step_smem_bytes` (kernels/abi.cuh).
+/// threads: fold rows ([`FOLD_ROWS`] x [`fold_stride`]) and broadcast slots (f64), per-symbol carry
+/// when `carry` (5 f64 + 1 u32 per symbol), opener flags and scan scratch (u32). Mirrors
+/// `marl_step_smem_bytes` (kernels/abi.cuh).
 pub fn step_smem_bytes(s: usize, block: usize, carry: bool) -> usize {
-    let f64s = FOLD_ROWS * s + ACC_SLOTS + if carry { 5 * s } else { 0 };
+    let f64s = FOLD_ROWS * fold_stride(s) + ACC_SLOTS + if carry { 5 * s } else { 0 };
     let u32s = s + block.max(33) + if carry { s } else { 0 };
     8 * f64s + 4 * u32s
 }
@@ -557,7 +644,7 @@ pub fn abi_layout() -> Vec<(&'static str, usize)> {
     let mut v = Vec::new();
     layout! { v;
         CostParams: commission, half_spread, impact_coef, max_slippage, borrow_per_bar;
-        RewardParams: w, dsr_eta, dsr_clip, trade_dd_threshold, util_target, master_w;
+        RewardParams: w, dsr_eta, dsr_clip, trade_dd_threshold, util_target, bar_vol, master_w;
         StepParams: costs, reward, initial_capital, leverage_cap, kill_drawdown, buy_size,
             sell_partial, risk_multipliers, position_caps, max_open, n_symbols, episode_len,
             default_action;
@@ -606,5 +693,7 @@ pub fn kernel_constants() -> Vec<(&'static str, usize)> {
         ("FOLD_ROWS", FOLD_ROWS),
         ("ACC_SLOTS", ACC_SLOTS),
         ("DEBUG_LEN", DEBUG_LEN),
+        ("MAX_BLOCK", MAX_BLOCK),
+        ("ROWS_BLOCK", ROWS_BLOCK),
     ]
 }

@@ -31,7 +31,7 @@ pub mod nvrtc;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::sys::CUfunction_attribute_enum;
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute_enum};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DriverError,
     LaunchConfig, PushKernelArg, ValidAsZeroBits,
@@ -39,8 +39,9 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use super::abi::{
-    EnvBuffers, EnvDims, EnvResetArgs, EnvStepArgs, EpisodeRecordC, MaskArgs, ObsArgs, SampleArgs,
-    step_smem_bytes,
+    DEFAULT_SMEM_LIMIT, EnvBuffers, EnvDims, EnvResetArgs, EnvStepArgs, EpisodeRecordC,
+    KernelResources, MaskArgs, ObsArgs, ROWS_BLOCK, SampleArgs, check_launch, step_block_threads,
+    step_carry_in_smem, step_smem_bytes,
 };
 use super::obs::{DYN_OBS, OBS_DIM};
 use super::{
@@ -182,6 +183,23 @@ pub struct RolloutTiming {
     pub episodes_finished: u64,
 }
 
+/// What the driver reports about `f` (`cuFuncGetAttribute`).
+fn kernel_resources(name: &str, f: &CudaFunction) -> Result<KernelResources> {
+    let get = |a: CUfunction_attribute_enum| -> Result<usize> {
+        let v = f
+            .get_attribute(a)
+            .map_err(drv(&format!("attributes of kernel {name}")))?;
+        Ok(v.max(0) as usize)
+    };
+    use CUfunction_attribute_enum as A;
+    Ok(KernelResources {
+        max_threads_per_block: get(A::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?,
+        registers: get(A::CU_FUNC_ATTRIBUTE_NUM_REGS)?,
+        local_bytes: get(A::CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES)?,
+        static_smem_bytes: get(A::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?,
+    })
+}
+
 struct Kernels {
     reset: CudaFunction,
     step: CudaFunction,
@@ -198,6 +216,8 @@ pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     k: Kernels,
+    /// What the driver reports about every kernel, read at load time.
+    resources: Vec<(&'static str, KernelResources)>,
     /// Threads per block of the step kernel, its dynamic shared memory, and whether the per-symbol
     /// carry of the phases lives in shared memory (else in `scratch`).
     block: u32,
@@ -268,9 +288,9 @@ impl CudaBackend {
             ));
         }
         let (n, s) = (layout.n_scenarios, layout.n_symbols);
-        if n == 0 || s == 0 || s > 1 << 20 {
+        if n == 0 || s == 0 || n.checked_mul(s).is_none_or(|ns| ns > u32::MAX as usize) {
             return Err(Error::invalid(format!(
-                "cuda backend: unsupported N = {n}, S = {s}"
+                "cuda backend: unsupported N = {n}, S = {s} (both positive, N x S below 2^32)"
             )));
         }
         let ctx = CudaContext::new(0).map_err(drv("creating a context on GPU 0"))?;
@@ -292,6 +312,12 @@ impl CudaBackend {
                 funcs.insert(name, module.load_function(name).map_err(drv(name))?);
             }
         }
+        let mut resources = Vec::new();
+        for (_, _, names) in PROGRAMS.iter() {
+            for name in names.iter() {
+                resources.push((*name, kernel_resources(name, &funcs[name])?));
+            }
+        }
         let mut take = |name: &str| {
             funcs
                 .remove(name)
@@ -306,18 +332,34 @@ impl CudaBackend {
             sample: take("sample_actions"),
         };
 
-        let block = s.div_ceil(32).clamp(1, 32) * 32;
-        let carry = step_smem_bytes(s, block, true) <= 48 * 1024;
+        // Launch geometry, checked against what the driver reports for the loaded kernels and
+        // this device, so a configuration the GPU cannot run fails here with the reason.
+        let block = step_block_threads(s);
+        let carry = step_carry_in_smem(s, block);
         let smem = step_smem_bytes(s, block, carry);
-        if smem > 48 * 1024 {
+        let optin = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(drv("device shared memory limit"))?
+            .max(DEFAULT_SMEM_LIMIT as i32) as usize;
+        for (name, r) in &resources {
+            let (threads, dyn_smem, what) = match *name {
+                "env_step" => (
+                    block,
+                    smem,
+                    format!("S = {s}, {block} threads, carry in shared memory {carry}"),
+                ),
+                "env_reset" => (block, 0, format!("S = {s}, {block} threads")),
+                _ => (ROWS_BLOCK, 0, "per-row kernel".to_string()),
+            };
+            check_launch(name, &what, threads, dyn_smem, r, optin)?;
+        }
+        if smem > DEFAULT_SMEM_LIMIT {
             k.step
                 .set_attribute(
                     CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                     smem as i32,
                 )
-                .map_err(drv(
-                    "raising the step kernel's shared memory limit (S too large for this GPU?)",
-                ))?;
+                .map_err(drv("raising the step kernel's dynamic shared memory limit"))?;
         }
 
         let up = |v: &[f32], what: &str| stream.clone_htod(v).map_err(drv(what));
@@ -326,6 +368,7 @@ impl CudaBackend {
         let mut me = Self {
             dims: EnvDims::new(&layout, RECORD_CAP),
             layout,
+            resources,
             block: block as u32,
             smem: smem as u32,
             carry_in_smem: carry,
@@ -435,16 +478,50 @@ impl CudaBackend {
         format!("{name} ({cc})")
     }
 
+    /// What the driver reported for every kernel at load time (threads per block it allows,
+    /// registers, local memory, static shared memory), and the step's launch: threads per block,
+    /// dynamic shared memory, whether the carry is in shared memory.
+    pub fn kernel_resources(&self) -> (&[(&'static str, KernelResources)], u32, u32, bool) {
+        (&self.resources, self.block, self.smem, self.carry_in_smem)
+    }
+
     fn rows_cfg(&self, rows: usize, per_row_threads: usize) -> LaunchConfig {
         let threads = rows * per_row_threads;
         LaunchConfig {
-            grid_dim: (threads.div_ceil(256) as u32, 1, 1),
-            block_dim: (256, 1, 1),
+            grid_dim: (threads.div_ceil(ROWS_BLOCK) as u32, 1, 1),
+            block_dim: (ROWS_BLOCK as u32, 1, 1),
             shared_mem_bytes: 0,
         }
     }
 
     fn launch_step(&mut self) -> Result<()> {
+        let bufs = self.bufs;
+        self.launch_step_with(&bufs)
+    }
+
+    /// The backend's stream: every copy and launch of the backend is ordered on it (event
+    /// tracking is off). Work of a caller that reads or writes the backend's device buffers
+    /// ([`Self::gather_obs_device`], [`Self::outputs_device`], the inputs of
+    /// [`Self::step_device`]) must be ordered on this stream too (or synchronised with it).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// One step with actions already on the device: symbol actions `[N, S]` and master actions
+    /// `[N]`, allocated on this backend's context (e.g. with `stream().alloc_zeros`) and written in
+    /// the order of [`Self::stream`]. Equivalent to [`Backend::step`] with the same values, minus
+    /// the two host-to-device copies.
+    pub fn step_device(&mut self, actions: &CudaSlice<u8>, master: &CudaSlice<u8>) -> Result<()> {
+        let (n, s) = (self.layout.n_scenarios, self.layout.n_symbols);
+        Self::check_host_len("device symbol actions", actions.len(), n * s)?;
+        Self::check_host_len("device master actions", master.len(), n)?;
+        let mut bufs = self.bufs;
+        bufs.actions = actions.device_ptr(&self.stream).0;
+        bufs.master = master.device_ptr(&self.stream).0;
+        self.launch_step_with(&bufs)
+    }
+
+    fn launch_step_with(&mut self, bufs: &EnvBuffers) -> Result<()> {
         let cfg = LaunchConfig {
             grid_dim: (self.dims.n_scenarios, 1, 1),
             block_dim: (self.block, 1, 1),
@@ -454,14 +531,15 @@ impl CudaBackend {
             &self.layout.params,
             &self.dims,
             self.seed,
-            &self.bufs,
+            bufs,
             self.carry_in_smem,
         );
         let mut b = self.stream.launch_builder(&self.k.step);
         b.arg(&args);
         // SAFETY: `env_step` (kernels/env_step.cu) takes one `EnvStepArgs` by value, whose layout
         // equals this struct's (`abi_layout_matches`); every address in it is a live buffer of this
-        // backend with the length the kernel indexes (N, N*S, N*S*7, N*7, N*RECORD_CAP, and
+        // backend (or, for the actions of `step_device`, the caller's, length-checked) with the
+        // length the kernel indexes (N, N*S, N*S*7, N*7, N*RECORD_CAP, and
         // 5*N*S / N*S for scratch/opener when the carry is not in shared memory; debug is null);
         // `smem` is what the kernel carves (`step_smem_bytes`) and was allowed via the function
         // attribute when above 48 KiB; all work is ordered on the backend's single stream.

@@ -79,7 +79,7 @@ impl StepParams {
         let mo = |i: usize| m.regime_max_open[i].min(n_symbols as u32);
         Self {
             costs: CostParams::new(&cfg.costs, bars_per_year),
-            reward: RewardParams::new(&cfg.reward),
+            reward: RewardParams::new(&cfg.reward, bars_per_year),
             initial_capital: cfg.env.initial_capital,
             leverage_cap: r.leverage_cap,
             kill_drawdown: r.kill_drawdown,

@@ -35,9 +35,11 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
 
 use super::baselines::{
-    BacktestPolicy, EqualWeight, Hold, PolicyView, RandomPolicy, spy_buy_and_hold,
+    BacktestPolicy, EqualWeight, Hold, Momentum, PolicyView, RandomPolicy, rebalanced_equal_weight,
+    spy_buy_and_hold,
 };
 use super::metrics::{Curve, Metrics};
 use crate::data::MarketData;
@@ -60,15 +62,29 @@ pub enum Baseline {
     EqualWeight,
     /// Buy-and-hold of the benchmark.
     Spy,
+    /// 1/N of the equity in every symbol, rebalanced weekly (computed from prices).
+    Rebalanced,
+    /// Time-series momentum: long the symbols whose trailing week was up, decided daily.
+    Momentum,
 }
 
 impl Baseline {
-    /// Every baseline, in report order.
+    /// The baselines `marl-trade eval` plays, in report order.
     pub const ALL: [Baseline; 4] = [
         Baseline::Hold,
         Baseline::Random,
         Baseline::EqualWeight,
         Baseline::Spy,
+    ];
+
+    /// Every baseline (the walk-forward's and the report's set adds 1/N rebalanced and momentum).
+    pub const EVERY: [Baseline; 6] = [
+        Baseline::Hold,
+        Baseline::Random,
+        Baseline::EqualWeight,
+        Baseline::Rebalanced,
+        Baseline::Spy,
+        Baseline::Momentum,
     ];
 
     /// The baseline's name in tables and on the command line.
@@ -78,16 +94,20 @@ impl Baseline {
             Baseline::Random => "random",
             Baseline::EqualWeight => "equal-weight",
             Baseline::Spy => "spy",
+            Baseline::Rebalanced => "rebalanced",
+            Baseline::Momentum => "momentum",
         }
     }
 
-    /// The env policy of a baseline; `None` for `Spy` (computed from benchmark prices).
-    pub fn policy(self, seed: u64) -> Option<Box<dyn BacktestPolicy>> {
+    /// The env policy of a baseline on data with `bars_per_day` bars a day; `None` for `Spy` and
+    /// `Rebalanced` (computed from prices).
+    pub fn policy(self, seed: u64, bars_per_day: usize) -> Option<Box<dyn BacktestPolicy>> {
         match self {
             Baseline::Hold => Some(Box::new(Hold)),
             Baseline::Random => Some(Box::new(RandomPolicy::new(seed))),
             Baseline::EqualWeight => Some(Box::new(EqualWeight)),
-            Baseline::Spy => None,
+            Baseline::Momentum => Some(Box::new(Momentum::new(5 * bars_per_day, bars_per_day))),
+            Baseline::Spy | Baseline::Rebalanced => None,
         }
     }
 }
@@ -95,12 +115,12 @@ impl Baseline {
 impl FromStr for Baseline {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        Baseline::ALL
+        Baseline::EVERY
             .into_iter()
             .find(|b| b.name() == s)
             .ok_or_else(|| {
                 Error::invalid(format!(
-                    "unknown policy `{s}` (expected hold, random, equal-weight or spy)"
+                    "unknown policy `{s}` (expected hold, random, equal-weight, rebalanced, spy or momentum)"
                 ))
             })
     }
@@ -158,7 +178,7 @@ impl Default for BacktestOptions {
 }
 
 /// The outcome of one policy's backtest.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BacktestResult {
     /// Metrics averaged over the paths.
     pub metrics: Metrics,
@@ -170,10 +190,74 @@ pub struct BacktestResult {
     pub first_bar: usize,
     /// See `first_bar`.
     pub last_bar: usize,
+    /// The risk limits checked on every step of an env backtest ([`LimitCheck`]); empty (0 steps
+    /// checked) for the curves computed from prices (`spy`, `rebalanced`).
+    pub limits: LimitCheck,
+}
+
+/// The env's risk limits, checked from its state before and after every step of a backtest
+/// (spec §4), in `f64`, with a relative tolerance of `1e-6`:
+/// - **position cap**: a symbol bought in a step holds at most `cap * E0` at the decision price
+///   `C[t]` afterwards (`cap` of the step's master action; step 3);
+/// - **leverage**: after a step with buys, the gross exposure at the fill price is at most
+///   `leverage_cap` times the equity at the open after the buys (step 7; the borrow fee of step 9
+///   is added back to the cash);
+/// - **open positions**: a step that opens positions ends with at most `max_open` of them (step 4);
+/// - **kill switch**: no scenario continues past a step whose drawdown from its peak reached
+///   `kill_drawdown` (step 11); the drawdown at which the switch fired is recorded (a gap can
+///   carry it past the threshold: the switch sells at the close of the bar that breached it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LimitCheck {
+    /// Scenario steps checked.
+    pub steps: usize,
+    /// Of those, steps with at least one buy.
+    pub buy_steps: usize,
+    /// Position-cap violations.
+    pub cap_violations: usize,
+    /// Leverage violations.
+    pub leverage_violations: usize,
+    /// Open-position-limit violations.
+    pub open_violations: usize,
+    /// Steps that continued with a drawdown at or past `kill_drawdown`.
+    pub kill_violations: usize,
+    /// Kill-switch firings.
+    pub kills: usize,
+    /// Largest gross / equity at the open after a step with buys.
+    pub max_leverage_at_fill: f64,
+    /// Largest drawdown from the peak at the close of a step that did not fire the kill switch.
+    pub max_drawdown_alive: f64,
+    /// Largest drawdown at which the kill switch fired (0 without a firing).
+    pub max_drawdown_at_kill: f64,
+    /// The first violation, described (scenario, bar, symbol, values).
+    pub first_violation: Option<String>,
+}
+
+impl LimitCheck {
+    /// Total violations of every kind.
+    pub fn violations(&self) -> usize {
+        self.cap_violations + self.leverage_violations + self.open_violations + self.kill_violations
+    }
+
+    /// Whether every limit held on every step checked.
+    pub fn held(&self) -> bool {
+        self.violations() == 0
+    }
+
+    fn violation(&mut self, what: String) {
+        if self.first_violation.is_none() {
+            self.first_violation = Some(what);
+        }
+    }
 }
 
 impl BacktestResult {
-    fn from_curves(policy: &str, curves: Vec<Curve>, first_bar: usize, last_bar: usize) -> Self {
+    /// The result of `curves` (one per path, metrics per path and averaged), with no limit check.
+    pub fn from_curves(
+        policy: &str,
+        curves: Vec<Curve>,
+        first_bar: usize,
+        last_bar: usize,
+    ) -> Self {
         let per_path: Vec<Metrics> = curves
             .iter()
             .map(|c| Metrics::from_curve(policy, c))
@@ -185,6 +269,7 @@ impl BacktestResult {
             curves,
             first_bar,
             last_bar,
+            limits: LimitCheck::default(),
         }
     }
 }
@@ -265,6 +350,8 @@ pub fn run_policy(
     let mut masters = vec![default_master; n];
     let mut shadow: Option<Box<dyn Backend>> = None;
     let pb = progress_bar(opts.progress, steps, policy.name());
+    let mut limits = LimitCheck::default();
+    let params = layout.params;
 
     for _ in 0..steps {
         env.action_mask(&mut mask)?;
@@ -346,6 +433,20 @@ pub fn run_policy(
                 (q1, c0 * (1.0 + rec.total_return), rec.killed)
             };
             let e0 = st0.equity;
+            let after = if done[i] { held.as_ref() } else { Some(&post) };
+            if let Some(after) = after {
+                let st1 = &after.scenarios[i];
+                check_limits(
+                    &mut limits,
+                    &params,
+                    &md,
+                    (i, p, t),
+                    (q0, q1),
+                    (e0, masters[i]),
+                    (st1.cash, st1.equity, st1.peak),
+                    killed,
+                );
+            }
             let (mut traded, mut pnl, mut gross) = (0.0, 0.0, 0.0);
             for j in 0..s {
                 let c = md.close[md.px(p, t, j)] as f64;
@@ -373,12 +474,96 @@ pub fn run_policy(
         pb.inc(1);
     }
     pb.finish_and_clear();
-    Ok(BacktestResult::from_curves(
-        policy.name(),
-        curves,
-        layout.start_a,
-        layout.hi - 1,
-    ))
+    let mut res = BacktestResult::from_curves(policy.name(), curves, layout.start_a, layout.hi - 1);
+    res.limits = limits;
+    Ok(res)
+}
+
+/// Check one scenario step against the limits of [`LimitCheck`]. `who` = (scenario, path, bar),
+/// `dir` = (master action), `after` = (cash, equity, peak) after the step and before any
+/// kill-switch sale.
+#[allow(clippy::too_many_arguments)]
+fn check_limits(
+    lc: &mut LimitCheck,
+    params: &crate::env::logic::StepParams,
+    md: &MarketData,
+    (i, p, t): (usize, usize, usize),
+    (q0, q1): (&[f64], &[f64]),
+    (e0, master): (f64, u8),
+    (cash1, e1, peak1): (f64, f64, f64),
+    killed: bool,
+) {
+    const TOL: f64 = 1e-6;
+    lc.steps += 1;
+    let m = master as usize;
+    let cap = params.position_caps[(m / 3) % 4];
+    let max_open = params.max_open[m % 3] as usize;
+    let c0 = params.initial_capital;
+    let (mut bought, mut g_open, mut open0, mut openers) = (false, 0.0, 0, 0);
+    for j in 0..q0.len() {
+        let c = md.close[md.px(p, t, j)] as f64;
+        let o1 = md.open[md.px(p, t + 1, j)] as f64;
+        g_open += q1[j] * o1;
+        open0 += (q0[j] > 0.0) as usize;
+        if q1[j] > q0[j] {
+            bought = true;
+            openers += (q0[j] == 0.0) as usize;
+            if q1[j] * c > cap * e0 * (1.0 + TOL) + TOL * c0 {
+                lc.cap_violations += 1;
+                lc.violation(format!(
+                    "position cap: scenario {i}, bar {t}, symbol {j}: {:.2} held after a buy > cap {cap} x equity {e0:.2}",
+                    q1[j] * c
+                ));
+            }
+        }
+    }
+    if bought {
+        lc.buy_steps += 1;
+        let cash = if cash1 < 0.0 {
+            cash1 / (1.0 + params.costs.borrow_per_bar)
+        } else {
+            cash1
+        };
+        let e_open = cash + g_open;
+        let lev = if e_open > 0.0 {
+            g_open / e_open
+        } else {
+            f64::INFINITY
+        };
+        lc.max_leverage_at_fill = lc.max_leverage_at_fill.max(lev);
+        if lev > params.leverage_cap * (1.0 + TOL) {
+            lc.leverage_violations += 1;
+            lc.violation(format!(
+                "leverage: scenario {i}, bar {t}: gross {g_open:.2} / equity {e_open:.2} = {lev:.4} at the fill > cap {}",
+                params.leverage_cap
+            ));
+        }
+        if openers > 0 && open0 + openers > max_open {
+            lc.open_violations += 1;
+            lc.violation(format!(
+                "open positions: scenario {i}, bar {t}: {open0} open + {openers} opened > max_open {max_open}"
+            ));
+        }
+    }
+    let dd = if peak1 > 0.0 {
+        1.0 - e1 / peak1.max(e1)
+    } else {
+        0.0
+    };
+    if killed {
+        lc.kills += 1;
+        lc.max_drawdown_at_kill = lc.max_drawdown_at_kill.max(dd);
+    } else {
+        lc.max_drawdown_alive = lc.max_drawdown_alive.max(dd);
+        if dd >= params.kill_drawdown {
+            lc.kill_violations += 1;
+            lc.violation(format!(
+                "kill switch: scenario {i}, bar {}: drawdown {dd:.4} >= {} and the episode went on",
+                t + 1,
+                params.kill_drawdown
+            ));
+        }
+    }
 }
 
 /// A CPU backend that replays one step without ending the episode (module docs).
@@ -433,9 +618,98 @@ pub fn run_baselines(
 ) -> Result<Vec<BacktestResult>> {
     which
         .iter()
-        .map(|b| match b.policy(opts.seed) {
+        .map(|b| match b.policy(opts.seed, data.bars_per_day) {
             Some(mut p) => run_policy(cfg, data.clone(), features.clone(), opts, p.as_mut()),
+            None if *b == Baseline::Rebalanced => run_rebalanced(cfg, &data, opts),
             None => run_spy(cfg, &data, opts),
         })
         .collect()
+}
+
+/// Equal weight rebalanced weekly (`5 * bars_per_day` bars, see [`rebalanced_equal_weight`]) over
+/// the period of `opts`, one curve per path, on the same bars as [`run_policy`].
+pub fn run_rebalanced(
+    cfg: &EnvSetup,
+    data: &MarketData,
+    opts: &BacktestOptions,
+) -> Result<BacktestResult> {
+    let (_, layout) = backtest_setup(cfg, data, opts.period)?;
+    let (a, last) = (layout.start_a, layout.hi - 1);
+    let curves = (0..data.paths)
+        .map(|p| {
+            rebalanced_equal_weight(
+                data,
+                &layout.params.costs,
+                layout.params.initial_capital,
+                p,
+                a,
+                last,
+                5 * data.bars_per_day,
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(BacktestResult::from_curves(
+        Baseline::Rebalanced.name(),
+        curves,
+        a,
+        last,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// The limit check flags what the env must never do: it is fed hand-made states.
+    #[test]
+    fn the_limit_check_flags_each_violation() {
+        let mut cfg = Config::default();
+        cfg.data.synthetic.symbols = 2;
+        cfg.data.synthetic.bars = 300;
+        let md = crate::data::generate(&cfg.data.synthetic, &cfg.data.benchmark);
+        let params = crate::env::logic::StepParams::new(&cfg.env_setup(), 2, md.bars_per_year());
+        let t = 150;
+        let c = |j: usize| md.close[md.px(0, t, j)] as f64;
+        let o1 = |j: usize| md.open[md.px(0, t + 1, j)] as f64;
+        let c0 = params.initial_capital;
+        let m = params.default_action as u8; // cap 0.05, neutral
+        let cap = params.position_caps[(m as usize / 3) % 4];
+        let check = |q1: [f64; 2], cash1: f64, e1: f64, peak: f64, killed: bool| {
+            let mut lc = LimitCheck::default();
+            check_limits(
+                &mut lc,
+                &params,
+                &md,
+                (0, 0, t),
+                (&[0.0, 0.0], &q1),
+                (c0, m),
+                (cash1, e1, peak),
+                killed,
+            );
+            lc
+        };
+        // Within the cap, no leverage, no drawdown: clean.
+        let q = 0.5 * cap * c0 / c(0);
+        let ok = check([q, 0.0], c0 - q * o1(0), c0, c0, false);
+        assert!(ok.held() && ok.buy_steps == 1, "{ok:?}");
+        // Over the position cap.
+        let q = 1.5 * cap * c0 / c(0);
+        let lc = check([q, 0.0], c0 - q * o1(0), c0, c0, false);
+        assert_eq!(lc.cap_violations, 1, "{lc:?}");
+        assert!(lc.first_violation.unwrap().contains("position cap"));
+        // Over the leverage cap at the fill: gross 3 C0 on equity C0.
+        let (qa, qb) = (1.5 * c0 / o1(0), 1.5 * c0 / o1(1));
+        let lc = check([qa, qb], c0 - 3.0 * c0, c0, c0, false);
+        assert!(
+            lc.leverage_violations == 1 && lc.max_leverage_at_fill > 2.9,
+            "{lc:?}"
+        );
+        // Drawdown past the kill switch without a kill; and with one (recorded, not a violation).
+        let dd = params.kill_drawdown + 0.01;
+        let lc = check([0.0, 0.0], c0 * (1.0 - dd), c0 * (1.0 - dd), c0, false);
+        assert_eq!(lc.kill_violations, 1);
+        let lc = check([0.0, 0.0], c0 * (1.0 - dd), c0 * (1.0 - dd), c0, true);
+        assert!(lc.held() && lc.kills == 1 && (lc.max_drawdown_at_kill - dd).abs() < 1e-9);
+    }
 }

@@ -28,6 +28,17 @@ The baselines (their master action is `master.default_action` unless stated):
   0.02/0.05/0.10/0.20): `ri = 1` (143 * 0.005 * 1.5 = 1.07 > 1), `ci = 0`, `m = 14`, 71.5% of the
   equity invested. If `regime_max_open[2] < S` the env's open-position limit keeps only the first
   `max_open` openers (spec §4.4).
+- `momentum` ([`Momentum`]): a time-series momentum rule on the env. Every `every` steps (one
+  trading day, `bars_per_day`, in [`Baseline::policy`](super::Baseline::policy)), a symbol whose
+  trailing return over `lookback` bars (one trading week, `5 * bars_per_day`) is positive is bought
+  with BUY_SMALL if flat, and sold with SELL_ALL if held and the return is negative. Master action
+  as `equal-weight`.
+- `rebalanced` ([`rebalanced_equal_weight`]): 1/N of the whole equity in each symbol, rebalanced
+  to exact equal weights at the open of every `every`-th bar (one trading week) after the decision
+  bar `t0`; computed directly from prices like `spy` (fully invested, no impact, half spread +
+  commission on the traded notional, paid out of the equity so that the book is exactly 1/N after
+  the trade: the post-trade equity solves `e1 = e_open - (half_spread + commission) * sum_s |e1 / S - v_s|`
+  by fixed-point iteration).
 - `spy` ([`spy_buy_and_hold`]): the benchmark (column S of the data) is not tradeable in the env, so
   this curve is computed directly from the benchmark's prices: at the decision bar `t0` the whole
   initial capital `C0` buys `q = C0 / (O[t0+1] * (1 + half_spread) * (1 + commission))` at the open of
@@ -40,7 +51,7 @@ use super::metrics::Curve;
 use crate::costs::CostParams;
 use crate::data::MarketData;
 use crate::env::EnvLayout;
-use crate::env::logic::{BUY_SMALL, HOLD, N_ACTIONS, StepParams};
+use crate::env::logic::{BUY_SMALL, HOLD, N_ACTIONS, SELL_ALL, StepParams};
 use crate::error::{Error, Result};
 use crate::features::Features;
 use crate::rng::SplitMix64;
@@ -108,6 +119,22 @@ fn check_out(view: &PolicyView, sym_out: &[u8], master_out: &[u8]) -> Result<()>
         )));
     }
     Ok(())
+}
+
+/// A boxed policy is a policy (so that wrappers can take either).
+impl BacktestPolicy for Box<dyn BacktestPolicy> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn needs_full_obs(&self) -> bool {
+        (**self).needs_full_obs()
+    }
+    fn reset(&mut self) {
+        (**self).reset()
+    }
+    fn act(&mut self, view: &PolicyView, sym_out: &mut [u8], master_out: &mut [u8]) -> Result<()> {
+        (**self).act(view, sym_out, master_out)
+    }
 }
 
 /// HOLD everywhere, master `default_action`.
@@ -218,6 +245,120 @@ impl BacktestPolicy for EqualWeight {
         }
         Ok(())
     }
+}
+
+/// The momentum rule (module docs): every `every` steps, per symbol, the trailing return over
+/// `lookback` bars `C[t] / C[t - lookback] - 1` (the bars a causal policy may read); a flat symbol
+/// with a positive trailing return is bought (BUY_SMALL), a held symbol with a negative one is sold
+/// (SELL_ALL); HOLD otherwise and between decision steps. Master action as [`EqualWeight`], so a
+/// fully long momentum book is the equal-weight book.
+#[derive(Debug, Clone)]
+pub struct Momentum {
+    /// Trailing window in bars (>= 1).
+    pub lookback: usize,
+    /// Decide every this many steps (>= 1); the first step of an episode always decides.
+    pub every: usize,
+}
+
+impl Momentum {
+    /// A rule with trailing window `lookback` bars deciding every `every` steps (both at least 1).
+    pub fn new(lookback: usize, every: usize) -> Self {
+        Self {
+            lookback: lookback.max(1),
+            every: every.max(1),
+        }
+    }
+}
+
+impl BacktestPolicy for Momentum {
+    fn name(&self) -> &str {
+        "momentum"
+    }
+    fn act(&mut self, view: &PolicyView, sym_out: &mut [u8], master_out: &mut [u8]) -> Result<()> {
+        check_out(view, sym_out, master_out)?;
+        let s = view.n_symbols();
+        let md = view.data;
+        master_out.fill(equal_weight_master(view.params()));
+        for i in 0..view.n_scenarios() {
+            let row = &mut sym_out[i * s..(i + 1) * s];
+            row.fill(HOLD);
+            if !(view.step_in_episode[i] as usize).is_multiple_of(self.every) {
+                continue;
+            }
+            let (p, t) = (
+                view.obs_index[2 * i] as usize,
+                view.obs_index[2 * i + 1] as usize,
+            );
+            let t_back = t.saturating_sub(self.lookback);
+            for (j, a) in row.iter_mut().enumerate() {
+                let r =
+                    md.close[md.px(p, t, j)] as f64 / md.close[md.px(p, t_back, j)] as f64 - 1.0;
+                let m = &view.mask[(i * s + j) * N_ACTIONS..(i * s + j + 1) * N_ACTIONS];
+                let held = m[SELL_ALL as usize] != 0;
+                *a = if !held && r > 0.0 && m[BUY_SMALL as usize] != 0 {
+                    BUY_SMALL
+                } else if held && r < 0.0 {
+                    SELL_ALL
+                } else {
+                    HOLD
+                };
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Equal weight (1/N) over the symbols, rebalanced every `every` bars (module docs): the whole
+/// equity is invested at bar `t0` and re-split equally at the open of every `every`-th bar, paying
+/// half spread + commission on the traded notional (no impact, as [`spy_buy_and_hold`]). A curve of
+/// `t_end - t0 + 1` bars on path `path`.
+pub fn rebalanced_equal_weight(
+    md: &MarketData,
+    costs: &CostParams,
+    initial_capital: f64,
+    path: usize,
+    t0: usize,
+    t_end: usize,
+    every: usize,
+) -> Result<Curve> {
+    if path >= md.paths || t_end >= md.bars || t_end <= t0 || every == 0 {
+        return Err(Error::invalid(format!(
+            "1/N rebalanced every {every} bars over bars {t0}..={t_end} of path {path}: the data has {} paths of {} bars",
+            md.paths, md.bars
+        )));
+    }
+    let s = md.n_symbols();
+    let rate = costs.half_spread + costs.commission;
+    let mut q = vec![0.0f64; s];
+    let mut cash = initial_capital;
+    let mut c = Curve::new(initial_capital, md.bars_per_year());
+    for t in t0 + 1..=t_end {
+        let (mut traded, mut cost) = (0.0, 0.0);
+        if (t - t0 - 1).is_multiple_of(every) {
+            // Rebalance at the open of t: equity at the open, target value e / S per symbol, the
+            // trade's cost taken out of the equity first (so that the result is exactly 1/N).
+            let open = |j: usize| md.open[md.px(path, t, j)] as f64;
+            let e_open = cash + (0..s).map(|j| q[j] * open(j)).sum::<f64>();
+            // Solve for the post-trade equity e1 = e_open - rate * sum |e1 / S - v_j| by fixed point.
+            let mut e1 = e_open;
+            for _ in 0..50 {
+                let turn: f64 = (0..s).map(|j| (e1 / s as f64 - q[j] * open(j)).abs()).sum();
+                e1 = e_open - rate * turn;
+            }
+            for (j, qj) in q.iter_mut().enumerate() {
+                let target = e1 / s as f64 / open(j);
+                traded += ((target - *qj) * open(j)).abs();
+                *qj = target;
+            }
+            cost = e_open - e1;
+            cash = 0.0;
+        }
+        let g: f64 = (0..s)
+            .map(|j| q[j] * md.close[md.px(path, t, j)] as f64)
+            .sum();
+        c.push(cash + g, g, traded, cost);
+    }
+    Ok(c)
 }
 
 /// Buy-and-hold of the benchmark on path `path` from decision bar `t0` to bar `t_end` (module docs):

@@ -28,7 +28,7 @@ use super::backtest::BacktestResult;
 use crate::error::{Error, Result};
 
 /// The paired comparison of policy `a` against policy `b`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Comparison {
     /// The policy compared (`a`).
     pub a: String,
@@ -260,6 +260,7 @@ mod tests {
             curves,
             first_bar: 0,
             last_bar: rets[0].len(),
+            limits: Default::default(),
         }
     }
 

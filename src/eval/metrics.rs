@@ -21,10 +21,10 @@ A ratio whose denominator is 0 (a flat curve, no losing bar, fewer than 2 return
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Per-bar series of one backtest path.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Curve {
     /// Equity at bars `0..=n`; `equity[0]` is the initial capital.
     pub equity: Vec<f64>,
@@ -69,7 +69,7 @@ impl Curve {
 }
 
 /// Metrics of one policy (one path, or the average over paths). See the module docs.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
     /// The policy's name.
     pub policy: String,

@@ -28,12 +28,12 @@ pub mod metrics;
 
 pub use agent::{ActMode, AgentPolicy, Decision};
 pub use backtest::{
-    BacktestOptions, BacktestResult, Baseline, BaselineSet, backtest_setup, run_baselines,
-    run_policy, run_spy,
+    BacktestOptions, BacktestResult, Baseline, BaselineSet, LimitCheck, backtest_setup,
+    run_baselines, run_policy, run_rebalanced, run_spy,
 };
 pub use baselines::{
-    BacktestPolicy, EqualWeight, Hold, PolicyView, RandomPolicy, equal_weight_master,
-    spy_buy_and_hold,
+    BacktestPolicy, EqualWeight, Hold, Momentum, PolicyView, RandomPolicy, equal_weight_master,
+    rebalanced_equal_weight, spy_buy_and_hold,
 };
 pub use compare::{Comparison, DecisionIc, compare, decision_ic};
 pub use evaluate::{EvalOptions, EvalReport, evaluate_checkpoint, evaluate_policy};

@@ -33,6 +33,13 @@ pub struct PpoConfig {
     pub gae_lambda: f64,
     /// Minibatches per epoch; `batch_size` must be a multiple of it.
     pub num_minibatches: usize,
+    /// How an epoch's units are split into minibatches: `"grouped"` (the default) puts all units
+    /// that share a group key (the trading observation's `(path, bar)`) in the same minibatch, so
+    /// that the policy's encoder runs once per distinct bar of a minibatch; `"shuffled"` is
+    /// CleanRL's plain shuffle. Observations without group keys (CartPole) are always shuffled.
+    /// Either way an epoch is a random partition of the batch, each unit in exactly one
+    /// minibatch (docs/training.md, "Bar-grouped minibatches").
+    pub minibatches: MinibatchMode,
     /// Passes over the batch per iteration.
     pub update_epochs: usize,
     /// Normalise advantages per minibatch: `(A - mean) / (std + 1e-8)`, std unbiased as in torch.
@@ -80,6 +87,7 @@ impl Default for PpoConfig {
             gamma: 0.99,
             gae_lambda: 0.95,
             num_minibatches: 4,
+            minibatches: MinibatchMode::Grouped,
             update_epochs: 4,
             norm_adv: true,
             clip_coef: 0.2,
@@ -95,6 +103,16 @@ impl Default for PpoConfig {
             weight_decay: 0.0,
         }
     }
+}
+
+/// How the update splits a batch into minibatches ([`PpoConfig::minibatches`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MinibatchMode {
+    /// Units with the same group key fall in the same minibatch; the groups are shuffled.
+    Grouped,
+    /// Units are shuffled one by one (CleanRL).
+    Shuffled,
 }
 
 impl PpoConfig {

@@ -57,6 +57,16 @@ pub struct Metrics {
     /// trading env's reward terms `reward.<component>` and `reward_share.<component>`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub env: std::collections::BTreeMap<String, f64>,
+    /// The policy's own statistics of the iteration (`ActorCritic::drain_stats`), e.g. the trading
+    /// policy's embedding cache: `cache.hits`, `cache.misses` (keys looked up in the rollout),
+    /// `cache.bytes` (the most held during the iteration), `cache.evictions`, `encoder.keys` (bars encoded in the whole iteration).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub policy: std::collections::BTreeMap<String, f64>,
+    /// Wall-clock seconds of the iteration's parts: the rollout's env steps (`time.rollout_env`),
+    /// its policy passes and sampling (`time.rollout_policy`), the update (`time.update`), and the
+    /// policy's own (`time.encoder`: encoder forward passes, rollout and update).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub timing: std::collections::BTreeMap<String, f64>,
 }
 
 impl Metrics {

@@ -4,6 +4,7 @@ Training: PPO (CleanRL-faithful), generic over a vectorised environment and a po
 - [`config`]: [`PpoConfig`], every hyperparameter documented where it is declared.
 - [`train_env`]: the [`TrainEnv`] trait and a resumable random stream.
 - [`buffer`]: the rollout buffer and GAE.
+- [`minibatch`]: bar-grouped minibatches (a partition of the batch by the policy's group keys).
 - [`ppo`]: the trainer [`Ppo`]: rollout, GAE, clipped surrogate, clipped value loss, entropy bonus,
   learning-rate and entropy annealing, global gradient clipping, checkpoint and resume.
 - [`adamw`]: AdamW with saveable state (torch's formula).
@@ -14,6 +15,8 @@ Training: PPO (CleanRL-faithful), generic over a vectorised environment and a po
 - [`cartpole`]: CartPole-v1 (Gymnasium's dynamics), the trainer's test environment.
 
 - [`reward_norm`]: running reward scaling (Gymnasium's `NormalizeReward`).
+- [`value_norm`]: MAPPO's running, debiased return normalisation for the critic (for the master,
+  issue #12; not used by the symbol agents' PPO).
 - [`windows`]: the market as the symbol agents' window source (features + returns).
 - [`setup`]: the symbol policy of a market and the training environment, assembled.
 - [`trading`]: [`TradingEnv`], the trading environment as a [`TrainEnv`] with
@@ -26,16 +29,18 @@ pub mod cartpole;
 pub mod checkpoint;
 pub mod config;
 pub mod metrics;
+pub mod minibatch;
 pub mod ppo;
 pub mod reward_norm;
 pub mod setup;
 pub mod signals;
 pub mod trading;
 pub mod train_env;
+pub mod value_norm;
 pub mod windows;
 
 pub use adamw::{AdamW, AdamWConfig};
-pub use config::PpoConfig;
+pub use config::{MinibatchMode, PpoConfig};
 pub use metrics::{Metrics, MetricsWriter};
 pub use ppo::{Ppo, clip_grad_norm};
 pub use reward_norm::RewardNorm;

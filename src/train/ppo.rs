@@ -32,6 +32,7 @@ and minibatch shuffling. With the policy's seeded initialisation the whole run i
 [`Ppo::save_checkpoint`] / [`Ppo::resume`] continue it bit for bit.
 */
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -42,8 +43,9 @@ use candle_nn::VarMap;
 use super::adamw::{AdamW, AdamWConfig};
 use super::buffer::{RolloutBuffer, explained_variance};
 use super::checkpoint::{self, ENV_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, TrainState};
-use super::config::PpoConfig;
+use super::config::{MinibatchMode, PpoConfig};
 use super::metrics::{Metrics, MetricsWriter};
+use super::minibatch;
 use super::reward_norm::RewardNorm;
 use super::train_env::{ResumableRng, TrainEnv};
 use crate::Result;
@@ -117,7 +119,7 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
         policy_config: serde_json::Value,
     ) -> Result<Self> {
         Self::check(&cfg, &env, &varmap, None)?;
-        let params = named_vars(&varmap);
+        let params = trainable(&policy, &varmap)?;
         let opt = AdamW::new(params.clone(), Self::adam_config(&cfg))?;
         let next_obs = env.reset(hash2(cfg.seed, 0))?;
         let n = env.num_envs();
@@ -225,6 +227,7 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
         &mut self,
         buf: &mut RolloutBuffer<E::Obs>,
         episodes: &mut Vec<super::EpisodeInfo>,
+        times: &mut Times,
     ) -> Result<()> {
         let dev = self.device();
         let n = self.env.num_envs();
@@ -245,7 +248,8 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
                     rows * na
                 )));
             }
-            let (logits, value) = self.policy.forward(&self.next_obs)?;
+            let clock = Instant::now();
+            let (logits, value) = self.policy.forward_inference(&self.next_obs)?;
             let mask_t = match &mask {
                 Some(m) => Some(Tensor::from_slice(m, (rows, na), &dev)?),
                 None => None,
@@ -274,7 +278,10 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
                     .to_vec1::<f32>()?,
             );
             buf.push_mask(mask);
+            times.policy += clock.elapsed().as_secs_f64();
+            let clock = Instant::now();
             let out = self.env.step(&actions)?;
+            times.env += clock.elapsed().as_secs_f64();
             if out.rewards.len() != rows || out.dones.len() != n {
                 return Err(Error::invalid(
                     "environment returned rewards/dones of the wrong length",
@@ -316,10 +323,12 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
         // Rollout and advantages.
         let mut buf = RolloutBuffer::new(cfg.num_steps, n, g, na);
         let mut episodes = Vec::new();
-        self.rollout(&mut buf, &mut episodes)?;
+        let mut times = Times::default();
+        self.rollout(&mut buf, &mut episodes, &mut times)?;
         let next_value = self
             .policy
-            .value(&self.next_obs)?
+            .forward_inference(&self.next_obs)?
+            .1
             .detach()
             .to_dtype(DType::F32)?
             .flatten_all()?
@@ -337,16 +346,27 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
         );
 
         // Update.
+        let update_clock = Instant::now();
         let b_obs = <E::Obs as ObsBatch>::concat(&buf.obs)?;
         let units = cfg.batch_size(num_envs);
         let mb_units = cfg.minibatch_size(num_envs);
+        let group_keys = match cfg.minibatches {
+            MinibatchMode::Grouped => b_obs.group_keys().filter(|k| k.len() == units),
+            MinibatchMode::Shuffled => None,
+        };
         let mut inds: Vec<u32> = (0..units as u32).collect();
         let mut clipfracs = Vec::new();
         let mut last = LastMinibatch::default();
         let mut epochs = 0;
         for _ in 0..cfg.update_epochs {
-            self.rng_shuffle.shuffle(&mut inds);
-            for mb in inds.chunks(mb_units) {
+            let minibatches: Vec<Vec<u32>> = match &group_keys {
+                Some(keys) => minibatch::grouped(keys, cfg.num_minibatches, &mut self.rng_shuffle),
+                None => {
+                    self.rng_shuffle.shuffle(&mut inds);
+                    inds.chunks(mb_units).map(<[u32]>::to_vec).collect()
+                }
+            };
+            for mb in &minibatches {
                 let rows: Vec<usize> = mb
                     .iter()
                     .flat_map(|&u| (0..g).map(move |a| u as usize * g + a))
@@ -418,6 +438,7 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
                 let mut grads = loss.backward()?;
                 last.grad_norm = clip_grad_norm(&mut grads, &self.params, cfg.max_grad_norm)?;
                 self.opt.step(&grads)?;
+                self.policy.parameters_changed(false);
                 last.policy_loss = scalar(&pg_loss)?;
                 last.value_loss = scalar(&v_loss)?;
                 last.entropy = scalar(&entropy_loss)?;
@@ -428,8 +449,17 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
             }
         }
 
+        times.update = update_clock.elapsed().as_secs_f64();
         self.iteration = it;
         let env_stats = self.env.drain_stats().into_iter().collect();
+        let (mut timing, policy_stats): (BTreeMap<String, f64>, BTreeMap<String, f64>) = self
+            .policy
+            .drain_stats()
+            .into_iter()
+            .partition(|(k, _)| k.starts_with("time."));
+        timing.insert("time.rollout_env".into(), times.env);
+        timing.insert("time.rollout_policy".into(), times.policy);
+        timing.insert("time.update".into(), times.update);
         let elapsed = self.clock.elapsed().as_secs_f64().max(1e-9);
         let ep_n = episodes.len();
         let mean = |f: &dyn Fn(&super::EpisodeInfo) -> f64| {
@@ -455,6 +485,8 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
             episode_return_mean: mean(&|e| e.ret),
             episode_length_mean: mean(&|e| e.len as f64),
             env: env_stats,
+            policy: policy_stats,
+            timing,
         })
     }
 
@@ -522,7 +554,8 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
             .map_err(|e| e.with_file(dir.join(STATE_FILE)))?;
         let dev = policy.device().clone();
         checkpoint::load_params(&varmap, &dir.join(MODEL_FILE))?;
-        let params = named_vars(&varmap);
+        policy.parameters_changed(true);
+        let params = trainable(&policy, &varmap)?;
         let mut opt = AdamW::new(params.clone(), Self::adam_config(&st.ppo))?;
         let opt_tensors =
             checkpoint::load_tensors_checked(&dir.join(OPTIMIZER_FILE), &opt.state_shapes(), &dev)?;
@@ -569,6 +602,17 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
     }
 }
 
+/// Seconds spent in the parts of an iteration.
+#[derive(Default)]
+struct Times {
+    /// Environment steps of the rollout.
+    env: f64,
+    /// Policy forward passes and sampling of the rollout.
+    policy: f64,
+    /// The update (all epochs).
+    update: f64,
+}
+
 /// The quantities CleanRL logs from the last minibatch.
 #[derive(Default)]
 struct LastMinibatch {
@@ -578,6 +622,20 @@ struct LastMinibatch {
     old_approx_kl: f64,
     approx_kl: f64,
     grad_norm: f64,
+}
+
+/// The parameters of `varmap` the optimiser updates: all but those the policy freezes.
+fn trainable<P: ActorCritic>(policy: &P, varmap: &VarMap) -> Result<Vec<(String, Var)>> {
+    let params: Vec<(String, Var)> = named_vars(varmap)
+        .into_iter()
+        .filter(|(name, _)| !policy.is_frozen(name))
+        .collect();
+    if params.is_empty() {
+        return Err(Error::invalid(
+            "every parameter of the policy is frozen: nothing to train",
+        ));
+    }
+    Ok(params)
 }
 
 fn scalar(t: &Tensor) -> Result<f64> {

@@ -424,7 +424,7 @@ pub fn analyze(metrics: &[Metrics], th: &SignalThresholds) -> SignalReport {
 
 /// Analyse the reward terms of `metrics` (any order; sorted by iteration here) against `th`.
 /// `weights` are the `[reward]` weights in [`COMPONENT_NAMES`] order
-/// (`reward::RewardParams::new(&cfg.reward).w`): a term of weight 0 is never a collapse. The
+/// (`reward::RewardConfig::weights`): a term of weight 0 is never a collapse. The
 /// thresholds are used as given (check them with [`SignalThresholds::validate`]).
 pub fn analyze_weighted(
     metrics: &[Metrics],
@@ -665,6 +665,8 @@ mod tests {
             episode_return_mean: None,
             episode_length_mean: None,
             env,
+            policy: Default::default(),
+            timing: Default::default(),
         }
     }
 

@@ -573,3 +573,41 @@ pub fn cases() -> Vec<Case> {
         ),
     ]
 }
+
+/// The block-parallel widths: (S, N, episode length). S = 1, 31: one warp, mostly idle lanes;
+/// 32: a full warp; 143: 5 warps, a partial last warp; 256: the largest block, one symbol per
+/// thread; 300 and 1100: more symbols than threads (strided loops), the per-symbol carry in global
+/// memory. Run in the threaded block emulation (tests/host_parity.rs) and on a GPU
+/// (tests/cuda_parity.rs).
+pub const BLOCK_WIDTHS: [(usize, usize, usize); 7] = [
+    (1, 64, 12),
+    (31, 16, 10),
+    (32, 16, 12),
+    (143, 8, 10),
+    (256, 4, 10),
+    (300, 4, 10),
+    (1100, 2, 8),
+];
+
+/// A stress case with `s` symbols, `n` scenarios and episodes of `ep` steps, stepped over two whole
+/// episodes and one more step from random mid-episode states.
+pub fn width_case(s: usize, n: usize, ep: usize, seed: u64) -> Case {
+    let cfg = stress_config(n, ep);
+    let md = stress_market(1, 240 + 4 * ep, s, seed);
+    let feats = random_features(&md, seed ^ 0xfeed);
+    let layout = EnvLayout::new(&cfg.env_setup(), &md, Period::Train).expect("layout");
+    Case {
+        plan: Plan {
+            name: "block_width",
+            seed,
+            steps: 2 * ep + 1,
+            random_state: true,
+            p_unmasked: 0.2,
+            action_seed: seed.wrapping_mul(31).wrapping_add(7),
+        },
+        cfg,
+        md: Arc::new(md),
+        feats: Arc::new(feats),
+        layout,
+    }
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Builds, on a machine with the Rust toolchain (no GPU or CUDA toolkit needed), everything
+# scripts/gpu-check.sh runs on a GPU machine, into target/gpu/ of this checkout (git-ignored; the one
+# folder to carry, e.g. `carry: ["target/gpu"]` with the device tool, 64 MiB limit):
+#
+#   bash scripts/gpu-build.sh
+#
+# target/gpu/marl-trade      the release CLI with the cuda feature (`bench env --backend cuda`)
+# target/gpu/cuda_parity     the GPU-only tests (`--ignored`), release profile
+# target/gpu/nvrtc_compile   the NVRTC compile check, run there with that machine's NVRTC
+# All stripped. They need glibc >= 2.34, the NVIDIA driver (libcuda.so.1) and NVRTC at run time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/marl-trade/target}"
+out=target/gpu
+mkdir -p "$out"
+
+cargo build --release --features cuda --bin marl-trade
+strip -o "$out/marl-trade" "$CARGO_TARGET_DIR/release/marl-trade"
+
+# The test executables' paths come from cargo's JSON messages (their names carry a hash).
+cargo test --release --features cuda --no-run --test cuda_parity --test nvrtc_compile \
+  --message-format=json-render-diagnostics |
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["target"]["name"], m["executable"])
+' | while read -r name exe; do
+  strip -o "$out/$name" "$exe"
+done
+
+for f in marl-trade cuda_parity nvrtc_compile; do
+  test -x "$out/$f" || { echo "gpu-build: $out/$f missing" >&2; exit 1; }
+done
+du -ch "$out"/* | sed 's/^/gpu-build: /'

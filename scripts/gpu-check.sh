@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# One-shot GPU check (docs/gpu.md): on a machine with an NVIDIA driver and no Rust toolchain, runs
+# the binaries that scripts/gpu-build.sh built elsewhere and carried in target/gpu/, and writes
+# every result into one file:
+#
+#   bash scripts/gpu-check.sh [RESULTS_FILE]      (default: gpu-check-results.txt)
+#
+# Steps, each capped by `timeout`, the whole run by a budget of MARL_GPU_CHECK_BUDGET_S seconds
+# (default 450, i.e. under 8 minutes; a step that would start past the budget is recorded as
+# skipped):
+#   1. the device (nvidia-smi) and the NVRTC compile check with this machine's NVRTC;
+#   2. every GPU-only test of tests/cuda_parity.rs (`--ignored`): CPU-vs-CUDA whole-episode parity
+#      for the parity cases and every block width S in {1, 31, 32, 143, 256, 300, 1100}, the device
+#      sampler replayed on the CPU, the kernels' resources as the driver reports them, device
+#      rollout throughput;
+#   3. compute-sanitizer racecheck, synccheck and memcheck on a short parity test, when
+#      compute-sanitizer is installed (recorded as absent otherwise);
+#   4. `marl-trade bench env --backend cuda` for N in {128, 1024, 4096} x S in {143, 512}.
+# The exit status is 0 when every step that ran passed.
+set -uo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+bin="$root/target/gpu"
+out="${1:-gpu-check-results.txt}"
+budget="${MARL_GPU_CHECK_BUDGET_S:-450}"
+start=$(date +%s)
+failed=0
+
+: >"$out"
+log() { echo "$*" | tee -a "$out"; }
+
+# step NAME CAP_SECONDS COMMAND...: run with the smaller of CAP and the budget left.
+step() {
+  local name="$1" cap="$2"
+  shift 2
+  local left=$((budget - ($(date +%s) - start)))
+  if ((left < 10)); then
+    log "== $name: SKIPPED (time budget of ${budget} s spent)"
+    return
+  fi
+  local t=$((cap < left ? cap : left))
+  log "== $name (timeout ${t} s): $*"
+  local t0=$(date +%s)
+  timeout "$t" "$@" >>"$out" 2>&1
+  local rc=$?
+  local dt=$(($(date +%s) - t0))
+  if ((rc == 0)); then
+    log "== $name: PASS (${dt} s)"
+  else
+    failed=1
+    if ((rc == 124)); then
+      log "== $name: TIMEOUT after ${dt} s"
+    else
+      log "== $name: FAIL (exit $rc, ${dt} s)"
+    fi
+  fi
+}
+
+log "# marl-trade gpu-check, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(uname -n)"
+for f in marl-trade cuda_parity nvrtc_compile; do
+  if [[ ! -x "$bin/$f" ]]; then
+    log "missing $bin/$f: build with \`bash scripts/gpu-build.sh\` and carry target/gpu"
+    exit 2
+  fi
+done
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >>"$out" 2>&1
+else
+  log "nvidia-smi not found"
+fi
+
+step "nvrtc compile" 60 "$bin/nvrtc_compile" every_kernel_compiles_cleanly --nocapture
+step "cuda parity (all GPU-only tests)" 240 "$bin/cuda_parity" --ignored --nocapture --test-threads 1
+
+san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+if [[ -n "$san" ]]; then
+  for tool in racecheck synccheck memcheck; do
+    step "compute-sanitizer $tool" 60 "$san" --tool "$tool" --error-exitcode 9 \
+      "$bin/cuda_parity" --ignored --exact device_sampler_replays_on_cpu --test-threads 1
+  done
+else
+  log "== compute-sanitizer: ABSENT on this machine (racecheck / synccheck / memcheck not run)"
+fi
+
+for n in 128 1024 4096; do
+  for s in 143 512; do
+    step "bench env cuda N=$n S=$s" 30 "$bin/marl-trade" bench env --backend cuda --envs "$n" --symbols "$s" --steps 200
+  done
+done
+
+log "# total $(($(date +%s) - start)) s; $([[ $failed == 0 ]] && echo 'all steps that ran passed' || echo 'SOME STEPS FAILED')"
+exit $failed

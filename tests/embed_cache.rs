@@ -1,0 +1,297 @@
+//! The symbol policy's embedding cache and the bar-grouped update (issue #9):
+//!
+//! - the cached forward (what a rollout calls) returns bit for bit what the uncached one returns,
+//!   over a sequence of steps whose scenarios revisit bars, and with a memory bound small enough to
+//!   force evictions;
+//! - two whole training runs on `configs/small.toml` (every encoder branch on, the graph included),
+//!   one with the cache and one without (`agent.embed_cache_mb = 0`), end with bit-identical
+//!   parameters and metrics (so the rollouts' actions, log-probs and values were identical), and
+//!   the cached run did hit the cache;
+//! - a minibatch's loss and gradient with the encoder run once per distinct bar equal those with
+//!   the encoder run separately for every sample;
+//! - a frozen encoder is never updated and the update reads the rollout's embeddings.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use marl_trade::agents::{ActorCritic, ObsBatch, SymbolObs, SymbolPolicy};
+use marl_trade::market::Market;
+use marl_trade::run::agent_dims;
+use marl_trade::train::setup::{build_env, build_policy};
+use marl_trade::train::{Metrics, MinibatchMode, Ppo};
+use marl_trade::{Config, env::BackendKind};
+
+fn small(overrides: &[&str]) -> Config {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/small.toml");
+    let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    Config::from_file_with_overrides(path, &o).unwrap()
+}
+
+fn policy(cfg: &Config, market: &Market) -> (SymbolPolicy, candle_nn::VarMap) {
+    build_policy(
+        &cfg.agent,
+        agent_dims(market),
+        market,
+        cfg.ppo.seed,
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(f32::to_bits)
+        .collect()
+}
+
+/// Observations of `steps` steps of 6 scenarios whose keys overlap within and across steps.
+fn steps(market: &Market, steps: usize) -> Vec<SymbolObs> {
+    let s = market.data.n_symbols();
+    let dyn_obs = agent_dims(market).dyn_obs;
+    let mut rng = marl_trade::rng::SplitMix64::new(7);
+    (0..steps)
+        .map(|k| {
+            let keys = (0..6u32)
+                .map(|n| (0, 100 + (k as u32) + 2 * (n % 3)))
+                .collect::<Vec<_>>();
+            let d: Vec<f32> = (0..6 * s * dyn_obs).map(|_| rng.normal() as f32).collect();
+            SymbolObs {
+                keys,
+                dyn_obs: Tensor::from_vec(d, (6, s, dyn_obs), &Device::Cpu).unwrap(),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn cached_forward_is_bit_identical_to_uncached() {
+    // 4 GiB holds everything; 1 MiB with 4096-d embeddings (8 x 4096 x 4 bytes = 128 KiB a bar)
+    // holds 7 bars, fewer than the 16 visited: the cache is emptied and refilled on the way.
+    for (cap_mb, dim) in [("4096", "16"), ("1", "4096")] {
+        let cfg = small(&[
+            &format!("agent.embed_cache_mb={cap_mb}"),
+            &format!("agent.encoder.embed_dim={dim}"),
+        ]);
+        let market = Market::load(&cfg.data).unwrap();
+        let (p, _vm) = policy(&cfg, &market);
+        let obs = steps(&market, 12);
+        // The reference: the same policy without a cache.
+        let cfg0 = small(&[
+            "agent.embed_cache_mb=0",
+            &format!("agent.encoder.embed_dim={dim}"),
+        ]);
+        let (p0, _vm0) = policy(&cfg0, &market);
+        for o in &obs {
+            let (l1, v1) = p.forward_inference(o).unwrap();
+            let (l0, v0) = p0.forward_inference(o).unwrap();
+            assert_eq!(bits(&l1), bits(&l0));
+            assert_eq!(bits(&v1), bits(&v0));
+            // The gradient path (one batched encoder pass) agrees to float tolerance.
+            let (lg, _) = p.forward(o).unwrap();
+            let d = (lg - &l1).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
+        }
+        let stats: std::collections::BTreeMap<String, f64> = p.drain_stats().into_iter().collect();
+        // 12 steps x 3 distinct bars each, 16 distinct bars overall.
+        assert_eq!(stats["cache.hits"] + stats["cache.misses"], 36.0);
+        if cap_mb == "4096" {
+            assert_eq!(stats["cache.misses"], 16.0, "{stats:?}");
+            assert_eq!(stats["cache.evictions"], 0.0);
+        } else {
+            assert!(stats["cache.evictions"] > 0.0, "{stats:?}");
+            assert!(stats["cache.misses"] > 16.0, "{stats:?}");
+            assert!(stats["cache.bytes"] <= (1 << 20) as f64, "{stats:?}");
+        }
+        // After a parameter change the next forward encodes again.
+        p.parameters_changed(false);
+        p.forward_inference(&obs[0]).unwrap();
+        let stats: std::collections::BTreeMap<String, f64> = p.drain_stats().into_iter().collect();
+        assert_eq!(stats["cache.misses"], 3.0);
+    }
+}
+
+fn run(cfg: &Config, iterations: usize) -> (Vec<Metrics>, Vec<Vec<u32>>) {
+    let market = Market::load(&cfg.data).unwrap();
+    let env = build_env(&cfg.env_setup(), &market, BackendKind::Cpu, &Device::Cpu).unwrap();
+    let (p, vm) = policy(cfg, &market);
+    let spec = serde_json::to_value(p.agent().spec()).unwrap();
+    let mut ppo = Ppo::new(cfg.ppo.clone(), env, p, vm.clone(), spec).unwrap();
+    let ms = ppo.train(iterations, None, false).unwrap();
+    let params = marl_trade::agents::init::named_vars(&vm)
+        .iter()
+        .map(|(_, v)| bits(v.as_tensor()))
+        .collect();
+    (ms, params)
+}
+
+fn strip(ms: &[Metrics]) -> Vec<Metrics> {
+    ms.iter()
+        .map(|m| Metrics {
+            sps: 0.0,
+            agent_sps: 0.0,
+            timing: Default::default(),
+            policy: Default::default(),
+            ..m.clone()
+        })
+        .collect()
+}
+
+#[test]
+fn cached_training_equals_uncached_training() {
+    // 8 scenarios x 48 steps over ~250 training bars: scenarios revisit each other's bars.
+    let base = [
+        "data.synthetic.bars=400",
+        "env.scenarios=8",
+        "ppo.num_steps=48",
+        "ppo.total_timesteps=768",
+    ];
+    let with = |extra: &str| {
+        let mut o = base.to_vec();
+        o.push(extra);
+        small(&o)
+    };
+    let (m_off, p_off) = run(&with("agent.embed_cache_mb=0"), 2);
+    let (m_on, p_on) = run(&with("agent.embed_cache_mb=4096"), 2);
+    assert_eq!(strip(&m_on), strip(&m_off));
+    assert_eq!(p_on, p_off, "parameters after 2 iterations differ");
+    for m in &m_on {
+        let hits = m.policy["cache.hits"];
+        let misses = m.policy["cache.misses"];
+        assert!(
+            hits > 0.0,
+            "the rollout never reused an embedding: {:?}",
+            m.policy
+        );
+        assert!(misses > 0.0);
+    }
+    // The uncached run looked nothing up.
+    assert!(m_off.iter().all(|m| m.policy["cache.hits"] == 0.0));
+    // The comparison can fail: shuffled minibatches (another partition) end elsewhere.
+    let (_, p_shuffled) = run(&with("ppo.minibatches=\"shuffled\""), 2);
+    assert_ne!(p_shuffled, p_on);
+}
+
+/// One minibatch's PPO-style loss (logits and values into one scalar) and its gradients.
+fn loss_and_grads(
+    p: &SymbolPolicy,
+    vm: &candle_nn::VarMap,
+    obs: &SymbolObs,
+    per_sample: bool,
+) -> (f32, Vec<Vec<f32>>) {
+    let (logits, values) = if per_sample {
+        let parts: Vec<(Tensor, Tensor)> = (0..obs.units())
+            .map(|u| p.forward(&obs.select_units(&[u as u32]).unwrap()).unwrap())
+            .collect();
+        let l: Vec<&Tensor> = parts.iter().map(|x| &x.0).collect();
+        let v: Vec<&Tensor> = parts.iter().map(|x| &x.1).collect();
+        (Tensor::cat(&l, 0).unwrap(), Tensor::cat(&v, 0).unwrap())
+    } else {
+        p.forward(obs).unwrap()
+    };
+    let lsm = candle_nn::ops::log_softmax(&logits, 1).unwrap();
+    let rows = lsm.dims()[0];
+    let w = Tensor::arange(0f32, (rows * 7) as f32, &Device::Cpu)
+        .unwrap()
+        .reshape((rows, 7))
+        .unwrap()
+        .affine(0.01, -1.0)
+        .unwrap()
+        .sin()
+        .unwrap();
+    let loss = ((lsm * w).unwrap().mean_all().unwrap() + values.sqr().unwrap().mean_all().unwrap())
+        .unwrap();
+    let grads = loss.backward().unwrap();
+    let g = marl_trade::agents::init::named_vars(vm)
+        .iter()
+        .map(|(_, v)| {
+            grads
+                .get(v.as_tensor())
+                .map(|g| g.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                .unwrap_or_default()
+        })
+        .collect();
+    (loss.to_scalar::<f32>().unwrap(), g)
+}
+
+#[test]
+fn grouped_minibatch_gradient_equals_per_sample_gradient() {
+    let cfg = small(&[]);
+    let market = Market::load(&cfg.data).unwrap();
+    let (p, vm) = policy(&cfg, &market);
+    let obs = <SymbolObs as ObsBatch>::concat(&steps(&market, 3)).unwrap();
+    // 18 units over 7 distinct bars.
+    assert_eq!(SymbolPolicy::group_keys(&obs.keys).0.len(), 7);
+    let (l_g, g_g) = loss_and_grads(&p, &vm, &obs, false);
+    let (l_s, g_s) = loss_and_grads(&p, &vm, &obs, true);
+    assert!(
+        (l_g - l_s).abs() <= 1e-6 * l_s.abs().max(1.0),
+        "{l_g} vs {l_s}"
+    );
+    let mut checked = 0;
+    for (a, b) in g_g.iter().zip(&g_s) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{x} vs {y}");
+            checked += 1;
+        }
+    }
+    assert!(
+        checked > 1000,
+        "gradients of the encoder and heads compared: {checked}"
+    );
+    // The encoder got a gradient at all (else the comparison would be vacuous for it).
+    let names = marl_trade::agents::init::named_vars(&vm);
+    let enc_norm: f32 = names
+        .iter()
+        .zip(&g_g)
+        .filter(|((n, _), _)| n.starts_with("encoder."))
+        .flat_map(|(_, g)| g.iter().map(|x| x * x))
+        .sum();
+    assert!(enc_norm > 0.0);
+}
+
+#[test]
+fn frozen_encoder_is_not_updated_and_the_update_reuses_the_rollout() {
+    let cfg = small(&[
+        "ppo.num_steps=32",
+        "ppo.total_timesteps=256",
+        "agent.freeze_encoder=true",
+    ]);
+    let market = Market::load(&cfg.data).unwrap();
+    let env = build_env(&cfg.env_setup(), &market, BackendKind::Cpu, &Device::Cpu).unwrap();
+    let (p, vm) = policy(&cfg, &market);
+    let before: Vec<(String, Vec<u32>)> = marl_trade::agents::init::named_vars(&vm)
+        .iter()
+        .map(|(n, v)| (n.clone(), bits(v.as_tensor())))
+        .collect();
+    let spec = serde_json::to_value(p.agent().spec()).unwrap();
+    let mut ppo = Ppo::new(cfg.ppo.clone(), env, p, vm.clone(), spec).unwrap();
+    assert_eq!(cfg.ppo.minibatches, MinibatchMode::Grouped);
+    let ms = ppo.train(2, None, false).unwrap();
+    let after = marl_trade::agents::init::named_vars(&vm);
+    let mut heads_moved = false;
+    for ((n, b), (_, v)) in before.iter().zip(&after) {
+        if n.starts_with("encoder.") {
+            assert_eq!(b, &bits(v.as_tensor()), "{n} changed");
+        } else {
+            heads_moved |= *b != bits(v.as_tensor());
+        }
+    }
+    assert!(heads_moved, "the heads were not trained");
+    // Every bar encoded was a rollout miss: the update ran no encoder pass; the second iteration
+    // reused the first one's embeddings.
+    for m in &ms {
+        assert_eq!(
+            m.policy["encoder.keys"], m.policy["cache.misses"],
+            "{:?}",
+            m.policy
+        );
+    }
+    assert!(ms[1].policy["cache.misses"] < ms[0].policy["cache.misses"]);
+}
