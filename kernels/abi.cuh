@@ -90,6 +90,7 @@ typedef struct {
     const float* macro_series; /* [P, T, MACRO] */
     const float* regime;    /* [P, T, N_REGIME] */
     const float* tech;      /* [P, S, T, N_TECH]: one symbol's bars contiguous */
+    const float* sl;        /* [P, T, S, 3] SL prior cache, or NULL (the SL slice is then 0) */
     const ScenarioState* scen;
     const double* q;
     const double* entry;
@@ -239,6 +240,7 @@ HD MarlObsData marl_obs_data(const ObsArgs* a, const float* tech) {
     od.macro = a->macro_series;
     od.regime = a->regime;
     od.tech = tech;
+    od.sl = a->sl;
     return od;
 }
 

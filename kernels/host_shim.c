@@ -154,6 +154,7 @@ u32 EXPORT(abi_layout)(u64* out, u32 cap) {
     PUT(offsetof(ObsArgs, macro_series));
     PUT(offsetof(ObsArgs, regime));
     PUT(offsetof(ObsArgs, tech));
+    PUT(offsetof(ObsArgs, sl));
     PUT(offsetof(ObsArgs, scen));
     PUT(offsetof(ObsArgs, q));
     PUT(offsetof(ObsArgs, entry));

@@ -41,6 +41,7 @@ typedef struct {
     const float* macro;     /* [P, T, MACRO] */
     const float* regime;    /* [P, T, N_REGIME] */
     const float* tech;      /* [P, S, T, N_TECH]: one symbol's bars contiguous */
+    const float* sl;        /* [P, T, S, 3] SL prior cache (src/priors.rs), or NULL: zeros */
 } MarlObsData;
 
 /* The dynamic observation of symbol s of a scenario (spec §6) into row[0 .. DYN_OBS).
@@ -58,9 +59,16 @@ HD void marl_dyn_obs_row(const StepParams* p, const EnvDims* dm, const ScenarioS
     row[MARL_OBS_SENT_MACRO] = od.sentiment[pt * S + s];
     row[MARL_OBS_SENT_MACRO + 1u] = od.macro[mi];
     row[MARL_OBS_SENT_MACRO + 2u] = od.macro[mi + 1u] / 100.0f;
-    row[MARL_OBS_SL_PROBS] = 0.0f;
-    row[MARL_OBS_SL_PROBS + 1u] = 0.0f;
-    row[MARL_OBS_SL_PROBS + 2u] = 0.0f;
+    if (od.sl) {
+        const float* v = od.sl + (pt * S + s) * 3u;
+        row[MARL_OBS_SL_PROBS] = v[0];
+        row[MARL_OBS_SL_PROBS + 1u] = v[1];
+        row[MARL_OBS_SL_PROBS + 2u] = v[2];
+    } else {
+        row[MARL_OBS_SL_PROBS] = 0.0f;
+        row[MARL_OBS_SL_PROBS + 1u] = 0.0f;
+        row[MARL_OBS_SL_PROBS + 2u] = 0.0f;
+    }
     const u32 pos = MARL_OBS_POSITION;
     row[pos] = has ? 1.0f : 0.0f;
     row[pos + 1u] = has ? (float)(c / entry[s] - 1.0) : 0.0f;

@@ -1,6 +1,7 @@
 /*!
-Throughput benchmarks of the environment and of the symbol policy, used by both the CLI
-(`marl-trade bench env`, `marl-trade bench policy`) and the criterion benches (`benches/env.rs`,
+Throughput benchmarks of the environment, of the symbol policy and of the supervised priors'
+inference ([`SlBench`]), used by both the CLI
+(`marl-trade bench env`, `marl-trade bench policy`, `marl-trade bench sl`) and the criterion benches (`benches/env.rs`,
 `benches/policy.rs`), so the two measure the same loops. Throughput is reported in symbol-steps
 (N scenarios x S symbols per `step`) and symbol-forwards per second, with the machine it ran on.
 
@@ -656,4 +657,129 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// Inference latency of the three supervised models (`marl-trade bench sl`): the forward pass
+/// to class probabilities of one sample and of a batch, inputs (windows of the market's
+/// technical features) built beforehand.
+pub struct SlBench {
+    models: Vec<crate::sl::SlModel>,
+    one: (Tensor, Tensor),
+    many: (Tensor, Tensor),
+    /// Samples of the batched measurement.
+    pub batch: usize,
+    /// Seconds per sample to gather the inputs of the batch (window copy + extras).
+    pub gather_per_sample: f64,
+    /// Where the weights came from (a models directory, or seeded initial weights).
+    pub origin: String,
+}
+
+/// One model's latency.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlTiming {
+    /// The model.
+    pub model: crate::sl::ModelKind,
+    /// Hidden size.
+    pub hidden: usize,
+    /// Seconds of one forward pass of a single sample (median of the repetitions).
+    pub per_sample: f64,
+    /// Seconds per sample of one forward pass of the batch (median).
+    pub batched_per_sample: f64,
+    /// Samples in the batch.
+    pub batch: usize,
+}
+
+impl SlTiming {
+    /// One report line.
+    pub fn line(&self) -> String {
+        format!(
+            "{:<4} (hidden {:>3}): one sample {:>8.1} us; batch of {}: {:>7.2} us/sample ({:.0} samples/s)",
+            self.model.name(),
+            self.hidden,
+            self.per_sample * 1e6,
+            self.batch,
+            self.batched_per_sample * 1e6,
+            1.0 / self.batched_per_sample
+        )
+    }
+}
+
+impl SlBench {
+    /// The models of `models_dir` (or, without one, seeded models sized by `cfg.sl`) on inputs of
+    /// `market` (bars after the warm-up, symbols and bars cycling), batches of `batch`.
+    pub fn new(
+        cfg: &Config,
+        market: &Market,
+        models_dir: Option<&std::path::Path>,
+        batch: usize,
+    ) -> Result<Self> {
+        use crate::sl::{ModelKind, SlModel, SlModels, dataset};
+        if batch == 0 {
+            return Err(Error::invalid("the batch must hold >= 1 sample"));
+        }
+        let (models, origin) = match models_dir {
+            Some(d) => (SlModels::load(d)?.models, d.display().to_string()),
+            None => {
+                let mut v = Vec::new();
+                for k in ModelKind::ALL {
+                    v.push(SlModel::seeded(k, &cfg.sl, &Device::Cpu)?.0);
+                }
+                (v, "seeded initial weights ([sl] sizes)".to_string())
+            }
+        };
+        let md = &market.data;
+        let (tn, sn) = (md.bars, md.n_symbols());
+        if tn <= WARMUP || sn == 0 {
+            return Err(Error::invalid("the market is too short for a window"));
+        }
+        let key = |i: usize| (i % md.paths, WARMUP + (i / sn) % (tn - WARMUP), i % sn);
+        let t0 = Instant::now();
+        let many = dataset::batch(market, (0..batch).map(key), &Device::Cpu)?;
+        let gather_per_sample = t0.elapsed().as_secs_f64() / batch as f64;
+        let one = dataset::batch(market, std::iter::once(key(0)), &Device::Cpu)?;
+        Ok(Self {
+            models,
+            one,
+            many,
+            batch,
+            gather_per_sample,
+            origin,
+        })
+    }
+
+    /// Median latencies over `reps` repetitions (after one warm-up) per model.
+    pub fn measure(&self, reps: usize) -> Result<Vec<SlTiming>> {
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let time = |m: &crate::sl::SlModel, x: &(Tensor, Tensor)| -> Result<f64> {
+            let t0 = Instant::now();
+            let p = m.probs(&x.0, &x.1)?;
+            std::hint::black_box(p.to_vec2::<f32>()?);
+            Ok(t0.elapsed().as_secs_f64())
+        };
+        let reps = reps.max(1);
+        let mut out = Vec::new();
+        for m in &self.models {
+            time(m, &self.one)?;
+            time(m, &self.many)?;
+            let mut one = Vec::new();
+            for _ in 0..reps * 10 {
+                one.push(time(m, &self.one)?);
+            }
+            let mut many = Vec::new();
+            for _ in 0..reps {
+                many.push(time(m, &self.many)? / self.batch as f64);
+            }
+            out.push(SlTiming {
+                model: m.kind(),
+                hidden: m.hidden(),
+                per_sample: median(one),
+                batched_per_sample: median(many),
+                batch: self.batch,
+            });
+        }
+        Ok(out)
+    }
 }

@@ -10,6 +10,7 @@ owned by the module that consumes it:
 | `[reward]` | [`RewardConfig`] | `reward` |
 | `[agent]` | [`AgentConfig`] | `agents` |
 | `[ppo]` | [`PpoConfig`] | `train` |
+| `[sl]` | [`SlConfig`] | `sl` |
 
 This module only composes them: it loads the file, applies `--set` overrides, lays the file over the
 documented defaults, runs each section's own checks, and checks the sections against each other
@@ -35,6 +36,7 @@ pub use crate::costs::CostConfig;
 pub use crate::data::{AlignPolicy, DataConfig, DataSource, SignalKind, SyntheticConfig};
 pub use crate::env::{EnvConfig, EnvSetup, MasterConfig, RiskConfig};
 pub use crate::reward::RewardConfig;
+pub use crate::sl::SlConfig;
 pub use crate::train::PpoConfig;
 
 use crate::error::{Error, Result};
@@ -85,6 +87,8 @@ pub struct Config {
     pub agent: AgentConfig,
     /// `[ppo]`: PPO hyperparameters (CleanRL's names and defaults).
     pub ppo: PpoConfig,
+    /// `[sl]`: the supervised priors (models, labels, training).
+    pub sl: SlConfig,
 }
 
 impl Default for Config {
@@ -106,6 +110,7 @@ impl Default for Config {
                 norm_reward: true,
                 ..PpoConfig::default()
             },
+            sl: SlConfig::default(),
         }
     }
 }
@@ -113,6 +118,14 @@ impl Default for Config {
 impl Config {
     /// Parse a TOML string; `origin` names the source in error messages.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self> {
+        let cfg = Self::from_toml_str_unchecked_priors(text, origin)?;
+        cfg.check_priors(origin)?;
+        Ok(cfg)
+    }
+
+    /// [`Config::from_toml_str`] without [`Config::check_priors`] (the `sl` commands, which
+    /// build the models and the cache that check is about).
+    pub fn from_toml_str_unchecked_priors(text: &str, origin: &str) -> Result<Self> {
         let table: toml::Table = toml::from_str(text)
             .map_err(|e| Error::config(origin, e.message().to_string(), e.span()))?;
         refuse_derived_fields(&table, origin)?;
@@ -136,12 +149,24 @@ impl Config {
     /// Read a TOML config file and apply `overrides`, each `section.field=value` (dotted path, a
     /// TOML value; a bare word is taken as a string), as if the file had said so.
     pub fn from_file_with_overrides(path: impl AsRef<Path>, overrides: &[String]) -> Result<Self> {
-        let path = path.as_ref();
-        if overrides.is_empty() {
-            return Self::from_file(path);
-        }
+        Self::load(path.as_ref(), overrides, true)
+    }
+
+    /// [`Config::from_file_with_overrides`], with the check of the prior cache against the
+    /// configured models ([`Config::check_priors`]) when `check_priors`.
+    pub fn load(path: &Path, overrides: &[String], check_priors: bool) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let origin = path.display().to_string();
+        let parse = |text: &str, origin: &str| {
+            if check_priors {
+                Self::from_toml_str(text, origin)
+            } else {
+                Self::from_toml_str_unchecked_priors(text, origin)
+            }
+        };
+        if overrides.is_empty() {
+            return parse(&text, &origin);
+        }
         let mut table: toml::Table = toml::from_str(&text)
             .map_err(|e| Error::config(&origin, e.message().to_string(), e.span()))?;
         for o in overrides {
@@ -150,7 +175,7 @@ impl Config {
         }
         let merged = toml::to_string(&table)
             .map_err(|e| Error::config(&origin, format!("--set: {e}"), None))?;
-        Self::from_toml_str(&merged, &format!("{origin} (with --set)"))
+        parse(&merged, &format!("{origin} (with --set)"))
     }
 
     /// Read and validate a TOML config file.
@@ -177,6 +202,17 @@ impl Config {
         }
     }
 
+    /// With both `env.sl_cache` and `sl.models` set: refuse a cache that the configured models did
+    /// not produce (reads the cache's header and fingerprints the models directory). Every
+    /// configuration loaded from text is checked, except by the `sl` commands.
+    pub fn check_priors(&self, origin: &str) -> Result<()> {
+        if let (Some(cache), Some(models)) = (&self.env.sl_cache, &self.sl.models) {
+            crate::sl::check_cache_models(Path::new(cache), Path::new(models))
+                .map_err(|e| e.with_origin(origin).with_field("env.sl_cache"))?;
+        }
+        Ok(())
+    }
+
     /// Each section's own checks, then the checks across sections. Each error names the field.
     pub fn validate(&self, origin: &str) -> Result<()> {
         self.data.validate(origin)?;
@@ -184,6 +220,7 @@ impl Config {
         self.agent.validate(origin)?;
         // The PPO batch is env.scenarios environments x ppo.num_steps steps.
         self.ppo.validate(origin, self.env.scenarios)?;
+        self.sl.validate(origin)?;
         let warm = crate::features::WARMUP + 2;
         if self.data.min_bars < warm {
             return Err(Error::config_field(

@@ -55,6 +55,9 @@ pub enum ErrorKind {
     Model,
     /// Serialising or parsing JSON failed.
     Json,
+    /// A supervised-prior cache built from other data or other models than the ones it is used
+    /// with (`priors`, `sl`), or malformed.
+    StalePriors,
 }
 
 impl ErrorKind {
@@ -73,6 +76,7 @@ impl ErrorKind {
             ErrorKind::InvalidArgument => "invalid argument",
             ErrorKind::Model => "model",
             ErrorKind::Json => "json",
+            ErrorKind::StalePriors => "SL priors",
         }
     }
 }

@@ -11,6 +11,8 @@ and owns its configuration section:
 - [`data`]: market data arrays, the synthetic generator, the polars loader (`[data]`).
 - [`features`]: causal technical and regime features.
 - [`market`]: data + features of one market, computed once and shared.
+- [`priors`]: the supervised-prior cache the observation's SL slice reads (format, fingerprints,
+  staleness checks).
 - [`costs`]: slippage, commission and borrow fees (`[costs]`).
 - [`reward`]: the 7-term symbol reward, the master reward and their episode statistics (`[reward]`).
 - [`env`](mod@env): the vectorised environment, its backends and the observation layout (`[env]`,
@@ -19,6 +21,8 @@ and owns its configuration section:
   (`[agent]`).
 - [`train`]: PPO (CleanRL-style), checkpoints, the trading adapter, CartPole as a known task
   (`[ppo]`).
+- [`sl`]: the supervised priors (`[sl]`): MLP / LSTM / GRU direction classifiers, their purged
+  training (`marl-trade sl train`) and the cache they fill (`marl-trade sl cache`).
 - [`config`]: the composition root: one TOML file, the sections above composed and checked
   against each other.
 - [`run`]: training runs (`marl-trade train`): run directory, checkpoints, metrics, resume.
@@ -47,9 +51,11 @@ pub mod error;
 pub mod eval;
 pub mod features;
 pub mod market;
+pub mod priors;
 pub mod reward;
 pub mod rng;
 pub mod run;
+pub mod sl;
 pub mod train;
 pub mod validate;
 

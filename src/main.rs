@@ -12,6 +12,9 @@
 //! marl-trade report runs/wf-signal --out runs/wf-signal/report
 //! marl-trade bench env --backend cpu --envs 128 --symbols 143 --steps 2048 [--threads K]
 //! marl-trade bench policy --config configs/default.toml --scenarios 128
+//! marl-trade sl train --config configs/signal.toml --out runs/sl-signal [--force]
+//! marl-trade sl cache --config configs/signal.toml --models runs/sl-signal --out runs/sl-signal/priors.slc
+//! marl-trade bench sl --config configs/signal.toml [--models DIR] [--batch 1024]
 //! marl-trade bench train --config configs/default.toml --iterations 2
 //! ```
 //!
@@ -27,7 +30,7 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 
 use marl_trade::ablate::{self, AblationOptions, AblationPlan};
-use marl_trade::bench::{EnvBench, Machine, PolicyBench, TrainBench, with_threads};
+use marl_trade::bench::{EnvBench, Machine, PolicyBench, SlBench, TrainBench, with_threads};
 use marl_trade::config::Config;
 use marl_trade::env::{BackendKind, Period};
 use marl_trade::eval::{
@@ -88,6 +91,49 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Supervised priors: train the MLP / LSTM / GRU direction classifiers, build their cache.
+    #[command(subcommand)]
+    Sl(SlCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum SlCmd {
+    /// Train the three models on the train period (purged), early-stopped on its last slice;
+    /// write checkpoints and the held-out report into DIR. Run again to resume.
+    Train {
+        /// The models directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace models of another configuration or other data in DIR.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Evaluate the models of DIR on every (path, bar, symbol) of the config's data and write the
+    /// cache the observation's SL slice reads (`env.sl_cache`).
+    Cache {
+        /// The models directory (`sl train --out`).
+        #[arg(long)]
+        models: PathBuf,
+        /// The cache file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+struct BenchSlArgs {
+    /// A models directory (`sl train --out`); default: seeded models sized by `[sl]`.
+    #[arg(long)]
+    models: Option<PathBuf>,
+    /// Samples of the batched measurement.
+    #[arg(long, default_value_t = 1024)]
+    batch: usize,
+    /// Timed repetitions of the batched measurement (10x as many single-sample ones).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -271,6 +317,8 @@ enum BenchCmd {
     Env(BenchEnvArgs),
     /// Time of one policy forward pass (the config's agent) for 1 and for N scenarios.
     Policy(BenchPolicyArgs),
+    /// Inference latency of the three supervised models, one sample and batched.
+    Sl(BenchSlArgs),
     /// End-to-end training throughput (rollout + update) of the config, split by part.
     Train(BenchTrainArgs),
 }
@@ -338,7 +386,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Report(args) => return report(args),
         _ => {}
     }
-    let cfg = Config::from_file_with_overrides(&cli.config, &cli.overrides)?;
+    // The `sl` commands build the models and the cache that `Config::check_priors` compares.
+    let check_priors = !matches!(cli.command, Command::Sl(_));
+    let cfg = Config::load(&cli.config, &cli.overrides, check_priors)?;
     match cli.command {
         Command::Data(DataCmd::Synth { out }) => data_synth(&cfg, &out),
         Command::Train(args) => train(&cfg, &cli.config, &args),
@@ -357,6 +407,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCmd::Policy(args)) => {
             with_threads(args.threads, || bench_policy(&cfg, &args))
         }
+        Command::Bench(BenchCmd::Sl(args)) => with_threads(args.threads, || bench_sl(&cfg, &args)),
+        Command::Sl(SlCmd::Train { out, force }) => sl_train(&cfg, &out, force),
+        Command::Sl(SlCmd::Cache { models, out }) => sl_cache(&cfg, &models, &out),
     }
 }
 
@@ -770,6 +823,80 @@ fn bench_policy(cfg: &Config, args: &BenchPolicyArgs) -> Result<()> {
         },
         agent.config().head_hidden,
         b.params
+    );
+    for timing in b.measure(args.reps)? {
+        println!("{}", timing.line());
+    }
+    Ok(())
+}
+
+fn sl_train(cfg: &Config, out: &Path, force: bool) -> Result<()> {
+    let t = Instant::now();
+    let market = Market::load(&cfg.data)?;
+    println!(
+        "sl train: {} symbols x {} bars x {} path(s), train fraction {}; data + features {:.1} s; {}",
+        market.data.n_symbols(),
+        market.data.bars,
+        market.data.paths,
+        cfg.env.train_fraction,
+        t.elapsed().as_secs_f64(),
+        Machine::here()
+    );
+    let mut progress = |e: &marl_trade::sl::EpochLog| println!("{}", e.line());
+    let report = marl_trade::sl::train_all(
+        &cfg.sl,
+        cfg.env.train_fraction,
+        &market,
+        marl_trade::sl::SlTrainOptions {
+            out: out.to_path_buf(),
+            force,
+            progress: &mut progress,
+        },
+    )?;
+    print!("{}", report.text());
+    println!(
+        "models, sl.json and report.json in {} ({:.1} s)",
+        out.display(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn sl_cache(cfg: &Config, models: &Path, out: &Path) -> Result<()> {
+    let t = Instant::now();
+    let market = Market::load(&cfg.data)?;
+    let m = marl_trade::sl::SlModels::load(models)?;
+    let cache = marl_trade::sl::build_cache(&m, &market)?;
+    cache.write(out)?;
+    let h = &cache.header;
+    println!(
+        "sl cache: {} x {} x {} x {} values (P(up) - P(down) of mlp, lstm, gru), models {:016x}, \
+         data {:016x}, written to {} ({:.1} s)\nuse it with --set env.sl_cache={} --set sl.models={}",
+        h.paths,
+        h.bars,
+        h.symbols,
+        marl_trade::priors::CHANNELS,
+        h.models_fp,
+        h.data_fp,
+        out.display(),
+        t.elapsed().as_secs_f64(),
+        out.display(),
+        models.display()
+    );
+    Ok(())
+}
+
+fn bench_sl(cfg: &Config, args: &BenchSlArgs) -> Result<()> {
+    let t = Instant::now();
+    let market = Market::load(&cfg.data)?;
+    let b = SlBench::new(cfg, &market, args.models.as_deref(), args.batch)?;
+    println!(
+        "machine: {}; rayon threads {}; data + features {:.1} s; weights: {}; input gather {:.2} us/sample",
+        Machine::here(),
+        rayon::current_num_threads(),
+        t.elapsed().as_secs_f64(),
+        b.origin,
+        b.gather_per_sample * 1e6
     );
     for timing in b.measure(args.reps)? {
         println!("{}", timing.line());

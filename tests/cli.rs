@@ -409,6 +409,63 @@ fn ablate_refuses_bad_terms_and_seed_counts() {
     assert!(!out.exists(), "nothing is written for bad input");
 }
 
+/// `bench sl` times the three supervised models; `sl cache` with a missing models directory and
+/// `train` with a cache file that does not exist fail with the file named and exit status 2.
+#[test]
+fn sl_commands_bench_and_clean_errors() {
+    let out = bin(&[
+        "bench",
+        "sl",
+        "--config",
+        "configs/small.toml",
+        "--batch",
+        "16",
+        "--reps",
+        "1",
+    ]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for model in ["mlp", "lstm", "gru"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(model) && l.contains("us/sample")),
+            "{model} missing:\n{stdout}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-models");
+    let out = bin(&[
+        "sl",
+        "cache",
+        "--config",
+        "configs/small.toml",
+        "--models",
+        missing.to_str().unwrap(),
+        "--out",
+        dir.path().join("p.slc").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no-models"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = bin(&[
+        "backtest",
+        "--config",
+        "configs/small.toml",
+        "--set",
+        "env.sl_cache=no-such-cache.slc",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no-such-cache.slc"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 #[test]
 fn validation_commands_refuse_bad_arguments_with_clear_errors() {
     let dir = tempfile::tempdir().unwrap();

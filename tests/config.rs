@@ -115,3 +115,25 @@ fn overrides_apply_like_lines_of_the_file() {
         assert!(e.contains(want), "{o}: {e}");
     }
 }
+
+#[test]
+fn bad_sl_values_are_errors_naming_the_field() {
+    for (text, field) in [
+        ("[sl]\nhorizon = 0\n", "sl.horizon"),
+        ("[sl]\ndead_zone = -1.0\n", "sl.dead_zone"),
+        ("[sl]\nlstm_hidden = 0\n", "sl.lstm_hidden"),
+        ("[sl]\nval_fraction = 0.7\n", "sl.val_fraction"),
+        ("[sl]\nlearning_rate = 0.0\n", "sl.learning_rate"),
+        ("[sl]\nmodels = \" \"\n", "sl.models"),
+        ("[env]\nsl_cache = \"\"\n", "env.sl_cache"),
+        ("[sl]\nhidden = 3\n", "hidden"),
+    ] {
+        let e = parse(text).unwrap_err().to_string();
+        assert!(e.contains(field), "{text:?}: {e}");
+    }
+    // A cache file that does not exist, with the models named: an error naming the field.
+    let e = parse("[env]\nsl_cache = \"/nonexistent/p.slc\"\n[sl]\nmodels = \"/nonexistent\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("env.sl_cache") && e.contains("p.slc"), "{e}");
+}

@@ -4,7 +4,7 @@
 //! - `cuda_matches_cpu`: every parity case of tests/parity (the same as tests/host_parity.rs) plus a
 //!   143-symbol case, each for at least two full episodes, comparing after every step the whole state,
 //!   rewards, the 7 components, master rewards, dones, episode records, full and dynamic observations,
-//!   masks and observation indices, **exactly** (the kernels fold sums in symbol order and run with
+//!   masks and observation indices (every other case with an SL prior cache), **exactly** (the kernels fold sums in symbol order and run with
 //!   `--fmad=false`, so no tolerance is expected to be needed; a failure names the first differing
 //!   value).
 //! - `cuda_matches_cpu_at_every_block_width`: the same for S in {1, 31, 32, 143, 256, 300, 1100}
@@ -76,14 +76,18 @@ fn cuda_matches_cpu() {
             layout,
         });
     }
-    for mut case in all {
+    for (i, mut case) in all.into_iter().enumerate() {
         // at least two full episodes of the longest kind
         let l = case.layout;
         let ep = l.episode_len.min(l.hi - l.start_a);
         case.plan.steps = case.plan.steps.max(2 * ep + 1);
-        let mut cpu = CpuBackend::new(l, case.md.clone(), case.feats.clone());
-        let mut gpu =
-            CudaBackend::new(l, case.md.clone(), case.feats.clone()).expect("CUDA backend");
+        // every other case with an SL prior cache (the observation's SL slice, a device buffer)
+        let priors = (i % 2 == 0).then(|| Arc::new(parity::random_priors(&case.md, i as u64)));
+        let mut cpu = CpuBackend::new(l, case.md.clone(), case.feats.clone())
+            .with_priors(priors.clone())
+            .unwrap();
+        let mut gpu = CudaBackend::with_priors(l, case.md.clone(), case.feats.clone(), priors)
+            .expect("CUDA backend");
         let cov = run_parity(&mut cpu, &mut gpu, &case.md, &case.plan, |_, _| {})
             .unwrap_or_else(|e| panic!("CUDA differs from CPU: {e}"));
         eprintln!(

@@ -77,6 +77,7 @@ use marl_trade::env::{
     Backend, EnvLayout, EpisodeRecord, ScenarioState, Snapshot, StepOutputs, SymbolState, obs,
 };
 use marl_trade::features::Features;
+use marl_trade::priors::{CHANNELS, PriorCache};
 use marl_trade::reward::N_COMPONENTS;
 use marl_trade::rng::{hash2, mix64};
 use parity::{BLOCK_WIDTHS, Case, Coverage, cases, run_parity, width_case};
@@ -140,6 +141,8 @@ struct HostShimBackend {
     dims: EnvDims,
     md: Arc<MarketData>,
     feats: Arc<Features>,
+    /// The SL prior cache the observations read (`None`: the kernel writes zeros).
+    priors: Option<Arc<PriorCache>>,
     seed: u64,
     scen: Vec<ScenarioState>,
     sym: SymbolState,
@@ -171,6 +174,7 @@ impl HostShimBackend {
             layout,
             md,
             feats,
+            priors: None,
             seed: 0,
             scen: vec![ScenarioState::default(); n],
             sym: SymbolState {
@@ -193,6 +197,12 @@ impl HostShimBackend {
             debug: vec![0.0; n * DEBUG_LEN],
             threads: 0,
         }
+    }
+
+    /// Observations read `priors` (as `CpuBackend::with_priors`).
+    fn with_priors(mut self, priors: Arc<PriorCache>) -> Self {
+        self.priors = Some(priors);
+        self
     }
 
     /// Run reset and step block-parallel, `threads` OS threads per block (kernels/host_emu.c).
@@ -225,6 +235,7 @@ impl HostShimBackend {
             macro_series: a(&md.macro_series),
             regime: a(&f.regime),
             tech: a(&f.tech),
+            sl: self.priors.as_ref().map_or(0, |c| a(&c.values)),
             scen: m(&mut self.scen),
             q: m(&mut sy.q),
             entry: m(&mut sy.entry),
@@ -477,19 +488,63 @@ fn hash2_and_mix64_match_rng() {
     }
 }
 
+/// The SL slice reads the cache at the observation's own (path, bar, symbol) on both sides.
+#[test]
+fn sl_slice_reads_the_prior_cache() {
+    let case = cases().into_iter().next().expect("a case");
+    let c = Arc::new(parity::random_priors(&case.md, 9));
+    let mut cpu = CpuBackend::new(case.layout, case.md.clone(), case.feats.clone())
+        .with_priors(Some(c.clone()))
+        .unwrap();
+    let mut host = HostShimBackend::new(EXACT, case.layout, case.md.clone(), case.feats.clone())
+        .with_priors(c.clone());
+    cpu.reset(3).unwrap();
+    host.reset(3).unwrap();
+    let (n, s) = (case.layout.n_scenarios, case.layout.n_symbols);
+    let snap = cpu.snapshot().unwrap();
+    for b in [&mut cpu as &mut dyn Backend, &mut host] {
+        let mut d = vec![0f32; n * s * obs::DYN_OBS];
+        b.dyn_obs(&mut d).unwrap();
+        for i in 0..n {
+            let st = &snap.scenarios[i];
+            let (p, t) = (st.path as usize, (st.t0 + st.k) as usize);
+            for j in 0..s {
+                let row = &d[(i * s + j) * obs::DYN_OBS..][..obs::DYN_OBS];
+                let k = c.index(p, t, j);
+                assert_eq!(
+                    &row[obs::SL_PROBS],
+                    &c.values[k..k + CHANNELS],
+                    "{}",
+                    b.name()
+                );
+            }
+        }
+    }
+}
+
 /// The acceptance test: every case, every step, exact equality.
 #[test]
 fn parity_with_cpu_backend() {
     let mut total = Coverage::default();
     let (mut lambda_lt_1, mut fees) = (0usize, 0usize);
     for (i, case) in cases().into_iter().enumerate() {
-        let mut cpu = CpuBackend::new(case.layout, case.md.clone(), case.feats.clone());
+        let cpu = CpuBackend::new(case.layout, case.md.clone(), case.feats.clone());
         let host = HostShimBackend::new(EXACT, case.layout, case.md.clone(), case.feats.clone());
         // both places of the step's per-symbol carry: block scratch and global buffers
-        let mut host = if i % 2 == 1 {
+        let host = if i % 2 == 1 {
             host.with_carry_in_global()
         } else {
             host
+        };
+        // every other case with an SL prior cache (the observation's SL slice), the rest without
+        let (mut cpu, mut host) = if i % 2 == 0 {
+            let c = Arc::new(parity::random_priors(&case.md, i as u64));
+            (
+                cpu.with_priors(Some(c.clone())).unwrap(),
+                host.with_priors(c),
+            )
+        } else {
+            (cpu, host)
         };
         let cov = run_parity(&mut cpu, &mut host, &case.md, &case.plan, |_, h| {
             for d in h.debug.chunks_exact(DEBUG_LEN) {

@@ -238,6 +238,8 @@ pub struct EnvBuffers {
     pub regime: u64,
     /// Technical features `[P, S, T, N_TECH]` f32 (one symbol's bars contiguous).
     pub tech: u64,
+    /// SL prior cache `[P, T, S, 3]` f32 (`crate::priors`), or 0: the SL slice is then 0.
+    pub sl: u64,
     /// State: `[N]` scenarios, `[N, S]` per symbol, `[N, 7]` / `[N]` episode accumulators.
     pub scen: u64,
     /// Shares held `[N, S]` f64.
@@ -470,6 +472,8 @@ pub struct ObsArgs {
     pub regime: u64,
     /// Technical features `[P, S, T, N_TECH]` f32 (one symbol's bars contiguous).
     pub tech: u64,
+    /// SL prior cache `[P, T, S, 3]` f32 (`crate::priors`), or 0: the SL slice is then 0.
+    pub sl: u64,
     /// Scenario states `[N]` (`ScenarioState`).
     pub scen: u64,
     /// Shares held `[N, S]` f64.
@@ -495,6 +499,7 @@ impl ObsArgs {
             macro_series: b.macro_series,
             regime: b.regime,
             tech: b.tech,
+            sl: b.sl,
             scen: b.scen,
             q: b.q,
             entry: b.entry,
@@ -654,8 +659,8 @@ pub fn abi_layout() -> Vec<(&'static str, usize)> {
         EnvStepArgs: p, dm, seed, open, close, volume, actions, master, scen, q, entry, peak_px,
             dsr_a, dsr_b, entry_k, comp_sum, comp_sumsq, comp_count, reward, comps, master_reward,
             terminated, truncated, recs, rec_count, scratch, opener, debug, carry_in_smem, _pad;
-        ObsArgs: p, dm, close, sentiment, macro_series, regime, tech, scen, q, entry, peak_px,
-            entry_k, out;
+        ObsArgs: p, dm, close, sentiment, macro_series, regime, tech, sl, scen, q, entry,
+            peak_px, entry_k, out;
         MaskArgs: p, dm, close, scen, q, entry, out;
         SampleArgs: p, dm, seed, it, close, scen, q, entry, actions, master, fixed_master, _pad;
     }

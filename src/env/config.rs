@@ -23,6 +23,11 @@ pub struct EnvConfig {
     pub initial_capital: f64,
     /// Fraction of bars (from the start) used for training; later bars are the held-out test period.
     pub train_fraction: f64,
+    /// The supervised-prior cache (`marl-trade sl cache`, `crate::priors`) the observation's SL
+    /// slice reads; absent: the slice is zeros. A cache built from other data is refused when the
+    /// environment is built.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sl_cache: Option<String>,
 }
 
 impl Default for EnvConfig {
@@ -32,6 +37,7 @@ impl Default for EnvConfig {
             episode_len: 2048,
             initial_capital: 1_000_000.0,
             train_fraction: 0.7,
+            sl_cache: None,
         }
     }
 }
@@ -111,6 +117,16 @@ impl EnvConfig {
         }
         if !(0.0..1.0).contains(&self.train_fraction) || self.train_fraction == 0.0 {
             return bad("env.train_fraction", "must be in (0, 1)");
+        }
+        if self
+            .sl_cache
+            .as_deref()
+            .is_some_and(|p| p.trim().is_empty())
+        {
+            return bad(
+                "env.sl_cache",
+                "is empty: name a cache file (`marl-trade sl cache`) or leave the field out",
+            );
         }
         Ok(())
     }

@@ -24,6 +24,7 @@ use crate::costs::{borrow_fee, slippage};
 use crate::data::{MACRO, MarketData};
 use crate::error::Result;
 use crate::features::{Features, N_REGIME};
+use crate::priors::PriorCache;
 use crate::reward::{self, ComponentSums, N_COMPONENTS, PortfolioTerms, SymbolTerms};
 
 /// Per-scenario host state: the spec's scenario state plus episode accumulators.
@@ -78,6 +79,7 @@ pub struct CpuBackend {
     layout: EnvLayout,
     data: Arc<MarketData>,
     features: Arc<Features>,
+    priors: Option<Arc<PriorCache>>,
     seed: u64,
     lanes: Vec<Lane>,
     /// `[N][FIELDS][S]`
@@ -102,12 +104,33 @@ impl CpuBackend {
             layout,
             data,
             features,
+            priors: None,
             seed: 0,
             lanes: vec![Lane::default(); n],
             sym: vec![0.0; n * FIELDS * s],
             entry_k: vec![0; n * s],
             out: StepOutputs::new(n, s),
         }
+    }
+
+    /// The observation's SL slice reads `priors` (`[P, T, S, 3]`, spec §6); `None`: zeros. The
+    /// caller has checked the cache against the data (`VecEnv::new` does); a cache of another
+    /// shape is refused here.
+    pub fn with_priors(mut self, priors: Option<Arc<PriorCache>>) -> Result<Self> {
+        if let Some(c) = &priors {
+            let h = &c.header;
+            let want = (self.data.paths, self.data.bars, self.data.n_symbols());
+            if (h.paths, h.bars, h.symbols) != want {
+                return Err(crate::error::Error::shape(
+                    "SL prior cache",
+                    "values",
+                    &[want.0, want.1, want.2, crate::priors::CHANNELS],
+                    &[h.paths, h.bars, h.symbols, crate::priors::CHANNELS],
+                ));
+            }
+        }
+        self.priors = priors;
+        Ok(self)
     }
 }
 
@@ -804,13 +827,14 @@ impl CpuBackend {
         let s = self.layout.n_symbols;
         let width = if window { OBS_DIM } else { DYN_OBS };
         let (l, md, f) = (&self.layout, &*self.data, &*self.features);
+        let pr = self.priors.as_deref();
         out.par_chunks_mut(s * width)
             .zip(self.lanes.par_iter())
             .zip(self.sym.par_chunks(FIELDS * s))
             .zip(self.entry_k.par_chunks(s))
             .with_min_len(lanes_per_task(s))
             .for_each(|(((o, lane), sym), ek)| {
-                let lo = LaneObs::new(l, md, f, &lane.st, sym, ek);
+                let lo = LaneObs::new(l, md, f, pr, &lane.st, sym, ek);
                 let mut dynamic = [0f32; DYN_OBS];
                 for (i, row) in o.chunks_exact_mut(width).enumerate() {
                     let dst = if window {
@@ -907,6 +931,8 @@ struct LaneObs<'a> {
     entry: &'a [f64],
     peak_px: &'a [f64],
     entry_k: &'a [u32],
+    /// `[S, 3]` of the bar (SL prior cache), or empty: zeros.
+    sl: &'a [f32],
     template: [f32; DYN_OBS],
 }
 
@@ -915,6 +941,7 @@ impl<'a> LaneObs<'a> {
         l: &EnvLayout,
         md: &'a MarketData,
         f: &Features,
+        priors: Option<&'a PriorCache>,
         st: &ScenarioState,
         sym: &'a [f64],
         entry_k: &'a [u32],
@@ -961,6 +988,7 @@ impl<'a> LaneObs<'a> {
             entry: &sym[F_ENTRY * s_n..(F_ENTRY + 1) * s_n],
             peak_px: &sym[F_PEAK * s_n..(F_PEAK + 1) * s_n],
             entry_k: &entry_k[..s_n],
+            sl: priors.map_or(&[][..], |c| c.bar(p, t)),
             template: row,
         }
     }
@@ -973,6 +1001,9 @@ impl<'a> LaneObs<'a> {
         let q = self.q[i];
         let has = q > 0.0;
         row[obs::SENT_MACRO.start] = self.sentiment[i];
+        if !self.sl.is_empty() {
+            row[obs::SL_PROBS].copy_from_slice(&self.sl[i * 3..i * 3 + 3]);
+        }
         let pos = obs::POSITION.start;
         row[pos + 3] = (q * c / self.equity) as f32;
         if has {

@@ -50,6 +50,7 @@ use super::{
 use crate::data::MarketData;
 use crate::error::{Error, Result};
 use crate::features::Features;
+use crate::priors::PriorCache;
 use crate::reward::N_COMPONENTS;
 
 /// Kernel headers, passed to NVRTC in memory under these include names.
@@ -233,6 +234,7 @@ pub struct CudaBackend {
     macro_series: CudaSlice<f32>,
     regime: CudaSlice<f32>,
     tech: CudaSlice<f32>,
+    sl: Option<CudaSlice<f32>>,
     // state
     scen: CudaSlice<ScenarioState>,
     q: CudaSlice<f64>,
@@ -266,6 +268,18 @@ impl CudaBackend {
     /// Build the backend on GPU 0: checks for the driver, compiles (once per process) and loads the
     /// kernels, uploads the data and allocates the state. Errors are of kind `ErrorKind::BackendUnavailable`.
     pub fn new(layout: EnvLayout, data: Arc<MarketData>, features: Arc<Features>) -> Result<Self> {
+        Self::with_priors(layout, data, features, None)
+    }
+
+    /// [`CudaBackend::new`] with the SL prior cache uploaded as one more device buffer (the
+    /// observation's SL slice reads it; `None`: zeros). The caller has checked the cache against
+    /// the data (`VecEnv::new` does).
+    pub fn with_priors(
+        layout: EnvLayout,
+        data: Arc<MarketData>,
+        features: Arc<Features>,
+        priors: Option<Arc<PriorCache>>,
+    ) -> Result<Self> {
         // SAFETY: only probes whether the driver library can be dlopen'ed; no CUDA call is made.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             return Err(backend_err(
@@ -367,6 +381,10 @@ impl CudaBackend {
             macro_series: up(&data.macro_series, "upload macro")?,
             regime: up(&features.regime, "upload regime features")?,
             tech: up(&features.tech, "upload technical features")?,
+            sl: match &priors {
+                Some(c) => Some(up(&c.values, "upload the SL prior cache")?),
+                None => None,
+            },
             scen: stream
                 .alloc_zeros::<ScenarioState>(n)
                 .map_err(drv("alloc"))?,
@@ -423,6 +441,7 @@ impl CudaBackend {
             macro_series: a(&self.macro_series, st),
             regime: a(&self.regime, st),
             tech: a(&self.tech, st),
+            sl: self.sl.as_ref().map_or(0, |x| a(x, st)),
             scen: a(&self.scen, st),
             q: a(&self.q, st),
             entry: a(&self.entry, st),

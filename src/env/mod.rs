@@ -43,12 +43,14 @@ pub mod cuda;
 pub mod logic;
 pub mod obs;
 
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::data::MarketData;
 use crate::error::{Error, ErrorKind, Result};
 use crate::features::{Features, WARMUP};
+use crate::priors::PriorCache;
 use crate::reward::{ComponentStat, ComponentSums, N_COMPONENTS, RewardShaper};
 
 pub use config::{EnvConfig, EnvSetup, MasterConfig, RiskConfig};
@@ -553,17 +555,27 @@ pub trait Backend: Send {
     fn drain_episodes(&mut self) -> Result<Vec<EpisodeRecord>>;
 }
 
-/// Build a backend of the given kind.
+/// Build a backend of the given kind; its observation SL slice reads `priors` (`None`: zeros).
 pub fn make_backend(
     kind: BackendKind,
     layout: EnvLayout,
     data: Arc<MarketData>,
     features: Arc<Features>,
+    priors: Option<Arc<PriorCache>>,
 ) -> Result<Box<dyn Backend>> {
     match kind {
-        BackendKind::Cpu => Ok(Box::new(cpu::CpuBackend::new(layout, data, features))),
-        BackendKind::Cuda => make_cuda(layout, data, features),
+        BackendKind::Cpu => Ok(Box::new(
+            cpu::CpuBackend::new(layout, data, features).with_priors(priors)?,
+        )),
+        BackendKind::Cuda => make_cuda(layout, data, features, priors),
     }
+}
+
+/// Read the SL prior cache at `path` and check it against `data` (spec §6).
+pub fn load_priors(path: &Path, data: &MarketData) -> Result<PriorCache> {
+    let c = PriorCache::read(path)?;
+    c.check_data(data, path)?;
+    Ok(c)
 }
 
 #[cfg(feature = "cuda")]
@@ -571,12 +583,20 @@ fn make_cuda(
     layout: EnvLayout,
     data: Arc<MarketData>,
     features: Arc<Features>,
+    priors: Option<Arc<PriorCache>>,
 ) -> Result<Box<dyn Backend>> {
-    Ok(Box::new(cuda::CudaBackend::new(layout, data, features)?))
+    Ok(Box::new(cuda::CudaBackend::with_priors(
+        layout, data, features, priors,
+    )?))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn make_cuda(_: EnvLayout, _: Arc<MarketData>, _: Arc<Features>) -> Result<Box<dyn Backend>> {
+fn make_cuda(
+    _: EnvLayout,
+    _: Arc<MarketData>,
+    _: Arc<Features>,
+    _: Option<Arc<PriorCache>>,
+) -> Result<Box<dyn Backend>> {
     Err(Error::backend(
         "cuda",
         "this binary was built without the `cuda` feature; rebuild with \
@@ -614,8 +634,31 @@ impl VecEnv {
                 "features were computed from other data (paths, bars or symbols differ)",
             ));
         }
+        let priors = match &cfg.env.sl_cache {
+            Some(path) => Some(Arc::new(load_priors(Path::new(path), &data)?)),
+            None => None,
+        };
         let layout = EnvLayout::new(cfg, &data, period)?;
-        let backend = make_backend(kind, layout, data.clone(), features.clone())?;
+        let backend = make_backend(kind, layout, data.clone(), features.clone(), priors)?;
+        Ok(Self::from_backend(backend, data, features))
+    }
+
+    /// [`VecEnv::new`] with an SL prior cache already in memory instead of `env.sl_cache` (which
+    /// is ignored): checked against `data` (shape and fingerprint), then read by the
+    /// observation's SL slice.
+    pub fn with_priors(
+        cfg: &EnvSetup,
+        data: Arc<MarketData>,
+        features: Arc<Features>,
+        priors: Arc<PriorCache>,
+        period: Period,
+        kind: BackendKind,
+    ) -> Result<Self> {
+        priors.check_data(&data, Path::new("(SL prior cache in memory)"))?;
+        let mut cfg = cfg.clone();
+        cfg.env.sl_cache = None;
+        let layout = EnvLayout::new(&cfg, &data, period)?;
+        let backend = make_backend(kind, layout, data.clone(), features.clone(), Some(priors))?;
         Ok(Self::from_backend(backend, data, features))
     }
 

@@ -94,6 +94,14 @@ pub fn stress_market(paths: usize, bars: usize, symbols: usize, seed: u64) -> Ma
     md
 }
 
+/// An SL prior cache of pseudo-random values in [-1, 1] for `md` (the observation's SL slice).
+pub fn random_priors(md: &MarketData, seed: u64) -> marl_trade::priors::PriorCache {
+    let mut r = SplitMix64::new(seed);
+    let n = md.paths * md.bars * md.n_symbols() * marl_trade::priors::CHANNELS;
+    let v = (0..n).map(|_| (2.0 * r.uniform() - 1.0) as f32).collect();
+    marl_trade::priors::PriorCache::new(md, seed, v).expect("the right length")
+}
+
 /// Random features of the right shape, `tech` `[P, S, T, N_TECH]` (the observation only copies them).
 pub fn random_features(md: &MarketData, seed: u64) -> Features {
     let mut r = SplitMix64::new(seed);
