@@ -106,9 +106,14 @@ impl EmbedCache {
         4 * (self.emb.len() + self.adj.len())
     }
 
-    fn clear(&mut self) {
+    /// Drop the embeddings (valid only under the parameters they were computed with).
+    fn clear_embeddings(&mut self) {
         self.emb_rows.clear();
         self.emb = Vec::new();
+    }
+
+    fn clear(&mut self) {
+        self.clear_embeddings();
         self.adj_rows.clear();
         self.adj = Vec::new();
     }
@@ -393,9 +398,7 @@ impl ActorCritic for SymbolPolicy {
     /// the trainable parameters changed and the encoder is frozen.
     fn parameters_changed(&self, all: bool) {
         if all || !self.agent.config().freeze_encoder {
-            let mut c = self.lock();
-            c.emb_rows.clear();
-            c.emb = Vec::new();
+            self.lock().clear_embeddings();
         }
     }
 

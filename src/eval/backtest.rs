@@ -586,12 +586,29 @@ pub fn run_spy(
     data: &MarketData,
     opts: &BacktestOptions,
 ) -> Result<BacktestResult> {
+    run_curves(
+        cfg,
+        data,
+        opts,
+        Baseline::Spy,
+        |costs, capital, p, a, last| spy_buy_and_hold(data, costs, capital, p, a, last),
+    )
+}
+
+/// A baseline computed from prices, not played in the env: `curve(costs, initial capital, path,
+/// first bar, last bar)` per path over the period of `opts`, on the same bars as [`run_policy`].
+fn run_curves(
+    cfg: &EnvSetup,
+    data: &MarketData,
+    opts: &BacktestOptions,
+    baseline: Baseline,
+    curve: impl Fn(&crate::costs::CostParams, f64, usize, usize, usize) -> Result<super::metrics::Curve>,
+) -> Result<BacktestResult> {
     let (_, layout) = backtest_setup(cfg, data, opts.period)?;
     let (a, last) = (layout.start_a, layout.hi - 1);
     let curves = (0..data.paths)
         .map(|p| {
-            spy_buy_and_hold(
-                data,
+            curve(
                 &layout.params.costs,
                 layout.params.initial_capital,
                 p,
@@ -601,7 +618,7 @@ pub fn run_spy(
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(BacktestResult::from_curves(
-        Baseline::Spy.name(),
+        baseline.name(),
         curves,
         a,
         last,
@@ -633,27 +650,15 @@ pub fn run_rebalanced(
     data: &MarketData,
     opts: &BacktestOptions,
 ) -> Result<BacktestResult> {
-    let (_, layout) = backtest_setup(cfg, data, opts.period)?;
-    let (a, last) = (layout.start_a, layout.hi - 1);
-    let curves = (0..data.paths)
-        .map(|p| {
-            rebalanced_equal_weight(
-                data,
-                &layout.params.costs,
-                layout.params.initial_capital,
-                p,
-                a,
-                last,
-                5 * data.bars_per_day,
-            )
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(BacktestResult::from_curves(
-        Baseline::Rebalanced.name(),
-        curves,
-        a,
-        last,
-    ))
+    run_curves(
+        cfg,
+        data,
+        opts,
+        Baseline::Rebalanced,
+        |costs, capital, p, a, last| {
+            rebalanced_equal_weight(data, costs, capital, p, a, last, 5 * data.bars_per_day)
+        },
+    )
 }
 
 #[cfg(test)]

@@ -41,10 +41,10 @@ pub fn grouped(keys: &[u64], m: usize, rng: &mut ResumableRng) -> Vec<Vec<u32>> 
     let (units, m) = (keys.len(), m.max(1));
     let mut out: Vec<Vec<u32>> = Vec::with_capacity(m);
     let mut cur = Vec::with_capacity(units / m + 1);
-    let mut k = 1;
+    let (mut k, mut done) = (1, 0);
     for g in order {
         cur.extend_from_slice(&groups[g as usize]);
-        let done: usize = out.iter().map(Vec::len).sum::<usize>() + cur.len();
+        done += groups[g as usize].len();
         if k < m && done * m >= k * units {
             out.push(std::mem::take(&mut cur));
             while k < m && done * m >= k * units {
