@@ -117,17 +117,12 @@ typedef struct {
 MARL_BLOCKFN void marl_reset_scenario(const StepParams* p, const EnvDims* dm, u64 seed, u32 n, u32 e,
                                       ScenarioState* st, MarlSymState sy, MarlAccum ac) {
     const u32 S = dm->n_symbols;
-    /* The differential-Sharpe moments carry over from the scenario's previous episode (e > 0);
-     * only `reset` (e = 0) starts them from zero (spec §2, §5). */
-    const int carry = e > 0u;
     for (u32 s = MARL_TID; s < S; s += MARL_NT) {
         sy.q[s] = 0.0;
         sy.entry[s] = 0.0;
         sy.peak_px[s] = 0.0;
-        if (!carry) {
-            sy.dsr_a[s] = 0.0;
-            sy.dsr_b[s] = 0.0;
-        }
+        sy.dsr_a[s] = 0.0;
+        sy.dsr_b[s] = 0.0;
         sy.entry_k[s] = 0u;
     }
     if (MARL_TID == 0u) {
@@ -138,8 +133,8 @@ MARL_BLOCKFN void marl_reset_scenario(const StepParams* p, const EnvDims* dm, u6
         z.equity = p->initial_capital;
         z.peak = p->initial_capital;
         z.gross = 0.0;
-        z.dsr_a = carry ? st->dsr_a : 0.0;
-        z.dsr_b = carry ? st->dsr_b : 0.0;
+        z.dsr_a = 0.0;
+        z.dsr_b = 0.0;
         z.path = path;
         z.t0 = t0;
         z.k = 0u;

@@ -470,76 +470,6 @@ fn bad_inputs_are_errors(kind: BackendKind) {
     assert!(env.gather_obs(&mut [0.0; 3]).is_err());
 }
 
-/// Spec §2, §5: the differential-Sharpe moments carry over an auto-reset and only `reset(seed)`
-/// zeroes them. An env with 30-bar episodes and one with 31-bar episodes, both loaded with the
-/// same state at step 29 and given the same actions, must hold bit-identical moments after the
-/// next step, although the first auto-resets (new path, new start, flat book) and the second
-/// does not.
-fn dsr_moments_carry_across_episodes(kind: BackendKind) {
-    let md = toy_market(5, 500, 3, 11);
-    let mut short = env_on(&small_config(4, 30), md.clone(), Period::Train, kind);
-    let mut long = env_on(&small_config(4, 31), md, Period::Train, kind);
-    short.reset(7).unwrap();
-    let (n, s) = (short.n_scenarios(), short.n_symbols());
-    let mut r = SplitMix64::new(3);
-    for _ in 0..29 {
-        let (a, m) = random_actions(&mut r, n, s);
-        short.step(&a, &m).unwrap();
-    }
-    let at29 = short.snapshot().unwrap();
-    long.load_snapshot(&at29).unwrap();
-    let (a, m) = random_actions(&mut r, n, s);
-    let out = short.step(&a, &m).unwrap().clone();
-    long.step(&a, &m).unwrap();
-    assert!(
-        out.truncated.iter().all(|&d| d == 1),
-        "every 30-bar episode ends at k = 30"
-    );
-    let (reset, cont) = (short.snapshot().unwrap(), long.snapshot().unwrap());
-    assert!(
-        reset
-            .scenarios
-            .iter()
-            .all(|st| st.k == 0 && st.episode == 1)
-    );
-    assert!(
-        reset.symbols.q.iter().all(|&q| q == 0.0),
-        "the auto-reset flattens the book"
-    );
-    assert!(
-        cont.scenarios
-            .iter()
-            .all(|st| st.k == 30 && st.episode == 0)
-    );
-    assert_eq!(reset.symbols.dsr_a, cont.symbols.dsr_a);
-    assert_eq!(reset.symbols.dsr_b, cont.symbols.dsr_b);
-    for (x, y) in reset.scenarios.iter().zip(&cont.scenarios) {
-        assert_eq!((x.dsr_a, x.dsr_b), (y.dsr_a, y.dsr_b));
-    }
-    let traded = reset.symbols.dsr_b.iter().filter(|&&b| b > 0.0).count();
-    assert!(
-        traded > n * s / 2,
-        "only {traded} of {} moments non-zero",
-        n * s
-    );
-    short.reset(7).unwrap();
-    let fresh = short.snapshot().unwrap();
-    assert!(
-        fresh
-            .symbols
-            .dsr_a
-            .iter()
-            .chain(&fresh.symbols.dsr_b)
-            .all(|&v| v == 0.0)
-    );
-    assert!(
-        fresh
-            .scenarios
-            .iter()
-            .all(|st| st.dsr_a == 0.0 && st.dsr_b == 0.0)
-    );
-}
-
 macro_rules! env_suite {
     ($module:ident, $kind:expr $(, #[$attr:meta])*) => {
         mod $module {
@@ -555,7 +485,6 @@ macro_rules! env_suite {
             $(#[$attr])* #[test] fn no_look_ahead() { super::no_look_ahead($kind) }
             $(#[$attr])* #[test] fn episode_stats_add_up() { super::episode_stats_add_up($kind) }
             $(#[$attr])* #[test] fn bad_inputs_are_errors() { super::bad_inputs_are_errors($kind) }
-            $(#[$attr])* #[test] fn dsr_moments_carry_across_episodes() { super::dsr_moments_carry_across_episodes($kind) }
         }
     };
 }

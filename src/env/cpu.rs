@@ -134,25 +134,17 @@ impl CpuBackend {
     }
 }
 
-/// Start episode `e` of scenario `n` (spec §1-2). The differential-Sharpe moments (the
-/// scenario's and each symbol's) carry over from the previous episode when `e > 0`; `reset`
-/// (`e = 0`) starts them from zero (spec §5).
+/// Start episode `e` of scenario `n` (spec §1-2).
 fn reset_lane(ctx: &Ctx, n: usize, e: u32, lane: &mut Lane, sym: &mut [f64], entry_k: &mut [u32]) {
     let (path, t0) = ctx.l.episode_start(ctx.seed, n, e);
     let c0 = ctx.l.params.initial_capital;
-    let carry = e > 0;
-    let (dsr_a, dsr_b) = if carry {
-        (lane.st.dsr_a, lane.st.dsr_b)
-    } else {
-        (0.0, 0.0)
-    };
     lane.st = ScenarioState {
         cash: c0,
         equity: c0,
         peak: c0,
         gross: 0.0,
-        dsr_a,
-        dsr_b,
+        dsr_a: 0.0,
+        dsr_b: 0.0,
         path,
         t0,
         k: 0,
@@ -163,11 +155,7 @@ fn reset_lane(ctx: &Ctx, n: usize, e: u32, lane: &mut Lane, sym: &mut [f64], ent
         limited_orders: 0,
     };
     lane.sums = ComponentSums::default();
-    // q, entry, peak_px are zeroed; dsr_a, dsr_b (the last two of the FIELDS rows) only at e = 0.
-    let s_n = entry_k.len();
-    let kept = if carry { 2 * s_n } else { 0 };
-    let cut = sym.len() - kept;
-    sym[..cut].fill(0.0);
+    sym.fill(0.0);
     entry_k.fill(0);
 }
 
