@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use marl_trade::data::{self, SyntheticConfig};
 use marl_trade::env::cuda::{CudaBackend, RolloutMode};
-use marl_trade::env::{EnvLayout, EnvSetup, Period};
+use marl_trade::env::{Backend, EnvLayout, EnvSetup, Period};
 use marl_trade::features::Features;
 
 fn arg(i: usize, default: usize) -> usize {

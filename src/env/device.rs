@@ -396,6 +396,7 @@ impl<D: Device> DeviceEnv<D> {
     }
 
     fn upload(&mut self, dst: u64, src: &[u8], what: &str) -> Result<()> {
+        let _range = crate::profile::range("transfer h2d");
         self.dev.upload(dst, src, what)?;
         self.counts.add(0, 1);
         self.counts.add(1, src.len() as u64);
@@ -403,6 +404,7 @@ impl<D: Device> DeviceEnv<D> {
     }
 
     fn download(&self, src: u64, dst: &mut [u8], what: &str) -> Result<()> {
+        let _range = crate::profile::range("transfer d2h");
         self.dev.download(src, dst, what)?;
         self.counts.add(2, 1);
         self.counts.add(3, dst.len() as u64);
@@ -463,6 +465,7 @@ impl<D: Device> DeviceEnv<D> {
     /// Draw the actions of step `it` on the device into the step's input buffer (the sampler,
     /// master action `fixed_master` or uniform): one launch, no copy.
     pub fn launch_sample(&mut self, seed: u64, it: u64, fixed_master: Option<u8>) -> Result<()> {
+        let _range = crate::profile::range("sample");
         let a = self.sample_args(seed, it, fixed_master);
         self.launch(Launch::Sample(&a))
     }
@@ -470,6 +473,7 @@ impl<D: Device> DeviceEnv<D> {
     /// One step from the actions already in the step's input buffer (e.g. drawn by
     /// [`Self::launch_sample`]): one launch, no copy.
     pub fn launch_step(&mut self) -> Result<()> {
+        let _range = crate::profile::range("env step");
         let a = self.step_args(&self.bufs);
         self.launch(Launch::Step(&a))
     }
@@ -492,6 +496,7 @@ impl<D: Device> DeviceEnv<D> {
         it: u64,
         fixed_master: Option<u8>,
     ) -> Result<()> {
+        let _range = crate::profile::range("env step");
         let sa = self.sample_args(seed, it, fixed_master);
         let a = self.step_args(&self.bufs);
         self.launch(Launch::StepSampled(&a, &sa))
@@ -534,6 +539,7 @@ impl<D: Device> DeviceEnv<D> {
     /// and return its address: the input of a policy on the same device.
     pub fn gather_obs_device(&mut self) -> Result<u64> {
         let rows = self.layout.n_scenarios * self.layout.n_symbols;
+        let _range = crate::profile::range("observation");
         let out = self.lazy(0, 4 * rows * OBS_DIM)?;
         let a = ObsArgs::new(&self.layout.params, &self.dims, &self.bufs, out);
         self.launch(Launch::GatherObs(&a))?;
@@ -566,18 +572,22 @@ impl<D: Device> Backend for DeviceEnv<D> {
         check_len("symbol actions", symbol_actions.len(), n * s)?;
         check_len("master actions", master_actions.len(), n)?;
         let bytes = self.inputs.bytes();
-        let stage = self.dev.input_staging()?;
-        self.inputs
-            .pack(symbol_actions, master_actions, &mut stage[..bytes]);
-        self.dev.upload_staged(self.in_addr, bytes)?;
-        self.counts.add(0, 1);
-        self.counts.add(1, bytes as u64);
+        {
+            let _range = crate::profile::range("transfer h2d");
+            let stage = self.dev.input_staging()?;
+            self.inputs
+                .pack(symbol_actions, master_actions, &mut stage[..bytes]);
+            self.dev.upload_staged(self.in_addr, bytes)?;
+            self.counts.add(0, 1);
+            self.counts.add(1, bytes as u64);
+        }
         self.launch_step()
     }
 
     /// One copy of the packed outputs.
     fn read_outputs(&mut self, out: &mut StepOutputs) -> Result<()> {
         let bytes = self.outputs.bytes();
+        let _range = crate::profile::range("transfer d2h");
         let pack = self.outputs;
         let src = self.dev.download_staged(self.out_addr, bytes)?;
         pack.unpack(src, out);
