@@ -8,17 +8,23 @@ Layout on the device, struct-of-arrays like the CPU backend:
 - per-scenario `ScenarioState` `[N]` (the `#[repr(C)]` struct of `env`, mirrored in
   `kernels/env_logic.cuh`), per-symbol `q, entry, peak_px, dsr_a, dsr_b` `[N, S]` f64 and
   `entry_k` `[N, S]` u32, episode accumulators `[N, 7]`;
-- step outputs (rewards, components, master reward, dones) and finished-episode records.
+- step outputs (rewards, components, master reward, dones) packed in one allocation
+  ([`OutputPack`]), the packed step inputs, finished-episode records.
 
-Every kernel takes one argument struct by value (`kernels/abi.cuh`, mirrored by [`super::abi`]):
-the backend reads the device address of every buffer once ([`EnvBuffers`]) and fills the struct with
-the constructor the host parity test uses (`EnvStepArgs::new`, ...) before each launch.
+The host side (buffers, which copy and which launch each call makes) is the device driver
+[`DeviceEnv`] of [`super::device`]; this module provides its [`Device`], [`CudaDevice`]: a context,
+the backend's own non-blocking stream, the loaded kernels with their launch geometry, and pinned
+staging for the packed step inputs and outputs (one copy each way per step).
+Every kernel takes one argument struct by value (`kernels/abi.cuh`, mirrored by [`super::abi`]),
+built by the driver from the device addresses of its buffers ([`super::abi::EnvBuffers`]) with the
+constructors the host parity test uses (`EnvStepArgs::new`, ...).
 
 One step is one fused kernel (`env_step`): a block per scenario, threads over symbols, per-scenario
 reductions as ordered folds in shared memory so that the results equal the CPU backend's bit for
 bit (`kernels/common.cuh`). Whole rollouts can stay on the device: [`CudaBackend::random_rollout`]
-samples actions on the device (`kernels/sampler.cu`), steps and gathers observations with no host
-round trip, and times itself with CUDA events.
+samples actions on the device (`kernels/sampler.cu`, or fused into the step, `kernels/rollout.cu`),
+steps and gathers observations with no host round trip, optionally as one CUDA graph
+([`RolloutMode`]), and times itself with CUDA events.
 
 The same kernel source, compiled for the host by build.rs, is checked against the CPU backend in
 `tests/host_parity.rs` on every CI run, entered through the kernels' own per-block entry points
