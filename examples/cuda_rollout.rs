@@ -1,6 +1,6 @@
 //! A rollout that never leaves the GPU: the CUDA backend samples random actions on the device
 //! (`kernels/sampler.cu`), steps every scenario and gathers the observations, with CUDA events
-//! around the launches. Needs the `cuda` feature and an NVIDIA driver at run time (no toolkit:
+//! around the launches, in each launch mode (sampler and step apart, fused, one CUDA graph). Needs the `cuda` feature and an NVIDIA driver at run time (no toolkit:
 //! the kernels are compiled with NVRTC when the backend starts).
 //!
 //! ```text
@@ -12,8 +12,8 @@
 use std::sync::Arc;
 
 use marl_trade::data::{self, SyntheticConfig};
-use marl_trade::env::cuda::CudaBackend;
-use marl_trade::env::{EnvLayout, EnvSetup, Period};
+use marl_trade::env::cuda::{CudaBackend, RolloutMode};
+use marl_trade::env::{Backend, EnvLayout, EnvSetup, Period};
 use marl_trade::features::Features;
 
 fn arg(i: usize, default: usize) -> usize {
@@ -38,15 +38,22 @@ fn main() -> marl_trade::Result<()> {
     let layout = EnvLayout::new(&setup, &md, Period::Train)?;
     let mut gpu = CudaBackend::new(layout, md, features)?;
     println!("{}", gpu.device_description());
-    for with_obs in [false, true] {
-        let t = gpu.random_rollout(steps, 7, None, with_obs)?;
-        println!(
-            "{n} x {s}, {steps} steps{}: {:.2} ms device time, {:.3e} symbol-steps/s, {} episodes ended",
-            if with_obs { " + observations" } else { "" },
-            t.device_ms,
-            t.scenario_steps_per_s * s as f64,
-            t.episodes_finished
-        );
+    for mode in [
+        RolloutMode::Separate,
+        RolloutMode::Fused,
+        RolloutMode::Graph,
+    ] {
+        for with_obs in [false, true] {
+            gpu.reset(1)?;
+            let t = gpu.random_rollout(steps, 7, None, with_obs, mode, false)?;
+            println!(
+                "{n} x {s}, {steps} steps, {mode:?}{}: {:.2} ms device time, {:.3e} symbol-steps/s, {} episodes ended",
+                if with_obs { " + observations" } else { "" },
+                t.device_ms,
+                t.scenario_steps_per_s * s as f64,
+                t.episodes_finished
+            );
+        }
     }
     Ok(())
 }

@@ -6,6 +6,8 @@
  * - every CUDA thread of a block is a POSIX thread; `threadIdx.x` and `blockDim.x` are thread-local
  *   (`marl_emu_tid`, `marl_emu_nt`);
  * - `__syncthreads()` is a barrier of the block's threads (`marl_emu_syncthreads`);
+ * - `__ballot_sync(0xffffffff, p)` is an exchange between two barriers of the warp's 32 threads,
+ *   like the shuffle below (`marl_emu_ballot`): every lane posts p and reads all 32 predicates;
  * - `__shfl_down_sync(0xffffffff, v, o)` is an exchange through a per-block array between two
  *   barriers of the warp's 32 threads (`marl_emu_shfl_down`): lane l reads lane l + o's value, or
  *   keeps its own when l + o >= 32, as on the device;
@@ -100,6 +102,20 @@ static inline unsigned marl_emu_shfl_down(unsigned v, unsigned o) {
     const unsigned r = lane + o < 32u ? b->xchg[t + o] : v;
     marl_emu_barrier_wait(w, "warp shuffle");
     return r;
+}
+
+/* __ballot_sync(0xffffffff, pred) for a full warp: every lane posts its predicate, a barrier of the
+ * warp's 32 threads, every lane reads all 32, a second barrier (so the slots can be reused). */
+static inline unsigned marl_emu_ballot(unsigned pred) {
+    MarlEmuBlock* b = marl_emu_blk;
+    const unsigned t = marl_emu_tid, base = t & ~31u;
+    MarlEmuBarrier* w = &b->warps[t >> 5];
+    b->xchg[t] = pred != 0u;
+    marl_emu_barrier_wait(w, "warp ballot");
+    unsigned m = 0;
+    for (unsigned l = 0; l < 32u; ++l) m |= (b->xchg[base + l] ? 1u : 0u) << l;
+    marl_emu_barrier_wait(w, "warp ballot");
+    return m;
 }
 
 /* A block of `nt` threads (a positive multiple of 32). Returns 0, or -1 when out of memory. */

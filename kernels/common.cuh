@@ -5,7 +5,7 @@
  *   `static inline` in plain C (kernels/host_shim.c, built by build.rs for the host parity test).
  * - Integer types without host headers (NVRTC sees no system headers).
  * - `mix64` / `hash2`: bit-identical to src/rng.rs (tests/host_parity.rs checks known values).
- * - Block primitives (ordered folds, integer sums and scans) shared by the device and the host.
+ * - Block primitives (ordered folds, integer sums and a ballot/popc scan) shared by the device and the host.
  *
  * Floating point: money is double; the only libm function used is sqrt, which is correctly
  * rounded on both sides (IEEE 754), and contraction into FMA is disabled on both sides
@@ -105,6 +105,8 @@ HD double marl_clamp(double x, double lo, double hi) {
 #define MARL_NT ((u32)blockDim.x)
 #define MARL_SYNC() __syncthreads()
 #define MARL_SHFL_DOWN(v, o) __shfl_down_sync(0xffffffffu, (v), (o))
+#define MARL_BALLOT(p) __ballot_sync(0xffffffffu, (p))
+#define MARL_POPC(x) ((u32)__popc(x))
 #elif defined(MARL_EMU_THREADS)
 #include "block_emu.h"
 #define MARL_BLOCKFN static inline
@@ -113,6 +115,8 @@ HD double marl_clamp(double x, double lo, double hi) {
 #define MARL_NT marl_emu_nt
 #define MARL_SYNC() marl_emu_syncthreads()
 #define MARL_SHFL_DOWN(v, o) marl_emu_shfl_down((v), (o))
+#define MARL_BALLOT(p) marl_emu_ballot((p))
+#define MARL_POPC(x) ((u32)__builtin_popcount(x))
 #else
 #define MARL_BLOCKFN static inline
 #define MARL_SERIAL 1
@@ -121,6 +125,9 @@ HD double marl_clamp(double x, double lo, double hi) {
 #define MARL_SYNC() \
     do {            \
     } while (0)
+/* one thread, lane 0 of its warp */
+#define MARL_BALLOT(p) ((p) ? 1u : 0u)
+#define MARL_POPC(x) ((u32)__builtin_popcount(x))
 #endif
 
 /* Row stride of the fold buffer for S symbols: S rounded up to an odd number, so rows start in
@@ -168,8 +175,14 @@ MARL_BLOCKFN u32 marl_block_sum_u32(u32 v, u32* scratch) {
 #endif
 }
 
-/* Exclusive prefix sum of flags[0 .. n) in place (integers, exact). Each thread scans a contiguous
- * chunk; thread 0 scans the chunk totals. `scratch` holds >= MARL_NT u32. Contains barriers. */
+/* Exclusive prefix sum of flags[0 .. n) in place (integers, exact). Each thread sums a contiguous
+ * chunk; the chunk totals are scanned with warp votes, no serial pass: within a warp, bit b of every
+ * lane's total is one `ballot`, and a lane's exclusive prefix is the sum over b of
+ * popc(ballot_b & lanes below it) << b (the loop stops once no lane of the warp has higher bits; the
+ * opener flags are 0/1, so with S <= threads one ballot per bit and one to stop); each warp's total
+ * goes to scratch[warp], and a thread adds the totals of the warps before its own (at most 7).
+ * `scratch` holds >= 8 u32 (>= MARL_NT / 32). Contains barriers and warp votes: call from every
+ * thread of the block (a whole number of warps). */
 MARL_BLOCKFN void marl_exclusive_scan_u32(u32* flags, u32 n, u32* scratch) {
     MARL_SYNC();
     const u32 nt = MARL_NT;
@@ -178,18 +191,19 @@ MARL_BLOCKFN void marl_exclusive_scan_u32(u32* flags, u32 n, u32* scratch) {
     const u32 hi = lo + chunk < n ? lo + chunk : n;
     u32 total = 0;
     for (u32 i = lo; i < hi; ++i) total += flags[i];
-    scratch[MARL_TID] = total;
-    MARL_SYNC();
-    if (MARL_TID == 0u) {
-        u32 acc = 0;
-        for (u32 i = 0; i < nt; ++i) {
-            const u32 t = scratch[i];
-            scratch[i] = acc;
-            acc += t;
-        }
+    const u32 lane = MARL_TID & 31u, warp = MARL_TID >> 5;
+    const u32 below = lane ? 0xffffffffu >> (32u - lane) : 0u;
+    u32 prefix = 0, warp_total = 0;
+    for (u32 b = 0; b < 32u; ++b) {
+        const u32 m = MARL_BALLOT((total >> b) & 1u);
+        prefix += MARL_POPC(m & below) << b;
+        warp_total += MARL_POPC(m) << b;
+        if (b == 31u || MARL_BALLOT((total >> b) > 1u) == 0u) break; /* warp-uniform */
     }
+    if (lane == 0u) scratch[warp] = warp_total;
     MARL_SYNC();
-    u32 acc = scratch[MARL_TID];
+    u32 acc = prefix;
+    for (u32 w = 0; w < warp; ++w) acc += scratch[w];
     for (u32 i = lo; i < hi; ++i) {
         const u32 f = flags[i];
         flags[i] = acc;

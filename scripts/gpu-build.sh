@@ -5,7 +5,8 @@
 #
 #   bash scripts/gpu-build.sh
 #
-# target/gpu/marl-trade      the release CLI with the cuda feature (`bench env --backend cuda`)
+# target/gpu/marl-trade      the release CLI with the cuda and nvtx features (`bench env --backend
+#                            cuda`, `bench suite`, NVTX ranges for scripts/nsys-bench.sh)
 # target/gpu/cuda_parity     the GPU-only tests (`--ignored`), release profile
 # target/gpu/nvrtc_compile   the NVRTC compile check, run there with that machine's NVRTC
 # All stripped. They need glibc >= 2.34, the NVIDIA driver (libcuda.so.1) and NVRTC at run time.
@@ -15,7 +16,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/marl-trade/target}"
 out=target/gpu
 mkdir -p "$out"
 
-cargo build --release --features cuda --bin marl-trade
+cargo build --release --features cuda,nvtx --bin marl-trade
 strip -o "$out/marl-trade" "$CARGO_TARGET_DIR/release/marl-trade"
 
 # The test executables' paths come from cargo's JSON messages (their names carry a hash).

@@ -7,15 +7,23 @@
 #
 # Steps, each capped by `timeout`, the whole run by a budget of MARL_GPU_CHECK_BUDGET_S seconds
 # (default 450, i.e. under 8 minutes; a step that would start past the budget is recorded as
-# skipped):
+# skipped), in order of importance:
 #   1. the device (nvidia-smi) and the NVRTC compile check with this machine's NVRTC;
 #   2. every GPU-only test of tests/cuda_parity.rs (`--ignored`): CPU-vs-CUDA whole-episode parity
 #      for the parity cases and every block width S in {1, 31, 32, 143, 256, 300, 1100}, the device
-#      sampler replayed on the CPU, the kernels' resources as the driver reports them, device
-#      rollout throughput;
-#   3. compute-sanitizer racecheck, synccheck and memcheck on a short parity test, when
-#      compute-sanitizer is installed (recorded as absent otherwise);
-#   4. `marl-trade bench env --backend cuda` for N in {128, 1024, 4096} x S in {143, 512}.
+#      sampler replayed on the CPU, `step_device`, the packed copies counted per step
+#      (`step_copies_are_packed`), the three rollout modes (separate, fused, CUDA graph) reaching
+#      the same state, a second stream ordered by the backend's events, the kernels' resources as
+#      the driver reports them, device rollout throughput;
+#   3. `marl-trade bench suite --backends cuda` (the fixed N x S x obs matrix, every rollout mode,
+#      device time from CUDA events); its JSON is appended to the results file;
+#   4. `marl-trade bench env --backend cuda` for N in {128, 1024, 4096} x S in {143, 512} (the
+#      host-driven VecEnv loop: packed action upload, step, packed output read, observations);
+#   5. compute-sanitizer racecheck, synccheck and memcheck on a short parity test and on the
+#      rollout modes (fused kernel, graph), when compute-sanitizer is installed (recorded as
+#      absent otherwise);
+#   6. scripts/nsys-bench.sh on a small matrix when nsys is installed (reports under
+#      gpu-check-nsys/, their kernel / copy / NVTX summaries appended).
 # The exit status is 0 when every step that ran passed.
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -71,21 +79,38 @@ fi
 step "nvrtc compile" 60 "$bin/nvrtc_compile" every_kernel_compiles_cleanly --nocapture
 step "cuda parity (all GPU-only tests)" 240 "$bin/cuda_parity" --ignored --nocapture --test-threads 1
 
-san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
-if [[ -n "$san" ]]; then
-  for tool in racecheck synccheck memcheck; do
-    step "compute-sanitizer $tool" 60 "$san" --tool "$tool" --error-exitcode 9 \
-      "$bin/cuda_parity" --ignored --exact device_sampler_replays_on_cpu --test-threads 1
-  done
-else
-  log "== compute-sanitizer: ABSENT on this machine (racecheck / synccheck / memcheck not run)"
-fi
+suite_json="$(dirname "$out")/gpu-check-suite.json"
+step "bench suite (cuda)" 200 "$bin/marl-trade" bench suite --backends cuda --json "$suite_json"
+[[ -f "$suite_json" ]] && { echo "== bench suite JSON ($suite_json):"; cat "$suite_json"; } >>"$out"
 
 for n in 128 1024 4096; do
   for s in 143 512; do
     step "bench env cuda N=$n S=$s" 30 "$bin/marl-trade" bench env --backend cuda --envs "$n" --symbols "$s" --steps 200
   done
 done
+
+san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+if [[ -n "$san" ]]; then
+  for tool in racecheck synccheck memcheck; do
+    step "compute-sanitizer $tool" 60 "$san" --tool "$tool" --error-exitcode 9 \
+      "$bin/cuda_parity" --ignored --exact device_sampler_replays_on_cpu --test-threads 1
+  done
+  step "compute-sanitizer memcheck (rollout modes)" 90 "$san" --tool memcheck --error-exitcode 9 \
+    "$bin/cuda_parity" --ignored --exact rollout_modes_agree --test-threads 1
+else
+  log "== compute-sanitizer: ABSENT on this machine (racecheck / synccheck / memcheck not run)"
+fi
+
+if command -v nsys >/dev/null || ls -d /opt/nvidia/nsight-systems/*/bin/nsys >/dev/null 2>&1; then
+  nsys_dir="$(dirname "$out")/gpu-check-nsys"
+  step "nsys bench (small matrix)" 120 env MARL_BIN="$bin/marl-trade" bash "$root/scripts/nsys-bench.sh" \
+    "$nsys_dir" --envs 128,4096 --symbols 143 --steps 128
+  for f in "$nsys_dir"/*.csv; do
+    [[ -f "$f" ]] && { echo "== $f"; cat "$f"; } >>"$out"
+  done
+else
+  log "== nsys: ABSENT on this machine (scripts/nsys-bench.sh not run)"
+fi
 
 log "# total $(($(date +%s) - start)) s; $([[ $failed == 0 ]] && echo 'all steps that ran passed' || echo 'SOME STEPS FAILED')"
 exit $failed

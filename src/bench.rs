@@ -1,12 +1,15 @@
 /*!
 Throughput benchmarks of the environment, of the symbol policy and of the supervised priors'
 inference ([`SlBench`]), used by both the CLI
-(`marl-trade bench env`, `marl-trade bench policy`, `marl-trade bench sl`) and the criterion benches (`benches/env.rs`,
+(`marl-trade bench env`, `marl-trade bench policy`, `marl-trade bench sl`, and the fixed
+environment matrix of `marl-trade bench suite`, [`suite`]) and the criterion benches (`benches/env.rs`,
 `benches/policy.rs`), so the two measure the same loops. Throughput is reported in symbol-steps
 (N scenarios x S symbols per `step`) and symbol-forwards per second, with the machine it ran on.
 
 Speed targets are checked here and in `benches/`, never in timed unit tests.
 */
+
+pub mod suite;
 
 use std::sync::Arc;
 use std::time::Instant;

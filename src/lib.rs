@@ -7,7 +7,8 @@ Gymnasium's vector API, with fills, costs, risk limits and a 7-term reward insid
 
 Modules, one per concept, from the bottom layer up; each imports only from the layers below it
 and owns its configuration section:
-- [`error`], [`rng`], [`atomic`]: the error type; deterministic random numbers; atomic file writes.
+- [`error`], [`rng`], [`atomic`], [`profile`]: the error type; deterministic random numbers; atomic file
+  writes; NVTX profiler ranges (the `nvtx` feature).
 - [`data`]: market data arrays, the synthetic generator, the polars loader (`[data]`).
 - [`features`]: causal technical and regime features.
 - [`market`]: data + features of one market, computed once and shared.
@@ -52,6 +53,7 @@ pub mod eval;
 pub mod features;
 pub mod market;
 pub mod priors;
+pub mod profile;
 pub mod reward;
 pub mod rng;
 pub mod run;

@@ -16,6 +16,7 @@
 //! marl-trade sl cache --config configs/signal.toml --models runs/sl-signal --out runs/sl-signal/priors.slc
 //! marl-trade bench sl --config configs/signal.toml [--models DIR] [--batch 1024]
 //! marl-trade bench train --config configs/default.toml --iterations 2
+//! marl-trade bench suite [--json suite.json] [--backends cpu,cuda] [--envs 128,1024,4096] [--symbols 143,512]
 //! ```
 //!
 //! Every command reads `--config` (default `configs/default.toml`; `eval` reads the configuration
@@ -321,6 +322,40 @@ enum BenchCmd {
     Sl(BenchSlArgs),
     /// End-to-end training throughput (rollout + update) of the config, split by part.
     Train(BenchTrainArgs),
+    /// The environment's fixed matrix (N in 128, 1024, 4096 x S in 143, 512, without and with
+    /// observations) on the CPU and, when present, the CUDA backend; optionally as JSON.
+    Suite(BenchSuiteArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchSuiteArgs {
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Backends, comma-separated (`cuda` without a GPU is reported as skipped).
+    #[arg(long, value_delimiter = ',', default_value = "cpu,cuda")]
+    backends: Vec<BackendKind>,
+    /// Scenario counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "128,1024,4096")]
+    envs: Vec<usize>,
+    /// Symbol counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "143,512")]
+    symbols: Vec<usize>,
+    /// Most timed steps per case (the CUDA rollouts run exactly this many).
+    #[arg(long, default_value_t = 512)]
+    steps: usize,
+    /// Fewest timed steps of a CPU case.
+    #[arg(long, default_value_t = 3)]
+    min_steps: usize,
+    /// Wall-time budget of a CPU case's timed loop, seconds.
+    #[arg(long, default_value_t = 2.0)]
+    cpu_seconds: f64,
+    /// Largest host observation buffer of a CPU case with observations, GiB (larger: skipped).
+    #[arg(long, default_value_t = 2.0)]
+    max_obs_gib: f64,
+    /// Worker threads of the CPU backend (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -408,6 +443,9 @@ fn run(cli: Cli) -> Result<()> {
             with_threads(args.threads, || bench_policy(&cfg, &args))
         }
         Command::Bench(BenchCmd::Sl(args)) => with_threads(args.threads, || bench_sl(&cfg, &args)),
+        Command::Bench(BenchCmd::Suite(args)) => {
+            with_threads(args.threads, || bench_suite(&cfg, &args))
+        }
         Command::Sl(SlCmd::Train { out, force }) => sl_train(&cfg, &out, force),
         Command::Sl(SlCmd::Cache { models, out }) => sl_cache(&cfg, &models, &out),
     }
@@ -750,6 +788,43 @@ fn bench_env(cfg: &Config, args: &BenchEnvArgs) -> Result<()> {
         marl_trade::env::obs::OBS_DIM
     );
     print!("{}", b.measure(args.steps)?.lines());
+    Ok(())
+}
+
+fn bench_suite(cfg: &Config, args: &BenchSuiteArgs) -> Result<()> {
+    use marl_trade::bench::suite::{SuiteOptions, run_suite};
+    if !(args.cpu_seconds >= 0.0 && args.max_obs_gib >= 0.0) {
+        return Err(Error::invalid(
+            "--cpu-seconds and --max-obs-gib must be >= 0",
+        ));
+    }
+    let opts = SuiteOptions {
+        backends: args.backends.clone(),
+        ns: args.envs.clone(),
+        ss: args.symbols.clone(),
+        max_steps: args.steps,
+        min_steps: args.min_steps,
+        cpu_seconds: args.cpu_seconds,
+        max_obs_bytes: (args.max_obs_gib * (1u64 << 30) as f64) as usize,
+    };
+    println!(
+        "machine: {}; rayon threads: {}",
+        Machine::here(),
+        rayon::current_num_threads()
+    );
+    let report = run_suite(&cfg.env_setup(), &cfg.data.synthetic, &opts, |r| match r {
+        Ok(c) => println!("{}", c.line()),
+        Err(k) => println!("skipped {} {}: {}", k.backend, k.case, k.reason),
+    })?;
+    if let Some(g) = &report.gpu {
+        println!("gpu: {g}");
+    }
+    if let Some(path) = &args.json {
+        let text =
+            serde_json::to_string_pretty(&report).map_err(|e| Error::json("bench suite", e))?;
+        marl_trade::atomic::write(path, text.as_bytes())?;
+        println!("wrote {}", path.display());
+    }
     Ok(())
 }
 

@@ -13,7 +13,12 @@
 //!   driver reports them, and the step's launch for several S.
 //! - `device_sampler_replays_on_cpu`: actions drawn on the device, replayed on the CPU backend.
 //! - `step_device_matches_cpu`: steps from actions already on the device (`step_device`).
-//! - `cuda_rollout_throughput`: whole 128 x 2048 rollouts on the device, timed with CUDA events.
+//! - `cuda_rollout_throughput`: whole 128 x 2048 rollouts on the device in each launch mode
+//!   (separate, fused, CUDA graph), timed with CUDA events.
+//! - `step_copies_are_packed`: one packed host-to-device and one packed device-to-host copy per
+//!   host-driven step (the counts of `tests/device_env.rs`, on the GPU).
+//! - `rollout_modes_agree`: the three rollout modes reach the same state.
+//! - `events_order_another_stream`: a second stream ordered by the backend's events.
 //! - `construction_without_gpu_is_a_clear_error` runs everywhere (not ignored): without a driver the
 //!   backend must return an error of kind `ErrorKind::BackendUnavailable`, never panic.
 #![cfg(feature = "cuda")]
@@ -23,7 +28,7 @@ mod parity;
 use std::sync::Arc;
 
 use marl_trade::env::cpu::CpuBackend;
-use marl_trade::env::cuda::CudaBackend;
+use marl_trade::env::cuda::{CudaBackend, RolloutMode};
 use marl_trade::env::{Backend, EnvLayout, Period, StepOutputs};
 use marl_trade::{Config, ErrorKind};
 use parity::{Plan, cases, cmp_outputs, cmp_records, cmp_snapshots, cmp_views, run_parity};
@@ -232,22 +237,167 @@ fn cuda_rollout_throughput() {
     let layout = EnvLayout::new(&cfg.env_setup(), &md, Period::Train).unwrap();
     let mut gpu = CudaBackend::new(layout, md, feats).expect("CUDA backend");
     gpu.reset(1).unwrap();
-    let _warm = gpu.random_rollout(16, 9, None, true).unwrap();
-    for with_obs in [false, true] {
-        gpu.reset(1).unwrap();
-        let t = gpu
-            .random_rollout(cfg.env.episode_len, 7, None, with_obs)
-            .unwrap();
-        eprintln!(
-            "{}: N={} S={} steps={} obs={with_obs}: {:.1} ms device, {:.3e} scenario-steps/s, {:.2} us/step, {} episodes",
-            gpu.device_description(),
-            layout.n_scenarios,
-            layout.n_symbols,
-            t.steps,
-            t.device_ms,
-            t.scenario_steps_per_s,
-            t.device_ms as f64 * 1e3 / t.steps as f64,
-            t.episodes_finished
+    let _warm = gpu
+        .random_rollout(16, 9, None, true, RolloutMode::Separate, false)
+        .unwrap();
+    for mode in [
+        RolloutMode::Separate,
+        RolloutMode::Fused,
+        RolloutMode::Graph,
+    ] {
+        for with_obs in [false, true] {
+            gpu.reset(1).unwrap();
+            let t = gpu
+                .random_rollout(cfg.env.episode_len, 7, None, with_obs, mode, false)
+                .unwrap();
+            eprintln!(
+                "{}: N={} S={} steps={} {mode:?} obs={with_obs}: {:.1} ms device, {:.1} ms host, \
+                 {:.1} ms graph setup, {:.3e} symbol-steps/s, {:.2} us/step, {} episodes",
+                gpu.device_description(),
+                layout.n_scenarios,
+                layout.n_symbols,
+                t.steps,
+                t.device_ms,
+                t.host_ms,
+                t.setup_ms,
+                t.scenario_steps_per_s * layout.n_symbols as f64,
+                t.device_ms as f64 * 1e3 / t.steps as f64,
+                t.episodes_finished
+            );
+        }
+    }
+}
+
+/// The host-driven step on the GPU copies what `tests/device_env.rs` counts on the host: per
+/// `step` + `read_outputs`, one packed host-to-device copy (actions and master actions) and one
+/// packed device-to-host copy (all outputs), one launch, no memset; a step with a done adds the
+/// record drain (two reads and a memset).
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn step_copies_are_packed() {
+    let case = cases().into_iter().next().unwrap();
+    let l = case.layout;
+    let mut gpu = CudaBackend::new(l, case.md.clone(), case.feats.clone()).expect("CUDA backend");
+    gpu.reset(4).unwrap();
+    let mut out = StepOutputs::new(l.n_scenarios, l.n_symbols);
+    let (mut quiet, mut with_done) = (0, 0);
+    for it in 0..(2 * l.episode_len as u64 + 1) {
+        let (acts, master) = gpu.sample_actions(17, it, None).unwrap();
+        let before = gpu.counts();
+        gpu.step(&acts, &master).unwrap();
+        gpu.read_outputs(&mut out).unwrap();
+        let done = (0..l.n_scenarios).any(|n| out.done(n));
+        if done {
+            gpu.drain_episodes().unwrap();
+        }
+        let c = gpu.counts().since(&before);
+        let want_in = (l.n_scenarios * l.n_symbols + l.n_scenarios) as u64;
+        let want_out = gpu.outputs_device().0.bytes() as u64;
+        assert_eq!(
+            (c.htod, c.htod_bytes, c.launches),
+            (1, want_in, 1),
+            "step {it}: {c:?}"
         );
+        if done {
+            assert_eq!((c.dtoh, c.memsets), (3, 1), "step {it} (done): {c:?}");
+            with_done += 1;
+        } else {
+            assert_eq!(
+                (c.dtoh, c.dtoh_bytes, c.memsets),
+                (1, want_out, 0),
+                "step {it}: {c:?}"
+            );
+            quiet += 1;
+        }
+    }
+    eprintln!("{quiet} steps without and {with_done} with a done, copies as counted");
+    assert!(quiet > 0 && with_done > 0);
+}
+
+/// Every rollout mode computes the same states: sampler and step apart, fused into one kernel,
+/// and the fused launches captured in a CUDA graph (same draws: counter `it` per step).
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn rollout_modes_agree() {
+    for (s, n, ep) in [(143usize, 16usize, 24usize), (300, 4, 16)] {
+        let case = parity::width_case(s, n, ep, 77);
+        let l = case.layout;
+        let mut snaps = Vec::new();
+        for mode in [
+            RolloutMode::Separate,
+            RolloutMode::Fused,
+            RolloutMode::Graph,
+        ] {
+            let mut gpu =
+                CudaBackend::new(l, case.md.clone(), case.feats.clone()).expect("CUDA backend");
+            gpu.reset(11).unwrap();
+            let t = gpu
+                .random_rollout(3 * ep + 1, 5, None, true, mode, false)
+                .unwrap();
+            snaps.push((mode, t.episodes_finished, gpu.snapshot().unwrap()));
+        }
+        for (mode, eps, snap) in &snaps[1..] {
+            assert_eq!(
+                *eps, snaps[0].1,
+                "S = {s}: {mode:?} finished other episodes"
+            );
+            assert!(*eps > 0);
+            cmp_snapshots(&snaps[0].2, snap)
+                .unwrap_or_else(|e| panic!("S = {s}: {mode:?} differs from Separate: {e}"));
+        }
+    }
+}
+
+/// A learner on another stream ordered by the backend's events: it reads the packed outputs
+/// after `record_event` + `wait`, and writes actions the backend steps from after `wait_event`.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn events_order_another_stream() {
+    use cudarc::driver::result::memcpy_dtod_async;
+    let case = cases().into_iter().next().unwrap();
+    let l = case.layout;
+    let (n, s) = (l.n_scenarios, l.n_symbols);
+    let mut cpu = CpuBackend::new(l, case.md.clone(), case.feats.clone());
+    let mut gpu = CudaBackend::new(l, case.md.clone(), case.feats.clone()).expect("CUDA backend");
+    let other = gpu.stream().context().new_stream().unwrap();
+    let (pack, out_addr) = gpu.outputs_device();
+    let mut mirror = other.alloc_zeros::<u8>(pack.bytes()).unwrap();
+    let mut dev_acts = other.alloc_zeros::<u8>(n * s).unwrap();
+    let mut dev_master = other.alloc_zeros::<u8>(n).unwrap();
+    cpu.reset(8).unwrap();
+    gpu.reset(8).unwrap();
+    let mut oa = StepOutputs::new(n, s);
+    let mut ob = StepOutputs::new(n, s);
+    for it in 0..(l.episode_len as u64 + 3) {
+        let (acts, master) = gpu.sample_actions(31, it, None).unwrap();
+        // the "learner" writes the actions on its own stream ...
+        other.memcpy_htod(&acts, &mut dev_acts).unwrap();
+        other.memcpy_htod(&master, &mut dev_master).unwrap();
+        let written = other.record_event(None).unwrap();
+        // ... the backend waits for them, steps, and publishes an event
+        gpu.wait_event(&written).unwrap();
+        gpu.step_device(&dev_acts, &dev_master).unwrap();
+        let stepped = gpu.record_event().unwrap();
+        other.wait(&stepped).unwrap();
+        {
+            use cudarc::driver::DevicePtrMut;
+            let (dst, _g) = mirror.device_ptr_mut(&other);
+            // SAFETY: both regions hold pack.bytes() bytes on this context; ordered by `stepped`.
+            unsafe { memcpy_dtod_async(dst, out_addr, pack.bytes(), other.cu_stream()) }.unwrap();
+        }
+        let bytes = other.clone_dtoh(&mirror).unwrap();
+        pack.unpack(&bytes, &mut ob);
+        cpu.step(&acts, &master).unwrap();
+        cpu.read_outputs(&mut oa).unwrap();
+        cmp_outputs(&oa, &ob)
+            .map_err(|e| format!("step {it}: {e}"))
+            .unwrap();
+        if (0..n).any(|k| oa.done(k)) {
+            cmp_records(
+                &cpu.drain_episodes().unwrap(),
+                &gpu.drain_episodes().unwrap(),
+            )
+            .unwrap();
+        }
     }
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// Bottom to top. Modules on one line share a layer.
 const LAYERS: &[&[&str]] = &[
-    &["error", "rng", "atomic"],
+    &["error", "rng", "atomic", "profile"],
     &["data"],
     &["features"],
     &["market"],

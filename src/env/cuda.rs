@@ -8,17 +8,23 @@ Layout on the device, struct-of-arrays like the CPU backend:
 - per-scenario `ScenarioState` `[N]` (the `#[repr(C)]` struct of `env`, mirrored in
   `kernels/env_logic.cuh`), per-symbol `q, entry, peak_px, dsr_a, dsr_b` `[N, S]` f64 and
   `entry_k` `[N, S]` u32, episode accumulators `[N, 7]`;
-- step outputs (rewards, components, master reward, dones) and finished-episode records.
+- step outputs (rewards, components, master reward, dones) packed in one allocation
+  ([`OutputPack`]), the packed step inputs, finished-episode records.
 
-Every kernel takes one argument struct by value (`kernels/abi.cuh`, mirrored by [`super::abi`]):
-the backend reads the device address of every buffer once ([`EnvBuffers`]) and fills the struct with
-the constructor the host parity test uses (`EnvStepArgs::new`, ...) before each launch.
+The host side (buffers, which copy and which launch each call makes) is the device driver
+[`DeviceEnv`] of [`super::device`]; this module provides its [`Device`], [`CudaDevice`]: a context,
+the backend's own non-blocking stream, the loaded kernels with their launch geometry, and pinned
+staging for the packed step inputs and outputs (one copy each way per step).
+Every kernel takes one argument struct by value (`kernels/abi.cuh`, mirrored by [`super::abi`]),
+built by the driver from the device addresses of its buffers ([`super::abi::EnvBuffers`]) with the
+constructors the host parity test uses (`EnvStepArgs::new`, ...).
 
 One step is one fused kernel (`env_step`): a block per scenario, threads over symbols, per-scenario
 reductions as ordered folds in shared memory so that the results equal the CPU backend's bit for
 bit (`kernels/common.cuh`). Whole rollouts can stay on the device: [`CudaBackend::random_rollout`]
-samples actions on the device (`kernels/sampler.cu`), steps and gathers observations with no host
-round trip, and times itself with CUDA events.
+samples actions on the device (`kernels/sampler.cu`, or fused into the step, `kernels/rollout.cu`),
+steps and gathers observations with no host round trip, optionally as one CUDA graph
+([`RolloutMode`]), and times itself with CUDA events.
 
 The same kernel source, compiled for the host by build.rs, is checked against the CPU backend in
 `tests/host_parity.rs` on every CI run, entered through the kernels' own per-block entry points
@@ -30,28 +36,27 @@ pub mod nvrtc;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
-use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute_enum};
+use cudarc::driver::sys::{
+    CUdevice_attribute, CUfunction_attribute_enum, CUgraphInstantiate_flags, CUstreamCaptureMode,
+};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DriverError,
-    LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError,
+    LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
 use super::abi::{
-    DEFAULT_SMEM_LIMIT, EnvBuffers, EnvDims, EnvResetArgs, EnvStepArgs, EpisodeRecordC,
-    KernelResources, MaskArgs, ObsArgs, ROWS_BLOCK, SampleArgs, check_launch, step_block_threads,
+    DEFAULT_SMEM_LIMIT, KernelResources, ROWS_BLOCK, check_launch, step_block_threads,
     step_carry_in_smem, step_smem_bytes,
 };
-use super::obs::{DYN_OBS, OBS_DIM};
-use super::{
-    Backend, EnvLayout, EpisodeRecord, N_ACTIONS, ScenarioState, Snapshot, StepOutputs, SymbolState,
-};
+use super::device::{Device, DeviceEnv, Launch, OutputPack, TransferCounts};
+use super::{Backend, EnvLayout, EpisodeRecord, Snapshot, StepOutputs};
 use crate::data::MarketData;
 use crate::error::{Error, Result};
 use crate::features::Features;
 use crate::priors::PriorCache;
-use crate::reward::N_COMPONENTS;
 
 /// Kernel headers, passed to NVRTC in memory under these include names.
 pub const HEADERS: [(&str, &str); 5] = [
@@ -63,7 +68,7 @@ pub const HEADERS: [(&str, &str); 5] = [
 ];
 
 /// Kernel programs: (file name, source, kernels it defines).
-pub const PROGRAMS: [(&str, &str, &[&str]); 3] = [
+pub const PROGRAMS: [(&str, &str, &[&str]); 4] = [
     (
         "env_step.cu",
         include_str!("../../kernels/env_step.cu"),
@@ -79,11 +84,12 @@ pub const PROGRAMS: [(&str, &str, &[&str]); 3] = [
         include_str!("../../kernels/sampler.cu"),
         &["sample_actions"],
     ),
+    (
+        "rollout.cu",
+        include_str!("../../kernels/rollout.cu"),
+        &["env_step_sampled"],
+    ),
 ];
-
-/// Episode-record slots per scenario on the device. `VecEnv` drains after every step with a done,
-/// so one slot would do; device rollouts count finished episodes without keeping them.
-const RECORD_CAP: u32 = 4;
 
 /// NVRTC options for a virtual architecture such as `compute_90`.
 ///
@@ -157,17 +163,30 @@ fn drv(what: &str) -> impl FnOnce(DriverError) -> Error + '_ {
     move |e| backend_err(format!("{what}: {e}"))
 }
 
-/// The device buffer in `slot`, allocated zeroed with `len` elements on first use.
-fn lazy_buf<'a, T: DeviceRepr + ValidAsZeroBits>(
-    stream: &Arc<CudaStream>,
-    slot: &'a mut Option<CudaSlice<T>>,
-    len: usize,
-    what: &str,
-) -> Result<&'a mut CudaSlice<T>> {
-    if slot.is_none() {
-        *slot = Some(stream.alloc_zeros::<T>(len).map_err(drv(what))?);
+/// How [`CudaBackend::random_rollout`] launches its steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutMode {
+    /// `sample_actions` then `env_step` per step (two launches; plus `gather_obs`).
+    Separate,
+    /// `env_step_sampled` per step: the sampler fused into the step (one launch; plus `gather_obs`).
+    Fused,
+    /// The fused launches of the whole rollout captured once into a CUDA graph and launched as one
+    /// graph; capture and instantiation are timed apart ([`RolloutTiming::setup_ms`]).
+    Graph,
+}
+
+impl std::str::FromStr for RolloutMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "separate" => Ok(Self::Separate),
+            "fused" => Ok(Self::Fused),
+            "graph" => Ok(Self::Graph),
+            o => Err(Error::invalid(format!(
+                "unknown rollout mode `{o}` (expected separate, fused or graph)"
+            ))),
+        }
     }
-    Ok(slot.as_mut().expect("allocated above"))
 }
 
 /// Timing of a device-side rollout ([`CudaBackend::random_rollout`]).
@@ -175,8 +194,15 @@ fn lazy_buf<'a, T: DeviceRepr + ValidAsZeroBits>(
 pub struct RolloutTiming {
     /// Steps timed.
     pub steps: usize,
-    /// Device time between the first and the last kernel, CUDA events.
+    /// How the steps were launched.
+    pub mode: RolloutMode,
+    /// Device time between two CUDA events recorded on the backend's stream before the first
+    /// and after the last launch (for `Graph`: around the one graph launch).
     pub device_ms: f32,
+    /// Host wall time of the same window, enqueue plus waiting for the end event.
+    pub host_ms: f64,
+    /// `Graph` only: host time to capture and instantiate the graph (not in `device_ms`).
+    pub setup_ms: f64,
     /// Scenario-steps per second of device time (x S for symbol-steps).
     pub scenario_steps_per_s: f64,
     /// Episodes that finished during the rollout (all scenarios).
@@ -203,16 +229,62 @@ fn kernel_resources(name: &str, f: &CudaFunction) -> Result<KernelResources> {
 struct Kernels {
     reset: CudaFunction,
     step: CudaFunction,
+    step_sampled: CudaFunction,
     gather_obs: CudaFunction,
     dyn_obs: CudaFunction,
     mask: CudaFunction,
     sample: CudaFunction,
 }
 
-/// The CUDA backend (see the module docs).
-pub struct CudaBackend {
-    layout: EnvLayout,
-    dims: EnvDims,
+/// Page-locked host memory (`cuMemHostAlloc`), so that copies from and to it are real DMA
+/// transfers that can run asynchronously.
+struct Pinned {
+    ptr: *mut u8,
+    len: usize,
+    ctx: Arc<CudaContext>,
+}
+
+// SAFETY: the allocation is owned by this value alone and only accessed through `&mut self` /
+// `&self` borrows of it; the pointer is never shared with another thread by this type.
+unsafe impl Send for Pinned {}
+
+impl Pinned {
+    fn new(ctx: &Arc<CudaContext>, len: usize, flags: u32) -> Result<Self> {
+        ctx.bind_to_thread().map_err(drv("bind context"))?;
+        // SAFETY: cuMemHostAlloc with a positive size; the result is checked and freed in Drop.
+        let ptr = unsafe { cudarc::driver::result::malloc_host(len.max(1), flags) }
+            .map_err(drv("pinned host allocation"))? as *mut u8;
+        // SAFETY: fresh allocation of len bytes; zero it so it is never read uninitialised.
+        unsafe { std::ptr::write_bytes(ptr, 0, len.max(1)) };
+        Ok(Self {
+            ptr,
+            len,
+            ctx: ctx.clone(),
+        })
+    }
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr points to len initialised bytes owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, uniquely borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        let _ = self.ctx.bind_to_thread();
+        // SAFETY: ptr came from cuMemHostAlloc and is freed once; the device has finished with
+        // it (the owner synchronises its stream before dropping, `CudaDevice::drop`).
+        let _ = unsafe { cudarc::driver::result::free_host(self.ptr.cast()) };
+    }
+}
+
+/// The GPU as a [`Device`] of the device driver ([`super::device`]): a context on GPU 0, the
+/// backend's own non-blocking stream (not the legacy default stream), the loaded kernels and their
+/// launch geometry, every buffer, and pinned staging for the packed step inputs and outputs.
+pub struct CudaDevice {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     k: Kernels,
@@ -223,63 +295,27 @@ pub struct CudaBackend {
     block: u32,
     smem: u32,
     carry_in_smem: bool,
-    /// Device addresses of the buffers below, for the kernels' argument structs.
-    bufs: EnvBuffers,
-    seed: u64,
-    // market data and features
-    open: CudaSlice<f32>,
-    close: CudaSlice<f32>,
-    volume: CudaSlice<f32>,
-    sentiment: CudaSlice<f32>,
-    macro_series: CudaSlice<f32>,
-    regime: CudaSlice<f32>,
-    tech: CudaSlice<f32>,
-    sl: Option<CudaSlice<f32>>,
-    // state
-    scen: CudaSlice<ScenarioState>,
-    q: CudaSlice<f64>,
-    entry: CudaSlice<f64>,
-    peak_px: CudaSlice<f64>,
-    dsr_a: CudaSlice<f64>,
-    dsr_b: CudaSlice<f64>,
-    entry_k: CudaSlice<u32>,
-    comp_sum: CudaSlice<f64>,
-    comp_sumsq: CudaSlice<f64>,
-    comp_count: CudaSlice<u64>,
-    scratch: CudaSlice<f64>,
-    opener: CudaSlice<u32>,
-    // step inputs and outputs
-    actions: CudaSlice<u8>,
-    master: CudaSlice<u8>,
-    reward: CudaSlice<f32>,
-    comps: CudaSlice<f32>,
-    master_reward: CudaSlice<f32>,
-    terminated: CudaSlice<u8>,
-    truncated: CudaSlice<u8>,
-    recs: CudaSlice<EpisodeRecordC>,
-    rec_count: CudaSlice<u32>,
-    // observation buffers, allocated on first use
-    obs: Option<CudaSlice<f32>>,
-    dyn_buf: Option<CudaSlice<f32>>,
-    mask_buf: Option<CudaSlice<u8>>,
+    n: u32,
+    rows: usize,
+    allocs: Vec<CudaSlice<u8>>,
+    stage_in: Option<Pinned>,
+    stage_out: Option<Pinned>,
+    /// Recorded after every staged upload: the input staging is rewritten only after it.
+    in_done: CudaEvent,
 }
 
-impl CudaBackend {
-    /// Build the backend on GPU 0: checks for the driver, compiles (once per process) and loads the
-    /// kernels, uploads the data and allocates the state. Errors are of kind `ErrorKind::BackendUnavailable`.
-    pub fn new(layout: EnvLayout, data: Arc<MarketData>, features: Arc<Features>) -> Result<Self> {
-        Self::with_priors(layout, data, features, None)
+impl Drop for CudaDevice {
+    fn drop(&mut self) {
+        // the pinned staging may still be read by a pending copy
+        let _ = self.stream.synchronize();
     }
+}
 
-    /// [`CudaBackend::new`] with the SL prior cache uploaded as one more device buffer (the
-    /// observation's SL slice reads it; `None`: zeros). The caller has checked the cache against
-    /// the data (`VecEnv::new` does).
-    pub fn with_priors(
-        layout: EnvLayout,
-        data: Arc<MarketData>,
-        features: Arc<Features>,
-        priors: Option<Arc<PriorCache>>,
-    ) -> Result<Self> {
+impl CudaDevice {
+    /// Check for the driver, create the context and stream, compile (once per process) and load
+    /// the kernels, and check the launch geometry for `n` scenarios x `s` symbols against what
+    /// the driver reports. Errors are of kind `ErrorKind::BackendUnavailable`.
+    pub fn new(n: usize, s: usize) -> Result<Self> {
         // SAFETY: only probes whether the driver library can be dlopen'ed; no CUDA call is made.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             return Err(backend_err(
@@ -287,7 +323,6 @@ impl CudaBackend {
                  (use --backend cpu here; see docs/gpu.md)",
             ));
         }
-        let (n, s) = (layout.n_scenarios, layout.n_symbols);
         if n == 0 || s == 0 || n.checked_mul(s).is_none_or(|ns| ns > u32::MAX as usize) {
             return Err(Error::invalid(format!(
                 "cuda backend: unsupported N = {n}, S = {s} (both positive, N x S below 2^32)"
@@ -299,10 +334,13 @@ impl CudaBackend {
             .map_err(drv("compute capability"))?;
         let arch = format!("compute_{major}{minor}");
         let progs = cached_ptx(&arch)?;
-        let stream = ctx.default_stream();
-        // SAFETY: the backend uses a single stream for every copy and launch, so stream order alone
-        // orders all accesses; cudarc's per-buffer events are not needed.
+        // SAFETY: every copy and launch of the backend is ordered on its one stream; other streams
+        // order themselves against it with events (`CudaBackend::record_event` / `wait_event`), so
+        // cudarc's per-buffer events are not needed.
         unsafe { ctx.disable_event_tracking() };
+        let stream = ctx
+            .new_stream()
+            .map_err(drv("creating the backend's stream"))?;
         let mut funcs: HashMap<&str, CudaFunction> = HashMap::new();
         for (prog, (_, _, names)) in progs.iter().zip(PROGRAMS.iter()) {
             let module = ctx
@@ -326,6 +364,7 @@ impl CudaBackend {
         let k = Kernels {
             reset: take("env_reset"),
             step: take("env_step"),
+            step_sampled: take("env_step_sampled"),
             gather_obs: take("gather_obs"),
             dyn_obs: take("dyn_obs"),
             mask: take("action_mask"),
@@ -343,7 +382,7 @@ impl CudaBackend {
             .max(DEFAULT_SMEM_LIMIT as i32) as usize;
         for (name, r) in &resources {
             let (threads, dyn_smem, what) = match *name {
-                "env_step" => (
+                "env_step" | "env_step_sampled" => (
                     block,
                     smem,
                     format!("S = {s}, {block} threads, carry in shared memory {carry}"),
@@ -354,124 +393,241 @@ impl CudaBackend {
             check_launch(name, &what, threads, dyn_smem, r, optin)?;
         }
         if smem > DEFAULT_SMEM_LIMIT {
-            k.step
-                .set_attribute(
+            for f in [&k.step, &k.step_sampled] {
+                f.set_attribute(
                     CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                     smem as i32,
                 )
                 .map_err(drv("raising the step kernel's dynamic shared memory limit"))?;
+            }
         }
-
-        let up = |v: &[f32], what: &str| stream.clone_htod(v).map_err(drv(what));
-        let zeros_f64 = |len: usize| stream.alloc_zeros::<f64>(len.max(1)).map_err(drv("alloc"));
-        let ns = n * s;
-        let mut me = Self {
-            dims: EnvDims::new(&layout, RECORD_CAP),
-            layout,
+        let in_done = ctx.new_event(None).map_err(drv("event"))?;
+        Ok(Self {
+            ctx,
+            stream,
+            k,
             resources,
             block: block as u32,
             smem: smem as u32,
             carry_in_smem: carry,
-            bufs: EnvBuffers::default(),
-            seed: 0,
-            open: up(&data.open, "upload open")?,
-            close: up(&data.close, "upload close")?,
-            volume: up(&data.volume, "upload volume")?,
-            sentiment: up(&data.sentiment, "upload sentiment")?,
-            macro_series: up(&data.macro_series, "upload macro")?,
-            regime: up(&features.regime, "upload regime features")?,
-            tech: up(&features.tech, "upload technical features")?,
-            sl: match &priors {
-                Some(c) => Some(up(&c.values, "upload the SL prior cache")?),
-                None => None,
-            },
-            scen: stream
-                .alloc_zeros::<ScenarioState>(n)
-                .map_err(drv("alloc"))?,
-            q: zeros_f64(ns)?,
-            entry: zeros_f64(ns)?,
-            peak_px: zeros_f64(ns)?,
-            dsr_a: zeros_f64(ns)?,
-            dsr_b: zeros_f64(ns)?,
-            entry_k: stream.alloc_zeros::<u32>(ns).map_err(drv("alloc"))?,
-            comp_sum: zeros_f64(n * N_COMPONENTS)?,
-            comp_sumsq: zeros_f64(n * N_COMPONENTS)?,
-            comp_count: stream.alloc_zeros::<u64>(n).map_err(drv("alloc"))?,
-            scratch: zeros_f64(if carry { 1 } else { 5 * ns })?,
-            opener: stream
-                .alloc_zeros::<u32>(if carry { 1 } else { ns })
-                .map_err(drv("alloc"))?,
-            actions: stream.alloc_zeros::<u8>(ns).map_err(drv("alloc"))?,
-            master: stream.alloc_zeros::<u8>(n).map_err(drv("alloc"))?,
-            reward: stream.alloc_zeros::<f32>(ns).map_err(drv("alloc"))?,
-            comps: stream
-                .alloc_zeros::<f32>(ns * N_COMPONENTS)
-                .map_err(drv("alloc"))?,
-            master_reward: stream.alloc_zeros::<f32>(n).map_err(drv("alloc"))?,
-            terminated: stream.alloc_zeros::<u8>(n).map_err(drv("alloc"))?,
-            truncated: stream.alloc_zeros::<u8>(n).map_err(drv("alloc"))?,
-            recs: stream
-                .alloc_zeros::<EpisodeRecordC>(n * RECORD_CAP as usize)
-                .map_err(drv("alloc"))?,
-            rec_count: stream.alloc_zeros::<u32>(n).map_err(drv("alloc"))?,
-            obs: None,
-            dyn_buf: None,
-            mask_buf: None,
-            k,
-            stream,
-            ctx,
-        };
-        me.bufs = me.buffers();
-        Ok(me)
+            n: n as u32,
+            rows: n * s,
+            allocs: Vec::new(),
+            stage_in: None,
+            stage_out: None,
+            in_done,
+        })
     }
 
-    /// The device addresses of every buffer. They stay valid for the backend's life (the slices
-    /// are never reallocated), and with one stream and event tracking disabled the `SyncOnDrop`
-    /// guards of `device_ptr` record nothing, so reading the addresses once is enough.
-    fn buffers(&self) -> EnvBuffers {
-        let st = &*self.stream;
-        fn a<T>(x: &CudaSlice<T>, st: &CudaStream) -> u64 {
-            x.device_ptr(st).0
+    fn rows_cfg(&self, per_row_threads: usize) -> LaunchConfig {
+        let threads = self.rows * per_row_threads;
+        LaunchConfig {
+            grid_dim: (threads.div_ceil(ROWS_BLOCK) as u32, 1, 1),
+            block_dim: (ROWS_BLOCK as u32, 1, 1),
+            shared_mem_bytes: 0,
         }
-        EnvBuffers {
-            open: a(&self.open, st),
-            close: a(&self.close, st),
-            volume: a(&self.volume, st),
-            sentiment: a(&self.sentiment, st),
-            macro_series: a(&self.macro_series, st),
-            regime: a(&self.regime, st),
-            tech: a(&self.tech, st),
-            sl: self.sl.as_ref().map_or(0, |x| a(x, st)),
-            scen: a(&self.scen, st),
-            q: a(&self.q, st),
-            entry: a(&self.entry, st),
-            peak_px: a(&self.peak_px, st),
-            dsr_a: a(&self.dsr_a, st),
-            dsr_b: a(&self.dsr_b, st),
-            entry_k: a(&self.entry_k, st),
-            comp_sum: a(&self.comp_sum, st),
-            comp_sumsq: a(&self.comp_sumsq, st),
-            comp_count: a(&self.comp_count, st),
-            actions: a(&self.actions, st),
-            master: a(&self.master, st),
-            reward: a(&self.reward, st),
-            comps: a(&self.comps, st),
-            master_reward: a(&self.master_reward, st),
-            terminated: a(&self.terminated, st),
-            truncated: a(&self.truncated, st),
-            recs: a(&self.recs, st),
-            rec_count: a(&self.rec_count, st),
-            scratch: a(&self.scratch, st),
-            opener: a(&self.opener, st),
-            debug: 0,
+    }
+
+    fn block_cfg(&self, smem: u32) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (self.n, 1, 1),
+            block_dim: (self.block, 1, 1),
+            shared_mem_bytes: smem,
         }
+    }
+
+    fn bind(&self) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(drv("bind context"))
+    }
+}
+
+impl Device for CudaDevice {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn carry_in_smem(&self) -> bool {
+        self.carry_in_smem
+    }
+
+    fn alloc(&mut self, bytes: usize, what: &str) -> Result<u64> {
+        let buf = self
+            .stream
+            .alloc_zeros::<u8>(bytes.max(8))
+            .map_err(drv(&format!("allocating {what}")))?;
+        // With event tracking off the `SyncOnDrop` guard records nothing; the address stays valid
+        // while the slice lives in `allocs` (never reallocated, freed with the device).
+        let a = buf.device_ptr(&self.stream).0;
+        self.allocs.push(buf);
+        Ok(a)
+    }
+
+    fn alloc_staging(&mut self, input_bytes: usize, output_bytes: usize) -> Result<()> {
+        use cudarc::driver::sys::CU_MEMHOSTALLOC_WRITECOMBINED;
+        // inputs: written by the host, read only by the DMA engine (write-combined is faster);
+        // outputs: read by the host, so plain cached pinned memory
+        self.stage_in = Some(Pinned::new(
+            &self.ctx,
+            input_bytes,
+            CU_MEMHOSTALLOC_WRITECOMBINED,
+        )?);
+        self.stage_out = Some(Pinned::new(&self.ctx, output_bytes, 0)?);
+        Ok(())
+    }
+
+    fn upload(&mut self, dst: u64, src: &[u8], what: &str) -> Result<()> {
+        self.bind()?;
+        // SAFETY: dst is an allocation of this device holding at least src.len() bytes (the
+        // driver's contract); a copy from pageable memory returns once the source has been staged,
+        // so src may be dropped after the call.
+        unsafe { cudarc::driver::result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
+            .map_err(drv(&format!("upload {what}")))
+    }
+
+    fn download(&self, src: u64, dst: &mut [u8], what: &str) -> Result<()> {
+        self.bind()?;
+        // SAFETY: src holds at least dst.len() bytes; the stream is synchronised before dst is
+        // used or dropped.
+        unsafe { cudarc::driver::result::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }
+            .map_err(drv(&format!("read {what}")))?;
+        self.stream
+            .synchronize()
+            .map_err(drv(&format!("read {what}")))
+    }
+
+    fn zero(&mut self, dst: u64, bytes: usize, what: &str) -> Result<()> {
+        self.bind()?;
+        // SAFETY: dst holds at least `bytes` bytes (the driver's contract).
+        unsafe { cudarc::driver::result::memset_d8_async(dst, 0, bytes, self.stream.cu_stream()) }
+            .map_err(drv(&format!("zero {what}")))
+    }
+
+    fn input_staging(&mut self) -> Result<&mut [u8]> {
+        self.in_done
+            .synchronize()
+            .map_err(drv("wait for the previous action upload"))?;
+        Ok(self
+            .stage_in
+            .as_mut()
+            .expect("alloc_staging ran at construction")
+            .as_mut_slice())
+    }
+
+    fn upload_staged(&mut self, dst: u64, bytes: usize) -> Result<()> {
+        self.bind()?;
+        let st = self.stage_in.as_ref().expect("alloc_staging ran");
+        // SAFETY: pinned source of at least `bytes` bytes; it is not rewritten before `in_done`
+        // (recorded just after) has completed (`input_staging` waits for it); dst holds `bytes`.
+        unsafe {
+            cudarc::driver::result::memcpy_htod_async(
+                dst,
+                &st.as_slice()[..bytes],
+                self.stream.cu_stream(),
+            )
+        }
+        .map_err(drv("upload actions"))?;
+        self.in_done
+            .record(&self.stream)
+            .map_err(drv("record upload event"))
+    }
+
+    fn download_staged(&mut self, src: u64, bytes: usize) -> Result<&[u8]> {
+        self.bind()?;
+        let st = self.stage_out.as_mut().expect("alloc_staging ran");
+        // SAFETY: src holds `bytes` bytes; the pinned destination is read only after the stream
+        // has been synchronised below.
+        unsafe {
+            cudarc::driver::result::memcpy_dtoh_async(
+                &mut st.as_mut_slice()[..bytes],
+                src,
+                self.stream.cu_stream(),
+            )
+        }
+        .map_err(drv("read step outputs"))?;
+        self.stream
+            .synchronize()
+            .map_err(drv("read step outputs"))?;
+        Ok(&self.stage_out.as_ref().expect("allocated").as_slice()[..bytes])
+    }
+
+    fn launch(&mut self, l: Launch<'_>) -> Result<()> {
+        let (f, cfg, name) = match l {
+            Launch::Reset(_) => (&self.k.reset, self.block_cfg(0), "env_reset"),
+            Launch::Step(_) => (&self.k.step, self.block_cfg(self.smem), "env_step"),
+            Launch::StepSampled(..) => (
+                &self.k.step_sampled,
+                self.block_cfg(self.smem),
+                "env_step_sampled",
+            ),
+            Launch::GatherObs(_) => (&self.k.gather_obs, self.rows_cfg(32), "gather_obs"),
+            Launch::DynObs(_) => (&self.k.dyn_obs, self.rows_cfg(1), "dyn_obs"),
+            Launch::Mask(_) => (&self.k.mask, self.rows_cfg(1), "action_mask"),
+            Launch::Sample(_) => (&self.k.sample, self.rows_cfg(1), "sample_actions"),
+        };
+        let mut b = self.stream.launch_builder(f);
+        match l {
+            Launch::Reset(a) => b.arg(a),
+            Launch::Step(a) => b.arg(a),
+            Launch::StepSampled(a, sa) => b.arg(a).arg(sa),
+            Launch::GatherObs(a) | Launch::DynObs(a) => b.arg(a),
+            Launch::Mask(a) => b.arg(a),
+            Launch::Sample(a) => b.arg(a),
+        };
+        // SAFETY: each kernel (kernels/*.cu) takes exactly the argument struct(s) of its `Launch`
+        // variant by value, whose layout equals the C struct's (`abi_layout_matches`); every address
+        // in them is a live allocation of this device (or, for `DeviceEnv::launch_step_from`, the
+        // caller's, length-checked by `CudaBackend::step_device`) with the length the kernel indexes,
+        // built by the `env::abi` constructors from `DeviceEnv`'s buffers; the block kernels get one
+        // block per scenario and `smem` bytes (`step_smem_bytes`, allowed via the function
+        // attribute when above 48 KiB); the row kernels bounds-check their row; all work is
+        // ordered on this device's one stream.
+        unsafe { b.launch(cfg) }.map_err(drv(&format!("{name} launch")))?;
+        Ok(())
+    }
+}
+
+/// The CUDA backend (see the module docs): the device driver ([`DeviceEnv`]) on a [`CudaDevice`],
+/// plus what only a GPU offers (device-resident rollouts, CUDA graphs, events for other streams).
+pub struct CudaBackend {
+    env: DeviceEnv<CudaDevice>,
+}
+
+impl CudaBackend {
+    /// Build the backend on GPU 0: checks for the driver, compiles (once per process) and loads the
+    /// kernels, uploads the data and allocates the state. Errors are of kind `ErrorKind::BackendUnavailable`.
+    pub fn new(layout: EnvLayout, data: Arc<MarketData>, features: Arc<Features>) -> Result<Self> {
+        Self::with_priors(layout, data, features, None)
+    }
+
+    /// [`CudaBackend::new`] with the SL prior cache uploaded as one more device buffer (the
+    /// observation's SL slice reads it; `None`: zeros). The caller has checked the cache against
+    /// the data (`VecEnv::new` does).
+    pub fn with_priors(
+        layout: EnvLayout,
+        data: Arc<MarketData>,
+        features: Arc<Features>,
+        priors: Option<Arc<PriorCache>>,
+    ) -> Result<Self> {
+        let dev = CudaDevice::new(layout.n_scenarios, layout.n_symbols)?;
+        let env = DeviceEnv::create(dev, layout, &data, &features, priors.as_deref())?;
+        Ok(Self { env })
+    }
+
+    /// The device driver under the backend (buffer addresses, packed layouts, copy counts).
+    pub fn driver(&self) -> &DeviceEnv<CudaDevice> {
+        &self.env
+    }
+
+    /// Copies, memsets and launches so far ([`TransferCounts`]).
+    pub fn counts(&self) -> TransferCounts {
+        self.env.counts()
     }
 
     /// The device's name and compute capability, for reports.
     pub fn device_description(&self) -> String {
-        let name = self.ctx.name().unwrap_or_else(|_| "unknown GPU".into());
-        let cc = self
-            .ctx
+        let ctx = &self.env.device().ctx;
+        let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let cc = ctx
             .compute_capability()
             .map(|(a, b)| format!("sm_{a}{b}"))
             .unwrap_or_default();
@@ -482,89 +638,62 @@ impl CudaBackend {
     /// registers, local memory, static shared memory), and the step's launch: threads per block,
     /// dynamic shared memory, whether the carry is in shared memory.
     pub fn kernel_resources(&self) -> (&[(&'static str, KernelResources)], u32, u32, bool) {
-        (&self.resources, self.block, self.smem, self.carry_in_smem)
+        let d = self.env.device();
+        (&d.resources, d.block, d.smem, d.carry_in_smem)
     }
 
-    fn rows_cfg(&self, rows: usize, per_row_threads: usize) -> LaunchConfig {
-        let threads = rows * per_row_threads;
-        LaunchConfig {
-            grid_dim: (threads.div_ceil(ROWS_BLOCK) as u32, 1, 1),
-            block_dim: (ROWS_BLOCK as u32, 1, 1),
-            shared_mem_bytes: 0,
-        }
-    }
-
-    fn launch_step(&mut self) -> Result<()> {
-        let bufs = self.bufs;
-        self.launch_step_with(&bufs)
-    }
-
-    /// The backend's stream: every copy and launch of the backend is ordered on it (event
-    /// tracking is off). Work of a caller that reads or writes the backend's device buffers
-    /// ([`Self::gather_obs_device`], [`Self::outputs_device`], the inputs of
-    /// [`Self::step_device`]) must be ordered on this stream too (or synchronised with it).
+    /// The backend's own stream (non-blocking, not the legacy default stream): every copy and
+    /// launch of the backend is ordered on it (event tracking is off). Work of another stream that
+    /// reads or writes the backend's device buffers must be ordered against it with events:
+    /// [`Self::record_event`] after the backend's work, the other stream's `wait`; and
+    /// [`Self::wait_event`] before the backend reads what the other stream wrote.
     pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
+        &self.env.device().stream
+    }
+
+    /// An event recorded now on the backend's stream: it completes when every step, observation
+    /// gather and copy enqueued so far has run. A learner on another stream calls
+    /// `its_stream.wait(&event)` before reading [`Self::outputs_device`] / the observations.
+    pub fn record_event(&self) -> Result<CudaEvent> {
+        self.stream()
+            .record_event(None)
+            .map_err(drv("record an event on the backend's stream"))
+    }
+
+    /// Make the backend's stream wait for `event` (recorded on another stream of this context,
+    /// e.g. after a policy wrote the actions for [`Self::step_device`]) before its later work.
+    pub fn wait_event(&self, event: &CudaEvent) -> Result<()> {
+        self.stream()
+            .wait(event)
+            .map_err(drv("wait for an event on the backend's stream"))
     }
 
     /// One step with actions already on the device: symbol actions `[N, S]` and master actions
-    /// `[N]`, allocated on this backend's context (e.g. with `stream().alloc_zeros`) and written in
-    /// the order of [`Self::stream`]. Equivalent to [`Backend::step`] with the same values, minus
-    /// the two host-to-device copies.
+    /// `[N]`, allocated on this backend's context and written in the order of [`Self::stream`]
+    /// (or made visible to it with [`Self::wait_event`]). Equivalent to [`Backend::step`] with the
+    /// same values, without the host-to-device copy.
     pub fn step_device(&mut self, actions: &CudaSlice<u8>, master: &CudaSlice<u8>) -> Result<()> {
-        let (n, s) = (self.layout.n_scenarios, self.layout.n_symbols);
-        Self::check_host_len("device symbol actions", actions.len(), n * s)?;
-        Self::check_host_len("device master actions", master.len(), n)?;
-        let mut bufs = self.bufs;
-        bufs.actions = actions.device_ptr(&self.stream).0;
-        bufs.master = master.device_ptr(&self.stream).0;
-        self.launch_step_with(&bufs)
+        let (n, s) = (self.env.layout().n_scenarios, self.env.layout().n_symbols);
+        check_len("device symbol actions", actions.len(), n * s)?;
+        check_len("device master actions", master.len(), n)?;
+        let st = self.stream().clone();
+        let a = actions.device_ptr(&st).0;
+        let m = master.device_ptr(&st).0;
+        self.env.launch_step_from(a, m)
     }
 
-    fn launch_step_with(&mut self, bufs: &EnvBuffers) -> Result<()> {
-        let cfg = LaunchConfig {
-            grid_dim: (self.dims.n_scenarios, 1, 1),
-            block_dim: (self.block, 1, 1),
-            shared_mem_bytes: self.smem,
-        };
-        let args = EnvStepArgs::new(
-            &self.layout.params,
-            &self.dims,
-            self.seed,
-            bufs,
-            self.carry_in_smem,
-        );
-        let mut b = self.stream.launch_builder(&self.k.step);
-        b.arg(&args);
-        // SAFETY: `env_step` (kernels/env_step.cu) takes one `EnvStepArgs` by value, whose layout
-        // equals this struct's (`abi_layout_matches`); every address in it is a live buffer of this
-        // backend (or, for the actions of `step_device`, the caller's, length-checked) with the
-        // length the kernel indexes (N, N*S, N*S*7, N*7, N*RECORD_CAP, and
-        // 5*N*S / N*S for scratch/opener when the carry is not in shared memory; debug is null);
-        // `smem` is what the kernel carves (`step_smem_bytes`) and was allowed via the function
-        // attribute when above 48 KiB; all work is ordered on the backend's single stream.
-        unsafe { b.launch(cfg) }.map_err(drv("env_step launch"))?;
-        Ok(())
+    /// Gather full observations `[N, S, OBS_DIM]` f32 into a device buffer (no copy to the host)
+    /// and return its device address: the input of a policy on the same GPU, valid for the
+    /// backend's life, rewritten by the next gather.
+    pub fn gather_obs_device(&mut self) -> Result<u64> {
+        self.env.gather_obs_device()
     }
 
-    fn launch_sample(&mut self, seed: u64, it: u64, fixed_master: u32) -> Result<()> {
-        let rows = self.layout.n_scenarios * self.layout.n_symbols;
-        let cfg = self.rows_cfg(rows, 1);
-        let args = SampleArgs::new(
-            &self.layout.params,
-            &self.dims,
-            &self.bufs,
-            seed,
-            it,
-            fixed_master,
-        );
-        let mut b = self.stream.launch_builder(&self.k.sample);
-        b.arg(&args);
-        // SAFETY: `sample_actions` (kernels/sampler.cu) takes one `SampleArgs` by value (layout checked
-        // by `abi_layout_matches`); actions is [N*S], master [N], the state buffers are [N] / [N*S];
-        // the grid covers N*S threads and the kernel bounds-checks.
-        unsafe { b.launch(cfg) }.map_err(drv("sample_actions launch"))?;
-        Ok(())
+    /// The packed step outputs on the device ([`OutputPack`]: rewards `[N, S]`, components, master
+    /// rewards `[N]`, terminated and truncated `[N]` at its offsets) and their device address, for
+    /// a learner on the same GPU.
+    pub fn outputs_device(&self) -> (OutputPack, u64) {
+        self.env.outputs_device()
     }
 
     /// Draw the actions of step `it` on the device (`kernels/sampler.cu`) and copy them to the host:
@@ -576,97 +705,109 @@ impl CudaBackend {
         it: u64,
         fixed_master: Option<u8>,
     ) -> Result<(Vec<u8>, Vec<u8>)> {
-        self.launch_sample(seed, it, fixed_master.map(u32::from).unwrap_or(u32::MAX))?;
-        let a = self
-            .stream
-            .clone_dtoh(&self.actions)
-            .map_err(drv("read sampled actions"))?;
-        let m = self
-            .stream
-            .clone_dtoh(&self.master)
-            .map_err(drv("read sampled master actions"))?;
-        Ok((a, m))
+        self.env.sample_actions(seed, it, fixed_master)
     }
 
-    /// Gather full observations `[N, S, OBS_DIM]` into a device buffer and return it (no copy to the
-    /// host): the input of a policy that runs on the same GPU.
-    pub fn gather_obs_device(&mut self) -> Result<&CudaSlice<f32>> {
-        let rows = self.layout.n_scenarios * self.layout.n_symbols;
-        let cfg = self.rows_cfg(rows, 32);
-        let out = lazy_buf(&self.stream, &mut self.obs, rows * OBS_DIM, "alloc obs")?;
-        let out = out.device_ptr(&self.stream).0;
-        let args = ObsArgs::new(&self.layout.params, &self.dims, &self.bufs, out);
-        let mut b = self.stream.launch_builder(&self.k.gather_obs);
-        b.arg(&args);
-        // SAFETY: `gather_obs` (kernels/obs.cu) takes one `ObsArgs` by value (layout checked by
-        // `abi_layout_matches`); out holds N*S*OBS_DIM floats; the grid has one warp per
-        // (scenario, symbol) row and the kernel bounds-checks the row.
-        unsafe { b.launch(cfg) }.map_err(drv("gather_obs launch"))?;
-        Ok(self.obs.as_ref().expect("allocated above"))
+    fn enqueue_rollout(
+        &mut self,
+        steps: usize,
+        seed: u64,
+        fixed_master: Option<u8>,
+        with_obs: bool,
+        fused: bool,
+    ) -> Result<()> {
+        for it in 0..steps as u64 {
+            if fused {
+                self.env.launch_step_sampled(seed, it, fixed_master)?;
+            } else {
+                self.env.launch_sample(seed, it, fixed_master)?;
+                self.env.launch_step()?;
+            }
+            if with_obs {
+                self.env.gather_obs_device()?;
+            }
+        }
+        Ok(())
     }
 
-    /// Step outputs on the device (rewards `[N, S]`, master rewards `[N]`, terminated and truncated
-    /// `[N]`), for a learner on the same GPU.
-    pub fn outputs_device(
-        &self,
-    ) -> (
-        &CudaSlice<f32>,
-        &CudaSlice<f32>,
-        &CudaSlice<u8>,
-        &CudaSlice<u8>,
-    ) {
-        (
-            &self.reward,
-            &self.master_reward,
-            &self.terminated,
-            &self.truncated,
-        )
-    }
-
-    /// Run `steps` steps entirely on the device with random actions from `kernels/sampler.cu`
-    /// (master action `fixed_master`, or uniform when `None`), gathering full observations after every
-    /// step when `with_obs`. Timed with CUDA events around the launches; the episode records of the
-    /// rollout are counted, not kept.
+    /// Run `steps` steps entirely on the device with random actions from the sampler (master
+    /// action `fixed_master`, or uniform when `None`), gathering full observations after every
+    /// step when `with_obs`, launched as `mode` says. The step `it` draws with counter `it`, so
+    /// every mode computes the same states (`cuda_parity::rollout_modes_agree`). Timed with CUDA
+    /// events on the backend's stream (device time) and the host clock; with `profile`, the timed
+    /// window is bracketed by `cuProfilerStart` / `cuProfilerStop` (nsys `--capture-range=cudaProfilerApi`).
+    /// The episode records of the rollout are counted, not kept.
     pub fn random_rollout(
         &mut self,
         steps: usize,
         seed: u64,
         fixed_master: Option<u8>,
         with_obs: bool,
+        mode: RolloutMode,
+        profile: bool,
     ) -> Result<RolloutTiming> {
-        let fixed = fixed_master.map(u32::from).unwrap_or(u32::MAX);
         // drain first, so that the count below is this rollout's
-        let zeros = vec![0u32; self.layout.n_scenarios];
-        self.stream
-            .memcpy_htod(&zeros, &mut self.rec_count)
-            .map_err(drv("reset record counts"))?;
+        self.env.zero_record_counts()?;
         if with_obs {
-            self.gather_obs_device()?; // allocate outside the timed region
+            self.env.gather_obs_device()?; // allocate outside the timed region
         }
+        let mut setup_ms = 0.0;
+        let graph = if mode == RolloutMode::Graph {
+            let t = Instant::now();
+            let st = self.stream().clone();
+            st.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+                .map_err(drv("begin graph capture"))?;
+            let r = self.enqueue_rollout(steps, seed, fixed_master, with_obs, true);
+            let g = st.end_capture(CUgraphInstantiate_flags(0));
+            r?;
+            let g = g
+                .map_err(drv("end graph capture / instantiate"))?
+                .ok_or_else(|| backend_err("graph capture produced no graph"))?;
+            g.upload().map_err(drv("upload graph"))?;
+            st.synchronize().map_err(drv("upload graph"))?;
+            setup_ms = t.elapsed().as_secs_f64() * 1e3;
+            Some(g)
+        } else {
+            None
+        };
         let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-        let start = self.ctx.new_event(timing).map_err(drv("event"))?;
-        let end = self.ctx.new_event(timing).map_err(drv("event"))?;
-        start.record(&self.stream).map_err(drv("event record"))?;
-        for it in 0..steps {
-            self.launch_sample(seed, it as u64, fixed)?;
-            self.launch_step()?;
-            if with_obs {
-                self.gather_obs_device()?;
-            }
+        let ctx = self.env.device().ctx.clone();
+        let start = ctx.new_event(timing).map_err(drv("event"))?;
+        let end = ctx.new_event(timing).map_err(drv("event"))?;
+        self.stream()
+            .synchronize()
+            .map_err(drv("synchronise before the timed window"))?;
+        if profile {
+            cudarc::driver::profiler_start().map_err(drv("cuProfilerStart"))?;
         }
-        end.record(&self.stream).map_err(drv("event record"))?;
+        let t = Instant::now();
+        start.record(self.stream()).map_err(drv("event record"))?;
+        match &graph {
+            Some(g) => g.launch().map_err(drv("graph launch"))?,
+            None => self.enqueue_rollout(
+                steps,
+                seed,
+                fixed_master,
+                with_obs,
+                mode == RolloutMode::Fused,
+            )?,
+        }
+        end.record(self.stream()).map_err(drv("event record"))?;
+        end.synchronize().map_err(drv("event synchronize"))?;
+        let host_ms = t.elapsed().as_secs_f64() * 1e3;
+        if profile {
+            cudarc::driver::profiler_stop().map_err(drv("cuProfilerStop"))?;
+        }
         let ms = start.elapsed_ms(&end).map_err(drv("event elapsed"))?;
-        let counts = self
-            .stream
-            .clone_dtoh(&self.rec_count)
-            .map_err(drv("read record counts"))?;
-        self.stream
-            .memcpy_htod(&zeros, &mut self.rec_count)
-            .map_err(drv("reset record counts"))?;
-        let ss = (steps * self.layout.n_scenarios) as f64;
+        let counts = self.env.record_counts()?;
+        self.env.zero_record_counts()?;
+        let ss = (steps * self.env.layout().n_scenarios) as f64;
         Ok(RolloutTiming {
             steps,
+            mode,
             device_ms: ms,
+            host_ms,
+            setup_ms,
             scenario_steps_per_s: if ms > 0.0 {
                 ss / (ms as f64 / 1e3)
             } else {
@@ -675,233 +816,52 @@ impl CudaBackend {
             episodes_finished: counts.iter().map(|&c| c as u64).sum(),
         })
     }
+}
 
-    fn check_host_len(what: &str, got: usize, want: usize) -> Result<()> {
-        if got != want {
-            return Err(Error::invalid(format!(
-                "{what}: buffer holds {got} values, expected {want}"
-            )));
-        }
-        Ok(())
+fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(Error::invalid(format!(
+            "{what}: buffer holds {got} values, expected {want}"
+        )));
     }
+    Ok(())
 }
 
 impl Backend for CudaBackend {
     fn name(&self) -> &'static str {
         "cuda"
     }
-
     fn layout(&self) -> &EnvLayout {
-        &self.layout
+        self.env.layout()
     }
-
     fn reset(&mut self, seed: u64) -> Result<()> {
-        self.seed = seed;
-        let cfg = LaunchConfig {
-            grid_dim: (self.dims.n_scenarios, 1, 1),
-            block_dim: (self.block, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let args = EnvResetArgs::new(&self.layout.params, &self.dims, self.seed, &self.bufs);
-        let mut b = self.stream.launch_builder(&self.k.reset);
-        b.arg(&args);
-        // SAFETY: `env_reset` (kernels/env_step.cu) takes one `EnvResetArgs` by value (layout checked
-        // by `abi_layout_matches`); its buffers are [N], [N*S], [N*7], [N]; one block per scenario.
-        unsafe { b.launch(cfg) }.map_err(drv("env_reset launch"))?;
-        Ok(())
+        self.env.reset(seed)
     }
-
     fn step(&mut self, symbol_actions: &[u8], master_actions: &[u8]) -> Result<()> {
-        let (n, s) = (self.layout.n_scenarios, self.layout.n_symbols);
-        Self::check_host_len("symbol actions", symbol_actions.len(), n * s)?;
-        Self::check_host_len("master actions", master_actions.len(), n)?;
-        self.stream
-            .memcpy_htod(symbol_actions, &mut self.actions)
-            .map_err(drv("upload actions"))?;
-        self.stream
-            .memcpy_htod(master_actions, &mut self.master)
-            .map_err(drv("upload master actions"))?;
-        self.launch_step()
+        self.env.step(symbol_actions, master_actions)
     }
-
     fn read_outputs(&mut self, out: &mut StepOutputs) -> Result<()> {
-        let (n, s) = (self.layout.n_scenarios, self.layout.n_symbols);
-        if out.reward.len() != n * s {
-            *out = StepOutputs::new(n, s);
-        }
-        let st = &self.stream;
-        st.memcpy_dtoh(&self.reward, &mut out.reward[..])
-            .map_err(drv("read rewards"))?;
-        st.memcpy_dtoh(&self.comps, &mut out.components[..])
-            .map_err(drv("read components"))?;
-        st.memcpy_dtoh(&self.master_reward, &mut out.master_reward[..])
-            .map_err(drv("read master rewards"))?;
-        st.memcpy_dtoh(&self.terminated, &mut out.terminated[..])
-            .map_err(drv("read terminated"))?;
-        st.memcpy_dtoh(&self.truncated, &mut out.truncated[..])
-            .map_err(drv("read truncated"))?;
-        Ok(())
+        self.env.read_outputs(out)
     }
-
     fn dyn_obs(&mut self, out: &mut [f32]) -> Result<()> {
-        let rows = self.layout.n_scenarios * self.layout.n_symbols;
-        Self::check_host_len("dyn_obs", out.len(), rows * DYN_OBS)?;
-        let cfg = self.rows_cfg(rows, 1);
-        let buf = lazy_buf(
-            &self.stream,
-            &mut self.dyn_buf,
-            rows * DYN_OBS,
-            "alloc dyn_obs",
-        )?;
-        let args = ObsArgs::new(
-            &self.layout.params,
-            &self.dims,
-            &self.bufs,
-            buf.device_ptr(&self.stream).0,
-        );
-        let mut b = self.stream.launch_builder(&self.k.dyn_obs);
-        b.arg(&args);
-        // SAFETY: `dyn_obs` (kernels/obs.cu) takes one `ObsArgs` by value (layout checked by
-        // `abi_layout_matches`); buf holds N*S*DYN_OBS floats; one thread per row, bounds-checked in
-        // the kernel.
-        unsafe { b.launch(cfg) }.map_err(drv("dyn_obs launch"))?;
-        self.stream
-            .memcpy_dtoh(&*buf, out)
-            .map_err(drv("read dyn_obs"))?;
-        Ok(())
+        self.env.dyn_obs(out)
     }
-
     fn gather_obs(&mut self, out: &mut [f32]) -> Result<()> {
-        let rows = self.layout.n_scenarios * self.layout.n_symbols;
-        Self::check_host_len("gather_obs", out.len(), rows * OBS_DIM)?;
-        let stream = self.stream.clone();
-        let dev = self.gather_obs_device()?;
-        stream
-            .memcpy_dtoh(dev, out)
-            .map_err(drv("read observations"))?;
-        Ok(())
+        self.env.gather_obs(out)
     }
-
     fn action_mask(&mut self, out: &mut [u8]) -> Result<()> {
-        let rows = self.layout.n_scenarios * self.layout.n_symbols;
-        Self::check_host_len("action_mask", out.len(), rows * N_ACTIONS)?;
-        let cfg = self.rows_cfg(rows, 1);
-        let buf = lazy_buf(
-            &self.stream,
-            &mut self.mask_buf,
-            rows * N_ACTIONS,
-            "alloc action mask",
-        )?;
-        let args = MaskArgs::new(
-            &self.layout.params,
-            &self.dims,
-            &self.bufs,
-            buf.device_ptr(&self.stream).0,
-        );
-        let mut b = self.stream.launch_builder(&self.k.mask);
-        b.arg(&args);
-        // SAFETY: `action_mask` (kernels/obs.cu) takes one `MaskArgs` by value (layout checked by
-        // `abi_layout_matches`); buf holds N*S*7 bytes; one thread per (scenario, symbol),
-        // bounds-checked in the kernel.
-        unsafe { b.launch(cfg) }.map_err(drv("action_mask launch"))?;
-        self.stream
-            .memcpy_dtoh(&*buf, out)
-            .map_err(drv("read action mask"))?;
-        Ok(())
+        self.env.action_mask(out)
     }
-
     fn obs_index(&mut self, out: &mut [u32]) -> Result<()> {
-        Self::check_host_len("obs_index", out.len(), 2 * self.layout.n_scenarios)?;
-        let scen = self
-            .stream
-            .clone_dtoh(&self.scen)
-            .map_err(drv("read state"))?;
-        for (o, st) in out.chunks_exact_mut(2).zip(&scen) {
-            o[0] = st.path;
-            o[1] = st.t0 + st.k;
-        }
-        Ok(())
+        self.env.obs_index(out)
     }
-
     fn snapshot(&self) -> Result<Snapshot> {
-        let st = &self.stream;
-        let rd = |x: &CudaSlice<f64>| st.clone_dtoh(x).map_err(drv("read state"));
-        Ok(Snapshot {
-            seed: self.seed,
-            scenarios: st.clone_dtoh(&self.scen).map_err(drv("read state"))?,
-            symbols: SymbolState {
-                q: rd(&self.q)?,
-                entry: rd(&self.entry)?,
-                peak_px: rd(&self.peak_px)?,
-                dsr_a: rd(&self.dsr_a)?,
-                dsr_b: rd(&self.dsr_b)?,
-                entry_k: st.clone_dtoh(&self.entry_k).map_err(drv("read state"))?,
-            },
-        })
+        self.env.snapshot()
     }
-
     fn load_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
-        snap.check_shape(self.layout.n_scenarios, self.layout.n_symbols)?;
-        let sy = &snap.symbols;
-        self.seed = snap.seed;
-        let st = self.stream.clone();
-        let e = drv("load state");
-        st.memcpy_htod(&snap.scenarios, &mut self.scen).map_err(e)?;
-        let dst = [
-            &mut self.q,
-            &mut self.entry,
-            &mut self.peak_px,
-            &mut self.dsr_a,
-            &mut self.dsr_b,
-        ];
-        for (src, dst) in sy.f64_fields().into_iter().zip(dst) {
-            st.memcpy_htod(src, dst).map_err(drv("load state"))?;
-        }
-        st.memcpy_htod(&sy.entry_k, &mut self.entry_k)
-            .map_err(drv("load state"))?;
-        // episode accumulators restart, as in the CPU backend
-        st.memset_zeros(&mut self.comp_sum)
-            .map_err(drv("load state"))?;
-        st.memset_zeros(&mut self.comp_sumsq)
-            .map_err(drv("load state"))?;
-        st.memset_zeros(&mut self.comp_count)
-            .map_err(drv("load state"))?;
-        Ok(())
+        self.env.load_snapshot(snap)
     }
-
     fn drain_episodes(&mut self) -> Result<Vec<EpisodeRecord>> {
-        let counts = self
-            .stream
-            .clone_dtoh(&self.rec_count)
-            .map_err(drv("read record counts"))?;
-        if counts.iter().all(|&c| c == 0) {
-            return Ok(Vec::new());
-        }
-        let recs = self
-            .stream
-            .clone_dtoh(&self.recs)
-            .map_err(drv("read episode records"))?;
-        let cap = RECORD_CAP as usize;
-        let mut out = Vec::new();
-        let mut lost = 0usize;
-        for (n, &c) in counts.iter().enumerate() {
-            let c = c as usize;
-            out.extend(
-                recs[n * cap..n * cap + c.min(cap)]
-                    .iter()
-                    .map(EpisodeRecord::from),
-            );
-            lost += c.saturating_sub(cap);
-        }
-        let zeros = vec![0u32; counts.len()];
-        self.stream
-            .memcpy_htod(&zeros, &mut self.rec_count)
-            .map_err(drv("reset record counts"))?;
-        if lost > 0 {
-            return Err(backend_err(format!(
-                "{lost} episode records were lost: more than {cap} episodes of one scenario finished between two drains"
-            )));
-        }
-        Ok(out)
+        self.env.drain_episodes()
     }
 }

@@ -40,6 +40,7 @@ pub mod config;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod device;
 pub mod logic;
 pub mod obs;
 
@@ -749,6 +750,7 @@ impl VecEnv {
                 master_actions[i]
             )));
         }
+        let _range = crate::profile::range("env step");
         self.backend.step(symbol_actions, master_actions)?;
         self.backend.read_outputs(&mut self.out)?;
         if self
@@ -774,12 +776,14 @@ impl VecEnv {
     /// Full observations `[N, S, OBS_DIM]`.
     pub fn gather_obs(&mut self, out: &mut [f32]) -> Result<()> {
         self.check_len("gather_obs", out.len(), obs::OBS_DIM)?;
+        let _range = crate::profile::range("observation");
         self.backend.gather_obs(out)
     }
 
     /// Dynamic observations `[N, S, DYN_OBS]`.
     pub fn dyn_obs(&mut self, out: &mut [f32]) -> Result<()> {
         self.check_len("dyn_obs", out.len(), obs::DYN_OBS)?;
+        let _range = crate::profile::range("observation");
         self.backend.dyn_obs(out)
     }
 
@@ -798,6 +802,7 @@ impl VecEnv {
     /// Full observations `[N, S, OBS_DIM]` in half precision (see [`VecEnv::gather_obs_f16`]).
     pub fn gather_obs_half(&mut self, out: HalfObs<'_>) -> Result<()> {
         self.check_len("gather_obs_half", out.len(), obs::OBS_DIM)?;
+        let _range = crate::profile::range("observation");
         self.backend.gather_obs_half(out)
     }
 
@@ -815,6 +820,7 @@ impl VecEnv {
     /// Dynamic observations `[N, S, DYN_OBS]` in half precision (see [`VecEnv::dyn_obs_f16`]).
     pub fn dyn_obs_half(&mut self, out: HalfObs<'_>) -> Result<()> {
         self.check_len("dyn_obs_half", out.len(), obs::DYN_OBS)?;
+        let _range = crate::profile::range("observation");
         self.backend.dyn_obs_half(out)
     }
 

@@ -249,7 +249,9 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
                 )));
             }
             let clock = Instant::now();
+            let fwd = crate::profile::range("policy forward");
             let (logits, value) = self.policy.forward_inference(&self.next_obs)?;
+            drop(fwd);
             let mask_t = match &mask {
                 Some(m) => Some(Tensor::from_slice(m, (rows, na), &dev)?),
                 None => None,
@@ -263,6 +265,7 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
                     lp.first().map_or(0, |r| r.len())
                 )));
             }
+            let _sample = crate::profile::range("sample");
             let mut actions = Vec::with_capacity(rows);
             for row in &lp {
                 let a = sample_row(row, self.rng_action.uniform());
@@ -279,6 +282,7 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
             );
             buf.push_mask(mask);
             times.policy += clock.elapsed().as_secs_f64();
+            drop(_sample);
             let clock = Instant::now();
             let out = self.env.step(&actions)?;
             times.env += clock.elapsed().as_secs_f64();
@@ -358,6 +362,7 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
         let mut clipfracs = Vec::new();
         let mut last = LastMinibatch::default();
         let mut epochs = 0;
+        let _update = crate::profile::range("update");
         for _ in 0..cfg.update_epochs {
             let minibatches: Vec<Vec<u32>> = match &group_keys {
                 Some(keys) => minibatch::grouped(keys, cfg.num_minibatches, &mut self.rng_shuffle),
