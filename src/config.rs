@@ -221,6 +221,22 @@ impl Config {
         // The PPO batch is env.scenarios environments x ppo.num_steps steps.
         self.ppo.validate(origin, self.env.scenarios)?;
         self.sl.validate(origin)?;
+        // The prior reads the observation's SL slice, which is all zeros without a cache.
+        if self.env.sl_cache.is_none() {
+            let uses = [
+                ("ppo.kl_prior_coef", self.ppo.kl_prior_coef > 0.0),
+                ("agent.warm_start_steps", self.agent.warm_start_steps > 0),
+            ];
+            if let Some((field, _)) = uses.iter().find(|(_, on)| *on) {
+                return Err(Error::config_field(
+                    origin,
+                    field,
+                    "needs env.sl_cache: the supervised prior reads the observation's SL slice, \
+                     which is zero without a prior cache (marl-trade sl cache)"
+                        .to_string(),
+                ));
+            }
+        }
         let warm = crate::features::WARMUP + 2;
         if self.data.min_bars < warm {
             return Err(Error::config_field(
