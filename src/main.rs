@@ -16,6 +16,8 @@
 //! marl-trade sl cache --config configs/signal.toml --models runs/sl-signal --out runs/sl-signal/priors.slc
 //! marl-trade bench sl --config configs/signal.toml [--models DIR] [--batch 1024]
 //! marl-trade bench train --config configs/default.toml --iterations 2
+//! marl-trade pretrain --config configs/signal.toml --out runs/pretrain-signal [--force]
+//! marl-trade train --config configs/signal.toml --encoder runs/pretrain-signal --out runs/signal-pt
 //! ```
 //!
 //! Every command reads `--config` (default `configs/default.toml`; `eval` reads the configuration
@@ -94,6 +96,20 @@ enum Command {
     /// Supervised priors: train the MLP / LSTM / GRU direction classifiers, build their cache.
     #[command(subcommand)]
     Sl(SlCmd),
+    /// Masked-forecast pretraining of the shared encoder on the train period (`[pretrain]`,
+    /// `[agent.encoder]`): losses in DIR/pretrain.jsonl, the encoder in DIR/encoder.safetensors
+    /// for `train --encoder DIR`. Run again to resume.
+    Pretrain(PretrainArgs),
+}
+
+#[derive(Args, Debug)]
+struct PretrainArgs {
+    /// The output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace a run of another configuration in DIR instead of resuming.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -255,6 +271,9 @@ struct TrainArgs {
     /// Replace the run in `--out` if there is one (its config, metrics and checkpoints).
     #[arg(long)]
     force: bool,
+    /// Initialise the encoder from a `marl-trade pretrain` output directory (fresh runs only).
+    #[arg(long)]
+    encoder: Option<PathBuf>,
     #[command(flatten)]
     run: RunKnobs,
 }
@@ -410,7 +429,35 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCmd::Sl(args)) => with_threads(args.threads, || bench_sl(&cfg, &args)),
         Command::Sl(SlCmd::Train { out, force }) => sl_train(&cfg, &out, force),
         Command::Sl(SlCmd::Cache { models, out }) => sl_cache(&cfg, &models, &out),
+        Command::Pretrain(args) => pretrain(&cfg, &args),
     }
+}
+
+fn pretrain(cfg: &Config, args: &PretrainArgs) -> Result<()> {
+    use marl_trade::train::pretrain::{PretrainOptions, pretrain};
+    let market = Market::load(&cfg.data)?;
+    let t = Instant::now();
+    let opts = PretrainOptions {
+        out: args.out.clone(),
+        force: args.force,
+    };
+    let mut progress = |l: &marl_trade::train::pretrain::PretrainLog| println!("{}", l.line());
+    let rep = pretrain(
+        &cfg.pretrain,
+        &cfg.agent.encoder,
+        cfg.env.train_fraction,
+        &market,
+        &opts,
+        &mut progress,
+    )?;
+    println!(
+        "{} steps now ({} in total) in {:.1} s; encoder: {}",
+        rep.steps_run,
+        rep.step,
+        t.elapsed().as_secs_f64(),
+        rep.encoder_file.display()
+    );
+    Ok(())
 }
 
 fn train(cfg: &Config, config_path: &Path, args: &TrainArgs) -> Result<()> {
@@ -444,6 +491,7 @@ fn train(cfg: &Config, config_path: &Path, args: &TrainArgs) -> Result<()> {
         save_every: args.run.save_every,
         backend: args.run.backend,
         progress: !args.run.quiet,
+        encoder: args.encoder.clone(),
         ..TrainOptions::new(&out)
     };
     let report = run::train(cfg, &market, &opts)?;

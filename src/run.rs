@@ -97,6 +97,10 @@ pub struct TrainOptions {
     /// Warm start: initialise the policy's parameters from this checkpoint's model (weights only;
     /// the optimizer, iteration count and environment start afresh). Ignored on resume.
     pub init_from: Option<PathBuf>,
+    /// Initialise the policy's encoder from this pretraining output (`marl-trade pretrain --out`,
+    /// or its `encoder.safetensors`), after `init_from`; shapes are checked tensor by tensor.
+    /// Ignored on resume.
+    pub encoder: Option<PathBuf>,
 }
 
 impl TrainOptions {
@@ -112,6 +116,7 @@ impl TrainOptions {
             progress: false,
             period: Period::Train,
             init_from: None,
+            encoder: None,
         }
     }
 }
@@ -221,6 +226,10 @@ pub fn train(cfg: &Config, market: &Market, opts: &TrainOptions) -> Result<Train
     if let (Some(from), false) = (&opts.init_from, opts.resume) {
         let dir = resolve_checkpoint(from)?;
         checkpoint::load_params(&vm, &dir.join(checkpoint::MODEL_FILE))?;
+    }
+    if let (Some(enc), false) = (&opts.encoder, opts.resume) {
+        crate::train::pretrain::load_encoder(&vm, enc)?;
+        crate::agents::ActorCritic::parameters_changed(&policy, true);
     }
 
     let mut ppo: Trainer = if opts.resume {

@@ -18,6 +18,8 @@ Training: PPO (CleanRL-faithful), generic over a vectorised environment and a po
 - [`value_norm`]: MAPPO's running, debiased return normalisation for the critic (for the master,
   issue #12; not used by the symbol agents' PPO).
 - [`windows`]: the market as the symbol agents' window source (features + returns).
+- [`pretrain`]: masked-forecast pretraining of the shared encoder (`[pretrain]`, `marl-trade
+  pretrain`) and loading its encoder into a policy.
 - [`warm_start`]: the actor heads' output layer fitted to the supervised prior by least squares
   on a rollout of the prior (`agent.warm_start_steps`).
 - [`setup`]: the symbol policy of a market and the training environment, assembled.
@@ -33,6 +35,7 @@ pub mod config;
 pub mod metrics;
 pub mod minibatch;
 pub mod ppo;
+pub mod pretrain;
 pub mod reward_norm;
 pub mod setup;
 pub mod signals;
