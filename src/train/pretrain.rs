@@ -493,9 +493,9 @@ pub fn pretrain(
         enc,
         dev: dev.clone(),
     };
-    let mut val_rng = ResumableRng::new(hash2(cfg.seed, 0x5641_4c));
+    let mut val_rng = ResumableRng::new(hash2(cfg.seed, 0x0056_414c));
     let val_batch = sampler.batch(&val_keys, &mut val_rng)?;
-    let mut rng = ResumableRng::from_state(st.rng.clone());
+    let mut rng = ResumableRng::from_state(st.rng);
     let start = st.step;
     let mut batch_keys = Vec::with_capacity(cfg.batch_bars);
     while st.step < cfg.steps {
