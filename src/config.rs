@@ -11,6 +11,7 @@ owned by the module that consumes it:
 | `[agent]` | [`AgentConfig`] | `agents` |
 | `[ppo]` | [`PpoConfig`] | `train` |
 | `[sl]` | [`SlConfig`] | `sl` |
+| `[pretrain]` | [`PretrainConfig`] | `train` (`train::pretrain`) |
 
 This module only composes them: it loads the file, applies `--set` overrides, lays the file over the
 documented defaults, runs each section's own checks, and checks the sections against each other
@@ -38,6 +39,7 @@ pub use crate::env::{EnvConfig, EnvSetup, MasterConfig, RiskConfig};
 pub use crate::reward::RewardConfig;
 pub use crate::sl::SlConfig;
 pub use crate::train::PpoConfig;
+pub use crate::train::pretrain::PretrainConfig;
 
 use crate::error::{Error, Result};
 
@@ -89,6 +91,8 @@ pub struct Config {
     pub ppo: PpoConfig,
     /// `[sl]`: the supervised priors (models, labels, training).
     pub sl: SlConfig,
+    /// `[pretrain]`: masked-forecast pretraining of the shared encoder (`marl-trade pretrain`).
+    pub pretrain: PretrainConfig,
 }
 
 impl Default for Config {
@@ -111,6 +115,7 @@ impl Default for Config {
                 ..PpoConfig::default()
             },
             sl: SlConfig::default(),
+            pretrain: PretrainConfig::default(),
         }
     }
 }
@@ -221,6 +226,23 @@ impl Config {
         // The PPO batch is env.scenarios environments x ppo.num_steps steps.
         self.ppo.validate(origin, self.env.scenarios)?;
         self.sl.validate(origin)?;
+        self.pretrain.validate(origin)?;
+        // The prior reads the observation's SL slice, which is all zeros without a cache.
+        if self.env.sl_cache.is_none() {
+            let uses = [
+                ("ppo.kl_prior_coef", self.ppo.kl_prior_coef > 0.0),
+                ("agent.warm_start_steps", self.agent.warm_start_steps > 0),
+            ];
+            if let Some((field, _)) = uses.iter().find(|(_, on)| *on) {
+                return Err(Error::config_field(
+                    origin,
+                    field,
+                    "needs env.sl_cache: the supervised prior reads the observation's SL slice, \
+                     which is zero without a prior cache (marl-trade sl cache)"
+                        .to_string(),
+                ));
+            }
+        }
         let warm = crate::features::WARMUP + 2;
         if self.data.min_bars < warm {
             return Err(Error::config_field(

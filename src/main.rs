@@ -17,6 +17,8 @@
 //! marl-trade bench sl --config configs/signal.toml [--models DIR] [--batch 1024]
 //! marl-trade bench train --config configs/default.toml --iterations 2
 //! marl-trade bench suite [--json suite.json] [--backends cpu,cuda] [--envs 128,1024,4096] [--symbols 143,512]
+//! marl-trade pretrain --config configs/signal.toml --out runs/pretrain-signal [--force]
+//! marl-trade train --config configs/signal.toml --encoder runs/pretrain-signal --out runs/signal-pt
 //! ```
 //!
 //! Every command reads `--config` (default `configs/default.toml`; `eval` reads the configuration
@@ -95,6 +97,20 @@ enum Command {
     /// Supervised priors: train the MLP / LSTM / GRU direction classifiers, build their cache.
     #[command(subcommand)]
     Sl(SlCmd),
+    /// Masked-forecast pretraining of the shared encoder on the train period (`[pretrain]`,
+    /// `[agent.encoder]`): losses in DIR/pretrain.jsonl, the encoder in DIR/encoder.safetensors
+    /// for `train --encoder DIR`. Run again to resume.
+    Pretrain(PretrainArgs),
+}
+
+#[derive(Args, Debug)]
+struct PretrainArgs {
+    /// The output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace a run of another configuration in DIR instead of resuming.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -256,6 +272,9 @@ struct TrainArgs {
     /// Replace the run in `--out` if there is one (its config, metrics and checkpoints).
     #[arg(long)]
     force: bool,
+    /// Initialise the encoder from a `marl-trade pretrain` output directory (fresh runs only).
+    #[arg(long)]
+    encoder: Option<PathBuf>,
     #[command(flatten)]
     run: RunKnobs,
 }
@@ -448,7 +467,35 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Sl(SlCmd::Train { out, force }) => sl_train(&cfg, &out, force),
         Command::Sl(SlCmd::Cache { models, out }) => sl_cache(&cfg, &models, &out),
+        Command::Pretrain(args) => pretrain(&cfg, &args),
     }
+}
+
+fn pretrain(cfg: &Config, args: &PretrainArgs) -> Result<()> {
+    use marl_trade::train::pretrain::{PretrainOptions, pretrain};
+    let market = Market::load(&cfg.data)?;
+    let t = Instant::now();
+    let opts = PretrainOptions {
+        out: args.out.clone(),
+        force: args.force,
+    };
+    let mut progress = |l: &marl_trade::train::pretrain::PretrainLog| println!("{}", l.line());
+    let rep = pretrain(
+        &cfg.pretrain,
+        &cfg.agent.encoder,
+        cfg.env.train_fraction,
+        &market,
+        &opts,
+        &mut progress,
+    )?;
+    println!(
+        "{} steps now ({} in total) in {:.1} s; encoder: {}",
+        rep.steps_run,
+        rep.step,
+        t.elapsed().as_secs_f64(),
+        rep.encoder_file.display()
+    );
+    Ok(())
 }
 
 fn train(cfg: &Config, config_path: &Path, args: &TrainArgs) -> Result<()> {
@@ -482,6 +529,7 @@ fn train(cfg: &Config, config_path: &Path, args: &TrainArgs) -> Result<()> {
         save_every: args.run.save_every,
         backend: args.run.backend,
         progress: !args.run.quiet,
+        encoder: args.encoder.clone(),
         ..TrainOptions::new(&out)
     };
     let report = run::train(cfg, &market, &opts)?;

@@ -9,7 +9,12 @@ A run lives in one directory (`--out`):
 <run>/metrics.csv                 the same, as CSV (Metrics::CSV_HEADER + the env's reward terms)
 <run>/checkpoints/iter-000010/    a checkpoint (train::checkpoint) + its config.toml and symbols.txt
 <run>/checkpoints/latest          the name of the newest complete checkpoint
+<run>/warm_start.json             with agent.warm_start_steps > 0: the warm start's fit
 ```
+
+A fresh run with `agent.warm_start_steps > 0` fits the actor heads' output layer to the supervised
+prior before the first iteration (`train::warm_start`, after `init_from` when both are given); the
+environment is then reset by the trainer as usual.
 
 A checkpoint directory is written completely (each file atomically, `state.json` last) before
 `latest` is switched to it (atomically), and the previous checkpoint is kept: a run stopped at any
@@ -41,6 +46,7 @@ use crate::train::checkpoint;
 use crate::train::metrics::{Metrics, MetricsWriter, read_metrics};
 pub use crate::train::setup::{build_env, build_policy};
 use crate::train::signals::{self, SignalReport, SignalThresholds};
+use crate::train::warm_start::warm_start;
 use crate::train::{Ppo, TradingEnv, TrainEnv};
 
 /// File names inside a run directory.
@@ -55,6 +61,9 @@ pub const METRICS_CSV: &str = "metrics.csv";
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
 /// In the checkpoints' directory: the name of the newest complete checkpoint.
 pub const LATEST_FILE: &str = "latest";
+/// The warm start's report ([`crate::train::warm_start::WarmStartReport`]), when
+/// `agent.warm_start_steps > 0`.
+pub const WARM_START_FILE: &str = "warm_start.json";
 /// Checkpoints kept per run (the newest ones).
 pub const KEEP_CHECKPOINTS: usize = 2;
 
@@ -88,6 +97,10 @@ pub struct TrainOptions {
     /// Warm start: initialise the policy's parameters from this checkpoint's model (weights only;
     /// the optimizer, iteration count and environment start afresh). Ignored on resume.
     pub init_from: Option<PathBuf>,
+    /// Initialise the policy's encoder from this pretraining output (`marl-trade pretrain --out`,
+    /// or its `encoder.safetensors`), after `init_from`; shapes are checked tensor by tensor.
+    /// Ignored on resume.
+    pub encoder: Option<PathBuf>,
 }
 
 impl TrainOptions {
@@ -103,6 +116,7 @@ impl TrainOptions {
             progress: false,
             period: Period::Train,
             init_from: None,
+            encoder: None,
         }
     }
 }
@@ -213,6 +227,10 @@ pub fn train(cfg: &Config, market: &Market, opts: &TrainOptions) -> Result<Train
         let dir = resolve_checkpoint(from)?;
         checkpoint::load_params(&vm, &dir.join(checkpoint::MODEL_FILE))?;
     }
+    if let (Some(enc), false) = (&opts.encoder, opts.resume) {
+        crate::train::pretrain::load_encoder(&vm, enc)?;
+        crate::agents::ActorCritic::parameters_changed(&policy, true);
+    }
 
     let mut ppo: Trainer = if opts.resume {
         let stored = Config::from_file(&cfg_path)?;
@@ -243,6 +261,12 @@ pub fn train(cfg: &Config, market: &Market, opts: &TrainOptions) -> Result<Train
         clear_run(out)?;
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
         crate::atomic::write(&cfg_path, cfg.to_toml_string().as_bytes())?;
+        let mut env = env;
+        if cfg.agent.warm_start_steps > 0 {
+            let rep = warm_start(&policy, &mut env, cfg.agent.warm_start_steps, cfg.ppo.seed)?;
+            let json = serde_json::to_vec_pretty(&rep).map_err(|e| Error::json("warm start", e))?;
+            crate::atomic::write(&out.join(WARM_START_FILE), &json)?;
+        }
         let spec = policy.agent().spec();
         let spec = serde_json::to_value(&spec).map_err(|e| Error::json("agent spec", e))?;
         Ppo::new(cfg.ppo.clone(), env, policy, vm, spec)?
@@ -310,7 +334,7 @@ fn clear_run(out: &Path) -> Result<()> {
     if ck.exists() {
         std::fs::remove_dir_all(&ck).map_err(|e| Error::io(&ck, e))?;
     }
-    for f in [CONFIG_FILE, METRICS_JSONL, METRICS_CSV] {
+    for f in [CONFIG_FILE, METRICS_JSONL, METRICS_CSV, WARM_START_FILE] {
         let p = out.join(f);
         if p.exists() {
             std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;

@@ -40,6 +40,14 @@ pub struct AgentConfig {
     /// emptied and refilled (counted as `cache.evictions`); a single batch larger than the bound is
     /// encoded uncached. 0: no cache (every rollout step encodes its distinct bars).
     pub embed_cache_mb: usize,
+    /// Sharpness of the supervised prior (`agents::prior`): the prior's logits are
+    /// `hold_prior * [a == HOLD] + prior_beta * z * TILT[a]`, `z` the mean of the observation's SL
+    /// triplet. Read by the KL term (`ppo.kl_prior_coef`) and the warm start.
+    pub prior_beta: f64,
+    /// Warm start: before training, play this many steps of every scenario with the prior's
+    /// actions and fit the actor heads' output layer to the prior's logits by least squares
+    /// (`train::warm_start`). Needs `env.sl_cache`. 0 (default): off, the seeded random init.
+    pub warm_start_steps: usize,
 }
 
 impl Default for AgentConfig {
@@ -52,6 +60,8 @@ impl Default for AgentConfig {
             encoder: EncoderConfig::default(),
             freeze_encoder: false,
             embed_cache_mb: 4096,
+            prior_beta: 10.0,
+            warm_start_steps: 0,
         }
     }
 }
@@ -62,6 +72,9 @@ impl AgentConfig {
         let bad = |field: &str, why: &str| Err(Error::config_field(origin, field, why.to_string()));
         if !self.hold_prior.is_finite() {
             return bad("agent.hold_prior", "must be a finite number");
+        }
+        if !(self.prior_beta.is_finite() && self.prior_beta >= 0.0) {
+            return bad("agent.prior_beta", "must be a finite number >= 0");
         }
         self.encoder.validate(origin)
     }

@@ -183,6 +183,41 @@ impl SymbolHeads {
         self.rest(h)
     }
 
+    /// The input of the output layer for the split input of [`forward_split`](Self::forward_split):
+    /// `[S, B, K]`, the last hidden layer's activations (`K = hidden`), or for a linear head the
+    /// input itself (`concat(shared[:, group], private)`, `K = in`). `forward_split` is this times
+    /// the output layer's weights plus its bias.
+    pub fn output_inputs_split(
+        &self,
+        shared: &Tensor,
+        group: &Tensor,
+        private: &Tensor,
+    ) -> Result<Tensor> {
+        if self.layers.len() == 1 {
+            let gathered = shared.index_select(group, 1)?;
+            return Tensor::cat(&[&gathered, &private.to_dtype(gathered.dtype())?], 2);
+        }
+        let (w0, b0) = &self.layers[0];
+        let es = shared.dim(2)?;
+        let dp = private.dim(2)?;
+        let h_shared = self.matmul(shared, &w0.narrow(1, 0, es)?)?;
+        let h_private = self.matmul(private, &w0.narrow(1, es, dp)?)?;
+        let mut h = (h_shared.index_select(group, 1)? + h_private)?.broadcast_add(b0)?;
+        let n = self.layers.len();
+        for (w, bias) in &self.layers[1..n - 1] {
+            h = self
+                .matmul(&self.activation.apply(&h)?, w)?
+                .broadcast_add(bias)?;
+        }
+        self.activation.apply(&h)
+    }
+
+    /// The output layer's weights `[S', K, out]` and bias `[S', 1, out]` (`S' = 1` when shared),
+    /// variables of the `VarMap` the heads were built from.
+    pub fn output_layer(&self) -> &(Tensor, Tensor) {
+        self.layers.last().expect("heads have at least one layer")
+    }
+
     /// Rows of arbitrary symbols: `x: [R, in]`, `symbol: [R]` (u32) -> `[R, out]`. The weights of
     /// each row's symbol are gathered and applied as one batched `[R, 1, in] x [R, in, out]` matmul.
     pub fn forward_indexed(&self, x: &Tensor, symbol: &Tensor) -> Result<Tensor> {

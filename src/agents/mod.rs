@@ -20,6 +20,8 @@ Layers follow candle-nn's style: a small struct, a constructor taking a `VarBuil
 - [`mlp`]: CleanRL's MLP actor-critic (CartPole).
 - [`master`]: the portfolio master's network ([`MasterNet`]) and the symbol agents' aggregated
   intents it reads ([`SymbolIntents`]). Not trained yet (issue #12).
+- [`prior`]: the supervised prior as a policy: the SL triplet mapped to logits over the 7 actions
+  (the KL term's target and the warm start's).
 - [`policy`]: the [`ActorCritic`] and [`ObsBatch`] traits the trainer is generic over.
 - [`init`]: seeded, order-independent initialisation (candle's CPU RNG cannot be seeded).
 */
@@ -36,6 +38,7 @@ pub mod master;
 pub mod mlp;
 pub mod norm;
 pub mod policy;
+pub mod prior;
 pub mod symbol;
 pub mod symbol_policy;
 pub mod windows;

@@ -88,6 +88,14 @@ pub trait ActorCritic {
         Vec::new()
     }
 
+    /// Logits `[R, A]` of a fixed prior policy over the rows of `obs` (no parameters, no
+    /// gradient), the target of the trainer's KL term (`ppo.kl_prior_coef`); the trainer masks
+    /// them as it masks the policy's. `None` (the default): the policy has no prior. The trading
+    /// policy's is the map of the SL triplet in [`super::prior`].
+    fn prior_logits(&self, _obs: &Self::Obs) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
     /// The device the policy's parameters live on.
     fn device(&self) -> &Device;
 }

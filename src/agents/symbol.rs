@@ -159,6 +159,28 @@ impl SymbolAgent {
         Ok((logits, value))
     }
 
+    /// The actor heads.
+    pub fn actor(&self) -> &SymbolHeads {
+        &self.actor
+    }
+
+    /// What the actor's output layer reads for `B` scenarios (the arguments of
+    /// [`heads`](Self::heads)): `[S, B, K]` ([`SymbolHeads::output_inputs_split`]). The actor's
+    /// logits are this times the output layer plus its bias, plus the HOLD prior.
+    pub fn actor_output_inputs(
+        &self,
+        emb: &Tensor,
+        group: &Tensor,
+        dyn_obs: &Tensor,
+    ) -> crate::Result<Tensor> {
+        let shared = emb.transpose(0, 1)?.contiguous()?;
+        let private = dyn_obs
+            .to_dtype(emb.dtype())?
+            .transpose(0, 1)?
+            .contiguous()?;
+        Ok(self.actor.output_inputs_split(&shared, group, &private)?)
+    }
+
     /// `encode` + `heads`.
     pub fn forward(
         &self,

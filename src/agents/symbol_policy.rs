@@ -358,6 +358,18 @@ impl SymbolPolicy {
         Ok(Tensor::from_vec(out, (keys.len(), s, e), &self.device)?.to_dtype(dtype)?)
     }
 
+    /// What the actor's output layer reads for every row of `obs` (no gradient): `[S, B, K]`
+    /// ([`SymbolAgent::actor_output_inputs`]); the warm start fits the output layer on it.
+    pub fn actor_output_inputs(&self, obs: &SymbolObs) -> crate::Result<Tensor> {
+        let (unique, group) = Self::group_keys(&obs.keys);
+        let emb = self.cached_embeddings(&unique)?;
+        let group = Tensor::from_vec(group, obs.keys.len(), &self.device)?;
+        Ok(self
+            .agent
+            .actor_output_inputs(&emb, &group, &obs.dyn_obs)?
+            .detach())
+    }
+
     /// Logits `[B*S, A]` and values `[B*S]` from the embeddings `emb` of the distinct keys.
     fn heads_rows(
         &self,
@@ -405,6 +417,23 @@ impl ActorCritic for SymbolPolicy {
     /// `encoder.*` parameters when `agent.freeze_encoder`.
     fn is_frozen(&self, name: &str) -> bool {
         self.agent.config().freeze_encoder && name.starts_with("encoder.")
+    }
+
+    /// The SL triplet of every row (`dyn_obs[.., SL_PROBS]`) through [`super::prior::prior_logits`]
+    /// with `agent.prior_beta` and `agent.hold_prior`.
+    fn prior_logits(&self, obs: &SymbolObs) -> crate::Result<Option<Tensor>> {
+        let (b, s, _) = obs.dyn_obs.dims3()?;
+        let sl = crate::env::obs::SL_PROBS;
+        let triplet = obs
+            .dyn_obs
+            .narrow(2, sl.start, sl.len())?
+            .reshape((b * s, sl.len()))?;
+        let cfg = self.agent.config();
+        Ok(Some(super::prior::prior_logits(
+            &triplet,
+            cfg.prior_beta,
+            cfg.hold_prior,
+        )?))
     }
 
     fn drain_stats(&self) -> Vec<(String, f64)> {

@@ -74,6 +74,16 @@ pub struct PpoConfig {
     pub adam_eps: f64,
     /// Decoupled weight decay of AdamW (0: plain Adam, as CleanRL).
     pub weight_decay: f64,
+    /// Coefficient of the KL term toward the policy's fixed prior (`ActorCritic::prior_logits`;
+    /// the trading policy's is the supervised prior of `agents::prior`): the loss gains
+    /// `c_i * mean_rows KL(pi || prior)`, both distributions under the rollout's action mask. 0
+    /// (default): off. Logged per iteration as `loss.kl_prior` and `loss.kl_prior_coef` (in the
+    /// metrics' `policy` map).
+    pub kl_prior_coef: f64,
+    /// The KL coefficient is annealed linearly to 0 over this many iterations:
+    /// `c_i = kl_prior_coef * max(0, 1 - (i - 1) / kl_prior_iters)` for iteration `i = 1..`.
+    /// Must be >= 1 when `kl_prior_coef > 0`.
+    pub kl_prior_iters: usize,
 }
 
 impl Default for PpoConfig {
@@ -101,6 +111,8 @@ impl Default for PpoConfig {
             reward_clip: 10.0,
             adam_eps: 1e-5,
             weight_decay: 0.0,
+            kl_prior_coef: 0.0,
+            kl_prior_iters: 0,
         }
     }
 }
@@ -149,6 +161,15 @@ impl PpoConfig {
     pub fn ent_coef_at(&self, iteration: usize, num_envs: usize) -> f64 {
         let f = self.schedule_frac(iteration, num_envs);
         self.ent_coef_end + f * (self.ent_coef_start - self.ent_coef_end)
+    }
+
+    /// Coefficient of the KL term toward the prior at iteration `i` (1-based).
+    pub fn kl_prior_coef_at(&self, iteration: usize) -> f64 {
+        if self.kl_prior_coef <= 0.0 || self.kl_prior_iters == 0 {
+            return 0.0;
+        }
+        let f = 1.0 - (iteration as f64 - 1.0) / self.kl_prior_iters as f64;
+        self.kl_prior_coef * f.max(0.0)
     }
 
     /// Parse TOML (`origin` names the source in errors) for `num_envs` parallel environments.
@@ -208,6 +229,7 @@ impl PpoConfig {
             ("ppo.adam_eps", self.adam_eps),
             ("ppo.reward_clip", self.reward_clip),
             ("ppo.weight_decay", self.weight_decay),
+            ("ppo.kl_prior_coef", self.kl_prior_coef),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return bad(f, format!("must be a finite number >= 0, got {v}"));
@@ -217,6 +239,14 @@ impl PpoConfig {
             && (k.is_nan() || k <= 0.0)
         {
             return bad("ppo.target_kl", "must be > 0 when set".into());
+        }
+        if self.kl_prior_coef > 0.0 && self.kl_prior_iters == 0 {
+            return bad(
+                "ppo.kl_prior_iters",
+                "must be >= 1 when ppo.kl_prior_coef > 0 (the iterations over which the KL term \
+                 is annealed to 0)"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -253,5 +283,26 @@ mod tests {
         let c = PpoConfig::from_toml_str("target_kl = 0.01\nlearning_rate = 1e-3", "t.toml", 4)
             .unwrap();
         assert_eq!(c.target_kl, Some(0.01));
+    }
+
+    #[test]
+    fn kl_prior_schedule_and_validation() {
+        let c = PpoConfig::from_toml_str("kl_prior_coef = 0.5\nkl_prior_iters = 4", "t.toml", 4)
+            .unwrap();
+        let got: Vec<f64> = (1..=6).map(|i| c.kl_prior_coef_at(i)).collect();
+        assert_eq!(got, [0.5, 0.375, 0.25, 0.125, 0.0, 0.0]);
+        assert_eq!(
+            PpoConfig::default().kl_prior_coef_at(1),
+            0.0,
+            "off by default"
+        );
+        let e = PpoConfig::from_toml_str("kl_prior_coef = 0.5", "t.toml", 4)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ppo.kl_prior_iters"), "{e}");
+        let e = PpoConfig::from_toml_str("kl_prior_coef = -1\nkl_prior_iters = 3", "t.toml", 4)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ppo.kl_prior_coef"), "{e}");
     }
 }

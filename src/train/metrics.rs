@@ -60,6 +60,9 @@ pub struct Metrics {
     /// The policy's own statistics of the iteration (`ActorCritic::drain_stats`), e.g. the trading
     /// policy's embedding cache: `cache.hits`, `cache.misses` (keys looked up in the rollout),
     /// `cache.bytes` (the most held during the iteration), `cache.evictions`, `encoder.keys` (bars encoded in the whole iteration).
+    /// With `ppo.kl_prior_coef > 0` the trainer adds the KL term toward the policy's prior here:
+    /// `loss.kl_prior` (last minibatch's mean `KL(pi || prior)`) and `loss.kl_prior_coef` (the
+    /// iteration's annealed coefficient).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub policy: std::collections::BTreeMap<String, f64>,
     /// Wall-clock seconds of the iteration's parts: the rollout's env steps (`time.rollout_env`),

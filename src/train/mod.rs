@@ -18,6 +18,10 @@ Training: PPO (CleanRL-faithful), generic over a vectorised environment and a po
 - [`value_norm`]: MAPPO's running, debiased return normalisation for the critic (for the master,
   issue #12; not used by the symbol agents' PPO).
 - [`windows`]: the market as the symbol agents' window source (features + returns).
+- [`pretrain`]: masked-forecast pretraining of the shared encoder (`[pretrain]`, `marl-trade
+  pretrain`) and loading its encoder into a policy.
+- [`warm_start`]: the actor heads' output layer fitted to the supervised prior by least squares
+  on a rollout of the prior (`agent.warm_start_steps`).
 - [`setup`]: the symbol policy of a market and the training environment, assembled.
 - [`trading`]: [`TradingEnv`], the trading environment as a [`TrainEnv`] with
   `Obs = agents::SymbolObs` and `agents_per_env = S`, trained with `agents::SymbolPolicy`.
@@ -31,18 +35,20 @@ pub mod config;
 pub mod metrics;
 pub mod minibatch;
 pub mod ppo;
+pub mod pretrain;
 pub mod reward_norm;
 pub mod setup;
 pub mod signals;
 pub mod trading;
 pub mod train_env;
 pub mod value_norm;
+pub mod warm_start;
 pub mod windows;
 
 pub use adamw::{AdamW, AdamWConfig};
 pub use config::{MinibatchMode, PpoConfig};
 pub use metrics::{Metrics, MetricsWriter};
-pub use ppo::{Ppo, clip_grad_norm};
+pub use ppo::{KL_PRIOR_COEF_STAT, KL_PRIOR_STAT, Ppo, clip_grad_norm};
 pub use reward_norm::RewardNorm;
 pub use signals::{Alarm, AlarmKind, SignalReport, SignalThresholds};
 pub use trading::TradingEnv;

@@ -21,6 +21,11 @@ One iteration ([`Ppo::iterate`]):
    - value loss `0.5 * mean(max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2))` when
      `clip_vloss`, else `0.5 * mean((V - R)^2)`;
    - `loss = policy_loss - ent_coef * mean(entropy) + vf_coef * value_loss`;
+   - when `kl_prior_coef > 0` (not CleanRL): `+ c_i * mean(KL(pi || prior))`, the prior the
+     policy's [`prior_logits`](crate::agents::ActorCritic::prior_logits) under the same masks,
+     `c_i` annealed to 0 over `kl_prior_iters` ([`PpoConfig::kl_prior_coef_at`]); the last
+     minibatch's KL is logged as `loss.kl_prior` for the whole run (also after `c_i` reached 0),
+     `c_i` as `loss.kl_prior_coef`;
    - backward, **global** gradient-norm clipping over all parameters, AdamW step.
 
    After each epoch, stop early if `target_kl` is set and the last `approx_kl` exceeds it.
@@ -54,6 +59,11 @@ use crate::agents::init::named_vars;
 use crate::agents::{ActorCritic, ObsBatch};
 use crate::error::Error;
 use crate::rng::hash2;
+
+/// Name of the KL-to-prior statistic in `Metrics::policy` (last minibatch's `mean KL(pi || prior)`).
+pub const KL_PRIOR_STAT: &str = "loss.kl_prior";
+/// Name of the KL term's coefficient of the iteration in `Metrics::policy`.
+pub const KL_PRIOR_COEF_STAT: &str = "loss.kl_prior_coef";
 
 /// Scale every gradient of `params` in `grads` so that their global L2 norm is at most `max_norm`
 /// (torch's `clip_grad_norm_`: factor `min(1, max_norm / (norm + 1e-6))`). Returns the norm before
@@ -317,6 +327,7 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
         let lr = cfg.lr_at(it, num_envs);
         self.opt.set_learning_rate(lr);
         let ent_coef = cfg.ent_coef_at(it, num_envs);
+        let kl_coef = cfg.kl_prior_coef_at(it);
         let dev = self.device();
         let (n, g, na) = (
             self.env.num_envs(),
@@ -402,8 +413,14 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
                     None => None,
                 };
 
-                let (logits, new_value) = self.policy.forward(&b_obs.select_units(mb)?)?;
+                let mb_obs = b_obs.select_units(mb)?;
+                let (logits, new_value) = self.policy.forward(&mb_obs)?;
                 let dist = MaskedCategorical::new(&logits, mask.as_ref())?;
+                let kl_prior = if cfg.kl_prior_coef > 0.0 {
+                    Some(self.kl_to_prior(&mb_obs, &dist, mask.as_ref())?)
+                } else {
+                    None
+                };
                 let new_logprob = dist.log_prob(&actions)?;
                 let entropy = dist.entropy()?;
                 let logratio = (new_logprob - old_logprob)?;
@@ -438,7 +455,14 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
                     (v_unclipped.mean_all()? * 0.5)?
                 };
                 let entropy_loss = entropy.mean_all()?;
-                let loss = ((&pg_loss - (&entropy_loss * ent_coef)?)? + (&v_loss * cfg.vf_coef)?)?;
+                let mut loss =
+                    ((&pg_loss - (&entropy_loss * ent_coef)?)? + (&v_loss * cfg.vf_coef)?)?;
+                if let Some(kl) = &kl_prior {
+                    if kl_coef > 0.0 {
+                        loss = (loss + (kl * kl_coef)?)?;
+                    }
+                    last.kl_prior = Some(scalar(kl)?);
+                }
 
                 let mut grads = loss.backward()?;
                 last.grad_norm = clip_grad_norm(&mut grads, &self.params, cfg.max_grad_norm)?;
@@ -457,11 +481,15 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
         times.update = update_clock.elapsed().as_secs_f64();
         self.iteration = it;
         let env_stats = self.env.drain_stats().into_iter().collect();
-        let (mut timing, policy_stats): (BTreeMap<String, f64>, BTreeMap<String, f64>) = self
+        let (mut timing, mut policy_stats): (BTreeMap<String, f64>, BTreeMap<String, f64>) = self
             .policy
             .drain_stats()
             .into_iter()
             .partition(|(k, _)| k.starts_with("time."));
+        if let Some(kl) = last.kl_prior {
+            policy_stats.insert(KL_PRIOR_STAT.into(), kl);
+            policy_stats.insert(KL_PRIOR_COEF_STAT.into(), kl_coef);
+        }
         timing.insert("time.rollout_env".into(), times.env);
         timing.insert("time.rollout_policy".into(), times.policy);
         timing.insert("time.update".into(), times.update);
@@ -493,6 +521,33 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
             policy: policy_stats,
             timing,
         })
+    }
+
+    /// `mean_rows KL(pi || prior)` of a minibatch: `sum_a pi_a (log pi_a - log prior_a)`, the prior
+    /// masked like the policy (masked actions have `pi_a = 0` exactly and add nothing).
+    fn kl_to_prior(
+        &self,
+        obs: &E::Obs,
+        dist: &MaskedCategorical,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let prior = self.policy.prior_logits(obs)?.ok_or_else(|| {
+            Error::invalid("ppo.kl_prior_coef > 0, but the policy has no prior (prior_logits)")
+        })?;
+        let logp = dist.log_probs();
+        if prior.dims() != logp.dims() {
+            return Err(Error::new(
+                crate::ErrorKind::Shape,
+                format!(
+                    "the prior's logits are {:?}, the policy's {:?}",
+                    prior.dims(),
+                    logp.dims()
+                ),
+            ));
+        }
+        let prior = MaskedCategorical::new(&prior.to_dtype(logp.dtype())?.detach(), mask)?;
+        let diff = (logp - prior.log_probs())?;
+        Ok((logp.exp()? * diff)?.sum(1)?.mean_all()?)
     }
 
     /// Run up to `max_iterations` more iterations (stopping at `num_iterations`), writing each
@@ -627,6 +682,7 @@ struct LastMinibatch {
     old_approx_kl: f64,
     approx_kl: f64,
     grad_norm: f64,
+    kl_prior: Option<f64>,
 }
 
 /// The parameters of `varmap` the optimiser updates: all but those the policy freezes.

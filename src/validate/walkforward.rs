@@ -787,6 +787,7 @@ pub fn walk_forward(
                         progress: opts.progress,
                         period: fold.train_period(),
                         init_from: init_from.clone(),
+                        encoder: None,
                     };
                     run::train(&rcfg, market, &o).map(|_| ())
                 };
