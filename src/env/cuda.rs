@@ -26,6 +26,7 @@ with the same argument structs; `tests/nvrtc_compile.rs` compiles every kernel w
 `tests/cuda_parity.rs` (ignored: needs an NVIDIA GPU) steps both backends side by side.
 */
 
+mod master;
 pub mod nvrtc;
 
 use std::collections::HashMap;
@@ -54,16 +55,17 @@ use crate::priors::PriorCache;
 use crate::reward::N_COMPONENTS;
 
 /// Kernel headers, passed to NVRTC in memory under these include names.
-pub const HEADERS: [(&str, &str); 5] = [
+pub const HEADERS: [(&str, &str); 6] = [
     ("abi.cuh", include_str!("../../kernels/abi.cuh")),
     ("common.cuh", include_str!("../../kernels/common.cuh")),
     ("env_logic.cuh", include_str!("../../kernels/env_logic.cuh")),
     ("scenario.cuh", include_str!("../../kernels/scenario.cuh")),
     ("obs.cuh", include_str!("../../kernels/obs.cuh")),
+    ("master_obs.cuh", include_str!("../../kernels/master_obs.cuh")),
 ];
 
 /// Kernel programs: (file name, source, kernels it defines).
-pub const PROGRAMS: [(&str, &str, &[&str]); 3] = [
+pub const PROGRAMS: [(&str, &str, &[&str]); 4] = [
     (
         "env_step.cu",
         include_str!("../../kernels/env_step.cu"),
@@ -78,6 +80,11 @@ pub const PROGRAMS: [(&str, &str, &[&str]); 3] = [
         "sampler.cu",
         include_str!("../../kernels/sampler.cu"),
         &["sample_actions"],
+    ),
+    (
+        "master_obs.cu",
+        include_str!("../../kernels/master_obs.cu"),
+        &["master_obs"],
     ),
 ];
 
@@ -207,6 +214,7 @@ struct Kernels {
     dyn_obs: CudaFunction,
     mask: CudaFunction,
     sample: CudaFunction,
+    master_obs: CudaFunction,
 }
 
 /// The CUDA backend (see the module docs).
@@ -262,6 +270,8 @@ pub struct CudaBackend {
     obs: Option<CudaSlice<f32>>,
     dyn_buf: Option<CudaSlice<f32>>,
     mask_buf: Option<CudaSlice<u8>>,
+    /// The master observation's buffers (`master.rs`), allocated on first use.
+    master_bufs: Option<master::MasterBufs>,
 }
 
 impl CudaBackend {
@@ -330,6 +340,7 @@ impl CudaBackend {
             dyn_obs: take("dyn_obs"),
             mask: take("action_mask"),
             sample: take("sample_actions"),
+            master_obs: take("master_obs"),
         };
 
         // Launch geometry, checked against what the driver reports for the loaded kernels and
@@ -417,6 +428,7 @@ impl CudaBackend {
             obs: None,
             dyn_buf: None,
             mask_buf: None,
+            master_bufs: None,
             k,
             stream,
             ctx,
@@ -867,6 +879,15 @@ impl Backend for CudaBackend {
         st.memset_zeros(&mut self.comp_count)
             .map_err(drv("load state"))?;
         Ok(())
+    }
+
+    fn master_obs(
+        &mut self,
+        intents: &[f32],
+        anchors: &mut [super::master_obs::MasterAnchor],
+        out: &mut [f32],
+    ) -> Result<()> {
+        self.launch_master_obs(intents, anchors, out)
     }
 
     fn drain_episodes(&mut self) -> Result<Vec<EpisodeRecord>> {
