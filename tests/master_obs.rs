@@ -132,7 +132,11 @@ fn cpu_master_obs_equals_the_kernel_code_on_the_host() {
                         i / MASTER_OBS
                     );
                 }
-                assert_eq!(env.master_anchors(), &anchors[..], "case {case} step {step}");
+                assert_eq!(
+                    env.master_anchors(),
+                    &anchors[..],
+                    "case {case} step {step}"
+                );
                 for (st, row) in snap.scenarios.iter().zip(got.chunks_exact(MASTER_OBS)) {
                     saw[0] |= st.open_count > 0;
                     saw[1] |= row[M_TELEMETRY.start + 2] > 0.0;
@@ -230,7 +234,8 @@ fn master_obs_errors() {
     let e = env.master_obs(&intents, &mut short).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Shape);
     assert!(
-        e.to_string().contains("master observation") && e.to_string().contains(&format!("{}", 2 * MASTER_OBS)),
+        e.to_string().contains("master observation")
+            && e.to_string().contains(&format!("{}", 2 * MASTER_OBS)),
         "{e}"
     );
     let e = env.master_obs(&intents[1..], &mut o).unwrap_err();

@@ -61,7 +61,10 @@ pub const HEADERS: [(&str, &str); 6] = [
     ("env_logic.cuh", include_str!("../../kernels/env_logic.cuh")),
     ("scenario.cuh", include_str!("../../kernels/scenario.cuh")),
     ("obs.cuh", include_str!("../../kernels/obs.cuh")),
-    ("master_obs.cuh", include_str!("../../kernels/master_obs.cuh")),
+    (
+        "master_obs.cuh",
+        include_str!("../../kernels/master_obs.cuh"),
+    ),
 ];
 
 /// Kernel programs: (file name, source, kernels it defines).

@@ -45,7 +45,8 @@ impl CudaBackend {
         let di = lazy_buf(&st, &mut bufs.intents, n * MASTER_INTENTS, "alloc intents")?;
         st.memcpy_htod(intents, di).map_err(drv("upload intents"))?;
         let da = lazy_buf(&st, &mut bufs.anchors, n, "alloc master anchors")?;
-        st.memcpy_htod(anchors, da).map_err(drv("upload master anchors"))?;
+        st.memcpy_htod(anchors, da)
+            .map_err(drv("upload master anchors"))?;
         let dout = lazy_buf(&st, &mut bufs.out, n * MASTER_OBS, "alloc master obs")?;
         let args = MasterObsArgs {
             p: self.layout.params,
