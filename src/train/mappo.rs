@@ -440,13 +440,13 @@ impl<Dr: SymbolDriver> MasterPpo<Dr> {
         let mut v_den = vals.clone();
         self.vnorm.denormalize(&mut v_den);
         let mut adv = vec![0f32; d_n * n];
-        for i in 0..n {
+        for (i, &boot) in next_v.iter().enumerate() {
             let mut last = 0f64;
             for d in (0..d_n).rev() {
                 let k = d * n + i;
                 let nonterm = if dones[k] { 0.0 } else { 1.0 };
                 let nv = if d + 1 == d_n {
-                    next_v[i]
+                    boot
                 } else {
                     v_den[k + n]
                 } as f64;
