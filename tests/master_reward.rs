@@ -47,7 +47,7 @@ fn hand_terms(
 #[test]
 fn master_reward_terms_by_hand() {
     let mut seen = [[false; 2]; 3]; // per term: a zero value, a non-zero value
-    for term in 0..3 {
+    for (term, seen_t) in seen.iter_mut().enumerate() {
         let mut cfg = envkit::small_config(1, 12);
         let w = &mut cfg.reward;
         (w.master_w_sharpe, w.master_w_divers, w.master_w_excess) = (0.0, 0.0, 0.0);
@@ -83,7 +83,7 @@ fn master_reward_terms_by_hand() {
                 (r as f64 - want).abs() <= tol.max(f32::EPSILON as f64 * want.abs()),
                 "term {term} step {k}: env {r:e}, by hand {want:e}"
             );
-            seen[term][usize::from(want != 0.0)] = true;
+            seen_t[usize::from(want != 0.0)] = true;
         }
     }
     // sharpe is 0 at zero moments and divers 0 when flat; excess is never exactly 0 here (the

@@ -445,11 +445,7 @@ impl<Dr: SymbolDriver> MasterPpo<Dr> {
             for d in (0..d_n).rev() {
                 let k = d * n + i;
                 let nonterm = if dones[k] { 0.0 } else { 1.0 };
-                let nv = if d + 1 == d_n {
-                    boot
-                } else {
-                    v_den[k + n]
-                } as f64;
+                let nv = if d + 1 == d_n { boot } else { v_den[k + n] } as f64;
                 let delta = rews[k] as f64 + c.gamma * nv * nonterm - v_den[k] as f64;
                 last = delta + c.gamma * c.gae_lambda * nonterm * last;
                 adv[k] = last as f32;
