@@ -8,8 +8,11 @@
 //! - `marl_host_emu` (`kernels/host_emu.c`): the block kernels with every CUDA thread of a block an
 //!   OS thread (`kernels/block_emu.h`), exported as `marl_emu_env_reset` / `marl_emu_env_step`.
 //!
-//! Only `tests/host_parity.rs` references their symbols, so nothing from them reaches the library
-//! or binaries. Needs a C compiler, no CUDA.
+//! - `marl_master_obs_shim` (`kernels/master_obs_shim.c`): the master-observation kernel
+//!   (`kernels/master_obs.cuh`), exported as `marl_host_master_obs` (tests/master_obs.rs).
+//!
+//! Only `tests/host_parity.rs` and `tests/master_obs.rs` reference their symbols, so nothing from
+//! them reaches the library or binaries. Needs a C compiler, no CUDA.
 
 fn main() {
     for f in [
@@ -21,6 +24,8 @@ fn main() {
         "kernels/env_logic.cuh",
         "kernels/scenario.cuh",
         "kernels/obs.cuh",
+        "kernels/master_obs.cuh",
+        "kernels/master_obs_shim.c",
     ] {
         println!("cargo:rerun-if-changed={f}");
     }
@@ -46,4 +51,11 @@ fn main() {
         .flag("-pthread")
         .opt_level(2)
         .compile("marl_host_emu");
+    cc::Build::new()
+        .file("kernels/master_obs_shim.c")
+        .include("kernels")
+        .flag("-ffp-contract=off")
+        .flag("-std=c11")
+        .opt_level(2)
+        .compile("marl_master_obs_shim");
 }

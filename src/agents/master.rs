@@ -172,7 +172,7 @@ pub struct SymbolIntents {
 }
 
 /// Values per scenario in [`SymbolIntents`].
-pub const INTENTS: usize = N_ACTIONS + 3;
+pub const INTENTS: usize = crate::env::master_obs::MASTER_INTENTS;
 
 /// Actions that buy (BUY_SMALL, BUY_MEDIUM, BUY_LARGE, ADD_TO_WINNER).
 const BUYS: [usize; 4] = [1, 2, 3, 6];

@@ -784,6 +784,24 @@ impl Backend for CpuBackend {
         })
     }
 
+    fn master_obs(
+        &mut self,
+        intents: &[f32],
+        anchors: &mut [super::master_obs::MasterAnchor],
+        out: &mut [f32],
+    ) -> Result<()> {
+        super::master_obs::master_obs_rows(
+            &self.layout,
+            &self.data,
+            &self.features,
+            self.lanes.iter().map(|l| &l.st),
+            intents,
+            anchors,
+            out,
+        );
+        Ok(())
+    }
+
     fn load_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
         let (n, s) = (self.layout.n_scenarios, self.layout.n_symbols);
         snap.check_shape(n, s)?;

@@ -59,16 +59,20 @@ use crate::features::Features;
 use crate::priors::PriorCache;
 
 /// Kernel headers, passed to NVRTC in memory under these include names.
-pub const HEADERS: [(&str, &str); 5] = [
+pub const HEADERS: [(&str, &str); 6] = [
     ("abi.cuh", include_str!("../../kernels/abi.cuh")),
     ("common.cuh", include_str!("../../kernels/common.cuh")),
     ("env_logic.cuh", include_str!("../../kernels/env_logic.cuh")),
     ("scenario.cuh", include_str!("../../kernels/scenario.cuh")),
     ("obs.cuh", include_str!("../../kernels/obs.cuh")),
+    (
+        "master_obs.cuh",
+        include_str!("../../kernels/master_obs.cuh"),
+    ),
 ];
 
 /// Kernel programs: (file name, source, kernels it defines).
-pub const PROGRAMS: [(&str, &str, &[&str]); 4] = [
+pub const PROGRAMS: [(&str, &str, &[&str]); 5] = [
     (
         "env_step.cu",
         include_str!("../../kernels/env_step.cu"),
@@ -88,6 +92,11 @@ pub const PROGRAMS: [(&str, &str, &[&str]); 4] = [
         "rollout.cu",
         include_str!("../../kernels/rollout.cu"),
         &["env_step_sampled"],
+    ),
+    (
+        "master_obs.cu",
+        include_str!("../../kernels/master_obs.cu"),
+        &["master_obs"],
     ),
 ];
 
@@ -234,6 +243,7 @@ struct Kernels {
     dyn_obs: CudaFunction,
     mask: CudaFunction,
     sample: CudaFunction,
+    master_obs: CudaFunction,
 }
 
 /// Page-locked host memory (`cuMemHostAlloc`), so that copies from and to it are real DMA
@@ -369,6 +379,7 @@ impl CudaDevice {
             dyn_obs: take("dyn_obs"),
             mask: take("action_mask"),
             sample: take("sample_actions"),
+            master_obs: take("master_obs"),
         };
 
         // Launch geometry, checked against what the driver reports for the loaded kernels and
@@ -423,6 +434,15 @@ impl CudaDevice {
         let threads = self.rows * per_row_threads;
         LaunchConfig {
             grid_dim: (threads.div_ceil(ROWS_BLOCK) as u32, 1, 1),
+            block_dim: (ROWS_BLOCK as u32, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    /// One thread per scenario (the master observation).
+    fn scen_cfg(&self) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (self.n.div_ceil(ROWS_BLOCK as u32), 1, 1),
             block_dim: (ROWS_BLOCK as u32, 1, 1),
             shared_mem_bytes: 0,
         }
@@ -563,6 +583,7 @@ impl Device for CudaDevice {
             Launch::DynObs(_) => (&self.k.dyn_obs, self.rows_cfg(1), "dyn_obs"),
             Launch::Mask(_) => (&self.k.mask, self.rows_cfg(1), "action_mask"),
             Launch::Sample(_) => (&self.k.sample, self.rows_cfg(1), "sample_actions"),
+            Launch::MasterObs(_) => (&self.k.master_obs, self.scen_cfg(), "master_obs"),
         };
         let mut b = self.stream.launch_builder(f);
         match l {
@@ -572,6 +593,7 @@ impl Device for CudaDevice {
             Launch::GatherObs(a) | Launch::DynObs(a) => b.arg(a),
             Launch::Mask(a) => b.arg(a),
             Launch::Sample(a) => b.arg(a),
+            Launch::MasterObs(a) => b.arg(a),
         };
         // SAFETY: each kernel (kernels/*.cu) takes exactly the argument struct(s) of its `Launch`
         // variant by value, whose layout equals the C struct's (`abi_layout_matches`); every address
@@ -863,5 +885,13 @@ impl Backend for CudaBackend {
     }
     fn drain_episodes(&mut self) -> Result<Vec<EpisodeRecord>> {
         self.env.drain_episodes()
+    }
+    fn master_obs(
+        &mut self,
+        intents: &[f32],
+        anchors: &mut [super::master_obs::MasterAnchor],
+        out: &mut [f32],
+    ) -> Result<()> {
+        self.env.master_obs(intents, anchors, out)
     }
 }

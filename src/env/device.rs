@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::abi::{
     EnvBuffers, EnvDims, EnvResetArgs, EnvStepArgs, EpisodeRecordC, MaskArgs, ObsArgs, SampleArgs,
 };
+use super::master_obs::{MASTER_INTENTS, MASTER_OBS, MasterAnchor, MasterObsArgs};
 use super::obs::{DYN_OBS, OBS_DIM};
 use super::{
     Backend, EnvLayout, EpisodeRecord, N_ACTIONS, ScenarioState, Snapshot, StepOutputs, SymbolState,
@@ -54,6 +55,8 @@ pub enum Launch<'a> {
     Mask(&'a MaskArgs),
     /// `sample_actions`.
     Sample(&'a SampleArgs),
+    /// `master_obs`: one thread per scenario (kernels/master_obs.cu, spec §8).
+    MasterObs(&'a MasterObsArgs),
 }
 
 /// What the driver needs of a device. Addresses are the device's (`u64`, as in the kernels'
@@ -248,6 +251,8 @@ pub struct DeviceEnv<D: Device> {
     obs: u64,
     dyn_buf: u64,
     mask_buf: u64,
+    /// The master observation's intents, anchors and output, allocated on first use (0 = not yet).
+    master: [u64; 3],
     counts: Arc<CopyCounter>,
 }
 
@@ -345,6 +350,7 @@ impl<D: Device> DeviceEnv<D> {
             obs: 0,
             dyn_buf: 0,
             mask_buf: 0,
+            master: [0; 3],
             counts: Arc::default(),
         })
     }
@@ -549,6 +555,49 @@ impl<D: Device> DeviceEnv<D> {
     fn rows(&self) -> usize {
         self.layout.n_scenarios * self.layout.n_symbols
     }
+
+    /// The master observation (spec §8): upload the intents and the anchors, one `master_obs`
+    /// launch, read the observation and the updated anchors back (two uploads, two downloads: the
+    /// master observes once per decision, not every step). Sizes were checked by
+    /// `VecEnv::master_obs`.
+    fn master_obs_on_device(
+        &mut self,
+        intents: &[f32],
+        anchors: &mut [MasterAnchor],
+        out: &mut [f32],
+    ) -> Result<()> {
+        let n = self.layout.n_scenarios;
+        check_len("master intents", intents.len(), n * MASTER_INTENTS)?;
+        check_len("master anchors", anchors.len(), n)?;
+        check_len("master observation", out.len(), n * MASTER_OBS)?;
+        if self.master[0] == 0 {
+            let sizes = [
+                (4 * n * MASTER_INTENTS, "master intents"),
+                (std::mem::size_of::<MasterAnchor>() * n, "master anchors"),
+                (4 * n * MASTER_OBS, "master observation"),
+            ];
+            for (i, (bytes, what)) in sizes.into_iter().enumerate() {
+                self.master[i] = self.dev.alloc(bytes, what)?;
+            }
+        }
+        let [di, da, dout] = self.master;
+        self.upload(di, bytemuck::cast_slice(intents), "master intents")?;
+        self.upload(da, bytemuck::cast_slice(anchors), "master anchors")?;
+        let args = MasterObsArgs {
+            p: self.layout.params,
+            dm: self.dims,
+            close: self.bufs.close,
+            macro_series: self.bufs.macro_series,
+            regime: self.bufs.regime,
+            scen: self.bufs.scen,
+            intents: di,
+            anchors: da,
+            out: dout,
+        };
+        self.launch(Launch::MasterObs(&args))?;
+        self.download(dout, bytemuck::cast_slice_mut(out), "master observation")?;
+        self.download(da, bytemuck::cast_slice_mut(anchors), "master anchors")
+    }
 }
 
 impl<D: Device> Backend for DeviceEnv<D> {
@@ -671,6 +720,15 @@ impl<D: Device> Backend for DeviceEnv<D> {
     }
 
     /// One copy of the counts; when any, one copy of the records and a memset of the counts.
+    fn master_obs(
+        &mut self,
+        intents: &[f32],
+        anchors: &mut [MasterAnchor],
+        out: &mut [f32],
+    ) -> Result<()> {
+        self.master_obs_on_device(intents, anchors, out)
+    }
+
     fn drain_episodes(&mut self) -> Result<Vec<EpisodeRecord>> {
         let counts = self.record_counts()?;
         if counts.iter().all(|&c| c == 0) {

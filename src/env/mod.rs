@@ -42,6 +42,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod device;
 pub mod logic;
+pub mod master_obs;
 pub mod obs;
 
 use std::path::Path;
@@ -554,6 +555,20 @@ pub trait Backend: Send {
     fn load_snapshot(&mut self, snap: &Snapshot) -> Result<()>;
     /// Finished episodes since the last call.
     fn drain_episodes(&mut self) -> Result<Vec<EpisodeRecord>>;
+    /// The master observation `[N, MASTER_OBS]` (spec §8) from the symbol agents' intents
+    /// `[N, MASTER_INTENTS]`; reads and updates the per-scenario `anchors` `[N]`. Backends without
+    /// it answer [`ErrorKind::BackendUnavailable`].
+    fn master_obs(
+        &mut self,
+        _intents: &[f32],
+        _anchors: &mut [master_obs::MasterAnchor],
+        _out: &mut [f32],
+    ) -> Result<()> {
+        Err(Error::new(
+            ErrorKind::BackendUnavailable,
+            format!("the {} backend has no master observation", self.name()),
+        ))
+    }
 }
 
 /// Build a backend of the given kind; its observation SL slice reads `priors` (`None`: zeros).
@@ -615,6 +630,7 @@ pub struct VecEnv {
     data: Arc<MarketData>,
     features: Arc<Features>,
     needs_reset: bool,
+    anchors: Vec<master_obs::MasterAnchor>,
 }
 
 impl VecEnv {
@@ -679,6 +695,7 @@ impl VecEnv {
             data,
             features,
             needs_reset: true,
+            anchors: vec![master_obs::MasterAnchor::default(); layout.n_scenarios],
         }
     }
 
@@ -713,6 +730,7 @@ impl VecEnv {
         self.finished.clear();
         self.shaper = RewardShaper::new();
         self.needs_reset = false;
+        self.anchors.fill(master_obs::MasterAnchor::default());
         Ok(())
     }
 
@@ -828,6 +846,72 @@ impl VecEnv {
     pub fn action_mask(&mut self, out: &mut [u8]) -> Result<()> {
         self.check_len("action_mask", out.len(), N_ACTIONS)?;
         self.backend.action_mask(out)
+    }
+
+    /// The master observation `[N, MASTER_OBS]` (spec §8, [`master_obs`]) of the current state,
+    /// with the symbol agents' aggregated `intents` `[N, MASTER_INTENTS]` (from the policy; the
+    /// trainer passes them). Each call is a master decision point: it restarts the scenario's
+    /// "P&L since the last directive". A buffer of the wrong size or non-finite intents are an
+    /// error naming what is wrong.
+    pub fn master_obs(&mut self, intents: &[f32], out: &mut [f32]) -> Result<()> {
+        use master_obs::{MASTER_INTENTS, MASTER_OBS};
+        if self.needs_reset {
+            return Err(Error::invalid("master_obs() before reset()"));
+        }
+        let n = self.layout.n_scenarios;
+        if out.len() != n * MASTER_OBS {
+            return Err(Error::new(
+                ErrorKind::Shape,
+                format!(
+                    "master observation: buffer holds {} values, expected N * MASTER_OBS = {n} * \
+                     {MASTER_OBS} = {}",
+                    out.len(),
+                    n * MASTER_OBS
+                ),
+            ));
+        }
+        if intents.len() != n * MASTER_INTENTS {
+            return Err(Error::new(
+                ErrorKind::Shape,
+                format!(
+                    "master observation: {} intent values, expected N * MASTER_INTENTS = {n} * \
+                     {MASTER_INTENTS} = {}",
+                    intents.len(),
+                    n * MASTER_INTENTS
+                ),
+            ));
+        }
+        if let Some(i) = intents.iter().position(|x| !x.is_finite()) {
+            return Err(Error::invalid(format!(
+                "master observation: intent {} of scenario {} is {}",
+                i % MASTER_INTENTS,
+                i / MASTER_INTENTS,
+                intents[i]
+            )));
+        }
+        self.backend.master_obs(intents, &mut self.anchors, out)
+    }
+
+    /// The per-scenario anchors of the master observation's "P&L since the last directive"
+    /// (saved with a trainer's state so that a resume continues exactly).
+    pub fn master_anchors(&self) -> &[master_obs::MasterAnchor] {
+        &self.anchors
+    }
+
+    /// Restore anchors saved by [`VecEnv::master_anchors`] (`[N]`).
+    pub fn set_master_anchors(&mut self, anchors: &[master_obs::MasterAnchor]) -> Result<()> {
+        if anchors.len() != self.anchors.len() {
+            return Err(Error::new(
+                ErrorKind::Shape,
+                format!(
+                    "master anchors: {} values, expected N = {}",
+                    anchors.len(),
+                    self.anchors.len()
+                ),
+            ));
+        }
+        self.anchors.copy_from_slice(anchors);
+        Ok(())
     }
 
     /// `(path, bar)` per scenario, `[N, 2]`.

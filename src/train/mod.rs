@@ -17,6 +17,8 @@ Training: PPO (CleanRL-faithful), generic over a vectorised environment and a po
 - [`reward_norm`]: running reward scaling (Gymnasium's `NormalizeReward`).
 - [`value_norm`]: MAPPO's running, debiased return normalisation for the critic (for the master,
   issue #12; not used by the symbol agents' PPO).
+- [`mappo`]: the portfolio master's MAPPO trainer with the symbol agents held fixed
+  ([`mappo::MasterPpo`]), and the held-out evaluation of a learned or fixed master.
 - [`windows`]: the market as the symbol agents' window source (features + returns).
 - [`pretrain`]: masked-forecast pretraining of the shared encoder (`[pretrain]`, `marl-trade
   pretrain`) and loading its encoder into a policy.
@@ -32,6 +34,7 @@ pub mod buffer;
 pub mod cartpole;
 pub mod checkpoint;
 pub mod config;
+pub mod mappo;
 pub mod metrics;
 pub mod minibatch;
 pub mod ppo;

@@ -1,0 +1,711 @@
+/*!
+The portfolio master's trainer: MAPPO (Yu et al. 2022, "The Surprising Effectiveness of PPO in
+Cooperative Multi-Agent Games", and its `on-policy` reference implementation) for the master of
+every scenario, with the symbol agents held fixed.
+
+**What is trained.** One [`MasterNet`] (actor and critic on a shared trunk, as the design draws it)
+drives the master of all N scenarios of a [`VecEnv`]. The master decides every
+[`MasterPpoConfig::decision_interval`] bars: it reads the master observation (docs/env-spec.md §8,
+[`VecEnv::master_obs`]) with the symbol agents' intents, samples one of the 48 directives, and the
+directive is held for the interval while a fixed [`SymbolDriver`] plays the symbols. Its reward for
+the decision is the sum of the §5 master rewards over the interval's steps. The critic is
+centralized: its input is the global portfolio state of the scenario (telemetry and regime of the
+whole portfolio plus every symbol agent's intents), which is also the master's observation, so
+actor and critic read the same vector, as in the design's network. (With one master per scenario
+there is no other agent whose observation the critic could add; the symbol agents' critics are
+unchanged: they are not trained here.)
+
+**The update**, per iteration, as the reference does it: a rollout of
+[`MasterPpoConfig::decisions`] decisions of every scenario; the critic's outputs are in normalised
+units and are de-normalised with the running [`ValueNorm`] before GAE (`gamma`, `gae_lambda`; an
+episode that ends inside an interval ends the decision's trajectory: its next value is not
+bootstrapped, and the steps of the new episode left in that interval are not credited to any
+decision); the returns update the `ValueNorm`, and the value targets are the returns normalised
+with the updated statistics; then `epochs` passes over the batch in `minibatches` shuffled
+minibatches with the clipped surrogate (`clip_coef`), advantages normalised per minibatch, the
+clipped value loss `max((v - R)^2, (v_old + clip(v - v_old, -value_clip, value_clip) - R)^2)` in
+normalised units (the reference's with the squared instead of the Huber loss), an entropy bonus
+annealed linearly from `ent_coef_start` to `ent_coef_end` over the iterations, one AdamW
+optimiser over all parameters, and the gradients clipped to a global norm of `max_grad_norm`.
+
+**Symbol agents.** [`CapFollower`] is the scripted symbol policy used so far: it keeps every symbol
+near the directive's per-position cap (sells part of a position above 1.5 cap, buys below 0.5 cap,
+holds otherwise), so the directive decides the portfolio's exposure. Its intents are those of a
+deterministic policy (the action distribution is the one-hot of the chosen action, entropy 0). A
+trained symbol policy (a checkpoint) is not wired in yet, and neither is joint training.
+
+Every loss and statistic of an iteration is in [`MasterMetrics`], one JSON line per iteration.
+*/
+
+use std::io::Write;
+use std::path::Path;
+
+use candle_core::{D, Device, Tensor};
+use candle_nn::VarMap;
+use serde::{Deserialize, Serialize};
+
+use super::adamw::{AdamW, AdamWConfig};
+use super::ppo::clip_grad_norm;
+use super::train_env::ResumableRng;
+use super::value_norm::ValueNorm;
+use crate::agents::dist::MaskedCategorical;
+use crate::agents::init::named_vars;
+use crate::agents::master::{MasterNet, MasterNetConfig};
+use crate::env::master_obs::{MASTER_INTENTS, MASTER_OBS};
+use crate::env::{MASTER_ACTIONS, N_ACTIONS, VecEnv, logic, obs};
+use crate::error::{Error, Result};
+
+/// The master trainer's hyperparameters (defaults: the MAPPO reference's where it has one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MasterPpoConfig {
+    /// Bars between two master decisions; the directive is held in between. Default 7: one
+    /// trading day of the default hourly bars.
+    pub decision_interval: usize,
+    /// Decisions per scenario in one rollout (the batch is `N * decisions` decisions).
+    pub decisions: usize,
+    /// Training iterations (rollout + update).
+    pub iterations: usize,
+    /// Passes over the batch per update (reference: 5 to 15; default 5).
+    pub epochs: usize,
+    /// Minibatches per pass (reference: 1).
+    pub minibatches: usize,
+    /// Discount per decision (reference 0.99).
+    pub gamma: f64,
+    /// GAE lambda (reference 0.95).
+    pub gae_lambda: f64,
+    /// PPO ratio clip (reference 0.2).
+    pub clip_coef: f64,
+    /// Value clip in normalised units (reference: the same 0.2).
+    pub value_clip: f64,
+    /// Weight of the value loss (reference 1).
+    pub value_coef: f64,
+    /// Entropy coefficient of the first iteration (reference 0.01).
+    pub ent_coef_start: f64,
+    /// Entropy coefficient of the last iteration (linear in between; 0 anneals it away).
+    pub ent_coef_end: f64,
+    /// Global gradient-norm clip (reference 10).
+    pub max_grad_norm: f64,
+    /// AdamW learning rate (reference 5e-4), constant.
+    pub lr: f64,
+    /// `ValueNorm` EMA weight (reference 0.99999).
+    pub value_norm_beta: f64,
+    /// Seed of the network's initialisation and of the action sampling and shuffling.
+    pub seed: u64,
+}
+
+impl Default for MasterPpoConfig {
+    fn default() -> Self {
+        Self {
+            decision_interval: 7,
+            decisions: 16,
+            iterations: 100,
+            epochs: 5,
+            minibatches: 1,
+            gamma: 0.99,
+            gae_lambda: 0.95,
+            clip_coef: 0.2,
+            value_clip: 0.2,
+            value_coef: 1.0,
+            ent_coef_start: 0.01,
+            ent_coef_end: 0.0,
+            max_grad_norm: 10.0,
+            lr: 5e-4,
+            value_norm_beta: 0.99999,
+            seed: 1,
+        }
+    }
+}
+
+impl MasterPpoConfig {
+    /// Range checks; an error names the field (`origin` names the config source).
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        let bad = |f: &str, why: &str| Err(Error::config_field(origin, f, why.to_string()));
+        for (f, v) in [
+            ("master_ppo.decision_interval", self.decision_interval),
+            ("master_ppo.decisions", self.decisions),
+            ("master_ppo.iterations", self.iterations),
+            ("master_ppo.epochs", self.epochs),
+            ("master_ppo.minibatches", self.minibatches),
+        ] {
+            if v == 0 {
+                return bad(f, "must be >= 1");
+            }
+        }
+        for (f, v) in [
+            ("master_ppo.gamma", self.gamma),
+            ("master_ppo.gae_lambda", self.gae_lambda),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return bad(f, "must be in [0, 1]");
+            }
+        }
+        for (f, v) in [
+            ("master_ppo.clip_coef", self.clip_coef),
+            ("master_ppo.value_clip", self.value_clip),
+            ("master_ppo.max_grad_norm", self.max_grad_norm),
+            ("master_ppo.lr", self.lr),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(f, "must be a positive number");
+            }
+        }
+        for (f, v) in [
+            ("master_ppo.value_coef", self.value_coef),
+            ("master_ppo.ent_coef_start", self.ent_coef_start),
+            ("master_ppo.ent_coef_end", self.ent_coef_end),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(f, "must be a number >= 0");
+            }
+        }
+        if !(0.0..1.0).contains(&self.value_norm_beta) {
+            return bad("master_ppo.value_norm_beta", "must be in [0, 1)");
+        }
+        Ok(())
+    }
+}
+
+/// The symbol agents as the master's trainer sees them: fixed, they choose the symbol actions of
+/// a step under the master's actions and report their intents.
+pub trait SymbolDriver {
+    /// Symbol actions `[N, S]` for the env's current state under the master actions `master`
+    /// (`[N]`), and the intents `[N, MASTER_INTENTS]` of that choice.
+    fn act(
+        &mut self,
+        env: &mut VecEnv,
+        master: &[u8],
+        actions: &mut [u8],
+        intents: &mut [f32],
+    ) -> Result<()>;
+}
+
+/// The scripted cap-following symbol policy (see the module doc).
+#[derive(Debug, Default)]
+pub struct CapFollower {
+    dyn_obs: Vec<f32>,
+}
+
+impl SymbolDriver for CapFollower {
+    fn act(
+        &mut self,
+        env: &mut VecEnv,
+        master: &[u8],
+        actions: &mut [u8],
+        intents: &mut [f32],
+    ) -> Result<()> {
+        let (n, s) = (env.n_scenarios(), env.n_symbols());
+        self.dyn_obs.resize(n * s * obs::DYN_OBS, 0.0);
+        env.dyn_obs(&mut self.dyn_obs)?;
+        let params = env.layout().params;
+        let inv = 1.0 / s as f32;
+        for i in 0..n {
+            let cap = logic::directive(&params, master[i]).cap as f32;
+            let out = &mut intents[i * MASTER_INTENTS..(i + 1) * MASTER_INTENTS];
+            out.fill(0.0);
+            for j in 0..s {
+                let row = &self.dyn_obs[(i * s + j) * obs::DYN_OBS..][..obs::DYN_OBS];
+                let has = row[obs::POSITION.start] > 0.0;
+                let w = row[obs::POSITION.start + 3];
+                let a = if has && w > 1.5 * cap {
+                    4 // SELL_PARTIAL
+                } else if w < 0.5 * cap {
+                    3 // BUY_LARGE
+                } else {
+                    0 // HOLD
+                };
+                actions[i * s + j] = a;
+                out[a as usize] += inv;
+                if a == 3 {
+                    out[N_ACTIONS] += inv;
+                } else if a == 4 {
+                    out[N_ACTIONS + 1] += inv;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How the master plays in an evaluation.
+#[derive(Debug, Clone, Copy)]
+pub enum MasterPlay<'a> {
+    /// The learned master, its most probable directive at each decision.
+    Greedy(&'a MasterNet),
+    /// One directive throughout.
+    Fixed(u8),
+}
+
+/// One iteration's statistics (one JSON line of the master's metrics file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MasterMetrics {
+    /// 1-based iteration.
+    pub iteration: usize,
+    /// Entropy coefficient of the iteration.
+    pub ent_coef: f64,
+    /// Clipped surrogate loss (mean over the iteration's minibatches).
+    pub policy_loss: f64,
+    /// Clipped value loss in normalised units (mean over minibatches).
+    pub value_loss: f64,
+    /// Mean entropy of the directive distribution (nats; uniform over 48 is 3.87).
+    pub entropy: f64,
+    /// `mean((ratio - 1) - log ratio)` (last minibatch).
+    pub approx_kl: f64,
+    /// Fraction of decisions whose ratio was clipped (mean over minibatches).
+    pub clipfrac: f64,
+    /// Global gradient norm before clipping (mean over minibatches).
+    pub grad_norm: f64,
+    /// Mean summed master reward per decision of the rollout.
+    pub reward_mean: f64,
+    /// `ValueNorm`'s running mean and standard deviation of the returns after the update.
+    pub value_norm_mean: f64,
+    /// See `value_norm_mean`.
+    pub value_norm_std: f64,
+    /// `1 - Var[R - V] / Var[R]` of the rollout's de-normalised values.
+    pub explained_variance: Option<f64>,
+    /// Share of the rollout's decisions that chose each regime mode (defensive, neutral,
+    /// aggressive).
+    pub mode_share: [f64; 3],
+    /// Mean position cap of the rollout's decisions.
+    pub cap_mean: f64,
+}
+
+/// The master trainer (see the module doc).
+pub struct MasterPpo<Dr: SymbolDriver> {
+    cfg: MasterPpoConfig,
+    env: VecEnv,
+    driver: Dr,
+    net: MasterNet,
+    varmap: VarMap,
+    opt: AdamW,
+    vnorm: ValueNorm,
+    rng: ResumableRng,
+    iteration: usize,
+    /// The master observation the next rollout starts from (it is a decision point already).
+    next_obs: Vec<f32>,
+    actions: Vec<u8>,
+    intents: Vec<f32>,
+}
+
+impl<Dr: SymbolDriver> MasterPpo<Dr> {
+    /// A trainer of a fresh [`MasterNet`] (`net_cfg`, initialised from `cfg.seed`) over `env`
+    /// (reset here with `env_seed`), the symbols played by `driver`.
+    pub fn new(
+        cfg: MasterPpoConfig,
+        net_cfg: &MasterNetConfig,
+        mut env: VecEnv,
+        driver: Dr,
+        env_seed: u64,
+    ) -> Result<Self> {
+        cfg.validate("master_ppo")?;
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let net = MasterNet::build(MASTER_OBS, net_cfg, &varmap, cfg.seed, &dev)?;
+        let opt = AdamW::new(
+            named_vars(&varmap),
+            AdamWConfig {
+                lr: cfg.lr,
+                weight_decay: 0.0,
+                eps: 1e-5,
+                ..AdamWConfig::default()
+            },
+        )?;
+        let vnorm = ValueNorm::new(cfg.value_norm_beta, 1e-5)?;
+        env.reset(env_seed)?;
+        let (n, s) = (env.n_scenarios(), env.n_symbols());
+        let mut me = Self {
+            rng: ResumableRng::new(cfg.seed ^ 0x6d61_7374_6572),
+            cfg,
+            env,
+            driver,
+            net,
+            varmap,
+            opt,
+            vnorm,
+            iteration: 0,
+            next_obs: vec![0.0; n * MASTER_OBS],
+            actions: vec![0; n * s],
+            intents: vec![0.0; n * MASTER_INTENTS],
+        };
+        me.observe(&vec![me.env.layout().params.default_action as u8; n])?;
+        Ok(me)
+    }
+
+    /// The master observation of the current state into `next_obs`, with the intents of the
+    /// symbol agents under the stored directives `held`.
+    fn observe(&mut self, held: &[u8]) -> Result<()> {
+        self.driver
+            .act(&mut self.env, held, &mut self.actions, &mut self.intents)?;
+        self.env.master_obs(&self.intents, &mut self.next_obs)
+    }
+
+    /// The network.
+    pub fn net(&self) -> &MasterNet {
+        &self.net
+    }
+
+    /// Its parameters.
+    pub fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+
+    /// The training environment.
+    pub fn env(&self) -> &VecEnv {
+        &self.env
+    }
+
+    /// Iterations done.
+    pub fn iteration(&self) -> usize {
+        self.iteration
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MasterPpoConfig {
+        &self.cfg
+    }
+
+    /// Run the remaining iterations; each one's metrics go to `metrics` (JSON lines) when given.
+    pub fn train(&mut self, metrics: Option<&Path>) -> Result<Vec<MasterMetrics>> {
+        let mut file = match metrics {
+            Some(p) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| Error::io(p, e))?,
+            ),
+            None => None,
+        };
+        let mut all = Vec::new();
+        while self.iteration < self.cfg.iterations {
+            let m = self.iterate()?;
+            if let (Some(f), Some(p)) = (file.as_mut(), metrics) {
+                let line = serde_json::to_string(&m)
+                    .map_err(|e| Error::invalid(format!("metrics: {e}")))?;
+                writeln!(f, "{line}").map_err(|e| Error::io(p, e))?;
+            }
+            all.push(m);
+        }
+        Ok(all)
+    }
+
+    /// One iteration: rollout, GAE, update.
+    pub fn iterate(&mut self) -> Result<MasterMetrics> {
+        let c = self.cfg.clone();
+        let n = self.env.n_scenarios();
+        let d_n = c.decisions;
+        let dev = Device::Cpu;
+        let mut obs = Vec::with_capacity(d_n * n * MASTER_OBS);
+        let (mut acts, mut logps, mut vals) = (Vec::new(), Vec::new(), Vec::new());
+        let mut rews = vec![0f32; d_n * n];
+        let mut dones = vec![false; d_n * n];
+        let mut modes = [0usize; 3];
+        let mut cap_sum = 0.0;
+        let params = self.env.layout().params;
+        for d in 0..d_n {
+            obs.extend_from_slice(&self.next_obs);
+            let x = Tensor::from_slice(&self.next_obs, (n, MASTER_OBS), &dev)?;
+            let (logits, value) = self.net.forward(&x)?;
+            let dist = MaskedCategorical::new(&logits, None)?;
+            let lp = dist.log_probs().to_vec2::<f32>()?;
+            let master: Vec<u8> = lp
+                .iter()
+                .map(|row| crate::agents::dist::sample_row(row, self.rng.uniform()) as u8)
+                .collect();
+            for (row, &m) in lp.iter().zip(&master) {
+                logps.push(row[m as usize]);
+                modes[m as usize % 3] += 1;
+                cap_sum += logic::directive(&params, m).cap;
+            }
+            acts.extend(master.iter().map(|&m| m as u32));
+            vals.extend(value.to_vec1::<f32>()?);
+            for _ in 0..c.decision_interval {
+                self.driver
+                    .act(&mut self.env, &master, &mut self.actions, &mut self.intents)?;
+                let out = self.env.step(&self.actions, &master)?;
+                for i in 0..n {
+                    let k = d * n + i;
+                    if !dones[k] {
+                        rews[k] += out.master_reward[i];
+                        dones[k] = out.done(i);
+                    }
+                }
+            }
+            self.observe(&master)?;
+        }
+        // Bootstrap value of the state after the rollout.
+        let x = Tensor::from_slice(&self.next_obs, (n, MASTER_OBS), &dev)?;
+        let mut next_v = self.net.forward(&x)?.1.to_vec1::<f32>()?;
+        self.vnorm.denormalize(&mut next_v);
+        let mut v_den = vals.clone();
+        self.vnorm.denormalize(&mut v_den);
+        let mut adv = vec![0f32; d_n * n];
+        for (i, &boot) in next_v.iter().enumerate() {
+            let mut last = 0f64;
+            for d in (0..d_n).rev() {
+                let k = d * n + i;
+                let nonterm = if dones[k] { 0.0 } else { 1.0 };
+                let nv = if d + 1 == d_n { boot } else { v_den[k + n] } as f64;
+                let delta = rews[k] as f64 + c.gamma * nv * nonterm - v_den[k] as f64;
+                last = delta + c.gamma * c.gae_lambda * nonterm * last;
+                adv[k] = last as f32;
+            }
+        }
+        let returns: Vec<f32> = adv.iter().zip(&v_den).map(|(a, v)| a + v).collect();
+        let explained_variance = explained_variance(&v_den, &returns);
+        self.vnorm.update(&returns)?;
+        let mut targets = returns.clone();
+        self.vnorm.normalize(&mut targets);
+
+        // Update.
+        let b = d_n * n;
+        let obs_t = Tensor::from_vec(obs, (b, MASTER_OBS), &dev)?;
+        let acts_t = Tensor::from_vec(acts, b, &dev)?;
+        let ent_coef = if c.iterations > 1 {
+            c.ent_coef_start
+                + (c.ent_coef_end - c.ent_coef_start) * self.iteration as f64
+                    / (c.iterations - 1) as f64
+        } else {
+            c.ent_coef_start
+        };
+        let mb = b.div_ceil(c.minibatches);
+        let (mut pl_sum, mut vl_sum, mut ent_sum, mut cf_sum, mut gn_sum) =
+            (0.0, 0.0, 0.0, 0.0, 0.0);
+        let mut approx_kl = 0.0;
+        let mut count = 0usize;
+        let params_list = named_vars(&self.varmap);
+        let mut idx: Vec<u32> = (0..b as u32).collect();
+        for _ in 0..c.epochs {
+            self.rng.shuffle(&mut idx);
+            for chunk in idx.chunks(mb) {
+                let ix = Tensor::from_slice(chunk, chunk.len(), &dev)?;
+                let sel =
+                    |v: &[f32]| -> Vec<f32> { chunk.iter().map(|&j| v[j as usize]).collect() };
+                let mut a = sel(&adv);
+                let mean = a.iter().map(|&x| x as f64).sum::<f64>() / a.len() as f64;
+                let var = a.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>()
+                    / (a.len().max(2) - 1) as f64;
+                let sd = var.sqrt() + 1e-8;
+                for x in &mut a {
+                    *x = ((*x as f64 - mean) / sd) as f32;
+                }
+                let m = chunk.len();
+                let adv_t = Tensor::from_vec(a, m, &dev)?;
+                let old_lp = Tensor::from_vec(sel(&logps), m, &dev)?;
+                let old_v = Tensor::from_vec(sel(&vals), m, &dev)?;
+                let tgt = Tensor::from_vec(sel(&targets), m, &dev)?;
+                let (logits, v) = self.net.forward(&obs_t.index_select(&ix, 0)?)?;
+                let dist = MaskedCategorical::new(&logits, None)?;
+                let lp = dist.log_prob(&acts_t.index_select(&ix, 0)?)?;
+                let log_ratio = (&lp - &old_lp)?;
+                let ratio = log_ratio.exp()?;
+                let pg1 = (&adv_t.neg()? * &ratio)?;
+                let pg2 = (&adv_t.neg()?
+                    * ratio.clamp(1.0 - c.clip_coef as f32, 1.0 + c.clip_coef as f32)?)?;
+                let pg_loss = pg1.maximum(&pg2)?.mean_all()?;
+                let vc =
+                    (&old_v + (&v - &old_v)?.clamp(-c.value_clip as f32, c.value_clip as f32)?)?;
+                let vl = (&v - &tgt)?.sqr()?.maximum(&(&vc - &tgt)?.sqr()?)?;
+                let v_loss = vl.mean_all()?;
+                let entropy = dist.entropy()?.mean_all()?;
+                let loss = ((&pg_loss - (&entropy * ent_coef)?)? + (&v_loss * c.value_coef)?)?;
+                let mut grads = loss.backward()?;
+                let gn = clip_grad_norm(&mut grads, &params_list, c.max_grad_norm)?;
+                self.opt.step(&grads)?;
+                let r = ratio.to_vec1::<f32>()?;
+                let lr_v = log_ratio.to_vec1::<f32>()?;
+                cf_sum += r
+                    .iter()
+                    .filter(|&&x| (x as f64 - 1.0).abs() > c.clip_coef)
+                    .count() as f64
+                    / m as f64;
+                approx_kl = r
+                    .iter()
+                    .zip(&lr_v)
+                    .map(|(&x, &l)| (x as f64 - 1.0) - l as f64)
+                    .sum::<f64>()
+                    / m as f64;
+                pl_sum += pg_loss.to_scalar::<f32>()? as f64;
+                vl_sum += v_loss.to_scalar::<f32>()? as f64;
+                ent_sum += entropy.to_scalar::<f32>()? as f64;
+                gn_sum += gn;
+                count += 1;
+            }
+        }
+        self.iteration += 1;
+        let (vm, vv) = self.vnorm.mean_var();
+        let k = count as f64;
+        let decisions = (d_n * n) as f64;
+        Ok(MasterMetrics {
+            iteration: self.iteration,
+            ent_coef,
+            policy_loss: pl_sum / k,
+            value_loss: vl_sum / k,
+            entropy: ent_sum / k,
+            approx_kl,
+            clipfrac: cf_sum / k,
+            grad_norm: gn_sum / k,
+            reward_mean: rews.iter().map(|&r| r as f64).sum::<f64>() / decisions,
+            value_norm_mean: vm,
+            value_norm_std: vv.sqrt(),
+            explained_variance,
+            mode_share: modes.map(|x| x as f64 / decisions),
+            cap_mean: cap_sum / decisions,
+        })
+    }
+}
+
+/// `1 - Var[y - v] / Var[y]`, `None` when `Var[y] = 0`.
+fn explained_variance(v: &[f32], y: &[f32]) -> Option<f64> {
+    let var = |x: &mut dyn Iterator<Item = f64>| {
+        let x: Vec<f64> = x.collect();
+        let m = x.iter().sum::<f64>() / x.len() as f64;
+        x.iter().map(|a| (a - m).powi(2)).sum::<f64>() / x.len() as f64
+    };
+    let vy = var(&mut y.iter().map(|&a| a as f64));
+    if vy == 0.0 {
+        return None;
+    }
+    let vr = var(&mut y.iter().zip(v).map(|(&a, &b)| (a - b) as f64));
+    Some(1.0 - vr / vy)
+}
+
+/// The outcome of playing a master over one episode of every scenario ([`evaluate_master`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MasterEval {
+    /// Annualised Sharpe ratio of the pooled per-bar portfolio returns of all episodes.
+    pub sharpe: f64,
+    /// Its standard error, `sqrt((1 + SR_bar^2 / 2) / bars) * sqrt(bars_per_year)` (Lo 2002).
+    pub sharpe_se: f64,
+    /// Mean over the episodes of each episode's maximum drawdown of equity (fraction).
+    pub max_drawdown: f64,
+    /// The largest of those.
+    pub worst_drawdown: f64,
+    /// Mean total return of the episodes.
+    pub total_return: f64,
+    /// Portfolio bars pooled.
+    pub bars: usize,
+    /// Decisions per directive index (48).
+    pub directive_counts: Vec<usize>,
+    /// Decisions per (hidden or observed) regime label and directive regime mode, `[labels][3]`,
+    /// when [`evaluate_master`] was given labels.
+    pub mode_by_label: Vec<[usize; 3]>,
+}
+
+/// Play `play` (the symbols by `driver`, a decision every `interval` bars) for the first episode
+/// of every scenario of `env` after `reset(seed)`, and measure the portfolio. `labels`, when
+/// given, is a label per `(path, bar)` (`[P * T]`, e.g. the synthetic hidden regime) under which
+/// each decision's regime mode is counted.
+pub fn evaluate_master(
+    env: &mut VecEnv,
+    driver: &mut dyn SymbolDriver,
+    play: MasterPlay<'_>,
+    interval: usize,
+    seed: u64,
+    labels: Option<&[u8]>,
+) -> Result<MasterEval> {
+    if interval == 0 {
+        return Err(Error::invalid("evaluate_master: decision interval 0"));
+    }
+    if let MasterPlay::Fixed(m) = play
+        && m as usize >= MASTER_ACTIONS
+    {
+        return Err(Error::invalid(format!(
+            "fixed master directive {m} is not in 0..{MASTER_ACTIONS}"
+        )));
+    }
+    env.reset(seed)?;
+    let (n, s) = (env.n_scenarios(), env.n_symbols());
+    let c0 = env.layout().params.initial_capital;
+    let bars_per_year = env.data().bars_per_year();
+    let bars_t = env.data().bars;
+    let mut actions = vec![0u8; n * s];
+    let mut intents = vec![0f32; n * MASTER_INTENTS];
+    let mut mobs = vec![0f32; n * MASTER_OBS];
+    let mut master = vec![env.layout().params.default_action as u8; n];
+    let mut equity: Vec<Vec<f64>> = vec![vec![c0]; n];
+    let mut finished = vec![false; n];
+    let mut counts = vec![0usize; MASTER_ACTIONS];
+    let n_labels = labels.map_or(0, |l| l.iter().copied().max().unwrap_or(0) as usize + 1);
+    let mut by_label = vec![[0usize; 3]; n_labels];
+    let mut step = 0usize;
+    while !finished.iter().all(|&f| f) {
+        if step.is_multiple_of(interval) {
+            driver.act(env, &master, &mut actions, &mut intents)?;
+            env.master_obs(&intents, &mut mobs)?;
+            match play {
+                MasterPlay::Fixed(m) => master.fill(m),
+                MasterPlay::Greedy(net) => {
+                    let x = Tensor::from_slice(&mobs, (n, MASTER_OBS), &Device::Cpu)?;
+                    let a = net.forward(&x)?.0.argmax(D::Minus1)?.to_vec1::<u32>()?;
+                    for (m, a) in master.iter_mut().zip(a) {
+                        *m = a as u8;
+                    }
+                }
+            }
+            let snap = env.snapshot()?;
+            for i in (0..n).filter(|&i| !finished[i]) {
+                counts[master[i] as usize] += 1;
+                if let Some(l) = labels {
+                    let st = &snap.scenarios[i];
+                    let lab = l[st.path as usize * bars_t + (st.t0 + st.k) as usize] as usize;
+                    by_label[lab][master[i] as usize % 3] += 1;
+                }
+            }
+        }
+        driver.act(env, &master, &mut actions, &mut intents)?;
+        let dones: Vec<bool> = {
+            let out = env.step(&actions, &master)?;
+            (0..n).map(|i| out.done(i)).collect()
+        };
+        let snap = env.snapshot()?;
+        let recs = env.drain_finished();
+        for i in 0..n {
+            if finished[i] {
+                continue;
+            }
+            if dones[i] {
+                let r = recs
+                    .iter()
+                    .find(|r| r.scenario as usize == i)
+                    .ok_or_else(|| {
+                        Error::invalid(format!("scenario {i} ended without an episode record"))
+                    })?;
+                equity[i].push(c0 * (1.0 + r.total_return));
+                finished[i] = true;
+            } else {
+                equity[i].push(snap.scenarios[i].equity);
+            }
+        }
+        step += 1;
+    }
+    let mut rets = Vec::new();
+    let (mut dd_sum, mut dd_worst, mut tr_sum) = (0.0, 0f64, 0.0);
+    for e in &equity {
+        let mut peak = e[0];
+        let mut dd = 0f64;
+        for w in e.windows(2) {
+            rets.push(w[1] / w[0] - 1.0);
+            peak = peak.max(w[1]);
+            dd = dd.max(1.0 - w[1] / peak);
+        }
+        dd_sum += dd;
+        dd_worst = dd_worst.max(dd);
+        tr_sum += e[e.len() - 1] / e[0] - 1.0;
+    }
+    let m = rets.iter().sum::<f64>() / rets.len() as f64;
+    let sd =
+        (rets.iter().map(|r| (r - m).powi(2)).sum::<f64>() / (rets.len().max(2) - 1) as f64).sqrt();
+    let sr_bar = if sd > 0.0 { m / sd } else { 0.0 };
+    Ok(MasterEval {
+        sharpe: sr_bar * bars_per_year.sqrt(),
+        sharpe_se: ((1.0 + 0.5 * sr_bar * sr_bar) / rets.len() as f64).sqrt()
+            * bars_per_year.sqrt(),
+        max_drawdown: dd_sum / n as f64,
+        worst_drawdown: dd_worst,
+        total_return: tr_sum / n as f64,
+        bars: rets.len(),
+        directive_counts: counts,
+        mode_by_label: by_label,
+    })
+}
