@@ -608,6 +608,11 @@ impl Device for CudaDevice {
     }
 }
 
+// SAFETY: `#[repr(C)]` `bytemuck::Pod` struct without padding, mirrored field for field by
+// `MasterObsArgs` in kernels/master_obs.cuh (sizes and offsets checked by tests/master_obs.rs,
+// `master_obs_abi_matches`); passed to `master_obs` by value.
+unsafe impl cudarc::driver::DeviceRepr for super::master_obs::MasterObsArgs {}
+
 /// The CUDA backend (see the module docs): the device driver ([`DeviceEnv`]) on a [`CudaDevice`],
 /// plus what only a GPU offers (device-resident rollouts, CUDA graphs, events for other streams).
 pub struct CudaBackend {
