@@ -446,6 +446,22 @@ fn train(cfg: &Config, config_path: &Path, args: &TrainArgs) -> Result<()> {
         progress: !args.run.quiet,
         ..TrainOptions::new(&out)
     };
+    if cfg.ppo.val_fraction > 0.0 {
+        // checkpoint selection / early stopping on the validation slice (eval::select)
+        let report = marl_trade::eval::train_selected(cfg, &market, &opts)?;
+        for p in &report.history {
+            println!(
+                "validation: iteration {:>5}  Sharpe {:+.3}  return {:+.2}%  exposure {:.3}{}",
+                p.iteration,
+                p.sharpe,
+                100.0 * p.total_return,
+                p.exposure,
+                if p.best { "  new best" } else { "" }
+            );
+        }
+        println!("{}", report.summary());
+        return Ok(());
+    }
     let report = run::train(cfg, &market, &opts)?;
     if args.run.quiet {
         for m in &report.metrics {

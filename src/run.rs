@@ -9,6 +9,9 @@ A run lives in one directory (`--out`):
 <run>/metrics.csv                 the same, as CSV (Metrics::CSV_HEADER + the env's reward terms)
 <run>/checkpoints/iter-000010/    a checkpoint (train::checkpoint) + its config.toml and symbols.txt
 <run>/checkpoints/latest          the name of the newest complete checkpoint
+<run>/best/                       with checkpoint selection (ppo.val_fraction > 0, eval::select):
+                                  the checkpoint chosen on the validation slice
+<run>/selection.jsonl             with checkpoint selection: the validation history
 ```
 
 A checkpoint directory is written completely (each file atomically, `state.json` last) before
@@ -55,6 +58,11 @@ pub const METRICS_CSV: &str = "metrics.csv";
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
 /// In the checkpoints' directory: the name of the newest complete checkpoint.
 pub const LATEST_FILE: &str = "latest";
+/// In a run with checkpoint selection (`eval::select`): the checkpoint chosen on the validation
+/// slice, a complete checkpoint directory.
+pub const BEST_DIR: &str = "best";
+/// In a run with checkpoint selection: the validation history, one JSON object a line.
+pub const SELECTION_FILE: &str = "selection.jsonl";
 /// Checkpoints kept per run (the newest ones).
 pub const KEEP_CHECKPOINTS: usize = 2;
 
@@ -306,11 +314,13 @@ fn progress_bar(show: bool, done: usize, total: usize) -> indicatif::ProgressBar
 
 /// Remove a run's files from `out` (config, metrics, checkpoints); other files stay.
 fn clear_run(out: &Path) -> Result<()> {
-    let ck = out.join(CHECKPOINTS_DIR);
-    if ck.exists() {
-        std::fs::remove_dir_all(&ck).map_err(|e| Error::io(&ck, e))?;
+    for d in [CHECKPOINTS_DIR, BEST_DIR] {
+        let ck = out.join(d);
+        if ck.exists() {
+            std::fs::remove_dir_all(&ck).map_err(|e| Error::io(&ck, e))?;
+        }
     }
-    for f in [CONFIG_FILE, METRICS_JSONL, METRICS_CSV] {
+    for f in [CONFIG_FILE, METRICS_JSONL, METRICS_CSV, SELECTION_FILE] {
         let p = out.join(f);
         if p.exists() {
             std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
@@ -364,10 +374,15 @@ pub fn analyze_run(out: &Path, th: &SignalThresholds) -> Result<SignalReport> {
 }
 
 /// The checkpoint directory a path names: a checkpoint itself (it has `state.json`), or a run
-/// directory (its `checkpoints/latest`).
+/// directory: its `best/` when the run selected one on its validation slice (`eval::select`),
+/// else its `checkpoints/latest`.
 pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
     if path.join(checkpoint::STATE_FILE).is_file() {
         return Ok(path.to_path_buf());
+    }
+    let best = path.join(BEST_DIR);
+    if best.join(checkpoint::STATE_FILE).is_file() {
+        return Ok(best);
     }
     latest_checkpoint(path)
 }

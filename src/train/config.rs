@@ -74,6 +74,17 @@ pub struct PpoConfig {
     pub adam_eps: f64,
     /// Decoupled weight decay of AdamW (0: plain Adam, as CleanRL).
     pub weight_decay: f64,
+    /// Checkpoint selection (`eval::select`, `marl-trade train`): the last `val_fraction` of the
+    /// train period's bars are held out of training as a validation slice; every `val_every`
+    /// iterations the policy is played greedily on it and the checkpoint with the best validation
+    /// Sharpe is kept as the run's `best/`. Never the test period. 0 = off (train on the whole
+    /// train period, the run's result is its last checkpoint).
+    pub val_fraction: f64,
+    /// Iterations between validation evaluations (checkpoint selection only).
+    pub val_every: usize,
+    /// Early stopping: end the run after this many validation evaluations in a row without a new
+    /// best (0 = never stop early; the best checkpoint is still selected).
+    pub val_patience: usize,
 }
 
 impl Default for PpoConfig {
@@ -101,6 +112,9 @@ impl Default for PpoConfig {
             reward_clip: 10.0,
             adam_eps: 1e-5,
             weight_decay: 0.0,
+            val_fraction: 0.0,
+            val_every: 10,
+            val_patience: 0,
         }
     }
 }
@@ -212,6 +226,15 @@ impl PpoConfig {
             if !(v.is_finite() && v >= 0.0) {
                 return bad(f, format!("must be a finite number >= 0, got {v}"));
             }
+        }
+        if !(0.0..0.5).contains(&self.val_fraction) {
+            return bad(
+                "ppo.val_fraction",
+                format!("must be in [0, 0.5), got {}", self.val_fraction),
+            );
+        }
+        if self.val_every == 0 {
+            return bad("ppo.val_every", "must be >= 1".into());
         }
         if let Some(k) = self.target_kl
             && (k.is_nan() || k <= 0.0)
