@@ -174,7 +174,8 @@ struct WalkForwardArgs {
 
 #[derive(Args, Debug)]
 struct StressArgs {
-    /// A checkpoint directory, or a run directory (its latest checkpoint).
+    /// A checkpoint directory, or a run directory (its `best/` checkpoint when it selected one on
+    /// its validation slice, else its latest).
     #[arg(long)]
     checkpoint: PathBuf,
     #[command(flatten)]
@@ -300,7 +301,8 @@ struct AblateArgs {
 
 #[derive(Args, Debug)]
 struct EvalArgs {
-    /// A checkpoint directory, or a run directory (its latest checkpoint).
+    /// A checkpoint directory, or a run directory (its `best/` checkpoint when it selected one on
+    /// its validation slice, else its latest).
     #[arg(long)]
     checkpoint: PathBuf,
     /// Sample the policy's actions (seeded by `--seed`, reproducible) instead of taking the most
