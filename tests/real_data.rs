@@ -52,7 +52,7 @@ fn line(label: &str, t: &[f64; N_COMPONENTS]) -> String {
     format!("{label:>28}{cells}  total {:+.2e}\n", t.iter().sum::<f64>())
 }
 
-/// On the training bars (2000-03..2009-03, where equal-weight buy-and-hold of AAPL, IBM and MSFT
+/// On the training bars (2000-03..2009-04, where equal-weight buy-and-hold of AAPL, IBM and MSFT
 /// earned +10.8% adjusted), `configs/daily.toml` pays carrying positions more than staying flat,
 /// net of every term. With the trade-drawdown threshold of hourly bars (0.1), the drawdown term
 /// alone outweighs the P&L several times and flat pays more: the cause issue #11 measured.
