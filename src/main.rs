@@ -309,6 +309,10 @@ struct EvalArgs {
     /// probable.
     #[arg(long)]
     sample: bool,
+    /// Greedy by decision: the most probable of hold / increase / decrease (summed over their
+    /// sizes), then its most probable action, instead of the most probable single action.
+    #[arg(long, conflicts_with = "sample")]
+    decision: bool,
     #[command(flatten)]
     on: BacktestOn,
 }
@@ -662,6 +666,7 @@ fn eval(args: &EvalArgs, overrides: &[String]) -> Result<()> {
         data: args.on.data.clone(),
         backtest: args.on.options(),
         sample: args.sample,
+        decision: args.decision,
     };
     let report = evaluate_checkpoint(&opts)?;
     let (symbols, bars, paths) = report.shape;

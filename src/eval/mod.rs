@@ -28,7 +28,7 @@ pub mod evaluate;
 pub mod metrics;
 pub mod select;
 
-pub use agent::{ActMode, AgentPolicy, Decision};
+pub use agent::{ActMode, AgentPolicy, Decision, decision_action};
 pub use backtest::{
     BacktestOptions, BacktestResult, Baseline, BaselineSet, LimitCheck, backtest_setup,
     run_baselines, run_policy, run_rebalanced, run_spy,
