@@ -34,7 +34,9 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::agents::AgentConfig;
 pub use crate::costs::CostConfig;
-pub use crate::data::{AlignPolicy, DataConfig, DataSource, SignalKind, SyntheticConfig};
+pub use crate::data::{
+    AdjustPolicy, AlignPolicy, DataConfig, DataSource, ListingPolicy, SignalKind, SyntheticConfig,
+};
 pub use crate::env::{EnvConfig, EnvSetup, MasterConfig, RiskConfig};
 pub use crate::reward::RewardConfig;
 pub use crate::sl::SlConfig;

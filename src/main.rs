@@ -191,7 +191,8 @@ struct WalkForwardArgs {
 
 #[derive(Args, Debug)]
 struct StressArgs {
-    /// A checkpoint directory, or a run directory (its latest checkpoint).
+    /// A checkpoint directory, or a run directory (its `best/` checkpoint when it selected one on
+    /// its validation slice, else its latest).
     #[arg(long)]
     checkpoint: PathBuf,
     #[command(flatten)]
@@ -320,13 +321,18 @@ struct AblateArgs {
 
 #[derive(Args, Debug)]
 struct EvalArgs {
-    /// A checkpoint directory, or a run directory (its latest checkpoint).
+    /// A checkpoint directory, or a run directory (its `best/` checkpoint when it selected one on
+    /// its validation slice, else its latest).
     #[arg(long)]
     checkpoint: PathBuf,
     /// Sample the policy's actions (seeded by `--seed`, reproducible) instead of taking the most
     /// probable.
     #[arg(long)]
     sample: bool,
+    /// Greedy by decision: the most probable of hold / increase / decrease (summed over their
+    /// sizes), then its most probable action, instead of the most probable single action.
+    #[arg(long, conflicts_with = "sample")]
+    decision: bool,
     #[command(flatten)]
     on: BacktestOn,
 }
@@ -532,6 +538,22 @@ fn train(cfg: &Config, config_path: &Path, args: &TrainArgs) -> Result<()> {
         encoder: args.encoder.clone(),
         ..TrainOptions::new(&out)
     };
+    if cfg.ppo.val_fraction > 0.0 {
+        // checkpoint selection / early stopping on the validation slice (eval::select)
+        let report = marl_trade::eval::train_selected(cfg, &market, &opts)?;
+        for p in &report.history {
+            println!(
+                "validation: iteration {:>5}  Sharpe {:+.3}  return {:+.2}%  exposure {:.3}{}",
+                p.iteration,
+                p.sharpe,
+                100.0 * p.total_return,
+                p.exposure,
+                if p.best { "  new best" } else { "" }
+            );
+        }
+        println!("{}", report.summary());
+        return Ok(());
+    }
     let report = run::train(cfg, &market, &opts)?;
     if args.run.quiet {
         for m in &report.metrics {
@@ -730,6 +752,7 @@ fn eval(args: &EvalArgs, overrides: &[String]) -> Result<()> {
         data: args.on.data.clone(),
         backtest: args.on.options(),
         sample: args.sample,
+        decision: args.decision,
     };
     let report = evaluate_checkpoint(&opts)?;
     let (symbols, bars, paths) = report.shape;

@@ -10,6 +10,9 @@ A run lives in one directory (`--out`):
 <run>/checkpoints/iter-000010/    a checkpoint (train::checkpoint) + its config.toml and symbols.txt
 <run>/checkpoints/latest          the name of the newest complete checkpoint
 <run>/warm_start.json             with agent.warm_start_steps > 0: the warm start's fit
+<run>/best/                       with checkpoint selection (ppo.val_fraction > 0, eval::select):
+                                  the checkpoint chosen on the validation slice
+<run>/selection.jsonl             with checkpoint selection: the validation history
 ```
 
 A fresh run with `agent.warm_start_steps > 0` fits the actor heads' output layer to the supervised
@@ -64,6 +67,11 @@ pub const LATEST_FILE: &str = "latest";
 /// The warm start's report ([`crate::train::warm_start::WarmStartReport`]), when
 /// `agent.warm_start_steps > 0`.
 pub const WARM_START_FILE: &str = "warm_start.json";
+/// In a run with checkpoint selection (`eval::select`): the checkpoint chosen on the validation
+/// slice, a complete checkpoint directory.
+pub const BEST_DIR: &str = "best";
+/// In a run with checkpoint selection: the validation history, one JSON object a line.
+pub const SELECTION_FILE: &str = "selection.jsonl";
 /// Checkpoints kept per run (the newest ones).
 pub const KEEP_CHECKPOINTS: usize = 2;
 
@@ -330,11 +338,19 @@ fn progress_bar(show: bool, done: usize, total: usize) -> indicatif::ProgressBar
 
 /// Remove a run's files from `out` (config, metrics, checkpoints); other files stay.
 fn clear_run(out: &Path) -> Result<()> {
-    let ck = out.join(CHECKPOINTS_DIR);
-    if ck.exists() {
-        std::fs::remove_dir_all(&ck).map_err(|e| Error::io(&ck, e))?;
+    for d in [CHECKPOINTS_DIR, BEST_DIR] {
+        let ck = out.join(d);
+        if ck.exists() {
+            std::fs::remove_dir_all(&ck).map_err(|e| Error::io(&ck, e))?;
+        }
     }
-    for f in [CONFIG_FILE, METRICS_JSONL, METRICS_CSV, WARM_START_FILE] {
+    for f in [
+        CONFIG_FILE,
+        METRICS_JSONL,
+        METRICS_CSV,
+        WARM_START_FILE,
+        SELECTION_FILE,
+    ] {
         let p = out.join(f);
         if p.exists() {
             std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
@@ -388,10 +404,15 @@ pub fn analyze_run(out: &Path, th: &SignalThresholds) -> Result<SignalReport> {
 }
 
 /// The checkpoint directory a path names: a checkpoint itself (it has `state.json`), or a run
-/// directory (its `checkpoints/latest`).
+/// directory: its `best/` when the run selected one on its validation slice (`eval::select`),
+/// else its `checkpoints/latest`.
 pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
     if path.join(checkpoint::STATE_FILE).is_file() {
         return Ok(path.to_path_buf());
+    }
+    let best = path.join(BEST_DIR);
+    if best.join(checkpoint::STATE_FILE).is_file() {
+        return Ok(best);
     }
     latest_checkpoint(path)
 }

@@ -3,9 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use marl_trade::config::{AlignPolicy, DataConfig, SignalKind, SyntheticConfig};
+use marl_trade::config::{
+    AdjustPolicy, AlignPolicy, DataConfig, ListingPolicy, SignalKind, SyntheticConfig,
+};
 use marl_trade::data::synthetic::{self, generate_with_regimes};
-use marl_trade::data::{MarketData, generate, load_file, load_files, write_parquet};
+use marl_trade::data::{
+    MarketData, generate, load_file, load_files, load_files_noted, write_parquet,
+};
 use marl_trade::error::ErrorKind;
 use marl_trade::features::{Features, N_REGIME, N_TECH, REGIME_NAMES, TECH_NAMES};
 
@@ -744,6 +748,163 @@ fn real_shared_data_loads_with_both_policies() {
     // a benchmark from the same file works too; the whole unadjusted AAPL history (2005 split) is valid
     let md = load_file(&stocks, &test_cfg("IBM", 128, AlignPolicy::Intersection)).unwrap();
     assert_eq!(md.symbols, ["AAPL", "FB", "GOOG", "MSFT"]);
+}
+
+/// Issue #11: the symbol filter, the listing-date policies, the date range and split adjustment on
+/// the shared sample (AAPL, IBM, MSFT 2000-03-01..2013-03-01, GOOG from 2004-08-19, FB from
+/// 2012-05-18; sp500 1999..2018).
+#[test]
+fn real_shared_data_symbols_listing_dates_and_adjustment() {
+    let files = [shared_data("stocks.csv.gz"), shared_data("sp500.csv.gz")];
+    let base = test_cfg("sp500", 128, AlignPolicy::Intersection);
+    let (aapl_start, end) = (951_868_800, 1_362_096_000); // 2000-03-01, 2013-03-01
+    // a selection, in the order given; the benchmark comes along
+    let cfg = DataConfig {
+        symbols: vec!["MSFT".into(), "AAPL".into()],
+        ..base.clone()
+    };
+    let md = load_files(&files, &cfg).unwrap();
+    assert_eq!(md.symbols, ["MSFT", "AAPL"]);
+    assert_eq!(md.benchmark, "sp500");
+    assert_eq!(
+        (md.timestamps[0], *md.timestamps.last().unwrap()),
+        (aapl_start, end)
+    );
+    assert_eq!(md.bars, 3270);
+    // an unknown symbol names the files and the symbol
+    let cfg = DataConfig {
+        symbols: vec!["AAPL".into(), "TSLA".into()],
+        ..base.clone()
+    };
+    let e = load_files(&files, &cfg).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Data);
+    let m = e.to_string();
+    assert!(
+        m.contains("TSLA") && m.contains("stocks.csv.gz") && m.contains("data.symbols"),
+        "{m}"
+    );
+    // restrict (default): FB's listing shortens everything
+    let md = load_files(&files, &base).unwrap();
+    assert_eq!(md.n_symbols(), 5);
+    assert!(md.bars < 200, "{}", md.bars);
+    // drop: the long period, the late-listed symbols dropped and named
+    let cfg = DataConfig {
+        listing: ListingPolicy::Drop,
+        ..base.clone()
+    };
+    let (md, notes) = load_files_noted(&files, &cfg).unwrap();
+    assert_eq!(md.symbols, ["AAPL", "IBM", "MSFT"]);
+    assert_eq!((md.timestamps[0], md.bars), (aapl_start, 3270));
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(
+        notes[0].contains("FB") && notes[1].contains("GOOG"),
+        "{notes:?}"
+    );
+    // drop from GOOG's listing day keeps GOOG; the end date is inclusive
+    let cfg = DataConfig {
+        listing: ListingPolicy::Drop,
+        start: Some("2004-08-19".into()),
+        end: Some("2012-12-31".into()),
+        ..base.clone()
+    };
+    let (md, notes) = load_files_noted(&files, &cfg).unwrap();
+    assert_eq!(md.symbols, ["AAPL", "GOOG", "IBM", "MSFT"]);
+    assert_eq!(md.timestamps[0], 1_092_873_600); // 2004-08-19
+    assert_eq!(*md.timestamps.last().unwrap(), 1_356_912_000); // 2012-12-31
+    assert!(notes.len() == 1 && notes[0].contains("FB"), "{notes:?}");
+    // drop keeps the earliest-listed symbol's period, whichever symbols are selected
+    let cfg = DataConfig {
+        listing: ListingPolicy::Drop,
+        symbols: vec!["FB".into(), "GOOG".into()],
+        ..base.clone()
+    };
+    let (md, notes) = load_files_noted(&files, &cfg).unwrap();
+    assert_eq!(md.symbols, ["GOOG"]);
+    assert!(notes.len() == 1 && notes[0].contains("FB"), "{notes:?}");
+    // too few bars inside the dates
+    let cfg = DataConfig {
+        start: Some("2013-01-01".into()),
+        ..base.clone()
+    };
+    let m = load_files(&files, &cfg).unwrap_err().to_string();
+    assert!(m.contains("min_bars") && m.contains("data.start"), "{m}");
+    // bad config values are refused by validation, naming the field
+    for (cfg, field) in [
+        (
+            DataConfig {
+                start: Some("someday".into()),
+                ..base.clone()
+            },
+            "data.start",
+        ),
+        (
+            DataConfig {
+                start: Some("2010-01-01".into()),
+                end: Some("2009-01-01".into()),
+                ..base.clone()
+            },
+            "data.end",
+        ),
+        (
+            DataConfig {
+                symbols: vec!["AAPL".into(), "AAPL".into()],
+                ..base.clone()
+            },
+            "data.symbols",
+        ),
+    ] {
+        let m = cfg.validate("t.toml").unwrap_err().to_string();
+        assert!(m.contains(field), "{m}");
+    }
+    // unadjusted: AAPL's 2005-02-28 2:1 split is a -50% bar; adjusted it is an ordinary day, and
+    // the adjusted close is the file's `Adj Close`
+    let sel = DataConfig {
+        symbols: vec!["AAPL".into()],
+        ..base.clone()
+    };
+    let raw = load_files(&files, &sel).unwrap();
+    let adj = load_files(
+        &files,
+        &DataConfig {
+            adjust: AdjustPolicy::AdjClose,
+            ..sel.clone()
+        },
+    )
+    .unwrap();
+    let t = raw
+        .timestamps
+        .iter()
+        .position(|&x| x == 1_109_548_800) // 2005-02-28
+        .unwrap();
+    let r = |md: &MarketData| md.close[md.px(0, t, 0)] / md.close[md.px(0, t - 1, 0)] - 1.0;
+    assert!(r(&raw) < -0.45, "{}", r(&raw));
+    assert!(r(&adj).abs() < 0.05, "{}", r(&adj));
+    assert!((adj.close[adj.px(0, 0, 0)] - 4.186_663).abs() < 1e-4);
+    // dollar volume is unchanged by the adjustment
+    let dv = |md: &MarketData| md.close[md.px(0, 0, 0)] as f64 * md.volume[md.px(0, 0, 0)] as f64;
+    assert!((dv(&raw) / dv(&adj) - 1.0).abs() < 1e-5);
+    // the index file's benchmark has no splits: its adjusted series is its close
+    assert_eq!(raw.close[raw.px(0, 5, 1)], adj.close[adj.px(0, 5, 1)]);
+    // a file without an adjusted close column cannot be adjusted
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("plain.csv");
+    std::fs::write(
+        &plain,
+        "date,open,high,low,close,volume\n2000-01-03,1,1,1,1,10\n2000-01-04,1,1,1,1,10\n",
+    )
+    .unwrap();
+    let m = load_file(
+        &plain,
+        &DataConfig {
+            adjust: AdjustPolicy::AdjClose,
+            benchmark: "plain".into(),
+            min_bars: 2,
+            ..DataConfig::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(m.contains("plain.csv") && m.contains("adj close"), "{m}");
 }
 
 /// User + system CPU seconds of this process so far (Linux `/proc/self/stat`, 100 ticks per second).

@@ -21,6 +21,17 @@ pub struct DataConfig {
     pub min_bars: usize,
     /// Calendar-gap policy for real data (see `data::loader` docs).
     pub align: AlignPolicy,
+    /// Real data: split / dividend adjustment of the prices.
+    pub adjust: AdjustPolicy,
+    /// Real data: the symbols to load, in this column order (the benchmark is always loaded);
+    /// empty = every symbol of the files, in file order. A name that no file holds is an error.
+    pub symbols: Vec<String>,
+    /// Real data: what to do with symbols listed (or delisted) at different dates.
+    pub listing: ListingPolicy,
+    /// Real data: first date kept (`YYYY-MM-DD` or any loader timestamp format); none = no bound.
+    pub start: Option<String>,
+    /// Real data: last date kept (inclusive); none = no bound.
+    pub end: Option<String>,
     /// The synthetic generator's settings (`source = "synthetic"`).
     pub synthetic: SyntheticConfig,
 }
@@ -33,6 +44,11 @@ impl Default for DataConfig {
             benchmark: "SPY".into(),
             min_bars: 128,
             align: AlignPolicy::Intersection,
+            adjust: AdjustPolicy::None,
+            symbols: Vec::new(),
+            listing: ListingPolicy::Restrict,
+            start: None,
+            end: None,
             synthetic: SyntheticConfig::default(),
         }
     }
@@ -59,6 +75,29 @@ pub enum AlignPolicy {
     /// as O=H=L=C and zero volume (zero dollar volume caps the slippage of a fill there, see
     /// docs/env-spec.md §4.5).
     ForwardFill,
+}
+
+/// Split / dividend adjustment of real prices (see `data::loader` docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdjustPolicy {
+    /// Prices as given (an unadjusted split is a one-bar loss of the split ratio).
+    None,
+    /// Back-adjust every row by its `adj close / close` (OHLC times it, volume divided by it).
+    AdjClose,
+}
+
+/// How symbols with different listing dates are handled (real data; see `data::loader` docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ListingPolicy {
+    /// Keep every selected symbol and restrict the period to the span in which all of them (and
+    /// the benchmark) trade: one late-listed symbol shortens the whole data set.
+    Restrict,
+    /// Keep the period (`start` .. `end`, by default from the earliest first bar to the latest
+    /// last bar of the selected symbols, within the benchmark's span) and drop every symbol that
+    /// does not trade over all of it; the dropped symbols are named in the load's description.
+    Drop,
 }
 
 /// The synthetic market generator (see `data::synthetic`).
@@ -140,6 +179,34 @@ impl DataConfig {
                 "data.synthetic.crisis_warning_vix",
                 format!("must be a finite number >= 0, got {}", s.crisis_warning_vix),
             );
+        }
+        for (field, v) in [("data.start", &self.start), ("data.end", &self.end)] {
+            if let Some(v) = v
+                && super::loader::parse_timestamp(v).is_none()
+            {
+                return bad(
+                    field,
+                    format!("cannot parse `{v}` as a date (e.g. 2004-08-19)"),
+                );
+            }
+        }
+        if let (Some(a), Some(b)) = (&self.start, &self.end)
+            && let (Some(ta), Some(tb)) = (
+                super::loader::parse_timestamp(a),
+                super::loader::parse_timestamp(b),
+            )
+            && ta > tb
+        {
+            return bad("data.end", format!("`{b}` is before data.start `{a}`"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for sym in &self.symbols {
+            if sym.trim().is_empty() {
+                return bad("data.symbols", "empty symbol name".into());
+            }
+            if !seen.insert(sym.as_str()) {
+                return bad("data.symbols", format!("`{sym}` listed twice"));
+            }
         }
         if !(0.0..=1.0).contains(&s.signal_strength) {
             return bad(

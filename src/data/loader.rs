@@ -20,9 +20,14 @@ Loader for real market data: long-format OHLCV files read with `polars`.
 | `rate`, `vix` | | no | finite; empty = unknown (macro series, see below) |
 | `path` | | no | a single value (files written by `synthetic::write_parquet` with P = 1) |
 
-Other columns (`Adj Close`, ...) are ignored: prices are used as given. Unadjusted prices with splits
-(e.g. AAPL's 2:1 split in 2005) are valid data and are loaded as-is; the split shows up as one large
-return, exactly what a trader holding the stock through an unadjusted feed would see.
+Other columns are ignored. By default (`data.adjust = "none"`) prices are used as given: unadjusted
+prices with splits (e.g. AAPL's 2:1 split in 2005) are valid data and are loaded as-is; the split
+shows up as one large negative return, exactly what a position marked on an unadjusted feed would
+see, and what an agent trained on it learns to fear (the shared sample has three: AAPL 2000-06-21
+and 2005-02-28, MSFT 2003-02-18, each about -50% in a day). With `data.adjust = "adj-close"` every
+row's open, high, low and close are multiplied by `adj close / close` and its volume divided by it
+(back-adjusted for splits and dividends, dollar volume unchanged); the `adj close` column (aliases
+`adj_close`, `adjclose`, `adjusted close`, `adjusted_close`) is then required in every file.
 
 Timestamps may be integers (seconds since the Unix epoch; values beyond 1e11, 1e14 and 1e17 in
 absolute value are read as milliseconds, microseconds and nanoseconds), ISO dates `YYYY-MM-DD`,
@@ -46,8 +51,21 @@ every file, fewer than `min_bars` bars left after alignment.
   freeze the others); a symbol's missing bar is filled with its previous close as O = H = L = C and
   volume 0, its sentiment holds the previous value.
 
-With the shared sample (AAPL, IBM, MSFT from 2000, GOOG from 2004, FB from 2012-05-18; sp500
-1999..2018) both policies start at FB's first day and end at 2013-03-01.
+# Symbols, dates and listing ([`ListingPolicy`])
+
+`data.symbols` selects symbols (in that column order; the benchmark is always kept; a name no file
+holds is an error naming the files and the symbol). `data.start` / `data.end` drop the bars outside
+that date range first (the end date is inclusive, the whole day). Then symbols listed or delisted at
+different dates are handled by `data.listing`:
+
+- `restrict` (default): keep every symbol; alignment then restricts the period to the span in which
+  all of them trade. With the shared sample (AAPL, IBM, MSFT from 2000, GOOG from 2004, FB from
+  2012-05-18; sp500 1999..2018) the period starts at FB's first day (199 bars to 2013-03-01).
+- `drop`: keep the period from the earliest first bar to the latest last bar of the symbols (within
+  the benchmark's span) and drop every symbol that does not trade over all of it; the dropped
+  symbols are named in [`load_source`]'s description. On the shared sample: AAPL, IBM, MSFT,
+  2000-03-01..2013-03-01 (3270 bars), GOOG and FB dropped. To keep GOOG, set
+  `data.start = "2004-08-19"` (then only FB is dropped).
 
 Macro series per aligned bar: the benchmark row's `rate` / `vix` when present, else the first symbol
 row that has one, else the previous bar's value (0 before any is known). Sentiment is 0 when absent.
@@ -62,7 +80,7 @@ use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
 
-use super::config::{AlignPolicy, DataConfig, DataSource};
+use super::config::{AdjustPolicy, AlignPolicy, DataConfig, DataSource, ListingPolicy};
 use super::{MACRO, MarketData};
 use crate::error::{Error, Location, Result};
 
@@ -74,13 +92,18 @@ pub fn load_file(path: &Path, cfg: &DataConfig) -> Result<MarketData> {
 /// Load several files as one data set (e.g. stocks plus a separate benchmark index file). Each
 /// symbol must come from exactly one file; the benchmark must be in one of them.
 pub fn load_files(paths: &[PathBuf], cfg: &DataConfig) -> Result<MarketData> {
+    Ok(load_files_noted(paths, cfg)?.0)
+}
+
+/// [`load_files`], plus one line per symbol that the listing policy dropped (empty when none).
+pub fn load_files_noted(paths: &[PathBuf], cfg: &DataConfig) -> Result<(MarketData, Vec<String>)> {
     if paths.is_empty() {
         return Err(Error::invalid("load_files: no data files given"));
     }
     let mut all: Vec<SymbolBars> = Vec::new();
     for path in paths {
         let df = read_frame(path)?;
-        for sb in parse_frame(path, &df)? {
+        for sb in parse_frame(path, &df, cfg.adjust)? {
             if let Some(prev) = all.iter().find(|x| x.name == sb.name) {
                 return Err(Error::data(
                     path,
@@ -94,6 +117,11 @@ pub fn load_files(paths: &[PathBuf], cfg: &DataConfig) -> Result<MarketData> {
             all.push(sb);
         }
     }
+    let origin = files_origin(paths);
+    if !cfg.symbols.is_empty() {
+        all = select_symbols(all, cfg, &origin)?;
+    }
+    restrict_dates(&mut all, cfg, &origin)?;
     for sb in &all {
         if sb.bars.len() < cfg.min_bars {
             return Err(Error::data(
@@ -104,14 +132,18 @@ pub fn load_files(paths: &[PathBuf], cfg: &DataConfig) -> Result<MarketData> {
                     symbol: Some(sb.name.clone()),
                 },
                 format!(
-                    "symbol has {} bars, fewer than min_bars = {}",
+                    "symbol has {} bars{}, fewer than min_bars = {}",
                     sb.bars.len(),
+                    if cfg.start.is_some() || cfg.end.is_some() {
+                        " between data.start and data.end"
+                    } else {
+                        ""
+                    },
                     cfg.min_bars
                 ),
             ));
         }
     }
-    let origin = files_origin(paths);
     let Some(bi) = all.iter().position(|x| x.name == cfg.benchmark) else {
         let found: Vec<&str> = all.iter().map(|x| x.name.as_str()).take(20).collect();
         return Err(Error::data(
@@ -129,6 +161,10 @@ pub fn load_files(paths: &[PathBuf], cfg: &DataConfig) -> Result<MarketData> {
         ));
     };
     let bench = all.remove(bi);
+    let notes = match cfg.listing {
+        ListingPolicy::Restrict => Vec::new(),
+        ListingPolicy::Drop => drop_late_listed(&mut all, &bench, &origin)?,
+    };
     if all.is_empty() {
         return Err(Error::data(
             &origin,
@@ -139,17 +175,146 @@ pub fn load_files(paths: &[PathBuf], cfg: &DataConfig) -> Result<MarketData> {
     all.push(bench); // column S
     let md = align(&all, cfg, &origin)?;
     md.validate(&origin.display().to_string())?;
-    Ok(md)
+    Ok((md, notes))
+}
+
+/// Keep the symbols of `data.symbols`, in its order, and the benchmark; a name that no file holds
+/// is an error naming the files and the symbol.
+fn select_symbols(
+    mut all: Vec<SymbolBars>,
+    cfg: &DataConfig,
+    origin: &Path,
+) -> Result<Vec<SymbolBars>> {
+    let mut out = Vec::with_capacity(cfg.symbols.len() + 1);
+    for name in &cfg.symbols {
+        let Some(i) = all.iter().position(|x| &x.name == name) else {
+            if out.iter().any(|x: &SymbolBars| &x.name == name) {
+                continue;
+            }
+            let mut found: Vec<&str> = all.iter().map(|x| x.name.as_str()).collect();
+            found.extend(out.iter().map(|x: &SymbolBars| x.name.as_str()));
+            found.sort_unstable();
+            return Err(Error::data(
+                origin,
+                Location {
+                    column: Some("symbol".into()),
+                    row: None,
+                    symbol: Some(name.clone()),
+                },
+                format!(
+                    "data.symbols names `{name}`, which no file holds (symbols: {})",
+                    found.join(", ")
+                ),
+            ));
+        };
+        out.push(all.remove(i));
+    }
+    if !cfg.symbols.contains(&cfg.benchmark)
+        && let Some(i) = all.iter().position(|x| x.name == cfg.benchmark)
+    {
+        out.push(all.remove(i));
+    }
+    Ok(out)
+}
+
+/// Drop the bars outside `data.start ..= data.end` (validated by the config).
+fn restrict_dates(all: &mut [SymbolBars], cfg: &DataConfig, origin: &Path) -> Result<()> {
+    let bound = |field: &str, v: &Option<String>| -> Result<Option<i64>> {
+        match v {
+            None => Ok(None),
+            Some(s) => parse_timestamp(s).map(Some).ok_or_else(|| {
+                Error::config_field(
+                    &origin.display().to_string(),
+                    field,
+                    format!("cannot parse `{s}` as a date"),
+                )
+            }),
+        }
+    };
+    let lo = bound("data.start", &cfg.start)?.unwrap_or(i64::MIN);
+    // an end date means the whole day
+    let hi = match bound("data.end", &cfg.end)? {
+        Some(t) if t.rem_euclid(86_400) == 0 => t + 86_399,
+        Some(t) => t,
+        None => i64::MAX,
+    };
+    for sb in all.iter_mut() {
+        sb.bars.retain(|b| b.ts >= lo && b.ts <= hi);
+    }
+    Ok(())
+}
+
+/// `listing = "drop"`: the period runs from the earliest first bar to the latest last bar of the
+/// symbols (within the benchmark's span); every symbol that does not trade over all of it is
+/// removed. Returns one note per dropped symbol.
+fn drop_late_listed(
+    all: &mut Vec<SymbolBars>,
+    bench: &SymbolBars,
+    origin: &Path,
+) -> Result<Vec<String>> {
+    let (Some(b0), Some(b1)) = (bench.bars.first(), bench.bars.last()) else {
+        return Ok(Vec::new());
+    };
+    let first = |s: &SymbolBars| s.bars.first().map_or(i64::MAX, |b| b.ts);
+    let last = |s: &SymbolBars| s.bars.last().map_or(i64::MIN, |b| b.ts);
+    let start = all.iter().map(first).min().unwrap_or(b0.ts).max(b0.ts);
+    let end = all.iter().map(last).max().unwrap_or(b1.ts).min(b1.ts);
+    let mut notes = Vec::new();
+    all.retain(|s| {
+        let keep = first(s) <= start && last(s) >= end;
+        if !keep {
+            notes.push(format!(
+                "dropped {} (trades {}..{}, the period is {}..{}; listing = \"drop\")",
+                s.name,
+                format_date(first(s)),
+                format_date(last(s)),
+                format_date(start),
+                format_date(end)
+            ));
+        }
+        keep
+    });
+    if all.is_empty() {
+        return Err(Error::data(
+            origin,
+            Location::default(),
+            format!(
+                "listing = \"drop\": no symbol trades over the whole period {}..{} (set data.start / data.end, or listing = \"restrict\"); {}",
+                format_date(start),
+                format_date(end),
+                notes.join("; ")
+            ),
+        ));
+    }
+    Ok(notes)
+}
+
+/// `YYYY-MM-DD` of seconds since the epoch.
+fn format_date(secs: i64) -> String {
+    format_timestamp(secs)[..10].to_string()
 }
 
 /// The market data of a command: `file` when given (one file, or several separated by commas),
 /// else the configured source ([`load`]). Also returns a description of where it came from (the
 /// file names, or the synthetic generator's seed and signal) for reports.
 pub fn load_source(cfg: &DataConfig, file: Option<&Path>) -> Result<(MarketData, String)> {
+    let noted = |text: &str, notes: Vec<String>| {
+        if notes.is_empty() {
+            text.to_string()
+        } else {
+            format!("{text} ({})", notes.join("; "))
+        }
+    };
     if let Some(f) = file {
         let text = f.to_string_lossy();
-        let md = load_files(&split_paths(&text), cfg)?;
-        return Ok((md, text.into_owned()));
+        let (md, notes) = load_files_noted(&split_paths(&text), cfg)?;
+        return Ok((md, noted(&text, notes)));
+    }
+    if cfg.source == DataSource::File
+        && let Some(p) = cfg.path.clone()
+    {
+        let (md, notes) = load_files_noted(&split_paths(&p), cfg)?;
+        return Ok((md, noted(&p, notes)));
     }
     let md = load(cfg)?;
     let origin = match cfg.source {
@@ -635,8 +800,15 @@ fn series_name(path: &Path) -> String {
 
 const TS_ALIASES: &[&str] = &["timestamp", "date", "datetime", "time", "ts"];
 const SYM_ALIASES: &[&str] = &["symbol", "ticker"];
+const ADJ_ALIASES: &[&str] = &[
+    "adj close",
+    "adj_close",
+    "adjclose",
+    "adjusted close",
+    "adjusted_close",
+];
 
-fn parse_frame(path: &Path, df: &DataFrame) -> Result<Vec<SymbolBars>> {
+fn parse_frame(path: &Path, df: &DataFrame, adjust: AdjustPolicy) -> Result<Vec<SymbolBars>> {
     let cols = Columns::new(df);
     let ts_s = cols.require(path, TS_ALIASES)?;
     let sym_s = cols.find(path, SYM_ALIASES)?;
@@ -653,6 +825,10 @@ fn parse_frame(path: &Path, df: &DataFrame) -> Result<Vec<SymbolBars>> {
         cols.find(path, &["vix"])?,
     ];
     let path_s = cols.find(path, &["path"])?;
+    let adj_s = match adjust {
+        AdjustPolicy::None => None,
+        AdjustPolicy::AdjClose => Some(cols.require(path, ADJ_ALIASES)?),
+    };
     let n = df.height();
     if n == 0 {
         return Err(Error::data(
@@ -690,6 +866,10 @@ fn parse_frame(path: &Path, df: &DataFrame) -> Result<Vec<SymbolBars>> {
         .map(|s| Ok((s.name().to_string(), cells(path, s, false)?)))
         .collect::<Result<_>>()?;
     let vol_c = (vol_s.name().to_string(), cells(path, vol_s, false)?);
+    let adj_c = match adj_s {
+        Some(s) => Some((s.name().to_string(), cells(path, s, false)?)),
+        None => None,
+    };
     let opt_c: Vec<Option<(String, Cells)>> = opt_s
         .iter()
         .map(|o| {
@@ -790,7 +970,32 @@ fn parse_frame(path: &Path, df: &DataFrame) -> Result<Vec<SymbolBars>> {
                 format!("close {c} outside [low {l}, high {h}]"),
             ));
         }
-        let v = value(&vol_c.0, &vol_c.1, true)?.unwrap_or(f64::NAN);
+        let mut v = value(&vol_c.0, &vol_c.1, true)?.unwrap_or(f64::NAN);
+        if let Some((cname, ac)) = &adj_c {
+            // back-adjust: prices times adj / close (a monotone map, so the bar stays consistent),
+            // volume in adjusted shares (dollar volume unchanged)
+            let a = value(cname, ac, true)?.unwrap_or(f64::NAN);
+            let f = a / c as f64;
+            if !(a.is_finite() && a > 0.0 && f.is_finite() && f > 0.0) {
+                return Err(Error::data(
+                    path,
+                    loc(cname),
+                    format!("adjusted close must be finite and > 0, got {a}"),
+                ));
+            }
+            for x in &mut px {
+                *x = (*x as f64 * f) as f32;
+                if !(x.is_finite() && *x > 0.0) {
+                    return Err(Error::data(
+                        path,
+                        loc(cname),
+                        format!("adjusted price out of range (factor {f})"),
+                    ));
+                }
+            }
+            v /= f;
+        }
+        let [o, h, l, c] = px;
         if !(v.is_finite() && (v as f32).is_finite()) {
             return Err(Error::data(
                 path,

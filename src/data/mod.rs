@@ -12,8 +12,10 @@ pub mod config;
 pub mod loader;
 pub mod synthetic;
 
-pub use config::{AlignPolicy, DataConfig, DataSource, SignalKind, SyntheticConfig};
-pub use loader::{load, load_file, load_files, load_source};
+pub use config::{
+    AdjustPolicy, AlignPolicy, DataConfig, DataSource, ListingPolicy, SignalKind, SyntheticConfig,
+};
+pub use loader::{load, load_file, load_files, load_files_noted, load_source};
 pub use synthetic::{generate, write_parquet};
 
 /// Number of macro series: (short rate, VIX-like index).

@@ -5,6 +5,12 @@ under). Two modes, both reproducible:
 
 - [`ActMode::Greedy`] (the default): the most probable legal action per symbol (ties go to the lower
   action index);
+- [`ActMode::Decision`]: greedy over the *decision* first, then over its size: the actions are
+  grouped into hold (HOLD), increase (BUY_SMALL / MEDIUM / LARGE, ADD_TO_WINNER) and decrease
+  (SELL_PARTIAL, SELL_ALL); the group with the largest legal probability mass wins (ties: hold,
+  then increase), and within it the most probable action. Plain argmax splits "buy" over three
+  sizes, so a policy that buys with probability 0.6 split 0.2 / 0.2 / 0.2 against HOLD's 0.4 never
+  opens a position greedily (issue #11, measured on real daily prices in docs/training.md);
 - [`ActMode::Sample`]: an action drawn from the masked policy distribution, as in training, from a
   [`SplitMix64`] stream seeded by the given seed (restarted by [`BacktestPolicy::reset`], so two runs are
   identical).
@@ -36,6 +42,9 @@ use crate::train::setup::build_policy;
 pub enum ActMode {
     /// The most probable legal action.
     Greedy,
+    /// The most probable decision group (hold / increase / decrease), then its most probable action
+    /// ([`decision_action`]).
+    Decision,
     /// A draw from the masked distribution, from a stream seeded with this seed.
     Sample(u64),
 }
@@ -172,6 +181,40 @@ pub fn greedy_action(logits: &[f32], mask: &[u8]) -> u8 {
     best.map_or(0, |(a, _)| a as u8)
 }
 
+/// [`ActMode::Decision`]'s action: the decision group (hold: HOLD; increase: BUY_SMALL, BUY_MEDIUM,
+/// BUY_LARGE, ADD_TO_WINNER; decrease: SELL_PARTIAL, SELL_ALL) with the largest legal probability
+/// mass (ties: hold, then increase), then the group's most probable legal action (the lower index
+/// on ties). HOLD when nothing is allowed.
+pub fn decision_action(logits: &[f32], mask: &[u8]) -> u8 {
+    use crate::env::logic::{
+        ADD_TO_WINNER, BUY_LARGE, BUY_MEDIUM, BUY_SMALL, HOLD, SELL_ALL, SELL_PARTIAL,
+    };
+    let Some(p) = masked_probs(logits, mask) else {
+        return HOLD;
+    };
+    let groups: [&[u8]; 3] = [
+        &[HOLD],
+        &[BUY_SMALL, BUY_MEDIUM, BUY_LARGE, ADD_TO_WINNER],
+        &[SELL_PARTIAL, SELL_ALL],
+    ];
+    let mass = |g: &[u8]| g.iter().map(|&a| p[a as usize]).sum::<f64>();
+    let mut best = groups[0];
+    for g in &groups[1..] {
+        if mass(g) > mass(best) {
+            best = g;
+        }
+    }
+    let mut pick = best[0];
+    for &a in best {
+        if mask[a as usize] != 0
+            && (mask[pick as usize] == 0 || logits[a as usize] > logits[pick as usize])
+        {
+            pick = a;
+        }
+    }
+    if mask[pick as usize] == 0 { HOLD } else { pick }
+}
+
 /// The softmax of `logits` over the actions `mask` allows (0 elsewhere), in f64; `None` when
 /// nothing is allowed.
 fn masked_probs(logits: &[f32], mask: &[u8]) -> Option<Vec<f64>> {
@@ -275,6 +318,7 @@ impl BacktestPolicy for AgentPolicy {
         {
             *out = match self.mode {
                 ActMode::Greedy => greedy_action(l, m),
+                ActMode::Decision => decision_action(l, m),
                 ActMode::Sample(_) => sample_action(l, m, self.rng.uniform()),
             };
         }
@@ -285,7 +329,31 @@ impl BacktestPolicy for AgentPolicy {
 
 #[cfg(test)]
 mod tests {
-    use super::{greedy_action, p_long, sample_action};
+    use super::{decision_action, greedy_action, p_long, sample_action};
+
+    #[test]
+    fn decision_greedy_weighs_the_decision_before_the_size() {
+        // Flat, HOLD 0.4 against three buys of 0.2 each: argmax holds, the decision rule buys the
+        // most probable size (the lower index among equals).
+        let ln = |p: f64| p.ln() as f32;
+        let flat = [1, 1, 1, 1, 0, 0, 0];
+        let l = [ln(0.4), ln(0.2), ln(0.2), ln(0.2), 9.0, 9.0, 9.0];
+        assert_eq!(greedy_action(&l, &flat), 0);
+        assert_eq!(decision_action(&l, &flat), 1);
+        let l = [ln(0.4), ln(0.15), ln(0.15), ln(0.3), 0.0, 0.0, 0.0];
+        assert_eq!(decision_action(&l, &flat), 3);
+        // HOLD's mass above the buys' together: hold.
+        let l = [ln(0.55), ln(0.15), ln(0.15), ln(0.15), 0.0, 0.0, 0.0];
+        assert_eq!(decision_action(&l, &flat), 0);
+        // Held, full (buys masked): the two sells together (0.3 + 0.3) beat HOLD's 0.4.
+        let held = [1, 0, 0, 0, 1, 1, 0];
+        let l = [ln(0.4), 5.0, 5.0, 5.0, ln(0.3), ln(0.3), 5.0];
+        assert_eq!(greedy_action(&l, &held), 0);
+        assert_eq!(decision_action(&l, &held), 4);
+        // A tie of masses goes to hold; masked logits never count.
+        let l = [ln(0.5), ln(0.5), -99.0, -99.0, 0.0, 0.0, 0.0];
+        assert_eq!(decision_action(&l, &[1, 1, 0, 0, 0, 0, 0]), 0);
+    }
 
     #[test]
     fn p_long_reads_the_masked_distribution() {

@@ -34,7 +34,8 @@ use crate::market::Market;
 /// What [`evaluate_checkpoint`] evaluates, and how.
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
-    /// A checkpoint directory, or a run directory (its latest checkpoint).
+    /// A checkpoint directory, or a run directory (its `best/` checkpoint when it selected one,
+    /// else its latest; `run::resolve_checkpoint`).
     pub checkpoint: PathBuf,
     /// `section.field=value` overrides of the checkpoint's configuration.
     pub overrides: Vec<String>,
@@ -45,6 +46,9 @@ pub struct EvalOptions {
     pub backtest: BacktestOptions,
     /// Sample actions from the policy (seeded by `backtest.seed`) instead of playing greedily.
     pub sample: bool,
+    /// Play greedily by decision group ([`ActMode::Decision`]) instead of by single action
+    /// (ignored with `sample`).
+    pub decision: bool,
 }
 
 impl EvalOptions {
@@ -56,6 +60,7 @@ impl EvalOptions {
             data: None,
             backtest: BacktestOptions::default(),
             sample: false,
+            decision: false,
         }
     }
 }
@@ -174,6 +179,8 @@ pub fn evaluate_checkpoint(opts: &EvalOptions) -> Result<EvalReport> {
     let (market, origin) = Market::load_source(&cfg.data, opts.data.as_deref())?;
     let (name, mode) = if opts.sample {
         ("ppo-sampled", ActMode::Sample(opts.backtest.seed))
+    } else if opts.decision {
+        ("ppo-decision", ActMode::Decision)
     } else {
         ("ppo", ActMode::Greedy)
     };

@@ -3,7 +3,8 @@ Evaluation: performance [`metrics`] of equity curves, scripted [`baselines`] beh
 trait, deterministic [`backtest`]s of a policy over the train or test period, a trained checkpoint
 as a policy ([`agent::AgentPolicy`], greedy or seeded sampling), and paired comparisons of two
 backtests with standard errors ([`compare`](mod@compare): is a policy better than a baseline beyond noise?), and
-the evaluation of a checkpoint against all of them ([`evaluate`]).
+the evaluation of a checkpoint against all of them ([`evaluate`]), and checkpoint selection /
+early stopping on a validation slice cut from the end of the train period ([`select`]).
 
 ```no_run
 use marl_trade::{Config, market::Market, env::Period};
@@ -25,8 +26,9 @@ pub mod baselines;
 pub mod compare;
 pub mod evaluate;
 pub mod metrics;
+pub mod select;
 
-pub use agent::{ActMode, AgentPolicy, Decision};
+pub use agent::{ActMode, AgentPolicy, Decision, decision_action};
 pub use backtest::{
     BacktestOptions, BacktestResult, Baseline, BaselineSet, LimitCheck, backtest_setup,
     run_baselines, run_policy, run_rebalanced, run_spy,
@@ -38,3 +40,4 @@ pub use baselines::{
 pub use compare::{Comparison, DecisionIc, compare, decision_ic};
 pub use evaluate::{EvalOptions, EvalReport, evaluate_checkpoint, evaluate_policy};
 pub use metrics::{Curve, Metrics, format_table};
+pub use select::{SelectReport, ValPoint, train_selected, validation_bars};

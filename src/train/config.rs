@@ -84,6 +84,17 @@ pub struct PpoConfig {
     /// `c_i = kl_prior_coef * max(0, 1 - (i - 1) / kl_prior_iters)` for iteration `i = 1..`.
     /// Must be >= 1 when `kl_prior_coef > 0`.
     pub kl_prior_iters: usize,
+    /// Checkpoint selection (`eval::select`, `marl-trade train`): the last `val_fraction` of the
+    /// train period's bars are held out of training as a validation slice; every `val_every`
+    /// iterations the policy is played greedily on it and the checkpoint with the best validation
+    /// Sharpe is kept as the run's `best/`. Never the test period. 0 = off (train on the whole
+    /// train period, the run's result is its last checkpoint).
+    pub val_fraction: f64,
+    /// Iterations between validation evaluations (checkpoint selection only).
+    pub val_every: usize,
+    /// Early stopping: end the run after this many validation evaluations in a row without a new
+    /// best (0 = never stop early; the best checkpoint is still selected).
+    pub val_patience: usize,
 }
 
 impl Default for PpoConfig {
@@ -113,6 +124,9 @@ impl Default for PpoConfig {
             weight_decay: 0.0,
             kl_prior_coef: 0.0,
             kl_prior_iters: 0,
+            val_fraction: 0.0,
+            val_every: 10,
+            val_patience: 0,
         }
     }
 }
@@ -234,6 +248,15 @@ impl PpoConfig {
             if !(v.is_finite() && v >= 0.0) {
                 return bad(f, format!("must be a finite number >= 0, got {v}"));
             }
+        }
+        if !(0.0..0.5).contains(&self.val_fraction) {
+            return bad(
+                "ppo.val_fraction",
+                format!("must be in [0, 0.5), got {}", self.val_fraction),
+            );
+        }
+        if self.val_every == 0 {
+            return bad("ppo.val_every", "must be >= 1".into());
         }
         if let Some(k) = self.target_kl
             && (k.is_nan() || k <= 0.0)
