@@ -229,8 +229,7 @@ fn master_obs_through_the_driver_matches_cpu() {
     let case = cases().into_iter().next().unwrap();
     let l = case.layout;
     let (n, s) = (l.n_scenarios, l.n_symbols);
-    let mut cpu =
-        marl_trade::env::cpu::CpuBackend::new(l, case.md.clone(), case.feats.clone()).unwrap();
+    let mut cpu = marl_trade::env::cpu::CpuBackend::new(l, case.md.clone(), case.feats.clone());
     let mut dev = host_env(&case, true, false);
     cpu.reset(3).unwrap();
     dev.reset(3).unwrap();
