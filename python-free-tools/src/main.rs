@@ -56,10 +56,14 @@ enum Cmd {
         /// ignores-costs [default: 10].
         #[arg(long)]
         window: Option<usize>,
-        /// Dominance threshold: a term's mean share over the window above it is an alarm
+        /// Dominance threshold: a shaping term's mean share over the window above it is an alarm
         /// [default: 0.6].
         #[arg(long)]
         dominance: Option<f64>,
+        /// Dominance threshold of the P&L term, the objective the shaping terms serve
+        /// [default: 1, no alarm].
+        #[arg(long)]
+        objective_dominance: Option<f64>,
         /// Where to write the PNG [default: RUN_DIR/reward-signals.png].
         #[arg(long)]
         png: Option<PathBuf>,
@@ -112,6 +116,7 @@ fn reward_signals(
     run_dir: &std::path::Path,
     window: Option<usize>,
     dominance: Option<f64>,
+    objective_dominance: Option<f64>,
     png: Option<PathBuf>,
     json: Option<PathBuf>,
 ) -> marl_trade::Result<bool> {
@@ -124,6 +129,7 @@ fn reward_signals(
     let th = SignalThresholds {
         window: window.unwrap_or(defaults.window),
         dominance: dominance.unwrap_or(defaults.dominance),
+        objective_dominance: objective_dominance.unwrap_or(defaults.objective_dominance),
         ..defaults
     };
     let report = marl_trade::run::analyze_run(run_dir, &th)?;
@@ -188,10 +194,18 @@ fn run(cli: Cli) -> marl_trade::Result<ExitCode> {
             run_dir,
             window,
             dominance,
+            objective_dominance,
             png,
             json,
         } => {
-            let alarm = reward_signals(run_dir, *window, *dominance, png.clone(), json.clone())?;
+            let alarm = reward_signals(
+                run_dir,
+                *window,
+                *dominance,
+                *objective_dominance,
+                png.clone(),
+                json.clone(),
+            )?;
             return Ok(if alarm {
                 ExitCode::from(1)
             } else {

@@ -84,6 +84,18 @@ pub struct PpoConfig {
     /// `c_i = kl_prior_coef * max(0, 1 - (i - 1) / kl_prior_iters)` for iteration `i = 1..`.
     /// Must be >= 1 when `kl_prior_coef > 0`.
     pub kl_prior_iters: usize,
+    /// Cost curriculum: over the first `cost_ramp_frac` of the run's iterations the weight of the
+    /// reward's cost term rises linearly from 0 to its configured weight (`reward.w_cost`), then
+    /// stays there: `scale_i = min(1, (i - 1) / round(cost_ramp_frac * num_iterations))` for
+    /// iteration `i = 1..` ([`PpoConfig::cost_scale_at`]). Why: a policy that explores pays costs
+    /// on every random trade while the P&L of those trades averages zero, so from the first
+    /// iteration the cost term alone says "trade less", and PPO can settle on holding before it
+    /// has found what to trade (docs/training.md, "Reward ablations"). With the ramp it first
+    /// learns what pays before costs, then the second part of the run trains on the full reward.
+    /// 0 (default): off, every iteration at the configured weight. In `[0, 1)`. Applied by
+    /// environments that have a cost term (the trading env, [`TrainEnv::set_cost_scale`](super::TrainEnv::set_cost_scale));
+    /// logged per iteration as `schedule.cost_scale` (in the metrics' `policy` map).
+    pub cost_ramp_frac: f64,
     /// Checkpoint selection (`eval::select`, `marl-trade train`): the last `val_fraction` of the
     /// train period's bars are held out of training as a validation slice; every `val_every`
     /// iterations the policy is played greedily on it and the checkpoint with the best validation
@@ -124,6 +136,7 @@ impl Default for PpoConfig {
             weight_decay: 0.0,
             kl_prior_coef: 0.0,
             kl_prior_iters: 0,
+            cost_ramp_frac: 0.0,
             val_fraction: 0.0,
             val_every: 10,
             val_patience: 0,
@@ -175,6 +188,16 @@ impl PpoConfig {
     pub fn ent_coef_at(&self, iteration: usize, num_envs: usize) -> f64 {
         let f = self.schedule_frac(iteration, num_envs);
         self.ent_coef_end + f * (self.ent_coef_start - self.ent_coef_end)
+    }
+
+    /// Scale of the reward's cost-term weight at iteration `i` (1-based): the cost curriculum of
+    /// `cost_ramp_frac` (1 when it is off).
+    pub fn cost_scale_at(&self, iteration: usize, num_envs: usize) -> f64 {
+        let ramp = (self.cost_ramp_frac * self.num_iterations(num_envs) as f64).round();
+        if ramp < 1.0 {
+            return 1.0;
+        }
+        ((iteration as f64 - 1.0) / ramp).clamp(0.0, 1.0)
     }
 
     /// Coefficient of the KL term toward the prior at iteration `i` (1-based).
@@ -249,6 +272,12 @@ impl PpoConfig {
                 return bad(f, format!("must be a finite number >= 0, got {v}"));
             }
         }
+        if !(0.0..1.0).contains(&self.cost_ramp_frac) {
+            return bad(
+                "ppo.cost_ramp_frac",
+                format!("must be in [0, 1), got {}", self.cost_ramp_frac),
+            );
+        }
         if !(0.0..0.5).contains(&self.val_fraction) {
             return bad(
                 "ppo.val_fraction",
@@ -295,6 +324,24 @@ mod tests {
         };
         assert_eq!(c.ent_coef_at(1, 4), 0.02);
         assert!((c.ent_coef_at(489, 4) - 0.01).abs() < 1e-4);
+        // The cost ramp: off by default; over the first half of 976 iterations (488) it rises
+        // from 0 at iteration 1 to 1 at iteration 489, then stays at 1.
+        assert_eq!(c.cost_scale_at(1, 4), 1.0);
+        let r = PpoConfig {
+            cost_ramp_frac: 0.5,
+            ..c.clone()
+        };
+        assert_eq!(r.cost_scale_at(1, 4), 0.0);
+        assert_eq!(r.cost_scale_at(245, 4), 0.5);
+        assert_eq!(r.cost_scale_at(489, 4), 1.0);
+        assert_eq!(r.cost_scale_at(976, 4), 1.0);
+        let e = PpoConfig::from_toml_str("cost_ramp_frac = 1.0", "t.toml", 4)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ppo.cost_ramp_frac") && e.contains("t.toml"),
+            "{e}"
+        );
         let e = PpoConfig::from_toml_str("num_minibatch = 4", "t.toml", 4)
             .unwrap_err()
             .to_string();

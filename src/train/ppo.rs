@@ -4,7 +4,9 @@ PPO, following CleanRL's `ppo.py` line by line.
 One iteration ([`Ppo::iterate`]):
 
 1. **Schedules.** `lr = (1 - (i - 1) / num_iterations) * learning_rate` when `anneal_lr`; the entropy
-   coefficient follows the same fraction from `ent_coef_start` to `ent_coef_end`.
+   coefficient follows the same fraction from `ent_coef_start` to `ent_coef_end`. Not CleanRL: the
+   cost curriculum (`cost_ramp_frac`, [`PpoConfig::cost_scale_at`]) sets the environment's
+   cost-term scale for the iteration ([`TrainEnv::set_cost_scale`]).
 2. **Rollout.** For `num_steps` steps: store the observation and the done flags that came with it,
    run the policy (no gradient), sample an action per row from the masked categorical, store its
    log-probability and the value, step the environment (which auto-resets finished copies), store
@@ -64,6 +66,9 @@ use crate::rng::hash2;
 pub const KL_PRIOR_STAT: &str = "loss.kl_prior";
 /// Name of the KL term's coefficient of the iteration in `Metrics::policy`.
 pub const KL_PRIOR_COEF_STAT: &str = "loss.kl_prior_coef";
+/// Name of the cost curriculum's scale of the cost-term weight in the metrics' `policy` map
+/// (logged when `ppo.cost_ramp_frac > 0`).
+pub const COST_SCALE_STAT: &str = "schedule.cost_scale";
 
 /// Scale every gradient of `params` in `grads` so that their global L2 norm is at most `max_norm`
 /// (torch's `clip_grad_norm_`: factor `min(1, max_norm / (norm + 1e-6))`). Returns the norm before
@@ -328,6 +333,8 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
         self.opt.set_learning_rate(lr);
         let ent_coef = cfg.ent_coef_at(it, num_envs);
         let kl_coef = cfg.kl_prior_coef_at(it);
+        let cost_scale = cfg.cost_scale_at(it, num_envs);
+        self.env.set_cost_scale(cost_scale);
         let dev = self.device();
         let (n, g, na) = (
             self.env.num_envs(),
@@ -489,6 +496,9 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
         if let Some(kl) = last.kl_prior {
             policy_stats.insert(KL_PRIOR_STAT.into(), kl);
             policy_stats.insert(KL_PRIOR_COEF_STAT.into(), kl_coef);
+        }
+        if cfg.cost_ramp_frac > 0.0 {
+            policy_stats.insert(COST_SCALE_STAT.into(), cost_scale);
         }
         timing.insert("time.rollout_env".into(), times.env);
         timing.insert("time.rollout_policy".into(), times.policy);

@@ -26,9 +26,16 @@ of `sum_c |reward.c|`, the total magnitude of the reward per symbol-step.
 Each alarm names its kind, its term, the first and last iteration it is based on, and a sentence
 with the numbers. Thresholds are the fields of [`SignalThresholds`], with their defaults.
 
-- **dominance**: a term's mean share over the window is above `dominance` (default 0.6). The other
-  six terms together then weigh less than this one: after reward normalisation PPO mostly learns
-  that term. (On `configs/small.toml` with the default weights, sharpe takes 50-75% of the reward
+- **dominance**: a shaping term's mean share over the window is above `dominance` (default 0.6).
+  The other six terms together then weigh less than this one: after reward normalisation PPO
+  mostly learns that term. The P&L term ([`OBJECTIVE_TERM`]) is the objective the six shaping
+  terms serve, not one of them, and has its own threshold `objective_dominance` (default 1: no
+  alarm). With the design's weights (10 on pnl of 26.5) and every term on the P&L scale, a
+  profitable policy's pnl share is 0.7-0.8 by arithmetic: the one-signed penalties (cost,
+  drawdown, util, divers) are small fractions of the P&L they go with, and the differential
+  terms (sharpe, timing) average out in the `|sum|` of the share. An alarm on it would fire on
+  every healthy run (docs/training.md, "Reward ablations"); a P&L term whose shaping terms have
+  all vanished is caught by **collapse** instead. (On `configs/small.toml` with the default weights, sharpe takes 50-75% of the reward
   in most iterations: a 6-iteration run raises this alarm, 69% over its 3 points; the full
   20-iteration run stays under it, 54% over its last 10 points with util at 45%. Sharpe's weight
   is the known problem that `configs/signal.toml` works around, see docs/training.md.)
@@ -71,6 +78,10 @@ use crate::Result;
 use crate::error::Error;
 use crate::reward::{COMPONENT_NAMES, N_COMPONENTS};
 
+/// The reward term that is the objective rather than a shaping term: exempt from the `dominance`
+/// threshold, with its own `objective_dominance` (module doc).
+pub const OBJECTIVE_TERM: &str = "pnl";
+
 /// The thresholds of the alarms (see the module doc for each definition); [`Default`] gives the
 /// documented defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,6 +94,9 @@ pub struct SignalThresholds {
     /// Dominance: mean share over the window above this. Default 0.6: the term then outweighs
     /// the six others together by half again.
     pub dominance: f64,
+    /// Dominance of the P&L term, [`OBJECTIVE_TERM`] (see the module doc): mean share over the
+    /// window above this. Default 1 (never): the objective is meant to be the largest term.
+    pub objective_dominance: f64,
     /// Collapse (vanishing): every `|value|` of the window at most this fraction of the window's
     /// scale. Default 1e-6: a millionth of the reward, far below anything a normalised return
     /// resolves, yet 60 times below the smallest live term seen: pnl on `configs/small.toml` with
@@ -118,6 +132,7 @@ impl Default for SignalThresholds {
         Self {
             window: 10,
             dominance: 0.6,
+            objective_dominance: 1.0,
             vanish: 1e-6,
             constant: 1e-9,
             flip_block: 5,
@@ -143,6 +158,9 @@ impl SignalThresholds {
         }
         if !(self.dominance > 0.0 && self.dominance <= 1.0) {
             return bad("dominance", "must be in (0, 1]");
+        }
+        if !(self.objective_dominance > 0.0 && self.objective_dominance <= 1.0) {
+            return bad("objective_dominance", "must be in (0, 1]");
         }
         for (f, v) in [
             ("vanish", self.vanish),
@@ -504,17 +522,22 @@ pub fn analyze_weighted(
         let (slope, t) = trend(&x, &sh);
         let flips = sign_flips(&v, th.flip_block, th.flip_t);
         let mut alarms = Vec::new();
-        if mean_share > th.dominance {
+        let (limit, which) = if *name == OBJECTIVE_TERM {
+            (th.objective_dominance, "objective_dominance")
+        } else {
+            (th.dominance, "dominance")
+        };
+        if mean_share > limit {
             alarms.push(alarm(
                 AlarmKind::Dominance,
                 name,
                 wfirst,
                 last,
                 format!(
-                    "mean share {:.1}% over the last {} points, above {:.1}%",
+                    "mean share {:.1}% over the last {} points, above {:.1}% ({which})",
                     100.0 * mean_share,
                     n - w0,
-                    100.0 * th.dominance
+                    100.0 * limit
                 ),
             ));
         }
@@ -723,32 +746,76 @@ mod tests {
 
     #[test]
     fn dominance_boundary() {
-        // pnl's mean share over the window is d: no alarm at threshold d, alarm just below it.
+        // sharpe's mean share over the window is d: no alarm at threshold d, alarm just below it.
         let ms: Vec<Metrics> = (1..=12)
             .map(|i| {
                 let mut v = [0.1; N_COMPONENTS];
-                v[0] = 0.9; // share 0.9 / 1.5 = 0.6
+                v[3] = 0.9; // share 0.9 / 1.5 = 0.6
                 v[1] = -0.1;
                 // scaled by powers of two: every share stays the same, no value is constant
                 point(i, v.map(|x| x * f64::from(1 << (i % 3))), None)
             })
             .collect();
-        let share = analyze(&ms, &SignalThresholds::default()).terms[0].mean_share;
+        let share = analyze(&ms, &SignalThresholds::default()).terms[3].mean_share;
         assert!((share - 0.6).abs() < 1e-12);
         let th = SignalThresholds {
             dominance: share,
             ..Default::default()
         };
-        assert!(!kinds(&analyze(&ms, &th), "pnl").contains(&AlarmKind::Dominance));
+        assert!(!kinds(&analyze(&ms, &th), "sharpe").contains(&AlarmKind::Dominance));
         let th = SignalThresholds {
             dominance: share - 1e-9,
             ..Default::default()
         };
         let r = analyze(&ms, &th);
-        assert_eq!(kinds(&r, "pnl"), vec![AlarmKind::Dominance]);
+        assert_eq!(kinds(&r, "sharpe"), vec![AlarmKind::Dominance]);
         assert_eq!(
             (r.alarms[0].first_iteration, r.alarms[0].last_iteration),
             (3, 12)
+        );
+    }
+
+    #[test]
+    fn the_objective_term_has_its_own_dominance_threshold() {
+        // The same run with pnl at the 0.6 share: no alarm at the default thresholds (pnl is the
+        // objective), one at an `objective_dominance` just below its share, and `dominance` alone
+        // does not reach it.
+        let ms: Vec<Metrics> = (1..=12)
+            .map(|i| {
+                let mut v = [0.1; N_COMPONENTS];
+                v[0] = 0.9;
+                v[1] = -0.1;
+                point(i, v.map(|x| x * f64::from(1 << (i % 3))), None)
+            })
+            .collect();
+        let r = analyze(&ms, &SignalThresholds::default());
+        assert!((r.terms[0].mean_share - 0.6).abs() < 1e-12);
+        assert!(!kinds(&r, OBJECTIVE_TERM).contains(&AlarmKind::Dominance));
+        let th = SignalThresholds {
+            dominance: 0.1,
+            ..Default::default()
+        };
+        assert!(!kinds(&analyze(&ms, &th), OBJECTIVE_TERM).contains(&AlarmKind::Dominance));
+        let th = SignalThresholds {
+            objective_dominance: 0.6 - 1e-9,
+            ..Default::default()
+        };
+        let r = analyze(&ms, &th);
+        assert_eq!(kinds(&r, OBJECTIVE_TERM), vec![AlarmKind::Dominance]);
+        assert!(
+            r.alarms[0].detail.contains("objective_dominance"),
+            "{}",
+            r.alarms[0].detail
+        );
+        let bad = SignalThresholds {
+            objective_dominance: 0.0,
+            ..Default::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("objective_dominance")
         );
     }
 

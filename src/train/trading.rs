@@ -16,7 +16,10 @@ The mapping:
   policy from its [`WindowSource`](crate::agents::WindowSource) (the [`Features`](crate::features::Features)
   the env was built from) at that key. `Features` carries no returns, so the encoder's graph branch
   must be disabled.
-- **rewards**: the env's per-symbol total reward `[N * S]`.
+- **rewards**: the env's per-symbol total reward `[N * S]`. Under the trainer's cost curriculum
+  (`ppo.cost_ramp_frac`, [`TrainEnv::set_cost_scale`] with a scale `c < 1`) the cost term's part
+  is scaled: `r += (c - 1) * w_cost * cost` from the env's unweighted components, in `f64` and
+  rounded once to `f32`; at `c = 1` the env's rewards pass through untouched (bit for bit).
 - **dones**: `terminated || truncated` per scenario; the env auto-resets in the same step, as the
   trait requires.
 - **episodes**: from the env's `drain_finished()` after each step: `env = scenario`,
@@ -55,6 +58,10 @@ use crate::Result;
 use crate::agents::SymbolObs;
 use crate::env::{self, N_ACTIONS, Snapshot, obs::DYN_OBS};
 use crate::error::Error;
+use crate::reward::N_COMPONENTS;
+
+/// Index of the cost term in the reward components (`reward::COMPONENT_NAMES`).
+const COST: usize = 1;
 
 /// Name of the turnover statistic in [`TrainEnv::drain_stats`] (and in `Metrics::env`).
 pub const TURNOVER_STAT: &str = "turnover";
@@ -83,6 +90,8 @@ pub struct TradingEnv {
     /// their count.
     turnover_sum: f64,
     turnover_rows: u64,
+    /// The cost curriculum's scale of the cost-term weight (1 = the env's own reward).
+    cost_scale: f64,
 }
 
 impl TradingEnv {
@@ -111,6 +120,7 @@ impl TradingEnv {
             prev_equity: vec![0.0; n],
             turnover_sum: 0.0,
             turnover_rows: 0,
+            cost_scale: 1.0,
             n,
             s,
             env,
@@ -295,8 +305,18 @@ impl TrainEnv for TradingEnv {
             *dst = a as u8;
         }
         let env = &mut self.env;
+        let w_cost = env.layout().params.reward.w[COST];
         let out = env.step(&self.actions, &self.master)?;
-        let rewards = out.reward.clone();
+        let mut rewards = out.reward.clone();
+        if self.cost_scale != 1.0 {
+            let extra = (self.cost_scale - 1.0) * w_cost;
+            for (r, c) in rewards
+                .iter_mut()
+                .zip(out.components.chunks_exact(N_COMPONENTS))
+            {
+                *r = (f64::from(*r) + extra * f64::from(c[COST])) as f32;
+            }
+        }
         let dones: Vec<bool> = (0..out.terminated.len()).map(|n| out.done(n)).collect();
         let episodes = env
             .drain_finished()
@@ -324,6 +344,10 @@ impl TrainEnv for TradingEnv {
 
     fn action_mask(&self) -> Option<Vec<u8>> {
         Some(self.mask.clone())
+    }
+
+    fn set_cost_scale(&mut self, scale: f64) {
+        self.cost_scale = scale.clamp(0.0, 1.0);
     }
 
     fn save_state(&self) -> Result<Vec<u8>> {
@@ -515,6 +539,44 @@ mod tests {
         assert!(t > 0.0 && t < 2.0, "turnover {t}");
         assert_eq!(env.stat_names()[0], TURNOVER_STAT);
         assert_eq!(env.stat_names().last().unwrap(), "reward_share.divers");
+    }
+
+    #[test]
+    fn cost_scale_removes_that_share_of_the_cost_term() {
+        assert_eq!(crate::reward::COMPONENT_NAMES[COST], "cost");
+        let (mut full, _) = make();
+        let (mut ramped, _) = make();
+        full.reset(3).unwrap();
+        ramped.reset(3).unwrap();
+        let mut traded = false;
+        for (i, scale) in [1.0, 0.0, 0.25, 1.0]
+            .into_iter()
+            .cycle()
+            .take(24)
+            .enumerate()
+        {
+            ramped.set_cost_scale(scale);
+            let actions = legal_actions(&full, i);
+            let want = full.step(&actions).unwrap().rewards;
+            let got = ramped.step(&actions).unwrap().rewards;
+            let out = full.inner_mut().outputs().clone();
+            let w_cost = full.inner_mut().layout().params.reward.w[COST];
+            for (r, ((g, w), c)) in got
+                .iter()
+                .zip(&want)
+                .zip(out.components.chunks_exact(N_COMPONENTS))
+                .enumerate()
+            {
+                if scale == 1.0 {
+                    assert_eq!(g.to_bits(), w.to_bits(), "row {r}: scale 1 passes through");
+                } else {
+                    let expect = f64::from(*w) - (1.0 - scale) * w_cost * f64::from(c[COST]);
+                    assert!((f64::from(*g) - expect).abs() <= 1e-6 * expect.abs().max(1e-6));
+                    traded |= c[COST] != 0.0;
+                }
+            }
+        }
+        assert!(traded, "some step paid costs");
     }
 
     #[test]

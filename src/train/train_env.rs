@@ -74,6 +74,10 @@ pub trait TrainEnv {
     fn load_state(&mut self, _state: &[u8]) -> Result<()> {
         Err(Error::invalid("this environment cannot load a state"))
     }
+    /// Scale the weight of the reward's cost term by `scale` in `[0, 1]` from the next step on
+    /// (the trainer's cost curriculum, `ppo.cost_ramp_frac`). Environments without a cost term
+    /// ignore it (the default).
+    fn set_cost_scale(&mut self, _scale: f64) {}
     /// Names of the statistics [`TrainEnv::drain_stats`] reports, in column order (CSV header).
     fn stat_names(&self) -> Vec<String> {
         Vec::new()
