@@ -28,6 +28,27 @@ use crate::features::{Features, WARMUP};
 use crate::market::Market;
 use crate::rng::SplitMix64;
 
+/// `synth`'s market with `s` symbols, long enough for the train period of `setup` to hold full
+/// episodes (WARMUP + episode_len + 2 bars after the split; episodes auto-reset, so the timed
+/// steps are not limited by the data), and its features. Shared by [`EnvBench`] and the suite.
+pub(crate) fn market(
+    setup: &EnvSetup,
+    synth: &SyntheticConfig,
+    s: usize,
+) -> (Arc<crate::data::MarketData>, Arc<Features>) {
+    let need = ((WARMUP + setup.env.episode_len + 2) as f64 / setup.env.train_fraction).ceil()
+        as usize
+        + 1;
+    let synth = SyntheticConfig {
+        symbols: s,
+        bars: synth.bars.max(need),
+        ..synth.clone()
+    };
+    let md = Arc::new(crate::data::generate(&synth, "SPY"));
+    let features = Arc::new(Features::compute(&md));
+    (md, features)
+}
+
 /// Logical CPUs and CPU model of this machine (for reports).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Machine {
@@ -112,19 +133,8 @@ impl EnvBench {
         }
         let mut setup = setup.clone();
         setup.env.scenarios = n;
-        // Enough bars for the train period to hold full episodes (WARMUP + episode_len + 2)
-        // after the split; episodes auto-reset, so the timed steps are not limited by the data.
-        let need = ((WARMUP + setup.env.episode_len + 2) as f64 / setup.env.train_fraction).ceil()
-            as usize
-            + 1;
-        let synth = SyntheticConfig {
-            symbols: s,
-            bars: synth.bars.max(need),
-            ..synth.clone()
-        };
         let t = Instant::now();
-        let md = Arc::new(crate::data::generate(&synth, "SPY"));
-        let features = Arc::new(Features::compute(&md));
+        let (md, features) = market(&setup, synth, s);
         let prep_seconds = t.elapsed().as_secs_f64();
         let mut env = VecEnv::new(&setup, md, features, Period::Train, backend)?;
         env.reset(1)?;

@@ -33,8 +33,10 @@
 //! `reward_terms_share_one_scale_at_the_design_weights` measures the weighted reward terms of
 //! three scripted policies on the same market (docs/env-spec.md §5 has the table).
 
+mod envkit;
+
 use marl_trade::env::obs::{DYN_OBS, POSITION, SENT_MACRO};
-use marl_trade::env::{BackendKind, N_ACTIONS, Period, VecEnv};
+use marl_trade::env::{N_ACTIONS, Period};
 use marl_trade::eval::{
     AgentPolicy, BacktestOptions, BacktestPolicy, Baseline, EvalReport, PolicyView, evaluate_policy,
 };
@@ -293,50 +295,15 @@ fn term_scale(policy: Scripted) -> TermScale {
     let root = env!("CARGO_MANIFEST_DIR");
     let cfg = Config::from_file(format!("{root}/configs/signal.toml")).unwrap();
     let market = Market::from_data(data::generate(&cfg.data.synthetic, &cfg.data.benchmark));
-    let setup = cfg.env_setup();
-    let w = setup.reward.weights();
-    let mut env = VecEnv::new(
-        &setup,
-        market.data.clone(),
-        market.features.clone(),
-        Period::Train,
-        BackendKind::Cpu,
-    )
-    .unwrap();
-    env.reset(5).unwrap();
-    let (n, s) = (env.n_scenarios(), env.n_symbols());
-    let (mut obs, mut mask) = (vec![0f32; n * s * DYN_OBS], vec![0u8; n * s * N_ACTIONS]);
-    let (mut acts, master) = (vec![0u8; n * s], vec![cfg.master.default_action as u8; n]);
-    let (mut sum, mut abs, mut sq) = (
-        [0f64; N_COMPONENTS],
-        [0f64; N_COMPONENTS],
-        [0f64; N_COMPONENTS],
-    );
-    let (mut master_abs, mut count) = (0f64, 0f64);
     let mut rng = marl_trade::rng::SplitMix64::new(11);
-    for _ in 0..1024 {
-        env.dyn_obs(&mut obs).unwrap();
-        env.action_mask(&mut mask).unwrap();
-        for (i, a) in acts.iter_mut().enumerate() {
-            let o = &obs[i * DYN_OBS..(i + 1) * DYN_OBS];
-            *a = policy.act(o, &mask[i * N_ACTIONS..(i + 1) * N_ACTIONS], rng.next_u64());
-        }
-        let out = env.step(&acts, &master).unwrap();
-        for comps in out.components.chunks_exact(N_COMPONENTS) {
-            for c in 0..N_COMPONENTS {
-                let v = w[c] * comps[c] as f64;
-                sum[c] += v;
-                abs[c] += v.abs();
-                sq[c] += v * v;
-            }
-            count += 1.0;
-        }
-        master_abs += out
-            .master_reward
-            .iter()
-            .map(|r| r.abs() as f64)
-            .sum::<f64>();
-    }
+    let envkit::TermSums {
+        sum,
+        abs,
+        sq,
+        master_abs,
+        count,
+        symbols: s,
+    } = envkit::play_terms(&cfg, &market, 1024, |o, m| policy.act(o, m, rng.next_u64()));
     let total_abs: f64 = abs.iter().sum();
     let total_sum: f64 = sum.iter().map(|v| v.abs()).sum();
     TermScale {

@@ -3,48 +3,18 @@
 //! flat on real prices"; `examples/reward_terms.rs` prints the same table).
 
 use marl_trade::Config;
-use marl_trade::env::obs::DYN_OBS;
-use marl_trade::env::{BackendKind, N_ACTIONS, Period, VecEnv};
 use marl_trade::market::Market;
 use marl_trade::reward::{COMPONENT_NAMES, N_COMPONENTS};
+
+mod envkit;
 
 /// Mean weighted reward terms per symbol-step of a scripted policy on the train bars (16 scenarios
 /// x 8 episodes): `carry` buys the largest size whenever allowed and never sells; otherwise HOLD.
 fn terms(cfg: &Config, market: &Market, carry: bool) -> [f64; N_COMPONENTS] {
-    let setup = cfg.env_setup();
-    let w = setup.reward.weights();
-    let mut env = VecEnv::new(
-        &setup,
-        market.data.clone(),
-        market.features.clone(),
-        Period::Train,
-        BackendKind::Cpu,
-    )
-    .unwrap();
-    env.reset(5).unwrap();
-    let (n, s) = (env.n_scenarios(), env.n_symbols());
-    let (mut obs, mut mask) = (vec![0f32; n * s * DYN_OBS], vec![0u8; n * s * N_ACTIONS]);
-    let (mut acts, master) = (vec![0u8; n * s], vec![cfg.master.default_action as u8; n]);
-    let (mut sum, mut count) = ([0f64; N_COMPONENTS], 0f64);
-    for _ in 0..8 * cfg.env.episode_len {
-        env.dyn_obs(&mut obs).unwrap();
-        env.action_mask(&mut mask).unwrap();
-        for (i, a) in acts.iter_mut().enumerate() {
-            *a = if carry && mask[i * N_ACTIONS + 3] != 0 {
-                3
-            } else {
-                0
-            };
-        }
-        let out = env.step(&acts, &master).unwrap();
-        for comps in out.components.chunks_exact(N_COMPONENTS) {
-            for c in 0..N_COMPONENTS {
-                sum[c] += w[c] * comps[c] as f64;
-            }
-            count += 1.0;
-        }
-    }
-    sum.map(|v| v / count)
+    let t = envkit::play_terms(cfg, market, 8 * cfg.env.episode_len, |_, mask| {
+        if carry && mask[3] != 0 { 3 } else { 0 }
+    });
+    t.sum.map(|v| v / t.count)
 }
 
 fn line(label: &str, t: &[f64; N_COMPONENTS]) -> String {

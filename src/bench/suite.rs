@@ -25,12 +25,12 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::Machine;
+use super::{Machine, market};
 use crate::data::SyntheticConfig;
 use crate::env::obs::OBS_DIM;
 use crate::env::{BackendKind, EnvSetup, MASTER_ACTIONS, N_ACTIONS, Period, VecEnv};
 use crate::error::{Error, Result};
-use crate::features::{Features, WARMUP};
+use crate::features::Features;
 use crate::rng::SplitMix64;
 
 /// The scenario counts of the matrix.
@@ -153,25 +153,6 @@ impl SuiteCase {
             1e3 * self.host_seconds / self.steps as f64,
         )
     }
-}
-
-/// Synthetic market of `s` symbols long enough for full episodes in the train period.
-fn market(
-    setup: &EnvSetup,
-    synth: &SyntheticConfig,
-    s: usize,
-) -> (Arc<crate::data::MarketData>, Arc<Features>) {
-    let need = ((WARMUP + setup.env.episode_len + 2) as f64 / setup.env.train_fraction).ceil()
-        as usize
-        + 1;
-    let synth = SyntheticConfig {
-        symbols: s,
-        bars: synth.bars.max(need),
-        ..synth.clone()
-    };
-    let md = Arc::new(crate::data::generate(&synth, "SPY"));
-    let f = Arc::new(Features::compute(&md));
-    (md, f)
 }
 
 /// Run the matrix of `opts` on `setup`'s environment over `synth`'s market (its symbol count

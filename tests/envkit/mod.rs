@@ -6,8 +6,12 @@ use std::sync::Arc;
 
 use marl_trade::config::Config;
 use marl_trade::data::{MACRO, MarketData};
+use marl_trade::env::N_ACTIONS;
+use marl_trade::env::obs::DYN_OBS;
 use marl_trade::env::{BackendKind, Period, VecEnv};
 use marl_trade::features::Features;
+use marl_trade::market::Market;
+use marl_trade::reward::N_COMPONENTS;
 use marl_trade::rng::SplitMix64;
 
 /// A random-walk market: S symbols + benchmark, T bars, P paths, valid OHLCV.
@@ -91,4 +95,80 @@ pub fn masked_actions(r: &mut SplitMix64, mask: &[u8]) -> Vec<u8> {
             allowed[r.below(allowed.len() as u64) as usize]
         })
         .collect()
+}
+
+/// The weighted reward terms a scripted policy collects (sums over symbol-steps).
+pub struct TermSums {
+    /// Sum of each weighted term.
+    pub sum: [f64; N_COMPONENTS],
+    /// Sum of each weighted term's absolute value.
+    pub abs: [f64; N_COMPONENTS],
+    /// Sum of each weighted term's square.
+    pub sq: [f64; N_COMPONENTS],
+    /// Sum of the master reward's absolute value over scenario-steps.
+    pub master_abs: f64,
+    /// Symbol-steps counted.
+    pub count: f64,
+    /// Symbols S.
+    pub symbols: usize,
+}
+
+/// Play `steps` steps of `cfg`'s environment (CPU backend, reset seed 5, the master at
+/// `master.default_action`) on `market`'s train bars, each symbol acting
+/// `act(its dynamic observation, its mask)`, and sum the weighted reward terms (the weights of
+/// `cfg`'s `[reward]`).
+pub fn play_terms(
+    cfg: &Config,
+    market: &Market,
+    steps: usize,
+    mut act: impl FnMut(&[f32], &[u8]) -> u8,
+) -> TermSums {
+    let setup = cfg.env_setup();
+    let w = setup.reward.weights();
+    let mut env = VecEnv::new(
+        &setup,
+        market.data.clone(),
+        market.features.clone(),
+        Period::Train,
+        BackendKind::Cpu,
+    )
+    .unwrap();
+    env.reset(5).unwrap();
+    let (n, s) = (env.n_scenarios(), env.n_symbols());
+    let (mut obs, mut mask) = (vec![0f32; n * s * DYN_OBS], vec![0u8; n * s * N_ACTIONS]);
+    let (mut acts, master) = (vec![0u8; n * s], vec![cfg.master.default_action as u8; n]);
+    let mut t = TermSums {
+        sum: [0.0; N_COMPONENTS],
+        abs: [0.0; N_COMPONENTS],
+        sq: [0.0; N_COMPONENTS],
+        master_abs: 0.0,
+        count: 0.0,
+        symbols: s,
+    };
+    for _ in 0..steps {
+        env.dyn_obs(&mut obs).unwrap();
+        env.action_mask(&mut mask).unwrap();
+        for (i, a) in acts.iter_mut().enumerate() {
+            *a = act(
+                &obs[i * DYN_OBS..(i + 1) * DYN_OBS],
+                &mask[i * N_ACTIONS..(i + 1) * N_ACTIONS],
+            );
+        }
+        let out = env.step(&acts, &master).unwrap();
+        for comps in out.components.chunks_exact(N_COMPONENTS) {
+            for c in 0..N_COMPONENTS {
+                let v = w[c] * comps[c] as f64;
+                t.sum[c] += v;
+                t.abs[c] += v.abs();
+                t.sq[c] += v * v;
+            }
+            t.count += 1.0;
+        }
+        t.master_abs += out
+            .master_reward
+            .iter()
+            .map(|r| r.abs() as f64)
+            .sum::<f64>();
+    }
+    t
 }
