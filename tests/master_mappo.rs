@@ -21,7 +21,6 @@
 
 use std::sync::Arc;
 
-use marl_trade::agents::master::MasterNetConfig;
 use marl_trade::config::Config;
 use marl_trade::data::{SyntheticConfig, synthetic::generate_with_regimes};
 use marl_trade::env::{BackendKind, MASTER_ACTIONS, Period, VecEnv};
@@ -72,14 +71,7 @@ fn run(warning: bool) -> Outcome {
         seed: 3,
         ..MasterPpoConfig::default()
     };
-    let mut trainer = MasterPpo::new(
-        mcfg,
-        &MasterNetConfig::default(),
-        train_env,
-        CapFollower::default(),
-        11,
-    )
-    .unwrap();
+    let mut trainer = MasterPpo::new(mcfg, train_env, CapFollower::default(), 11).unwrap();
     let metrics = trainer.train(None).unwrap();
     for m in metrics.iter().step_by(20).chain(metrics.last()) {
         eprintln!(
@@ -249,14 +241,7 @@ fn master_ppo_logs_its_losses_and_is_deterministic() {
             minibatches: 2,
             ..MasterPpoConfig::default()
         };
-        let mut t = MasterPpo::new(
-            mcfg,
-            &MasterNetConfig::default(),
-            env,
-            CapFollower::default(),
-            1,
-        )
-        .unwrap();
+        let mut t = MasterPpo::new(mcfg, env, CapFollower::default(), 1).unwrap();
         let m = t.train(path).unwrap();
         let x = marl_trade::train::mappo::MasterPpo::<CapFollower>::net(&t)
             .forward(
