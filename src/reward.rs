@@ -383,7 +383,10 @@ pub fn master_reward(
         0.0
     };
     (
-        p.master_w[0] * d + p.master_w[1] * divers + p.master_w[2] * excess + p.master_w[3] * drawdown,
+        p.master_w[0] * d
+            + p.master_w[1] * divers
+            + p.master_w[2] * excess
+            + p.master_w[3] * drawdown,
         a1,
         b1,
     )

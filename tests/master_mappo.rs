@@ -153,6 +153,15 @@ fn run(warning: bool) -> Outcome {
         "  directive mode by hidden regime (bull, bear, crisis) x (def, neu, agg): {:?}",
         master.mode_by_label
     );
+    let mut top: Vec<(usize, usize)> = master
+        .directive_counts
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|&(_, c)| c > 0)
+        .collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1));
+    eprintln!("  directives played (index, decisions): {top:?}");
     let best_sharpe = fixed
         .iter()
         .enumerate()
@@ -178,8 +187,8 @@ fn run(warning: bool) -> Outcome {
 }
 
 #[test]
-#[ignore = "fails at present (the learned master settles on one directive; figures in docs/training.md, \
-            \"The portfolio master\"); about 4 minutes"]
+#[ignore = "fails at present (the learned master settles on one directive, with or without the warning; \
+            figures in docs/training.md, \"The portfolio master\"); about 1.5 minutes"]
 fn learned_master_cuts_held_out_drawdown_only_with_the_warning() {
     let on = run(true);
     let off = run(false);

@@ -119,6 +119,9 @@ pub struct MasterEvalReport {
     pub regime_source: &'static str,
     /// The labels' names, in label order.
     pub regime_names: Vec<&'static str>,
+    /// The directive grid's per-position caps (`master.position_caps`), to show the decisions by
+    /// cap.
+    pub position_caps: Vec<f64>,
 }
 
 /// The regime mode names of the directive grid, in order (`m % 3`, docs/env-spec.md §3).
@@ -145,7 +148,7 @@ impl MasterEvalReport {
         }
         if let Some((name, e)) = self.rows.first() {
             out.push_str(&format!(
-                "directives of `{name}` by {} (decisions; regime-mode shares; most chosen directives):\n",
+                "directives of `{name}` by {} (decisions; regime-mode shares; cap shares; most chosen directives):\n",
                 self.regime_source
             ));
             for (l, counts) in e.directive_by_label.iter().enumerate() {
@@ -168,14 +171,28 @@ impl MasterEvalReport {
                     .take(3)
                     .map(|(m, c)| format!("{m} ({:.0}%)", 100.0 * *c as f64 / total as f64))
                     .collect();
+                // Directive m has cap index (m / 3) % 4 (docs/env-spec.md §3).
+                let caps: Vec<String> = self
+                    .position_caps
+                    .iter()
+                    .enumerate()
+                    .map(|(ci, c)| {
+                        let k: usize = (0..MASTER_ACTIONS)
+                            .filter(|m| (m / 3) % 4 == ci)
+                            .map(|m| counts[m])
+                            .sum();
+                        format!("cap {c} {:.0}%", 100.0 * k as f64 / total as f64)
+                    })
+                    .collect();
                 out.push_str(&format!(
-                    "  {lname:<8} {total:>6}; {} {:.0}%, {} {:.0}%, {} {:.0}%; {}\n",
+                    "  {lname:<8} {total:>6}; {} {:.0}%, {} {:.0}%, {} {:.0}%; {}; {}\n",
                     MODE_NAMES[0],
                     100.0 * modes[0] as f64 / total as f64,
                     MODE_NAMES[1],
                     100.0 * modes[1] as f64 / total as f64,
                     MODE_NAMES[2],
                     100.0 * modes[2] as f64 / total as f64,
+                    caps.join(", "),
                     top.join(", ")
                 ));
             }
@@ -284,5 +301,6 @@ pub fn evaluate_master_run(opts: &MasterEvalOptions) -> Result<MasterEvalReport>
         ],
         regime_source,
         regime_names,
+        position_caps: cfg.master.position_caps.clone(),
     })
 }
