@@ -160,7 +160,7 @@ fn run(warning: bool) -> Outcome {
         .enumerate()
         .filter(|&(_, c)| c > 0)
         .collect();
-    top.sort_by(|a, b| b.1.cmp(&a.1));
+    top.sort_by_key(|b| std::cmp::Reverse(b.1));
     eprintln!("  directives played (index, decisions): {top:?}");
     let best_sharpe = fixed
         .iter()
