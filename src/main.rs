@@ -82,8 +82,8 @@ enum Command {
     /// Play a trained checkpoint deterministically on held-out bars, next to the baselines.
     Eval(EvalArgs),
     /// Train the portfolio master with MAPPO (`[master_ppo]`) on the train period, the symbol
-    /// agents held fixed (the scripted cap follower); master checkpoints in DIR/master, metrics in
-    /// DIR/master_metrics.jsonl.
+    /// agents held fixed (the scripted cap follower, or `--symbols CHECKPOINT`); master
+    /// checkpoints in DIR/master, metrics in DIR/master_metrics.jsonl.
     TrainMaster(TrainMasterArgs),
     /// Backtest the scripted baselines and print their metrics.
     Backtest(BacktestArgs),
@@ -306,6 +306,10 @@ struct TrainMasterArgs {
     /// Checkpoint every this many iterations (and after the last one).
     #[arg(long, default_value_t = 10)]
     save_every: usize,
+    /// The symbol agents: a symbol checkpoint or run directory (`marl-trade train`) whose policy
+    /// plays greedily; default the scripted cap follower. A resume uses the recorded one.
+    #[arg(long)]
+    symbols: Option<PathBuf>,
 }
 
 /// How training runs go (`train` and `ablate`).
@@ -617,6 +621,7 @@ fn train_master(cfg: &Config, args: &TrainMasterArgs) -> Result<()> {
         force: args.force,
         max_iterations: args.iterations,
         save_every: args.save_every,
+        symbols: args.symbols.clone(),
         ..MasterTrainOptions::new(&args.out)
     };
     let rep = run::train_master(cfg, &market, &opts)?;

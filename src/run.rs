@@ -19,7 +19,8 @@ A run lives in one directory (`--out`):
 ```
 
 [`train_master`] trains the portfolio master with MAPPO while the symbol agents are held fixed
-(the scripted `train::mappo::CapFollower`; a trained symbol policy is not wired in): the same
+(the scripted `train::mappo::CapFollower`, or with `--symbols` a trained symbol checkpoint played
+greedily, `train::mappo::PolicyDriver`, recorded in `<run>/master_symbols.txt`): the same
 `config.toml` beside it, master checkpoints under `master/` switched by `master/latest` like the
 symbol checkpoints, `--resume` bit-identical, its metrics file truncated to the checkpoint's
 iteration first.
@@ -55,7 +56,7 @@ use crate::env::{BackendKind, Period, VecEnv};
 use crate::error::{Error, ErrorKind, Result};
 pub use crate::market::Market;
 use crate::train::checkpoint;
-use crate::train::mappo::{self, CapFollower, MasterMetrics, MasterPpo};
+use crate::train::mappo::{self, CapFollower, MasterMetrics, MasterPpo, PolicyDriver, Symbols};
 use crate::train::metrics::{Metrics, MetricsWriter, read_metrics};
 pub use crate::train::setup::{build_env, build_policy};
 use crate::train::signals::{self, SignalReport, SignalThresholds};
@@ -465,6 +466,9 @@ pub fn latest_checkpoint(out: &Path) -> Result<PathBuf> {
 pub const MASTER_DIR: &str = "master";
 /// The master's per-iteration metrics, one JSON object a line.
 pub const MASTER_METRICS_JSONL: &str = "master_metrics.jsonl";
+/// In a run whose master was trained over a trained symbol policy: that symbol checkpoint's
+/// directory, one line (absent: the scripted cap follower).
+pub const MASTER_SYMBOLS_FILE: &str = "master_symbols.txt";
 
 /// How to run [`train_master`].
 #[derive(Debug, Clone)]
@@ -479,6 +483,10 @@ pub struct MasterTrainOptions {
     pub max_iterations: Option<usize>,
     /// Write a checkpoint every this many iterations (and always after the last one run now).
     pub save_every: usize,
+    /// The symbol agents: a symbol checkpoint or run directory (`run::resolve_checkpoint`) whose
+    /// policy plays greedily (`train::mappo::PolicyDriver`); `None`: the scripted cap follower.
+    /// Recorded in the run ([`MASTER_SYMBOLS_FILE`]); a resume uses the recorded one.
+    pub symbols: Option<PathBuf>,
 }
 
 impl MasterTrainOptions {
@@ -490,8 +498,37 @@ impl MasterTrainOptions {
             force: false,
             max_iterations: None,
             save_every: 10,
+            symbols: None,
         }
     }
+}
+
+/// The symbol agents the master of run `out` trains and plays with: the symbol checkpoint named in
+/// its [`MASTER_SYMBOLS_FILE`] (its symbols checked against `market`'s), else the cap follower.
+pub fn master_symbols(out: &Path, market: &Market) -> Result<Symbols> {
+    let f = out.join(MASTER_SYMBOLS_FILE);
+    if !f.is_file() {
+        return Ok(Symbols::CapFollower(CapFollower::default()));
+    }
+    let text = std::fs::read_to_string(&f).map_err(|e| Error::io(&f, e))?;
+    let dir = PathBuf::from(text.trim());
+    let names = dir.join(SYMBOLS_FILE);
+    if names.is_file() {
+        let text = std::fs::read_to_string(&names).map_err(|e| Error::io(&names, e))?;
+        if !text
+            .lines()
+            .eq(market.data.symbols.iter().map(String::as_str))
+        {
+            return Err(Error::new(
+                ErrorKind::SymbolMismatch,
+                "the symbol checkpoint was trained on other symbols than this data's",
+            )
+            .with_file(&names));
+        }
+    }
+    Ok(Symbols::Policy(Box::new(PolicyDriver::from_checkpoint(
+        &dir, market,
+    )?)))
 }
 
 /// What [`train_master`] did.
@@ -542,9 +579,29 @@ pub fn train_master(
         Period::Train,
         BackendKind::Cpu,
     )?;
+    let sym_file = out.join(MASTER_SYMBOLS_FILE);
+    let given = opts
+        .symbols
+        .as_deref()
+        .map(resolve_checkpoint)
+        .transpose()?;
     let mut trainer = if opts.resume {
         let dir = latest_master_checkpoint(out)?;
-        let t = MasterPpo::resume(&dir, env, CapFollower::default())?;
+        if let Some(g) = &given {
+            let recorded = std::fs::read_to_string(&sym_file).unwrap_or_default();
+            if recorded.trim() != g.display().to_string() {
+                return Err(Error::new(
+                    ErrorKind::RunMismatch,
+                    format!(
+                        "the master was trained with other symbol agents than {} (resume without \
+                         --symbols)",
+                        g.display()
+                    ),
+                )
+                .with_file(&sym_file));
+            }
+        }
+        let t = MasterPpo::resume(&dir, env, master_symbols(out, market)?)?;
         if *t.config() != cfg.master_ppo {
             return Err(Error::new(
                 ErrorKind::RunMismatch,
@@ -579,7 +636,7 @@ pub fn train_master(
             )
             .with_file(out));
         }
-        for p in [&root, &metrics_path] {
+        for p in [&root, &metrics_path, &sym_file] {
             if p.is_dir() {
                 std::fs::remove_dir_all(p).map_err(|e| Error::io(p, e))?;
             } else if p.exists() {
@@ -590,10 +647,13 @@ pub fn train_master(
         if !cfg_path.exists() {
             crate::atomic::write(&cfg_path, cfg.to_toml_string().as_bytes())?;
         }
+        if let Some(g) = &given {
+            crate::atomic::write(&sym_file, format!("{}\n", g.display()).as_bytes())?;
+        }
         MasterPpo::new(
             cfg.master_ppo.clone(),
             env,
-            CapFollower::default(),
+            master_symbols(out, market)?,
             cfg.master_ppo.seed,
         )?
     };
@@ -629,7 +689,7 @@ pub fn train_master(
 
 /// Write a master checkpoint under `root` (`<run>/master`), switch `latest` to it, keep the
 /// newest [`KEEP_CHECKPOINTS`].
-fn save_master_checkpoint(t: &MasterPpo<CapFollower>, root: &Path) -> Result<PathBuf> {
+fn save_master_checkpoint(t: &MasterPpo<Symbols>, root: &Path) -> Result<PathBuf> {
     let name = format!("iter-{:06}", t.iteration());
     let dir = root.join(&name);
     t.save(&dir)?;

@@ -339,3 +339,103 @@ fn cli_train_master_and_eval_master() {
         assert!(stderr.contains(says), "{stderr}");
     }
 }
+
+/// The master over a trained symbol policy (`train-master --symbols RUN`): the policy plays
+/// greedily and gives its own intents; the run records it, resumes bit-identically with it, and
+/// evaluates with it; a resume with other symbol agents is refused.
+#[test]
+fn master_over_a_trained_symbol_policy() {
+    let cfg = config(32);
+    let market = Market::load(&cfg.data).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sym = dir.path().join("symbols");
+    run::train(
+        &cfg,
+        &market,
+        &run::TrainOptions {
+            max_iterations: Some(1),
+            ..run::TrainOptions::new(&sym)
+        },
+    )
+    .unwrap();
+    let mut three = cfg.clone();
+    three.master_ppo.iterations = 3;
+    let go = |out: &Path, resume: bool, max: Option<usize>| {
+        run::train_master(
+            &three,
+            &market,
+            &MasterTrainOptions {
+                resume,
+                max_iterations: max,
+                save_every: 1,
+                symbols: if resume { None } else { Some(sym.clone()) },
+                ..MasterTrainOptions::new(out)
+            },
+        )
+        .unwrap()
+    };
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let ra = go(&a, false, None);
+    go(&b, false, Some(1));
+    go(&b, true, None);
+    let recorded = std::fs::read_to_string(a.join(run::MASTER_SYMBOLS_FILE)).unwrap();
+    assert!(recorded.contains("symbols"), "{recorded}");
+    let (ca, cb) = (
+        run::latest_master_checkpoint(&a).unwrap(),
+        run::latest_master_checkpoint(&b).unwrap(),
+    );
+    for f in [
+        MASTER_MODEL_FILE,
+        MASTER_OPTIMIZER_FILE,
+        mappo::MASTER_ENV_FILE,
+    ] {
+        assert!(
+            read(ca.join(f)) == read(cb.join(f)),
+            "{f} differs after resume"
+        );
+    }
+    assert_eq!(
+        read(a.join(run::MASTER_METRICS_JSONL)),
+        read(b.join(run::MASTER_METRICS_JSONL))
+    );
+    // The symbol policy, not the cap follower, played: its training differs from the cap
+    // follower's under the same configuration.
+    let cap = dir.path().join("cap");
+    let rc = run::train_master(&three, &market, &MasterTrainOptions::new(&cap)).unwrap();
+    assert_ne!(ra.metrics, rc.metrics);
+    let rep = evaluate_master_run(&MasterEvalOptions::new(&a, MasterChoice::Learned)).unwrap();
+    assert!(rep.rows[0].1.bars > 0);
+    // A resume that names other symbol agents is refused.
+    let sym2 = dir.path().join("symbols2");
+    run::train(
+        &cfg,
+        &market,
+        &run::TrainOptions {
+            max_iterations: Some(1),
+            ..run::TrainOptions::new(&sym2)
+        },
+    )
+    .unwrap();
+    let e = run::train_master(
+        &three,
+        &market,
+        &MasterTrainOptions {
+            resume: true,
+            symbols: Some(sym2),
+            ..MasterTrainOptions::new(&a)
+        },
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::RunMismatch, "{e}");
+    // A directory that is no symbol checkpoint is refused when the master starts.
+    let e = run::train_master(
+        &three,
+        &market,
+        &MasterTrainOptions {
+            symbols: Some(cap.clone()),
+            ..MasterTrainOptions::new(dir.path().join("c"))
+        },
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Checkpoint, "{e}");
+}

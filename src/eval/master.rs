@@ -5,7 +5,8 @@ Evaluating the portfolio master, as `marl-trade eval --master learned|fixed:<m>`
 `run::latest_master_checkpoint`, greedy: the most probable directive at each decision) or
 `fixed:<m>` (directive `m` of the 48 throughout). [`evaluate_master_run`] plays it on a run that
 holds a master (`marl-trade train-master`) with the symbol agents the master was trained with (the
-scripted `train::mappo::CapFollower`), one decision every `master_ppo.decision_interval` bars, over
+scripted `train::mappo::CapFollower`, or the run's symbol checkpoint, `run::master_symbols`), one
+decision every `master_ppo.decision_interval` bars, over
 one episode per scenario spanning the chosen period (`env.scenarios` scenarios, their paths drawn
 by the seed), next to the default directive (`master.default_action`) on the same episodes, and
 reports Sharpe (with its standard error), mean and worst episode max drawdown and total return
@@ -27,7 +28,7 @@ use crate::data::{DataSource, synthetic};
 use crate::env::{BackendKind, MASTER_ACTIONS, Period, VecEnv};
 use crate::error::{Error, ErrorKind, Result};
 use crate::market::Market;
-use crate::train::mappo::{self, CapFollower, MasterEval, MasterPlay};
+use crate::train::mappo::{self, MasterEval, MasterPlay};
 
 /// Who plays the master (module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,7 +270,7 @@ pub fn evaluate_master_run(opts: &MasterEvalOptions) -> Result<MasterEvalReport>
         opts.period,
         BackendKind::Cpu,
     )?;
-    let mut driver = CapFollower::default();
+    let mut driver = crate::run::master_symbols(&opts.run, &market)?;
     let play = match (&loaded, opts.choice) {
         (Some((_, net, _)), _) => MasterPlay::Greedy(net),
         (None, MasterChoice::Fixed(m)) => MasterPlay::Fixed(m),

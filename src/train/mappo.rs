@@ -51,10 +51,12 @@ use super::train_env::{ResumableRng, RngState};
 use super::value_norm::ValueNorm;
 use crate::agents::dist::MaskedCategorical;
 use crate::agents::init::named_vars;
-use crate::agents::master::{MasterNet, MasterNetConfig};
+use crate::agents::master::{MasterNet, MasterNetConfig, SymbolIntents};
+use crate::agents::{ActorCritic, AgentSpec, SymbolObs, SymbolPolicy};
 use crate::env::master_obs::{MASTER_INTENTS, MASTER_OBS, MasterAnchor};
 use crate::env::{MASTER_ACTIONS, N_ACTIONS, Snapshot, VecEnv, logic, obs};
 use crate::error::{Error, Result};
+use crate::market::Market;
 
 /// The master trainer's hyperparameters (defaults: the MAPPO reference's where it has one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -229,6 +231,116 @@ impl SymbolDriver for CapFollower {
             }
         }
         Ok(())
+    }
+}
+
+/// A trained symbol policy as the master's fixed symbol agents: greedy (the most probable action
+/// the mask allows, the first of equal ones), its intents the policy's own under the mask
+/// ([`SymbolIntents::from_logits`]: mean action probabilities, buy and sell fractions of the
+/// argmax, mean entropy). Deterministic, and it keeps no state between calls.
+pub struct PolicyDriver {
+    policy: SymbolPolicy,
+    dyn_obs: Vec<f32>,
+    mask: Vec<u8>,
+    index: Vec<u32>,
+}
+
+impl PolicyDriver {
+    /// The policy of symbol checkpoint directory `dir` (`model.safetensors` + `state.json`, as
+    /// `marl-trade train` writes them) over `market`; its symbols must be the market's (count
+    /// checked here, names by the caller when it has them).
+    pub fn from_checkpoint(dir: &Path, market: &Market) -> Result<Self> {
+        let spec: AgentSpec = checkpoint::read_policy_config(dir)?;
+        if spec.dims.symbols != market.data.n_symbols() {
+            return Err(Error::new(
+                crate::error::ErrorKind::SymbolMismatch,
+                format!(
+                    "the symbol checkpoint's agent has {} symbols, the data {}",
+                    spec.dims.symbols,
+                    market.data.n_symbols()
+                ),
+            )
+            .with_file(dir));
+        }
+        let (policy, vm) =
+            super::setup::build_policy(&spec.config, spec.dims, market, 0, &Device::Cpu)?;
+        checkpoint::load_params(&vm, &dir.join(checkpoint::MODEL_FILE))?;
+        Ok(Self {
+            policy,
+            dyn_obs: Vec::new(),
+            mask: Vec::new(),
+            index: Vec::new(),
+        })
+    }
+}
+
+impl SymbolDriver for PolicyDriver {
+    fn act(
+        &mut self,
+        env: &mut VecEnv,
+        _master: &[u8],
+        actions: &mut [u8],
+        intents: &mut [f32],
+    ) -> Result<()> {
+        let (n, s) = (env.n_scenarios(), env.n_symbols());
+        self.dyn_obs.resize(n * s * obs::DYN_OBS, 0.0);
+        self.mask.resize(n * s * N_ACTIONS, 0);
+        self.index.resize(2 * n, 0);
+        env.dyn_obs(&mut self.dyn_obs)?;
+        env.action_mask(&mut self.mask)?;
+        env.obs_index(&mut self.index)?;
+        let dev = self.policy.device().clone();
+        let sobs = SymbolObs {
+            keys: self.index.chunks_exact(2).map(|k| (k[0], k[1])).collect(),
+            dyn_obs: Tensor::from_slice(&self.dyn_obs, (n, s, obs::DYN_OBS), &dev)?,
+        };
+        let (logits, _) = self.policy.forward_inference(&sobs)?;
+        let logits = logits
+            .to_dtype(candle_core::DType::F32)?
+            .reshape((n * s, N_ACTIONS))?;
+        let mask = Tensor::from_slice(&self.mask, (n * s, N_ACTIONS), &dev)?;
+        let it = SymbolIntents::from_logits(&logits, Some(&mask), s)?;
+        intents.copy_from_slice(&it.values);
+        let l = logits.to_vec2::<f32>()?;
+        for ((a, row), m) in actions
+            .iter_mut()
+            .zip(&l)
+            .zip(self.mask.chunks_exact(N_ACTIONS))
+        {
+            let mut best = 0usize;
+            let mut best_v = f32::NEG_INFINITY;
+            for (k, (&v, &ok)) in row.iter().zip(m).enumerate() {
+                if ok != 0 && v > best_v {
+                    (best, best_v) = (k, v);
+                }
+            }
+            *a = best as u8;
+        }
+        Ok(())
+    }
+}
+
+/// The symbol agents a master trains and plays with: the scripted [`CapFollower`] or a trained
+/// policy ([`PolicyDriver`]).
+pub enum Symbols {
+    /// The scripted cap follower.
+    CapFollower(CapFollower),
+    /// A trained symbol policy.
+    Policy(Box<PolicyDriver>),
+}
+
+impl SymbolDriver for Symbols {
+    fn act(
+        &mut self,
+        env: &mut VecEnv,
+        master: &[u8],
+        actions: &mut [u8],
+        intents: &mut [f32],
+    ) -> Result<()> {
+        match self {
+            Self::CapFollower(d) => d.act(env, master, actions, intents),
+            Self::Policy(d) => d.act(env, master, actions, intents),
+        }
     }
 }
 
