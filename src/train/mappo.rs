@@ -31,8 +31,15 @@ optimiser over all parameters, and the gradients clipped to a global norm of `ma
 **Symbol agents.** [`CapFollower`] is the scripted symbol policy used so far: it keeps every symbol
 near the directive's per-position cap (sells part of a position above 1.5 cap, buys below 0.5 cap,
 holds otherwise), so the directive decides the portfolio's exposure. Its intents are those of a
-deterministic policy (the action distribution is the one-hot of the chosen action, entropy 0). A
-trained symbol policy (a checkpoint) is not wired in yet, and neither is joint training.
+deterministic policy (the action distribution is the one-hot of the chosen action, entropy 0).
+[`PolicyDriver`] plays a trained symbol checkpoint greedily instead, with the policy's own intents;
+[`Symbols`] is either. Joint training (the symbol agents learning too) is not written.
+
+**Checkpoints** ([`MasterPpo::save`], [`MasterPpo::resume`], [`load_master_net`]): the network,
+AdamW's moments, the training env's snapshot with the master anchors and the next observation,
+and [`MasterTrainState`] (the configuration, counters, the random stream's position, the
+`ValueNorm` statistics as bit patterns), each file atomic, the state last; a resume continues
+bit-identically.
 
 Every loss and statistic of an iteration is in [`MasterMetrics`], one JSON line per iteration.
 */
