@@ -405,6 +405,21 @@ fn master_over_a_trained_symbol_policy() {
     assert_ne!(ra.metrics, rc.metrics);
     let rep = evaluate_master_run(&MasterEvalOptions::new(&a, MasterChoice::Learned)).unwrap();
     assert!(rep.rows[0].1.bars > 0);
+    // The symbol run itself holds no master: `learned` is refused naming the file, `fixed:<m>`
+    // evaluates its symbol policy under directive m.
+    assert!(!marl_trade::eval::has_master(&sym) && marl_trade::eval::has_master(&a));
+    let e = marl_trade::eval::evaluate_checkpoint(&EvalOptions {
+        master: Some(MasterChoice::Learned),
+        ..EvalOptions::new(&sym)
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("master/latest"), "{e}");
+    let fixed = marl_trade::eval::evaluate_checkpoint(&EvalOptions {
+        master: Some(MasterChoice::Fixed(0)),
+        ..EvalOptions::new(&sym)
+    })
+    .unwrap();
+    assert!(fixed.policy.metrics.total_return.is_finite());
     // A resume that names other symbol agents is refused.
     let sym2 = dir.path().join("symbols2");
     run::train(
