@@ -352,12 +352,25 @@ impl SymbolDriver for Symbols {
 }
 
 /// How the master plays in an evaluation.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub enum MasterPlay<'a> {
     /// The learned master, its most probable directive at each decision.
     Greedy(&'a MasterNet),
     /// One directive throughout.
     Fixed(u8),
+    /// A scripted master: the directive as a function of one scenario's master observation
+    /// (`MASTER_OBS` floats), e.g. a rule on the VIX; a value outside the grid is an error.
+    Rule(&'a dyn Fn(&[f32]) -> u8),
+}
+
+impl std::fmt::Debug for MasterPlay<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Greedy(_) => write!(f, "Greedy"),
+            Self::Fixed(m) => write!(f, "Fixed({m})"),
+            Self::Rule(_) => write!(f, "Rule"),
+        }
+    }
 }
 
 /// One iteration's statistics (one JSON line of the master's metrics file).
@@ -976,6 +989,17 @@ pub fn evaluate_master(
             env.master_obs(&intents, &mut mobs)?;
             match play {
                 MasterPlay::Fixed(m) => master.fill(m),
+                MasterPlay::Rule(rule) => {
+                    for (i, m) in master.iter_mut().enumerate() {
+                        let d = rule(&mobs[i * MASTER_OBS..(i + 1) * MASTER_OBS]);
+                        if d as usize >= MASTER_ACTIONS {
+                            return Err(Error::invalid(format!(
+                                "the master rule chose directive {d}, not in 0..{MASTER_ACTIONS}"
+                            )));
+                        }
+                        *m = d;
+                    }
+                }
                 MasterPlay::Greedy(net) => {
                     let x = Tensor::from_slice(&mobs, (n, MASTER_OBS), &Device::Cpu)?;
                     let a = net.forward(&x)?.0.argmax(D::Minus1)?.to_vec1::<u32>()?;
