@@ -271,6 +271,18 @@ fn master_bad_input_is_a_clear_error() {
     let e = env.master_obs(&intents, &mut out).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Shape, "{e}");
 
+    // A scripted master that chooses a directive out of range: refused, naming it.
+    let rule = |_: &[f32]| 48u8;
+    let e = mappo::evaluate_master(
+        &mut venv(),
+        &mut mappo::CapFollower::default(),
+        mappo::MasterPlay::Rule(&rule),
+        3,
+        1,
+        None,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("directive 48"), "{e}");
     // A directive out of range: refused by the env's step, naming it.
     let s = market.data.n_symbols();
     let acts = vec![0u8; one.env.scenarios * s];
