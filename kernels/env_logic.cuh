@@ -52,7 +52,7 @@ typedef struct {
     double trade_dd_threshold;
     double util_target;
     double bar_vol;              /* ref_vol / sqrt(bars_per_year) */
-    double master_w[3];          /* sharpe, divers, excess */
+    double master_w[4];          /* sharpe, divers, excess, drawdown */
 } RewardParams;
 
 typedef struct {
@@ -339,19 +339,22 @@ HD void marl_components(const SymbolTerms* t, const PortfolioTerms* pf, const Re
     *dsr_b = b1;
 }
 
-/* Master reward (reward::master_reward); hhi_gross = sum_s (v1 / G)^2 (0 when G = 0); updates
- * (A_p, B_p) in place. The portfolio DSR's floor is (util_target * bar_vol)^2. */
+/* Master reward (reward::master_reward); hhi_gross = sum_s (v1 / G)^2 (0 when G = 0); peak = the
+ * episode's peak equity after the mark to market; updates (A_p, B_p) in place. The portfolio DSR's
+ * floor is (util_target * bar_vol)^2; the drawdown term is -(1 - E1 / peak). */
 HD double marl_master_reward(const PortfolioTerms* pf, const RewardParams* p, double hhi_gross,
-                             double bench_ret, double* a, double* b) {
+                             double bench_ret, double peak, double* a, double* b) {
     const double rp = pf->equity_after / pf->equity_before - 1.0;
     const double fv = p->util_target * p->bar_vol;
     double a1, b1;
     const double d = marl_dsr(*a, *b, rp, p->dsr_eta, p->dsr_clip, fv * fv, &a1, &b1);
     const double divers = hhi_gross > 0.0 ? 1.0 / (pf->n_symbols * hhi_gross) : 0.0;
     const double excess = rp - bench_ret;
+    const double drawdown = peak > 0.0 ? -(1.0 - pf->equity_after / peak) : 0.0;
     *a = a1;
     *b = b1;
-    return p->master_w[0] * d + p->master_w[1] * divers + p->master_w[2] * excess;
+    return p->master_w[0] * d + p->master_w[1] * divers + p->master_w[2] * excess +
+           p->master_w[3] * drawdown;
 }
 
 /* ---- device-side random actions (kernels/sampler.cu) ----

@@ -459,7 +459,8 @@ MARL_BLOCKFN void marl_step_advance(MarlStep* c, u64 seed, u32 n, u32 m, Scenari
         const double bench_ret = (double)c->close1[c->S] / (double)c->close[c->S] - 1.0;
         const PortfolioTerms pf = marl_step_portfolio(c);
         double pa = st.dsr_a, pbm = st.dsr_b;
-        const double mr = marl_master_reward(&pf, &c->p->reward, hhi, bench_ret, &pa, &pbm);
+        const double mr =
+            marl_master_reward(&pf, &c->p->reward, hhi, bench_ret, c->peak, &pa, &pbm);
         *c->out.master = (float)mr;
         ScenarioState nx = st;
         nx.k = k1;

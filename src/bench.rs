@@ -1,6 +1,6 @@
 /*!
-Throughput benchmarks of the environment, of the symbol policy and of the supervised priors'
-inference ([`SlBench`]), used by both the CLI
+Throughput benchmarks of the environment, of the symbol policy, of the portfolio master's forward
+pass ([`MasterBench`]) and of the supervised priors' inference ([`SlBench`]), used by both the CLI
 (`marl-trade bench env`, `marl-trade bench policy`, `marl-trade bench sl`, and the fixed
 environment matrix of `marl-trade bench suite`, [`suite`]) and the criterion benches (`benches/env.rs`,
 `benches/policy.rs`), so the two measure the same loops. Throughput is reported in symbol-steps
@@ -16,11 +16,13 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::agents::master::{MasterNet, MasterNetConfig};
 use crate::agents::{
     ActorCritic as _, AgentConfig, AgentDims, DenseWindows, SymbolObs, SymbolPolicy,
 };
 use crate::config::Config;
 use crate::data::SyntheticConfig;
+use crate::env::master_obs::MASTER_OBS;
 use crate::env::obs::{DYN_OBS, OBS_DIM};
 use crate::env::{BackendKind, EnvSetup, MASTER_ACTIONS, N_ACTIONS, Period, VecEnv};
 use crate::error::{Error, Result};
@@ -471,6 +473,81 @@ impl PolicyBench {
                     name,
                     units: self.cases[i].1.keys.len(),
                     symbols: s,
+                    seconds,
+                    cpu_seconds,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The portfolio master's forward latency (`marl-trade bench policy`): one [`MasterNet`] of the
+/// given sizes (the design's by default), random observations of the master's length, timed for
+/// one scenario (a decision's latency; design target < 50 ms, aim < 1 ms on CPU) and for a batch.
+pub struct MasterBench {
+    net: MasterNet,
+    /// `(name, observation [B, MASTER_OBS])` of each case.
+    pub cases: Vec<(&'static str, Tensor)>,
+    /// Number of parameters.
+    pub params: usize,
+}
+
+impl MasterBench {
+    /// The master network of `cfg` (seed 0) with a 1-scenario and a `scenarios`-scenario case.
+    pub fn new(cfg: &MasterNetConfig, scenarios: usize) -> Result<Self> {
+        if scenarios == 0 {
+            return Err(Error::invalid("scenarios must be >= 1"));
+        }
+        let dev = Device::Cpu;
+        let vm = candle_nn::VarMap::new();
+        let net = MasterNet::build(MASTER_OBS, cfg, &vm, 0, &dev)?;
+        let params = vm
+            .all_vars()
+            .iter()
+            .map(|v| v.as_tensor().elem_count())
+            .sum();
+        let mut rng = SplitMix64::new(9);
+        let mut obs = |b: usize| -> Result<Tensor> {
+            let d: Vec<f32> = (0..b * MASTER_OBS)
+                .map(|_| rng.normal() as f32 * 0.5)
+                .collect();
+            Ok(Tensor::from_vec(d, (b, MASTER_OBS), &dev)?)
+        };
+        let cases = vec![
+            ("master, 1 scenario", obs(1)?),
+            ("master, N scenarios", obs(scenarios)?),
+        ];
+        Ok(Self { net, cases, params })
+    }
+
+    /// One warm-up and `reps` timed forward passes (logits and value) of every case; the lines
+    /// are [`PolicyTiming`]s with one "symbol" per scenario (the master is one agent).
+    pub fn measure(&self, reps: usize) -> Result<Vec<PolicyTiming>> {
+        if reps == 0 {
+            return Err(Error::invalid("reps must be >= 1"));
+        }
+        let run = |x: &Tensor| -> Result<f32> {
+            let (l, v) = self.net.forward(x)?;
+            Ok(l.sum_all()?.to_scalar::<f32>()? + v.sum_all()?.to_scalar::<f32>()?)
+        };
+        self.cases
+            .iter()
+            .map(|(name, x)| {
+                std::hint::black_box(run(x)?);
+                let t = Instant::now();
+                let cpu = process_cpu_seconds();
+                for _ in 0..reps {
+                    std::hint::black_box(run(x)?);
+                }
+                let seconds = t.elapsed().as_secs_f64() / reps as f64;
+                let cpu_seconds = match (cpu, process_cpu_seconds()) {
+                    (Some(a), Some(b)) => Some((b - a) / reps as f64),
+                    _ => None,
+                };
+                Ok(PolicyTiming {
+                    name,
+                    units: x.dims()[0],
+                    symbols: 1,
                     seconds,
                     cpu_seconds,
                 })

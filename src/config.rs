@@ -12,6 +12,7 @@ owned by the module that consumes it:
 | `[ppo]` | [`PpoConfig`] | `train` |
 | `[sl]` | [`SlConfig`] | `sl` |
 | `[pretrain]` | [`PretrainConfig`] | `train` (`train::pretrain`) |
+| `[master_ppo]` | [`MasterPpoConfig`] (`[master_ppo.net]`: the master network's sizes) | `train` (`train::mappo`) |
 
 This module only composes them: it loads the file, applies `--set` overrides, lays the file over the
 documented defaults, runs each section's own checks, and checks the sections against each other
@@ -41,6 +42,7 @@ pub use crate::env::{EnvConfig, EnvSetup, MasterConfig, RiskConfig};
 pub use crate::reward::RewardConfig;
 pub use crate::sl::SlConfig;
 pub use crate::train::PpoConfig;
+pub use crate::train::mappo::MasterPpoConfig;
 pub use crate::train::pretrain::PretrainConfig;
 
 use crate::error::{Error, Result};
@@ -95,6 +97,9 @@ pub struct Config {
     pub sl: SlConfig,
     /// `[pretrain]`: masked-forecast pretraining of the shared encoder (`marl-trade pretrain`).
     pub pretrain: PretrainConfig,
+    /// `[master_ppo]`: the portfolio master's MAPPO trainer and network (`marl-trade
+    /// train-master`).
+    pub master_ppo: MasterPpoConfig,
 }
 
 impl Default for Config {
@@ -118,6 +123,7 @@ impl Default for Config {
             },
             sl: SlConfig::default(),
             pretrain: PretrainConfig::default(),
+            master_ppo: MasterPpoConfig::default(),
         }
     }
 }
@@ -229,6 +235,7 @@ impl Config {
         self.ppo.validate(origin, self.env.scenarios)?;
         self.sl.validate(origin)?;
         self.pretrain.validate(origin)?;
+        self.master_ppo.validate(origin)?;
         // The prior reads the observation's SL slice, which is all zeros without a cache.
         if self.env.sl_cache.is_none() {
             let uses = [

@@ -5,6 +5,8 @@
 //! marl-trade data synth --config configs/default.toml --out data/synth.parquet
 //! marl-trade train --config configs/small.toml --out runs/small [--resume] [--iterations K]
 //! marl-trade eval --checkpoint runs/small --period test [--data FILE] [--json FILE]
+//! marl-trade train-master --config configs/small.toml --out runs/master-small [--resume] [--iterations K]
+//! marl-trade eval --checkpoint runs/master-small --master learned|fixed:<m>
 //! marl-trade backtest --config configs/small.toml --policy all --period test [--data FILE]
 //! marl-trade ablate --config configs/signal.toml --terms sharpe,divers --seeds 3 [--out DIR] [--iterations N]
 //! marl-trade walkforward --config configs/signal.toml --train-bars 3000 --test-bars 600 [--step C] [--expanding] [--embargo E] [--seeds K] [--warm-start] --out DIR
@@ -33,14 +35,17 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 
 use marl_trade::ablate::{self, AblationOptions, AblationPlan};
-use marl_trade::bench::{EnvBench, Machine, PolicyBench, SlBench, TrainBench, with_threads};
+use marl_trade::bench::{
+    EnvBench, Machine, MasterBench, PolicyBench, SlBench, TrainBench, with_threads,
+};
 use marl_trade::config::Config;
 use marl_trade::env::{BackendKind, Period};
 use marl_trade::eval::{
-    BacktestOptions, BaselineSet, EvalOptions, evaluate_checkpoint, format_table, run_baselines,
+    BacktestOptions, BaselineSet, EvalOptions, MasterChoice, MasterEvalOptions,
+    evaluate_checkpoint, evaluate_master_run, format_table, has_master, run_baselines,
 };
 use marl_trade::market::Market;
-use marl_trade::run::{self, TrainOptions};
+use marl_trade::run::{self, MasterTrainOptions, TrainOptions};
 use marl_trade::train::TrainEnv as _;
 use marl_trade::validate::{
     StressOptions, WalkForwardOptions, WalkForwardReport, WalkForwardSpec, build_report,
@@ -76,6 +81,10 @@ enum Command {
     Train(TrainArgs),
     /// Play a trained checkpoint deterministically on held-out bars, next to the baselines.
     Eval(EvalArgs),
+    /// Train the portfolio master with MAPPO (`[master_ppo]`) on the train period, the symbol
+    /// agents held fixed (the scripted cap follower, or `--symbols CHECKPOINT`); master
+    /// checkpoints in DIR/master, metrics in DIR/master_metrics.jsonl.
+    TrainMaster(TrainMasterArgs),
     /// Backtest the scripted baselines and print their metrics.
     Backtest(BacktestArgs),
     /// Reward ablation: one training run per reward-weight variant (all terms, each selected term
@@ -280,6 +289,29 @@ struct TrainArgs {
     run: RunKnobs,
 }
 
+#[derive(Args, Debug)]
+struct TrainMasterArgs {
+    /// Run directory (config, master checkpoints, master metrics).
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue the master training in `--out` from its latest master checkpoint.
+    #[arg(long, conflicts_with = "force")]
+    resume: bool,
+    /// Replace the master in `--out` if there is one.
+    #[arg(long)]
+    force: bool,
+    /// Train at most this many iterations now (the run's length is `master_ppo.iterations`).
+    #[arg(long)]
+    iterations: Option<usize>,
+    /// Checkpoint every this many iterations (and after the last one).
+    #[arg(long, default_value_t = 10)]
+    save_every: usize,
+    /// The symbol agents: a symbol checkpoint or run directory (`marl-trade train`) whose policy
+    /// plays greedily; default the scripted cap follower. A resume uses the recorded one.
+    #[arg(long)]
+    symbols: Option<PathBuf>,
+}
+
 /// How training runs go (`train` and `ablate`).
 #[derive(Args, Debug)]
 struct RunKnobs {
@@ -333,6 +365,12 @@ struct EvalArgs {
     /// sizes), then its most probable action, instead of the most probable single action.
     #[arg(long, conflicts_with = "sample")]
     decision: bool,
+    /// Who plays the master: `learned` (the run's master checkpoint, `train-master`) or
+    /// `fixed:<m>` (directive m of 48). On a run with a master, the master is evaluated with the
+    /// symbol agents it was trained with, next to the default directive, with its directives by
+    /// regime; on a run of symbol agents only, `fixed:<m>` plays the symbol policy under m.
+    #[arg(long)]
+    master: Option<String>,
     #[command(flatten)]
     on: BacktestOn,
 }
@@ -452,6 +490,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Data(DataCmd::Synth { out }) => data_synth(&cfg, &out),
         Command::Train(args) => train(&cfg, &cli.config, &args),
+        Command::TrainMaster(args) => train_master(&cfg, &args),
         Command::Eval(_) | Command::Stress(_) | Command::Report(_) => {
             unreachable!("handled above")
         }
@@ -561,6 +600,52 @@ fn train(cfg: &Config, config_path: &Path, args: &TrainArgs) -> Result<()> {
         }
     }
     print!("{}", report.summary(&out));
+    Ok(())
+}
+
+fn train_master(cfg: &Config, args: &TrainMasterArgs) -> Result<()> {
+    let t = Instant::now();
+    let market = Market::load(&cfg.data)?;
+    let m = &cfg.master_ppo;
+    println!(
+        "train-master: {} symbols x {} scenarios, {} decisions of {} bars per rollout, {} iterations; {}",
+        market.data.n_symbols(),
+        cfg.env.scenarios,
+        m.decisions,
+        m.decision_interval,
+        m.iterations,
+        Machine::here()
+    );
+    let opts = MasterTrainOptions {
+        resume: args.resume,
+        force: args.force,
+        max_iterations: args.iterations,
+        save_every: args.save_every,
+        symbols: args.symbols.clone(),
+        ..MasterTrainOptions::new(&args.out)
+    };
+    let rep = run::train_master(cfg, &market, &opts)?;
+    for m in &rep.metrics {
+        println!(
+            "iter {:>5}  reward {:+.4}  entropy {:.3}  value loss {:.4}  kl {:.4}  modes {:.2?}  cap {:.3}",
+            m.iteration,
+            m.reward_mean,
+            m.entropy,
+            m.value_loss,
+            m.approx_kl,
+            m.mode_share,
+            m.cap_mean
+        );
+    }
+    println!(
+        "{} of {} iterations in {:.1} s; checkpoint {}",
+        rep.iteration,
+        rep.num_iterations,
+        t.elapsed().as_secs_f64(),
+        rep.checkpoint
+            .as_ref()
+            .map_or("none".into(), |p| p.display().to_string())
+    );
     Ok(())
 }
 
@@ -746,6 +831,34 @@ fn report(args: &ReportArgs) -> Result<()> {
 }
 
 fn eval(args: &EvalArgs, overrides: &[String]) -> Result<()> {
+    let master = args
+        .master
+        .as_deref()
+        .map(MasterChoice::parse)
+        .transpose()?;
+    if let Some(choice) = master
+        && has_master(&args.checkpoint)
+    {
+        let opts = MasterEvalOptions {
+            overrides: overrides.to_vec(),
+            period: args.on.period,
+            seed: args.on.seed,
+            ..MasterEvalOptions::new(&args.checkpoint, choice)
+        };
+        let report = evaluate_master_run(&opts)?;
+        println!(
+            "run {}; master {}; data: {}; period {:?}",
+            args.checkpoint.display(),
+            report
+                .checkpoint
+                .as_ref()
+                .map_or(choice.name(), |p| p.display().to_string()),
+            report.data,
+            args.on.period
+        );
+        print!("{}", report.text());
+        return Ok(());
+    }
     let opts = EvalOptions {
         checkpoint: args.checkpoint.clone(),
         overrides: overrides.to_vec(),
@@ -753,6 +866,7 @@ fn eval(args: &EvalArgs, overrides: &[String]) -> Result<()> {
         backtest: args.on.options(),
         sample: args.sample,
         decision: args.decision,
+        master,
     };
     let report = evaluate_checkpoint(&opts)?;
     let (symbols, bars, paths) = report.shape;
@@ -769,6 +883,9 @@ fn eval(args: &EvalArgs, overrides: &[String]) -> Result<()> {
             .saturating_sub(report.policy.first_bar)
     );
     print!("{}", report.text());
+    if let Some(MasterChoice::Fixed(m)) = master {
+        println!("master: fixed directive {m} at every step (no learned master in this run)");
+    }
     if let Some(path) = &args.on.json {
         report.write_json(path)?;
     }
@@ -972,6 +1089,25 @@ fn bench_policy(cfg: &Config, args: &BenchPolicyArgs) -> Result<()> {
     );
     for timing in b.measure(args.reps)? {
         println!("{}", timing.line());
+    }
+    let mb = MasterBench::new(&cfg.master_ppo.net, args.scenarios)?;
+    println!(
+        "master: {} observation values, hidden {} / {}, {} parameters (design target < 50 ms per decision, aim < 1 ms)",
+        marl_trade::env::master_obs::MASTER_OBS,
+        cfg.master_ppo.net.hidden1,
+        cfg.master_ppo.net.hidden2,
+        mb.params
+    );
+    // A master forward is short: 100 times the repetitions, wall clock only (the process's CPU
+    // time is only updated at scheduler events, too coarse for sub-millisecond loops).
+    for t in mb.measure(100 * args.reps)? {
+        println!(
+            "{:<22} ({:>4}): {:>9.3} ms per forward, {:>8.4} ms per scenario",
+            t.name,
+            t.units,
+            1e3 * t.seconds,
+            1e3 * t.seconds / t.units as f64
+        );
     }
     Ok(())
 }

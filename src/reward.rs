@@ -52,6 +52,9 @@ pub struct RewardConfig {
     pub master_w_divers: f64,
     /// Master reward weight of the excess return over the benchmark.
     pub master_w_excess: f64,
+    /// Master reward weight of the portfolio's drawdown from its episode peak (spec §5: the term
+    /// is `-(1 - E1 / peak)` every step, so its sum over an interval is the area under water).
+    pub master_w_drawdown: f64,
 }
 
 impl Default for RewardConfig {
@@ -72,6 +75,7 @@ impl Default for RewardConfig {
             master_w_sharpe: 1.0,
             master_w_divers: 0.1,
             master_w_excess: 100.0,
+            master_w_drawdown: MASTER_W_DRAWDOWN,
         }
     }
 }
@@ -112,6 +116,10 @@ impl RewardConfig {
     }
 }
 
+/// Default weight of the master's drawdown term (`reward.master_w_drawdown`; docs/env-spec.md §5
+/// gives the scale check it comes from).
+pub const MASTER_W_DRAWDOWN: f64 = 10.0;
+
 /// Number of reward components.
 pub const N_COMPONENTS: usize = 7;
 /// Component names, in storage order.
@@ -135,8 +143,8 @@ pub struct RewardParams {
     pub util_target: f64,
     /// Reference per-bar volatility `ref_vol / sqrt(bars_per_year)` (spec §5).
     pub bar_vol: f64,
-    /// Master weights: sharpe, divers, excess.
-    pub master_w: [f64; 3],
+    /// Master weights: sharpe, divers, excess, drawdown.
+    pub master_w: [f64; 4],
 }
 
 impl RewardParams {
@@ -149,7 +157,12 @@ impl RewardParams {
             trade_dd_threshold: c.trade_dd_threshold,
             util_target: c.util_target,
             bar_vol: c.ref_vol / bars_per_year.max(1.0).sqrt(),
-            master_w: [c.master_w_sharpe, c.master_w_divers, c.master_w_excess],
+            master_w: [
+                c.master_w_sharpe,
+                c.master_w_divers,
+                c.master_w_excess,
+                c.master_w_drawdown,
+            ],
         }
     }
 }
@@ -341,14 +354,17 @@ pub fn weighted(comps: &[f64; N_COMPONENTS], p: &RewardParams) -> f64 {
 }
 
 /// Master reward (spec §5): `(reward, A_p', B_p')`. `hhi_gross` is `sum_s (v1 / G)^2` (0 when G = 0),
-/// `bench_ret` the benchmark's close-to-close return. The portfolio's differential Sharpe ratio is
-/// on the return scale like the symbols' ([`dsr`]), with the floor `(util_target * bar_vol)^2`.
+/// `bench_ret` the benchmark's close-to-close return, `peak` the episode's peak equity after the
+/// step's mark to market (the kill switch's). The portfolio's differential Sharpe ratio is on the
+/// return scale like the symbols' ([`dsr`]), with the floor `(util_target * bar_vol)^2`; the
+/// drawdown term is `-(1 - E1 / peak)`.
 #[inline]
 pub fn master_reward(
     pf: &PortfolioTerms,
     p: &RewardParams,
     hhi_gross: f64,
     bench_ret: f64,
+    peak: f64,
     a: f64,
     b: f64,
 ) -> (f64, f64, f64) {
@@ -361,8 +377,16 @@ pub fn master_reward(
         0.0
     };
     let excess = rp - bench_ret;
+    let drawdown = if peak > 0.0 {
+        -(1.0 - pf.equity_after / peak)
+    } else {
+        0.0
+    };
     (
-        p.master_w[0] * d + p.master_w[1] * divers + p.master_w[2] * excess,
+        p.master_w[0] * d
+            + p.master_w[1] * divers
+            + p.master_w[2] * excess
+            + p.master_w[3] * drawdown,
         a1,
         b1,
     )

@@ -13,7 +13,17 @@ A run lives in one directory (`--out`):
 <run>/best/                       with checkpoint selection (ppo.val_fraction > 0, eval::select):
                                   the checkpoint chosen on the validation slice
 <run>/selection.jsonl             with checkpoint selection: the validation history
+<run>/master/iter-000010/         `marl-trade train-master`: a master checkpoint (train::mappo)
+<run>/master/latest               the name of the newest complete master checkpoint
+<run>/master_metrics.jsonl        one JSON object per master iteration (train::mappo::MasterMetrics)
 ```
+
+[`train_master`] trains the portfolio master with MAPPO while the symbol agents are held fixed
+(the scripted `train::mappo::CapFollower`, or with `--symbols` a trained symbol checkpoint played
+greedily, `train::mappo::PolicyDriver`, recorded in `<run>/master_symbols.txt`): the same
+`config.toml` beside it, master checkpoints under `master/` switched by `master/latest` like the
+symbol checkpoints, `--resume` bit-identical, its metrics file truncated to the checkpoint's
+iteration first.
 
 A fresh run with `agent.warm_start_steps > 0` fits the actor heads' output layer to the supervised
 prior before the first iteration (`train::warm_start`, after `init_from` when both are given); the
@@ -46,6 +56,7 @@ use crate::env::{BackendKind, Period, VecEnv};
 use crate::error::{Error, ErrorKind, Result};
 pub use crate::market::Market;
 use crate::train::checkpoint;
+use crate::train::mappo::{self, CapFollower, MasterMetrics, MasterPpo, PolicyDriver, Symbols};
 use crate::train::metrics::{Metrics, MetricsWriter, read_metrics};
 pub use crate::train::setup::{build_env, build_policy};
 use crate::train::signals::{self, SignalReport, SignalThresholds};
@@ -448,6 +459,278 @@ pub fn latest_checkpoint(out: &Path) -> Result<PathBuf> {
             ),
         ));
     }
+    Ok(dir)
+}
+
+/// The master checkpoints' directory inside a run.
+pub const MASTER_DIR: &str = "master";
+/// The master's per-iteration metrics, one JSON object a line.
+pub const MASTER_METRICS_JSONL: &str = "master_metrics.jsonl";
+/// In a run whose master was trained over a trained symbol policy: that symbol checkpoint's
+/// directory, one line (absent: the scripted cap follower).
+pub const MASTER_SYMBOLS_FILE: &str = "master_symbols.txt";
+
+/// How to run [`train_master`].
+#[derive(Debug, Clone)]
+pub struct MasterTrainOptions {
+    /// The run directory.
+    pub out: PathBuf,
+    /// Continue the master training in `out` from its latest master checkpoint.
+    pub resume: bool,
+    /// Start afresh even if `out` holds a master: its checkpoints and metrics are removed first.
+    pub force: bool,
+    /// Run at most this many iterations now (the run's length is `master_ppo.iterations`).
+    pub max_iterations: Option<usize>,
+    /// Write a checkpoint every this many iterations (and always after the last one run now).
+    pub save_every: usize,
+    /// The symbol agents: a symbol checkpoint or run directory (`run::resolve_checkpoint`) whose
+    /// policy plays greedily (`train::mappo::PolicyDriver`); `None`: the scripted cap follower.
+    /// Recorded in the run ([`MASTER_SYMBOLS_FILE`]); a resume uses the recorded one.
+    pub symbols: Option<PathBuf>,
+}
+
+impl MasterTrainOptions {
+    /// A fresh master training in `out`, a checkpoint every 10 iterations.
+    pub fn new(out: impl Into<PathBuf>) -> Self {
+        Self {
+            out: out.into(),
+            resume: false,
+            force: false,
+            max_iterations: None,
+            save_every: 10,
+            symbols: None,
+        }
+    }
+}
+
+/// The symbol agents the master of run `out` trains and plays with: the symbol checkpoint named in
+/// its [`MASTER_SYMBOLS_FILE`] (its symbols checked against `market`'s), else the cap follower.
+pub fn master_symbols(out: &Path, market: &Market) -> Result<Symbols> {
+    let f = out.join(MASTER_SYMBOLS_FILE);
+    if !f.is_file() {
+        return Ok(Symbols::CapFollower(CapFollower::default()));
+    }
+    let text = std::fs::read_to_string(&f).map_err(|e| Error::io(&f, e))?;
+    let dir = PathBuf::from(text.trim());
+    let names = dir.join(SYMBOLS_FILE);
+    if names.is_file() {
+        let text = std::fs::read_to_string(&names).map_err(|e| Error::io(&names, e))?;
+        if !text
+            .lines()
+            .eq(market.data.symbols.iter().map(String::as_str))
+        {
+            return Err(Error::new(
+                ErrorKind::SymbolMismatch,
+                "the symbol checkpoint was trained on other symbols than this data's",
+            )
+            .with_file(&names));
+        }
+    }
+    Ok(Symbols::Policy(Box::new(PolicyDriver::from_checkpoint(
+        &dir, market,
+    )?)))
+}
+
+/// What [`train_master`] did.
+#[derive(Debug, Clone)]
+pub struct MasterTrainReport {
+    /// The metrics of the iterations run now.
+    pub metrics: Vec<MasterMetrics>,
+    /// Completed iterations.
+    pub iteration: usize,
+    /// All the iterations the run will have (`master_ppo.iterations`).
+    pub num_iterations: usize,
+    /// The newest master checkpoint (None when nothing was run and none exists).
+    pub checkpoint: Option<PathBuf>,
+}
+
+/// Train the portfolio master of `cfg` on `market`'s training period with the symbol agents held
+/// fixed (module docs). The run directory's `config.toml` must be `cfg` when it exists (a symbol
+/// run's directory may hold the master too).
+pub fn train_master(
+    cfg: &Config,
+    market: &Market,
+    opts: &MasterTrainOptions,
+) -> Result<MasterTrainReport> {
+    if opts.save_every == 0 {
+        return Err(Error::invalid("save_every (--save-every) must be >= 1"));
+    }
+    let out = &opts.out;
+    let cfg_path = out.join(CONFIG_FILE);
+    let root = out.join(MASTER_DIR);
+    let metrics_path = out.join(MASTER_METRICS_JSONL);
+    if cfg_path.exists() {
+        let stored = Config::from_file(&cfg_path)?;
+        if stored != *cfg {
+            return Err(Error::new(
+                ErrorKind::RunMismatch,
+                format!(
+                    "the configuration differs from the run's: use `--config {}`",
+                    cfg_path.display()
+                ),
+            )
+            .with_file(&cfg_path));
+        }
+    }
+    let env = VecEnv::new(
+        &cfg.env_setup(),
+        market.data.clone(),
+        market.features.clone(),
+        Period::Train,
+        BackendKind::Cpu,
+    )?;
+    let sym_file = out.join(MASTER_SYMBOLS_FILE);
+    let given = opts
+        .symbols
+        .as_deref()
+        .map(resolve_checkpoint)
+        .transpose()?;
+    let mut trainer = if opts.resume {
+        let dir = latest_master_checkpoint(out)?;
+        if let Some(g) = &given {
+            let recorded = std::fs::read_to_string(&sym_file).unwrap_or_default();
+            if recorded.trim() != g.display().to_string() {
+                return Err(Error::new(
+                    ErrorKind::RunMismatch,
+                    format!(
+                        "the master was trained with other symbol agents than {} (resume without \
+                         --symbols)",
+                        g.display()
+                    ),
+                )
+                .with_file(&sym_file));
+            }
+        }
+        let t = MasterPpo::resume(&dir, env, master_symbols(out, market)?)?;
+        if *t.config() != cfg.master_ppo {
+            return Err(Error::new(
+                ErrorKind::RunMismatch,
+                "the master checkpoint was trained with another [master_ppo] section",
+            )
+            .with_file(dir.join(mappo::MASTER_STATE_FILE)));
+        }
+        let kept: Vec<String> = if metrics_path.exists() {
+            let text =
+                std::fs::read_to_string(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
+            let mut kept = Vec::new();
+            for (i, line) in text.lines().enumerate() {
+                let m: MasterMetrics = serde_json::from_str(line).map_err(|e| {
+                    Error::checkpoint(&metrics_path, format!("line {}: {e}", i + 1))
+                })?;
+                if m.iteration <= t.iteration() {
+                    kept.push(format!("{line}\n"));
+                }
+            }
+            kept
+        } else {
+            Vec::new()
+        };
+        crate::atomic::write(&metrics_path, kept.concat().as_bytes())?;
+        t
+    } else {
+        if root.exists() && !opts.force {
+            return Err(Error::new(
+                ErrorKind::RunExists,
+                "already holds a master: pass --resume to continue it, --force to replace it, \
+                 or choose another --out",
+            )
+            .with_file(out));
+        }
+        for p in [&root, &metrics_path, &sym_file] {
+            if p.is_dir() {
+                std::fs::remove_dir_all(p).map_err(|e| Error::io(p, e))?;
+            } else if p.exists() {
+                std::fs::remove_file(p).map_err(|e| Error::io(p, e))?;
+            }
+        }
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        if !cfg_path.exists() {
+            crate::atomic::write(&cfg_path, cfg.to_toml_string().as_bytes())?;
+        }
+        if let Some(g) = &given {
+            crate::atomic::write(&sym_file, format!("{}\n", g.display()).as_bytes())?;
+        }
+        MasterPpo::new(
+            cfg.master_ppo.clone(),
+            env,
+            master_symbols(out, market)?,
+            cfg.master_ppo.seed,
+        )?
+    };
+    let total = cfg.master_ppo.iterations;
+    let todo = total
+        .saturating_sub(trainer.iteration())
+        .min(opts.max_iterations.unwrap_or(usize::MAX));
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| Error::io(&metrics_path, e))?;
+    let mut metrics = Vec::with_capacity(todo);
+    let mut checkpoint = latest_master_checkpoint(out).ok();
+    for k in 0..todo {
+        let m = trainer.iterate()?;
+        let line = serde_json::to_string(&m).map_err(|e| Error::json("master metrics", e))?;
+        writeln!(file, "{line}")
+            .and_then(|_| file.flush())
+            .map_err(|e| Error::io(&metrics_path, e))?;
+        metrics.push(m);
+        if (k + 1) % opts.save_every == 0 || k + 1 == todo {
+            checkpoint = Some(save_master_checkpoint(&trainer, &root)?);
+        }
+    }
+    Ok(MasterTrainReport {
+        metrics,
+        iteration: trainer.iteration(),
+        num_iterations: total,
+        checkpoint,
+    })
+}
+
+/// Write a master checkpoint under `root` (`<run>/master`), switch `latest` to it, keep the
+/// newest [`KEEP_CHECKPOINTS`].
+fn save_master_checkpoint(t: &MasterPpo<Symbols>, root: &Path) -> Result<PathBuf> {
+    let name = format!("iter-{:06}", t.iteration());
+    let dir = root.join(&name);
+    t.save(&dir)?;
+    crate::atomic::write(&root.join(LATEST_FILE), format!("{name}\n").as_bytes())?;
+    let mut names: Vec<String> = std::fs::read_dir(root)
+        .map_err(|e| Error::io(root, e))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("iter-") && *n <= name)
+        .collect();
+    names.sort();
+    let drop = names.len().saturating_sub(KEEP_CHECKPOINTS);
+    for old in &names[..drop] {
+        let p = root.join(old);
+        std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+    }
+    Ok(dir)
+}
+
+/// The newest complete master checkpoint of run directory `out` (`<out>/master/latest`). A run
+/// without one is an [`ErrorKind::Checkpoint`] error naming that file.
+pub fn latest_master_checkpoint(out: &Path) -> Result<PathBuf> {
+    let root = out.join(MASTER_DIR);
+    let latest = root.join(LATEST_FILE);
+    let name = std::fs::read_to_string(&latest).map_err(|e| {
+        Error::checkpoint(
+            &latest,
+            format!(
+                "the run has no master checkpoint ({e}); train one with `marl-trade train-master`"
+            ),
+        )
+    })?;
+    let name = name.trim();
+    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+        return Err(Error::checkpoint(
+            &latest,
+            format!("bad checkpoint name `{name}`"),
+        ));
+    }
+    let dir = root.join(name);
+    mappo::read_master_state(&dir)?;
     Ok(dir)
 }
 

@@ -21,7 +21,6 @@
 
 use std::sync::Arc;
 
-use marl_trade::agents::master::MasterNetConfig;
 use marl_trade::config::Config;
 use marl_trade::data::{SyntheticConfig, synthetic::generate_with_regimes};
 use marl_trade::env::{BackendKind, MASTER_ACTIONS, Period, VecEnv};
@@ -72,14 +71,7 @@ fn run(warning: bool) -> Outcome {
         seed: 3,
         ..MasterPpoConfig::default()
     };
-    let mut trainer = MasterPpo::new(
-        mcfg,
-        &MasterNetConfig::default(),
-        train_env,
-        CapFollower::default(),
-        11,
-    )
-    .unwrap();
+    let mut trainer = MasterPpo::new(mcfg, train_env, CapFollower::default(), 11).unwrap();
     let metrics = trainer.train(None).unwrap();
     for m in metrics.iter().step_by(20).chain(metrics.last()) {
         eprintln!(
@@ -161,6 +153,15 @@ fn run(warning: bool) -> Outcome {
         "  directive mode by hidden regime (bull, bear, crisis) x (def, neu, agg): {:?}",
         master.mode_by_label
     );
+    let mut top: Vec<(usize, usize)> = master
+        .directive_counts
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|&(_, c)| c > 0)
+        .collect();
+    top.sort_by_key(|b| std::cmp::Reverse(b.1));
+    eprintln!("  directives played (index, decisions): {top:?}");
     let best_sharpe = fixed
         .iter()
         .enumerate()
@@ -186,8 +187,8 @@ fn run(warning: bool) -> Outcome {
 }
 
 #[test]
-#[ignore = "fails at present (the learned master settles on one directive; figures in docs/training.md, \
-            \"The portfolio master\"); about 4 minutes"]
+#[ignore = "fails at present (the learned master settles on one directive, with or without the warning; \
+            figures in docs/training.md, \"The portfolio master\"); about 1.5 minutes"]
 fn learned_master_cuts_held_out_drawdown_only_with_the_warning() {
     let on = run(true);
     let off = run(false);
@@ -210,6 +211,117 @@ fn learned_master_cuts_held_out_drawdown_only_with_the_warning() {
         "without the warning the master still cut drawdown by {:.1}%",
         100.0 * off.cut
     );
+}
+
+/// What timing is worth on the drawdown test's held-out bars, without learning: a scripted master
+/// on the master observation plays the low-cap directive 0 when the VIX rose by more than
+/// `dv` points over the last 5 bars (the warning's ramp) or stands above `lvl` points (a crisis
+/// already under way), else directive 21 (cap 0.20), with the warning on and off; each rule is
+/// judged by the test's criterion against the 48 fixed directives. A diagnostic of the test
+/// itself (is the cut reachable, and does a reactive rule claim it without the warning?), not a
+/// tuned baseline: every rule tried is printed (`--nocapture`); asserted is only that the rules
+/// switch (both directives played) and that directive 0 has less drawdown than 21.
+#[test]
+#[ignore = "diagnostic of the drawdown test (prints a table, docs/training.md); about 1 minute"]
+fn vix_rules_show_what_timing_is_worth() {
+    use marl_trade::env::master_obs::M_REGIME;
+    use marl_trade::features::N_REGIME;
+    for warning in [true, false] {
+        let synth = SyntheticConfig {
+            symbols: 8,
+            bars: 2500,
+            bars_per_day: 1,
+            paths: 6,
+            seed: 7,
+            crisis_warning_bars: if warning { 10 } else { 0 },
+            crisis_warning_vix: 30.0,
+            ..SyntheticConfig::default()
+        };
+        let (md, regimes) = generate_with_regimes(&synth, "SPY");
+        let md = Arc::new(md);
+        let feats = Arc::new(Features::compute(&md));
+        let mut cfg = Config::default();
+        cfg.env.train_fraction = 0.6;
+        cfg.env.scenarios = 12;
+        cfg.env.episode_len = 2500;
+        let mut env = VecEnv::new(
+            &cfg.env_setup(),
+            md.clone(),
+            feats.clone(),
+            Period::Test,
+            BackendKind::Cpu,
+        )
+        .unwrap();
+        let mut driver = CapFollower::default();
+        let fixed: Vec<MasterEval> = (0..MASTER_ACTIONS as u8)
+            .map(|m| {
+                evaluate_master(
+                    &mut env,
+                    &mut driver,
+                    MasterPlay::Fixed(m),
+                    INTERVAL,
+                    99,
+                    None,
+                )
+                .unwrap()
+            })
+            .collect();
+        assert!(fixed[0].max_drawdown < fixed[21].max_drawdown);
+        let (vix, dvix) = (M_REGIME.start + N_REGIME, M_REGIME.start + N_REGIME + 1);
+        for (dv, lvl) in [
+            (10.0, 1000.0),
+            (5.0, 1000.0),
+            (1000.0, 40.0),
+            (1000.0, 30.0),
+            (10.0, 40.0),
+        ] {
+            let rule = move |o: &[f32]| {
+                if 100.0 * o[dvix] > dv || 100.0 * o[vix] > lvl {
+                    0
+                } else {
+                    21
+                }
+            };
+            let r = evaluate_master(
+                &mut env,
+                &mut driver,
+                MasterPlay::Rule(&rule),
+                INTERVAL,
+                99,
+                Some(&regimes),
+            )
+            .unwrap();
+            assert!(r.directive_counts[0] > 0 && r.directive_counts[21] > 0);
+            let base = fixed
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.sharpe >= r.sharpe)
+                .min_by(|a, b| a.1.max_drawdown.total_cmp(&b.1.max_drawdown));
+            let (name, b) = match base {
+                Some((i, f)) => (format!("fixed {i}"), f),
+                None => (
+                    format!("default {}", cfg.master.default_action),
+                    &fixed[cfg.master.default_action as usize],
+                ),
+            };
+            let low: Vec<f64> = r
+                .directive_by_label
+                .iter()
+                .map(|c| c[0] as f64 / c.iter().sum::<usize>().max(1) as f64)
+                .collect();
+            eprintln!(
+                "warning {warning:5} rule dVIX5 > {dv:6} or VIX > {lvl:6}: Sharpe {:.3} (se {:.3}) maxDD {:.4}; \
+                 baseline {name}: Sharpe {:.3} maxDD {:.4}; cut {:+.1}%; low-cap share bull/bear/crisis {:.2?}",
+                r.sharpe,
+                r.sharpe_se,
+                r.max_drawdown,
+                b.sharpe,
+                b.max_drawdown,
+                100.0 * (1.0 - r.max_drawdown / b.max_drawdown),
+                low
+            );
+        }
+    }
 }
 
 /// The trainer's mechanics, CI-sized: every loss is logged by name in the metrics file, a run is
@@ -249,14 +361,7 @@ fn master_ppo_logs_its_losses_and_is_deterministic() {
             minibatches: 2,
             ..MasterPpoConfig::default()
         };
-        let mut t = MasterPpo::new(
-            mcfg,
-            &MasterNetConfig::default(),
-            env,
-            CapFollower::default(),
-            1,
-        )
-        .unwrap();
+        let mut t = MasterPpo::new(mcfg, env, CapFollower::default(), 1).unwrap();
         let m = t.train(path).unwrap();
         let x = marl_trade::train::mappo::MasterPpo::<CapFollower>::net(&t)
             .forward(

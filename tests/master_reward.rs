@@ -4,10 +4,12 @@
 //! - sharpe: the differential Sharpe ratio of `r_p = E1 / E0 - 1` with the moments `A_p, B_p` before
 //!   the step and the floor `(util_target * bar_vol)^2`;
 //! - divers: `1 / (S * sum_s (v1 / G)^2)`, 0 when flat;
-//! - excess: `r_p - (C[t', S] / C[t, S] - 1)`.
+//! - excess: `r_p - (C[t', S] / C[t, S] - 1)`;
+//! - drawdown: `-(1 - E1 / peak)` with the episode's peak equity after the step.
 //!
-//! The steps go from flat (divers 0, sharpe 0 at zero moments) through buying to holding and
-//! selling, so sharpe and divers are exercised at zero and non-zero values, excess at non-zero ones.
+//! The steps go from flat (divers 0, sharpe 0 at zero moments, drawdown 0 at the peak) through
+//! buying to holding and selling, so sharpe, divers and drawdown are exercised at zero and non-zero
+//! values, excess at non-zero ones.
 
 mod envkit;
 
@@ -20,7 +22,7 @@ fn hand_terms(
     after: &marl_trade::env::Snapshot,
     clip: f64,
     floor: f64,
-) -> [f64; 3] {
+) -> [f64; 4] {
     let (b, a) = (&before.scenarios[0], &after.scenarios[0]);
     let s = md.n_symbols();
     let rp = a.equity / b.equity - 1.0;
@@ -41,20 +43,27 @@ fn hand_terms(
         0.0
     };
     let bench = md.close[md.px(p, t1, s)] as f64 / md.close[md.px(p, t1 - 1, s)] as f64 - 1.0;
-    [d, divers, rp - bench]
+    let drawdown = -(1.0 - a.equity / a.peak);
+    [d, divers, rp - bench, drawdown]
 }
 
 #[test]
 fn master_reward_terms_by_hand() {
-    let mut seen = [[false; 2]; 3]; // per term: a zero value, a non-zero value
+    let mut seen = [[false; 2]; 4]; // per term: a zero value, a non-zero value
     for (term, seen_t) in seen.iter_mut().enumerate() {
         let mut cfg = envkit::small_config(1, 12);
         let w = &mut cfg.reward;
-        (w.master_w_sharpe, w.master_w_divers, w.master_w_excess) = (0.0, 0.0, 0.0);
+        (
+            w.master_w_sharpe,
+            w.master_w_divers,
+            w.master_w_excess,
+            w.master_w_drawdown,
+        ) = (0.0, 0.0, 0.0, 0.0);
         match term {
             0 => w.master_w_sharpe = 1.0,
             1 => w.master_w_divers = 1.0,
-            _ => w.master_w_excess = 1.0,
+            2 => w.master_w_excess = 1.0,
+            _ => w.master_w_drawdown = 1.0,
         }
         let md = envkit::toy_market(3, 400, 1, 21);
         let mut env = envkit::env_on(&cfg, md, Period::Train, BackendKind::Cpu);
@@ -86,11 +95,123 @@ fn master_reward_terms_by_hand() {
             seen_t[usize::from(want != 0.0)] = true;
         }
     }
-    // sharpe is 0 at zero moments and divers 0 when flat; excess is never exactly 0 here (the
-    // benchmark moves every bar).
+    // sharpe is 0 at zero moments, divers 0 when flat, drawdown 0 at the peak; excess is never
+    // exactly 0 here (the benchmark moves every bar).
     assert_eq!(
         seen,
-        [[true, true], [true, true], [false, true]],
-        "sharpe and divers zero and non-zero, excess non-zero"
+        [[true, true], [true, true], [false, true], [true, true]],
+        "sharpe, divers and drawdown zero and non-zero, excess non-zero"
+    );
+}
+
+/// The scale check of the master reward's terms (docs/env-spec.md §5, "Master reward"): on the
+/// crisis market of `tests/master_mappo.rs` (daily bars, 8 symbols, crisis warning on), the
+/// cap-following symbol agents under a few fixed directives, each term's mean |weighted value|
+/// summed over a decision (5 bars), 16 scenarios x 50 decisions of the training bars. The weights
+/// are the defaults; the table is printed (`--nocapture`). Asserted: under the default directive
+/// the drawdown term is of the same order as the excess term (within a factor 3 either way), so
+/// neither of the two carries the reward alone.
+#[test]
+fn master_reward_terms_have_comparable_scale_on_the_crisis_market() {
+    use marl_trade::config::Config;
+    use marl_trade::data::{SyntheticConfig, synthetic::generate_with_regimes};
+    use marl_trade::env::VecEnv;
+    use marl_trade::env::master_obs::MASTER_INTENTS;
+    use marl_trade::features::Features;
+    use marl_trade::train::mappo::{CapFollower, SymbolDriver};
+    use std::sync::Arc;
+
+    let synth = SyntheticConfig {
+        symbols: 8,
+        bars: 2500,
+        bars_per_day: 1,
+        paths: 6,
+        seed: 7,
+        crisis_warning_bars: 10,
+        crisis_warning_vix: 30.0,
+        ..SyntheticConfig::default()
+    };
+    let (md, _) = generate_with_regimes(&synth, "SPY");
+    let md = Arc::new(md);
+    let feats = Arc::new(Features::compute(&md));
+    let base = Config::default();
+    let (interval, decisions) = (5, 50);
+    let names = ["sharpe", "divers", "excess", "drawdown"];
+    let weights = [
+        base.reward.master_w_sharpe,
+        base.reward.master_w_divers,
+        base.reward.master_w_excess,
+        base.reward.master_w_drawdown,
+    ];
+    let default = base.master.default_action as u8;
+    let mut at_default = [0.0; 4];
+    eprintln!("directive  mean |weighted term| per decision: sharpe, divers, excess, drawdown");
+    for m in [0u8, 9, default, 21, 47] {
+        let mut row = [0.0; 4];
+        for term in 0..4 {
+            let mut cfg = base.clone();
+            cfg.env.train_fraction = 0.6;
+            cfg.env.scenarios = 16;
+            cfg.env.episode_len = 250;
+            let w = &mut cfg.reward;
+            let mut ws = [0.0; 4];
+            ws[term] = weights[term];
+            (
+                w.master_w_sharpe,
+                w.master_w_divers,
+                w.master_w_excess,
+                w.master_w_drawdown,
+            ) = (ws[0], ws[1], ws[2], ws[3]);
+            let mut env = VecEnv::new(
+                &cfg.env_setup(),
+                md.clone(),
+                feats.clone(),
+                Period::Train,
+                BackendKind::Cpu,
+            )
+            .unwrap();
+            env.reset(11).unwrap();
+            let (n, s) = (env.n_scenarios(), env.n_symbols());
+            let mut driver = CapFollower::default();
+            let mut actions = vec![0u8; n * s];
+            let mut intents = vec![0f32; n * MASTER_INTENTS];
+            let master = vec![m; n];
+            let (mut sum_abs, mut count) = (0.0, 0usize);
+            for _ in 0..decisions {
+                let mut acc = vec![0f64; n];
+                let mut done = vec![false; n];
+                for _ in 0..interval {
+                    driver
+                        .act(&mut env, &master, &mut actions, &mut intents)
+                        .unwrap();
+                    let out = env.step(&actions, &master).unwrap();
+                    for i in 0..n {
+                        if !done[i] {
+                            acc[i] += out.master_reward[i] as f64;
+                            done[i] = out.done(i);
+                        }
+                    }
+                }
+                sum_abs += acc.iter().map(|x| x.abs()).sum::<f64>();
+                count += n;
+            }
+            row[term] = sum_abs / count as f64;
+        }
+        eprintln!(
+            "{m:>9}  {}",
+            row.iter()
+                .zip(names)
+                .map(|(v, k)| format!("{k} {v:.4}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if m == default {
+            at_default = row;
+        }
+    }
+    let ratio = at_default[3] / at_default[2];
+    assert!(
+        (1.0 / 3.0..=3.0).contains(&ratio),
+        "under the default directive drawdown / excess = {ratio:.3} ({at_default:?})"
     );
 }

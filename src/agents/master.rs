@@ -40,7 +40,7 @@ use super::norm::LayerNorm;
 use crate::env::{MASTER_ACTIONS, N_ACTIONS};
 use crate::error::{Error, ErrorKind};
 
-/// Sizes of the master network (`[agent.master]`); defaults are the design's.
+/// Sizes of the master network (`[master_ppo.net]`); defaults are the design's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MasterNetConfig {
@@ -63,8 +63,8 @@ impl MasterNetConfig {
     /// Range checks; an error names the field (`origin` names the config source).
     pub fn validate(&self, origin: &str) -> crate::Result<()> {
         for (field, v) in [
-            ("agent.master.hidden1", self.hidden1),
-            ("agent.master.hidden2", self.hidden2),
+            ("master_ppo.net.hidden1", self.hidden1),
+            ("master_ppo.net.hidden2", self.hidden2),
         ] {
             if v == 0 {
                 return Err(Error::config_field(
@@ -93,7 +93,7 @@ impl MasterNet {
     /// The layers over `obs_dim` inputs, parameters under `vb` (`fc1`, `norm`, `fc2`, `actor`,
     /// `critic`), as `vb` initialises them.
     pub fn new(obs_dim: usize, cfg: &MasterNetConfig, vb: VarBuilder) -> crate::Result<Self> {
-        cfg.validate("agent.master")?;
+        cfg.validate("master_ppo.net")?;
         if obs_dim == 0 {
             return Err(Error::invalid("the master observation is empty"));
         }

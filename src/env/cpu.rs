@@ -594,8 +594,15 @@ impl Step<'_> {
         let s_n = self.s_n;
         let bench_ret = self.bars.close1[s_n] as f64 / self.bars.close[s_n] as f64 - 1.0;
         let pf = self.portfolio();
-        let (mr, pa, pb) =
-            reward::master_reward(&pf, &self.p.reward, hhi, bench_ret, st.dsr_a, st.dsr_b);
+        let (mr, pa, pb) = reward::master_reward(
+            &pf,
+            &self.p.reward,
+            hhi,
+            bench_ret,
+            st.peak,
+            st.dsr_a,
+            st.dsr_b,
+        );
         *out.master = mr as f32;
         st.dsr_a = pa;
         st.dsr_b = pb;

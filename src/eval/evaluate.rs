@@ -49,6 +49,11 @@ pub struct EvalOptions {
     /// Play greedily by decision group ([`ActMode::Decision`]) instead of by single action
     /// (ignored with `sample`).
     pub decision: bool,
+    /// The master directive the symbol policy plays under: `None` is `master.default_action`,
+    /// `Some(Fixed(m))` directive `m`; `Some(Learned)` is refused here (a symbol checkpoint has no
+    /// master: the error names the run's missing `master/latest`; a run that holds one is
+    /// evaluated by [`super::master::evaluate_master_run`]).
+    pub master: Option<super::master::MasterChoice>,
 }
 
 impl EvalOptions {
@@ -61,6 +66,7 @@ impl EvalOptions {
             backtest: BacktestOptions::default(),
             sample: false,
             decision: false,
+            master: None,
         }
     }
 }
@@ -174,6 +180,19 @@ pub fn evaluate_policy(
 
 /// Evaluate a checkpoint under its own stored configuration (module docs).
 pub fn evaluate_checkpoint(opts: &EvalOptions) -> Result<EvalReport> {
+    let directive = match opts.master {
+        None => None,
+        Some(super::master::MasterChoice::Fixed(m)) => Some(m as u32),
+        Some(super::master::MasterChoice::Learned) => {
+            // A run with a master is evaluated by `evaluate_master_run`; here it is an error that
+            // names the missing file (or, for a run that has one, says where it goes).
+            crate::run::latest_master_checkpoint(&opts.checkpoint)?;
+            return Err(Error::invalid(format!(
+                "{}: a learned master is evaluated with its run (eval::evaluate_master_run), not                  with a symbol checkpoint",
+                opts.checkpoint.display()
+            )));
+        }
+    };
     let dir = crate::run::resolve_checkpoint(&opts.checkpoint)?;
     let cfg = Config::from_file_with_overrides(dir.join(crate::run::CONFIG_FILE), &opts.overrides)?;
     let (market, origin) = Market::load_source(&cfg.data, opts.data.as_deref())?;
@@ -184,8 +203,8 @@ pub fn evaluate_checkpoint(opts: &EvalOptions) -> Result<EvalReport> {
     } else {
         ("ppo", ActMode::Greedy)
     };
-    let policy = AgentPolicy::from_checkpoint(name, &dir, &market, cfg.master.default_action)?
-        .with_mode(mode);
+    let directive = directive.unwrap_or(cfg.master.default_action);
+    let policy = AgentPolicy::from_checkpoint(name, &dir, &market, directive)?.with_mode(mode);
     let mut report = evaluate_policy(&cfg.env_setup(), &market, &opts.backtest, policy, &mut [])?;
     report.checkpoint = dir;
     report.data = origin;

@@ -4,7 +4,8 @@ trait, deterministic [`backtest`]s of a policy over the train or test period, a 
 as a policy ([`agent::AgentPolicy`], greedy or seeded sampling), and paired comparisons of two
 backtests with standard errors ([`compare`](mod@compare): is a policy better than a baseline beyond noise?), and
 the evaluation of a checkpoint against all of them ([`evaluate`]), and checkpoint selection /
-early stopping on a validation slice cut from the end of the train period ([`select`]).
+early stopping on a validation slice cut from the end of the train period ([`select`]), and the
+portfolio master's evaluation, learned or fixed, with its directives by regime ([`master`]).
 
 ```no_run
 use marl_trade::{Config, market::Market, env::Period};
@@ -25,6 +26,7 @@ pub mod backtest;
 pub mod baselines;
 pub mod compare;
 pub mod evaluate;
+pub mod master;
 pub mod metrics;
 pub mod select;
 
@@ -39,5 +41,8 @@ pub use baselines::{
 };
 pub use compare::{Comparison, DecisionIc, compare, decision_ic};
 pub use evaluate::{EvalOptions, EvalReport, evaluate_checkpoint, evaluate_policy};
+pub use master::{
+    MasterChoice, MasterEvalOptions, MasterEvalReport, evaluate_master_run, has_master,
+};
 pub use metrics::{Curve, Metrics, format_table};
 pub use select::{SelectReport, ValPoint, train_selected, validation_bars};

@@ -31,8 +31,15 @@ optimiser over all parameters, and the gradients clipped to a global norm of `ma
 **Symbol agents.** [`CapFollower`] is the scripted symbol policy used so far: it keeps every symbol
 near the directive's per-position cap (sells part of a position above 1.5 cap, buys below 0.5 cap,
 holds otherwise), so the directive decides the portfolio's exposure. Its intents are those of a
-deterministic policy (the action distribution is the one-hot of the chosen action, entropy 0). A
-trained symbol policy (a checkpoint) is not wired in yet, and neither is joint training.
+deterministic policy (the action distribution is the one-hot of the chosen action, entropy 0).
+[`PolicyDriver`] plays a trained symbol checkpoint greedily instead, with the policy's own intents;
+[`Symbols`] is either. Joint training (the symbol agents learning too) is not written.
+
+**Checkpoints** ([`MasterPpo::save`], [`MasterPpo::resume`], [`load_master_net`]): the network,
+AdamW's moments, the training env's snapshot with the master anchors and the next observation,
+and [`MasterTrainState`] (the configuration, counters, the random stream's position, the
+`ValueNorm` statistics as bit patterns), each file atomic, the state last; a resume continues
+bit-identically.
 
 Every loss and statistic of an iteration is in [`MasterMetrics`], one JSON line per iteration.
 */
@@ -45,15 +52,18 @@ use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
 use super::adamw::{AdamW, AdamWConfig};
+use super::checkpoint;
 use super::ppo::clip_grad_norm;
-use super::train_env::ResumableRng;
+use super::train_env::{ResumableRng, RngState};
 use super::value_norm::ValueNorm;
 use crate::agents::dist::MaskedCategorical;
 use crate::agents::init::named_vars;
-use crate::agents::master::{MasterNet, MasterNetConfig};
-use crate::env::master_obs::{MASTER_INTENTS, MASTER_OBS};
-use crate::env::{MASTER_ACTIONS, N_ACTIONS, VecEnv, logic, obs};
+use crate::agents::master::{MasterNet, MasterNetConfig, SymbolIntents};
+use crate::agents::{ActorCritic, AgentSpec, SymbolObs, SymbolPolicy};
+use crate::env::master_obs::{MASTER_INTENTS, MASTER_OBS, MasterAnchor};
+use crate::env::{MASTER_ACTIONS, N_ACTIONS, Snapshot, VecEnv, logic, obs};
 use crate::error::{Error, Result};
+use crate::market::Market;
 
 /// The master trainer's hyperparameters (defaults: the MAPPO reference's where it has one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,8 +100,11 @@ pub struct MasterPpoConfig {
     pub lr: f64,
     /// `ValueNorm` EMA weight (reference 0.99999).
     pub value_norm_beta: f64,
-    /// Seed of the network's initialisation and of the action sampling and shuffling.
+    /// Seed of the network's initialisation, of the action sampling and shuffling, and of the
+    /// training environment's episodes (`marl-trade train-master`).
     pub seed: u64,
+    /// The network's sizes (`[master_ppo.net]`; defaults the design's 256 / 128).
+    pub net: MasterNetConfig,
 }
 
 impl Default for MasterPpoConfig {
@@ -113,6 +126,7 @@ impl Default for MasterPpoConfig {
             lr: 5e-4,
             value_norm_beta: 0.99999,
             seed: 1,
+            net: MasterNetConfig::default(),
         }
     }
 }
@@ -162,7 +176,7 @@ impl MasterPpoConfig {
         if !(0.0..1.0).contains(&self.value_norm_beta) {
             return bad("master_ppo.value_norm_beta", "must be in [0, 1)");
         }
-        Ok(())
+        self.net.validate(origin)
     }
 }
 
@@ -227,13 +241,136 @@ impl SymbolDriver for CapFollower {
     }
 }
 
+/// A trained symbol policy as the master's fixed symbol agents: greedy (the most probable action
+/// the mask allows, the first of equal ones), its intents the policy's own under the mask
+/// ([`SymbolIntents::from_logits`]: mean action probabilities, buy and sell fractions of the
+/// argmax, mean entropy). Deterministic, and it keeps no state between calls.
+pub struct PolicyDriver {
+    policy: SymbolPolicy,
+    dyn_obs: Vec<f32>,
+    mask: Vec<u8>,
+    index: Vec<u32>,
+}
+
+impl PolicyDriver {
+    /// The policy of symbol checkpoint directory `dir` (`model.safetensors` + `state.json`, as
+    /// `marl-trade train` writes them) over `market`; its symbols must be the market's (count
+    /// checked here, names by the caller when it has them).
+    pub fn from_checkpoint(dir: &Path, market: &Market) -> Result<Self> {
+        let spec: AgentSpec = checkpoint::read_policy_config(dir)?;
+        if spec.dims.symbols != market.data.n_symbols() {
+            return Err(Error::new(
+                crate::error::ErrorKind::SymbolMismatch,
+                format!(
+                    "the symbol checkpoint's agent has {} symbols, the data {}",
+                    spec.dims.symbols,
+                    market.data.n_symbols()
+                ),
+            )
+            .with_file(dir));
+        }
+        let (policy, vm) =
+            super::setup::build_policy(&spec.config, spec.dims, market, 0, &Device::Cpu)?;
+        checkpoint::load_params(&vm, &dir.join(checkpoint::MODEL_FILE))?;
+        Ok(Self {
+            policy,
+            dyn_obs: Vec::new(),
+            mask: Vec::new(),
+            index: Vec::new(),
+        })
+    }
+}
+
+impl SymbolDriver for PolicyDriver {
+    fn act(
+        &mut self,
+        env: &mut VecEnv,
+        _master: &[u8],
+        actions: &mut [u8],
+        intents: &mut [f32],
+    ) -> Result<()> {
+        let (n, s) = (env.n_scenarios(), env.n_symbols());
+        self.dyn_obs.resize(n * s * obs::DYN_OBS, 0.0);
+        self.mask.resize(n * s * N_ACTIONS, 0);
+        self.index.resize(2 * n, 0);
+        env.dyn_obs(&mut self.dyn_obs)?;
+        env.action_mask(&mut self.mask)?;
+        env.obs_index(&mut self.index)?;
+        let dev = self.policy.device().clone();
+        let sobs = SymbolObs {
+            keys: self.index.chunks_exact(2).map(|k| (k[0], k[1])).collect(),
+            dyn_obs: Tensor::from_slice(&self.dyn_obs, (n, s, obs::DYN_OBS), &dev)?,
+        };
+        let (logits, _) = self.policy.forward_inference(&sobs)?;
+        let logits = logits
+            .to_dtype(candle_core::DType::F32)?
+            .reshape((n * s, N_ACTIONS))?;
+        let mask = Tensor::from_slice(&self.mask, (n * s, N_ACTIONS), &dev)?;
+        let it = SymbolIntents::from_logits(&logits, Some(&mask), s)?;
+        intents.copy_from_slice(&it.values);
+        let l = logits.to_vec2::<f32>()?;
+        for ((a, row), m) in actions
+            .iter_mut()
+            .zip(&l)
+            .zip(self.mask.chunks_exact(N_ACTIONS))
+        {
+            let mut best = 0usize;
+            let mut best_v = f32::NEG_INFINITY;
+            for (k, (&v, &ok)) in row.iter().zip(m).enumerate() {
+                if ok != 0 && v > best_v {
+                    (best, best_v) = (k, v);
+                }
+            }
+            *a = best as u8;
+        }
+        Ok(())
+    }
+}
+
+/// The symbol agents a master trains and plays with: the scripted [`CapFollower`] or a trained
+/// policy ([`PolicyDriver`]).
+pub enum Symbols {
+    /// The scripted cap follower.
+    CapFollower(CapFollower),
+    /// A trained symbol policy.
+    Policy(Box<PolicyDriver>),
+}
+
+impl SymbolDriver for Symbols {
+    fn act(
+        &mut self,
+        env: &mut VecEnv,
+        master: &[u8],
+        actions: &mut [u8],
+        intents: &mut [f32],
+    ) -> Result<()> {
+        match self {
+            Self::CapFollower(d) => d.act(env, master, actions, intents),
+            Self::Policy(d) => d.act(env, master, actions, intents),
+        }
+    }
+}
+
 /// How the master plays in an evaluation.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub enum MasterPlay<'a> {
     /// The learned master, its most probable directive at each decision.
     Greedy(&'a MasterNet),
     /// One directive throughout.
     Fixed(u8),
+    /// A scripted master: the directive as a function of one scenario's master observation
+    /// (`MASTER_OBS` floats), e.g. a rule on the VIX; a value outside the grid is an error.
+    Rule(&'a dyn Fn(&[f32]) -> u8),
+}
+
+impl std::fmt::Debug for MasterPlay<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Greedy(_) => write!(f, "Greedy"),
+            Self::Fixed(m) => write!(f, "Fixed({m})"),
+            Self::Rule(_) => write!(f, "Rule"),
+        }
+    }
 }
 
 /// One iteration's statistics (one JSON line of the master's metrics file).
@@ -281,6 +418,7 @@ pub struct MasterPpo<Dr: SymbolDriver> {
     vnorm: ValueNorm,
     rng: ResumableRng,
     iteration: usize,
+    env_seed: u64,
     /// The master observation the next rollout starts from (it is a decision point already).
     next_obs: Vec<f32>,
     actions: Vec<u8>,
@@ -288,19 +426,13 @@ pub struct MasterPpo<Dr: SymbolDriver> {
 }
 
 impl<Dr: SymbolDriver> MasterPpo<Dr> {
-    /// A trainer of a fresh [`MasterNet`] (`net_cfg`, initialised from `cfg.seed`) over `env`
+    /// A trainer of a fresh [`MasterNet`] (`cfg.net`, initialised from `cfg.seed`) over `env`
     /// (reset here with `env_seed`), the symbols played by `driver`.
-    pub fn new(
-        cfg: MasterPpoConfig,
-        net_cfg: &MasterNetConfig,
-        mut env: VecEnv,
-        driver: Dr,
-        env_seed: u64,
-    ) -> Result<Self> {
+    pub fn new(cfg: MasterPpoConfig, mut env: VecEnv, driver: Dr, env_seed: u64) -> Result<Self> {
         cfg.validate("master_ppo")?;
         let dev = Device::Cpu;
         let varmap = VarMap::new();
-        let net = MasterNet::build(MASTER_OBS, net_cfg, &varmap, cfg.seed, &dev)?;
+        let net = MasterNet::build(MASTER_OBS, &cfg.net, &varmap, cfg.seed, &dev)?;
         let opt = AdamW::new(
             named_vars(&varmap),
             AdamWConfig {
@@ -323,6 +455,7 @@ impl<Dr: SymbolDriver> MasterPpo<Dr> {
             opt,
             vnorm,
             iteration: 0,
+            env_seed,
             next_obs: vec![0.0; n * MASTER_OBS],
             actions: vec![0; n * s],
             intents: vec![0.0; n * MASTER_INTENTS],
@@ -433,6 +566,8 @@ impl<Dr: SymbolDriver> MasterPpo<Dr> {
             }
             self.observe(&master)?;
         }
+        // Episode records are the evaluation's business; drop them so they do not pile up.
+        self.env.drain_finished();
         // Bootstrap value of the state after the rollout.
         let x = Tensor::from_slice(&self.next_obs, (n, MASTER_OBS), &dev)?;
         let mut next_v = self.net.forward(&x)?.1.to_vec1::<f32>()?;
@@ -555,6 +690,209 @@ impl<Dr: SymbolDriver> MasterPpo<Dr> {
     }
 }
 
+/// A master checkpoint's parameters (`master.*`, [`MasterNet`]'s names).
+pub const MASTER_MODEL_FILE: &str = "master.safetensors";
+/// AdamW's moments of the master's parameters.
+pub const MASTER_OPTIMIZER_FILE: &str = "master_optimizer.safetensors";
+/// The training environment's state, the master anchors and the next observation.
+pub const MASTER_ENV_FILE: &str = "master_env.bin";
+/// [`MasterTrainState`]; written last.
+pub const MASTER_STATE_FILE: &str = "master_state.json";
+/// Version of the master checkpoint layout.
+pub const MASTER_FORMAT: u32 = 1;
+
+/// Everything besides tensors and the environment that a master resume needs (`master_state.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterTrainState {
+    /// [`MASTER_FORMAT`].
+    pub format: u32,
+    /// The trainer's configuration (the network's sizes included: rebuild it from this).
+    pub ppo: MasterPpoConfig,
+    /// Scenarios N and symbols S of the training environment.
+    pub scenarios: usize,
+    /// See `scenarios`.
+    pub symbols: usize,
+    /// Length of the master observation the network reads.
+    pub obs_dim: usize,
+    /// The seed the training environment was reset with.
+    pub env_seed: u64,
+    /// Completed iterations.
+    pub iteration: usize,
+    /// AdamW's step count.
+    pub adam_step: u64,
+    /// Position of the sampling and shuffling stream.
+    pub rng: RngState,
+    /// [`ValueNorm::to_bits`] (bit patterns, so that the resume is exact).
+    pub value_norm: [u64; 5],
+}
+
+/// Header of [`MASTER_ENV_FILE`]; followed by the master anchors `[N]`, the next observation
+/// `[N, obs]` f32 and the env snapshot (`Snapshot::to_bytes`).
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+struct MasterEnvHeader {
+    magic: [u8; 8],
+    version: u32,
+    n: u32,
+    obs: u32,
+    pad: u32,
+}
+
+impl MasterEnvHeader {
+    const MAGIC: [u8; 8] = *b"MARLMAST";
+    const VERSION: u32 = 1;
+}
+
+/// Read and check `master_state.json` of master checkpoint directory `dir`. A directory without
+/// one is an [`ErrorKind::Checkpoint`](crate::ErrorKind::Checkpoint) error naming the file.
+pub fn read_master_state(dir: &Path) -> Result<MasterTrainState> {
+    let path = dir.join(MASTER_STATE_FILE);
+    if !path.is_file() {
+        return Err(Error::checkpoint(
+            &path,
+            "no master checkpoint here (the file does not exist)",
+        ));
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let st: MasterTrainState = serde_json::from_str(&text)
+        .map_err(|e| Error::checkpoint(&path, e.to_string()).with_source(e))?;
+    if st.format != MASTER_FORMAT {
+        return Err(Error::checkpoint(
+            &path,
+            format!(
+                "master checkpoint format {} (this build reads {MASTER_FORMAT})",
+                st.format
+            ),
+        ));
+    }
+    if st.obs_dim != MASTER_OBS {
+        return Err(Error::checkpoint(
+            &path,
+            format!(
+                "the master read {} observation values, this build's master observation has {MASTER_OBS}",
+                st.obs_dim
+            ),
+        ));
+    }
+    st.ppo.validate(&path.display().to_string())?;
+    Ok(st)
+}
+
+/// The learned master of checkpoint directory `dir`: its network rebuilt from the stored sizes
+/// and its parameters loaded, every tensor's name and shape checked (a wrong shape is an
+/// [`ErrorKind::Shape`](crate::ErrorKind::Shape) error naming the tensor).
+pub fn load_master_net(dir: &Path) -> Result<(MasterNet, VarMap, MasterTrainState)> {
+    let st = read_master_state(dir)?;
+    let varmap = VarMap::new();
+    let net = MasterNet::build(MASTER_OBS, &st.ppo.net, &varmap, st.ppo.seed, &Device::Cpu)?;
+    checkpoint::load_params(&varmap, &dir.join(MASTER_MODEL_FILE))?;
+    Ok((net, varmap, st))
+}
+
+impl<Dr: SymbolDriver> MasterPpo<Dr> {
+    /// Write a checkpoint of the trainer into `dir` (created if needed): the four files above,
+    /// each atomically, `master_state.json` last. [`MasterPpo::resume`] continues from it
+    /// bit-identically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        checkpoint::save_params(&self.varmap, &dir.join(MASTER_MODEL_FILE))?;
+        checkpoint::save_tensors_atomic(
+            &dir.join(MASTER_OPTIMIZER_FILE),
+            &self.opt.state_tensors(),
+        )?;
+        let n = self.env.n_scenarios();
+        let h = MasterEnvHeader {
+            magic: MasterEnvHeader::MAGIC,
+            version: MasterEnvHeader::VERSION,
+            n: n as u32,
+            obs: MASTER_OBS as u32,
+            pad: 0,
+        };
+        let mut bytes = bytemuck::bytes_of(&h).to_vec();
+        bytes.extend_from_slice(bytemuck::cast_slice(self.env.master_anchors()));
+        bytes.extend_from_slice(bytemuck::cast_slice(&self.next_obs));
+        bytes.extend_from_slice(&self.env.snapshot()?.to_bytes());
+        crate::atomic::write(&dir.join(MASTER_ENV_FILE), &bytes)?;
+        let st = MasterTrainState {
+            format: MASTER_FORMAT,
+            ppo: self.cfg.clone(),
+            scenarios: n,
+            symbols: self.env.n_symbols(),
+            obs_dim: MASTER_OBS,
+            env_seed: self.env_seed,
+            iteration: self.iteration,
+            adam_step: self.opt.step_count(),
+            rng: self.rng.state(),
+            value_norm: self.vnorm.to_bits(),
+        };
+        let json = serde_json::to_vec_pretty(&st).map_err(|e| Error::json("master state", e))?;
+        crate::atomic::write(&dir.join(MASTER_STATE_FILE), &json)
+    }
+
+    /// Continue the training saved in checkpoint directory `dir` over `env` (the same
+    /// configuration's environment: its N and S are checked) with `driver` (which must keep no
+    /// state between calls that the checkpoint would miss; [`CapFollower`] keeps none).
+    pub fn resume(dir: &Path, env: VecEnv, driver: Dr) -> Result<Self> {
+        let st = read_master_state(dir)?;
+        let state_path = dir.join(MASTER_STATE_FILE);
+        let (n, s) = (env.n_scenarios(), env.n_symbols());
+        if (st.scenarios, st.symbols) != (n, s) {
+            return Err(Error::checkpoint(
+                &state_path,
+                format!(
+                    "saved with {} scenarios x {} symbols, the environment has {n} x {s}",
+                    st.scenarios, st.symbols
+                ),
+            ));
+        }
+        let mut me = Self::new(st.ppo.clone(), env, driver, st.env_seed)?;
+        checkpoint::load_params(&me.varmap, &dir.join(MASTER_MODEL_FILE))?;
+        let opt_path = dir.join(MASTER_OPTIMIZER_FILE);
+        let moments =
+            checkpoint::load_tensors_checked(&opt_path, &me.opt.state_shapes(), &Device::Cpu)?;
+        // Every name and shape was checked by `load_tensors_checked`.
+        me.opt
+            .restore(st.adam_step, |name| Ok(moments[name].clone()))?;
+        me.vnorm = ValueNorm::from_bits(st.value_norm)
+            .map_err(|e| Error::checkpoint(&state_path, e.to_string()))?;
+        me.rng = ResumableRng::from_state(st.rng);
+        me.iteration = st.iteration;
+        let env_path = dir.join(MASTER_ENV_FILE);
+        let bytes = std::fs::read(&env_path).map_err(|e| Error::io(&env_path, e))?;
+        let bad = |why: String| Err(Error::checkpoint(&env_path, why));
+        let hl = std::mem::size_of::<MasterEnvHeader>();
+        if bytes.len() < hl {
+            return bad(format!(
+                "truncated: {} bytes, shorter than its header",
+                bytes.len()
+            ));
+        }
+        let h: MasterEnvHeader = bytemuck::pod_read_unaligned(&bytes[..hl]);
+        if h.magic != MasterEnvHeader::MAGIC || h.version != MasterEnvHeader::VERSION {
+            return bad("not a master env state of this version".into());
+        }
+        if (h.n as usize, h.obs as usize) != (n, MASTER_OBS) {
+            return bad(format!(
+                "holds {} scenarios x {} observation values, expected {n} x {MASTER_OBS}",
+                h.n, h.obs
+            ));
+        }
+        let al = n * std::mem::size_of::<MasterAnchor>();
+        let ol = n * MASTER_OBS * 4;
+        if bytes.len() < hl + al + ol {
+            return bad(format!("truncated: {} bytes", bytes.len()));
+        }
+        let anchors: Vec<MasterAnchor> = bytemuck::pod_collect_to_vec(&bytes[hl..hl + al]);
+        let next_obs: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes[hl + al..hl + al + ol]);
+        let snap = Snapshot::from_bytes(&bytes[hl + al + ol..], n, s)?;
+        me.env.load_snapshot(&snap)?;
+        me.env.set_master_anchors(&anchors)?;
+        me.next_obs = next_obs;
+        Ok(me)
+    }
+}
+
 /// `1 - Var[y - v] / Var[y]`, `None` when `Var[y] = 0`.
 fn explained_variance(v: &[f32], y: &[f32]) -> Option<f64> {
     let var = |x: &mut dyn Iterator<Item = f64>| {
@@ -590,6 +928,9 @@ pub struct MasterEval {
     /// Decisions per (hidden or observed) regime label and directive regime mode, `[labels][3]`,
     /// when [`evaluate_master`] was given labels.
     pub mode_by_label: Vec<[usize; 3]>,
+    /// Decisions per label and directive index, `[labels][48]` (the distribution behind
+    /// `mode_by_label`).
+    pub directive_by_label: Vec<Vec<usize>>,
 }
 
 /// Play `play` (the symbols by `driver`, a decision every `interval` bars) for the first episode
@@ -614,6 +955,18 @@ pub fn evaluate_master(
             "fixed master directive {m} is not in 0..{MASTER_ACTIONS}"
         )));
     }
+    if let Some(l) = labels
+        && l.len() != env.data().paths * env.data().bars
+    {
+        return Err(Error::new(
+            crate::error::ErrorKind::Shape,
+            format!(
+                "evaluate_master: {} regime labels, expected one per (path, bar) = {}",
+                l.len(),
+                env.data().paths * env.data().bars
+            ),
+        ));
+    }
     env.reset(seed)?;
     let (n, s) = (env.n_scenarios(), env.n_symbols());
     let c0 = env.layout().params.initial_capital;
@@ -628,6 +981,7 @@ pub fn evaluate_master(
     let mut counts = vec![0usize; MASTER_ACTIONS];
     let n_labels = labels.map_or(0, |l| l.iter().copied().max().unwrap_or(0) as usize + 1);
     let mut by_label = vec![[0usize; 3]; n_labels];
+    let mut dir_by_label = vec![vec![0usize; MASTER_ACTIONS]; n_labels];
     let mut step = 0usize;
     while !finished.iter().all(|&f| f) {
         if step.is_multiple_of(interval) {
@@ -635,6 +989,17 @@ pub fn evaluate_master(
             env.master_obs(&intents, &mut mobs)?;
             match play {
                 MasterPlay::Fixed(m) => master.fill(m),
+                MasterPlay::Rule(rule) => {
+                    for (i, m) in master.iter_mut().enumerate() {
+                        let d = rule(&mobs[i * MASTER_OBS..(i + 1) * MASTER_OBS]);
+                        if d as usize >= MASTER_ACTIONS {
+                            return Err(Error::invalid(format!(
+                                "the master rule chose directive {d}, not in 0..{MASTER_ACTIONS}"
+                            )));
+                        }
+                        *m = d;
+                    }
+                }
                 MasterPlay::Greedy(net) => {
                     let x = Tensor::from_slice(&mobs, (n, MASTER_OBS), &Device::Cpu)?;
                     let a = net.forward(&x)?.0.argmax(D::Minus1)?.to_vec1::<u32>()?;
@@ -650,6 +1015,7 @@ pub fn evaluate_master(
                     let st = &snap.scenarios[i];
                     let lab = l[st.path as usize * bars_t + (st.t0 + st.k) as usize] as usize;
                     by_label[lab][master[i] as usize % 3] += 1;
+                    dir_by_label[lab][master[i] as usize] += 1;
                 }
             }
         }
@@ -707,5 +1073,6 @@ pub fn evaluate_master(
         bars: rets.len(),
         directive_counts: counts,
         mode_by_label: by_label,
+        directive_by_label: dir_by_label,
     })
 }

@@ -47,6 +47,32 @@ impl ValueNorm {
         })
     }
 
+    /// The exact state as bit patterns (`beta`, `epsilon`, running mean, running mean of squares,
+    /// debiasing weight), for a checkpoint that must resume bit-identically.
+    pub fn to_bits(&self) -> [u64; 5] {
+        [
+            self.beta.to_bits(),
+            self.epsilon.to_bits(),
+            self.running_mean.to_bits(),
+            self.running_mean_sq.to_bits(),
+            self.debiasing.to_bits(),
+        ]
+    }
+
+    /// The statistics [`ValueNorm::to_bits`] saved; `beta` and `epsilon` are checked as in
+    /// [`ValueNorm::new`], the statistics must be finite.
+    pub fn from_bits(bits: [u64; 5]) -> Result<Self> {
+        let [beta, epsilon, m, q, d] = bits.map(f64::from_bits);
+        let mut vn = Self::new(beta, epsilon)?;
+        if !(m.is_finite() && q.is_finite() && d.is_finite()) {
+            return Err(Error::invalid(format!(
+                "value norm statistics are not finite: mean {m}, mean square {q}, weight {d}"
+            )));
+        }
+        (vn.running_mean, vn.running_mean_sq, vn.debiasing) = (m, q, d);
+        Ok(vn)
+    }
+
     /// The debiased running mean and variance.
     pub fn mean_var(&self) -> (f64, f64) {
         let w = self.debiasing.max(self.epsilon);
