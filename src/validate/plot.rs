@@ -342,6 +342,7 @@ fn shares(r: &Report, buf: &mut [u8]) -> DrawResult<()> {
     ch.configure_mesh()
         .x_desc("iteration")
         .y_desc("share")
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .label_style((FAMILY, 14))
         .draw()?;
     for (i, t) in crate::reward::COMPONENT_NAMES.iter().enumerate() {

@@ -550,7 +550,8 @@ pub fn criteria(r: &Report) -> Vec<Criterion> {
         "master cuts drawdown > 15% vs baseline",
         None,
         Verdict::NotEvaluable,
-        "no master agent exists yet: the master plays master.default_action in every backtest"
+        "walk-forward and train runs do not train a master (`marl-trade train-master` does, over \
+         a fixed symbol policy): the master plays master.default_action in every backtest here"
             .into(),
     ));
     let collapse = r
@@ -618,7 +619,9 @@ pub fn criteria(r: &Report) -> Vec<Criterion> {
         "no-go: MAPPO diverges",
         None,
         Verdict::NotEvaluable,
-        "no MAPPO exists yet (only the symbol agents are trained, with PPO)".into(),
+        "no MAPPO run in these runs (only the symbol agents are trained, with PPO; \
+         `marl-trade train-master` trains the master separately)"
+            .into(),
     ));
     let zmin = r
         .z_vs_rebalanced
