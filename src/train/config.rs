@@ -96,6 +96,20 @@ pub struct PpoConfig {
     /// environments that have a cost term (the trading env, [`TrainEnv::set_cost_scale`](super::TrainEnv::set_cost_scale));
     /// logged per iteration as `schedule.cost_scale` (in the metrics' `policy` map).
     pub cost_ramp_frac: f64,
+    /// Staged symbol onboarding (the design's curriculum): at iteration 1 only the first
+    /// `onboard_start` symbols (in the data's symbol order) may trade, the others are held at HOLD
+    /// by the action mask; every `onboard_every` iterations `onboard_step` more become tradable,
+    /// until all are ([`PpoConfig::tradable_symbols_at`]). A symbol, once tradable, stays so. Why:
+    /// a policy that starts on a few symbols sees each of them more often in its first updates;
+    /// the shared heads then carry what they learned to the symbols added later. 0 (default):
+    /// off, every symbol tradable from the start. Applied by environments with symbol agents
+    /// ([`TrainEnv::set_tradable_symbols`](super::TrainEnv::set_tradable_symbols)); logged per
+    /// iteration as `schedule.tradable_symbols` (in the metrics' `policy` map).
+    pub onboard_start: usize,
+    /// Iterations between onboarding stages (`onboard_start > 0` only; >= 1).
+    pub onboard_every: usize,
+    /// Symbols added per onboarding stage (`onboard_start > 0` only; >= 1).
+    pub onboard_step: usize,
     /// Checkpoint selection (`eval::select`, `marl-trade train`): the last `val_fraction` of the
     /// train period's bars are held out of training as a validation slice; every `val_every`
     /// iterations the policy is played greedily on it and the checkpoint with the best validation
@@ -137,6 +151,9 @@ impl Default for PpoConfig {
             kl_prior_coef: 0.0,
             kl_prior_iters: 0,
             cost_ramp_frac: 0.0,
+            onboard_start: 0,
+            onboard_every: 1,
+            onboard_step: 1,
             val_fraction: 0.0,
             val_every: 10,
             val_patience: 0,
@@ -198,6 +215,18 @@ impl PpoConfig {
             return 1.0;
         }
         ((iteration as f64 - 1.0) / ramp).clamp(0.0, 1.0)
+    }
+
+    /// Symbols tradable at iteration `i` (1-based) under staged onboarding: `onboard_start +
+    /// onboard_step * floor((i - 1) / onboard_every)`; `usize::MAX` (all) when onboarding is off.
+    /// The environment clamps it to its symbol count.
+    pub fn tradable_symbols_at(&self, iteration: usize) -> usize {
+        if self.onboard_start == 0 {
+            return usize::MAX;
+        }
+        let stages = iteration.saturating_sub(1) / self.onboard_every.max(1);
+        self.onboard_start
+            .saturating_add(self.onboard_step.saturating_mul(stages))
     }
 
     /// Coefficient of the KL term toward the prior at iteration `i` (1-based).
@@ -270,6 +299,16 @@ impl PpoConfig {
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return bad(f, format!("must be a finite number >= 0, got {v}"));
+            }
+        }
+        if self.onboard_start > 0 {
+            for (f, v) in [
+                ("ppo.onboard_every", self.onboard_every),
+                ("ppo.onboard_step", self.onboard_step),
+            ] {
+                if v == 0 {
+                    return bad(f, "must be >= 1 when ppo.onboard_start > 0".into());
+                }
             }
         }
         if !(0.0..1.0).contains(&self.cost_ramp_frac) {

@@ -6,7 +6,9 @@ One iteration ([`Ppo::iterate`]):
 1. **Schedules.** `lr = (1 - (i - 1) / num_iterations) * learning_rate` when `anneal_lr`; the entropy
    coefficient follows the same fraction from `ent_coef_start` to `ent_coef_end`. Not CleanRL: the
    cost curriculum (`cost_ramp_frac`, [`PpoConfig::cost_scale_at`]) sets the environment's
-   cost-term scale for the iteration ([`TrainEnv::set_cost_scale`]).
+   cost-term scale for the iteration ([`TrainEnv::set_cost_scale`]), and the staged onboarding
+   (`onboard_start`, [`PpoConfig::tradable_symbols_at`]) how many symbols may trade
+   ([`TrainEnv::set_tradable_symbols`]).
 2. **Rollout.** For `num_steps` steps: store the observation and the done flags that came with it,
    run the policy (no gradient), sample an action per row from the masked categorical, store its
    log-probability and the value, step the environment (which auto-resets finished copies), store
@@ -69,6 +71,9 @@ pub const KL_PRIOR_COEF_STAT: &str = "loss.kl_prior_coef";
 /// Name of the cost curriculum's scale of the cost-term weight in the metrics' `policy` map
 /// (logged when `ppo.cost_ramp_frac > 0`).
 pub const COST_SCALE_STAT: &str = "schedule.cost_scale";
+/// Name of the staged onboarding's count of tradable symbols in the metrics' `policy` map (logged
+/// when `ppo.onboard_start > 0`).
+pub const TRADABLE_STAT: &str = "schedule.tradable_symbols";
 
 /// Scale every gradient of `params` in `grads` so that their global L2 norm is at most `max_norm`
 /// (torch's `clip_grad_norm_`: factor `min(1, max_norm / (norm + 1e-6))`). Returns the norm before
@@ -335,6 +340,8 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
         let kl_coef = cfg.kl_prior_coef_at(it);
         let cost_scale = cfg.cost_scale_at(it, num_envs);
         self.env.set_cost_scale(cost_scale);
+        let tradable = cfg.tradable_symbols_at(it);
+        self.env.set_tradable_symbols(tradable)?;
         let dev = self.device();
         let (n, g, na) = (
             self.env.num_envs(),
@@ -499,6 +506,10 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
         }
         if cfg.cost_ramp_frac > 0.0 {
             policy_stats.insert(COST_SCALE_STAT.into(), cost_scale);
+        }
+        if cfg.onboard_start > 0 {
+            let tradable = tradable.min(self.env.agents_per_env());
+            policy_stats.insert(TRADABLE_STAT.into(), tradable as f64);
         }
         timing.insert("time.rollout_env".into(), times.env);
         timing.insert("time.rollout_policy".into(), times.policy);

@@ -29,7 +29,10 @@ The mapping:
   the episodes that ended, and `turnover`, the traded notional / equity per symbol-step, computed
   here from the positions before and after each step (the env's snapshot; one extra host read of
   the positions per step, which on the CUDA backend is a device-to-host copy of the state).
-- **masks**: the env's `[N, S, 7]` mask, read after every reset/step (the env's accessors need
+- **masks**: the env's `[N, S, 7]` mask, read after every reset/step; under the trainer's staged
+  onboarding ([`TrainEnv::set_tradable_symbols`] with `k < S`) the rows of symbols `s >= k` allow
+  only HOLD (the env's mask otherwise unchanged); the restriction is applied at once to the
+  current mask, and (the env's accessors need
   `&mut`, the trait's `&self`, so the observation, mask and keys are cached).
 
 The env executes a masked action as HOLD and counts it (`invalid_actions` in its episode records);
@@ -92,6 +95,8 @@ pub struct TradingEnv {
     turnover_rows: u64,
     /// The cost curriculum's scale of the cost-term weight (1 = the env's own reward).
     cost_scale: f64,
+    /// Staged onboarding: symbols `s >= tradable` may only HOLD.
+    tradable: usize,
 }
 
 impl TradingEnv {
@@ -121,6 +126,7 @@ impl TradingEnv {
             turnover_sum: 0.0,
             turnover_rows: 0,
             cost_scale: 1.0,
+            tradable: usize::MAX,
             n,
             s,
             env,
@@ -186,7 +192,22 @@ impl TradingEnv {
         let env = &mut self.env;
         env.dyn_obs(&mut self.dyn_obs)?;
         env.action_mask(&mut self.mask)?;
-        env.obs_index(&mut self.index)
+        env.obs_index(&mut self.index)?;
+        self.restrict_mask();
+        Ok(())
+    }
+
+    /// Staged onboarding: symbols at or past `tradable` may only HOLD (action 0).
+    fn restrict_mask(&mut self) {
+        if self.tradable >= self.s {
+            return;
+        }
+        // Rows are scenario-major: row r is symbol r % S.
+        for (r, row) in self.mask.chunks_exact_mut(N_ACTIONS).enumerate() {
+            if r % self.s >= self.tradable {
+                row[1..].fill(0);
+            }
+        }
     }
 }
 
@@ -348,6 +369,15 @@ impl TrainEnv for TradingEnv {
 
     fn set_cost_scale(&mut self, scale: f64) {
         self.cost_scale = scale.clamp(0.0, 1.0);
+    }
+
+    fn set_tradable_symbols(&mut self, count: usize) -> Result<()> {
+        if count != self.tradable {
+            self.tradable = count;
+            self.env.action_mask(&mut self.mask)?;
+            self.restrict_mask();
+        }
+        Ok(())
     }
 
     fn save_state(&self) -> Result<Vec<u8>> {
@@ -539,6 +569,49 @@ mod tests {
         assert!(t > 0.0 && t < 2.0, "turnover {t}");
         assert_eq!(env.stat_names()[0], TURNOVER_STAT);
         assert_eq!(env.stat_names().last().unwrap(), "reward_share.divers");
+    }
+
+    #[test]
+    fn onboarding_holds_the_symbols_not_yet_tradable() {
+        let (mut env, _) = make();
+        env.reset(3).unwrap();
+        // BUY everywhere, then a mix of steps: some symbols hold positions (sells allowed).
+        env.step(&[3; 6]).unwrap();
+        let full = env.action_mask().unwrap();
+        env.set_tradable_symbols(1).unwrap();
+        let restricted = env.action_mask().unwrap();
+        for (r, (f, g)) in full
+            .chunks_exact(N_ACTIONS)
+            .zip(restricted.chunks_exact(N_ACTIONS))
+            .enumerate()
+        {
+            if r % 3 == 0 {
+                assert_eq!(f, g, "row {r}: symbol 0 is tradable, its mask is the env's");
+            } else {
+                assert_eq!(g, &[1, 0, 0, 0, 0, 0, 0], "row {r}: only HOLD");
+            }
+        }
+        assert!(full.chunks_exact(N_ACTIONS).any(|m| m[1..].contains(&1)));
+        // It stays restricted after a step, and lifting it restores the env's mask.
+        let actions = legal_actions(&env, 1);
+        assert!(
+            actions
+                .iter()
+                .enumerate()
+                .all(|(r, &a)| r % 3 == 0 || a == 0)
+        );
+        env.step(&actions).unwrap();
+        let m = env.action_mask().unwrap();
+        assert!(
+            m.chunks_exact(N_ACTIONS)
+                .enumerate()
+                .all(|(r, row)| r % 3 == 0 || row[1..].iter().all(|&x| x == 0))
+        );
+        env.set_tradable_symbols(usize::MAX).unwrap();
+        let mut want = vec![0u8; 6 * N_ACTIONS];
+        env.inner_mut().action_mask(&mut want).unwrap();
+        assert_eq!(env.action_mask().unwrap(), want);
+        assert_eq!(env.masked_actions(), 0);
     }
 
     #[test]

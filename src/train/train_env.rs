@@ -78,6 +78,13 @@ pub trait TrainEnv {
     /// (the trainer's cost curriculum, `ppo.cost_ramp_frac`). Environments without a cost term
     /// ignore it (the default).
     fn set_cost_scale(&mut self, _scale: f64) {}
+    /// Let only the first `count` agents of every copy act; the others may only take action 0
+    /// (HOLD) from the current observation on (the trainer's staged onboarding,
+    /// `ppo.onboard_start`; `usize::MAX` = all). Environments without such agents ignore it (the
+    /// default).
+    fn set_tradable_symbols(&mut self, _count: usize) -> Result<()> {
+        Ok(())
+    }
     /// Names of the statistics [`TrainEnv::drain_stats`] reports, in column order (CSV header).
     fn stat_names(&self) -> Vec<String> {
         Vec::new()
