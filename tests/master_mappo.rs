@@ -210,8 +210,9 @@ fn run(warning: bool) -> Outcome {
 }
 
 #[test]
-#[ignore = "fails at present (the learned master settles on one directive, with or without the warning; \
-            figures in docs/training.md, \"The portfolio master\"); about 1.5 minutes"]
+#[ignore = "fails at present (on the oracle-checked crash market the learned master still settles on one \
+            smallest-cap directive, with or without the warning; figures in docs/training.md, \
+            \"The portfolio master\"); about 1.5 minutes"]
 fn learned_master_cuts_held_out_drawdown_only_with_the_warning() {
     let on = run(true);
     let off = run(false);
@@ -328,7 +329,11 @@ fn scripted_warning_rule_is_the_test_market_s_instrument() {
         }
     }
     let (on, off) = (cuts[0], cuts[1]);
-    assert!(on.0 > 0.15, "with the warning the rule cuts only {:.1}%", 100.0 * on.0);
+    assert!(
+        on.0 > 0.15,
+        "with the warning the rule cuts only {:.1}%",
+        100.0 * on.0
+    );
     assert!(
         on.1 >= on.2 - 2.0 * on.3,
         "with the warning the rule's Sharpe {:.3} is below its baseline's {:.3} beyond noise",
