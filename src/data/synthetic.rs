@@ -54,9 +54,9 @@ beta `b_i ~ U(0.6, 1.5)`, sector loading `g_i ~ U(0.5, 1.0)`, idiosyncratic vol 
 
 # Returns (log, close to close)
 
-Market factor `f(t) = mu_k dt + vm_k sqrt(dt) t5 + Jm (+ the onset crash)`, sector factor `h_j(t) = vs_k sqrt(dt) t5`, with
-`t5` a unit-variance Student-t (5 dof) draw and `Jm ~ N(-0.015, 0.02^2)` with the market jump
-probability above (0 otherwise). The benchmark's log return is `f(t)` (the cap-weighted index of the
+Market factor `f(t) = mu_k dt + vm_k sqrt(dt) t5 + Jm` (plus the onset crash above), sector factor
+`h_j(t) = vs_k sqrt(dt) t5`, with `t5` a unit-variance Student-t (5 dof) draw and
+`Jm ~ N(-0.015, 0.02^2)` with the market jump probability above (0 otherwise). The benchmark's log return is `f(t)` (the cap-weighted index of the
 market factor). Symbol i:
 
 `r_i(t) = a_i dt + b_i f(t) + g_i h_{sector(i)}(t) + mi_k v_i sqrt(dt) t4 + J_i + strength * signal_i(t)`
