@@ -54,12 +54,12 @@ fn market(warning: bool) -> SyntheticConfig {
 
 /// The held-out criterion: the lowest-drawdown fixed directive with at least `sharpe` (the
 /// default directive when none reaches it), its name, and the cut `1 - dd / its drawdown`.
-fn criterion<'a>(
-    fixed: &'a [MasterEval],
+fn criterion(
+    fixed: &[MasterEval],
     default: usize,
     sharpe: f64,
     dd: f64,
-) -> (&'a MasterEval, String, f64) {
+) -> (&MasterEval, String, f64) {
     let (bi, name) = match fixed
         .iter()
         .enumerate()
