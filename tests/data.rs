@@ -1032,3 +1032,146 @@ fn crisis_warning_ramps_vix_before_each_onset_and_changes_nothing_else() {
         "{e}"
     );
 }
+
+/// The crisis frequency (`crisis_entry`) and the onset crash (`crisis_crash`, `crisis_crash_bars`)
+/// of `data::synthetic`'s doc: the entry factor changes how many crises start and only that
+/// (0: none after the first bar), the crash moves the benchmark's log return by exactly
+/// `ln(1 - c) / n` on each of the first n bars of every crisis and on no other bar, symbols fall
+/// with it, the VIX reacts only from the first crash bar on, and bad values are refused by name.
+#[test]
+fn crisis_entry_and_onset_crash() {
+    let base = SyntheticConfig {
+        bars_per_day: 1,
+        paths: 4,
+        ..small(3, 6, 6000)
+    };
+    let onsets = |reg: &[u8], t_len: usize| -> Vec<usize> {
+        (0..reg.len())
+            .filter(|&i| reg[i] == 2 && (i % t_len == 0 || reg[i - 1] != 2))
+            .collect()
+    };
+    let (plain, reg) = generate_with_regimes(&base, "SPY");
+    let n_default = onsets(&reg, 6000).len();
+    let more = generate_with_regimes(
+        &SyntheticConfig {
+            crisis_entry: 2.0,
+            ..base.clone()
+        },
+        "SPY",
+    )
+    .1;
+    let fewer = generate_with_regimes(
+        &SyntheticConfig {
+            crisis_entry: 0.3,
+            ..base.clone()
+        },
+        "SPY",
+    )
+    .1;
+    let none = generate_with_regimes(
+        &SyntheticConfig {
+            crisis_entry: 0.0,
+            ..base.clone()
+        },
+        "SPY",
+    )
+    .1;
+    let (n_more, n_fewer) = (onsets(&more, 6000).len(), onsets(&fewer, 6000).len());
+    assert!(
+        n_fewer < n_default && n_default < n_more,
+        "onsets {n_fewer} / {n_default} / {n_more}"
+    );
+    // No crisis starts after bar 0 of a path at entry 0.
+    assert!(onsets(&none, 6000).iter().all(|&i| i % 6000 == 0));
+    // The crash: same regimes, the benchmark's bar log returns moved by ln(1 - c) / n on the
+    // first n crisis bars only.
+    let (c, n) = (0.3, 3usize);
+    let (crashed, reg2) = generate_with_regimes(
+        &SyntheticConfig {
+            crisis_crash: c,
+            crisis_crash_bars: n,
+            ..base.clone()
+        },
+        "SPY",
+    );
+    assert_eq!(reg, reg2, "the crash changes no regime");
+    let b = plain.n_symbols();
+    let step = (1.0f64 - c).ln() / n as f64;
+    let mut crash_bars = 0;
+    let mut sym_drop = 0.0;
+    for p in 0..plain.paths {
+        let r = &reg[p * 6000..(p + 1) * 6000];
+        let mut since = 0usize;
+        for t in 0..6000 {
+            since = if r[t] != 2 {
+                usize::MAX
+            } else if t > 0 && r[t - 1] == 2 {
+                since.saturating_add(1)
+            } else {
+                0
+            };
+            if t == 0 {
+                continue;
+            }
+            let d = log_ret(&crashed, p, t - 1, b) - log_ret(&plain, p, t - 1, b);
+            let expect = if since < n { step } else { 0.0 };
+            assert!(
+                (d - expect).abs() < 2e-4,
+                "path {p} bar {t}: benchmark log return moved by {d}, expected {expect}"
+            );
+            if since < n {
+                crash_bars += 1;
+                for s in 0..b {
+                    sym_drop += log_ret(&crashed, p, t - 1, s) - log_ret(&plain, p, t - 1, s);
+                }
+            }
+        }
+    }
+    assert!(crash_bars >= n, "{crash_bars}");
+    // Symbols fall with their beta (0.6 to 1.5).
+    let mean_drop = sym_drop / (crash_bars * b) as f64;
+    assert!(
+        mean_drop < 0.5 * step && mean_drop > 1.6 * step,
+        "mean symbol move {mean_drop} per crash bar vs the market's {step}"
+    );
+    // The VIX is unchanged before the first crash bar of the first onset (no look-ahead).
+    let first = onsets(&reg, 6000)
+        .into_iter()
+        .find(|&i| i % 6000 > 0)
+        .unwrap();
+    let (p0, t0) = (first / 6000, first % 6000);
+    for t in 0..t0 {
+        let i = (p0 * 6000 + t) * 2 + 1;
+        assert_eq!(
+            plain.macro_series[i], crashed.macro_series[i],
+            "VIX at bar {t}"
+        );
+    }
+    let i0 = (p0 * 6000 + t0) * 2 + 1;
+    assert!(crashed.macro_series[i0] > plain.macro_series[i0]);
+
+    // Bad values are refused, naming the field.
+    for (field, set) in [
+        (
+            "data.synthetic.crisis_entry",
+            (|d: &mut DataConfig| d.synthetic.crisis_entry = 2.6) as fn(&mut DataConfig),
+        ),
+        ("data.synthetic.crisis_entry", |d| {
+            d.synthetic.crisis_entry = f64::NAN
+        }),
+        ("data.synthetic.crisis_crash", |d| {
+            d.synthetic.crisis_crash = 1.0
+        }),
+        ("data.synthetic.crisis_crash", |d| {
+            d.synthetic.crisis_crash = -0.1
+        }),
+        ("data.synthetic.crisis_crash_bars", |d| {
+            d.synthetic.crisis_crash_bars = 0
+        }),
+    ] {
+        let mut dc = DataConfig::default();
+        set(&mut dc);
+        let e = dc.validate("x.toml").unwrap_err();
+        assert!(e.to_string().contains(field), "{e}");
+    }
+}

@@ -1,10 +1,14 @@
 //! The portfolio master learns a defensive posture where it pays and is foreseeable (issue #12).
 //!
-//! Market: the synthetic factor model (`data::synthetic`) at daily bars, 8 symbols, 6 paths of
-//! 2500 bars, fixed seed; its hidden regime chain has crises (market drift -50% a year, volatility
-//! 0.5). With the **crisis warning** on, the VIX rises linearly over the 10 bars before every crisis
-//! onset by up to 30 points; with it off (the null control) the market is the same, bar for bar,
-//! and the VIX is the plain regime-driven series (high during a crisis, not before).
+//! Market ([`market`], also `configs/crisis.toml`): the synthetic factor model
+//! (`data::synthetic`) at daily bars, 8 symbols, 12 paths of 2500 bars, fixed seed; crises are rare
+//! (`crisis_entry` 0.35: about one onset per 1000 bars, 1% of the bars in a crisis) and deep (a
+//! crash: the market falls 40% over the first 2 bars of every crisis, `crisis_crash`). With the
+//! **crisis warning** on, the VIX rises linearly over the 15 bars before every crisis onset by up
+//! to 60 points; with it off (the null control) the market is the same, bar for bar, and the VIX is
+//! the plain regime-driven series (it jumps with the crash, not before). The settings were chosen
+//! with the scripted oracle below ([`scripted_warning_rule_is_the_test_market_s_instrument`]),
+//! not with the learned master (docs/training.md, "The portfolio master").
 //!
 //! Symbol agents: held fixed, the scripted [`CapFollower`] (each symbol kept near the directive's
 //! per-position cap), so the directive sets the exposure. Master: MAPPO ([`MasterPpo`]) on the
@@ -31,6 +35,49 @@ use marl_trade::train::mappo::{
 
 const INTERVAL: usize = 5;
 
+/// The drawdown test's market (`configs/crisis.toml`), with the crisis warning on or off.
+fn market(warning: bool) -> SyntheticConfig {
+    SyntheticConfig {
+        symbols: 8,
+        bars: 2500,
+        bars_per_day: 1,
+        paths: 12,
+        seed: 7,
+        crisis_warning_bars: if warning { 15 } else { 0 },
+        crisis_warning_vix: 60.0,
+        crisis_entry: 0.35,
+        crisis_crash: 0.4,
+        crisis_crash_bars: 2,
+        ..SyntheticConfig::default()
+    }
+}
+
+/// The held-out criterion: the lowest-drawdown fixed directive with at least `sharpe` (the
+/// default directive when none reaches it), its name, and the cut `1 - dd / its drawdown`.
+fn criterion(
+    fixed: &[MasterEval],
+    default: usize,
+    sharpe: f64,
+    dd: f64,
+) -> (&MasterEval, String, f64) {
+    let (bi, name) = match fixed
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.sharpe >= sharpe)
+        .min_by(|a, b| a.1.max_drawdown.total_cmp(&b.1.max_drawdown))
+    {
+        Some((i, _)) => (
+            i,
+            format!("fixed {i} (lowest drawdown with Sharpe >= master's)"),
+        ),
+        None => (
+            default,
+            format!("default {default} (no fixed directive reaches the master's Sharpe)"),
+        ),
+    };
+    (&fixed[bi], name, 1.0 - dd / fixed[bi].max_drawdown)
+}
+
 struct Outcome {
     master: MasterEval,
     baseline: MasterEval,
@@ -39,17 +86,7 @@ struct Outcome {
 }
 
 fn run(warning: bool) -> Outcome {
-    let synth = SyntheticConfig {
-        symbols: 8,
-        bars: 2500,
-        bars_per_day: 1,
-        paths: 6,
-        seed: 7,
-        crisis_warning_bars: if warning { 10 } else { 0 },
-        crisis_warning_vix: 30.0,
-        ..SyntheticConfig::default()
-    };
-    let (md, regimes) = generate_with_regimes(&synth, "SPY");
+    let (md, regimes) = generate_with_regimes(&market(warning), "SPY");
     let md = Arc::new(md);
     let feats = Arc::new(Features::compute(&md));
     let mut cfg = Config::default();
@@ -124,23 +161,9 @@ fn run(warning: bool) -> Outcome {
         })
         .collect();
     let default = cfg.master.default_action as usize;
-    let (bi, baseline_name) = match fixed
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| f.sharpe >= master.sharpe)
-        .min_by(|a, b| a.1.max_drawdown.total_cmp(&b.1.max_drawdown))
-    {
-        Some((i, _)) => (
-            i,
-            format!("fixed {i} (lowest drawdown with Sharpe >= master's)"),
-        ),
-        None => (
-            default,
-            format!("default {default} (no fixed directive reaches the master's Sharpe)"),
-        ),
-    };
-    let baseline = fixed[bi].clone();
-    let cut = 1.0 - master.max_drawdown / baseline.max_drawdown;
+    let (baseline, baseline_name, cut) =
+        criterion(&fixed, default, master.sharpe, master.max_drawdown);
+    let baseline = baseline.clone();
     eprintln!(
         "warning {warning}: master sharpe {:.3} (se {:.3}) mean maxDD {:.4} worst {:.4} return {:+.4}",
         master.sharpe,
@@ -187,8 +210,9 @@ fn run(warning: bool) -> Outcome {
 }
 
 #[test]
-#[ignore = "fails at present (the learned master settles on one directive, with or without the warning; \
-            figures in docs/training.md, \"The portfolio master\"); about 1.5 minutes"]
+#[ignore = "fails at present (on the oracle-checked crash market the learned master still settles on one \
+            smallest-cap directive, with or without the warning; figures in docs/training.md, \
+            \"The portfolio master\"); about 1.5 minutes"]
 fn learned_master_cuts_held_out_drawdown_only_with_the_warning() {
     let on = run(true);
     let off = run(false);
@@ -213,37 +237,33 @@ fn learned_master_cuts_held_out_drawdown_only_with_the_warning() {
     );
 }
 
-/// What timing is worth on the drawdown test's held-out bars, without learning: a scripted master
-/// on the master observation plays the low-cap directive 0 when the VIX rose by more than
-/// `dv` points over the last 5 bars (the warning's ramp) or stands above `lvl` points (a crisis
-/// already under way), else directive 21 (cap 0.20), with the warning on and off; each rule is
-/// judged by the test's criterion against the 48 fixed directives. A diagnostic of the test
-/// itself (is the cut reachable, and does a reactive rule claim it without the warning?), not a
-/// tuned baseline: every rule tried is printed (`--nocapture`); asserted is only that the rules
-/// switch (both directives played) and that directive 0 has less drawdown than 21.
+/// The scripted oracle that makes the drawdown test's market a fair instrument (no learning): a
+/// master that reads only the warning in its observation, the VIX's rise over the last 5 bars
+/// (the warning ramp climbs 20 points per 5 bars), and plays the low-cap directive 0 when that rise
+/// exceeds 15 points, else the default directive. With the warning on it must pass the learned
+/// master's criterion on the held-out bars (a cut of more than 15% against the lowest-drawdown
+/// fixed directive with at least its Sharpe, its Sharpe no worse beyond two standard errors); with
+/// the warning off the same rule must not. Also printed, not asserted: a reactive rule (VIX above
+/// 40, a crisis under way). `configs/crisis.toml` must hold this market.
 #[test]
-#[ignore = "diagnostic of the drawdown test (prints a table, docs/training.md); about 1 minute"]
-fn vix_rules_show_what_timing_is_worth() {
+fn scripted_warning_rule_is_the_test_market_s_instrument() {
     use marl_trade::env::master_obs::M_REGIME;
     use marl_trade::features::N_REGIME;
+    let crisis = Config::from_file(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/crisis.toml"),
+    )
+    .unwrap();
+    assert_eq!(crisis.data.synthetic, market(true), "configs/crisis.toml");
+    let mut cuts = Vec::new();
     for warning in [true, false] {
-        let synth = SyntheticConfig {
-            symbols: 8,
-            bars: 2500,
-            bars_per_day: 1,
-            paths: 6,
-            seed: 7,
-            crisis_warning_bars: if warning { 10 } else { 0 },
-            crisis_warning_vix: 30.0,
-            ..SyntheticConfig::default()
-        };
-        let (md, regimes) = generate_with_regimes(&synth, "SPY");
+        let (md, regimes) = generate_with_regimes(&market(warning), "SPY");
         let md = Arc::new(md);
         let feats = Arc::new(Features::compute(&md));
         let mut cfg = Config::default();
         cfg.env.train_fraction = 0.6;
         cfg.env.scenarios = 12;
         cfg.env.episode_len = 2500;
+        let default = cfg.master.default_action as u8;
         let mut env = VecEnv::new(
             &cfg.env_setup(),
             md.clone(),
@@ -266,62 +286,65 @@ fn vix_rules_show_what_timing_is_worth() {
                 .unwrap()
             })
             .collect();
-        assert!(fixed[0].max_drawdown < fixed[21].max_drawdown);
         let (vix, dvix) = (M_REGIME.start + N_REGIME, M_REGIME.start + N_REGIME + 1);
-        for (dv, lvl) in [
-            (10.0, 1000.0),
-            (5.0, 1000.0),
-            (1000.0, 40.0),
-            (1000.0, 30.0),
-            (10.0, 40.0),
+        let warned = move |o: &[f32]| if 100.0 * o[dvix] > 15.0 { 0 } else { default };
+        let reactive = move |o: &[f32]| if 100.0 * o[vix] > 40.0 { 0 } else { default };
+        for (name, rule) in [
+            ("dVIX5 > 15", &warned as &dyn Fn(&[f32]) -> u8),
+            ("VIX > 40", &reactive),
         ] {
-            let rule = move |o: &[f32]| {
-                if 100.0 * o[dvix] > dv || 100.0 * o[vix] > lvl {
-                    0
-                } else {
-                    21
-                }
-            };
             let r = evaluate_master(
                 &mut env,
                 &mut driver,
-                MasterPlay::Rule(&rule),
+                MasterPlay::Rule(rule),
                 INTERVAL,
                 99,
                 Some(&regimes),
             )
             .unwrap();
-            assert!(r.directive_counts[0] > 0 && r.directive_counts[21] > 0);
-            let base = fixed
-                .iter()
-                .enumerate()
-                .filter(|(_, f)| f.sharpe >= r.sharpe)
-                .min_by(|a, b| a.1.max_drawdown.total_cmp(&b.1.max_drawdown));
-            let (name, b) = match base {
-                Some((i, f)) => (format!("fixed {i}"), f),
-                None => (
-                    format!("default {}", cfg.master.default_action),
-                    &fixed[cfg.master.default_action as usize],
-                ),
-            };
+            let (b, bname, cut) = criterion(&fixed, default as usize, r.sharpe, r.max_drawdown);
             let low: Vec<f64> = r
                 .directive_by_label
                 .iter()
                 .map(|c| c[0] as f64 / c.iter().sum::<usize>().max(1) as f64)
                 .collect();
             eprintln!(
-                "warning {warning:5} rule dVIX5 > {dv:6} or VIX > {lvl:6}: Sharpe {:.3} (se {:.3}) maxDD {:.4}; \
-                 baseline {name}: Sharpe {:.3} maxDD {:.4}; cut {:+.1}%; low-cap share bull/bear/crisis {:.2?}",
+                "warning {warning:5} rule {name}: Sharpe {:.3} (se {:.3}) maxDD {:.4}; baseline {bname}: \
+                 Sharpe {:.3} maxDD {:.4}; cut {:+.1}%; default {default}: Sharpe {:.3} maxDD {:.4}; \
+                 low-cap share bull/bear/crisis {:.2?}",
                 r.sharpe,
                 r.sharpe_se,
                 r.max_drawdown,
                 b.sharpe,
                 b.max_drawdown,
-                100.0 * (1.0 - r.max_drawdown / b.max_drawdown),
+                100.0 * cut,
+                fixed[default as usize].sharpe,
+                fixed[default as usize].max_drawdown,
                 low
             );
+            if name == "dVIX5 > 15" {
+                assert!(r.directive_counts[0] > 0 && r.directive_counts[default as usize] > 0);
+                cuts.push((cut, r.sharpe, b.sharpe, b.sharpe_se));
+            }
         }
     }
+    let (on, off) = (cuts[0], cuts[1]);
+    assert!(
+        on.0 > 0.15,
+        "with the warning the rule cuts only {:.1}%",
+        100.0 * on.0
+    );
+    assert!(
+        on.1 >= on.2 - 2.0 * on.3,
+        "with the warning the rule's Sharpe {:.3} is below its baseline's {:.3} beyond noise",
+        on.1,
+        on.2
+    );
+    assert!(
+        off.0 <= 0.15,
+        "without the warning the same rule still cuts {:.1}%",
+        100.0 * off.0
+    );
 }
 
 /// The trainer's mechanics, CI-sized: every loss is logged by name in the metrics file, a run is

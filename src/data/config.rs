@@ -128,6 +128,18 @@ pub struct SyntheticConfig {
     pub crisis_warning_bars: usize,
     /// Height of the crisis warning ramp, VIX points (reached on the bar before the onset).
     pub crisis_warning_vix: f64,
+    /// How often crises come: multiplies the probability that a regime change out of bull (0.2)
+    /// or bear (0.4) goes to crisis, the rest going to the other of the two; in [0, 2.5] (1: the
+    /// default chain, 0: no crisis after the first bar). The same random draws at any value.
+    pub crisis_entry: f64,
+    /// A crash at every crisis onset (issue #12's "a crisis is deep"): the market factor falls by
+    /// this fraction in all (a log return of `ln(1 - crisis_crash)`), spread evenly over the first
+    /// `crisis_crash_bars` bars of the crisis, on top of the regime's drift and noise; in [0, 1)
+    /// (0: none). Symbols fall with their beta; the VIX reacts through the market's realised
+    /// volatility, from the first crash bar on, not before.
+    pub crisis_crash: f64,
+    /// Bars over which the onset crash of `crisis_crash` is spread (>= 1).
+    pub crisis_crash_bars: usize,
 }
 
 impl Default for SyntheticConfig {
@@ -143,6 +155,9 @@ impl Default for SyntheticConfig {
             signal_kind: SignalKind::Sentiment,
             crisis_warning_bars: 0,
             crisis_warning_vix: 30.0,
+            crisis_entry: 1.0,
+            crisis_crash: 0.0,
+            crisis_crash_bars: 1,
         }
     }
 }
@@ -179,6 +194,21 @@ impl DataConfig {
                 "data.synthetic.crisis_warning_vix",
                 format!("must be a finite number >= 0, got {}", s.crisis_warning_vix),
             );
+        }
+        if !(0.0..=2.5).contains(&s.crisis_entry) {
+            return bad(
+                "data.synthetic.crisis_entry",
+                format!("must be in [0, 2.5], got {}", s.crisis_entry),
+            );
+        }
+        if !(0.0..1.0).contains(&s.crisis_crash) {
+            return bad(
+                "data.synthetic.crisis_crash",
+                format!("must be in [0, 1), got {}", s.crisis_crash),
+            );
+        }
+        if s.crisis_crash_bars == 0 {
+            return bad("data.synthetic.crisis_crash_bars", "must be >= 1".into());
         }
         for (field, v) in [("data.start", &self.start), ("data.end", &self.end)] {
             if let Some(v) = v

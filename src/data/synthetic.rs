@@ -22,7 +22,9 @@ years per bar. Below, `ann` quantities are annualised and enter as `x * dt` (dri
 Initial regime drawn with probabilities (0.70, 0.25, 0.05). Each bar the chain leaves regime k with
 probability `1 / (REG_DAYS[k] * D)` (expected durations 120, 50 and 12 trading days) and moves to j
 with probability `REG_NEXT[k][j]` (bull -> bear 0.8 / crisis 0.2, bear -> bull 0.6 / crisis 0.4,
-crisis -> bull 0.5 / bear 0.5). Per-regime parameters (bull, bear, crisis):
+crisis -> bull 0.5 / bear 0.5). `crisis_entry = x` scales the moves into crisis: bull -> crisis
+`0.2 x`, bull -> bear `1 - 0.2 x`, bear -> crisis `0.4 x`, bear -> bull `1 - 0.4 x` (the same two
+uniforms per bar whatever x). Per-regime parameters (bull, bear, crisis):
 
 | parameter | bull | bear | crisis |
 |---|---|---|---|
@@ -37,6 +39,11 @@ crisis -> bull 0.5 / bear 0.5). Per-regime parameters (bull, bear, crisis):
 Crisis has both the highest volatility and (because the market factor's vol grows much faster than
 the idiosyncratic vol) the highest cross-sectional correlation.
 
+An onset crash (`crisis_crash = c > 0`, `crisis_crash_bars = n`): on each of the first n bars of
+every crisis (counted from its onset, the first bar whose regime is crisis after one that is not,
+or bar 0) the market factor below gets `+ ln(1 - c) / n`, so the market falls by the fraction c
+over those bars on top of the crisis drift and noise. No random draw depends on it.
+
 # Symbols
 
 Symbol i (named `S000`, `S001`, ...) belongs to sector `i mod sectors` and has parameters drawn once:
@@ -47,9 +54,9 @@ beta `b_i ~ U(0.6, 1.5)`, sector loading `g_i ~ U(0.5, 1.0)`, idiosyncratic vol 
 
 # Returns (log, close to close)
 
-Market factor `f(t) = mu_k dt + vm_k sqrt(dt) t5 + Jm`, sector factor `h_j(t) = vs_k sqrt(dt) t5`, with
-`t5` a unit-variance Student-t (5 dof) draw and `Jm ~ N(-0.015, 0.02^2)` with the market jump
-probability above (0 otherwise). The benchmark's log return is `f(t)` (the cap-weighted index of the
+Market factor `f(t) = mu_k dt + vm_k sqrt(dt) t5 + Jm` (plus the onset crash above), sector factor
+`h_j(t) = vs_k sqrt(dt) t5`, with `t5` a unit-variance Student-t (5 dof) draw and
+`Jm ~ N(-0.015, 0.02^2)` with the market jump probability above (0 otherwise). The benchmark's log return is `f(t)` (the cap-weighted index of the
 market factor). Symbol i:
 
 `r_i(t) = a_i dt + b_i f(t) + g_i h_{sector(i)}(t) + mi_k v_i sqrt(dt) t4 + J_i + strength * signal_i(t)`
@@ -198,6 +205,13 @@ pub fn generate_with_regimes(cfg: &SyntheticConfig, benchmark: &str) -> (MarketD
         dt,
         strength,
         kind: cfg.signal_kind,
+        next: regime_next(cfg.crisis_entry),
+        crash_step: if cfg.crisis_crash > 0.0 && cfg.crisis_crash < 1.0 {
+            (1.0 - cfg.crisis_crash).ln() / cfg.crisis_crash_bars.max(1) as f64
+        } else {
+            0.0
+        },
+        crash_bars: cfg.crisis_crash_bars.max(1),
     };
 
     let paths: Vec<PathData> = (0..cfg.paths)
@@ -242,6 +256,26 @@ pub fn generate_with_regimes(cfg: &SyntheticConfig, benchmark: &str) -> (MarketD
         );
     }
     (md, regimes)
+}
+
+/// The regime chain's destination probabilities with the moves into crisis scaled by `entry`
+/// (clamped to [0, 2.5]; 1 gives `REG_NEXT`).
+fn regime_next(entry: f64) -> [[f64; 3]; 3] {
+    let x = if entry.is_finite() {
+        entry.clamp(0.0, 2.5)
+    } else {
+        1.0
+    };
+    let mut next = REG_NEXT;
+    if x == 1.0 {
+        return next;
+    }
+    for (k, other) in [(0usize, 1usize), (1, 0)] {
+        let to_crisis = REG_NEXT[k][2] * x;
+        next[k][2] = to_crisis;
+        next[k][other] = 1.0 - to_crisis;
+    }
+    next
 }
 
 /// The crisis warning ramp of the module doc, added to the VIX series (macro column 1).
@@ -293,6 +327,11 @@ struct Ctx {
     dt: f64,
     strength: f64,
     kind: SignalKind,
+    /// Probabilities of a regime change's destination (`crisis_entry` applied).
+    next: [[f64; 3]; 3],
+    /// Onset crash: log return per crash bar, and the number of crash bars.
+    crash_step: f64,
+    crash_bars: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -470,11 +509,12 @@ fn gen_common(ctx: &Ctx, mut rng: SplitMix64) -> Common {
     let mut ewvar = REG_MKT_VOL[k].powi(2) * dt;
     let mut lc = BENCH_PRICE.ln();
     let a = 1.0 / (2.0 * bpd as f64);
+    let mut crisis_bar = 0usize;
     for t in 0..t_len {
         // regime transition: two uniforms every bar
         let (u_leave, u_dest) = (rng.uniform(), rng.uniform());
         if t > 0 && u_leave < 1.0 / (REG_DAYS[k] * bpd as f64) {
-            let row = REG_NEXT[k];
+            let row = ctx.next[k];
             k = if u_dest < row[0] {
                 0
             } else if u_dest < row[0] + row[1] {
@@ -484,6 +524,19 @@ fn gen_common(ctx: &Ctx, mut rng: SplitMix64) -> Common {
             };
         }
         regime.push(k as u8);
+        // bars since the crisis onset (0 on the onset bar)
+        crisis_bar = if k != 2 {
+            0
+        } else if t > 0 && regime[t - 1] == 2 {
+            crisis_bar + 1
+        } else {
+            0
+        };
+        let crash = if k == 2 && crisis_bar < ctx.crash_bars {
+            ctx.crash_step
+        } else {
+            0.0
+        };
         let z = rng.student_t_unit(FACTOR_DOF);
         let jump = rng.chance(REG_MKT_JUMP_P[k]);
         let jn = rng.normal();
@@ -492,7 +545,7 @@ fn gen_common(ctx: &Ctx, mut rng: SplitMix64) -> Common {
         } else {
             0.0
         };
-        let f = REG_DRIFT[k] * dt + REG_MKT_VOL[k] * sdt * z + jm;
+        let f = REG_DRIFT[k] * dt + REG_MKT_VOL[k] * sdt * z + jm + crash;
         mkt.push(f);
         for _ in 0..ctx.sectors {
             sector.push(REG_SECTOR_VOL[k] * sdt * rng.student_t_unit(FACTOR_DOF));
