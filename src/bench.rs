@@ -458,17 +458,7 @@ impl PolicyBench {
                         self.forward(i)
                     }
                 };
-                std::hint::black_box(run(i)?);
-                let t = Instant::now();
-                let cpu = process_cpu_seconds();
-                for _ in 0..reps {
-                    std::hint::black_box(run(i)?);
-                }
-                let seconds = t.elapsed().as_secs_f64() / reps as f64;
-                let cpu_seconds = match (cpu, process_cpu_seconds()) {
-                    (Some(a), Some(b)) => Some((b - a) / reps as f64),
-                    _ => None,
-                };
+                let (seconds, cpu_seconds) = time_reps(reps, || run(i))?;
                 Ok(PolicyTiming {
                     name,
                     units: self.cases[i].1.keys.len(),
@@ -533,17 +523,7 @@ impl MasterBench {
         self.cases
             .iter()
             .map(|(name, x)| {
-                std::hint::black_box(run(x)?);
-                let t = Instant::now();
-                let cpu = process_cpu_seconds();
-                for _ in 0..reps {
-                    std::hint::black_box(run(x)?);
-                }
-                let seconds = t.elapsed().as_secs_f64() / reps as f64;
-                let cpu_seconds = match (cpu, process_cpu_seconds()) {
-                    (Some(a), Some(b)) => Some((b - a) / reps as f64),
-                    _ => None,
-                };
+                let (seconds, cpu_seconds) = time_reps(reps, || run(x))?;
                 Ok(PolicyTiming {
                     name,
                     units: x.dims()[0],
@@ -554,6 +534,23 @@ impl MasterBench {
             })
             .collect()
     }
+}
+
+/// One warm-up call of `f`, then `reps` timed calls: wall seconds and process CPU seconds (when
+/// the platform reports them) per call.
+fn time_reps<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<(f64, Option<f64>)> {
+    std::hint::black_box(f()?);
+    let t = Instant::now();
+    let cpu = process_cpu_seconds();
+    for _ in 0..reps {
+        std::hint::black_box(f()?);
+    }
+    let seconds = t.elapsed().as_secs_f64() / reps as f64;
+    let cpu_seconds = match (cpu, process_cpu_seconds()) {
+        (Some(a), Some(b)) => Some((b - a) / reps as f64),
+        _ => None,
+    };
+    Ok((seconds, cpu_seconds))
 }
 
 /// The time of one forward pass of one [`PolicyBench`] case.

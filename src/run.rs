@@ -381,13 +381,20 @@ fn save_checkpoint(ppo: &Trainer, cfg: &Config, symbols: &[String], out: &Path) 
     let mut names = symbols.join("\n");
     names.push('\n');
     crate::atomic::write(&dir.join(SYMBOLS_FILE), names.as_bytes())?;
+    publish_and_prune(&root, &name)?;
+    Ok(dir)
+}
+
+/// Switch `<root>/latest` to the checkpoint `name`, then keep the newest [`KEEP_CHECKPOINTS`]
+/// complete ones up to it (names `iter-NNNNNN` sort by iteration; a newer one left by an
+/// interrupted run is not touched).
+fn publish_and_prune(root: &Path, name: &str) -> Result<()> {
     crate::atomic::write(&root.join(LATEST_FILE), format!("{name}\n").as_bytes())?;
-    // Prune: keep the newest KEEP_CHECKPOINTS complete ones (names sort by iteration).
-    let mut names: Vec<String> = std::fs::read_dir(&root)
-        .map_err(|e| Error::io(&root, e))?
+    let mut names: Vec<String> = std::fs::read_dir(root)
+        .map_err(|e| Error::io(root, e))?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("iter-") && *n <= name)
+        .filter(|n| n.starts_with("iter-") && n.as_str() <= name)
         .collect();
     names.sort();
     let drop = names.len().saturating_sub(KEEP_CHECKPOINTS);
@@ -395,7 +402,7 @@ fn save_checkpoint(ppo: &Trainer, cfg: &Config, symbols: &[String], out: &Path) 
         let p = root.join(old);
         std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
     }
-    Ok(dir)
+    Ok(())
 }
 
 /// The reward-signal analysis (`train::signals`) of the run in `out`: its `metrics.jsonl`, with
@@ -693,19 +700,7 @@ fn save_master_checkpoint(t: &MasterPpo<Symbols>, root: &Path) -> Result<PathBuf
     let name = format!("iter-{:06}", t.iteration());
     let dir = root.join(&name);
     t.save(&dir)?;
-    crate::atomic::write(&root.join(LATEST_FILE), format!("{name}\n").as_bytes())?;
-    let mut names: Vec<String> = std::fs::read_dir(root)
-        .map_err(|e| Error::io(root, e))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("iter-") && *n <= name)
-        .collect();
-    names.sort();
-    let drop = names.len().saturating_sub(KEEP_CHECKPOINTS);
-    for old in &names[..drop] {
-        let p = root.join(old);
-        std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
-    }
+    publish_and_prune(root, &name)?;
     Ok(dir)
 }
 
