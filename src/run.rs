@@ -252,17 +252,7 @@ pub fn train(cfg: &Config, market: &Market, opts: &TrainOptions) -> Result<Train
     }
 
     let mut ppo: Trainer = if opts.resume {
-        let stored = Config::from_file(&cfg_path)?;
-        if stored != *cfg {
-            return Err(Error::new(
-                ErrorKind::RunMismatch,
-                format!(
-                    "the configuration differs from the run's: resume with `--config {}`",
-                    cfg_path.display()
-                ),
-            )
-            .with_file(&cfg_path));
-        }
+        ensure_same_config(&cfg_path, cfg, "resume with")?;
         let dir = latest_checkpoint(out)?;
         let ppo = Ppo::resume(&dir, env, policy, vm)?;
         truncate_metrics(out, ppo.iteration(), &ppo.env().stat_names())?;
@@ -383,6 +373,22 @@ fn save_checkpoint(ppo: &Trainer, cfg: &Config, symbols: &[String], out: &Path) 
     crate::atomic::write(&dir.join(SYMBOLS_FILE), names.as_bytes())?;
     publish_and_prune(&root, &name)?;
     Ok(dir)
+}
+
+/// Refuse to continue a run whose stored configuration (`cfg_path`) differs from `cfg`; the
+/// error tells the user to `{verb} --config <cfg_path>`.
+fn ensure_same_config(cfg_path: &Path, cfg: &Config, verb: &str) -> Result<()> {
+    if Config::from_file(cfg_path)? != *cfg {
+        return Err(Error::new(
+            ErrorKind::RunMismatch,
+            format!(
+                "the configuration differs from the run's: {verb} `--config {}`",
+                cfg_path.display()
+            ),
+        )
+        .with_file(cfg_path));
+    }
+    Ok(())
 }
 
 /// Switch `<root>/latest` to the checkpoint `name`, then keep the newest [`KEEP_CHECKPOINTS`]
@@ -567,17 +573,7 @@ pub fn train_master(
     let root = out.join(MASTER_DIR);
     let metrics_path = out.join(MASTER_METRICS_JSONL);
     if cfg_path.exists() {
-        let stored = Config::from_file(&cfg_path)?;
-        if stored != *cfg {
-            return Err(Error::new(
-                ErrorKind::RunMismatch,
-                format!(
-                    "the configuration differs from the run's: use `--config {}`",
-                    cfg_path.display()
-                ),
-            )
-            .with_file(&cfg_path));
-        }
+        ensure_same_config(&cfg_path, cfg, "use")?;
     }
     let env = VecEnv::new(
         &cfg.env_setup(),

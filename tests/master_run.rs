@@ -63,16 +63,7 @@ fn master_training_resumes_bit_identically() {
         ca.ends_with("iter-000004") && cb.ends_with("iter-000004"),
         "{ca:?} {cb:?}"
     );
-    for f in [
-        MASTER_MODEL_FILE,
-        MASTER_OPTIMIZER_FILE,
-        mappo::MASTER_ENV_FILE,
-    ] {
-        assert!(
-            read(ca.join(f)) == read(cb.join(f)),
-            "{f} differs after resume"
-        );
-    }
+    assert_same_checkpoint_files(&ca, &cb);
     let sa = mappo::read_master_state(&ca).unwrap();
     let sb = mappo::read_master_state(&cb).unwrap();
     assert_eq!(sa, sb);
@@ -396,16 +387,7 @@ fn master_over_a_trained_symbol_policy() {
         run::latest_master_checkpoint(&a).unwrap(),
         run::latest_master_checkpoint(&b).unwrap(),
     );
-    for f in [
-        MASTER_MODEL_FILE,
-        MASTER_OPTIMIZER_FILE,
-        mappo::MASTER_ENV_FILE,
-    ] {
-        assert!(
-            read(ca.join(f)) == read(cb.join(f)),
-            "{f} differs after resume"
-        );
-    }
+    assert_same_checkpoint_files(&ca, &cb);
     assert_eq!(
         read(a.join(run::MASTER_METRICS_JSONL)),
         read(b.join(run::MASTER_METRICS_JSONL))
@@ -465,4 +447,18 @@ fn master_over_a_trained_symbol_policy() {
     )
     .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Checkpoint, "{e}");
+}
+
+/// The master checkpoints `a` and `b` hold the same model, optimizer and env state, byte for byte.
+fn assert_same_checkpoint_files(a: &std::path::Path, b: &std::path::Path) {
+    for f in [
+        MASTER_MODEL_FILE,
+        MASTER_OPTIMIZER_FILE,
+        mappo::MASTER_ENV_FILE,
+    ] {
+        assert!(
+            read(a.join(f)) == read(b.join(f)),
+            "{f} differs after resume"
+        );
+    }
 }
