@@ -13,6 +13,7 @@ owned by the module that consumes it:
 | `[sl]` | [`SlConfig`] | `sl` |
 | `[pretrain]` | [`PretrainConfig`] | `train` (`train::pretrain`) |
 | `[master_ppo]` | [`MasterPpoConfig`] (`[master_ppo.net]`: the master network's sizes) | `train` (`train::mappo`) |
+| `[joint]` | [`JointConfig`] | `train` (`train::joint`) |
 
 This module only composes them: it loads the file, applies `--set` overrides, lays the file over the
 documented defaults, runs each section's own checks, and checks the sections against each other
@@ -42,6 +43,7 @@ pub use crate::env::{EnvConfig, EnvSetup, MasterConfig, RiskConfig};
 pub use crate::reward::RewardConfig;
 pub use crate::sl::SlConfig;
 pub use crate::train::PpoConfig;
+pub use crate::train::joint::JointConfig;
 pub use crate::train::mappo::MasterPpoConfig;
 pub use crate::train::pretrain::PretrainConfig;
 
@@ -100,6 +102,8 @@ pub struct Config {
     /// `[master_ppo]`: the portfolio master's MAPPO trainer and network (`marl-trade
     /// train-master`).
     pub master_ppo: MasterPpoConfig,
+    /// `[joint]`: joint training of the symbol agents and the master in `marl-trade train`.
+    pub joint: JointConfig,
 }
 
 impl Default for Config {
@@ -124,6 +128,7 @@ impl Default for Config {
             sl: SlConfig::default(),
             pretrain: PretrainConfig::default(),
             master_ppo: MasterPpoConfig::default(),
+            joint: JointConfig::default(),
         }
     }
 }
@@ -236,6 +241,22 @@ impl Config {
         self.sl.validate(origin)?;
         self.pretrain.validate(origin)?;
         self.master_ppo.validate(origin)?;
+        self.joint.validate(origin)?;
+        if self.joint.enabled
+            && !self
+                .ppo
+                .num_steps
+                .is_multiple_of(self.master_ppo.decision_interval)
+        {
+            return Err(Error::config_field(
+                origin,
+                "ppo.num_steps",
+                format!(
+                    "with joint.enabled it must be a multiple of master_ppo.decision_interval                      ({}), so that a rollout is whole master decisions",
+                    self.master_ppo.decision_interval
+                ),
+            ));
+        }
         // The prior reads the observation's SL slice, which is all zeros without a cache.
         if self.env.sl_cache.is_none() {
             let uses = [

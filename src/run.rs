@@ -56,6 +56,7 @@ use crate::env::{BackendKind, Period, VecEnv};
 use crate::error::{Error, ErrorKind, Result};
 pub use crate::market::Market;
 use crate::train::checkpoint;
+use crate::train::joint::MasterSeat;
 use crate::train::mappo::{self, CapFollower, MasterMetrics, MasterPpo, PolicyDriver, Symbols};
 use crate::train::metrics::{Metrics, MetricsWriter, read_metrics};
 pub use crate::train::setup::{build_env, build_policy};
@@ -241,6 +242,19 @@ pub fn train(cfg: &Config, market: &Market, opts: &TrainOptions) -> Result<Train
         )?;
         TradingEnv::new(venv, setup.master.default_action, &dev)?
     };
+    let mut env = env;
+    if cfg.joint.enabled {
+        let seat = MasterSeat::new(
+            cfg.joint.clone(),
+            cfg.master_ppo.clone(),
+            env.num_envs(),
+            env.agents_per_env(),
+            cfg.ppo.num_steps,
+            setup.master.default_action as u8,
+            cfg.ppo.seed,
+        )?;
+        env.attach_master(seat)?;
+    }
     let (policy, vm) = build_policy(&cfg.agent, dims, market, cfg.ppo.seed, &dev)?;
     if let (Some(from), false) = (&opts.init_from, opts.resume) {
         let dir = resolve_checkpoint(from)?;
@@ -521,6 +535,14 @@ impl MasterTrainOptions {
 pub fn master_symbols(out: &Path, market: &Market) -> Result<Symbols> {
     let f = out.join(MASTER_SYMBOLS_FILE);
     if !f.is_file() {
+        // A joint run's master plays with the symbol policy it was trained with.
+        if latest_master_checkpoint(out).is_err()
+            && let Some(dir) = joint_checkpoint(out)
+        {
+            return Ok(Symbols::Policy(Box::new(PolicyDriver::from_checkpoint(
+                &dir, market,
+            )?)));
+        }
         return Ok(Symbols::CapFollower(CapFollower::default()));
     }
     let text = std::fs::read_to_string(&f).map_err(|e| Error::io(&f, e))?;
@@ -723,6 +745,29 @@ pub fn latest_master_checkpoint(out: &Path) -> Result<PathBuf> {
     let dir = root.join(name);
     mappo::read_master_state(&dir)?;
     Ok(dir)
+}
+
+/// The run's latest symbol checkpoint when it holds a master beside the symbol policy (a joint
+/// training's, `train::joint`), else `None`.
+pub fn joint_checkpoint(out: &Path) -> Option<PathBuf> {
+    latest_checkpoint(out)
+        .ok()
+        .filter(|d| d.join(mappo::MASTER_STATE_FILE).is_file())
+}
+
+/// The master an evaluation of run `out` plays: `<out>/master/latest` (`train-master`), else the
+/// joint checkpoint ([`joint_checkpoint`]); the error of the first when neither exists.
+pub fn eval_master_checkpoint(out: &Path) -> Result<PathBuf> {
+    match latest_master_checkpoint(out) {
+        Ok(dir) => Ok(dir),
+        Err(e) => match joint_checkpoint(out) {
+            Some(dir) => {
+                mappo::read_master_state(&dir)?;
+                Ok(dir)
+            }
+            None => Err(e),
+        },
+    }
 }
 
 /// Keep only the iterations `<= iteration` in the run's metrics files (atomically).

@@ -253,7 +253,8 @@ fn replay_costs(
         env.action_mask(&mut mask).unwrap();
         env.dyn_obs(&mut dynobs).unwrap();
         env.obs_index(&mut idx).unwrap();
-        let k = [env.snapshot().unwrap().scenarios[0].k];
+        let snap = env.snapshot().unwrap();
+        let k = [snap.scenarios[0].k];
         let view = PolicyView {
             layout: &layout,
             data: md,
@@ -263,6 +264,7 @@ fn replay_costs(
             obs: None,
             obs_index: &idx,
             step_in_episode: &k,
+            scenarios: &snap.scenarios,
         };
         policy.act(&view, &mut acts, &mut masters).unwrap();
         let out = env.step(&acts, &masters).unwrap();

@@ -28,8 +28,10 @@ use candle_core::{DType, Device, Tensor};
 use super::baselines::{BacktestPolicy, PolicyView};
 use crate::agents::ActorCritic as _;
 use crate::agents::dist::sample_row;
+use crate::agents::master::{MasterNet, SymbolIntents};
 use crate::agents::{AgentSpec, SymbolObs, SymbolPolicy};
 use crate::env::N_ACTIONS;
+use crate::env::master_obs::{MASTER_INTENTS, MASTER_OBS, MasterAnchor, master_obs_row};
 use crate::env::obs::DYN_OBS;
 use crate::error::{Error, ErrorKind, Result};
 use crate::market::Market;
@@ -71,6 +73,17 @@ pub struct AgentPolicy {
     mode: ActMode,
     rng: SplitMix64,
     trace: Option<Vec<Decision>>,
+    learned: Option<PlayedMaster>,
+}
+
+/// A learned master played greedily beside the symbol policy ([`AgentPolicy::with_learned_master`]).
+struct PlayedMaster {
+    net: MasterNet,
+    interval: usize,
+    anchors: Vec<MasterAnchor>,
+    held: Vec<u8>,
+    counts: Vec<usize>,
+    obs: Vec<f32>,
 }
 
 impl AgentPolicy {
@@ -89,7 +102,41 @@ impl AgentPolicy {
             mode: ActMode::Greedy,
             rng: SplitMix64::new(0),
             trace: None,
+            learned: None,
         })
+    }
+
+    /// Play the learned master stored beside the symbol policy in checkpoint directory `dir`
+    /// (a joint training's checkpoint, `train::joint`) instead of a fixed directive: greedy
+    /// (the most probable directive), deciding at every `master_ppo.decision_interval`-th step of
+    /// each episode (from its first), from the master observation (docs/env-spec.md §8) with the
+    /// symbol policy's intents of that step; the directive is held in between. A directory
+    /// without a master is an error naming `master_state.json`.
+    pub fn with_learned_master(mut self, dir: &Path) -> Result<Self> {
+        let (net, _vm, st) = crate::train::mappo::load_master_net(dir)?;
+        self.learned = Some(PlayedMaster {
+            net,
+            interval: st.ppo.decision_interval,
+            anchors: Vec::new(),
+            held: Vec::new(),
+            counts: vec![0; crate::env::MASTER_ACTIONS],
+            obs: Vec::new(),
+        });
+        Ok(self)
+    }
+
+    /// Whether a learned master plays.
+    pub fn plays_learned_master(&self) -> bool {
+        self.learned.is_some()
+    }
+
+    /// Decisions per directive (48) of the learned master since the policy was built (empty
+    /// without one).
+    pub fn directive_counts(&self) -> Vec<usize> {
+        self.learned
+            .as_ref()
+            .map(|m| m.counts.clone())
+            .unwrap_or_default()
     }
 
     /// Play in `mode` (greedy by default).
@@ -269,6 +316,10 @@ impl BacktestPolicy for AgentPolicy {
 
     fn reset(&mut self) {
         self.reset_rng();
+        if let Some(m) = &mut self.learned {
+            m.anchors.clear();
+            m.held.clear();
+        }
     }
 
     fn act(&mut self, view: &PolicyView, sym_out: &mut [u8], master_out: &mut [u8]) -> Result<()> {
@@ -285,10 +336,11 @@ impl BacktestPolicy for AgentPolicy {
             dyn_obs: Tensor::from_slice(view.dyn_obs, (n, s, DYN_OBS), self.policy.device())?,
         };
         let (logits, _) = self.policy.forward(&obs)?;
-        let logits = logits
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let logits = logits.to_dtype(DType::F32)?;
+        if let Some(m) = &mut self.learned {
+            m.decide(view, &logits, self.policy.device())?;
+        }
+        let logits = logits.flatten_all()?.to_vec1::<f32>()?;
         if logits.len() != n * s * N_ACTIONS {
             return Err(Error::invalid(format!(
                 "policy gave {} logits for N = {n}, S = {s}",
@@ -322,7 +374,56 @@ impl BacktestPolicy for AgentPolicy {
                 ActMode::Sample(_) => sample_action(l, m, self.rng.uniform()),
             };
         }
-        master_out.fill(self.master);
+        match &self.learned {
+            Some(m) => master_out.copy_from_slice(&m.held),
+            None => master_out.fill(self.master),
+        }
+        Ok(())
+    }
+}
+
+impl PlayedMaster {
+    /// At the scenarios whose step in the episode is a multiple of the interval: the master
+    /// observation with the intents of `logits` (`[N * S, 7]`, under the view's mask), and the
+    /// greedy directive.
+    fn decide(&mut self, view: &PolicyView, logits: &Tensor, dev: &Device) -> Result<()> {
+        let (n, s) = (view.n_scenarios(), view.n_symbols());
+        if self.held.len() != n {
+            self.held = vec![view.layout.params.default_action as u8; n];
+            self.anchors = vec![MasterAnchor::default(); n];
+        }
+        if view.scenarios.len() != n || view.step_in_episode.len() != n {
+            return Err(Error::invalid(
+                "policy view: scenario states missing (a learned master needs them)",
+            ));
+        }
+        let deciding: Vec<usize> = (0..n)
+            .filter(|&i| (view.step_in_episode[i] as usize).is_multiple_of(self.interval))
+            .collect();
+        if deciding.is_empty() {
+            return Ok(());
+        }
+        let mask = Tensor::from_slice(view.mask, (n * s, N_ACTIONS), dev)?;
+        let intents = SymbolIntents::from_logits(logits, Some(&mask), s)?.values;
+        self.obs.resize(deciding.len() * MASTER_OBS, 0.0);
+        for (row, &i) in self.obs.chunks_exact_mut(MASTER_OBS).zip(&deciding) {
+            master_obs_row(
+                &view.layout.params,
+                view.layout,
+                view.data,
+                view.features,
+                &view.scenarios[i],
+                &intents[i * MASTER_INTENTS..(i + 1) * MASTER_INTENTS],
+                &mut self.anchors[i],
+                row,
+            );
+        }
+        let mut chosen = vec![0u8; deciding.len()];
+        crate::train::mappo::greedy_directives(&self.net, &self.obs, &mut chosen)?;
+        for (&i, d) in deciding.iter().zip(chosen) {
+            self.held[i] = d;
+            self.counts[d as usize] += 1;
+        }
         Ok(())
     }
 }

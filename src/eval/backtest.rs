@@ -372,6 +372,7 @@ pub fn run_policy(
             obs: if full.is_empty() { None } else { Some(&full) },
             obs_index: &obs_index,
             step_in_episode: &step_k,
+            scenarios: &snap.scenarios,
         };
         policy.act(&view, &mut acts, &mut masters)?;
         for i in (0..n).filter(|&i| !active[i]) {

@@ -50,8 +50,8 @@ The baselines (their master action is `master.default_action` unless stated):
 use super::metrics::Curve;
 use crate::costs::CostParams;
 use crate::data::MarketData;
-use crate::env::EnvLayout;
 use crate::env::logic::{BUY_SMALL, HOLD, N_ACTIONS, SELL_ALL, StepParams};
+use crate::env::{EnvLayout, ScenarioState};
 use crate::error::{Error, Result};
 use crate::features::Features;
 use crate::rng::SplitMix64;
@@ -76,6 +76,9 @@ pub struct PolicyView<'a> {
     pub obs_index: &'a [u32],
     /// Step within the current episode per scenario `[N]` (0 right after a reset).
     pub step_in_episode: &'a [u32],
+    /// Every scenario's state before the step `[N]` (what a master observation is computed
+    /// from, `env::master_obs::master_obs_row`).
+    pub scenarios: &'a [ScenarioState],
 }
 
 impl PolicyView<'_> {

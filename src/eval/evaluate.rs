@@ -90,6 +90,9 @@ pub struct EvalReport {
     pub comparisons: Vec<Comparison>,
     /// The information in the policy's decisions about the next bar.
     pub decision_ic: DecisionIc,
+    /// Decisions per directive (48) of the learned master that played beside the policy (a
+    /// joint checkpoint's); empty when the master played a fixed directive.
+    pub directive_counts: Vec<usize>,
 }
 
 impl EvalReport {
@@ -121,6 +124,10 @@ impl EvalReport {
         }
         out.push_str(&self.decision_ic.line());
         out.push('\n');
+        if let Some(line) = directive_line(&self.directive_counts) {
+            out.push_str(&line);
+            out.push('\n');
+        }
         out
     }
 
@@ -134,6 +141,7 @@ impl EvalReport {
             "metrics": self.rows(),
             "comparisons": self.comparisons,
             "decision_ic": self.decision_ic,
+            "directive_counts": self.directive_counts,
         })
     }
 
@@ -157,6 +165,7 @@ pub fn evaluate_policy(
     let mut policy = policy.with_trace();
     let mine = run_policy(setup, md.clone(), feats.clone(), opts, &mut policy)?;
     let ic = decision_ic(&policy.take_trace(), &md);
+    let directive_counts = policy.directive_counts();
     let others = others
         .iter_mut()
         .map(|p| run_policy(setup, md.clone(), feats.clone(), opts, &mut **p))
@@ -175,14 +184,20 @@ pub fn evaluate_policy(
         baselines,
         comparisons,
         decision_ic: ic,
+        directive_counts,
     })
 }
 
 /// Evaluate a checkpoint under its own stored configuration (module docs).
 pub fn evaluate_checkpoint(opts: &EvalOptions) -> Result<EvalReport> {
+    let dir = crate::run::resolve_checkpoint(&opts.checkpoint)?;
+    // A joint training's checkpoint holds its master beside the symbol policy: it plays unless a
+    // fixed directive is asked for.
+    let joint = dir.join(crate::train::mappo::MASTER_STATE_FILE).is_file();
     let directive = match opts.master {
         None => None,
         Some(super::master::MasterChoice::Fixed(m)) => Some(m as u32),
+        Some(super::master::MasterChoice::Learned) if joint => None,
         Some(super::master::MasterChoice::Learned) => {
             // A run with a master is evaluated by `evaluate_master_run`; here it is an error that
             // names the missing file (or, for a run that has one, says where it goes).
@@ -193,7 +208,6 @@ pub fn evaluate_checkpoint(opts: &EvalOptions) -> Result<EvalReport> {
             )));
         }
     };
-    let dir = crate::run::resolve_checkpoint(&opts.checkpoint)?;
     let cfg = Config::from_file_with_overrides(dir.join(crate::run::CONFIG_FILE), &opts.overrides)?;
     let (market, origin) = Market::load_source(&cfg.data, opts.data.as_deref())?;
     let (name, mode) = if opts.sample {
@@ -203,10 +217,34 @@ pub fn evaluate_checkpoint(opts: &EvalOptions) -> Result<EvalReport> {
     } else {
         ("ppo", ActMode::Greedy)
     };
+    let learned = joint && directive.is_none();
     let directive = directive.unwrap_or(cfg.master.default_action);
-    let policy = AgentPolicy::from_checkpoint(name, &dir, &market, directive)?.with_mode(mode);
+    let mut policy = AgentPolicy::from_checkpoint(name, &dir, &market, directive)?.with_mode(mode);
+    if learned {
+        policy = policy.with_learned_master(&dir)?;
+    }
     let mut report = evaluate_policy(&cfg.env_setup(), &market, &opts.backtest, policy, &mut [])?;
     report.checkpoint = dir;
     report.data = origin;
     Ok(report)
+}
+
+/// `master: learned, N decisions; directive d (share), ...` (the five most chosen), or `None`
+/// when no learned master played.
+fn directive_line(counts: &[usize]) -> Option<String> {
+    let total: usize = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..counts.len()).filter(|&d| counts[d] > 0).collect();
+    order.sort_by_key(|&d| (std::cmp::Reverse(counts[d]), d));
+    let top: Vec<String> = order
+        .iter()
+        .take(5)
+        .map(|&d| format!("{d} ({:.0}%)", 100.0 * counts[d] as f64 / total as f64))
+        .collect();
+    Some(format!(
+        "master: learned (joint checkpoint), {total} decisions; most chosen directives: {}",
+        top.join(", ")
+    ))
 }

@@ -76,7 +76,7 @@ impl MasterChoice {
 
 /// Whether run directory `run` holds a master checkpoint (`<run>/master/latest`).
 pub fn has_master(run: &Path) -> bool {
-    crate::run::latest_master_checkpoint(run).is_ok()
+    crate::run::eval_master_checkpoint(run).is_ok()
 }
 
 /// What [`evaluate_master_run`] evaluates.
@@ -248,7 +248,7 @@ pub fn evaluate_master_run(opts: &MasterEvalOptions) -> Result<MasterEvalReport>
     let cfg = Config::from_file_with_overrides(&cfg_path, &opts.overrides)?;
     let loaded = match opts.choice {
         MasterChoice::Learned => {
-            let dir = crate::run::latest_master_checkpoint(&opts.run)?;
+            let dir = crate::run::eval_master_checkpoint(&opts.run)?;
             let (net, _vm, st) = mappo::load_master_net(&dir)?;
             Some((dir, net, st))
         }

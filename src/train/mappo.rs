@@ -407,32 +407,82 @@ pub struct MasterMetrics {
     pub cap_mean: f64,
 }
 
-/// The master trainer (see the module doc).
-pub struct MasterPpo<Dr: SymbolDriver> {
+/// One rollout of master decisions of every scenario, decision-major (row `d * n + i` is
+/// scenario `i`'s decision `d`), as [`MasterLearner::update`] reads it.
+#[derive(Debug, Clone, Default)]
+pub struct MasterBatch {
+    /// Scenarios N.
+    n: usize,
+    /// Master observations `[D * N, MASTER_OBS]`.
+    obs: Vec<f32>,
+    /// Directives chosen.
+    acts: Vec<u32>,
+    /// Their log-probabilities under the sampling policy.
+    logps: Vec<f32>,
+    /// The critic's outputs (normalised units).
+    vals: Vec<f32>,
+    /// The §5 master rewards summed over each decision's interval.
+    rews: Vec<f32>,
+    /// The decision's trajectory ended inside its interval (the episode ended).
+    dones: Vec<bool>,
+}
+
+impl MasterBatch {
+    /// An empty batch for `n` scenarios.
+    pub fn new(n: usize) -> Self {
+        Self {
+            n,
+            ..Self::default()
+        }
+    }
+
+    /// Decisions D recorded (per scenario).
+    pub fn decisions(&self) -> usize {
+        self.acts.len() / self.n.max(1)
+    }
+
+    /// Forget every decision.
+    pub fn clear(&mut self) {
+        let n = self.n;
+        *self = Self::new(n);
+    }
+
+    /// Add the rewards `rewards` (`[N]`) of one step to the last decision of every scenario whose
+    /// trajectory has not ended; `done(i)`: the step ended scenario `i`'s episode, which ends its
+    /// decision's trajectory (the steps of the new episode left in the interval are credited to
+    /// no decision).
+    pub fn accumulate(&mut self, rewards: &[f32], done: impl Fn(usize) -> bool) {
+        let base = self.rews.len() - self.n;
+        for i in 0..self.n {
+            let k = base + i;
+            if !self.dones[k] {
+                self.rews[k] += rewards[i];
+                self.dones[k] = done(i);
+            }
+        }
+    }
+}
+
+/// The master's learning state: the [`MasterNet`], AdamW, the [`ValueNorm`], the random stream of
+/// its sampling and shuffling, and the count of updates. [`MasterPpo`] drives it over its own
+/// rollouts of fixed symbol agents; joint training (`train::joint`) drives it inside the symbol
+/// agents' rollout.
+pub struct MasterLearner {
     cfg: MasterPpoConfig,
-    env: VecEnv,
-    driver: Dr,
     net: MasterNet,
     varmap: VarMap,
     opt: AdamW,
     vnorm: ValueNorm,
     rng: ResumableRng,
     iteration: usize,
-    env_seed: u64,
-    /// The master observation the next rollout starts from (it is a decision point already).
-    next_obs: Vec<f32>,
-    actions: Vec<u8>,
-    intents: Vec<f32>,
 }
 
-impl<Dr: SymbolDriver> MasterPpo<Dr> {
-    /// A trainer of a fresh [`MasterNet`] (`cfg.net`, initialised from `cfg.seed`) over `env`
-    /// (reset here with `env_seed`), the symbols played by `driver`.
-    pub fn new(cfg: MasterPpoConfig, mut env: VecEnv, driver: Dr, env_seed: u64) -> Result<Self> {
+impl MasterLearner {
+    /// A fresh [`MasterNet`] (`cfg.net`, initialised from `cfg.seed`) with its optimiser.
+    pub fn new(cfg: MasterPpoConfig) -> Result<Self> {
         cfg.validate("master_ppo")?;
-        let dev = Device::Cpu;
         let varmap = VarMap::new();
-        let net = MasterNet::build(MASTER_OBS, &cfg.net, &varmap, cfg.seed, &dev)?;
+        let net = MasterNet::build(MASTER_OBS, &cfg.net, &varmap, cfg.seed, &Device::Cpu)?;
         let opt = AdamW::new(
             named_vars(&varmap),
             AdamWConfig {
@@ -443,33 +493,15 @@ impl<Dr: SymbolDriver> MasterPpo<Dr> {
             },
         )?;
         let vnorm = ValueNorm::new(cfg.value_norm_beta, 1e-5)?;
-        env.reset(env_seed)?;
-        let (n, s) = (env.n_scenarios(), env.n_symbols());
-        let mut me = Self {
+        Ok(Self {
             rng: ResumableRng::new(cfg.seed ^ 0x6d61_7374_6572),
             cfg,
-            env,
-            driver,
             net,
             varmap,
             opt,
             vnorm,
             iteration: 0,
-            env_seed,
-            next_obs: vec![0.0; n * MASTER_OBS],
-            actions: vec![0; n * s],
-            intents: vec![0.0; n * MASTER_INTENTS],
-        };
-        me.observe(&vec![me.env.layout().params.default_action as u8; n])?;
-        Ok(me)
-    }
-
-    /// The master observation of the current state into `next_obs`, with the intents of the
-    /// symbol agents under the stored directives `held`.
-    fn observe(&mut self, held: &[u8]) -> Result<()> {
-        self.driver
-            .act(&mut self.env, held, &mut self.actions, &mut self.intents)?;
-        self.env.master_obs(&self.intents, &mut self.next_obs)
+        })
     }
 
     /// The network.
@@ -482,94 +514,80 @@ impl<Dr: SymbolDriver> MasterPpo<Dr> {
         &self.varmap
     }
 
-    /// The training environment.
-    pub fn env(&self) -> &VecEnv {
-        &self.env
-    }
-
-    /// Iterations done.
-    pub fn iteration(&self) -> usize {
-        self.iteration
-    }
-
     /// The configuration.
     pub fn config(&self) -> &MasterPpoConfig {
         &self.cfg
     }
 
-    /// Run the remaining iterations; each one's metrics go to `metrics` (JSON lines) when given.
-    pub fn train(&mut self, metrics: Option<&Path>) -> Result<Vec<MasterMetrics>> {
-        let mut file = match metrics {
-            Some(p) => Some(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .map_err(|e| Error::io(p, e))?,
-            ),
-            None => None,
-        };
-        let mut all = Vec::new();
-        while self.iteration < self.cfg.iterations {
-            let m = self.iterate()?;
-            if let (Some(f), Some(p)) = (file.as_mut(), metrics) {
-                let line = serde_json::to_string(&m)
-                    .map_err(|e| Error::invalid(format!("metrics: {e}")))?;
-                writeln!(f, "{line}").map_err(|e| Error::io(p, e))?;
-            }
-            all.push(m);
-        }
-        Ok(all)
+    /// Updates done.
+    pub fn iteration(&self) -> usize {
+        self.iteration
     }
 
-    /// One iteration: rollout, GAE, update.
-    pub fn iterate(&mut self) -> Result<MasterMetrics> {
-        let c = self.cfg.clone();
-        let n = self.env.n_scenarios();
-        let d_n = c.decisions;
-        let dev = Device::Cpu;
-        let mut obs = Vec::with_capacity(d_n * n * MASTER_OBS);
-        let (mut acts, mut logps, mut vals) = (Vec::new(), Vec::new(), Vec::new());
-        let mut rews = vec![0f32; d_n * n];
-        let mut dones = vec![false; d_n * n];
-        let mut modes = [0usize; 3];
-        let mut cap_sum = 0.0;
-        let params = self.env.layout().params;
-        for d in 0..d_n {
-            obs.extend_from_slice(&self.next_obs);
-            let x = Tensor::from_slice(&self.next_obs, (n, MASTER_OBS), &dev)?;
-            let (logits, value) = self.net.forward(&x)?;
-            let dist = MaskedCategorical::new(&logits, None)?;
-            let lp = dist.log_probs().to_vec2::<f32>()?;
-            let master: Vec<u8> = lp
-                .iter()
-                .map(|row| crate::agents::dist::sample_row(row, self.rng.uniform()) as u8)
-                .collect();
-            for (row, &m) in lp.iter().zip(&master) {
-                logps.push(row[m as usize]);
-                modes[m as usize % 3] += 1;
-                cap_sum += logic::directive(&params, m).cap;
-            }
-            acts.extend(master.iter().map(|&m| m as u32));
-            vals.extend(value.to_vec1::<f32>()?);
-            for _ in 0..c.decision_interval {
-                self.driver
-                    .act(&mut self.env, &master, &mut self.actions, &mut self.intents)?;
-                let out = self.env.step(&self.actions, &master)?;
-                for i in 0..n {
-                    let k = d * n + i;
-                    if !dones[k] {
-                        rews[k] += out.master_reward[i];
-                        dones[k] = out.done(i);
-                    }
-                }
-            }
-            self.observe(&master)?;
+    /// Sample a directive per scenario from the master observations `obs` (`[N, MASTER_OBS]`)
+    /// into `out` (`[N]`); with `batch`, record the decision (observation, directive,
+    /// log-probability, value, a zero reward) there.
+    pub fn sample(
+        &mut self,
+        obs: &[f32],
+        out: &mut [u8],
+        batch: Option<&mut MasterBatch>,
+    ) -> Result<()> {
+        let n = out.len();
+        let x = Tensor::from_slice(obs, (n, MASTER_OBS), &Device::Cpu)?;
+        let (logits, value) = self.net.forward(&x)?;
+        let dist = MaskedCategorical::new(&logits, None)?;
+        let lp = dist.log_probs().to_vec2::<f32>()?;
+        for (m, row) in out.iter_mut().zip(&lp) {
+            *m = crate::agents::dist::sample_row(row, self.rng.uniform()) as u8;
         }
-        // Episode records are the evaluation's business; drop them so they do not pile up.
-        self.env.drain_finished();
+        if let Some(b) = batch {
+            if b.n != n {
+                return Err(Error::invalid(format!(
+                    "master batch of {} scenarios, {n} directives",
+                    b.n
+                )));
+            }
+            b.obs.extend_from_slice(obs);
+            b.acts.extend(out.iter().map(|&m| u32::from(m)));
+            b.logps
+                .extend(lp.iter().zip(out.iter()).map(|(row, &m)| row[m as usize]));
+            b.vals.extend(value.to_vec1::<f32>()?);
+            b.rews.extend(std::iter::repeat_n(0.0, n));
+            b.dones.extend(std::iter::repeat_n(false, n));
+        }
+        Ok(())
+    }
+
+    /// The most probable directive per scenario (the first of equal ones).
+    pub fn greedy(&self, obs: &[f32], out: &mut [u8]) -> Result<()> {
+        greedy_directives(&self.net, obs, out)
+    }
+
+    /// The MAPPO update on `batch` (see the module doc), `next_obs` (`[N, MASTER_OBS]`) the
+    /// observation after its last decision (its value bootstraps the returns), `ent_coef` the
+    /// entropy coefficient of this update; `params` resolve the directives' caps for the
+    /// metrics. Counts one iteration.
+    pub fn update(
+        &mut self,
+        batch: &MasterBatch,
+        next_obs: &[f32],
+        ent_coef: f64,
+        params: &logic::StepParams,
+    ) -> Result<MasterMetrics> {
+        let c = self.cfg.clone();
+        let n = batch.n;
+        let d_n = batch.decisions();
+        let dev = Device::Cpu;
+        if d_n == 0 || next_obs.len() != n * MASTER_OBS {
+            return Err(Error::invalid(format!(
+                "master update: {d_n} decisions, a next observation of {} values for {n} scenarios",
+                next_obs.len()
+            )));
+        }
+        let (rews, dones, vals) = (&batch.rews, &batch.dones, &batch.vals);
         // Bootstrap value of the state after the rollout.
-        let x = Tensor::from_slice(&self.next_obs, (n, MASTER_OBS), &dev)?;
+        let x = Tensor::from_slice(next_obs, (n, MASTER_OBS), &dev)?;
         let mut next_v = self.net.forward(&x)?.1.to_vec1::<f32>()?;
         self.vnorm.denormalize(&mut next_v);
         let mut v_den = vals.clone();
@@ -594,15 +612,8 @@ impl<Dr: SymbolDriver> MasterPpo<Dr> {
 
         // Update.
         let b = d_n * n;
-        let obs_t = Tensor::from_vec(obs, (b, MASTER_OBS), &dev)?;
-        let acts_t = Tensor::from_vec(acts, b, &dev)?;
-        let ent_coef = if c.iterations > 1 {
-            c.ent_coef_start
-                + (c.ent_coef_end - c.ent_coef_start) * self.iteration as f64
-                    / (c.iterations - 1) as f64
-        } else {
-            c.ent_coef_start
-        };
+        let obs_t = Tensor::from_slice(&batch.obs, (b, MASTER_OBS), &dev)?;
+        let acts_t = Tensor::from_slice(&batch.acts, b, &dev)?;
         let mb = b.div_ceil(c.minibatches);
         let (mut pl_sum, mut vl_sum, mut ent_sum, mut cf_sum, mut gn_sum) =
             (0.0, 0.0, 0.0, 0.0, 0.0);
@@ -626,8 +637,8 @@ impl<Dr: SymbolDriver> MasterPpo<Dr> {
                 }
                 let m = chunk.len();
                 let adv_t = Tensor::from_vec(a, m, &dev)?;
-                let old_lp = Tensor::from_vec(sel(&logps), m, &dev)?;
-                let old_v = Tensor::from_vec(sel(&vals), m, &dev)?;
+                let old_lp = Tensor::from_vec(sel(&batch.logps), m, &dev)?;
+                let old_v = Tensor::from_vec(sel(vals), m, &dev)?;
                 let tgt = Tensor::from_vec(sel(&targets), m, &dev)?;
                 let (logits, v) = self.net.forward(&obs_t.index_select(&ix, 0)?)?;
                 let dist = MaskedCategorical::new(&logits, None)?;
@@ -668,9 +679,15 @@ impl<Dr: SymbolDriver> MasterPpo<Dr> {
             }
         }
         self.iteration += 1;
+        let mut modes = [0usize; 3];
+        let mut cap_sum = 0.0;
+        for &m in &batch.acts {
+            modes[m as usize % 3] += 1;
+            cap_sum += logic::directive(params, m as u8).cap;
+        }
         let (vm, vv) = self.vnorm.mean_var();
         let k = count as f64;
-        let decisions = (d_n * n) as f64;
+        let decisions = b as f64;
         Ok(MasterMetrics {
             iteration: self.iteration,
             ent_coef,
@@ -687,6 +704,213 @@ impl<Dr: SymbolDriver> MasterPpo<Dr> {
             mode_share: modes.map(|x| x as f64 / decisions),
             cap_mean: cap_sum / decisions,
         })
+    }
+
+    /// The entropy coefficient of update `iteration` (0-based) of `iterations`: linear from
+    /// `ent_coef_start` to `ent_coef_end`.
+    pub fn ent_coef_at(&self, iteration: usize, iterations: usize) -> f64 {
+        let c = &self.cfg;
+        if iterations > 1 {
+            c.ent_coef_start
+                + (c.ent_coef_end - c.ent_coef_start) * iteration.min(iterations - 1) as f64
+                    / (iterations - 1) as f64
+        } else {
+            c.ent_coef_start
+        }
+    }
+
+    /// Write the network (`master.safetensors`) and AdamW's moments
+    /// (`master_optimizer.safetensors`) into `dir`, atomically.
+    pub fn save_tensors(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        checkpoint::save_params(&self.varmap, &dir.join(MASTER_MODEL_FILE))?;
+        checkpoint::save_tensors_atomic(&dir.join(MASTER_OPTIMIZER_FILE), &self.opt.state_tensors())
+    }
+
+    /// The resume state of this learner for an environment of `scenarios` x `symbols` reset
+    /// with `env_seed`.
+    pub fn state(&self, scenarios: usize, symbols: usize, env_seed: u64) -> MasterTrainState {
+        MasterTrainState {
+            format: MASTER_FORMAT,
+            ppo: self.cfg.clone(),
+            scenarios,
+            symbols,
+            obs_dim: MASTER_OBS,
+            env_seed,
+            iteration: self.iteration,
+            adam_step: self.opt.step_count(),
+            rng: self.rng.state(),
+            value_norm: self.vnorm.to_bits(),
+        }
+    }
+
+    /// Write `st` as `master_state.json` into `dir`, atomically (last, after the tensors).
+    pub fn write_state(dir: &Path, st: &MasterTrainState) -> Result<()> {
+        let json = serde_json::to_vec_pretty(st).map_err(|e| Error::json("master state", e))?;
+        crate::atomic::write(&dir.join(MASTER_STATE_FILE), &json)
+    }
+
+    /// The learner saved in checkpoint directory `dir` ([`MasterLearner::save_tensors`] and
+    /// [`MasterLearner::write_state`]) for an environment of `scenarios` x `symbols`, exactly as
+    /// it was (weights, moments, `ValueNorm`, random stream, updates), with its stored state.
+    pub fn load(dir: &Path, scenarios: usize, symbols: usize) -> Result<(Self, MasterTrainState)> {
+        let st = read_master_state(dir)?;
+        let state_path = dir.join(MASTER_STATE_FILE);
+        if (st.scenarios, st.symbols) != (scenarios, symbols) {
+            return Err(Error::checkpoint(
+                &state_path,
+                format!(
+                    "saved with {} scenarios x {} symbols, the environment has {scenarios} x {symbols}",
+                    st.scenarios, st.symbols
+                ),
+            ));
+        }
+        let mut me = Self::new(st.ppo.clone())?;
+        checkpoint::load_params(&me.varmap, &dir.join(MASTER_MODEL_FILE))?;
+        let opt_path = dir.join(MASTER_OPTIMIZER_FILE);
+        let moments =
+            checkpoint::load_tensors_checked(&opt_path, &me.opt.state_shapes(), &Device::Cpu)?;
+        // Every name and shape was checked by `load_tensors_checked`.
+        me.opt
+            .restore(st.adam_step, |name| Ok(moments[name].clone()))?;
+        me.vnorm = ValueNorm::from_bits(st.value_norm)
+            .map_err(|e| Error::checkpoint(&state_path, e.to_string()))?;
+        me.rng = ResumableRng::from_state(st.rng);
+        me.iteration = st.iteration;
+        Ok((me, st))
+    }
+}
+
+/// The most probable directive per scenario of `net` for the observations `obs`
+/// (`[N, MASTER_OBS]`) into `out` (`[N]`).
+pub fn greedy_directives(net: &MasterNet, obs: &[f32], out: &mut [u8]) -> Result<()> {
+    let x = Tensor::from_slice(obs, (out.len(), MASTER_OBS), &Device::Cpu)?;
+    let a = net.forward(&x)?.0.argmax(D::Minus1)?.to_vec1::<u32>()?;
+    for (m, a) in out.iter_mut().zip(a) {
+        *m = a as u8;
+    }
+    Ok(())
+}
+
+/// The master trainer (see the module doc).
+pub struct MasterPpo<Dr: SymbolDriver> {
+    learner: MasterLearner,
+    env: VecEnv,
+    driver: Dr,
+    env_seed: u64,
+    /// The master observation the next rollout starts from (it is a decision point already).
+    next_obs: Vec<f32>,
+    actions: Vec<u8>,
+    intents: Vec<f32>,
+}
+
+impl<Dr: SymbolDriver> MasterPpo<Dr> {
+    /// A trainer of a fresh [`MasterNet`] (`cfg.net`, initialised from `cfg.seed`) over `env`
+    /// (reset here with `env_seed`), the symbols played by `driver`.
+    pub fn new(cfg: MasterPpoConfig, mut env: VecEnv, driver: Dr, env_seed: u64) -> Result<Self> {
+        let learner = MasterLearner::new(cfg)?;
+        env.reset(env_seed)?;
+        let (n, s) = (env.n_scenarios(), env.n_symbols());
+        let mut me = Self {
+            learner,
+            env,
+            driver,
+            env_seed,
+            next_obs: vec![0.0; n * MASTER_OBS],
+            actions: vec![0; n * s],
+            intents: vec![0.0; n * MASTER_INTENTS],
+        };
+        me.observe(&vec![me.env.layout().params.default_action as u8; n])?;
+        Ok(me)
+    }
+
+    /// The master observation of the current state into `next_obs`, with the intents of the
+    /// symbol agents under the stored directives `held`.
+    fn observe(&mut self, held: &[u8]) -> Result<()> {
+        self.driver
+            .act(&mut self.env, held, &mut self.actions, &mut self.intents)?;
+        self.env.master_obs(&self.intents, &mut self.next_obs)
+    }
+
+    /// The network.
+    pub fn net(&self) -> &MasterNet {
+        self.learner.net()
+    }
+
+    /// Its parameters.
+    pub fn varmap(&self) -> &VarMap {
+        self.learner.varmap()
+    }
+
+    /// The training environment.
+    pub fn env(&self) -> &VecEnv {
+        &self.env
+    }
+
+    /// Iterations done.
+    pub fn iteration(&self) -> usize {
+        self.learner.iteration()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MasterPpoConfig {
+        self.learner.config()
+    }
+
+    /// Run the remaining iterations; each one's metrics go to `metrics` (JSON lines) when given.
+    pub fn train(&mut self, metrics: Option<&Path>) -> Result<Vec<MasterMetrics>> {
+        let mut file = match metrics {
+            Some(p) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| Error::io(p, e))?,
+            ),
+            None => None,
+        };
+        let mut all = Vec::new();
+        while self.iteration() < self.config().iterations {
+            let m = self.iterate()?;
+            if let (Some(f), Some(p)) = (file.as_mut(), metrics) {
+                let line = serde_json::to_string(&m)
+                    .map_err(|e| Error::invalid(format!("metrics: {e}")))?;
+                writeln!(f, "{line}").map_err(|e| Error::io(p, e))?;
+            }
+            all.push(m);
+        }
+        Ok(all)
+    }
+
+    /// One iteration: rollout, GAE, update.
+    pub fn iterate(&mut self) -> Result<MasterMetrics> {
+        let (interval, d_n, iterations) = {
+            let c = self.learner.config();
+            (c.decision_interval, c.decisions, c.iterations)
+        };
+        let n = self.env.n_scenarios();
+        let mut batch = MasterBatch::new(n);
+        let mut master = vec![0u8; n];
+        for _ in 0..d_n {
+            let obs = std::mem::take(&mut self.next_obs);
+            self.learner.sample(&obs, &mut master, Some(&mut batch))?;
+            self.next_obs = obs;
+            for _ in 0..interval {
+                self.driver
+                    .act(&mut self.env, &master, &mut self.actions, &mut self.intents)?;
+                let out = self.env.step(&self.actions, &master)?;
+                batch.accumulate(&out.master_reward, |i| out.done(i));
+            }
+            self.observe(&master)?;
+        }
+        // Episode records are the evaluation's business; drop them so they do not pile up.
+        self.env.drain_finished();
+        let ent_coef = self
+            .learner
+            .ent_coef_at(self.learner.iteration(), iterations);
+        let params = self.env.layout().params;
+        self.learner
+            .update(&batch, &self.next_obs, ent_coef, &params)
     }
 }
 
@@ -795,12 +1019,7 @@ impl<Dr: SymbolDriver> MasterPpo<Dr> {
     /// each atomically, `master_state.json` last. [`MasterPpo::resume`] continues from it
     /// bit-identically.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        checkpoint::save_params(&self.varmap, &dir.join(MASTER_MODEL_FILE))?;
-        checkpoint::save_tensors_atomic(
-            &dir.join(MASTER_OPTIMIZER_FILE),
-            &self.opt.state_tensors(),
-        )?;
+        self.learner.save_tensors(dir)?;
         let n = self.env.n_scenarios();
         let h = MasterEnvHeader {
             magic: MasterEnvHeader::MAGIC,
@@ -814,50 +1033,18 @@ impl<Dr: SymbolDriver> MasterPpo<Dr> {
         bytes.extend_from_slice(bytemuck::cast_slice(&self.next_obs));
         bytes.extend_from_slice(&self.env.snapshot()?.to_bytes());
         crate::atomic::write(&dir.join(MASTER_ENV_FILE), &bytes)?;
-        let st = MasterTrainState {
-            format: MASTER_FORMAT,
-            ppo: self.cfg.clone(),
-            scenarios: n,
-            symbols: self.env.n_symbols(),
-            obs_dim: MASTER_OBS,
-            env_seed: self.env_seed,
-            iteration: self.iteration,
-            adam_step: self.opt.step_count(),
-            rng: self.rng.state(),
-            value_norm: self.vnorm.to_bits(),
-        };
-        let json = serde_json::to_vec_pretty(&st).map_err(|e| Error::json("master state", e))?;
-        crate::atomic::write(&dir.join(MASTER_STATE_FILE), &json)
+        let st = self.learner.state(n, self.env.n_symbols(), self.env_seed);
+        MasterLearner::write_state(dir, &st)
     }
 
     /// Continue the training saved in checkpoint directory `dir` over `env` (the same
     /// configuration's environment: its N and S are checked) with `driver` (which must keep no
     /// state between calls that the checkpoint would miss; [`CapFollower`] keeps none).
     pub fn resume(dir: &Path, env: VecEnv, driver: Dr) -> Result<Self> {
-        let st = read_master_state(dir)?;
-        let state_path = dir.join(MASTER_STATE_FILE);
         let (n, s) = (env.n_scenarios(), env.n_symbols());
-        if (st.scenarios, st.symbols) != (n, s) {
-            return Err(Error::checkpoint(
-                &state_path,
-                format!(
-                    "saved with {} scenarios x {} symbols, the environment has {n} x {s}",
-                    st.scenarios, st.symbols
-                ),
-            ));
-        }
+        let (learner, st) = MasterLearner::load(dir, n, s)?;
         let mut me = Self::new(st.ppo.clone(), env, driver, st.env_seed)?;
-        checkpoint::load_params(&me.varmap, &dir.join(MASTER_MODEL_FILE))?;
-        let opt_path = dir.join(MASTER_OPTIMIZER_FILE);
-        let moments =
-            checkpoint::load_tensors_checked(&opt_path, &me.opt.state_shapes(), &Device::Cpu)?;
-        // Every name and shape was checked by `load_tensors_checked`.
-        me.opt
-            .restore(st.adam_step, |name| Ok(moments[name].clone()))?;
-        me.vnorm = ValueNorm::from_bits(st.value_norm)
-            .map_err(|e| Error::checkpoint(&state_path, e.to_string()))?;
-        me.rng = ResumableRng::from_state(st.rng);
-        me.iteration = st.iteration;
+        me.learner = learner;
         let env_path = dir.join(MASTER_ENV_FILE);
         let bytes = std::fs::read(&env_path).map_err(|e| Error::io(&env_path, e))?;
         let bad = |why: String| Err(Error::checkpoint(&env_path, why));
@@ -1000,13 +1187,7 @@ pub fn evaluate_master(
                         *m = d;
                     }
                 }
-                MasterPlay::Greedy(net) => {
-                    let x = Tensor::from_slice(&mobs, (n, MASTER_OBS), &Device::Cpu)?;
-                    let a = net.forward(&x)?.0.argmax(D::Minus1)?.to_vec1::<u32>()?;
-                    for (m, a) in master.iter_mut().zip(a) {
-                        *m = a as u8;
-                    }
-                }
+                MasterPlay::Greedy(net) => greedy_directives(net, &mobs, &mut master)?,
             }
             let snap = env.snapshot()?;
             for i in (0..n).filter(|&i| !finished[i]) {

@@ -18,7 +18,10 @@ Training: PPO (CleanRL-faithful), generic over a vectorised environment and a po
 - [`value_norm`]: MAPPO's running, debiased return normalisation for the critic (for the master,
   issue #12; not used by the symbol agents' PPO).
 - [`mappo`]: the portfolio master's MAPPO trainer with the symbol agents held fixed
-  ([`mappo::MasterPpo`]), and the held-out evaluation of a learned or fixed master.
+  ([`mappo::MasterPpo`]), its learner ([`mappo::MasterLearner`]), and the held-out evaluation of
+  a learned or fixed master.
+- [`joint`]: joint training of the symbol agents and the master in one rollout (`[joint]`,
+  [`joint::MasterSeat`] attached to the [`TradingEnv`]).
 - [`windows`]: the market as the symbol agents' window source (features + returns).
 - [`pretrain`]: masked-forecast pretraining of the shared encoder (`[pretrain]`, `marl-trade
   pretrain`) and loading its encoder into a policy.
@@ -34,6 +37,7 @@ pub mod buffer;
 pub mod cartpole;
 pub mod checkpoint;
 pub mod config;
+pub mod joint;
 pub mod mappo;
 pub mod metrics;
 pub mod minibatch;

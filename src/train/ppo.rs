@@ -277,6 +277,7 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
                 None => None,
             };
             let dist = MaskedCategorical::new(&logits.detach(), mask_t.as_ref())?;
+            self.env.policy_outputs(&logits.detach(), mask_t.as_ref())?;
             let lp = dist.log_probs().to_dtype(DType::F32)?.to_vec2::<f32>()?;
             if lp.len() != rows || lp.first().is_some_and(|r| r.len() != na) {
                 return Err(Error::invalid(format!(
@@ -342,6 +343,7 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
         self.env.set_cost_scale(cost_scale);
         let tradable = cfg.tradable_symbols_at(it);
         self.env.set_tradable_symbols(tradable)?;
+        self.env.begin_iteration(it, self.num_iterations())?;
         let dev = self.device();
         let (n, g, na) = (
             self.env.num_envs(),
@@ -354,10 +356,15 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
         let mut episodes = Vec::new();
         let mut times = Times::default();
         self.rollout(&mut buf, &mut episodes, &mut times)?;
-        let next_value = self
-            .policy
-            .forward_inference(&self.next_obs)?
-            .1
+        let (next_logits, next_value) = self.policy.forward_inference(&self.next_obs)?;
+        let next_mask = match self.env.action_mask() {
+            Some(m) => Some(Tensor::from_vec(m, (n * g, na), &dev)?),
+            None => None,
+        };
+        self.env
+            .policy_outputs(&next_logits.detach(), next_mask.as_ref())?;
+        self.env.end_rollout()?;
+        let next_value = next_value
             .detach()
             .to_dtype(DType::F32)?
             .flatten_all()?
@@ -388,7 +395,13 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
         let mut last = LastMinibatch::default();
         let mut epochs = 0;
         let _update = crate::profile::range("update");
-        for _ in 0..cfg.update_epochs {
+        // A joint schedule may hold the agents fixed in this iteration (no update, epochs 0).
+        let update_epochs = if self.env.agents_learn() {
+            cfg.update_epochs
+        } else {
+            0
+        };
+        for _ in 0..update_epochs {
             let minibatches: Vec<Vec<u32>> = match &group_keys {
                 Some(keys) => minibatch::grouped(keys, cfg.num_minibatches, &mut self.rng_shuffle),
                 None => {
@@ -608,6 +621,7 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
         checkpoint::save_params(&self.varmap, &dir.join(MODEL_FILE))?;
         checkpoint::save_tensors_atomic(&dir.join(OPTIMIZER_FILE), &self.opt.state_tensors())?;
         crate::atomic::write(&dir.join(ENV_FILE), &self.env.save_state()?)?;
+        self.env.save_files(dir)?;
         let st = TrainState {
             format: checkpoint::FORMAT,
             ppo: self.cfg.clone(),
@@ -643,6 +657,7 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
         opt.restore(st.adam_step, |name| Ok(opt_tensors[name].clone()))?;
         let env_path = dir.join(ENV_FILE);
         env.load_state(&std::fs::read(&env_path).map_err(|e| Error::io(&env_path, e))?)?;
+        env.load_files(dir)?;
         if st.next_done.len() != env.num_envs() {
             return Err(Error::checkpoint(
                 dir.join(STATE_FILE),

@@ -56,6 +56,8 @@ between steps here (the adapter drains it every step), so nothing is lost there.
 
 use candle_core::{Device, Tensor};
 
+use super::joint::MasterSeat;
+
 use super::train_env::{EpisodeInfo, StepOut, TrainEnv};
 use crate::Result;
 use crate::agents::SymbolObs;
@@ -97,6 +99,10 @@ pub struct TradingEnv {
     cost_scale: f64,
     /// Staged onboarding: symbols `s >= tradable` may only HOLD.
     tradable: usize,
+    /// The master action of a run without a learning master (`master.default_action`).
+    default_master: u8,
+    /// Joint training: the learning master that sets `master` (`train::joint`).
+    seat: Option<Box<MasterSeat>>,
 }
 
 impl TradingEnv {
@@ -127,6 +133,8 @@ impl TradingEnv {
             turnover_rows: 0,
             cost_scale: 1.0,
             tradable: usize::MAX,
+            default_master: master_action as u8,
+            seat: None,
             n,
             s,
             env,
@@ -136,6 +144,25 @@ impl TradingEnv {
     /// The wrapped environment (snapshots, statistics).
     pub fn inner_mut(&mut self) -> &mut env::VecEnv {
         &mut self.env
+    }
+
+    /// Let `seat` (joint training, `train::joint`) set the master directives from now on. Its
+    /// sizes must be this env's.
+    pub fn attach_master(&mut self, seat: MasterSeat) -> Result<()> {
+        if seat.directives().len() != self.n {
+            return Err(Error::invalid(format!(
+                "a master seat for {} scenarios on an env of {}",
+                seat.directives().len(),
+                self.n
+            )));
+        }
+        self.seat = Some(Box::new(seat));
+        Ok(())
+    }
+
+    /// The attached learning master, if any.
+    pub fn master_seat(&self) -> Option<&MasterSeat> {
+        self.seat.as_deref()
     }
 
     /// Rows stepped with an action that the mask in force forbade (should stay 0 under PPO).
@@ -235,7 +262,7 @@ impl TradingEnv {
         let h = StateHeader {
             magic: StateHeader::MAGIC,
             version: StateHeader::VERSION,
-            master: u32::from(self.master[0]),
+            master: u32::from(self.default_master),
             masked_actions: self.masked_actions,
             invalid_actions: self.invalid_actions,
             episodes: self.episodes,
@@ -268,10 +295,10 @@ impl TradingEnv {
                 StateHeader::VERSION
             )));
         }
-        if h.master != u32::from(self.master[0]) {
+        if h.master != u32::from(self.default_master) {
             return Err(Error::env_state(format!(
                 "trading env state was saved with master action {}, this env uses {}",
-                h.master, self.master[0]
+                h.master, self.default_master
             )));
         }
         let snap = Snapshot::from_bytes(body, self.n, self.s)?;
@@ -325,9 +352,16 @@ impl TrainEnv for TradingEnv {
             }
             *dst = a as u8;
         }
+        if let Some(seat) = &mut self.seat {
+            self.master
+                .copy_from_slice(seat.before_step(&mut self.env)?);
+        }
         let env = &mut self.env;
         let w_cost = env.layout().params.reward.w[COST];
         let out = env.step(&self.actions, &self.master)?;
+        if let Some(seat) = &mut self.seat {
+            seat.after_step(&out.master_reward, |i| out.done(i));
+        }
         let mut rewards = out.reward.clone();
         if self.cost_scale != 1.0 {
             let extra = (self.cost_scale - 1.0) * w_cost;
@@ -380,6 +414,47 @@ impl TrainEnv for TradingEnv {
         Ok(())
     }
 
+    fn begin_iteration(&mut self, iteration: usize, iterations: usize) -> Result<()> {
+        if let Some(seat) = &mut self.seat {
+            seat.begin_iteration(iteration, iterations);
+        }
+        Ok(())
+    }
+
+    fn agents_learn(&self) -> bool {
+        self.seat.as_ref().is_none_or(|s| s.symbols_learn())
+    }
+
+    fn policy_outputs(&mut self, logits: &Tensor, mask: Option<&Tensor>) -> Result<()> {
+        match &mut self.seat {
+            Some(seat) => seat.policy_outputs(logits, mask),
+            None => Ok(()),
+        }
+    }
+
+    fn end_rollout(&mut self) -> Result<()> {
+        match &mut self.seat {
+            Some(seat) => seat.end_rollout(&mut self.env),
+            None => Ok(()),
+        }
+    }
+
+    fn save_files(&self, dir: &std::path::Path) -> Result<()> {
+        match &self.seat {
+            Some(seat) => seat.save(dir, self.env.master_anchors()),
+            None => Ok(()),
+        }
+    }
+
+    fn load_files(&mut self, dir: &std::path::Path) -> Result<()> {
+        if let Some(seat) = &mut self.seat {
+            let anchors = seat.load(dir)?;
+            self.env.set_master_anchors(&anchors)?;
+            self.master.copy_from_slice(seat.directives());
+        }
+        Ok(())
+    }
+
     fn save_state(&self) -> Result<Vec<u8>> {
         Ok(self.encode(&self.env.snapshot()?))
     }
@@ -408,10 +483,16 @@ impl TrainEnv for TradingEnv {
     /// `turnover` comes first, so that the CSV's last column stays `reward_share.divers`.
     fn stat_names(&self) -> Vec<String> {
         let names = crate::reward::COMPONENT_NAMES;
-        std::iter::once(TURNOVER_STAT.to_string())
+        let mut out: Vec<String> = std::iter::once(TURNOVER_STAT.to_string())
             .chain(names.iter().map(|c| format!("reward.{c}")))
             .chain(names.iter().map(|c| format!("reward_share.{c}")))
-            .collect()
+            .collect();
+        if self.seat.is_some() {
+            // Before the reward shares, so that the CSV's last column stays `reward_share.divers`.
+            let at = 1 + names.len();
+            out.splice(at..at, MasterSeat::stat_names());
+        }
+        out
     }
 
     fn drain_stats(&mut self) -> Vec<(String, f64)> {
@@ -421,6 +502,9 @@ impl TrainEnv for TradingEnv {
         let mut out = Vec::new();
         if rows > 0 {
             out.push((TURNOVER_STAT.to_string(), sum / rows as f64));
+        }
+        if let Some(seat) = &mut self.seat {
+            out.extend(seat.drain_stats());
         }
         if std::mem::take(&mut self.fresh_episodes) > 0 {
             out.extend(

@@ -9,6 +9,9 @@ environment copy (`dones` has one flag per copy), and the copy resets itself wit
 observation of the next episode.
 */
 
+use std::path::Path;
+
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::Result;
@@ -83,6 +86,42 @@ pub trait TrainEnv {
     /// `ppo.onboard_start`; `usize::MAX` = all). Environments without such agents ignore it (the
     /// default).
     fn set_tradable_symbols(&mut self, _count: usize) -> Result<()> {
+        Ok(())
+    }
+    /// Start iteration `iteration` (1-based) of `iterations` (before its rollout). A joint
+    /// schedule (`train::joint`) sets here which side learns in this iteration. The default does
+    /// nothing.
+    fn begin_iteration(&mut self, _iteration: usize, _iterations: usize) -> Result<()> {
+        Ok(())
+    }
+    /// Whether the trainer updates its agents after this iteration's rollout: false while a joint
+    /// schedule holds them fixed (`train::joint`, alternating phases); the default is true.
+    fn agents_learn(&self) -> bool {
+        true
+    }
+    /// The policy's logits (`[N * agents_per_env, num_actions]`) and the mask they are sampled
+    /// under, for the current observation: the trainer passes them after every policy pass of
+    /// the rollout, before `step`, and once more for the observation after the rollout (the
+    /// bootstrap pass), before [`TrainEnv::end_rollout`]. An environment whose dynamics read the
+    /// agents' intentions (joint training: the master observes the symbol agents' intents) keeps
+    /// them; the default ignores them.
+    fn policy_outputs(&mut self, _logits: &Tensor, _mask: Option<&Tensor>) -> Result<()> {
+        Ok(())
+    }
+    /// The iteration's rollout is over (joint training updates the master here; its losses are
+    /// reported by the next [`TrainEnv::drain_stats`]). The default does nothing.
+    fn end_rollout(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Write the files of the environment's own learners into checkpoint directory `dir`
+    /// (joint training: the master's network, optimiser and state), before the trainer's state
+    /// file. The default writes nothing.
+    fn save_files(&self, _dir: &Path) -> Result<()> {
+        Ok(())
+    }
+    /// Restore what [`TrainEnv::save_files`] wrote into `dir` (after
+    /// [`TrainEnv::load_state`]). The default reads nothing.
+    fn load_files(&mut self, _dir: &Path) -> Result<()> {
         Ok(())
     }
     /// Names of the statistics [`TrainEnv::drain_stats`] reports, in column order (CSV header).
