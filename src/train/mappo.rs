@@ -453,11 +453,11 @@ impl MasterBatch {
     /// no decision).
     pub fn accumulate(&mut self, rewards: &[f32], done: impl Fn(usize) -> bool) {
         let base = self.rews.len() - self.n;
-        for i in 0..self.n {
-            let k = base + i;
-            if !self.dones[k] {
-                self.rews[k] += rewards[i];
-                self.dones[k] = done(i);
+        let last = self.rews[base..].iter_mut().zip(&mut self.dones[base..]);
+        for (i, ((r, d), &x)) in last.zip(rewards).enumerate() {
+            if !*d {
+                *r += x;
+                *d = done(i);
             }
         }
     }
