@@ -190,10 +190,12 @@ pub fn evaluate_policy(
 
 /// Evaluate a checkpoint under its own stored configuration (module docs).
 pub fn evaluate_checkpoint(opts: &EvalOptions) -> Result<EvalReport> {
-    let dir = crate::run::resolve_checkpoint(&opts.checkpoint)?;
+    let resolved = crate::run::resolve_checkpoint(&opts.checkpoint);
     // A joint training's checkpoint holds its master beside the symbol policy: it plays unless a
     // fixed directive is asked for.
-    let joint = dir.join(crate::train::mappo::MASTER_STATE_FILE).is_file();
+    let joint = resolved
+        .as_ref()
+        .is_ok_and(|d| d.join(crate::train::mappo::MASTER_STATE_FILE).is_file());
     let directive = match opts.master {
         None => None,
         Some(super::master::MasterChoice::Fixed(m)) => Some(m as u32),
@@ -208,6 +210,7 @@ pub fn evaluate_checkpoint(opts: &EvalOptions) -> Result<EvalReport> {
             )));
         }
     };
+    let dir = resolved?;
     let cfg = Config::from_file_with_overrides(dir.join(crate::run::CONFIG_FILE), &opts.overrides)?;
     let (market, origin) = Market::load_source(&cfg.data, opts.data.as_deref())?;
     let (name, mode) = if opts.sample {
