@@ -1,7 +1,7 @@
 /*!
 A trained symbol policy as a backtest [`BacktestPolicy`], with the config's `master.default_action` for every
-scenario (the master is not trained yet, so it plays the directive the symbol agents were trained
-under). Two modes, both reproducible:
+scenario (the directive the symbol agents were trained under), or with the learned master of a joint
+training's checkpoint ([`AgentPolicy::with_learned_master`]). Three modes, all reproducible:
 
 - [`ActMode::Greedy`] (the default): the most probable legal action per symbol (ties go to the lower
   action index);

@@ -33,7 +33,8 @@ near the directive's per-position cap (sells part of a position above 1.5 cap, b
 holds otherwise), so the directive decides the portfolio's exposure. Its intents are those of a
 deterministic policy (the action distribution is the one-hot of the chosen action, entropy 0).
 [`PolicyDriver`] plays a trained symbol checkpoint greedily instead, with the policy's own intents;
-[`Symbols`] is either. Joint training (the symbol agents learning too) is not written.
+[`Symbols`] is either. Joint training (the symbol agents learning too, in one rollout) drives the
+same [`MasterLearner`] from inside the symbol agents' rollout: `train::joint`.
 
 **Checkpoints** ([`MasterPpo::save`], [`MasterPpo::resume`], [`load_master_net`]): the network,
 AdamW's moments, the training env's snapshot with the master anchors and the next observation,

@@ -9,8 +9,9 @@ The mapping:
   scenario-major (`n * S + s`), which is the env's `[N, S]` layout, so actions, rewards and masks
   pass through unchanged.
 - **actions**: the trainer's `u32` actions (always `< 7`, the policy samples only legal ones) are
-  narrowed to `u8`. The master agent is not trained here: every scenario gets the config's
-  `master.default_action` at every step.
+  narrowed to `u8`. Every scenario gets the config's `master.default_action` at every step,
+  unless a learning master is attached ([`TradingEnv::attach_master`], joint training,
+  `train::joint`): then the master's directives, set at its decision steps before the step.
 - **observation**: [`SymbolObs`] with `keys[n] = (path, bar)` from the env's `obs_index` and
   `dyn_obs = [N, S, DYN_OBS]` from the env's `dyn_obs`; the technical windows are read by the
   policy from its [`WindowSource`](crate::agents::WindowSource) (the [`Features`](crate::features::Features)
