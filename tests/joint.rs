@@ -131,12 +131,17 @@ fn schedule_roles_frozen_sides_and_exact_resume() {
         rep.text()
     );
     assert!(rep.text().contains("master: learned (joint checkpoint)"));
+    let by = rep.directives_by_regime.as_ref().expect("by regime");
+    assert_eq!(by.source, "hidden regime");
+    let by_sum: usize = by.counts.iter().flatten().sum();
+    assert_eq!(by_sum, rep.directive_counts.iter().sum::<usize>());
+    assert!(rep.text().contains("directives of `learned` by hidden regime"));
     let fixed = evaluate_checkpoint(&EvalOptions {
         master: Some(MasterChoice::Fixed(3)),
         ..EvalOptions::new(&whole_dir)
     })
     .unwrap();
-    assert!(fixed.directive_counts.is_empty());
+    assert!(fixed.directive_counts.is_empty() && fixed.directives_by_regime.is_none());
     let mrep =
         evaluate_master_run(&MasterEvalOptions::new(&whole_dir, MasterChoice::Learned)).unwrap();
     assert_eq!(

@@ -84,6 +84,11 @@ struct PlayedMaster {
     held: Vec<u8>,
     counts: Vec<usize>,
     obs: Vec<f32>,
+    /// A label per `(path, bar)` (`[P * T]`) and the decisions per label and directive.
+    labels: Option<(Vec<u8>, usize)>,
+    by_label: Vec<Vec<usize>>,
+    /// What the labels are and their names.
+    label_names: (&'static str, Vec<&'static str>),
 }
 
 impl AgentPolicy {
@@ -121,8 +126,47 @@ impl AgentPolicy {
             held: Vec::new(),
             counts: vec![0; crate::env::MASTER_ACTIONS],
             obs: Vec::new(),
+            labels: None,
+            by_label: Vec::new(),
+            label_names: ("", Vec::new()),
         });
         Ok(self)
+    }
+
+    /// Count the learned master's decisions under a label per `(path, bar)` too (`labels`,
+    /// `[P * bars]`, e.g. the synthetic hidden regime; `source` says what the labels are, `names`
+    /// names them in label order); see [`AgentPolicy::directives_by_regime`]. Without a learned
+    /// master this does nothing.
+    pub fn with_regime_labels(
+        mut self,
+        labels: Vec<u8>,
+        bars: usize,
+        source: &'static str,
+        names: Vec<&'static str>,
+    ) -> Self {
+        if let Some(m) = &mut self.learned {
+            let n = labels.iter().copied().max().map_or(0, |x| x as usize + 1);
+            m.by_label = vec![vec![0; crate::env::MASTER_ACTIONS]; n];
+            m.labels = Some((labels, bars));
+            m.label_names = (source, names);
+        }
+        self
+    }
+
+    /// The learned master's decisions by regime label (`None` without labels or a learned
+    /// master); `position_caps` are the grid's caps, for the table's cap shares.
+    pub fn directives_by_regime(
+        &self,
+        position_caps: &[f64],
+    ) -> Option<super::master::DirectivesByRegime> {
+        let m = self.learned.as_ref()?;
+        m.labels.as_ref()?;
+        Some(super::master::DirectivesByRegime {
+            source: m.label_names.0,
+            names: m.label_names.1.clone(),
+            counts: m.by_label.clone(),
+            position_caps: position_caps.to_vec(),
+        })
     }
 
     /// Whether a learned master plays.
@@ -423,6 +467,13 @@ impl PlayedMaster {
         for (&i, d) in deciding.iter().zip(chosen) {
             self.held[i] = d;
             self.counts[d as usize] += 1;
+            if let Some((labels, bars)) = &self.labels {
+                let st = &view.scenarios[i];
+                let at = st.path as usize * bars + (st.t0 + st.k) as usize;
+                if let Some(&l) = labels.get(at) {
+                    self.by_label[l as usize][d as usize] += 1;
+                }
+            }
         }
         Ok(())
     }

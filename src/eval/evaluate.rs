@@ -93,6 +93,8 @@ pub struct EvalReport {
     /// Decisions per directive (48) of the learned master that played beside the policy (a
     /// joint checkpoint's); empty when the master played a fixed directive.
     pub directive_counts: Vec<usize>,
+    /// The learned master's decisions by regime ([`evaluate_checkpoint`] of a joint checkpoint).
+    pub directives_by_regime: Option<super::master::DirectivesByRegime>,
 }
 
 impl EvalReport {
@@ -127,6 +129,9 @@ impl EvalReport {
         if let Some(line) = directive_line(&self.directive_counts) {
             out.push_str(&line);
             out.push('\n');
+        }
+        if let Some(t) = &self.directives_by_regime {
+            out.push_str(&t.text("learned"));
         }
         out
     }
@@ -166,6 +171,7 @@ pub fn evaluate_policy(
     let mine = run_policy(setup, md.clone(), feats.clone(), opts, &mut policy)?;
     let ic = decision_ic(&policy.take_trace(), &md);
     let directive_counts = policy.directive_counts();
+    let directives_by_regime = policy.directives_by_regime(&setup.master.position_caps);
     let others = others
         .iter_mut()
         .map(|p| run_policy(setup, md.clone(), feats.clone(), opts, &mut **p))
@@ -185,6 +191,7 @@ pub fn evaluate_policy(
         comparisons,
         decision_ic: ic,
         directive_counts,
+        directives_by_regime,
     })
 }
 
@@ -224,7 +231,13 @@ pub fn evaluate_checkpoint(opts: &EvalOptions) -> Result<EvalReport> {
     let directive = directive.unwrap_or(cfg.master.default_action);
     let mut policy = AgentPolicy::from_checkpoint(name, &dir, &market, directive)?.with_mode(mode);
     if learned {
-        policy = policy.with_learned_master(&dir)?;
+        let (labels, source, names) = super::master::regime_labels(&cfg, &market.data);
+        policy = policy.with_learned_master(&dir)?.with_regime_labels(
+            labels,
+            market.data.bars,
+            source,
+            names,
+        );
     }
     let mut report = evaluate_policy(&cfg.env_setup(), &market, &opts.backtest, policy, &mut [])?;
     report.checkpoint = dir;

@@ -148,55 +148,86 @@ impl MasterEvalReport {
             ));
         }
         if let Some((name, e)) = self.rows.first() {
-            out.push_str(&format!(
-                "directives of `{name}` by {} (decisions; regime-mode shares; cap shares; most chosen directives):\n",
-                self.regime_source
-            ));
-            for (l, counts) in e.directive_by_label.iter().enumerate() {
-                let total: usize = counts.iter().sum();
-                let lname = self.regime_names.get(l).copied().unwrap_or("?");
-                if total == 0 {
-                    out.push_str(&format!("  {lname:<8} 0\n"));
-                    continue;
-                }
-                let modes = e.mode_by_label[l];
-                let mut top: Vec<(usize, usize)> = counts
-                    .iter()
-                    .copied()
-                    .enumerate()
-                    .filter(|&(_, c)| c > 0)
-                    .collect();
-                top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-                let top: Vec<String> = top
-                    .iter()
-                    .take(3)
-                    .map(|(m, c)| format!("{m} ({:.0}%)", 100.0 * *c as f64 / total as f64))
-                    .collect();
-                // Directive m has cap index (m / 3) % 4 (docs/env-spec.md §3).
-                let caps: Vec<String> = self
-                    .position_caps
-                    .iter()
-                    .enumerate()
-                    .map(|(ci, c)| {
-                        let k: usize = (0..MASTER_ACTIONS)
-                            .filter(|m| (m / 3) % 4 == ci)
-                            .map(|m| counts[m])
-                            .sum();
-                        format!("cap {c} {:.0}%", 100.0 * k as f64 / total as f64)
-                    })
-                    .collect();
-                out.push_str(&format!(
-                    "  {lname:<8} {total:>6}; {} {:.0}%, {} {:.0}%, {} {:.0}%; {}; {}\n",
-                    MODE_NAMES[0],
-                    100.0 * modes[0] as f64 / total as f64,
-                    MODE_NAMES[1],
-                    100.0 * modes[1] as f64 / total as f64,
-                    MODE_NAMES[2],
-                    100.0 * modes[2] as f64 / total as f64,
-                    caps.join(", "),
-                    top.join(", ")
-                ));
+            let table = DirectivesByRegime {
+                source: self.regime_source,
+                names: self.regime_names.clone(),
+                counts: e.directive_by_label.clone(),
+                position_caps: self.position_caps.clone(),
+            };
+            out.push_str(&table.text(name));
+        }
+        out
+    }
+}
+
+/// A master's decisions per regime label and directive, as `eval` prints them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirectivesByRegime {
+    /// What the labels are (`hidden regime` or `VIX tercile`).
+    pub source: &'static str,
+    /// The labels' names, in label order.
+    pub names: Vec<&'static str>,
+    /// Decisions per label and directive, `[labels][48]`.
+    pub counts: Vec<Vec<usize>>,
+    /// The directive grid's per-position caps (`master.position_caps`).
+    pub position_caps: Vec<f64>,
+}
+
+impl DirectivesByRegime {
+    /// One line per label: decisions, regime-mode shares, cap shares, the three most chosen
+    /// directives; headed by `directives of `who` by <source>`.
+    pub fn text(&self, who: &str) -> String {
+        let mut out = format!(
+            "directives of `{who}` by {} (decisions; regime-mode shares; cap shares; most chosen directives):\n",
+            self.source
+        );
+        for (l, counts) in self.counts.iter().enumerate() {
+            let total: usize = counts.iter().sum();
+            let lname = self.names.get(l).copied().unwrap_or("?");
+            if total == 0 {
+                out.push_str(&format!("  {lname:<8} 0\n"));
+                continue;
             }
+            // Directive m has regime mode m % 3 and cap index (m / 3) % 4 (docs/env-spec.md §3).
+            let mut modes = [0usize; 3];
+            for (m, &c) in counts.iter().enumerate() {
+                modes[m % 3] += c;
+            }
+            let mut top: Vec<(usize, usize)> = counts
+                .iter()
+                .copied()
+                .enumerate()
+                .filter(|&(_, c)| c > 0)
+                .collect();
+            top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            let top: Vec<String> = top
+                .iter()
+                .take(3)
+                .map(|(m, c)| format!("{m} ({:.0}%)", 100.0 * *c as f64 / total as f64))
+                .collect();
+            let caps: Vec<String> = self
+                .position_caps
+                .iter()
+                .enumerate()
+                .map(|(ci, c)| {
+                    let k: usize = (0..MASTER_ACTIONS.min(counts.len()))
+                        .filter(|m| (m / 3) % 4 == ci)
+                        .map(|m| counts[m])
+                        .sum();
+                    format!("cap {c} {:.0}%", 100.0 * k as f64 / total as f64)
+                })
+                .collect();
+            out.push_str(&format!(
+                "  {lname:<8} {total:>6}; {} {:.0}%, {} {:.0}%, {} {:.0}%; {}; {}\n",
+                MODE_NAMES[0],
+                100.0 * modes[0] as f64 / total as f64,
+                MODE_NAMES[1],
+                100.0 * modes[1] as f64 / total as f64,
+                MODE_NAMES[2],
+                100.0 * modes[2] as f64 / total as f64,
+                caps.join(", "),
+                top.join(", ")
+            ));
         }
         out
     }
@@ -205,7 +236,7 @@ impl MasterEvalReport {
 /// Regime labels `[P * T]` of `md` and their names: the hidden regime of the configured
 /// synthetic generator when `cfg`'s data is that generator's (checked: the regenerated market must
 /// equal `md`), else the VIX tercile of each bar over all bars.
-fn regime_labels(
+pub(crate) fn regime_labels(
     cfg: &Config,
     md: &crate::data::MarketData,
 ) -> (Vec<u8>, &'static str, Vec<&'static str>) {
