@@ -135,7 +135,10 @@ fn schedule_roles_frozen_sides_and_exact_resume() {
     assert_eq!(by.source, "hidden regime");
     let by_sum: usize = by.counts.iter().flatten().sum();
     assert_eq!(by_sum, rep.directive_counts.iter().sum::<usize>());
-    assert!(rep.text().contains("directives of `learned` by hidden regime"));
+    assert!(
+        rep.text()
+            .contains("directives of `learned` by hidden regime")
+    );
     let fixed = evaluate_checkpoint(&EvalOptions {
         master: Some(MasterChoice::Fixed(3)),
         ..EvalOptions::new(&whole_dir)
