@@ -8,7 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use marl_trade::eval::{
-    EvalOptions, MasterChoice, MasterEvalOptions, evaluate_checkpoint, evaluate_master_run,
+    AgentPolicy, EvalOptions, MasterChoice, MasterEvalOptions, evaluate_checkpoint,
+    evaluate_master_run,
 };
 use marl_trade::market::Market;
 use marl_trade::run::{TrainOptions, TrainReport, train};
@@ -145,6 +146,11 @@ fn schedule_roles_frozen_sides_and_exact_resume() {
     })
     .unwrap();
     assert!(fixed.directive_counts.is_empty() && fixed.directives_by_regime.is_none());
+    // Every evaluation that builds the checkpoint's policy (walk-forward, stress, report, ablate,
+    // checkpoint selection) plays it with its master, unless asked for the fixed directive.
+    let p = AgentPolicy::from_checkpoint("ppo", &ck(&whole_dir, 4), &m, 3).unwrap();
+    assert!(p.plays_learned_master());
+    assert!(!p.with_fixed_master().plays_learned_master());
     let mrep =
         evaluate_master_run(&MasterEvalOptions::new(&whole_dir, MasterChoice::Learned)).unwrap();
     assert_eq!(

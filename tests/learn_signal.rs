@@ -176,16 +176,17 @@ fn train_and_evaluate_with(strength: f64, overrides: &[&str]) -> Outcome {
         period: Period::Test,
         ..BacktestOptions::default()
     };
-    let mut policy = AgentPolicy::from_checkpoint(
+    // A joint checkpoint plays with its learned master.
+    let policy = AgentPolicy::from_checkpoint(
         "ppo",
         &report.checkpoint,
         &market,
         cfg.master.default_action,
     )
     .unwrap();
+    assert_eq!(policy.plays_learned_master(), cfg.joint.enabled);
     if cfg.joint.enabled {
         check_master_learned(&cfg, &report.metrics);
-        policy = policy.with_learned_master(&report.checkpoint).unwrap();
     }
     let mut rule = SentimentRule {
         master: cfg.master.default_action as u8,

@@ -197,7 +197,11 @@ impl AgentPolicy {
     }
 
     /// The policy of the checkpoint directory `dir` (see `run::resolve_checkpoint`) over
-    /// `market`.
+    /// `market`, under directive `master_action`, or, when the checkpoint holds a learned master
+    /// (joint training), with that master ([`AgentPolicy::with_learned_master`];
+    /// [`AgentPolicy::with_fixed_master`] keeps `master_action` instead). Every evaluation that
+    /// plays a checkpoint (eval, walk-forward, stress, report, ablate, checkpoint selection) thus
+    /// plays a joint checkpoint as it was trained.
     pub fn from_checkpoint(
         name: impl Into<String>,
         dir: &Path,
@@ -239,7 +243,20 @@ impl AgentPolicy {
         }
         let (policy, vm) = build_policy(&spec.config, spec.dims, market, 0, &Device::Cpu)?;
         checkpoint::load_params(&vm, &dir.join(MODEL_FILE))?;
-        Self::new(name, policy, master_action)
+        let me = Self::new(name, policy, master_action)?;
+        // A joint training's checkpoint plays as it was trained: with its learned master.
+        if dir.join(crate::train::mappo::MASTER_STATE_FILE).is_file() {
+            me.with_learned_master(dir)
+        } else {
+            Ok(me)
+        }
+    }
+
+    /// Play the fixed directive given at construction even if the checkpoint holds a learned
+    /// master.
+    pub fn with_fixed_master(mut self) -> Self {
+        self.learned = None;
+        self
     }
 
     /// Record a [`Decision`] for every (scenario, symbol) of every step (see

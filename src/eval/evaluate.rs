@@ -232,12 +232,9 @@ pub fn evaluate_checkpoint(opts: &EvalOptions) -> Result<EvalReport> {
     let mut policy = AgentPolicy::from_checkpoint(name, &dir, &market, directive)?.with_mode(mode);
     if learned {
         let (labels, source, names) = super::master::regime_labels(&cfg, &market.data);
-        policy = policy.with_learned_master(&dir)?.with_regime_labels(
-            labels,
-            market.data.bars,
-            source,
-            names,
-        );
+        policy = policy.with_regime_labels(labels, market.data.bars, source, names);
+    } else {
+        policy = policy.with_fixed_master();
     }
     let mut report = evaluate_policy(&cfg.env_setup(), &market, &opts.backtest, policy, &mut [])?;
     report.checkpoint = dir;

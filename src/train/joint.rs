@@ -4,7 +4,7 @@ Joint training of the symbol agents and the portfolio master: one loop, one roll
 **What runs.** With `[joint] enabled = true`, `marl-trade train` attaches a [`MasterSeat`] to the
 symbol agents' [`TradingEnv`](super::TradingEnv). The symbol agents train with PPO exactly as
 without it ([`Ppo`](super::Ppo), the `[ppo]` section); the master is the
-[`MasterLearner`](super::mappo::MasterLearner) of `train::mappo` (MAPPO with a centralized critic,
+[`MasterLearner`] of `train::mappo` (MAPPO with a centralized critic,
 the `[master_ppo]` section), and it plays *inside the symbol agents' rollout*:
 
 1. every `master_ppo.decision_interval` env steps (counted from the start of the run, so every
@@ -53,7 +53,7 @@ continues bit-identically, and `eval` finds the master beside the symbol policy.
 
 **Logged** (each iteration's `Metrics::env`, so `metrics.jsonl` and the CSV): `master.plays` and
 `master.learns` (0 or 1), and after an update `master.<loss>` for every loss and statistic of
-[`MasterMetrics`](super::mappo::MasterMetrics) by name (`master.policy_loss`,
+[`MasterMetrics`] by name (`master.policy_loss`,
 `master.value_loss`, `master.entropy`, `master.approx_kl`, `master.clipfrac`, `master.grad_norm`,
 `master.reward_mean`, `master.explained_variance`, `master.ent_coef`, `master.cap_mean`,
 `master.defensive_share`, `master.aggressive_share`).
