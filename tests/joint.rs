@@ -269,3 +269,73 @@ fn joint_bad_input_is_a_clear_error() {
     assert_eq!(e.kind(), ErrorKind::Checkpoint, "{e}");
     assert!(e.to_string().contains(MASTER_STATE_FILE), "{e}");
 }
+
+/// The go/no-go report of a joint run evaluates the master criteria from their own numbers: the
+/// learned master against the same checkpoint under the default directive (a single run), and
+/// the master's logged losses; a joint walk-forward records the comparison for every fold.
+#[test]
+fn report_and_walk_forward_evaluate_the_joint_master() {
+    use marl_trade::validate::{
+        Verdict, WalkForwardOptions, WalkForwardSpec, build_report, walk_forward,
+    };
+    // No HOLD prior, so that the barely trained greedy policy trades and has drawdowns.
+    let mut cfg = joint_config();
+    cfg.agent.hold_prior = 0.0;
+    let m = market(&cfg);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    run(&cfg, &m, &out, None, false);
+    let r = build_report(&out, None).unwrap();
+    let crit = |name: &str| r.criteria.iter().find(|c| c.name == name).unwrap().clone();
+    assert_eq!(r.master.len(), 1);
+    let mv = &r.master[0];
+    assert!(mv.default_max_drawdown > 0.0, "{mv:?}");
+    let cut = 1.0 - mv.max_drawdown / mv.default_max_drawdown;
+    let c = crit("master cuts drawdown > 15% vs baseline");
+    assert!((c.value.unwrap() - cut).abs() < 1e-12, "{c:?}");
+    let go = cut > 0.15 && mv.sharpe_z > -2.0;
+    assert_eq!(
+        c.verdict,
+        if go { Verdict::Go } else { Verdict::NoGo },
+        "{c:?}"
+    );
+    // The default directive's side is the checkpoint replayed under it: its Sharpe differs from
+    // the learned master's only if the master played something else.
+    assert!(mv.sharpe.is_finite() && mv.default_sharpe.is_finite());
+    assert_eq!(r.mappo.len(), 1);
+    assert_eq!(r.mappo[0].updates, 2); // iterations 2 and 4 of the alternating schedule
+    assert_eq!(r.mappo[0].non_finite, 0);
+    let c = crit("no-go: MAPPO diverges");
+    assert_ne!(c.verdict, Verdict::NotEvaluable, "{c:?}");
+    // The symbol side's gradient norms leave out the iterations it was held fixed in.
+    assert!(
+        r.grad_norms.is_empty(),
+        "only 2 symbol updates: fewer than 5 logged"
+    );
+
+    // A joint walk-forward: every run's result holds its master's comparison.
+    let wf_out = dir.path().join("wf");
+    let spec = WalkForwardSpec {
+        train_bars: 600,
+        test_bars: 150,
+        step: 150,
+        expanding: false,
+        embargo: 20,
+        seeds: 1,
+        warm_start: false,
+        iterations: Some(4),
+    };
+    let rep = walk_forward(&cfg, &m, &spec, &WalkForwardOptions::new(&wf_out), |_| {}).unwrap();
+    assert_eq!(rep.master.len(), rep.runs_done);
+    assert!(rep.runs_done >= 2);
+    let r = build_report(&wf_out, None).unwrap();
+    assert_eq!(r.master.len(), rep.runs_done);
+    assert_ne!(
+        crit_of(&r, "master cuts drawdown > 15% vs baseline"),
+        Verdict::NotEvaluable
+    );
+}
+
+fn crit_of(r: &marl_trade::validate::Report, name: &str) -> marl_trade::validate::Verdict {
+    r.criteria.iter().find(|c| c.name == name).unwrap().verdict
+}

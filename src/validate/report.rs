@@ -22,10 +22,10 @@ deflated Sharpe ratio, and the risk-limit checks of the backtests.
 | max drawdown < 25% | mean over seeds of the out-of-sample maximum drawdown | `< 0.25` |
 | symbol agents Sharpe > 0.6 on walk-forward | mean over folds of the fold's mean Sharpe over seeds | `> 0.6`; NOT EVALUABLE for a single run |
 | reward diagnostics stable | alarms of `train::signals` over every run | none |
-| master cuts drawdown > 15% vs baseline | - | NOT EVALUABLE: there is no master agent (the master plays `master.default_action`) |
+| master cuts drawdown > 15% vs baseline | joint runs (`[joint]`): `1 - mean(max DD with the learned master) / mean(max DD of the same checkpoints under master.default_action)` over every backtest; the smallest paired Sharpe z (master - default) | cut `> 0.15` and every z `> -2`; NOT EVALUABLE without a learned master |
 | no-go: reward gradients collapse | per run, mean `grad_norm` over the last fifth of the iterations / over the first fifth; `collapse` alarms | ratio `>= 0.01` everywhere and no `collapse` alarm |
 | no-go: agents ignore costs | `ignores-costs` alarms of `train::signals` | none |
-| no-go: MAPPO diverges | - | NOT EVALUABLE: there is no MAPPO |
+| no-go: MAPPO diverges | per joint run, the master's logged losses (`master.*` in `metrics.jsonl`): non-finite values, and its mean value loss over the last fifth of its updates / over the first fifth | every loss finite and the ratio `<= 10`; NOT EVALUABLE without master updates |
 | (extra) beats 1/N rebalanced beyond noise | per seed, the Sharpe difference with `rebalanced` over its Memmel standard error | `z > 2` for every seed |
 | (extra) risk limits held | [`crate::eval::LimitCheck`] of every backtest step | no violation |
 
@@ -37,6 +37,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use super::walkforward::MasterVsDefault;
 
 use super::plot;
 use super::walkforward::{
@@ -136,6 +138,21 @@ pub struct GradNorms {
     pub late: f64,
 }
 
+/// The master's training in one joint run (`master.*` of its `metrics.jsonl`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MappoRun {
+    /// The run directory.
+    pub run: String,
+    /// Master updates logged.
+    pub updates: usize,
+    /// Updates with a non-finite loss or entropy.
+    pub non_finite: usize,
+    /// Mean value loss over the first fifth of the updates.
+    pub value_loss_early: f64,
+    /// Mean value loss over the last fifth.
+    pub value_loss_late: f64,
+}
+
 /// The go/no-go report (module docs).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
@@ -161,8 +178,14 @@ pub struct Report {
     pub alarms: Vec<RunAlarm>,
     /// Runs whose `metrics.jsonl` was analysed.
     pub runs_analysed: usize,
-    /// Gradient norms per run.
+    /// Gradient norms per run (iterations that updated the symbol agents only).
     pub grad_norms: Vec<GradNorms>,
+    /// Every backtest's learned master against the default directive (joint runs).
+    #[serde(default)]
+    pub master: Vec<MasterVsDefault>,
+    /// The master's training per joint run.
+    #[serde(default)]
+    pub mappo: Vec<MappoRun>,
     /// Mean reward-term share per iteration over the runs: term -> [(iteration, share)].
     pub reward_shares: BTreeMap<String, Vec<(usize, f64)>>,
     /// Requested symbol actions (HOLD, BUY_SMALL, ...).
@@ -260,6 +283,8 @@ fn from_walk_forward(dir: &Path) -> Result<Report> {
             alarms: Vec::new(),
             runs_analysed: 0,
             grad_norms: Vec::new(),
+            master: wf.master.clone(),
+            mappo: Vec::new(),
             reward_shares: BTreeMap::new(),
             actions: wf.actions,
             limits_held: wf.limits_held,
@@ -286,6 +311,7 @@ fn from_run(dir: &Path, data: Option<&Path>) -> Result<Report> {
     let opts = BacktestOptions::default();
     let mut policy = AgentPolicy::from_checkpoint("ppo", &ck, &market, cfg.master.default_action)?;
     let (bt, actions) = walkforward::run_counting(&cfg, &market, &opts, &mut policy)?;
+    let master = MasterVsDefault::measure(&cfg, &market, &opts, &ck, &policy, &bt)?;
     let bs = run_baselines(
         &cfg.env_setup(),
         market.data.clone(),
@@ -355,6 +381,8 @@ fn from_run(dir: &Path, data: Option<&Path>) -> Result<Report> {
             alarms: Vec::new(),
             runs_analysed: 0,
             grad_norms: Vec::new(),
+            master: master.into_iter().collect(),
+            mappo: Vec::new(),
             reward_shares: BTreeMap::new(),
             actions,
             limits_held: bt.limits.held() && bs.iter().all(|b| b.limits.held()),
@@ -387,17 +415,23 @@ fn finish(mut r: Report, runs: &[PathBuf]) -> Result<Report> {
             });
         }
         let ms = read_metrics(&mpath)?;
-        let n = ms.len();
+        // A joint schedule may hold the symbol agents fixed (no update, `epochs` 0): their
+        // gradient norms are those of the iterations that updated.
+        let updated: Vec<&crate::train::Metrics> = ms.iter().filter(|m| m.epochs > 0).collect();
+        let n = updated.len();
         if n >= 5 {
             let fifth = (n / 5).max(1);
-            let mean = |xs: &[crate::train::Metrics]| {
+            let mean = |xs: &[&crate::train::Metrics]| {
                 xs.iter().map(|m| m.grad_norm).sum::<f64>() / xs.len() as f64
             };
             r.grad_norms.push(GradNorms {
                 run: run.display().to_string(),
-                early: mean(&ms[..fifth]),
-                late: mean(&ms[n - fifth..]),
+                early: mean(&updated[..fifth]),
+                late: mean(&updated[n - fifth..]),
             });
+        }
+        if let Some(m) = MappoRun::of(run, &ms) {
+            r.mappo.push(m);
         }
         for m in &ms {
             for t in COMPONENT_NAMES {
@@ -546,14 +580,45 @@ pub fn criteria(r: &Report) -> Vec<Criterion> {
             },
         ));
     }
-    out.push(crit(
-        "master cuts drawdown > 15% vs baseline",
-        None,
-        Verdict::NotEvaluable,
-        "walk-forward and train runs do not train a master (`marl-trade train-master` does, over \
-         a fixed symbol policy): the master plays master.default_action in every backtest here"
-            .into(),
-    ));
+    if r.master.is_empty() {
+        out.push(crit(
+            "master cuts drawdown > 15% vs baseline",
+            None,
+            Verdict::NotEvaluable,
+            "no learned master in these runs (joint.enabled = false: the master plays \
+             master.default_action in every backtest; `marl-trade train-master` trains one over \
+             fixed symbol agents)"
+                .into(),
+        ));
+    } else {
+        let k = r.master.len() as f64;
+        let dd = r.master.iter().map(|m| m.max_drawdown).sum::<f64>() / k;
+        let dd0 = r.master.iter().map(|m| m.default_max_drawdown).sum::<f64>() / k;
+        let cut = if dd0 > 0.0 { 1.0 - dd / dd0 } else { 0.0 };
+        let zmin = r
+            .master
+            .iter()
+            .map(|m| m.sharpe_z)
+            .fold(f64::INFINITY, f64::min);
+        out.push(crit(
+            "master cuts drawdown > 15% vs baseline",
+            Some(cut),
+            if cut > 0.15 && zmin > -2.0 {
+                Verdict::Go
+            } else {
+                Verdict::NoGo
+            },
+            format!(
+                "learned master vs the same checkpoints under master.default_action over {} \
+                 backtest(s): mean max drawdown {:.2}% vs {:.2}% (cut {:.1}%, GO above 15%), \
+                 smallest paired Sharpe z {zmin:+.2} (GO above -2)",
+                r.master.len(),
+                100.0 * dd,
+                100.0 * dd0,
+                100.0 * cut
+            ),
+        ));
+    }
     let collapse = r
         .alarms
         .iter()
@@ -615,14 +680,38 @@ pub fn criteria(r: &Report) -> Vec<Criterion> {
             ),
         ));
     }
-    out.push(crit(
-        "no-go: MAPPO diverges",
-        None,
-        Verdict::NotEvaluable,
-        "no MAPPO run in these runs (only the symbol agents are trained, with PPO; \
-         `marl-trade train-master` trains the master separately)"
-            .into(),
-    ));
+    if r.mappo.is_empty() {
+        out.push(crit(
+            "no-go: MAPPO diverges",
+            None,
+            Verdict::NotEvaluable,
+            "no master update in these runs' metrics (joint.enabled = false; `marl-trade \
+             train-master` trains the master separately)"
+                .into(),
+        ));
+    } else {
+        let bad: usize = r.mappo.iter().map(|m| m.non_finite).sum();
+        let ratio = r
+            .mappo
+            .iter()
+            .map(|m| m.value_loss_late / m.value_loss_early.max(1e-12))
+            .fold(0.0, f64::max);
+        out.push(crit(
+            "no-go: MAPPO diverges",
+            Some(ratio),
+            if bad == 0 && ratio <= 10.0 {
+                Verdict::Go
+            } else {
+                Verdict::NoGo
+            },
+            format!(
+                "{} joint run(s), {} master updates: {bad} with a non-finite loss; largest \
+                 late/early master value-loss ratio {ratio:.2} (NO-GO above 10)",
+                r.mappo.len(),
+                r.mappo.iter().map(|m| m.updates).sum::<usize>()
+            ),
+        ));
+    }
     let zmin = r
         .z_vs_rebalanced
         .iter()
@@ -815,4 +904,40 @@ pub fn write_report(r: &mut Report, out: &Path) -> Result<()> {
     let json = serde_json::to_string_pretty(&*r).map_err(|e| Error::json("report", e))?;
     crate::atomic::write(&out.join("report.json"), json.as_bytes())?;
     crate::atomic::write(&out.join("report.md"), r.markdown().as_bytes())
+}
+
+impl MappoRun {
+    /// The master's training in run `run` from its metrics `ms` (`None` without master updates).
+    fn of(run: &Path, ms: &[crate::train::Metrics]) -> Option<Self> {
+        let get = |m: &crate::train::Metrics, k: &str| m.env.get(&format!("master.{k}")).copied();
+        let ups: Vec<&crate::train::Metrics> = ms
+            .iter()
+            .filter(|m| get(m, "learns") == Some(1.0))
+            .collect();
+        if ups.is_empty() {
+            return None;
+        }
+        let non_finite = ups
+            .iter()
+            .filter(|m| {
+                ["policy_loss", "value_loss", "entropy"]
+                    .iter()
+                    .any(|k| !get(m, k).is_some_and(f64::is_finite))
+            })
+            .count();
+        let fifth = (ups.len() / 5).max(1);
+        let mean = |xs: &[&crate::train::Metrics]| {
+            xs.iter()
+                .map(|m| get(m, "value_loss").unwrap_or(f64::NAN))
+                .sum::<f64>()
+                / xs.len() as f64
+        };
+        Some(Self {
+            run: run.display().to_string(),
+            updates: ups.len(),
+            non_finite,
+            value_loss_early: mean(&ups[..fifth]),
+            value_loss_late: mean(&ups[ups.len() - fifth..]),
+        })
+    }
 }

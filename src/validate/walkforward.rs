@@ -232,6 +232,65 @@ pub struct RunResult {
     pub actions: [u64; crate::env::N_ACTIONS],
     /// The policy against each baseline on the block.
     pub comparisons: Vec<Comparison>,
+    /// A joint run's learned master against the same symbol policy under
+    /// `master.default_action` on the block (`None` without a learned master).
+    #[serde(default)]
+    pub master: Option<MasterVsDefault>,
+}
+
+/// A learned master (joint training) against the same symbol policy under the default directive,
+/// on the same bars: the design's "master reduces drawdown vs baseline" for one backtest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MasterVsDefault {
+    /// Max drawdown with the learned master (mean over paths).
+    pub max_drawdown: f64,
+    /// Max drawdown under `master.default_action`.
+    pub default_max_drawdown: f64,
+    /// Sharpe with the learned master.
+    pub sharpe: f64,
+    /// Sharpe under `master.default_action`.
+    pub default_sharpe: f64,
+    /// Memmel z of the paired Sharpe difference (master - default).
+    pub sharpe_z: f64,
+}
+
+impl MasterVsDefault {
+    /// The comparison of `master` (the checkpoint with its master) and `default` (the same
+    /// checkpoint, fixed directive) over the same bars.
+    pub fn of(master: &BacktestResult, default: &BacktestResult) -> Result<Self> {
+        let c = compare(master, default)?;
+        Ok(Self {
+            max_drawdown: master.metrics.max_drawdown,
+            default_max_drawdown: default.metrics.max_drawdown,
+            sharpe: master.metrics.sharpe,
+            default_sharpe: default.metrics.sharpe,
+            sharpe_z: c.sharpe_z(),
+        })
+    }
+
+    /// Play checkpoint `ck`'s policy (already played with its master as `backtest`) under the
+    /// fixed directive too and compare; `None` when `policy` plays no learned master.
+    pub fn measure(
+        cfg: &Config,
+        market: &Market,
+        opts: &BacktestOptions,
+        ck: &Path,
+        policy: &AgentPolicy,
+        backtest: &BacktestResult,
+    ) -> Result<Option<Self>> {
+        if !policy.plays_learned_master() {
+            return Ok(None);
+        }
+        let mut fixed = AgentPolicy::from_checkpoint(
+            "ppo-default-directive",
+            ck,
+            market,
+            cfg.master.default_action,
+        )?
+        .with_fixed_master();
+        let (default, _) = run_counting(cfg, market, opts, &mut fixed)?;
+        Self::of(backtest, &default).map(Some)
+    }
 }
 
 /// The baselines of one fold (`baselines.json`).
@@ -391,6 +450,9 @@ pub struct WalkForwardReport {
     pub limits_held: bool,
     /// Bars per year of the data (annualisation).
     pub bars_per_year: f64,
+    /// Every run's learned master against its default directive (joint runs only).
+    #[serde(default)]
+    pub master: Vec<MasterVsDefault>,
 }
 
 /// A stitched out-of-sample curve (module docs) with the bar of every point.
@@ -807,6 +869,8 @@ pub fn walk_forward(
                 let mut policy =
                     AgentPolicy::from_checkpoint("ppo", &ck, market, cfg.master.default_action)?;
                 let (backtest, actions) = run_counting(&rcfg, market, &bopts, &mut policy)?;
+                let master =
+                    MasterVsDefault::measure(&rcfg, market, &bopts, &ck, &policy, &backtest)?;
                 let comparisons = baselines
                     .results
                     .iter()
@@ -820,6 +884,7 @@ pub fn walk_forward(
                     backtest,
                     actions,
                     comparisons,
+                    master,
                 };
                 write_json(&rpath, "walk-forward result", &r)?;
                 (action, r)
@@ -848,6 +913,7 @@ pub fn load_report(out: &Path) -> Result<WalkForwardReport> {
     let mut actions = [0u64; crate::env::N_ACTIONS];
     let mut limits_held = true;
     let mut bpy = 0.0;
+    let mut master = Vec::new();
     for fold in &plan.folds {
         let bpath = fold_dir(out, fold.index).join(BASELINES_FILE);
         let b: Option<FoldBaselines> = if bpath.is_file() {
@@ -865,6 +931,7 @@ pub fn load_report(out: &Path) -> Result<WalkForwardReport> {
             });
         }
         let done: Vec<&RunResult> = per_seed.iter().flatten().collect();
+        master.extend(done.iter().filter_map(|r| r.master.clone()));
         for r in &done {
             for (a, c) in actions.iter_mut().zip(r.actions) {
                 *a += c;
@@ -948,6 +1015,7 @@ pub fn load_report(out: &Path) -> Result<WalkForwardReport> {
         actions,
         limits_held,
         bars_per_year: bpy,
+        master,
     })
 }
 
