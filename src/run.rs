@@ -772,25 +772,54 @@ pub fn eval_master_checkpoint(out: &Path) -> Result<PathBuf> {
 
 /// Keep only the iterations `<= iteration` in the run's metrics files (atomically).
 fn truncate_metrics(out: &Path, iteration: usize, env_names: &[String]) -> Result<()> {
+    // The kept lines are copied as they are (a parse and re-serialisation could move a float by
+    // an ulp); only the iteration of each line is read.
     let jsonl = out.join(METRICS_JSONL);
-    let kept: Vec<Metrics> = if jsonl.exists() {
-        read_metrics(&jsonl)?
-            .into_iter()
-            .filter(|m| m.iteration <= iteration)
-            .collect()
-    } else {
-        Vec::new()
-    };
     let mut j = String::new();
-    let mut c = format!("{}\n", Metrics::csv_header_with(env_names));
-    for m in &kept {
-        j.push_str(&m.json_line());
-        j.push('\n');
-        c.push_str(&m.csv_row_with(env_names));
-        c.push('\n');
+    if jsonl.exists() {
+        let text = std::fs::read_to_string(&jsonl).map_err(|e| Error::io(&jsonl, e))?;
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            #[derive(serde::Deserialize)]
+            struct Iteration {
+                iteration: usize,
+            }
+            let it: Iteration = serde_json::from_str(line).map_err(|e| {
+                Error::checkpoint(&jsonl, format!("line {}: {e}", i + 1)).with_source(e)
+            })?;
+            if it.iteration <= iteration {
+                j.push_str(line);
+                j.push('\n');
+            }
+        }
+    }
+    let header = Metrics::csv_header_with(env_names);
+    let csv = out.join(METRICS_CSV);
+    let mut c = format!("{header}\n");
+    let old = std::fs::read_to_string(&csv).unwrap_or_default();
+    let mut lines = old.lines();
+    if lines.next() == Some(header.as_str()) {
+        for line in lines {
+            let it = line.split(',').next().and_then(|f| f.parse::<usize>().ok());
+            if it.is_some_and(|k| k <= iteration) {
+                c.push_str(line);
+                c.push('\n');
+            }
+        }
+    } else if jsonl.exists() {
+        // No CSV, or one with other columns: rebuilt from the JSON lines.
+        for m in read_metrics(&jsonl)? {
+            if m.iteration <= iteration {
+                c.push_str(&m.csv_row_with(env_names));
+                c.push('\n');
+            }
+        }
     }
     crate::atomic::write(&jsonl, j.as_bytes())?;
-    crate::atomic::write(&out.join(METRICS_CSV), c.as_bytes())
+    crate::atomic::write(&csv, c.as_bytes())
 }
 
 /// The run's two metrics files, appended to and flushed after every iteration: the JSONL through

@@ -171,8 +171,17 @@ fn assert_resumes_exactly(
 ) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let step_dir = dir.join("stepwise");
     let (mut models, mut masters, mut step_metrics) = (Vec::new(), Vec::new(), Vec::new());
+    let metrics_files = || {
+        [marl_trade::run::METRICS_JSONL, marl_trade::run::METRICS_CSV]
+            .map(|f| std::fs::read_to_string(step_dir.join(f)).unwrap_or_default())
+    };
     for it in 1..=whole.iteration {
+        let before = metrics_files();
         let r = run(cfg, m, &step_dir, Some(1), it > 1);
+        // A resume keeps the metrics lines already written byte for byte.
+        for (old, new) in before.iter().zip(metrics_files()) {
+            assert!(new.starts_with(old.as_str()), "metrics rewritten on resume");
+        }
         assert_eq!(r.iteration, it);
         models.push(read(r.checkpoint.join("model.safetensors")));
         masters.push(read(r.checkpoint.join(MASTER_MODEL_FILE)));
