@@ -622,7 +622,9 @@ impl TrainBench {
         let prep_seconds = t.elapsed().as_secs_f64();
         let dev = Device::Cpu;
         let dims = crate::run::agent_dims(&market);
-        let env = crate::train::setup::build_env(&cfg.env_setup(), &market, backend, &dev)?;
+        let mut env = crate::train::setup::build_env(&cfg.env_setup(), &market, backend, &dev)?;
+        // With `joint.enabled` the master learns in the measured iterations too.
+        crate::run::attach_joint_master(&mut env, cfg)?;
         let (policy, vm) =
             crate::train::setup::build_policy(&cfg.agent, dims, &market, cfg.ppo.seed, &dev)?;
         let spec = serde_json::to_value(policy.agent().spec())

@@ -243,18 +243,7 @@ pub fn train(cfg: &Config, market: &Market, opts: &TrainOptions) -> Result<Train
         TradingEnv::new(venv, setup.master.default_action, &dev)?
     };
     let mut env = env;
-    if cfg.joint.enabled {
-        let seat = MasterSeat::new(
-            cfg.joint.clone(),
-            cfg.master_ppo.clone(),
-            env.num_envs(),
-            env.agents_per_env(),
-            cfg.ppo.num_steps,
-            setup.master.default_action as u8,
-            cfg.ppo.seed,
-        )?;
-        env.attach_master(seat)?;
-    }
+    attach_joint_master(&mut env, cfg)?;
     let (policy, vm) = build_policy(&cfg.agent, dims, market, cfg.ppo.seed, &dev)?;
     if let (Some(from), false) = (&opts.init_from, opts.resume) {
         let dir = resolve_checkpoint(from)?;
@@ -335,6 +324,25 @@ pub fn train(cfg: &Config, market: &Market, opts: &TrainOptions) -> Result<Train
         seconds: t0.elapsed().as_secs_f64(),
         symbol_steps: (ppo.global_step() - step0) * s,
     })
+}
+
+/// With `joint.enabled`: a fresh learning master (`[master_ppo]`, `[joint]`) attached to the
+/// training env `env` (`train::joint`); without, nothing. A resume then restores its state from
+/// the checkpoint.
+pub fn attach_joint_master(env: &mut TradingEnv, cfg: &Config) -> Result<()> {
+    if !cfg.joint.enabled {
+        return Ok(());
+    }
+    let seat = MasterSeat::new(
+        cfg.joint.clone(),
+        cfg.master_ppo.clone(),
+        env.num_envs(),
+        env.agents_per_env(),
+        cfg.ppo.num_steps,
+        cfg.master.default_action as u8,
+        cfg.ppo.seed,
+    )?;
+    env.attach_master(seat)
 }
 
 fn progress_bar(show: bool, done: usize, total: usize) -> indicatif::ProgressBar {
