@@ -106,6 +106,14 @@ pub struct MasterPpoConfig {
     pub seed: u64,
     /// The network's sizes (`[master_ppo.net]`; defaults the design's 256 / 128).
     pub net: MasterNetConfig,
+    /// Weight of a KL term `kl_default_coef * KL(pi || p0)` in the loss, toward a prior `p0` that
+    /// puts `kl_default_mass` on the default directive (`master.default_action`) and the rest
+    /// evenly on the other 47: the master leaves the default posture only where that pays more
+    /// than the KL costs (the symbol agents' KL toward their supervised priors, for the master).
+    /// Default 0: off (not in the MAPPO reference). Logged as `kl_default`.
+    pub kl_default_coef: f64,
+    /// The prior's mass on the default directive, in (1/48, 1). Default 0.9.
+    pub kl_default_mass: f64,
 }
 
 impl Default for MasterPpoConfig {
@@ -128,6 +136,8 @@ impl Default for MasterPpoConfig {
             value_norm_beta: 0.99999,
             seed: 1,
             net: MasterNetConfig::default(),
+            kl_default_coef: 0.0,
+            kl_default_mass: 0.9,
         }
     }
 }
@@ -173,6 +183,12 @@ impl MasterPpoConfig {
             if !(v.is_finite() && v >= 0.0) {
                 return bad(f, "must be a number >= 0");
             }
+        }
+        if !(self.kl_default_coef.is_finite() && self.kl_default_coef >= 0.0) {
+            return bad("master_ppo.kl_default_coef", "must be a number >= 0");
+        }
+        if !(self.kl_default_mass > 1.0 / MASTER_ACTIONS as f64 && self.kl_default_mass < 1.0) {
+            return bad("master_ppo.kl_default_mass", "must be in (1/48, 1)");
         }
         if !(0.0..1.0).contains(&self.value_norm_beta) {
             return bad("master_ppo.value_norm_beta", "must be in [0, 1)");
@@ -406,6 +422,10 @@ pub struct MasterMetrics {
     pub mode_share: [f64; 3],
     /// Mean position cap of the rollout's decisions.
     pub cap_mean: f64,
+    /// `KL(pi || p0)` toward the default-directive prior (mean over the last minibatch; 0 when
+    /// `kl_default_coef` is 0).
+    #[serde(default)]
+    pub kl_default: f64,
 }
 
 /// One rollout of master decisions of every scenario, decision-major (row `d * n + i` is
@@ -622,6 +642,16 @@ impl MasterLearner {
         let mut count = 0usize;
         let params_list = named_vars(&self.varmap);
         let mut idx: Vec<u32> = (0..b as u32).collect();
+        // The default-directive prior's log-probabilities `[1, 48]` (with kl_default_coef > 0).
+        let log_p0 = if c.kl_default_coef > 0.0 {
+            let rest = ((1.0 - c.kl_default_mass) / (MASTER_ACTIONS - 1) as f64).ln() as f32;
+            let mut v = vec![rest; MASTER_ACTIONS];
+            v[params.default_action as usize] = c.kl_default_mass.ln() as f32;
+            Some(Tensor::from_vec(v, (1, MASTER_ACTIONS), &dev)?)
+        } else {
+            None
+        };
+        let mut kl_last = 0.0;
         for _ in 0..c.epochs {
             self.rng.shuffle(&mut idx);
             for chunk in idx.chunks(mb) {
@@ -655,7 +685,15 @@ impl MasterLearner {
                 let vl = (&v - &tgt)?.sqr()?.maximum(&(&vc - &tgt)?.sqr()?)?;
                 let v_loss = vl.mean_all()?;
                 let entropy = dist.entropy()?.mean_all()?;
-                let loss = ((&pg_loss - (&entropy * ent_coef)?)? + (&v_loss * c.value_coef)?)?;
+                let mut loss = ((&pg_loss - (&entropy * ent_coef)?)? + (&v_loss * c.value_coef)?)?;
+                if let Some(lp0) = &log_p0 {
+                    let logp = dist.log_probs();
+                    let kl = (logp.exp()? * logp.broadcast_sub(lp0)?)?
+                        .sum(1)?
+                        .mean_all()?;
+                    kl_last = kl.to_scalar::<f32>()? as f64;
+                    loss = (loss + (kl * c.kl_default_coef)?)?;
+                }
                 let mut grads = loss.backward()?;
                 let gn = clip_grad_norm(&mut grads, &params_list, c.max_grad_norm)?;
                 self.opt.step(&grads)?;
@@ -704,6 +742,7 @@ impl MasterLearner {
             explained_variance,
             mode_share: modes.map(|x| x as f64 / decisions),
             cap_mean: cap_sum / decisions,
+            kl_default: kl_last,
         })
     }
 
