@@ -56,7 +56,7 @@ continues bit-identically, and `eval` finds the master beside the symbol policy.
 [`MasterMetrics`] by name (`master.policy_loss`,
 `master.value_loss`, `master.entropy`, `master.approx_kl`, `master.clipfrac`, `master.grad_norm`,
 `master.reward_mean`, `master.explained_variance`, `master.ent_coef`, `master.cap_mean`,
-`master.defensive_share`, `master.aggressive_share`).
+`master.defensive_share`, `master.aggressive_share`, `master.kl_default`).
 */
 
 use std::path::Path;
@@ -408,6 +408,7 @@ impl MasterSeat {
             "cap_mean",
             "defensive_share",
             "aggressive_share",
+            "kl_default",
         ]
         .iter()
         .map(|k| format!("master.{k}"))
@@ -439,6 +440,7 @@ impl MasterSeat {
             put("cap_mean", m.cap_mean);
             put("defensive_share", m.mode_share[0]);
             put("aggressive_share", m.mode_share[2]);
+            put("kl_default", m.kl_default);
         }
         out
     }
