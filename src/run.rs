@@ -782,24 +782,16 @@ pub fn eval_master_checkpoint(out: &Path) -> Result<PathBuf> {
 fn truncate_metrics(out: &Path, iteration: usize, env_names: &[String]) -> Result<()> {
     // The kept lines are copied as they are (a parse and re-serialisation could move a float by
     // an ulp); only the iteration of each line is read.
+    #[derive(serde::Deserialize)]
+    struct Iteration {
+        iteration: usize,
+    }
     let jsonl = out.join(METRICS_JSONL);
     let mut j = String::new();
     if jsonl.exists() {
-        let text = std::fs::read_to_string(&jsonl).map_err(|e| Error::io(&jsonl, e))?;
-        for (i, line) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
-            #[derive(serde::Deserialize)]
-            struct Iteration {
-                iteration: usize,
-            }
-            let it: Iteration = serde_json::from_str(line).map_err(|e| {
-                Error::checkpoint(&jsonl, format!("line {}: {e}", i + 1)).with_source(e)
-            })?;
+        for (it, line) in crate::train::metrics::read_json_lines::<Iteration>(&jsonl)? {
             if it.iteration <= iteration {
-                j.push_str(line);
+                j.push_str(&line);
                 j.push('\n');
             }
         }

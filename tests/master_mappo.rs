@@ -347,59 +347,87 @@ fn scripted_warning_rule_is_the_test_market_s_instrument() {
     );
 }
 
+/// The trainer tests' small market: 4 symbols, 600 daily bars, 2 paths, 4 scenarios of 30
+/// steps; `warning` adds a 5-bar, 20-point crisis warning.
+struct Small {
+    cfg: Config,
+    md: Arc<marl_trade::data::MarketData>,
+    feats: Arc<Features>,
+}
+
+impl Small {
+    fn new(warning: bool) -> Self {
+        let mut synth = SyntheticConfig {
+            symbols: 4,
+            bars: 600,
+            bars_per_day: 1,
+            paths: 2,
+            seed: 5,
+            ..SyntheticConfig::default()
+        };
+        if warning {
+            (synth.crisis_warning_bars, synth.crisis_warning_vix) = (5, 20.0);
+        }
+        let (md, _) = generate_with_regimes(&synth, "SPY");
+        let md = Arc::new(md);
+        let feats = Arc::new(Features::compute(&md));
+        let mut cfg = Config::default();
+        cfg.env.scenarios = 4;
+        cfg.env.episode_len = 30;
+        Self { cfg, md, feats }
+    }
+
+    fn env(&self, period: Period) -> VecEnv {
+        VecEnv::new(
+            &self.cfg.env_setup(),
+            self.md.clone(),
+            self.feats.clone(),
+            period,
+            BackendKind::Cpu,
+        )
+        .unwrap()
+    }
+
+    /// A trainer of `mcfg` (decision every 3 bars, 6 decisions an iteration unless set) over the
+    /// cap follower on the training bars.
+    fn trainer(&self, mcfg: MasterPpoConfig) -> MasterPpo<CapFollower> {
+        MasterPpo::new(mcfg, self.env(Period::Train), CapFollower::default(), 1).unwrap()
+    }
+}
+
+/// The master's logits at an all-zero observation (a fingerprint of the network).
+fn zero_obs_logits(t: &MasterPpo<CapFollower>) -> Vec<f32> {
+    let x = candle_core::Tensor::zeros(
+        (1, marl_trade::env::master_obs::MASTER_OBS),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    t.net()
+        .forward(&x)
+        .unwrap()
+        .0
+        .to_vec2::<f32>()
+        .unwrap()
+        .remove(0)
+}
+
 /// The trainer's mechanics, CI-sized: every loss is logged by name in the metrics file, a run is
 /// deterministic from its seeds, and the evaluation refuses a directive outside the grid.
 #[test]
 fn master_ppo_logs_its_losses_and_is_deterministic() {
-    let synth = SyntheticConfig {
-        symbols: 4,
-        bars: 600,
-        bars_per_day: 1,
-        paths: 2,
-        seed: 5,
-        crisis_warning_bars: 5,
-        crisis_warning_vix: 20.0,
-        ..SyntheticConfig::default()
-    };
-    let (md, _) = generate_with_regimes(&synth, "SPY");
-    let md = Arc::new(md);
-    let feats = Arc::new(Features::compute(&md));
-    let mut cfg = Config::default();
-    cfg.env.scenarios = 4;
-    cfg.env.episode_len = 30;
+    let small = Small::new(true);
     let dir = tempfile::tempdir().unwrap();
     let train = |path: Option<&std::path::Path>| {
-        let env = VecEnv::new(
-            &cfg.env_setup(),
-            md.clone(),
-            feats.clone(),
-            Period::Train,
-            BackendKind::Cpu,
-        )
-        .unwrap();
-        let mcfg = MasterPpoConfig {
+        let mut t = small.trainer(MasterPpoConfig {
             decision_interval: 3,
             decisions: 6,
             iterations: 3,
             minibatches: 2,
             ..MasterPpoConfig::default()
-        };
-        let mut t = MasterPpo::new(mcfg, env, CapFollower::default(), 1).unwrap();
+        });
         let m = t.train(path).unwrap();
-        let x = marl_trade::train::mappo::MasterPpo::<CapFollower>::net(&t)
-            .forward(
-                &candle_core::Tensor::zeros(
-                    (1, marl_trade::env::master_obs::MASTER_OBS),
-                    candle_core::DType::F32,
-                    &candle_core::Device::Cpu,
-                )
-                .unwrap(),
-            )
-            .unwrap()
-            .0
-            .to_vec2::<f32>()
-            .unwrap();
-        (m, x)
+        (m, zero_obs_logits(&t))
     };
     let path = dir.path().join("master_metrics.jsonl");
     let (m1, x1) = train(Some(&path));
@@ -430,14 +458,7 @@ fn master_ppo_logs_its_losses_and_is_deterministic() {
         }
     }
     // A directive outside the grid is refused.
-    let mut env = VecEnv::new(
-        &cfg.env_setup(),
-        md.clone(),
-        feats.clone(),
-        Period::Test,
-        BackendKind::Cpu,
-    )
-    .unwrap();
+    let mut env = small.env(Period::Test);
     let e = evaluate_master(
         &mut env,
         &mut CapFollower::default(),
@@ -472,51 +493,24 @@ fn master_ppo_logs_its_losses_and_is_deterministic() {
 /// falls), and does nothing at coefficient 0 (logged 0).
 #[test]
 fn kl_toward_the_default_directive_pulls_the_master_to_it() {
-    let synth = SyntheticConfig {
-        symbols: 4,
-        bars: 600,
-        bars_per_day: 1,
-        paths: 2,
-        seed: 5,
-        ..SyntheticConfig::default()
-    };
-    let (md, _) = generate_with_regimes(&synth, "SPY");
-    let md = Arc::new(md);
-    let feats = Arc::new(Features::compute(&md));
-    let mut cfg = Config::default();
-    cfg.env.scenarios = 4;
-    cfg.env.episode_len = 30;
-    let default = cfg.master.default_action as usize;
+    let small = Small::new(false);
+    let default = small.cfg.master.default_action as usize;
     let train = |coef: f64| {
-        let env = VecEnv::new(
-            &cfg.env_setup(),
-            md.clone(),
-            feats.clone(),
-            Period::Train,
-            BackendKind::Cpu,
-        )
-        .unwrap();
-        let mcfg = MasterPpoConfig {
+        let mut t = small.trainer(MasterPpoConfig {
             decision_interval: 3,
             decisions: 6,
             iterations: 20,
             kl_default_coef: coef,
             ..MasterPpoConfig::default()
-        };
-        let mut t = MasterPpo::new(mcfg, env, CapFollower::default(), 1).unwrap();
+        });
         let m = t.train(None).unwrap();
-        let x = candle_core::Tensor::zeros(
-            (1, marl_trade::env::master_obs::MASTER_OBS),
-            candle_core::DType::F32,
-            &candle_core::Device::Cpu,
-        )
-        .unwrap();
-        let logits = t.net().forward(&x).unwrap().0;
+        let logits =
+            candle_core::Tensor::new(zero_obs_logits(&t), &candle_core::Device::Cpu).unwrap();
         let p = candle_nn::ops::softmax_last_dim(&logits)
             .unwrap()
-            .to_vec2::<f32>()
+            .to_vec1::<f32>()
             .unwrap();
-        (m, p[0][default])
+        (m, p[default])
     };
     let (m, p) = train(1.0);
     let (kl0, kl1) = (m[0].kl_default, m[m.len() - 1].kl_default);

@@ -192,13 +192,23 @@ impl MetricsWriter {
 
 /// Read a JSONL metrics file.
 pub fn read_metrics(path: impl AsRef<Path>) -> Result<Vec<Metrics>> {
-    let path = path.as_ref();
+    Ok(read_json_lines(path.as_ref())?
+        .into_iter()
+        .map(|(m, _)| m)
+        .collect())
+}
+
+/// Every non-empty line of the JSON-lines file `path`, parsed as `T`, with the line's text (for a
+/// caller that keeps lines verbatim). A line that does not parse is an
+/// [`ErrorKind::Checkpoint`](crate::ErrorKind::Checkpoint) error naming the file and the line.
+pub fn read_json_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<(T, String)>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
             serde_json::from_str(l)
+                .map(|v| (v, l.to_string()))
                 .map_err(|e| Error::checkpoint(path, format!("line {}: {e}", i + 1)).with_source(e))
         })
         .collect()

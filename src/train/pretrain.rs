@@ -453,15 +453,7 @@ pub fn pretrain(
         opt.restore(old.adam_step, |n| Ok(opt_t[n].clone()))?;
         let mp = out.join(METRICS_FILE);
         if mp.exists() {
-            let text = std::fs::read_to_string(&mp).map_err(|e| Error::io(&mp, e))?;
-            for (i, line) in text
-                .lines()
-                .enumerate()
-                .filter(|(_, l)| !l.trim().is_empty())
-            {
-                let l: PretrainLog = serde_json::from_str(line).map_err(|e| {
-                    Error::checkpoint(&mp, format!("line {}: {e}", i + 1)).with_source(e)
-                })?;
+            for (l, _) in super::metrics::read_json_lines::<PretrainLog>(&mp)? {
                 if l.step <= old.step {
                     logs.push(l);
                 }
