@@ -52,7 +52,8 @@ typedef struct {
     double trade_dd_threshold;
     double util_target;
     double bar_vol;              /* ref_vol / sqrt(bars_per_year) */
-    double master_w[4];          /* sharpe, divers, excess, drawdown */
+    double master_w[5];          /* sharpe, divers, excess, drawdown, utility */
+    double master_gamma;         /* risk aversion of the utility term */
 } RewardParams;
 
 typedef struct {
@@ -341,7 +342,8 @@ HD void marl_components(const SymbolTerms* t, const PortfolioTerms* pf, const Re
 
 /* Master reward (reward::master_reward); hhi_gross = sum_s (v1 / G)^2 (0 when G = 0); peak = the
  * episode's peak equity after the mark to market; updates (A_p, B_p) in place. The portfolio DSR's
- * floor is (util_target * bar_vol)^2; the drawdown term is -(1 - E1 / peak). */
+ * floor is (util_target * bar_vol)^2; the drawdown term is -(1 - E1 / peak), the utility term
+ * r_p - 0.5 * gamma * r_p^2. */
 HD double marl_master_reward(const PortfolioTerms* pf, const RewardParams* p, double hhi_gross,
                              double bench_ret, double peak, double* a, double* b) {
     const double rp = pf->equity_after / pf->equity_before - 1.0;
@@ -354,7 +356,7 @@ HD double marl_master_reward(const PortfolioTerms* pf, const RewardParams* p, do
     *a = a1;
     *b = b1;
     return p->master_w[0] * d + p->master_w[1] * divers + p->master_w[2] * excess +
-           p->master_w[3] * drawdown;
+           p->master_w[3] * drawdown + p->master_w[4] * (rp - 0.5 * p->master_gamma * (rp * rp));
 }
 
 /* ---- device-side random actions (kernels/sampler.cu) ----

@@ -48,6 +48,7 @@ u32 EXPORT(abi_layout)(u64* out, u32 cap) {
     PUT(offsetof(RewardParams, util_target));
     PUT(offsetof(RewardParams, bar_vol));
     PUT(offsetof(RewardParams, master_w));
+    PUT(offsetof(RewardParams, master_gamma));
     PUT(sizeof(StepParams));
     PUT(offsetof(StepParams, costs));
     PUT(offsetof(StepParams, reward));

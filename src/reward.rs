@@ -55,6 +55,11 @@ pub struct RewardConfig {
     /// Master reward weight of the portfolio's drawdown from its episode peak (spec §5: the term
     /// is `-(1 - E1 / peak)` every step, so its sum over an interval is the area under water).
     pub master_w_drawdown: f64,
+    /// Master reward weight of the mean-variance utility of the portfolio return (spec §5: the
+    /// term is `r_p - 0.5 * master_risk_aversion * r_p^2`).
+    pub master_w_utility: f64,
+    /// Risk aversion `gamma` of the master's utility term.
+    pub master_risk_aversion: f64,
 }
 
 impl Default for RewardConfig {
@@ -76,6 +81,8 @@ impl Default for RewardConfig {
             master_w_divers: 0.1,
             master_w_excess: 100.0,
             master_w_drawdown: MASTER_W_DRAWDOWN,
+            master_w_utility: MASTER_W_UTILITY,
+            master_risk_aversion: MASTER_RISK_AVERSION,
         }
     }
 }
@@ -99,6 +106,9 @@ impl RewardConfig {
         if self.dsr_clip.is_nan() || self.dsr_clip <= 0.0 {
             return bad("reward.dsr_clip", "must be > 0");
         }
+        if !(self.master_risk_aversion >= 0.0 && self.master_risk_aversion.is_finite()) {
+            return bad("reward.master_risk_aversion", "must be >= 0 and finite");
+        }
         Ok(())
     }
 
@@ -119,6 +129,12 @@ impl RewardConfig {
 /// Default weight of the master's drawdown term (`reward.master_w_drawdown`; docs/env-spec.md §5
 /// gives the scale check it comes from).
 pub const MASTER_W_DRAWDOWN: f64 = 10.0;
+
+/// Default weight of the master's utility term (`reward.master_w_utility`; docs/env-spec.md §5).
+pub const MASTER_W_UTILITY: f64 = 0.0;
+
+/// Default risk aversion of the master's utility term (`reward.master_risk_aversion`).
+pub const MASTER_RISK_AVERSION: f64 = 10.0;
 
 /// Number of reward components.
 pub const N_COMPONENTS: usize = 7;
@@ -143,8 +159,10 @@ pub struct RewardParams {
     pub util_target: f64,
     /// Reference per-bar volatility `ref_vol / sqrt(bars_per_year)` (spec §5).
     pub bar_vol: f64,
-    /// Master weights: sharpe, divers, excess, drawdown.
-    pub master_w: [f64; 4],
+    /// Master weights: sharpe, divers, excess, drawdown, utility.
+    pub master_w: [f64; 5],
+    /// Risk aversion of the master's utility term.
+    pub master_gamma: f64,
 }
 
 impl RewardParams {
@@ -162,7 +180,9 @@ impl RewardParams {
                 c.master_w_divers,
                 c.master_w_excess,
                 c.master_w_drawdown,
+                c.master_w_utility,
             ],
+            master_gamma: c.master_risk_aversion,
         }
     }
 }
@@ -357,7 +377,7 @@ pub fn weighted(comps: &[f64; N_COMPONENTS], p: &RewardParams) -> f64 {
 /// `bench_ret` the benchmark's close-to-close return, `peak` the episode's peak equity after the
 /// step's mark to market (the kill switch's). The portfolio's differential Sharpe ratio is on the
 /// return scale like the symbols' ([`dsr`]), with the floor `(util_target * bar_vol)^2`; the
-/// drawdown term is `-(1 - E1 / peak)`.
+/// drawdown term is `-(1 - E1 / peak)`, the utility term `r_p - 0.5 * gamma * r_p^2`.
 #[inline]
 pub fn master_reward(
     pf: &PortfolioTerms,
@@ -386,7 +406,8 @@ pub fn master_reward(
         p.master_w[0] * d
             + p.master_w[1] * divers
             + p.master_w[2] * excess
-            + p.master_w[3] * drawdown,
+            + p.master_w[3] * drawdown
+            + p.master_w[4] * (rp - 0.5 * p.master_gamma * (rp * rp)),
         a1,
         b1,
     )

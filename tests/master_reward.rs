@@ -5,7 +5,8 @@
 //!   the step and the floor `(util_target * bar_vol)^2`;
 //! - divers: `1 / (S * sum_s (v1 / G)^2)`, 0 when flat;
 //! - excess: `r_p - (C[t', S] / C[t, S] - 1)`;
-//! - drawdown: `-(1 - E1 / peak)` with the episode's peak equity after the step.
+//! - drawdown: `-(1 - E1 / peak)` with the episode's peak equity after the step;
+//! - utility: `r_p - 0.5 * gamma * r_p^2` (`reward.master_risk_aversion`).
 //!
 //! The steps go from flat (divers 0, sharpe 0 at zero moments, drawdown 0 at the peak) through
 //! buying to holding and selling, so sharpe, divers and drawdown are exercised at zero and non-zero
@@ -22,7 +23,8 @@ fn hand_terms(
     after: &marl_trade::env::Snapshot,
     clip: f64,
     floor: f64,
-) -> [f64; 4] {
+    gamma: f64,
+) -> [f64; 5] {
     let (b, a) = (&before.scenarios[0], &after.scenarios[0]);
     let s = md.n_symbols();
     let rp = a.equity / b.equity - 1.0;
@@ -44,12 +46,12 @@ fn hand_terms(
     };
     let bench = md.close[md.px(p, t1, s)] as f64 / md.close[md.px(p, t1 - 1, s)] as f64 - 1.0;
     let drawdown = -(1.0 - a.equity / a.peak);
-    [d, divers, rp - bench, drawdown]
+    [d, divers, rp - bench, drawdown, rp - 0.5 * gamma * rp * rp]
 }
 
 #[test]
 fn master_reward_terms_by_hand() {
-    let mut seen = [[false; 2]; 4]; // per term: a zero value, a non-zero value
+    let mut seen = [[false; 2]; 5]; // per term: a zero value, a non-zero value
     for (term, seen_t) in seen.iter_mut().enumerate() {
         let mut cfg = envkit::small_config(1, 12);
         let w = &mut cfg.reward;
@@ -58,12 +60,16 @@ fn master_reward_terms_by_hand() {
             w.master_w_divers,
             w.master_w_excess,
             w.master_w_drawdown,
-        ) = (0.0, 0.0, 0.0, 0.0);
+            w.master_w_utility,
+        ) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        // A risk aversion far from the default so that a wrong gamma shows.
+        w.master_risk_aversion = 7.0;
         match term {
             0 => w.master_w_sharpe = 1.0,
             1 => w.master_w_divers = 1.0,
             2 => w.master_w_excess = 1.0,
-            _ => w.master_w_drawdown = 1.0,
+            3 => w.master_w_drawdown = 1.0,
+            _ => w.master_w_utility = 1.0,
         }
         let md = envkit::toy_market(3, 400, 1, 21);
         let mut env = envkit::env_on(&cfg, md, Period::Train, BackendKind::Cpu);
@@ -86,7 +92,14 @@ fn master_reward_terms_by_hand() {
             let before = env.snapshot().unwrap();
             let r = env.step(a, &m).unwrap().master_reward[0];
             let after = env.snapshot().unwrap();
-            let want = hand_terms(&md, &before, &after, cfg.reward.dsr_clip, floor)[term];
+            let want = hand_terms(
+                &md,
+                &before,
+                &after,
+                cfg.reward.dsr_clip,
+                floor,
+                cfg.reward.master_risk_aversion,
+            )[term];
             let tol = 1e-6 * want.abs().max(1e-9);
             assert!(
                 (r as f64 - want).abs() <= tol.max(f32::EPSILON as f64 * want.abs()),
@@ -95,12 +108,19 @@ fn master_reward_terms_by_hand() {
             seen_t[usize::from(want != 0.0)] = true;
         }
     }
-    // sharpe is 0 at zero moments, divers 0 when flat, drawdown 0 at the peak; excess is never
-    // exactly 0 here (the benchmark moves every bar).
+    // sharpe is 0 at zero moments, divers 0 when flat, drawdown 0 at the peak, utility 0 while
+    // the equity does not move (flat); excess is never exactly 0 here (the benchmark moves every
+    // bar).
     assert_eq!(
         seen,
-        [[true, true], [true, true], [false, true], [true, true]],
-        "sharpe, divers and drawdown zero and non-zero, excess non-zero"
+        [
+            [true, true],
+            [true, true],
+            [false, true],
+            [true, true],
+            [true, true]
+        ],
+        "sharpe, divers, drawdown and utility zero and non-zero, excess non-zero"
     );
 }
 

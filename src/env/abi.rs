@@ -644,7 +644,8 @@ pub fn abi_layout() -> Vec<(&'static str, usize)> {
     let mut v = Vec::new();
     layout! { v;
         CostParams: commission, half_spread, impact_coef, max_slippage, borrow_per_bar;
-        RewardParams: w, dsr_eta, dsr_clip, trade_dd_threshold, util_target, bar_vol, master_w;
+        RewardParams: w, dsr_eta, dsr_clip, trade_dd_threshold, util_target, bar_vol, master_w,
+            master_gamma;
         StepParams: costs, reward, initial_capital, leverage_cap, kill_drawdown, buy_size,
             sell_partial, risk_multipliers, position_caps, max_open, n_symbols, episode_len,
             default_action;

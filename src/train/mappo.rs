@@ -1152,6 +1152,10 @@ pub struct MasterEval {
     pub bars: usize,
     /// Decisions per directive index (48).
     pub directive_counts: Vec<usize>,
+    /// The env's master reward (docs/env-spec.md §5, under the env's `[reward]` weights) summed
+    /// over every step of every episode, divided by the decisions taken: the return per decision
+    /// the master was trained to maximise (undiscounted).
+    pub reward_per_decision: f64,
     /// Decisions per (hidden or observed) regime label and directive regime mode, `[labels][3]`,
     /// when [`evaluate_master`] was given labels.
     pub mode_by_label: Vec<[usize; 3]>,
@@ -1210,6 +1214,7 @@ pub fn evaluate_master(
     let mut by_label = vec![[0usize; 3]; n_labels];
     let mut dir_by_label = vec![vec![0usize; MASTER_ACTIONS]; n_labels];
     let mut step = 0usize;
+    let mut reward_sum = 0f64;
     while !finished.iter().all(|&f| f) {
         if step.is_multiple_of(interval) {
             driver.act(env, &master, &mut actions, &mut intents)?;
@@ -1243,6 +1248,9 @@ pub fn evaluate_master(
         driver.act(env, &master, &mut actions, &mut intents)?;
         let dones: Vec<bool> = {
             let out = env.step(&actions, &master)?;
+            for i in (0..n).filter(|&i| !finished[i]) {
+                reward_sum += out.master_reward[i] as f64;
+            }
             (0..n).map(|i| out.done(i)).collect()
         };
         let snap = env.snapshot()?;
@@ -1292,6 +1300,7 @@ pub fn evaluate_master(
         worst_drawdown: dd_worst,
         total_return: tr_sum / n as f64,
         bars: rets.len(),
+        reward_per_decision: reward_sum / counts.iter().sum::<usize>().max(1) as f64,
         directive_counts: counts,
         mode_by_label: by_label,
         directive_by_label: dir_by_label,

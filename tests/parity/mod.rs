@@ -136,6 +136,9 @@ pub fn stress_config(scenarios: usize, episode_len: usize) -> Config {
     c.master.position_caps = vec![0.1, 0.25, 0.5, 1.0];
     c.master.regime_max_open = vec![1, 3, 6];
     c.costs.borrow_rate_annual = 0.5;
+    // The master reward's utility term on (off by default), at a risk aversion of its own.
+    c.reward.master_w_utility = 50.0;
+    c.reward.master_risk_aversion = 7.0;
     c.validate("stress_config").expect("valid config");
     c
 }
