@@ -15,6 +15,21 @@
 //! them reaches the library or binaries. Needs a C compiler, no CUDA.
 
 fn main() {
+    // `cuda_env`: the CUDA env backend is compiled, by the `cuda` feature (cudarc of its own, CUDA
+    // 12.8 API, loaded at run time) or by `gpu` (candle's cudarc, bound to the toolkit at build time).
+    println!("cargo::rustc-check-cfg=cfg(cuda_env)");
+    let cuda = std::env::var_os("CARGO_FEATURE_CUDA").is_some();
+    let gpu = std::env::var_os("CARGO_FEATURE_GPU").is_some();
+    if cuda && gpu {
+        panic!(
+            "the `cuda` and `gpu` features exclude each other: `gpu` already builds the CUDA env \
+             backend, on candle's cudarc (bound to the CUDA toolkit's version), while `cuda` pins \
+             cudarc to the CUDA 12.8 API; build with one of them"
+        );
+    }
+    if cuda || gpu {
+        println!("cargo::rustc-cfg=cuda_env");
+    }
     for f in [
         "kernels/host_shim.c",
         "kernels/host_emu.c",

@@ -251,6 +251,8 @@ pub struct AblationOptions {
     pub save_every: usize,
     /// The environment backend (training and evaluation).
     pub backend: BackendKind,
+    /// Where the policies train and play (`--device`).
+    pub device: crate::agents::DeviceSpec,
     /// Progress bars of the training runs on stderr.
     pub progress: bool,
 }
@@ -263,6 +265,7 @@ impl AblationOptions {
             force: false,
             save_every: 10,
             backend: BackendKind::Cpu,
+            device: crate::agents::DeviceSpec::Cpu,
             progress: false,
         }
     }
@@ -768,6 +771,7 @@ pub fn ablate(
                         max_iterations: Some(todo),
                         save_every: opts.save_every,
                         backend: opts.backend,
+                        device: opts.device,
                         progress: opts.progress,
                         ..TrainOptions::new(&dir)
                     };
@@ -837,12 +841,19 @@ fn evaluate_run(
 ) -> Result<RunResult> {
     let ck = run::latest_checkpoint(dir)?;
     let iterations = checkpoint::read_state(&ck)?.iteration;
-    let policy = AgentPolicy::from_checkpoint("ppo", &ck, market, cfg.master.default_action)?;
+    let policy = AgentPolicy::from_checkpoint_on(
+        "ppo",
+        &ck,
+        market,
+        cfg.master.default_action,
+        &opts.device.candle()?,
+    )?;
     let bt = BacktestOptions {
         period: Period::Test,
         backend: opts.backend,
         seed: 0,
         progress: false,
+        device: opts.device,
     };
     let report = evaluate_policy(&cfg.env_setup(), market, &bt, policy, &mut [])?;
     let m = &report.policy.metrics;

@@ -339,10 +339,15 @@ impl PolicyBench {
     /// The agent of `cfg` over its market (loaded), with `scenarios` scenarios in the batched
     /// cases.
     pub fn from_config(cfg: &Config, scenarios: usize) -> Result<Self> {
+        Self::from_config_on(cfg, scenarios, &Device::Cpu)
+    }
+
+    /// [`PolicyBench::from_config`] with the symbol policy on `dev` (`--device`; the master's
+    /// latency is measured on the CPU).
+    pub fn from_config_on(cfg: &Config, scenarios: usize, dev: &Device) -> Result<Self> {
         let market = Market::load(&cfg.data)?;
         let dims = crate::run::agent_dims(&market);
-        let (policy, vm) =
-            crate::train::setup::build_policy(&cfg.agent, dims, &market, 0, &Device::Cpu)?;
+        let (policy, vm) = crate::train::setup::build_policy(&cfg.agent, dims, &market, 0, dev)?;
         Self::with_policy(policy, &vm, market.data.bars, scenarios)
     }
 
@@ -390,6 +395,7 @@ impl PolicyBench {
             .map(|v| v.as_tensor().elem_count())
             .sum();
         let s = policy.agent().dims().symbols;
+        let dev = crate::agents::ActorCritic::device(&policy).clone();
         let mut rng = SplitMix64::new(5);
         let mut obs = |keys: Vec<(u32, u32)>| -> Result<SymbolObs> {
             let d: Vec<f32> = (0..keys.len() * s * DYN_OBS)
@@ -398,7 +404,7 @@ impl PolicyBench {
             let units = keys.len();
             Ok(SymbolObs {
                 keys,
-                dyn_obs: Tensor::from_vec(d, (units, s, DYN_OBS), &Device::Cpu)?,
+                dyn_obs: Tensor::from_vec(d, (units, s, DYN_OBS), &dev)?,
             })
         };
         let cases = vec![
@@ -615,12 +621,17 @@ pub struct TrainBench {
 }
 
 impl TrainBench {
-    /// The training of `cfg` on its market (loaded), the env on `backend`.
+    /// The training of `cfg` on its market (loaded), the env on `backend`, the policy on the CPU.
     pub fn from_config(cfg: &Config, backend: BackendKind) -> Result<Self> {
+        Self::from_config_on(cfg, backend, &Device::Cpu)
+    }
+
+    /// [`TrainBench::from_config`] with the policy on `dev` (`--device`).
+    pub fn from_config_on(cfg: &Config, backend: BackendKind, dev: &Device) -> Result<Self> {
         let t = Instant::now();
         let market = Market::load(&cfg.data)?;
         let prep_seconds = t.elapsed().as_secs_f64();
-        let dev = Device::Cpu;
+        let dev = dev.clone();
         let dims = crate::run::agent_dims(&market);
         let mut env = crate::train::setup::build_env(&cfg.env_setup(), &market, backend, &dev)?;
         // With `joint.enabled` the master learns in the measured iterations too.

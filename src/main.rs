@@ -35,6 +35,7 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 
 use marl_trade::ablate::{self, AblationOptions, AblationPlan};
+use marl_trade::agents::DeviceSpec;
 use marl_trade::bench::{
     EnvBench, Machine, MasterBench, PolicyBench, SlBench, TrainBench, with_threads,
 };
@@ -252,6 +253,10 @@ struct BacktestOn {
     /// Environment backend: `cpu` or `cuda`.
     #[arg(long, default_value = "cpu")]
     backend: BackendKind,
+    /// Where a checkpoint's policy runs: `cpu`, `cuda` or `cuda:<i>` (CUDA needs a build with
+    /// `--features gpu`).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
     /// Seed of the random baseline (and of the policy's draws with `eval --sample`).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -267,6 +272,7 @@ impl BacktestOn {
             backend: self.backend,
             seed: self.seed,
             progress: true,
+            device: self.device,
         }
     }
 }
@@ -326,6 +332,10 @@ struct RunKnobs {
     /// Environment backend: `cpu` or `cuda`.
     #[arg(long, default_value = "cpu")]
     backend: BackendKind,
+    /// Where the policy runs and learns: `cpu`, `cuda` or `cuda:<i>` (CUDA needs a build with
+    /// `--features gpu`, docs/gpu.md).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
     /// No progress bar (`train` prints one line per iteration instead, `ablate` one per run).
     #[arg(long)]
     quiet: bool,
@@ -429,6 +439,9 @@ struct BenchTrainArgs {
     /// Environment backend: `cpu` or `cuda`.
     #[arg(long, default_value = "cpu")]
     backend: BackendKind,
+    /// Where the policy runs and learns: `cpu`, `cuda` or `cuda:<i>` (`--features gpu`).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -442,6 +455,9 @@ struct BenchPolicyArgs {
     /// Timed repetitions of each measurement (after one warm-up).
     #[arg(long, default_value_t = 5)]
     reps: usize,
+    /// Where the symbol policy runs: `cpu`, `cuda` or `cuda:<i>` (`--features gpu`).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -573,6 +589,7 @@ fn train(cfg: &Config, config_path: &Path, args: &TrainArgs) -> Result<()> {
         max_iterations: args.run.iterations,
         save_every: args.run.save_every,
         backend: args.run.backend,
+        device: args.run.device,
         progress: !args.run.quiet,
         encoder: args.encoder.clone(),
         ..TrainOptions::new(&out)
@@ -682,6 +699,7 @@ fn ablate(cfg: &Config, config_path: &Path, args: &AblateArgs) -> Result<()> {
         force: args.force,
         save_every: args.run.save_every,
         backend: args.run.backend,
+        device: args.run.device,
         progress: !args.run.quiet,
     };
     let report = ablate::ablate(cfg, &market, &plan, &opts, |r| println!("{}", r.line()))?;
@@ -737,6 +755,7 @@ fn walkforward(cfg: &Config, config_path: &Path, args: &WalkForwardArgs) -> Resu
         force: args.force,
         save_every: args.run.save_every,
         backend: args.run.backend,
+        device: args.run.device,
         progress: !args.run.quiet,
     };
     let r = walk_forward(cfg, &market, &spec, &opts, |o| println!("{}", o.line()))?;
@@ -1020,7 +1039,7 @@ fn bench_train(cfg: &Config, args: &BenchTrainArgs) -> Result<()> {
     if args.iterations == 0 {
         return Err(Error::invalid("--iterations must be >= 1"));
     }
-    let mut b = TrainBench::from_config(cfg, args.backend)?;
+    let mut b = TrainBench::from_config_on(cfg, args.backend, &args.device.candle()?)?;
     let env = b.trainer().env();
     let p = b.trainer().config();
     println!(
@@ -1062,7 +1081,7 @@ fn bench_train(cfg: &Config, args: &BenchTrainArgs) -> Result<()> {
 
 fn bench_policy(cfg: &Config, args: &BenchPolicyArgs) -> Result<()> {
     let t = Instant::now();
-    let b = PolicyBench::from_config(cfg, args.scenarios)?;
+    let b = PolicyBench::from_config_on(cfg, args.scenarios, &args.device.candle()?)?;
     println!(
         "machine: {}; rayon threads {}; data + features {:.1} s",
         Machine::here(),

@@ -48,8 +48,6 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::Device;
-
 use crate::agents::{AgentDims, SymbolPolicy};
 use crate::config::Config;
 use crate::env::{BackendKind, Period, VecEnv};
@@ -108,6 +106,10 @@ pub struct TrainOptions {
     pub save_every: usize,
     /// The environment backend.
     pub backend: BackendKind,
+    /// Where the policy runs and learns (`--device`; the CPU, or CUDA in a `gpu` build). The
+    /// rollout and update follow the policy's device; the environment's outputs reach it as
+    /// tensors built from the host buffers.
+    pub device: crate::agents::DeviceSpec,
     /// Progress bar on stderr.
     pub progress: bool,
     /// The bars the training environment plays: `Period::Train` (the configured split), or a
@@ -133,6 +135,7 @@ impl TrainOptions {
             max_iterations: None,
             save_every: 10,
             backend: BackendKind::Cpu,
+            device: crate::agents::DeviceSpec::Cpu,
             progress: false,
             period: Period::Train,
             init_from: None,
@@ -225,7 +228,7 @@ pub fn train(cfg: &Config, market: &Market, opts: &TrainOptions) -> Result<Train
     if opts.save_every == 0 {
         return Err(Error::invalid("save_every (--save-every) must be >= 1"));
     }
-    let dev = Device::Cpu;
+    let dev = opts.device.candle()?;
     let out = &opts.out;
     let cfg_path = out.join(CONFIG_FILE);
     let dims = agent_dims(market);

@@ -101,7 +101,7 @@ fn bench_cuda_errors_cleanly_without_feature_or_gpu() {
     ]);
     let stderr = text(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
-    if cfg!(feature = "cuda") && out.status.success() {
+    if cfg!(cuda_env) && out.status.success() {
         assert_eq!(text(&out.stdout).matches("symbol-steps/s").count(), 2);
         return;
     }
@@ -112,9 +112,50 @@ fn bench_cuda_errors_cleanly_without_feature_or_gpu() {
         last.starts_with("error: ") && last.contains("cuda"),
         "{stderr}"
     );
-    if !cfg!(feature = "cuda") {
+    if !cfg!(cuda_env) {
         assert!(last.contains("feature"), "{stderr}");
     }
+}
+
+/// `--device`: a bad name is a usage error; `cuda` in a build without the `gpu` feature (or a
+/// machine without a GPU) is a clear error before anything is written.
+#[test]
+fn device_flag_refuses_bad_names_and_missing_cuda() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("run");
+    let o = out_dir.to_str().unwrap();
+    let base = [
+        "train",
+        "--config",
+        "configs/small.toml",
+        "--out",
+        o,
+        "--iterations",
+        "1",
+    ];
+    let out = bin(&[&base[..], &["--device", "tpu"]].concat());
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("expected `cpu`, `cuda` or `cuda:<ordinal>`"),
+        "{stderr}"
+    );
+    let out = bin(&[&base[..], &["--device", "cuda:0", "--quiet"]].concat());
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    if cfg!(feature = "gpu") && out.status.success() {
+        return; // a GPU machine: it trained there
+    }
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let last = stderr.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("error: ") && last.contains("cuda"),
+        "{stderr}"
+    );
+    if !cfg!(feature = "gpu") {
+        assert!(last.contains("--features gpu"), "{stderr}");
+    }
+    assert!(!out_dir.join("config.toml").exists(), "a run was written");
 }
 
 #[test]

@@ -21,7 +21,7 @@
 //! - `events_order_another_stream`: a second stream ordered by the backend's events.
 //! - `construction_without_gpu_is_a_clear_error` runs everywhere (not ignored): without a driver the
 //!   backend must return an error of kind `ErrorKind::BackendUnavailable`, never panic.
-#![cfg(feature = "cuda")]
+#![cfg(cuda_env)]
 
 mod parity;
 

@@ -490,5 +490,5 @@ macro_rules! env_suite {
 }
 
 env_suite!(cpu, BackendKind::Cpu);
-#[cfg(feature = "cuda")]
+#[cfg(cuda_env)]
 env_suite!(cuda, BackendKind::Cuda, #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]);

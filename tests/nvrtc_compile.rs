@@ -15,7 +15,7 @@
 //! registers, stack and spills per kernel. Needs libnvrtc: `pip install nvidia-cuda-nvrtc-cu12` and its `lib`
 //! directory on `LD_LIBRARY_PATH`, or `MARL_NVRTC_LIB=/path/to/libnvrtc.so.12` (see docs/gpu.md).
 //! When NVRTC cannot be loaded the test fails with the list of places searched; it never skips.
-#![cfg(feature = "cuda")]
+#![cfg(cuda_env)]
 
 use marl_trade::env::cuda::{PROGRAMS, compile_all, nvrtc::Nvrtc};
 

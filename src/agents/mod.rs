@@ -1,5 +1,5 @@
 /*!
-Policies, written with candle against a `candle_core::Device` (CPU here, CUDA unchanged).
+Policies, written with candle against a `candle_core::Device` (the CPU, or CUDA in a `gpu` build).
 
 Layers follow candle-nn's style: a small struct, a constructor taking a `VarBuilder`, one
 `Module`/`forward`.
@@ -24,10 +24,12 @@ Layers follow candle-nn's style: a small struct, a constructor taking a `VarBuil
   (the KL term's target and the warm start's).
 - [`policy`]: the [`ActorCritic`] and [`ObsBatch`] traits the trainer is generic over.
 - [`init`]: seeded, order-independent initialisation (candle's CPU RNG cannot be seeded).
+- [`device`]: where the policies run (`--device cpu | cuda[:i]`, [`DeviceSpec`]).
 */
 
 pub mod attention;
 pub mod config;
+pub mod device;
 pub mod dist;
 pub mod encoder;
 pub mod graph;
@@ -45,6 +47,7 @@ pub mod windows;
 
 pub use attention::MultiHeadAttention;
 pub use config::{AgentConfig, AgentDims, AgentSpec};
+pub use device::DeviceSpec;
 pub use dist::MaskedCategorical;
 pub use encoder::{EncoderConfig, SharedEncoder, WindowShape};
 pub use graph::{GraphMessagePassing, correlation_graph};

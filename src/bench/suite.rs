@@ -298,7 +298,7 @@ fn cpu_cases(
     Ok(())
 }
 
-#[cfg(not(feature = "cuda"))]
+#[cfg(not(cuda_env))]
 fn cuda_cases(
     setup: &EnvSetup,
     md: &Arc<crate::data::MarketData>,
@@ -318,7 +318,7 @@ fn cuda_cases(
     Ok(())
 }
 
-#[cfg(feature = "cuda")]
+#[cfg(cuda_env)]
 fn cuda_cases(
     setup: &EnvSetup,
     md: &Arc<crate::data::MarketData>,

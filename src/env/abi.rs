@@ -603,7 +603,7 @@ impl SampleArgs {
     }
 }
 
-#[cfg(feature = "cuda")]
+#[cfg(cuda_env)]
 mod device_repr {
     use super::*;
     use cudarc::driver::{DeviceRepr, ValidAsZeroBits};

@@ -38,7 +38,7 @@ assert_eq!(out.reward.len(), 2 * 4);
 pub mod abi;
 pub mod config;
 pub mod cpu;
-#[cfg(feature = "cuda")]
+#[cfg(cuda_env)]
 pub mod cuda;
 pub mod device;
 pub mod logic;
@@ -594,7 +594,7 @@ pub fn load_priors(path: &Path, data: &MarketData) -> Result<PriorCache> {
     Ok(c)
 }
 
-#[cfg(feature = "cuda")]
+#[cfg(cuda_env)]
 fn make_cuda(
     layout: EnvLayout,
     data: Arc<MarketData>,
@@ -606,7 +606,7 @@ fn make_cuda(
     )?))
 }
 
-#[cfg(not(feature = "cuda"))]
+#[cfg(not(cuda_env))]
 fn make_cuda(
     _: EnvLayout,
     _: Arc<MarketData>,

@@ -208,6 +208,18 @@ impl AgentPolicy {
         market: &Market,
         master_action: u32,
     ) -> Result<Self> {
+        Self::from_checkpoint_on(name, dir, market, master_action, &Device::Cpu)
+    }
+
+    /// [`AgentPolicy::from_checkpoint`] with the policy on `device` (`--device`; the CPU, or CUDA
+    /// in a `gpu` build). The master, when the checkpoint has one, runs on the CPU.
+    pub fn from_checkpoint_on(
+        name: impl Into<String>,
+        dir: &Path,
+        market: &Market,
+        master_action: u32,
+        device: &Device,
+    ) -> Result<Self> {
         let spec: AgentSpec = checkpoint::read_policy_config(dir)?;
         if spec.dims.symbols != market.data.n_symbols() {
             return Err(Error::new(
@@ -241,7 +253,7 @@ impl AgentPolicy {
                 .with_file(&names_path));
             }
         }
-        let (policy, vm) = build_policy(&spec.config, spec.dims, market, 0, &Device::Cpu)?;
+        let (policy, vm) = build_policy(&spec.config, spec.dims, market, 0, device)?;
         checkpoint::load_params(&vm, &dir.join(MODEL_FILE))?;
         let me = Self::new(name, policy, master_action)?;
         // A joint training's checkpoint plays as it was trained: with its learned master.

@@ -164,6 +164,8 @@ pub struct BacktestOptions {
     pub seed: u64,
     /// Show a progress bar on stderr (drawn only when stderr is a terminal).
     pub progress: bool,
+    /// Where a checkpoint's policy runs (`--device`; scripted baselines ignore it).
+    pub device: crate::agents::DeviceSpec,
 }
 
 impl Default for BacktestOptions {
@@ -173,6 +175,7 @@ impl Default for BacktestOptions {
             backend: BackendKind::Cpu,
             seed: 0,
             progress: false,
+            device: crate::agents::DeviceSpec::Cpu,
         }
     }
 }

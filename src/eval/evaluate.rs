@@ -229,7 +229,9 @@ pub fn evaluate_checkpoint(opts: &EvalOptions) -> Result<EvalReport> {
     };
     let learned = joint && directive.is_none();
     let directive = directive.unwrap_or(cfg.master.default_action);
-    let mut policy = AgentPolicy::from_checkpoint(name, &dir, &market, directive)?.with_mode(mode);
+    let device = opts.backtest.device.candle()?;
+    let mut policy =
+        AgentPolicy::from_checkpoint_on(name, &dir, &market, directive, &device)?.with_mode(mode);
     if learned {
         let (labels, source, names) = super::master::regime_labels(&cfg, &market.data);
         policy = policy.with_regime_labels(labels, market.data.bars, source, names);

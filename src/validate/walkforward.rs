@@ -281,11 +281,12 @@ impl MasterVsDefault {
         if !policy.plays_learned_master() {
             return Ok(None);
         }
-        let mut fixed = AgentPolicy::from_checkpoint(
+        let mut fixed = AgentPolicy::from_checkpoint_on(
             "ppo-default-directive",
             ck,
             market,
             cfg.master.default_action,
+            &opts.device.candle()?,
         )?
         .with_fixed_master();
         let (default, _) = run_counting(cfg, market, opts, &mut fixed)?;
@@ -517,6 +518,8 @@ pub struct WalkForwardOptions {
     pub save_every: usize,
     /// Environment backend.
     pub backend: BackendKind,
+    /// Where the policies train and play (`--device`).
+    pub device: crate::agents::DeviceSpec,
     /// Progress bars.
     pub progress: bool,
 }
@@ -529,6 +532,7 @@ impl WalkForwardOptions {
             force: false,
             save_every: 10,
             backend: BackendKind::Cpu,
+            device: crate::agents::DeviceSpec::Cpu,
             progress: false,
         }
     }
@@ -801,6 +805,7 @@ pub fn walk_forward(
             backend: opts.backend,
             seed: 0,
             progress: false,
+            device: opts.device,
         };
         let baselines: FoldBaselines = if bpath.is_file() {
             read_json(&bpath, "fold's baselines")?
@@ -846,6 +851,7 @@ pub fn walk_forward(
                         max_iterations: Some(todo),
                         save_every: opts.save_every,
                         backend: opts.backend,
+                        device: opts.device,
                         progress: opts.progress,
                         period: fold.train_period(),
                         init_from: init_from.clone(),
@@ -866,8 +872,13 @@ pub fn walk_forward(
                 };
                 let ck = run::latest_checkpoint(&dir)?;
                 let iterations = checkpoint::read_state(&ck)?.iteration;
-                let mut policy =
-                    AgentPolicy::from_checkpoint("ppo", &ck, market, cfg.master.default_action)?;
+                let mut policy = AgentPolicy::from_checkpoint_on(
+                    "ppo",
+                    &ck,
+                    market,
+                    cfg.master.default_action,
+                    &opts.device.candle()?,
+                )?;
                 let (backtest, actions) = run_counting(&rcfg, market, &bopts, &mut policy)?;
                 let master =
                     MasterVsDefault::measure(&rcfg, market, &bopts, &ck, &policy, &backtest)?;
