@@ -10,6 +10,13 @@
 # target/gpu/cuda_parity     the GPU-only tests (`--ignored`), release profile
 # target/gpu/nvrtc_compile   the NVRTC compile check, run there with that machine's NVRTC
 # All stripped. They need glibc >= 2.34, the NVIDIA driver (libcuda.so.1) and NVRTC at run time.
+#
+# With MARL_GPU_FEATURE=1 (needs a CUDA toolkit: `source /opt/cuda-pypi/env.sh` after
+# ../shared/cuda/setup-cuda-13.0-from-pypi.sh; about 15 min cold, in its own target directory
+# $HOME/.cache/marl-trade/target-gpu), also the `gpu` feature's (candle on CUDA), gzipped:
+# target/gpu/gpu-feature/marl-trade.gz   the release CLI (`train --device cuda`, `bench train --device cuda`)
+# target/gpu/gpu-feature/gpu_train.gz    tests/gpu_train.rs (CUDA vs CPU forward and training iteration)
+# These link the driver, cuBLAS and cuRAND (CUDA 13) at load time; gpu-check.sh finds them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/marl-trade/target}"
@@ -38,4 +45,26 @@ done
 for f in marl-trade cuda_parity nvrtc_compile; do
   test -x "$out/$f" || { echo "gpu-build: $out/$f missing" >&2; exit 1; }
 done
+
+if [[ "${MARL_GPU_FEATURE:-0}" == 1 ]]; then
+  command -v nvcc >/dev/null || { echo "gpu-build: MARL_GPU_FEATURE=1 needs nvcc (source the CUDA env)" >&2; exit 1; }
+  gdir="$out/gpu-feature"
+  mkdir -p "$gdir"
+  gtarget="$HOME/.cache/marl-trade/target-gpu"
+  CARGO_TARGET_DIR="$gtarget" cargo build --release --features gpu --bin marl-trade
+  strip -o "$gdir/marl-trade" "$gtarget/release/marl-trade"
+  CARGO_TARGET_DIR="$gtarget" cargo test --release --features gpu --no-run --test gpu_train \
+    --message-format=json-render-diagnostics |
+    python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["executable"])
+' | while read -r exe; do strip -o "$gdir/gpu_train" "$exe"; done
+  gzip -9f "$gdir/marl-trade" "$gdir/gpu_train"
+fi
 du -ch "$out"/* | sed 's/^/gpu-build: /'

@@ -23,7 +23,12 @@
 #      rollout modes (fused kernel, graph), when compute-sanitizer is installed (recorded as
 #      absent otherwise);
 #   6. scripts/nsys-bench.sh on a small matrix when nsys is installed (reports under
-#      gpu-check-nsys/, their kernel / copy / NVTX summaries appended).
+#      gpu-check-nsys/, their kernel / copy / NVTX summaries appended);
+#   2b. (run right after 2) when target/gpu/gpu-feature/ holds the `gpu` feature's binaries (gpu-build.sh with
+#      MARL_GPU_FEATURE=1): tests/gpu_train.rs (candle on CUDA against the CPU: forward pass, one
+#      training iteration) and `bench train --device cuda` on configs/signal.toml and on
+#      configs/default.toml (symbol transitions/s, rollout + update); cuBLAS / cuRAND 13 from
+#      MARL_CUDA_LIBS or a PyTorch venv's nvidia/cu13/lib.
 # The exit status is 0 when every step that ran passed.
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -79,6 +84,25 @@ fi
 step "nvrtc compile" 60 "$bin/nvrtc_compile" every_kernel_compiles_cleanly --nocapture
 step "cuda parity (all GPU-only tests)" 240 "$bin/cuda_parity" --ignored --nocapture --test-threads 1
 
+gdir="$bin/gpu-feature"
+if [[ -f "$gdir/marl-trade.gz" && -f "$gdir/gpu_train.gz" ]]; then
+  gtmp=$(mktemp -d)
+  gunzip -c "$gdir/marl-trade.gz" >"$gtmp/marl-trade" && gunzip -c "$gdir/gpu_train.gz" >"$gtmp/gpu_train"
+  chmod +x "$gtmp/marl-trade" "$gtmp/gpu_train"
+  libs="${MARL_CUDA_LIBS:-$(ls -d /opt/torch/.venv/lib/python3*/site-packages/nvidia/cu13/lib 2>/dev/null | head -1)}"
+  log "== gpu feature: CUDA libraries from ${libs:-the system}"
+  export LD_LIBRARY_PATH="${libs:+$libs:}${LD_LIBRARY_PATH:-}"
+  pushd "$root" >/dev/null
+  step "gpu feature: tests/gpu_train.rs" 90 "$gtmp/gpu_train" --ignored --nocapture --test-threads 1
+  step "gpu feature: bench train signal.toml --device cuda" 60 "$gtmp/marl-trade" bench train \
+    --config configs/signal.toml --iterations 3 --device cuda
+  step "gpu feature: bench train default.toml --device cuda" 90 "$gtmp/marl-trade" bench train \
+    --config configs/default.toml --iterations 1 --device cuda --set ppo.num_steps=16
+  popd >/dev/null
+else
+  log "== gpu feature: not built (gpu-build.sh with MARL_GPU_FEATURE=1), candle-on-CUDA steps not run"
+fi
+
 suite_json="$(dirname "$out")/gpu-check-suite.json"
 step "bench suite (cuda)" 200 "$bin/marl-trade" bench suite --backends cuda --json "$suite_json"
 [[ -f "$suite_json" ]] && { echo "== bench suite JSON ($suite_json):"; cat "$suite_json"; } >>"$out"
@@ -111,6 +135,7 @@ if command -v nsys >/dev/null || ls -d /opt/nvidia/nsight-systems/*/bin/nsys >/d
 else
   log "== nsys: ABSENT on this machine (scripts/nsys-bench.sh not run)"
 fi
+
 
 log "# total $(($(date +%s) - start)) s; $([[ $failed == 0 ]] && echo 'all steps that ran passed' || echo 'SOME STEPS FAILED')"
 exit $failed
