@@ -34,6 +34,7 @@ fn opts(period: Period) -> BacktestOptions {
         backend: BackendKind::Cpu,
         seed: 5,
         progress: false,
+        ..Default::default()
     }
 }
 
