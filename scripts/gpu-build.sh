@@ -26,9 +26,9 @@ mkdir -p "$out"
 cargo build --release --features cuda,nvtx --bin marl-trade
 strip -o "$out/marl-trade" "$CARGO_TARGET_DIR/release/marl-trade"
 
-# The test executables' paths come from cargo's JSON messages (their names carry a hash).
-cargo test --release --features cuda --no-run --test cuda_parity --test nvrtc_compile \
-  --message-format=json-render-diagnostics |
+# The test executables' paths come from cargo's JSON messages (their names carry a hash):
+# `test_exes` reads them on stdin and prints "NAME PATH" per test executable.
+test_exes() {
   python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -38,7 +38,10 @@ for line in sys.stdin:
         continue
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
         print(m["target"]["name"], m["executable"])
-' | while read -r name exe; do
+'
+}
+cargo test --release --features cuda --no-run --test cuda_parity --test nvrtc_compile \
+  --message-format=json-render-diagnostics | test_exes | while read -r name exe; do
   strip -o "$out/$name" "$exe"
 done
 
@@ -54,17 +57,13 @@ if [[ "${MARL_GPU_FEATURE:-0}" == 1 ]]; then
   CARGO_TARGET_DIR="$gtarget" cargo build --release --features gpu --bin marl-trade
   strip -o "$gdir/marl-trade" "$gtarget/release/marl-trade"
   CARGO_TARGET_DIR="$gtarget" cargo test --release --features gpu --no-run --test gpu_train \
-    --message-format=json-render-diagnostics |
-    python3 -c '
-import json, sys
-for line in sys.stdin:
-    try:
-        m = json.loads(line)
-    except ValueError:
-        continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
-        print(m["executable"])
-' | while read -r exe; do strip -o "$gdir/gpu_train" "$exe"; done
+    --message-format=json-render-diagnostics | test_exes | while read -r name exe; do
+    strip -o "$gdir/$name" "$exe"
+  done
   gzip -9f "$gdir/marl-trade" "$gdir/gpu_train"
 fi
-du -ch "$out"/* | sed 's/^/gpu-build: /'
+du -ch "$out"/* "$out"/gpu-feature/* 2>/dev/null | sed 's/^/gpu-build: /'
+total=$(du -sb "$out" | cut -f1)
+if ((total > 64 * 1024 * 1024)); then
+  echo "gpu-build: WARNING: $out is $((total / 1048576)) MiB, above the device tool's 64 MiB carry limit" >&2
+fi
