@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, IndexOp, Tensor};
 use rayon::prelude::*;
 
 use super::config::AgentDims;
@@ -83,9 +83,13 @@ impl ObsBatch for SymbolObs {
 /// Embeddings and correlation graphs by `(path, bar)` (see the module doc).
 #[derive(Debug, Default)]
 struct EmbedCache {
-    /// Key -> row of `emb` (`[rows, S * E]` f32), valid under the current parameters.
+    /// Key -> index into `emb`, valid under the current parameters.
     emb_rows: HashMap<(u32, u32), usize>,
-    emb: Vec<f32>,
+    /// The embeddings `[S, E]` of the keys, on the policy's device, in the encoder's dtype (views
+    /// of the batch they were encoded in; no copy to the host on CUDA).
+    emb: Vec<Tensor>,
+    /// Bytes of `emb`.
+    emb_bytes: usize,
     /// Key -> row of `adj` (`[rows, S * S]` f32); independent of the parameters.
     adj_rows: HashMap<(u32, u32), usize>,
     adj: Vec<f32>,
@@ -97,19 +101,18 @@ struct EmbedCache {
     encoder_secs: f64,
     /// The most bytes held since the last `drain_stats`.
     peak_bytes: usize,
-    /// The encoder's output dtype (the rows are stored as f32, losslessly for f32/f16/bf16).
-    dtype: Option<DType>,
 }
 
 impl EmbedCache {
     fn bytes(&self) -> usize {
-        4 * (self.emb.len() + self.adj.len())
+        self.emb_bytes + 4 * self.adj.len()
     }
 
     /// Drop the embeddings (valid only under the parameters they were computed with).
     fn clear_embeddings(&mut self) {
         self.emb_rows.clear();
         self.emb = Vec::new();
+        self.emb_bytes = 0;
     }
 
     fn clear(&mut self) {
@@ -337,25 +340,22 @@ impl SymbolPolicy {
         };
         if !missing.is_empty() {
             let emb = self.encode_keys(&missing, true)?.detach();
-            self.lock().dtype = Some(emb.dtype());
-            let emb = emb.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            let row_bytes = row_len * emb.dtype().size_in_bytes();
             let mut c = self.lock();
             for (i, k) in missing.iter().enumerate() {
-                let row = c.emb.len() / row_len;
-                c.emb
-                    .extend_from_slice(&emb[i * row_len..(i + 1) * row_len]);
+                let row = c.emb.len();
+                c.emb.push(emb.i(i)?);
+                c.emb_bytes += row_bytes;
                 c.emb_rows.insert(*k, row);
             }
+            c.peak_bytes = c.peak_bytes.max(c.bytes());
         }
         let c = self.lock();
-        let dtype = c.dtype.unwrap_or(DType::F32);
-        let mut out = Vec::with_capacity(keys.len() * row_len);
-        for k in keys {
-            let row = c.emb_rows[k];
-            out.extend_from_slice(&c.emb[row * row_len..(row + 1) * row_len]);
-        }
+        let rows: Vec<&Tensor> = keys.iter().map(|k| &c.emb[c.emb_rows[k]]).collect();
+        let out = Tensor::stack(&rows, 0)?;
         drop(c);
-        Ok(Tensor::from_vec(out, (keys.len(), s, e), &self.device)?.to_dtype(dtype)?)
+        debug_assert_eq!(out.dims(), &[keys.len(), s, e]);
+        Ok(out)
     }
 
     /// What the actor's output layer reads for every row of `obs` (no gradient): `[S, B, K]`
