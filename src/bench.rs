@@ -631,13 +631,12 @@ impl TrainBench {
         let t = Instant::now();
         let market = Market::load(&cfg.data)?;
         let prep_seconds = t.elapsed().as_secs_f64();
-        let dev = dev.clone();
         let dims = crate::run::agent_dims(&market);
-        let mut env = crate::train::setup::build_env(&cfg.env_setup(), &market, backend, &dev)?;
+        let mut env = crate::train::setup::build_env(&cfg.env_setup(), &market, backend, dev)?;
         // With `joint.enabled` the master learns in the measured iterations too.
         crate::run::attach_joint_master(&mut env, cfg)?;
         let (policy, vm) =
-            crate::train::setup::build_policy(&cfg.agent, dims, &market, cfg.ppo.seed, &dev)?;
+            crate::train::setup::build_policy(&cfg.agent, dims, &market, cfg.ppo.seed, dev)?;
         let spec = serde_json::to_value(policy.agent().spec())
             .map_err(|e| Error::json("agent spec", e))?;
         let ppo = crate::train::Ppo::new(cfg.ppo.clone(), env, policy, vm, spec)?;

@@ -26,7 +26,7 @@
 use std::sync::Arc;
 
 use marl_trade::config::Config;
-use marl_trade::data::{SyntheticConfig, synthetic::generate_with_regimes};
+use marl_trade::data::{MarketData, SyntheticConfig, synthetic::generate_with_regimes};
 use marl_trade::env::{BackendKind, MASTER_ACTIONS, Period, VecEnv};
 use marl_trade::features::Features;
 use marl_trade::train::mappo::{
@@ -78,6 +78,36 @@ fn criterion(
     (&fixed[bi], name, 1.0 - dd / fixed[bi].max_drawdown)
 }
 
+/// The drawdown test's env settings: the first 60% of every path are the training bars,
+/// `scenarios` scenarios of episodes of `episode_len` bars.
+fn crisis_config(scenarios: usize, episode_len: usize) -> Config {
+    let mut cfg = Config::default();
+    cfg.env.train_fraction = 0.6;
+    cfg.env.scenarios = scenarios;
+    cfg.env.episode_len = episode_len;
+    cfg
+}
+
+/// A CPU env of `cfg` over the market, on `period`.
+fn crisis_env(cfg: &Config, md: &Arc<MarketData>, feats: &Arc<Features>, period: Period) -> VecEnv {
+    VecEnv::new(
+        &cfg.env_setup(),
+        md.clone(),
+        feats.clone(),
+        period,
+        BackendKind::Cpu,
+    )
+    .unwrap()
+}
+
+/// Each of the 48 fixed directives played alone on `env` (one episode per scenario), in
+/// directive order.
+fn every_fixed(env: &mut VecEnv, driver: &mut CapFollower) -> Vec<MasterEval> {
+    (0..MASTER_ACTIONS as u8)
+        .map(|m| evaluate_master(env, driver, MasterPlay::Fixed(m), INTERVAL, 99, None).unwrap())
+        .collect()
+}
+
 struct Outcome {
     master: MasterEval,
     baseline: MasterEval,
@@ -89,18 +119,8 @@ fn run(warning: bool) -> Outcome {
     let (md, regimes) = generate_with_regimes(&market(warning), "SPY");
     let md = Arc::new(md);
     let feats = Arc::new(Features::compute(&md));
-    let mut cfg = Config::default();
-    cfg.env.train_fraction = 0.6;
-    cfg.env.scenarios = 16;
-    cfg.env.episode_len = 250;
-    let train_env = VecEnv::new(
-        &cfg.env_setup(),
-        md.clone(),
-        feats.clone(),
-        Period::Train,
-        BackendKind::Cpu,
-    )
-    .unwrap();
+    let cfg = crisis_config(16, 250);
+    let train_env = crisis_env(&cfg, &md, &feats, Period::Train);
     let mcfg = MasterPpoConfig {
         decision_interval: INTERVAL,
         decisions: 25,
@@ -126,17 +146,7 @@ fn run(warning: bool) -> Outcome {
     }
 
     // Held out: one episode per scenario over the whole test period.
-    let mut test_cfg = cfg.clone();
-    test_cfg.env.scenarios = 12;
-    test_cfg.env.episode_len = 2500;
-    let mut test_env = VecEnv::new(
-        &test_cfg.env_setup(),
-        md.clone(),
-        feats.clone(),
-        Period::Test,
-        BackendKind::Cpu,
-    )
-    .unwrap();
+    let mut test_env = crisis_env(&crisis_config(12, 2500), &md, &feats, Period::Test);
     let mut driver = CapFollower::default();
     let master = evaluate_master(
         &mut test_env,
@@ -147,19 +157,7 @@ fn run(warning: bool) -> Outcome {
         Some(&regimes),
     )
     .unwrap();
-    let fixed: Vec<MasterEval> = (0..MASTER_ACTIONS as u8)
-        .map(|m| {
-            evaluate_master(
-                &mut test_env,
-                &mut driver,
-                MasterPlay::Fixed(m),
-                INTERVAL,
-                99,
-                None,
-            )
-            .unwrap()
-        })
-        .collect();
+    let fixed = every_fixed(&mut test_env, &mut driver);
     let default = cfg.master.default_action as usize;
     let (baseline, baseline_name, cut) =
         criterion(&fixed, default, master.sharpe, master.max_drawdown);
@@ -259,33 +257,11 @@ fn scripted_warning_rule_is_the_test_market_s_instrument() {
         let (md, regimes) = generate_with_regimes(&market(warning), "SPY");
         let md = Arc::new(md);
         let feats = Arc::new(Features::compute(&md));
-        let mut cfg = Config::default();
-        cfg.env.train_fraction = 0.6;
-        cfg.env.scenarios = 12;
-        cfg.env.episode_len = 2500;
+        let cfg = crisis_config(12, 2500);
         let default = cfg.master.default_action as u8;
-        let mut env = VecEnv::new(
-            &cfg.env_setup(),
-            md.clone(),
-            feats.clone(),
-            Period::Test,
-            BackendKind::Cpu,
-        )
-        .unwrap();
+        let mut env = crisis_env(&cfg, &md, &feats, Period::Test);
         let mut driver = CapFollower::default();
-        let fixed: Vec<MasterEval> = (0..MASTER_ACTIONS as u8)
-            .map(|m| {
-                evaluate_master(
-                    &mut env,
-                    &mut driver,
-                    MasterPlay::Fixed(m),
-                    INTERVAL,
-                    99,
-                    None,
-                )
-                .unwrap()
-            })
-            .collect();
+        let fixed = every_fixed(&mut env, &mut driver);
         let (vix, dvix) = (M_REGIME.start + N_REGIME, M_REGIME.start + N_REGIME + 1);
         let warned = move |o: &[f32]| if 100.0 * o[dvix] > 15.0 { 0 } else { default };
         let reactive = move |o: &[f32]| if 100.0 * o[vix] > 40.0 { 0 } else { default };
@@ -376,10 +352,7 @@ fn no_master_reward_here_makes_the_drawdown_criterion_its_optimum() {
     let md = Arc::new(md);
     let feats = Arc::new(Features::compute(&md));
     for (name, w) in &variants {
-        let mut cfg = Config::default();
-        cfg.env.train_fraction = 0.6;
-        cfg.env.scenarios = 12;
-        cfg.env.episode_len = 2500;
+        let mut cfg = crisis_config(12, 2500);
         let r = &mut cfg.reward;
         (
             r.master_w_sharpe,
@@ -390,21 +363,12 @@ fn no_master_reward_here_makes_the_drawdown_criterion_its_optimum() {
             r.master_risk_aversion,
         ) = (w[0], w[1], w[2], w[3], w[4], w[5]);
         let default = cfg.master.default_action as usize;
-        let mut env = VecEnv::new(
-            &cfg.env_setup(),
-            md.clone(),
-            feats.clone(),
-            Period::Train,
-            BackendKind::Cpu,
-        )
-        .unwrap();
+        let mut env = crisis_env(&cfg, &md, &feats, Period::Train);
         let mut driver = CapFollower::default();
+        let fixed = every_fixed(&mut env, &mut driver);
         let mut play = |p: MasterPlay<'_>| {
             evaluate_master(&mut env, &mut driver, p, INTERVAL, 99, None).unwrap()
         };
-        let fixed: Vec<MasterEval> = (0..MASTER_ACTIONS as u8)
-            .map(|m| play(MasterPlay::Fixed(m)))
-            .collect();
         let dvix = M_REGIME.start + N_REGIME + 1;
         let mut policies: Vec<(String, MasterEval)> = fixed
             .iter()

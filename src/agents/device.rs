@@ -64,8 +64,9 @@ impl fmt::Display for DeviceSpec {
 }
 
 impl DeviceSpec {
-    /// The candle device: `Device::Cpu`, or a new CUDA device (its own context and stream) for
-    /// `Cuda(i)`. Errors (`BackendUnavailable`): a build without the `gpu` feature, no driver, no
+    /// The candle device: `Device::Cpu`, or the CUDA device `i`, opened once per process (its
+    /// context and stream) and shared by every later call, so that evaluating many checkpoints
+    /// (walk-forward, ablations) does not create a context each and their tensors can meet. Errors (`BackendUnavailable`): a build without the `gpu` feature, no driver, no
     /// device `i`.
     pub fn candle(&self) -> Result<Device> {
         match *self {
@@ -77,14 +78,27 @@ impl DeviceSpec {
 
 #[cfg(feature = "gpu")]
 fn cuda_device(i: usize) -> Result<Device> {
-    Device::new_cuda(i).map_err(|e| {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static OPEN: OnceLock<Mutex<HashMap<usize, Device>>> = OnceLock::new();
+    // A panic while the lock was held cannot leave a half-inserted device: ignore the poison.
+    let mut open = OPEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(d) = open.get(&i) {
+        return Ok(d.clone());
+    }
+    let d = Device::new_cuda(i).map_err(|e| {
         Error::backend(
             "cuda",
             format!(
                 "candle could not open CUDA device {i}: {e} (an NVIDIA GPU and driver are needed)"
             ),
         )
-    })
+    })?;
+    open.insert(i, d.clone());
+    Ok(d)
 }
 
 #[cfg(not(feature = "gpu"))]
