@@ -70,6 +70,7 @@ typedef struct {
     float* reward;         /* [N, S] */
     float* comps;          /* [N, S, 7] */
     float* master_reward;  /* [N] */
+    float* turnover;       /* [N] */
     u8* terminated;        /* [N] */
     u8* truncated;         /* [N] */
     EpisodeRecordC* recs;  /* [N, record_cap] */
@@ -210,6 +211,7 @@ MARL_BLOCKFN void marl_env_step_block_carry(const EnvStepArgs* a, u32 n, double*
     out.reward = a->reward + off;
     out.comps = a->comps + off * MARL_N_COMPONENTS;
     out.master = a->master_reward + n;
+    out.turnover = a->turnover + n;
     out.terminated = a->terminated + n;
     out.truncated = a->truncated + n;
     out.recs = a->recs + (u64)n * a->dm.record_cap;

@@ -138,6 +138,7 @@ u32 EXPORT(abi_layout)(u64* out, u32 cap) {
     PUT(offsetof(EnvStepArgs, reward));
     PUT(offsetof(EnvStepArgs, comps));
     PUT(offsetof(EnvStepArgs, master_reward));
+    PUT(offsetof(EnvStepArgs, turnover));
     PUT(offsetof(EnvStepArgs, terminated));
     PUT(offsetof(EnvStepArgs, truncated));
     PUT(offsetof(EnvStepArgs, recs));

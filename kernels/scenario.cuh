@@ -39,8 +39,9 @@
 #define MARL_ACC_BUY 3u
 #define MARL_ACC_GOPEN 4u
 #define MARL_ACC_GROSS 5u
-#define MARL_ACC_PROCEEDS 6u
-#define MARL_ACC_COMP 7u /* 7 sums, then 7 sums of squares, then hhi: slots 7..21 */
+#define MARL_ACC_TRADED 6u
+#define MARL_ACC_PROCEEDS 7u
+#define MARL_ACC_COMP 8u /* 7 sums, then 7 sums of squares, then hhi: slots 8..22 */
 
 /* Block scratch: shared memory on the GPU, heap on the host. */
 typedef struct {
@@ -89,6 +90,7 @@ typedef struct {
     float* reward;       /* [S] */
     float* comps;        /* [S, 7], unweighted */
     float* master;       /* [1] */
+    float* turnover;     /* [1] order notional at the fill / E0 (spec §4.8) */
     u8* terminated;      /* [1] */
     u8* truncated;       /* [1] */
     EpisodeRecordC* recs; /* [record_cap] */
@@ -178,7 +180,7 @@ typedef struct {
     double cash;
     u32 invalid, limited;
     double g1, req, avail, lambda;
-    double g_open, fee;
+    double g_open, fee, traded;
     double gross, e1, peak;
     int killed;
     u32 open_count;
@@ -261,7 +263,8 @@ MARL_BLOCKFN void marl_step_budget(MarlStep* c) {
 
 /* D: §4.8 buys (scaled by lambda), entry price, entry step, peak price; §4.10 the per-symbol part
  * of the mark to market at C[t'] (value q1 C[t'], peak price); §4.9 borrow fee, attributed pro
- * rata to q1 * O[t'] in the rewards. Folds buy cash, open gross and close gross. */
+ * rata to q1 * O[t'] in the rewards. Folds buy cash, open gross, close gross and the order
+ * notional (qs + qb) O[t'] of the step's fills. */
 MARL_BLOCKFN void marl_step_buys(MarlStep* c) {
     const u32 S = c->S, fs = c->fs;
     double* rows = c->w.rows;
@@ -292,16 +295,19 @@ MARL_BLOCKFN void marl_step_buys(MarlStep* c) {
         /* §4.10 */
         const double c1 = (double)c->close1[s];
         rows[2u * fs + s] = q1 * c1;
+        rows[3u * fs + s] = (c->sc.qs[s] + qb) * o1;
         if (q1 > 0.0 && c1 > sy.peak_px[s]) sy.peak_px[s] = c1;
     }
     if (MARL_TID == 0u) {
         c->w.acc[MARL_ACC_BUY] = 0.0;
         c->w.acc[MARL_ACC_GOPEN] = 0.0;
         c->w.acc[MARL_ACC_GROSS] = 0.0;
+        c->w.acc[MARL_ACC_TRADED] = 0.0;
     }
-    marl_fold_rows(rows, fs, S, 3u, c->w.acc + MARL_ACC_BUY);
+    marl_fold_rows(rows, fs, S, 4u, c->w.acc + MARL_ACC_BUY);
     c->cash -= c->w.acc[MARL_ACC_BUY];
     c->g_open = c->w.acc[MARL_ACC_GOPEN];
+    c->traded = c->w.acc[MARL_ACC_TRADED];
     c->fee = marl_borrow_fee(&c->p->costs, c->cash);
     c->cash -= c->fee;
 }
@@ -462,6 +468,7 @@ MARL_BLOCKFN void marl_step_advance(MarlStep* c, u64 seed, u32 n, u32 m, Scenari
         const double mr =
             marl_master_reward(&pf, &c->p->reward, hhi, bench_ret, c->peak, &pa, &pbm);
         *c->out.master = (float)mr;
+        *c->out.turnover = c->e0 > 0.0 ? (float)(c->traded / c->e0) : 0.0f;
         ScenarioState nx = st;
         nx.k = k1;
         nx.cash = c->cash;

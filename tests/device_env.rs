@@ -164,7 +164,7 @@ fn one_packed_copy_each_way_per_step() {
     let (n, s) = (l.n_scenarios, l.n_symbols);
     let dev = host_env(&case, true, false);
     let pack_bytes = dev.outputs_device().0.bytes() as u64;
-    assert_eq!(pack_bytes, (32 * n * s + 6 * n) as u64);
+    assert_eq!(pack_bytes, (32 * n * s + 10 * n) as u64);
     // VecEnv owns the backend: read the counts through a handle on the live counter
     let counter = dev.counter();
     let mut env = VecEnv::from_backend(Box::new(dev), case.md.clone(), case.feats.clone());

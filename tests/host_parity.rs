@@ -251,6 +251,7 @@ impl HostShimBackend {
             reward: m(&mut o.reward),
             comps: m(&mut o.components),
             master_reward: m(&mut o.master_reward),
+            turnover: m(&mut o.turnover),
             terminated: m(&mut o.terminated),
             truncated: m(&mut o.truncated),
             recs: m(&mut self.recs),

@@ -264,12 +264,14 @@ pub struct EnvBuffers {
     pub actions: u64,
     /// Master actions `[N]` u8.
     pub master: u64,
-    /// Step outputs `[N, S]`, `[N, S, 7]`, `[N]`, `[N]`, `[N]`, records `[N, record_cap]`, `[N]`.
+    /// Step outputs `[N, S]`, `[N, S, 7]`, `[N]`, `[N]`, `[N]`, `[N]`, records `[N, record_cap]`, `[N]`.
     pub reward: u64,
     /// Unweighted components `[N, S, 7]` f32.
     pub comps: u64,
     /// Master rewards `[N]` f32.
     pub master_reward: u64,
+    /// Order notional at the fill over the equity before the step `[N]` f32 (spec §4.8).
+    pub turnover: u64,
     /// Kill-switch flags `[N]` u8.
     pub terminated: u64,
     /// Length / period-end flags `[N]` u8.
@@ -388,6 +390,8 @@ pub struct EnvStepArgs {
     pub comps: u64,
     /// Master rewards `[N]` f32.
     pub master_reward: u64,
+    /// Order notional at the fill over the equity before the step `[N]` f32 (spec §4.8).
+    pub turnover: u64,
     /// Kill-switch flags `[N]` u8.
     pub terminated: u64,
     /// Length / period-end flags `[N]` u8.
@@ -440,6 +444,7 @@ impl EnvStepArgs {
             reward: b.reward,
             comps: b.comps,
             master_reward: b.master_reward,
+            turnover: b.turnover,
             terminated: b.terminated,
             truncated: b.truncated,
             recs: b.recs,
@@ -659,7 +664,7 @@ pub fn abi_layout() -> Vec<(&'static str, usize)> {
             comp_sumsq, comp_count, rec_count;
         EnvStepArgs: p, dm, seed, open, close, volume, actions, master, scen, q, entry, peak_px,
             dsr_a, dsr_b, entry_k, comp_sum, comp_sumsq, comp_count, reward, comps, master_reward,
-            terminated, truncated, recs, rec_count, scratch, opener, debug, carry_in_smem, _pad;
+            turnover, terminated, truncated, recs, rec_count, scratch, opener, debug, carry_in_smem, _pad;
         ObsArgs: p, dm, close, sentiment, macro_series, regime, tech, sl, scen, q, entry,
             peak_px, entry_k, out;
         MaskArgs: p, dm, close, scen, q, entry, out;

@@ -184,6 +184,7 @@ struct LaneOut<'a> {
     reward: &'a mut [f32],
     comps: &'a mut [f32],
     master: &'a mut f32,
+    turnover: &'a mut f32,
     terminated: &'a mut u8,
     truncated: &'a mut u8,
 }
@@ -203,6 +204,7 @@ struct Step<'a> {
     lambda: f64,
     g_open: f64,
     fee: f64,
+    traded: f64,
     gross: f64,
     e1: f64,
     killed: bool,
@@ -224,6 +226,7 @@ fn step_lane(
     reward_out: &mut [f32],
     comp_out: &mut [f32],
     master_out: &mut f32,
+    turnover_out: &mut f32,
     term_out: &mut u8,
     trunc_out: &mut u8,
     sc: &mut Scratch,
@@ -261,6 +264,7 @@ fn step_lane(
             reward: &mut reward_out[..s_n],
             comps: &mut comp_out[..s_n * N_COMPONENTS],
             master: master_out,
+            turnover: turnover_out,
             terminated: term_out,
             truncated: trunc_out,
         };
@@ -284,6 +288,7 @@ fn step_lane(
             lambda: 1.0,
             g_open: 0.0,
             fee: 0.0,
+            traded: 0.0,
             gross: 0.0,
             e1: 0.0,
             killed: false,
@@ -401,12 +406,14 @@ impl Step<'_> {
         };
     }
 
-    /// §4.8 buys (scaled by lambda), entry price, entry step, peak price; §4.9 borrow fee.
+    /// §4.8 buys (scaled by lambda), entry price, entry step, peak price, the order notional
+    /// `sum_s (qs + qb) O[t']`; §4.9 borrow fee.
     #[inline(always)]
     fn buys(&mut self, k: u32, sy: &mut SymView, sc: &mut ScratchView) {
         let (lambda, comm) = (self.lambda, self.comm);
         let mut buy_cash = 0.0;
         let mut g_open = 0.0;
+        let mut traded = 0.0;
         for s in 0..self.s_n {
             let o1 = self.bars.open1[s] as f64;
             let qb = sc.qb[s] * lambda;
@@ -428,9 +435,11 @@ impl Step<'_> {
             }
             sy.q[s] = q1;
             g_open += q1 * o1;
+            traded += (sc.qs[s] + qb) * o1;
         }
         self.cash -= buy_cash;
         self.g_open = g_open;
+        self.traded = traded;
         self.fee = borrow_fee(&self.p.costs, self.cash);
         self.cash -= self.fee;
     }
@@ -604,6 +613,11 @@ impl Step<'_> {
             st.dsr_b,
         );
         *out.master = mr as f32;
+        *out.turnover = if self.e0 > 0.0 {
+            (self.traded / self.e0) as f32
+        } else {
+            0.0
+        };
         st.dsr_a = pa;
         st.dsr_b = pb;
         st.k += 1;
@@ -678,14 +692,15 @@ impl Backend for CpuBackend {
             .zip(out.reward.par_chunks_mut(s))
             .zip(out.components.par_chunks_mut(s * N_COMPONENTS))
             .zip(out.master_reward.par_iter_mut())
+            .zip(out.turnover.par_iter_mut())
             .zip(out.terminated.par_iter_mut())
             .zip(out.truncated.par_iter_mut())
             .enumerate()
             .with_min_len(min_len)
             .for_each_init(
                 || Scratch::new(s),
-                |sc, (n, (((((((((lane, sym), ek), acts), &m), rw), cp), mr), te), tr))| {
-                    step_lane(&ctx, n, lane, sym, ek, acts, m, rw, cp, mr, te, tr, sc);
+                |sc, (n, ((((((((((lane, sym), ek), acts), &m), rw), cp), mr), to), te), tr))| {
+                    step_lane(&ctx, n, lane, sym, ek, acts, m, rw, cp, mr, to, te, tr, sc);
                 },
             );
         Ok(())

@@ -720,7 +720,7 @@ impl CudaBackend {
     }
 
     /// The packed step outputs on the device ([`OutputPack`]: rewards `[N, S]`, components, master
-    /// rewards `[N]`, terminated and truncated `[N]` at its offsets) and their device address, for
+    /// rewards `[N]`, turnover `[N]`, terminated and truncated `[N]` at its offsets) and their device address, for
     /// a learner on the same GPU.
     pub fn outputs_device(&self) -> (OutputPack, u64) {
         self.env.outputs_device()

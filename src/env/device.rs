@@ -9,7 +9,7 @@ host<->device copies are counted.
 Per step, the host-driven loop (`VecEnv::step`: [`Backend::step`] then [`Backend::read_outputs`])
 makes **one** host-to-device copy (symbol and master actions packed into one staging buffer,
 [`InputPack`]; pinned host memory on CUDA) and **one** device-to-host copy (rewards, components,
-master rewards and both done flags live in one device allocation, [`OutputPack`], read into a pinned
+master rewards, turnover and both done flags live in one device allocation, [`OutputPack`], read into a pinned
 staging buffer); finished-episode records cost two more reads and a memset, only on a step with a
 done. [`DeviceEnv::counts`] counts every copy, memset and launch the driver asks of its device
 ([`TransferCounts`]); every [`Device`] method is one driver call (one copy, one memset, one launch).
@@ -183,8 +183,8 @@ impl InputPack {
 }
 
 /// The packed step outputs in one device allocation: rewards `[N, S]` f32 at 0, components
-/// `[N, S, 7]` f32, master rewards `[N]` f32, terminated `[N]` u8, truncated `[N]` u8; the kernel
-/// writes each at its offset and the host reads the whole in one copy.
+/// `[N, S, 7]` f32, master rewards `[N]` f32, turnover `[N]` f32, terminated `[N]` u8, truncated
+/// `[N]` u8; the kernel writes each at its offset and the host reads the whole in one copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutputPack {
     n: usize,
@@ -196,18 +196,20 @@ impl OutputPack {
     pub fn new(n: usize, s: usize) -> Self {
         Self { n, s }
     }
-    /// Byte offsets of rewards, components, master rewards, terminated, truncated, and the end.
-    pub fn offsets(&self) -> [usize; 6] {
+    /// Byte offsets of rewards, components, master rewards, turnover, terminated, truncated, and
+    /// the end.
+    pub fn offsets(&self) -> [usize; 7] {
         let ns = self.n * self.s;
         let comps = 4 * ns;
         let master = comps + 4 * ns * N_COMPONENTS;
-        let term = master + 4 * self.n;
+        let turnover = master + 4 * self.n;
+        let term = turnover + 4 * self.n;
         let trunc = term + self.n;
-        [0, comps, master, term, trunc, trunc + self.n]
+        [0, comps, master, turnover, term, trunc, trunc + self.n]
     }
     /// Total bytes.
     pub fn bytes(&self) -> usize {
-        self.offsets()[5]
+        self.offsets()[6]
     }
     /// Point the step's outputs at a packed buffer at device address `base`.
     pub fn apply(&self, base: u64, b: &mut EnvBuffers) {
@@ -215,8 +217,9 @@ impl OutputPack {
         b.reward = o[0];
         b.comps = o[1];
         b.master_reward = o[2];
-        b.terminated = o[3];
-        b.truncated = o[4];
+        b.turnover = o[3];
+        b.terminated = o[4];
+        b.truncated = o[5];
     }
     /// Unpack `src` ([`Self::bytes`] long, any alignment) into `out` (resized when its shape differs).
     pub fn unpack(&self, src: &[u8], out: &mut StepOutputs) {
@@ -224,12 +227,15 @@ impl OutputPack {
             *out = StepOutputs::new(self.n, self.s);
         }
         let o = self.offsets();
-        bytemuck::cast_slice_mut::<f32, u8>(&mut out.reward).copy_from_slice(&src[o[0]..o[1]]);
-        bytemuck::cast_slice_mut::<f32, u8>(&mut out.components).copy_from_slice(&src[o[1]..o[2]]);
-        bytemuck::cast_slice_mut::<f32, u8>(&mut out.master_reward)
-            .copy_from_slice(&src[o[2]..o[3]]);
-        out.terminated.copy_from_slice(&src[o[3]..o[4]]);
-        out.truncated.copy_from_slice(&src[o[4]..o[5]]);
+        let f32s = |dst: &mut [f32], i: usize| {
+            bytemuck::cast_slice_mut::<f32, u8>(dst).copy_from_slice(&src[o[i]..o[i + 1]]);
+        };
+        f32s(&mut out.reward, 0);
+        f32s(&mut out.components, 1);
+        f32s(&mut out.master_reward, 2);
+        f32s(&mut out.turnover, 3);
+        out.terminated.copy_from_slice(&src[o[4]..o[5]]);
+        out.truncated.copy_from_slice(&src[o[5]..o[6]]);
     }
 }
 

@@ -465,6 +465,10 @@ pub struct StepOutputs {
     pub components: Vec<f32>,
     /// Master reward `[N]`.
     pub master_reward: Vec<f32>,
+    /// The step's turnover `[N]`: the notional of its fills at the next open,
+    /// `sum_s (qs + qb) * O[t']`, over the equity before the step `E0` (0 when `E0 <= 0`); the
+    /// kill switch's liquidation is not an order and is not counted (spec §4.8).
+    pub turnover: Vec<f32>,
     /// Episode ended by the kill switch `[N]` (0/1).
     pub terminated: Vec<u8>,
     /// Episode ended by its length or the end of the period `[N]` (0/1).
@@ -478,6 +482,7 @@ impl StepOutputs {
             reward: vec![0.0; n * s],
             components: vec![0.0; n * s * N_COMPONENTS],
             master_reward: vec![0.0; n],
+            turnover: vec![0.0; n],
             terminated: vec![0; n],
             truncated: vec![0; n],
         }

@@ -27,9 +27,10 @@ The mapping:
   `ret = EpisodeRecord::total_return` (final equity / initial capital - 1, *not* the sum of the
   shaped rewards), `len = EpisodeRecord::length`.
 - **statistics** (`drain_stats`, logged in each iteration's `Metrics::env`): the reward terms of
-  the episodes that ended, and `turnover`, the traded notional / equity per symbol-step, computed
-  here from the positions before and after each step (the env's snapshot; one extra host read of
-  the positions per step, which on the CUDA backend is a device-to-host copy of the state).
+  the episodes that ended, and `turnover`, the traded notional / equity per symbol-step: the mean
+  over scenario-steps of the env's `turnover` output (spec §4.8, the step's order notional at the
+  fill over the equity before it, part of the step outputs both backends already hand back),
+  divided by `S`.
 - **masks**: the env's `[N, S, 7]` mask, read after every reset/step; under the trainer's staged
   onboarding ([`TrainEnv::set_tradable_symbols`] with `k < S`) the rows of symbols `s >= k` allow
   only HOLD (the env's mask otherwise unchanged); the restriction is applied at once to the
@@ -88,12 +89,8 @@ pub struct TradingEnv {
     episodes: u64,
     /// Episodes finished since the last `drain_stats`.
     fresh_episodes: u64,
-    /// Each row's position quantity and each scenario's equity after the last reset / step / load
-    /// (the `q0`, `E0` of the next step), for the turnover statistic.
-    prev_q: Vec<f64>,
-    prev_equity: Vec<f64>,
-    /// Sum of `|q1 - q0| * O[t'] / E0` over the symbol-steps since the last `drain_stats`, and
-    /// their count.
+    /// Sum of the env's per-scenario `turnover` outputs (order notional / E0) since the last
+    /// `drain_stats`, and the symbol-steps they cover.
     turnover_sum: f64,
     turnover_rows: u64,
     /// The cost curriculum's scale of the cost-term weight (1 = the env's own reward).
@@ -128,8 +125,6 @@ impl TradingEnv {
             invalid_actions: 0,
             episodes: 0,
             fresh_episodes: 0,
-            prev_q: vec![0.0; n * s],
-            prev_equity: vec![0.0; n],
             turnover_sum: 0.0,
             turnover_rows: 0,
             cost_scale: 1.0,
@@ -179,41 +174,6 @@ impl TradingEnv {
     /// Episodes finished so far.
     pub fn episodes(&self) -> u64 {
         self.episodes
-    }
-
-    /// Remember the positions and equities of `snap` as the next step's `q0`, `E0`.
-    fn remember(&mut self, snap: &Snapshot) {
-        self.prev_q.copy_from_slice(&snap.symbols.q);
-        for (e, sc) in self.prev_equity.iter_mut().zip(&snap.scenarios) {
-            *e = sc.equity;
-        }
-    }
-
-    /// Add the last step's traded notional / equity to the turnover statistic: for every scenario
-    /// whose episode did not end with the step, `|q1 - q0| * O[t'] / E0` per symbol, with `O[t']`
-    /// the fill bar's open (`t' = t + 1`, `t` from the observation index cached before the step).
-    fn add_turnover(&mut self, dones: &[bool]) -> Result<()> {
-        let snap = self.env.snapshot()?;
-        let md = self.env.data().clone();
-        let s_n = self.s;
-        for (n, &done) in dones.iter().enumerate() {
-            let e0 = self.prev_equity[n];
-            if done || e0 <= 0.0 {
-                continue;
-            }
-            let (path, t) = (self.index[2 * n] as usize, self.index[2 * n + 1] as usize);
-            if t + 1 >= md.bars || path >= md.paths {
-                continue;
-            }
-            let row = n * s_n;
-            for s in 0..s_n {
-                let dq = (snap.symbols.q[row + s] - self.prev_q[row + s]).abs();
-                self.turnover_sum += dq * f64::from(md.open[md.px(path, t + 1, s)]) / e0;
-            }
-            self.turnover_rows += s_n as u64;
-        }
-        self.remember(&snap);
-        Ok(())
     }
 
     fn refresh(&mut self) -> Result<()> {
@@ -328,8 +288,6 @@ impl TrainEnv for TradingEnv {
 
     fn reset(&mut self, seed: u64) -> Result<SymbolObs> {
         self.inner_mut().reset(seed)?;
-        let snap = self.env.snapshot()?;
-        self.remember(&snap);
         self.refresh()?;
         self.observe()
     }
@@ -374,6 +332,8 @@ impl TrainEnv for TradingEnv {
             }
         }
         let dones: Vec<bool> = (0..out.terminated.len()).map(|n| out.done(n)).collect();
+        self.turnover_sum += out.turnover.iter().map(|&x| f64::from(x)).sum::<f64>();
+        self.turnover_rows += (out.reward.len()) as u64;
         let episodes = env
             .drain_finished()
             .into_iter()
@@ -388,7 +348,6 @@ impl TrainEnv for TradingEnv {
                 }
             })
             .collect();
-        self.add_turnover(&dones)?;
         self.refresh()?;
         Ok(StepOut {
             obs: self.observe()?,
@@ -463,7 +422,6 @@ impl TrainEnv for TradingEnv {
     fn load_state(&mut self, state: &[u8]) -> Result<()> {
         let (snap, counters) = self.decode(state)?;
         self.inner_mut().load_snapshot(&snap)?;
-        self.remember(&snap);
         (self.masked_actions, self.invalid_actions, self.episodes) = counters;
         self.refresh()
     }
@@ -643,15 +601,45 @@ mod tests {
         let stats = env.drain_stats();
         assert_eq!(stats, vec![(TURNOVER_STAT.to_string(), 0.0)]);
         assert!(env.drain_stats().is_empty(), "drained");
-        // BUY_LARGE on every symbol: positive turnover, at most the leverage cap per scenario.
-        env.step(&[3; 6]).unwrap();
-        let stats = env.drain_stats();
-        let t = stats
-            .iter()
-            .find(|(k, _)| k == TURNOVER_STAT)
-            .map(|(_, v)| *v)
-            .unwrap();
-        assert!(t > 0.0 && t < 2.0, "turnover {t}");
+        // Buys of every size, partial and full sells: the statistic is sum |q1 - q0| O[t'] / E0
+        // per symbol-step, recomputed here from the env's states before and after each step.
+        let md = env.inner_mut().data().clone();
+        for acts in [
+            [3u32; 6],
+            [1, 2, 3, 1, 2, 3],
+            [4; 6],
+            [5, 0, 4, 5, 0, 4],
+            [6; 6],
+        ] {
+            let before = env.inner_mut().snapshot().unwrap();
+            let index = env.index.clone();
+            let out = env.step(&acts).unwrap();
+            assert!(
+                out.dones.iter().all(|d| !d),
+                "no episode ends in these steps"
+            );
+            let after = env.inner_mut().snapshot().unwrap();
+            let mut want = 0.0;
+            for n in 0..2 {
+                let (p, t) = (index[2 * n] as usize, index[2 * n + 1] as usize);
+                let e0 = before.scenarios[n].equity;
+                for s in 0..3 {
+                    let dq = after.symbols.q[n * 3 + s] - before.symbols.q[n * 3 + s];
+                    want += dq.abs() * f64::from(md.open[md.px(p, t + 1, s)]) / e0;
+                }
+            }
+            want /= 6.0;
+            let t = env
+                .drain_stats()
+                .into_iter()
+                .find(|(k, _)| k == TURNOVER_STAT)
+                .map(|(_, v)| v)
+                .unwrap();
+            assert!(
+                (t - want).abs() <= 1e-6 * want.max(1e-12),
+                "actions {acts:?}: turnover {t}, from the states {want}"
+            );
+        }
         assert_eq!(env.stat_names()[0], TURNOVER_STAT);
         assert_eq!(env.stat_names().last().unwrap(), "reward_share.divers");
     }

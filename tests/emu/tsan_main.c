@@ -85,6 +85,7 @@ int main(int argc, char** argv) {
     float* reward = (float*)alloc0(ns * 4);
     float* comps = (float*)alloc0(ns * MARL_N_COMPONENTS * 4);
     float* master_reward = (float*)alloc0((u64)N * 4);
+    float* turnover = (float*)alloc0((u64)N * 4);
     u8* terminated = (u8*)alloc0(N);
     u8* truncated = (u8*)alloc0(N);
     double* scratch = (double*)alloc0(5 * ns * 8);
@@ -133,6 +134,7 @@ int main(int argc, char** argv) {
     a.reward = reward;
     a.comps = comps;
     a.master_reward = master_reward;
+    a.turnover = turnover;
     a.terminated = terminated;
     a.truncated = truncated;
     a.recs = recs;

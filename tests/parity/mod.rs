@@ -339,6 +339,7 @@ pub fn cmp_outputs(a: &StepOutputs, b: &StepOutputs) -> Result<(), String> {
     cmp_f32("reward", &a.reward, &b.reward)?;
     cmp_f32("components", &a.components, &b.components)?;
     cmp_f32("master_reward", &a.master_reward, &b.master_reward)?;
+    cmp_f32("turnover", &a.turnover, &b.turnover)?;
     cmp_eq("terminated", &a.terminated, &b.terminated)?;
     cmp_eq("truncated", &a.truncated, &b.truncated)
 }
