@@ -40,6 +40,7 @@ fn main() {
         "kernels/scenario.cuh",
         "kernels/obs.cuh",
         "kernels/master_obs.cuh",
+        "kernels/policy.cuh",
         "kernels/master_obs_shim.c",
     ] {
         println!("cargo:rerun-if-changed={f}");

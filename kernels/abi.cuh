@@ -20,12 +20,14 @@
  *   dyn_obs         ObsArgs        marl_dyn_obs_thread(a, row)         row = n * S + s
  *   action_mask     MaskArgs       marl_action_mask_thread(a, row)     row = n * S + s
  *   sample_actions  SampleArgs     marl_sample_actions_thread(a, row)  row = n * S + s
+ *   sample_policy   PolicySampleArgs marl_sample_policy_thread(a, row)  row = n * S + s
  */
 #ifndef MARL_ABI_CUH
 #define MARL_ABI_CUH
 
 #include "scenario.cuh"
 #include "obs.cuh"
+#include "policy.cuh"
 
 /* ---- argument structs (mirrors: src/env/abi.rs) ---- */
 
@@ -293,6 +295,27 @@ HD void marl_sample_actions_thread(const SampleArgs* a, u64 row) {
     if (s == 0u) a->master[n] = (u8)marl_sample_master(&a->dm, a->seed, a->it, n, a->fixed_master);
     a->actions[row] = (u8)marl_sample_symbol_action(&a->p, &a->dm, a->seed, a->it, a->fixed_master, n, a->scen + n,
                                                     a->close, a->q + off, a->entry + off, s);
+}
+
+/* sample_policy: one action per row drawn from the policy's log-probabilities (policy.cuh). */
+typedef struct {
+    const float* log_probs; /* [rows, na] */
+    u32* actions;           /* [rows] the draws */
+    float* logp;            /* [rows] the drawn actions' log-probabilities */
+    u8* env_actions;        /* NULL, or [rows] the draws as the env step's symbol actions */
+    u64 seed;               /* the action stream's seed */
+    u64 draws;              /* its position at the start of the step (row r takes draw draws + r) */
+    u32 rows;
+    u32 na;
+} PolicySampleArgs;
+
+HD void marl_sample_policy_thread(const PolicySampleArgs* a, u64 row) {
+    if (row >= (u64)a->rows) return;
+    const float* lp = a->log_probs + row * a->na;
+    const u32 act = marl_sample_row(lp, a->na, marl_stream_uniform(a->seed, a->draws, row));
+    a->actions[row] = act;
+    a->logp[row] = lp[act];
+    if (a->env_actions) a->env_actions[row] = (u8)act;
 }
 
 #endif /* MARL_ABI_CUH */

@@ -7,9 +7,14 @@
  * - `mix64` / `hash2`: bit-identical to src/rng.rs (tests/host_parity.rs checks known values).
  * - Block primitives (ordered folds, integer sums and a ballot/popc scan) shared by the device and the host.
  *
- * Floating point: money is double; the only libm function used is sqrt, which is correctly
+ * Floating point: money is double; the only libm function the env uses is sqrt, which is correctly
  * rounded on both sides (IEEE 754), and contraction into FMA is disabled on both sides
  * (NVRTC `--fmad=false`, host `-ffp-contract=off`), so host and device compute the same bits.
+ * The one exception is outside the env: the policy draw (policy.cuh) takes exp of log-probabilities,
+ * the host's libm `exp` (the same function Rust's `f64::exp` calls, so the host shim and the
+ * trainer agree bit for bit) and CUDA's `exp` (documented within 1 ulp), so a draw can differ
+ * between host and device only when its uniform falls within a few ulps of a cumulative-probability
+ * boundary (about 1e-15 per row).
  */
 #ifndef MARL_COMMON_CUH
 #define MARL_COMMON_CUH
@@ -24,6 +29,7 @@
 #define HD static inline
 #define MARL_SQRT(x) __builtin_sqrt(x)
 #define MARL_FABS(x) __builtin_fabs(x)
+#include <math.h> /* exp, for the policy draw (policy.cuh) */
 #endif
 
 typedef unsigned char u8;

@@ -184,6 +184,15 @@ u32 EXPORT(abi_layout)(u64* out, u32 cap) {
     PUT(offsetof(SampleArgs, master));
     PUT(offsetof(SampleArgs, fixed_master));
     PUT(offsetof(SampleArgs, _pad));
+    PUT(sizeof(PolicySampleArgs));
+    PUT(offsetof(PolicySampleArgs, log_probs));
+    PUT(offsetof(PolicySampleArgs, actions));
+    PUT(offsetof(PolicySampleArgs, logp));
+    PUT(offsetof(PolicySampleArgs, env_actions));
+    PUT(offsetof(PolicySampleArgs, seed));
+    PUT(offsetof(PolicySampleArgs, draws));
+    PUT(offsetof(PolicySampleArgs, rows));
+    PUT(offsetof(PolicySampleArgs, na));
     return i;
 }
 
@@ -257,4 +266,8 @@ void EXPORT(host_action_mask)(const MaskArgs* a) {
 void EXPORT(host_sample_actions)(const SampleArgs* a) {
     const u64 rows = (u64)a->dm.n_scenarios * a->dm.n_symbols;
     for (u64 row = 0; row < rows; ++row) marl_sample_actions_thread(a, row);
+}
+
+void EXPORT(host_sample_policy)(const PolicySampleArgs* a) {
+    for (u64 row = 0; row < a->rows; ++row) marl_sample_policy_thread(a, row);
 }

@@ -17,12 +17,19 @@
 //!   `env_step_sampled` is checked by `cuda_parity::rollout_modes_agree`).
 //! - `master_obs_through_the_driver_matches_cpu`: the driver's master observation (two uploads,
 //!   one launch, two downloads) equals the CPU backend's, observation and anchors, bit for bit.
+//! - `policy_rollout_on_the_device_path_copies_nothing`: a policy's rollout on the device path
+//!   (observation and mask kernels into device buffers the learner reads in place, the learner's
+//!   log-probabilities into `sample_policy`, its u8 actions into the step) makes no host<->device
+//!   copy and no memset in any step, four launches each, and plays exactly the rollout of the host
+//!   path (the CPU backend with the trainer's host draws).
 
 mod parity;
 
 use std::sync::Arc;
 
-use marl_trade::env::abi::{EnvResetArgs, EnvStepArgs, MaskArgs, ObsArgs, SampleArgs};
+use marl_trade::env::abi::{
+    EnvResetArgs, EnvStepArgs, MaskArgs, ObsArgs, PolicySampleArgs, SampleArgs,
+};
 use marl_trade::env::device::{Device, DeviceEnv, Launch};
 use marl_trade::env::master_obs::{MASTER_INTENTS, MASTER_OBS, MasterAnchor, MasterObsArgs};
 use marl_trade::env::{Backend, StepOutputs, VecEnv};
@@ -36,6 +43,7 @@ unsafe extern "C" {
     fn marl_host_action_mask(a: *const MaskArgs);
     fn marl_host_sample_actions(a: *const SampleArgs);
     fn marl_host_master_obs(a: *const MasterObsArgs);
+    fn marl_host_sample_policy(a: *const PolicySampleArgs);
 }
 
 /// Host memory as the device; launches run the kernels' entry points on the host.
@@ -121,6 +129,7 @@ impl Device for HostDevice {
                 Launch::Mask(a) => marl_host_action_mask(a),
                 Launch::Sample(a) => marl_host_sample_actions(a),
                 Launch::MasterObs(a) => marl_host_master_obs(a),
+                Launch::SamplePolicy(a) => marl_host_sample_policy(a),
             }
         }
         Ok(())
@@ -262,4 +271,129 @@ fn master_obs_through_the_driver_matches_cpu() {
         }
     }
     assert!(oc.iter().any(|&v| v != 0.0));
+}
+
+/// A stand-in learner: masked log-softmax of a fixed linear map of the dynamic observation (any
+/// deterministic function of the observation and mask would do; on the GPU it is candle's).
+fn learner_log_probs(dyn_obs: &[f32], mask: &[u8], w: &[f32]) -> Vec<f32> {
+    use marl_trade::env::N_ACTIONS;
+    use marl_trade::env::obs::DYN_OBS;
+    let rows = mask.len() / N_ACTIONS;
+    let mut lp = vec![f32::NEG_INFINITY; rows * N_ACTIONS];
+    for r in 0..rows {
+        let x = &dyn_obs[r * DYN_OBS..(r + 1) * DYN_OBS];
+        let logits: Vec<f32> = (0..N_ACTIONS)
+            .map(|a| {
+                let wa = &w[a * DYN_OBS..(a + 1) * DYN_OBS];
+                x.iter().zip(wa).map(|(u, v)| u * v).sum::<f32>()
+            })
+            .collect();
+        let legal = |a: usize| mask[r * N_ACTIONS + a] != 0;
+        let m = (0..N_ACTIONS)
+            .filter(|&a| legal(a))
+            .map(|a| logits[a])
+            .fold(f32::NEG_INFINITY, f32::max);
+        let z: f32 = (0..N_ACTIONS)
+            .filter(|&a| legal(a))
+            .map(|a| (logits[a] - m).exp())
+            .sum();
+        for a in (0..N_ACTIONS).filter(|&a| legal(a)) {
+            lp[r * N_ACTIONS + a] = logits[a] - m - z.ln();
+        }
+    }
+    lp
+}
+
+#[test]
+fn policy_rollout_on_the_device_path_copies_nothing() {
+    use marl_trade::agents::dist::sample_row;
+    use marl_trade::env::N_ACTIONS;
+    use marl_trade::env::obs::DYN_OBS;
+    use marl_trade::train::ResumableRng;
+    let case = cases().into_iter().next().unwrap();
+    let l = case.layout;
+    let (n, s) = (l.n_scenarios, l.n_symbols);
+    let rows = n * s;
+    let mut cpu = marl_trade::env::cpu::CpuBackend::new(l, case.md.clone(), case.feats.clone());
+    let mut dev = host_env(&case, true, false);
+    cpu.reset(8).unwrap();
+    dev.reset(8).unwrap();
+    let mut wr = marl_trade::rng::SplitMix64::new(31);
+    let w: Vec<f32> = (0..N_ACTIONS * DYN_OBS)
+        .map(|_| (wr.normal() * 2.0) as f32)
+        .collect();
+    let master = vec![l.params.default_action as u8; n];
+    // The learner's buffers "on the device" (host memory here, candle's tensors on a GPU).
+    let (mut actions, mut logp, mut env_actions) =
+        (vec![0u32; rows], vec![0f32; rows], vec![0u8; rows]);
+    let seed = 0xfeed;
+    let (mut host_rng, mut dev_draws) = (ResumableRng::new(seed), 0u64);
+    let (mut dyn_c, mut mask_c) = (vec![0f32; rows * DYN_OBS], vec![0u8; rows * N_ACTIONS]);
+    let (mut out_c, mut out_d) = (StepOutputs::new(n, s), StepOutputs::new(n, s));
+    let (mut traded, mut dones) = (0usize, 0usize);
+    for it in 0..(3 * l.episode_len) {
+        // Device path: every step's work is launches on device memory.
+        let before = dev.counts();
+        let dyn_addr = dev.dyn_obs_device().unwrap();
+        let mask_addr = dev.mask_device().unwrap();
+        // SAFETY: the driver's observation and mask buffers hold rows x DYN_OBS f32 and
+        // rows x 7 u8 (host memory on this device); read in place, as a learner on the GPU wraps them.
+        let (dyn_d, mask_d) = unsafe {
+            (
+                std::slice::from_raw_parts(dyn_addr as *const f32, rows * DYN_OBS),
+                std::slice::from_raw_parts(mask_addr as *const u8, rows * N_ACTIONS),
+            )
+        };
+        let lp_d = learner_log_probs(dyn_d, mask_d, &w);
+        dev.launch_sample_policy(
+            lp_d.as_ptr() as u64,
+            seed,
+            dev_draws,
+            actions.as_mut_ptr() as u64,
+            logp.as_mut_ptr() as u64,
+            Some(env_actions.as_mut_ptr() as u64),
+        )
+        .unwrap();
+        dev_draws += rows as u64;
+        dev.launch_step_from(env_actions.as_ptr() as u64, master.as_ptr() as u64)
+            .unwrap();
+        let c = dev.counts().since(&before);
+        assert_eq!(
+            (c.htod, c.dtoh, c.memsets, c.launches),
+            (0, 0, 0, 4),
+            "step {it}: {c:?}"
+        );
+        // Host path: the trainer's loop on the CPU backend.
+        cpu.dyn_obs(&mut dyn_c).unwrap();
+        cpu.action_mask(&mut mask_c).unwrap();
+        assert_eq!(dyn_c.as_slice(), dyn_d, "step {it}: observations");
+        assert_eq!(mask_c.as_slice(), mask_d, "step {it}: masks");
+        let lp_c = learner_log_probs(&dyn_c, &mask_c, &w);
+        let acts_c: Vec<u32> = lp_c
+            .chunks_exact(N_ACTIONS)
+            .map(|row| sample_row(row, host_rng.uniform()))
+            .collect();
+        assert_eq!(actions, acts_c, "step {it}: draws");
+        for (i, &a) in acts_c.iter().enumerate() {
+            assert_eq!(logp[i], lp_c[i * N_ACTIONS + a as usize]);
+        }
+        let acts_u8: Vec<u8> = acts_c.iter().map(|&a| a as u8).collect();
+        assert_eq!(env_actions, acts_u8);
+        cpu.step(&acts_u8, &master).unwrap();
+        // Compare the outputs (reading the device's is a copy, outside the counted window).
+        cpu.read_outputs(&mut out_c).unwrap();
+        dev.read_outputs(&mut out_d).unwrap();
+        assert_eq!(out_c, out_d, "step {it}: outputs");
+        traded += out_c.turnover.iter().filter(|&&t| t > 0.0).count();
+        dones += (0..n).filter(|&k| out_c.done(k)).count();
+        cpu.drain_episodes().unwrap();
+        dev.drain_episodes().unwrap();
+    }
+    cmp_snapshots(&cpu.snapshot().unwrap(), &dev.snapshot().unwrap()).unwrap();
+    assert_eq!(host_rng.state().draws, dev_draws);
+    eprintln!("{traded} scenario-steps with trades, {dones} episodes ended");
+    assert!(
+        traded > 0 && dones > 0,
+        "the rollout trades and ends episodes"
+    );
 }

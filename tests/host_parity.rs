@@ -68,8 +68,8 @@ use std::sync::Arc;
 use marl_trade::data::MarketData;
 use marl_trade::env::abi::{
     DEBUG_LEN, EnvBuffers, EnvDims, EnvResetArgs, EnvStepArgs, EpisodeRecordC, MaskArgs, ObsArgs,
-    SampleArgs, abi_layout, kernel_constants, step_block_threads, step_carry_in_smem,
-    step_smem_bytes,
+    PolicySampleArgs, SampleArgs, abi_layout, kernel_constants, step_block_threads,
+    step_carry_in_smem, step_smem_bytes,
 };
 use marl_trade::env::cpu::CpuBackend;
 use marl_trade::env::logic::{directive, mask_bits};
@@ -98,6 +98,7 @@ unsafe extern "C" {
     fn marl_host_dyn_obs(a: *const ObsArgs);
     fn marl_host_action_mask(a: *const MaskArgs);
     fn marl_host_sample_actions(a: *const SampleArgs);
+    fn marl_host_sample_policy(a: *const PolicySampleArgs);
     fn marl_mutant_host_env_reset(a: *const EnvResetArgs);
     fn marl_mutant_host_env_step(a: *const EnvStepArgs) -> i32;
     fn marl_emu_env_reset(a: *const EnvResetArgs, threads: u32) -> i32;
@@ -487,6 +488,98 @@ fn hash2_and_mix64_match_rng() {
             assert_eq!(marl_host_mix64(k), mix64(k));
         }
     }
+}
+
+/// `sample_policy` (kernels/policy.cuh) draws what the trainer draws on the host: per row,
+/// `agents::dist::sample_row` with the next uniform of `train::ResumableRng` continued from the same
+/// position, for rows of random log-probabilities with random masks (`-inf`), rows with one legal
+/// action, near-uniform rows and rows whose probability sits on one action; the drawn actions'
+/// log-probabilities and the optional u8 copy for the env step agree too.
+#[test]
+fn policy_draws_match_the_trainers_host_draws() {
+    use marl_trade::agents::dist::sample_row;
+    use marl_trade::train::train_env::{ResumableRng, RngState};
+    const NA: usize = 7;
+    let mut r = marl_trade::rng::SplitMix64::new(2024);
+    let mut drawn = [0u64; NA];
+    for case in 0..40u64 {
+        let rows = 1 + r.below(700) as usize;
+        let mut lp = vec![0f32; rows * NA];
+        for row in lp.chunks_exact_mut(NA) {
+            let kind = r.below(4);
+            let logits: Vec<f64> = (0..NA)
+                .map(|a| match kind {
+                    0 => r.normal() * 3.0,
+                    1 => r.normal() * 1e-3,
+                    2 if a == 3 => 30.0,
+                    _ => r.normal(),
+                })
+                .collect();
+            let legal: Vec<bool> = (0..NA)
+                .map(|a| a == 0 || kind == 3 || r.chance(0.6))
+                .collect();
+            let m = (0..NA)
+                .filter(|&a| legal[a])
+                .map(|a| logits[a])
+                .fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = (0..NA)
+                .filter(|&a| legal[a])
+                .map(|a| (logits[a] - m).exp())
+                .sum();
+            for a in 0..NA {
+                row[a] = if legal[a] {
+                    (logits[a] - m - z.ln()) as f32
+                } else {
+                    f32::NEG_INFINITY
+                };
+            }
+        }
+        let (seed, draws) = (r.next_u64(), r.below(1 << 40));
+        let mut host = ResumableRng::from_state(RngState { seed, draws });
+        let want: Vec<u32> = lp
+            .chunks_exact(NA)
+            .map(|row| sample_row(row, host.uniform()))
+            .collect();
+        let (mut actions, mut logp, mut env_actions) =
+            (vec![u32::MAX; rows], vec![0f32; rows], vec![255u8; rows]);
+        let with_env = case % 2 == 0;
+        let args = PolicySampleArgs {
+            log_probs: lp.as_ptr() as u64,
+            actions: actions.as_mut_ptr() as u64,
+            logp: logp.as_mut_ptr() as u64,
+            env_actions: if with_env {
+                env_actions.as_mut_ptr() as u64
+            } else {
+                0
+            },
+            seed,
+            draws,
+            rows: rows as u32,
+            na: NA as u32,
+        };
+        // SAFETY: log_probs holds rows x 7 floats, actions / logp / env_actions hold `rows` values
+        // each (or env_actions is 0), as the kernel indexes.
+        unsafe { marl_host_sample_policy(&args) };
+        assert_eq!(actions, want, "case {case}: draws");
+        for (i, &a) in actions.iter().enumerate() {
+            assert!(
+                lp[i * NA + a as usize].is_finite(),
+                "case {case}: a masked action drawn"
+            );
+            assert_eq!(logp[i].to_bits(), lp[i * NA + a as usize].to_bits());
+            drawn[a as usize] += 1;
+        }
+        let env_want: Vec<u8> = if with_env {
+            want.iter().map(|&a| a as u8).collect()
+        } else {
+            vec![255; rows]
+        };
+        assert_eq!(env_actions, env_want, "case {case}: env actions");
+    }
+    assert!(
+        drawn.iter().all(|&c| c > 0),
+        "every action drawn somewhere: {drawn:?}"
+    );
 }
 
 /// The SL slice reads the cache at the observation's own (path, bar, symbol) on both sides.

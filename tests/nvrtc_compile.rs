@@ -6,7 +6,9 @@
 //! for compute_80 (A100) and compute_90 (H100/H200), and fails on any error **or warning** (a
 //! non-empty NVRTC log), on a float `add` / `sub` / `mul` without an explicit rounding mode (which
 //! ptxas may contract into an FMA), on any `fma` and on approximate float instructions, and on a
-//! generic (state-space-less) load or store.
+//! generic (state-space-less) load or store. One exemption: `fma.rn.f64` in `policy.cu`, the
+//! inside of CUDA's `exp` that the policy draw calls (kernels/common.cuh says why that draw agrees
+//! with the host only up to exp's 1 ulp, while the env kernels stay exact).
 //!
 //! `ptxas_sm90_report` assembles the compute_90 PTX for sm_90 with `ptxas -v` (ptxas from PyPI's
 //! `nvidia-cuda-nvcc-cu12` wheel, installed by `.ci/test`, found through `$MARL_PTXAS` or the
@@ -51,7 +53,13 @@ fn every_kernel_compiles_cleanly() {
             // float add / sub / mul carries an explicit rounding mode: PTX lets the assembler
             // (ptxas, or the driver's JIT) contract a bare `mul.f64` + `add.f64` into an FMA,
             // `.rn` forbids it. No approximate division / reciprocal / sqrt either.
-            let bad = inexact_float_ops(&p.ptx);
+            // One exemption: the policy draw (kernels/policy.cuh) calls CUDA's `exp`, whose
+            // libdevice implementation is written with explicit `fma.rn.f64` (within 1 ulp, see
+            // kernels/common.cuh); the env kernels use no such function and stay exact.
+            let bad: Vec<_> = inexact_float_ops(&p.ptx)
+                .into_iter()
+                .filter(|op| !(p.name == "policy.cu" && op.starts_with("fma.rn.f64")))
+                .collect();
             assert!(
                 bad.is_empty(),
                 "{arch} {}: PTX has float instructions that may be fused or approximated: {bad:?}",

@@ -629,6 +629,7 @@ mod device_repr {
     unsafe impl DeviceRepr for ObsArgs {}
     unsafe impl DeviceRepr for MaskArgs {}
     unsafe impl DeviceRepr for SampleArgs {}
+    unsafe impl DeviceRepr for PolicySampleArgs {}
 }
 
 /// `("sizeof T", size)` then `("T.field", offset)` for every listed field, in order.
@@ -642,6 +643,31 @@ macro_rules! layout {
 }
 
 /// `(name, size or offset)` of every field of every struct the kernels receive, in the order of
+/// Arguments of `sample_policy` (`PolicySampleArgs` in `kernels/abi.cuh`): one action per row
+/// drawn from the policy's log-probabilities `[rows, na]` with the uniforms of the trainer's
+/// SplitMix64 action stream from position `draws` (row `r` takes draw `draws + r`,
+/// kernels/policy.cuh), the same draws `agents::dist::sample_row` makes on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct PolicySampleArgs {
+    /// Log-probabilities `[rows, na]` f32 (masked actions `-inf`).
+    pub log_probs: u64,
+    /// The drawn actions `[rows]` u32.
+    pub actions: u64,
+    /// The drawn actions' log-probabilities `[rows]` f32.
+    pub logp: u64,
+    /// 0, or `[rows]` u8: the draws again, as the env step's symbol actions.
+    pub env_actions: u64,
+    /// The action stream's seed.
+    pub seed: u64,
+    /// The stream's position at the start of the step.
+    pub draws: u64,
+    /// Rows (one thread each).
+    pub rows: u32,
+    /// Actions per row.
+    pub na: u32,
+}
+
 /// `marl_abi_layout` in `kernels/host_shim.c`.
 pub fn abi_layout() -> Vec<(&'static str, usize)> {
     use crate::costs::CostParams;
@@ -669,6 +695,7 @@ pub fn abi_layout() -> Vec<(&'static str, usize)> {
             peak_px, entry_k, out;
         MaskArgs: p, dm, close, scen, q, entry, out;
         SampleArgs: p, dm, seed, it, close, scen, q, entry, actions, master, fixed_master, _pad;
+        PolicySampleArgs: log_probs, actions, logp, env_actions, seed, draws, rows, na;
     }
     v
 }

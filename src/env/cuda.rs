@@ -42,8 +42,8 @@ use cudarc::driver::sys::{
     CUdevice_attribute, CUfunction_attribute_enum, CUgraphInstantiate_flags, CUstreamCaptureMode,
 };
 use cudarc::driver::{
-    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError,
-    LaunchConfig, PushKernelArg,
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
+    DriverError, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -52,19 +52,20 @@ use super::abi::{
     step_carry_in_smem, step_smem_bytes,
 };
 use super::device::{Device, DeviceEnv, Launch, OutputPack, TransferCounts};
-use super::{Backend, EnvLayout, EpisodeRecord, Snapshot, StepOutputs};
+use super::{Backend, EnvLayout, EpisodeRecord, N_ACTIONS, Snapshot, StepOutputs};
 use crate::data::MarketData;
 use crate::error::{Error, Result};
 use crate::features::Features;
 use crate::priors::PriorCache;
 
 /// Kernel headers, passed to NVRTC in memory under these include names.
-pub const HEADERS: [(&str, &str); 6] = [
+pub const HEADERS: [(&str, &str); 7] = [
     ("abi.cuh", include_str!("../../kernels/abi.cuh")),
     ("common.cuh", include_str!("../../kernels/common.cuh")),
     ("env_logic.cuh", include_str!("../../kernels/env_logic.cuh")),
     ("scenario.cuh", include_str!("../../kernels/scenario.cuh")),
     ("obs.cuh", include_str!("../../kernels/obs.cuh")),
+    ("policy.cuh", include_str!("../../kernels/policy.cuh")),
     (
         "master_obs.cuh",
         include_str!("../../kernels/master_obs.cuh"),
@@ -72,7 +73,7 @@ pub const HEADERS: [(&str, &str); 6] = [
 ];
 
 /// Kernel programs: (file name, source, kernels it defines).
-pub const PROGRAMS: [(&str, &str, &[&str]); 5] = [
+pub const PROGRAMS: [(&str, &str, &[&str]); 6] = [
     (
         "env_step.cu",
         include_str!("../../kernels/env_step.cu"),
@@ -97,6 +98,11 @@ pub const PROGRAMS: [(&str, &str, &[&str]); 5] = [
         "master_obs.cu",
         include_str!("../../kernels/master_obs.cu"),
         &["master_obs"],
+    ),
+    (
+        "policy.cu",
+        include_str!("../../kernels/policy.cu"),
+        &["sample_policy"],
     ),
 ];
 
@@ -244,6 +250,7 @@ struct Kernels {
     mask: CudaFunction,
     sample: CudaFunction,
     master_obs: CudaFunction,
+    sample_policy: CudaFunction,
 }
 
 /// Page-locked host memory (`cuMemHostAlloc`), so that copies from and to it are real DMA
@@ -383,6 +390,7 @@ impl CudaDevice {
             mask: take("action_mask"),
             sample: take("sample_actions"),
             master_obs: take("master_obs"),
+            sample_policy: take("sample_policy"),
         };
 
         // Launch geometry, checked against what the driver reports for the loaded kernels and
@@ -587,6 +595,7 @@ impl Device for CudaDevice {
             Launch::Mask(_) => (&self.k.mask, self.rows_cfg(1), "action_mask"),
             Launch::Sample(_) => (&self.k.sample, self.rows_cfg(1), "sample_actions"),
             Launch::MasterObs(_) => (&self.k.master_obs, self.scen_cfg(), "master_obs"),
+            Launch::SamplePolicy(_) => (&self.k.sample_policy, self.rows_cfg(1), "sample_policy"),
         };
         let mut b = self.stream.launch_builder(f);
         match l {
@@ -597,6 +606,7 @@ impl Device for CudaDevice {
             Launch::Mask(a) => b.arg(a),
             Launch::Sample(a) => b.arg(a),
             Launch::MasterObs(a) => b.arg(a),
+            Launch::SamplePolicy(a) => b.arg(a),
         };
         // SAFETY: each kernel (kernels/*.cu) takes exactly the argument struct(s) of its `Launch`
         // variant by value, whose layout equals the C struct's (`abi_layout_matches`); every address
@@ -698,6 +708,42 @@ impl CudaBackend {
             .map_err(drv("wait for an event on the backend's stream"))
     }
 
+    /// Draw a policy's actions on the device (`kernels/policy.cu`) from its log-probabilities
+    /// `[N * S, 7]` (masked actions `-inf`), with draws `draws + r` of the trainer's SplitMix64
+    /// action stream `seed` for row `r` (`train::ResumableRng`'s state at the start of the step):
+    /// the actions into `actions` `[N * S]` u32, their log-probabilities into `logp`, and, when
+    /// given, into `env_actions` `[N * S]` u8 for [`Self::step_device`]. The buffers are the
+    /// caller's (a learner's tensors on this GPU), written in the order of [`Self::stream`] (or
+    /// made visible to it with [`Self::wait_event`]). One launch, no copy; the same draws as
+    /// `agents::dist::sample_row` on the host (tests/host_parity.rs runs this kernel's code there).
+    pub fn sample_policy(
+        &mut self,
+        log_probs: &CudaSlice<f32>,
+        seed: u64,
+        draws: u64,
+        actions: &mut CudaSlice<u32>,
+        logp: &mut CudaSlice<f32>,
+        env_actions: Option<&mut CudaSlice<u8>>,
+    ) -> Result<()> {
+        let rows = self.env.layout().n_scenarios * self.env.layout().n_symbols;
+        check_len(
+            "policy log-probabilities",
+            log_probs.len(),
+            rows * N_ACTIONS,
+        )?;
+        check_len("policy actions", actions.len(), rows)?;
+        check_len("policy log-probabilities of the actions", logp.len(), rows)?;
+        if let Some(e) = &env_actions {
+            check_len("device symbol actions", e.len(), rows)?;
+        }
+        let st = self.stream().clone();
+        let lp = log_probs.device_ptr(&st).0;
+        let a = actions.device_ptr_mut(&st).0;
+        let l = logp.device_ptr_mut(&st).0;
+        let e = env_actions.map(|e| e.device_ptr_mut(&st).0);
+        self.env.launch_sample_policy(lp, seed, draws, a, l, e)
+    }
+
     /// One step with actions already on the device: symbol actions `[N, S]` and master actions
     /// `[N]`, allocated on this backend's context and written in the order of [`Self::stream`]
     /// (or made visible to it with [`Self::wait_event`]). Equivalent to [`Backend::step`] with the
@@ -710,6 +756,18 @@ impl CudaBackend {
         let a = actions.device_ptr(&st).0;
         let m = master.device_ptr(&st).0;
         self.env.launch_step_from(a, m)
+    }
+
+    /// The dynamic observation `[N, S, DYN_OBS]` f32 into a device buffer (no copy to the host);
+    /// returns its device address, valid for the backend's life, rewritten by the next call.
+    pub fn dyn_obs_device(&mut self) -> Result<u64> {
+        self.env.dyn_obs_device()
+    }
+
+    /// The action mask `[N, S, 7]` u8 into a device buffer (no copy to the host); returns its
+    /// device address, as [`Self::dyn_obs_device`].
+    pub fn mask_device(&mut self) -> Result<u64> {
+        self.env.mask_device()
     }
 
     /// Gather full observations `[N, S, OBS_DIM]` f32 into a device buffer (no copy to the host)

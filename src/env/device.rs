@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::abi::{
-    EnvBuffers, EnvDims, EnvResetArgs, EnvStepArgs, EpisodeRecordC, MaskArgs, ObsArgs, SampleArgs,
+    EnvBuffers, EnvDims, EnvResetArgs, EnvStepArgs, EpisodeRecordC, MaskArgs, ObsArgs,
+    PolicySampleArgs, SampleArgs,
 };
 use super::master_obs::{MASTER_INTENTS, MASTER_OBS, MasterAnchor, MasterObsArgs};
 use super::obs::{DYN_OBS, OBS_DIM};
@@ -57,6 +58,9 @@ pub enum Launch<'a> {
     Sample(&'a SampleArgs),
     /// `master_obs`: one thread per scenario (kernels/master_obs.cu, spec §8).
     MasterObs(&'a MasterObsArgs),
+    /// `sample_policy`: one thread per row (`N * S` rows), the policy's actions drawn from its
+    /// log-probabilities (kernels/policy.cu).
+    SamplePolicy(&'a PolicySampleArgs),
 }
 
 /// What the driver needs of a device. Addresses are the device's (`u64`, as in the kernels'
@@ -500,6 +504,37 @@ impl<D: Device> DeviceEnv<D> {
         self.launch(Launch::Step(&a))
     }
 
+    /// Draw the policy's actions on the device (`sample_policy`, kernels/policy.cu): from the
+    /// log-probabilities `[N * S, 7]` f32 at `log_probs`, with draws `draws + r` (row `r`) of the
+    /// trainer's SplitMix64 action stream `seed`, write the actions `[N * S]` u32 to `actions`, their
+    /// log-probabilities `[N * S]` f32 to `logp`, and, when `env_actions` is given, the actions as
+    /// u8 (the input of [`Self::launch_step_from`]). Every address is the caller's, written or
+    /// read in the device's stream order. One launch, no copy: the same draws as
+    /// `agents::dist::sample_row` fed by `train::ResumableRng` on the host.
+    pub fn launch_sample_policy(
+        &mut self,
+        log_probs: u64,
+        seed: u64,
+        draws: u64,
+        actions: u64,
+        logp: u64,
+        env_actions: Option<u64>,
+    ) -> Result<()> {
+        let _range = crate::profile::range("sample");
+        let rows = self.layout.n_scenarios * self.layout.n_symbols;
+        let a = PolicySampleArgs {
+            log_probs,
+            actions,
+            logp,
+            env_actions: env_actions.unwrap_or(0),
+            seed,
+            draws,
+            rows: rows as u32,
+            na: N_ACTIONS as u32,
+        };
+        self.launch(Launch::SamplePolicy(&a))
+    }
+
     /// The sampler's draws of step `it` and the step in one kernel (`env_step_sampled`): one
     /// launch, no copy; equal to [`Self::launch_sample`] then [`Self::launch_step`].
     pub fn launch_step_sampled(
@@ -545,6 +580,28 @@ impl<D: Device> DeviceEnv<D> {
             _ => self.mask_buf = a,
         }
         Ok(a)
+    }
+
+    /// The dynamic observation `[N, S, DYN_OBS]` f32 into a device buffer (one launch, no copy);
+    /// returns its address: a learner on the same device reads it in place. Valid for the
+    /// driver's life, rewritten by the next call.
+    pub fn dyn_obs_device(&mut self) -> Result<u64> {
+        let rows = self.rows();
+        let _range = crate::profile::range("observation");
+        let buf = self.lazy(1, 4 * rows * DYN_OBS)?;
+        let a = ObsArgs::new(&self.layout.params, &self.dims, &self.bufs, buf);
+        self.launch(Launch::DynObs(&a))?;
+        Ok(buf)
+    }
+
+    /// The action mask `[N, S, 7]` u8 into a device buffer (one launch, no copy); returns its
+    /// address, as [`Self::dyn_obs_device`].
+    pub fn mask_device(&mut self) -> Result<u64> {
+        let rows = self.rows();
+        let buf = self.lazy(2, rows * N_ACTIONS)?;
+        let a = MaskArgs::new(&self.layout.params, &self.dims, &self.bufs, buf);
+        self.launch(Launch::Mask(&a))?;
+        Ok(buf)
     }
 
     /// Gather full observations `[N, S, OBS_DIM]` f32 into a device buffer (one launch, no copy)
@@ -652,11 +709,8 @@ impl<D: Device> Backend for DeviceEnv<D> {
     }
 
     fn dyn_obs(&mut self, out: &mut [f32]) -> Result<()> {
-        let rows = self.rows();
-        check_len("dyn_obs", out.len(), rows * DYN_OBS)?;
-        let buf = self.lazy(1, 4 * rows * DYN_OBS)?;
-        let a = ObsArgs::new(&self.layout.params, &self.dims, &self.bufs, buf);
-        self.launch(Launch::DynObs(&a))?;
+        check_len("dyn_obs", out.len(), self.rows() * DYN_OBS)?;
+        let buf = self.dyn_obs_device()?;
         self.download(buf, bytemuck::cast_slice_mut(out), "dynamic observations")
     }
 
@@ -667,11 +721,8 @@ impl<D: Device> Backend for DeviceEnv<D> {
     }
 
     fn action_mask(&mut self, out: &mut [u8]) -> Result<()> {
-        let rows = self.rows();
-        check_len("action_mask", out.len(), rows * N_ACTIONS)?;
-        let buf = self.lazy(2, rows * N_ACTIONS)?;
-        let a = MaskArgs::new(&self.layout.params, &self.dims, &self.bufs, buf);
-        self.launch(Launch::Mask(&a))?;
+        check_len("action_mask", out.len(), self.rows() * N_ACTIONS)?;
+        let buf = self.mask_device()?;
         self.download(buf, out, "action mask")
     }
 
