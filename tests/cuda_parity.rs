@@ -13,6 +13,10 @@
 //!   driver reports them, and the step's launch for several S.
 //! - `device_sampler_replays_on_cpu`: actions drawn on the device, replayed on the CPU backend.
 //! - `step_device_matches_cpu`: steps from actions already on the device (`step_device`).
+//! - `policy_draws_on_the_gpu_match_the_host`: a policy's actions drawn on the GPU
+//!   (`sample_policy`, kernels/policy.cu) from log-probabilities in device memory equal the trainer's
+//!   host draws (`sample_row` + `ResumableRng`), and stepping with them on the device
+//!   (`step_device`) matches the CPU backend.
 //! - `cuda_rollout_throughput`: whole 128 x 2048 rollouts on the device in each launch mode
 //!   (separate, fused, CUDA graph), timed with CUDA events.
 //! - `step_copies_are_packed`: one packed host-to-device and one packed device-to-host copy per
@@ -399,5 +403,78 @@ fn events_order_another_stream() {
             )
             .unwrap();
         }
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn policy_draws_on_the_gpu_match_the_host() {
+    use marl_trade::agents::dist::sample_row;
+    use marl_trade::env::N_ACTIONS;
+    use marl_trade::env::obs::DYN_OBS;
+    use marl_trade::train::ResumableRng;
+    let case = cases().into_iter().next().unwrap();
+    let l = case.layout;
+    let (n, s) = (l.n_scenarios, l.n_symbols);
+    let rows = n * s;
+    let mut cpu = CpuBackend::new(l, case.md.clone(), case.feats.clone());
+    let mut gpu = CudaBackend::new(l, case.md.clone(), case.feats.clone()).expect("CUDA backend");
+    cpu.reset(8).unwrap();
+    gpu.reset(8).unwrap();
+    let mut wr = marl_trade::rng::SplitMix64::new(31);
+    let w: Vec<f32> = (0..N_ACTIONS * DYN_OBS)
+        .map(|_| (wr.normal() * 2.0) as f32)
+        .collect();
+    let master = vec![l.params.default_action as u8; n];
+    let stream = gpu.stream().clone();
+    let dev_master = stream.clone_htod(&master).unwrap();
+    let mut actions = stream.alloc_zeros::<u32>(rows).unwrap();
+    let mut logp = stream.alloc_zeros::<f32>(rows).unwrap();
+    let mut env_actions = stream.alloc_zeros::<u8>(rows).unwrap();
+    let seed = 0xfeed;
+    let mut host = ResumableRng::new(seed);
+    let (mut dyn_c, mut mask_c) = (vec![0f32; rows * DYN_OBS], vec![0u8; rows * N_ACTIONS]);
+    let (mut oa, mut ob) = (StepOutputs::new(n, s), StepOutputs::new(n, s));
+    for it in 0..(2 * l.episode_len + 1) {
+        cpu.dyn_obs(&mut dyn_c).unwrap();
+        cpu.action_mask(&mut mask_c).unwrap();
+        let lp = parity::learner_log_probs(&dyn_c, &mask_c, &w);
+        let dev_lp = stream.clone_htod(&lp).unwrap();
+        let draws = host.state().draws;
+        gpu.sample_policy(
+            &dev_lp,
+            seed,
+            draws,
+            &mut actions,
+            &mut logp,
+            Some(&mut env_actions),
+        )
+        .unwrap();
+        let want: Vec<u32> = lp
+            .chunks_exact(N_ACTIONS)
+            .map(|row| sample_row(row, host.uniform()))
+            .collect();
+        let got = stream.clone_dtoh(&actions).unwrap();
+        let got_lp = stream.clone_dtoh(&logp).unwrap();
+        assert_eq!(got, want, "step {it}: draws");
+        for (i, &a) in want.iter().enumerate() {
+            assert_eq!(
+                got_lp[i],
+                lp[i * N_ACTIONS + a as usize],
+                "step {it} row {i}"
+            );
+        }
+        let acts: Vec<u8> = want.iter().map(|&a| a as u8).collect();
+        cpu.step(&acts, &master).unwrap();
+        gpu.step_device(&env_actions, &dev_master).unwrap();
+        cpu.read_outputs(&mut oa).unwrap();
+        gpu.read_outputs(&mut ob).unwrap();
+        let ctx = |e: String| format!("step {it}: {e}");
+        cmp_outputs(&oa, &ob).map_err(ctx).unwrap();
+        cmp_snapshots(&cpu.snapshot().unwrap(), &gpu.snapshot().unwrap())
+            .map_err(ctx)
+            .unwrap();
+        cpu.drain_episodes().unwrap();
+        gpu.drain_episodes().unwrap();
     }
 }

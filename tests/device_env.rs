@@ -273,37 +273,6 @@ fn master_obs_through_the_driver_matches_cpu() {
     assert!(oc.iter().any(|&v| v != 0.0));
 }
 
-/// A stand-in learner: masked log-softmax of a fixed linear map of the dynamic observation (any
-/// deterministic function of the observation and mask would do; on the GPU it is candle's).
-fn learner_log_probs(dyn_obs: &[f32], mask: &[u8], w: &[f32]) -> Vec<f32> {
-    use marl_trade::env::N_ACTIONS;
-    use marl_trade::env::obs::DYN_OBS;
-    let rows = mask.len() / N_ACTIONS;
-    let mut lp = vec![f32::NEG_INFINITY; rows * N_ACTIONS];
-    for r in 0..rows {
-        let x = &dyn_obs[r * DYN_OBS..(r + 1) * DYN_OBS];
-        let logits: Vec<f32> = (0..N_ACTIONS)
-            .map(|a| {
-                let wa = &w[a * DYN_OBS..(a + 1) * DYN_OBS];
-                x.iter().zip(wa).map(|(u, v)| u * v).sum::<f32>()
-            })
-            .collect();
-        let legal = |a: usize| mask[r * N_ACTIONS + a] != 0;
-        let m = (0..N_ACTIONS)
-            .filter(|&a| legal(a))
-            .map(|a| logits[a])
-            .fold(f32::NEG_INFINITY, f32::max);
-        let z: f32 = (0..N_ACTIONS)
-            .filter(|&a| legal(a))
-            .map(|a| (logits[a] - m).exp())
-            .sum();
-        for a in (0..N_ACTIONS).filter(|&a| legal(a)) {
-            lp[r * N_ACTIONS + a] = logits[a] - m - z.ln();
-        }
-    }
-    lp
-}
-
 #[test]
 fn policy_rollout_on_the_device_path_copies_nothing() {
     use marl_trade::agents::dist::sample_row;
@@ -344,7 +313,7 @@ fn policy_rollout_on_the_device_path_copies_nothing() {
                 std::slice::from_raw_parts(mask_addr as *const u8, rows * N_ACTIONS),
             )
         };
-        let lp_d = learner_log_probs(dyn_d, mask_d, &w);
+        let lp_d = parity::learner_log_probs(dyn_d, mask_d, &w);
         dev.launch_sample_policy(
             lp_d.as_ptr() as u64,
             seed,
@@ -368,7 +337,7 @@ fn policy_rollout_on_the_device_path_copies_nothing() {
         cpu.action_mask(&mut mask_c).unwrap();
         assert_eq!(dyn_c.as_slice(), dyn_d, "step {it}: observations");
         assert_eq!(mask_c.as_slice(), mask_d, "step {it}: masks");
-        let lp_c = learner_log_probs(&dyn_c, &mask_c, &w);
+        let lp_c = parity::learner_log_probs(&dyn_c, &mask_c, &w);
         let acts_c: Vec<u32> = lp_c
             .chunks_exact(N_ACTIONS)
             .map(|row| sample_row(row, host_rng.uniform()))

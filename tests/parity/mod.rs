@@ -615,3 +615,34 @@ pub fn width_case(s: usize, n: usize, ep: usize, seed: u64) -> Case {
         layout,
     }
 }
+
+/// A stand-in learner: masked log-softmax of a fixed linear map of the dynamic observation (any
+/// deterministic function of the observation and mask would do; on the GPU it is candle's).
+pub fn learner_log_probs(dyn_obs: &[f32], mask: &[u8], w: &[f32]) -> Vec<f32> {
+    use marl_trade::env::N_ACTIONS;
+    use marl_trade::env::obs::DYN_OBS;
+    let rows = mask.len() / N_ACTIONS;
+    let mut lp = vec![f32::NEG_INFINITY; rows * N_ACTIONS];
+    for r in 0..rows {
+        let x = &dyn_obs[r * DYN_OBS..(r + 1) * DYN_OBS];
+        let logits: Vec<f32> = (0..N_ACTIONS)
+            .map(|a| {
+                let wa = &w[a * DYN_OBS..(a + 1) * DYN_OBS];
+                x.iter().zip(wa).map(|(u, v)| u * v).sum::<f32>()
+            })
+            .collect();
+        let legal = |a: usize| mask[r * N_ACTIONS + a] != 0;
+        let m = (0..N_ACTIONS)
+            .filter(|&a| legal(a))
+            .map(|a| logits[a])
+            .fold(f32::NEG_INFINITY, f32::max);
+        let z: f32 = (0..N_ACTIONS)
+            .filter(|&a| legal(a))
+            .map(|a| (logits[a] - m).exp())
+            .sum();
+        for a in (0..N_ACTIONS).filter(|&a| legal(a)) {
+            lp[r * N_ACTIONS + a] = logits[a] - m - z.ln();
+        }
+    }
+    lp
+}
