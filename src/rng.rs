@@ -29,6 +29,15 @@ pub fn to_unit_f64(x: u64) -> f64 {
     (x >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
+/// Draw `draws + r` (counted from 0) of the [`SplitMix64`] stream started from `seed`, as
+/// [`SplitMix64::uniform`] gives it: SplitMix64's d-th output is `mix64(seed + (d + 1) * GOLDEN)`,
+/// a function of `d` alone, so the draws of a batch of rows can be taken in parallel and on a
+/// device (`kernels/policy.cuh` `marl_stream_uniform` is the same function).
+pub fn stream_uniform(seed: u64, draws: u64, r: u64) -> f64 {
+    let d = draws.wrapping_add(r).wrapping_add(1);
+    to_unit_f64(mix64(seed.wrapping_add(d.wrapping_mul(GOLDEN))))
+}
+
 /// Sequential SplitMix64 generator.
 #[derive(Debug, Clone)]
 pub struct SplitMix64 {
@@ -112,6 +121,23 @@ mod tests {
         let ts: Vec<f64> = (0..n).map(|_| r.student_t_unit(4.0)).collect();
         let tvar = ts.iter().map(|x| x * x).sum::<f64>() / n as f64;
         assert!((tvar - 1.0).abs() < 0.1, "t var {tvar}");
+    }
+
+    #[test]
+    fn stream_uniform_is_the_sequential_stream() {
+        for seed in [0u64, 7, u64::MAX - 3, 0x9E37_79B9_7F4A_7C15] {
+            let mut r = SplitMix64::new(seed);
+            let seq: Vec<f64> = (0..1000).map(|_| r.uniform()).collect();
+            for (d, &u) in seq.iter().enumerate() {
+                assert_eq!(stream_uniform(seed, 0, d as u64), u);
+            }
+            for (draws, row) in [(0u64, 999u64), (400, 599), (999, 0)] {
+                assert_eq!(
+                    stream_uniform(seed, draws, row),
+                    seq[(draws + row) as usize]
+                );
+            }
+        }
     }
 
     #[test]

@@ -5,7 +5,9 @@ Masked logits are replaced by [`MASKED_LOGIT`] (`-1e9`, finite on purpose): afte
 their log-probability is about `-1e9`, their probability `exp(-1e9 - ...)` underflows to exactly
 `0.0`, and the entropy term `p * log p` is `0 * (-1e9) = 0` (with `-inf` it would be `0 * -inf =
 NaN`). The replacement is a `where_cond`, so masked logits also receive no gradient. Sampling draws
-by inverse CDF on the host and can never return an action of probability zero.
+by inverse CDF and can never return an action of probability zero: [`MaskedCategorical::sample`]
+and [`sample_row`] on the host, [`draw_actions`] on the tensor's device (the trainer's draw: on
+CUDA the `sample_policy` kernel, the same draws).
 
 A row with every action masked becomes uniform over all actions; environments must leave at least
 one action open (the trading environment always allows HOLD).
@@ -27,7 +29,7 @@ assert!(d.sample(&mut rng)?.iter().all(|&a| a != 1));
 
 use candle_core::{D, DType, Result, Tensor};
 
-use crate::rng::SplitMix64;
+use crate::rng::{SplitMix64, stream_uniform};
 
 /// The logit given to masked actions.
 pub const MASKED_LOGIT: f32 = -1e9;
@@ -112,6 +114,99 @@ pub fn sample_row(log_probs: &[f32], u: f64) -> u32 {
         }
     }
     last_ok
+}
+
+/// The trainer's draw: one action per row of `log_probs` `[R, A]`, row `r` by [`sample_row`] with
+/// draw `draws + r` of the SplitMix64 stream `seed` ([`stream_uniform`]), i.e. exactly what the
+/// rows drawn one after another from `train::ResumableRng` at position `draws` give. Returns the
+/// actions `[R]` u32 and their log-probabilities `[R]` f32 on the device of `log_probs`: on the CPU
+/// by a host loop; on CUDA (`--features gpu`) by the `sample_policy` kernel (kernels/policy.cu) on
+/// candle's stream, with nothing copied to the host (the draws agree with the host's up to the last
+/// ulp of the device's `exp`, kernels/common.cuh).
+pub fn draw_actions(log_probs: &Tensor, seed: u64, draws: u64) -> Result<(Tensor, Tensor)> {
+    match log_probs.device() {
+        #[cfg(feature = "gpu")]
+        candle_core::Device::Cuda(_) => cuda_draw::draw(log_probs, seed, draws),
+        dev => {
+            let lp = log_probs.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            let mut actions = Vec::with_capacity(lp.len());
+            let mut logp = Vec::with_capacity(lp.len());
+            for (r, row) in lp.iter().enumerate() {
+                let a = sample_row(row, stream_uniform(seed, draws, r as u64));
+                actions.push(a);
+                logp.push(row[a as usize]);
+            }
+            let n = actions.len();
+            Ok((
+                Tensor::from_vec(actions, n, dev)?,
+                Tensor::from_vec(logp, n, dev)?,
+            ))
+        }
+    }
+}
+
+#[cfg(feature = "gpu")]
+mod cuda_draw {
+    use candle_core::op::BackpropOp;
+    use candle_core::cuda_backend::CudaStorage;
+    use candle_core::{DType, Error, Result, Storage, Tensor};
+    use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+
+    use crate::env::abi::{PolicySampleArgs, ROWS_BLOCK};
+
+    /// `sample_policy` on candle's device and stream (module loaded once per device by candle).
+    pub fn draw(log_probs: &Tensor, seed: u64, draws: u64) -> Result<(Tensor, Tensor)> {
+        let lp = log_probs.to_dtype(DType::F32)?.contiguous()?;
+        let (rows, na) = lp.dims2()?;
+        let (storage, layout) = lp.storage_and_layout();
+        let Storage::Cuda(cs) = &*storage else {
+            return Err(Error::Msg(
+                "draw_actions: a CUDA tensor was expected".into(),
+            ));
+        };
+        let dev = cs.device.clone();
+        let stream = dev.cuda_stream();
+        let (major, minor) = stream
+            .context()
+            .compute_capability()
+            .map_err(|e| Error::Msg(format!("compute capability: {e}")))?;
+        let ptx = crate::env::cuda::program_ptx(&format!("compute_{major}{minor}"), "policy.cu")
+            .map_err(|e| Error::Msg(e.to_string()))?;
+        let func = dev.get_or_load_custom_func("sample_policy", "marl_policy", &ptx)?;
+        let src = cs.as_cuda_slice::<f32>()?.slice(layout.start_offset()..);
+        let mut actions = dev.alloc_zeros::<u32>(rows)?;
+        let mut logp = dev.alloc_zeros::<f32>(rows)?;
+        let args = PolicySampleArgs {
+            log_probs: src.device_ptr(&stream).0,
+            actions: actions.device_ptr_mut(&stream).0,
+            logp: logp.device_ptr_mut(&stream).0,
+            env_actions: 0,
+            seed,
+            draws,
+            rows: rows as u32,
+            na: na as u32,
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (rows.div_ceil(ROWS_BLOCK).max(1) as u32, 1, 1),
+            block_dim: (ROWS_BLOCK as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = func.builder();
+        b.arg(&args);
+        // SAFETY: `args` holds device addresses on candle's context: the contiguous `[rows, na]`
+        // log-probabilities (read) and the two `[rows]` outputs just allocated (written), all
+        // used on candle's stream, which the launch is queued on; `env_actions` is 0 (not written).
+        unsafe { b.launch(cfg) }.map_err(|e| Error::Msg(format!("sample_policy: {e}")))?;
+        drop(storage);
+        let wrap = |s: Storage| Tensor::from_storage(s, rows, BackpropOp::none(), false);
+        Ok((
+            wrap(Storage::Cuda(CudaStorage::wrap_cuda_slice(
+                actions,
+                dev.clone(),
+            ))),
+            wrap(Storage::Cuda(CudaStorage::wrap_cuda_slice(logp, dev))),
+        ))
+    }
 }
 
 #[cfg(test)]

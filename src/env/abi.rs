@@ -650,7 +650,8 @@ macro_rules! layout {
 #[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
 #[repr(C)]
 pub struct PolicySampleArgs {
-    /// Log-probabilities `[rows, na]` f32 (masked actions `-inf`).
+    /// Log-probabilities `[rows, na]` f32 (a masked action's is `-inf`, or `-1e9` as
+    /// `agents::dist::MaskedCategorical` gives it: probability 0 either way).
     pub log_probs: u64,
     /// The drawn actions `[rows]` u32.
     pub actions: u64,

@@ -170,6 +170,18 @@ fn cached_ptx(arch: &str) -> Result<Arc<Vec<CompiledProgram>>> {
     Ok(progs)
 }
 
+/// The PTX of one kernel program (`PROGRAMS`' file name, e.g. `"policy.cu"`) for `arch`
+/// (e.g. `compute_90`), compiled once per process with every program: for a learner that loads
+/// a kernel into its own context (`agents::dist::draw_actions` on candle's device).
+pub fn program_ptx(arch: &str, program: &str) -> Result<String> {
+    let progs = cached_ptx(arch)?;
+    progs
+        .iter()
+        .find(|p| p.name == program)
+        .map(|p| p.ptx.clone())
+        .ok_or_else(|| backend_err(format!("no kernel program named {program}")))
+}
+
 fn backend_err(message: impl Into<String>) -> Error {
     Error::backend("cuda", message)
 }

@@ -10,8 +10,9 @@ One iteration ([`Ppo::iterate`]):
    (`onboard_start`, [`PpoConfig::tradable_symbols_at`]) how many symbols may trade
    ([`TrainEnv::set_tradable_symbols`]).
 2. **Rollout.** For `num_steps` steps: store the observation and the done flags that came with it,
-   run the policy (no gradient), sample an action per row from the masked categorical, store its
-   log-probability and the value, step the environment (which auto-resets finished copies), store
+   run the policy (no gradient), sample an action per row from the masked categorical
+   ([`draw_actions`]: row r takes draw `draws + r` of the seeded action stream, on the policy's
+   device), store its log-probability and the value, step the environment (which auto-resets finished copies), store
    the rewards.
 3. **GAE.** Bootstrap from the value of the observation after the last step
    ([`gae`](super::buffer::gae), CleanRL's loop verbatim); `returns = advantages + values`.
@@ -58,7 +59,7 @@ use super::minibatch;
 use super::reward_norm::RewardNorm;
 use super::train_env::{ResumableRng, TrainEnv};
 use crate::Result;
-use crate::agents::dist::{MaskedCategorical, sample_row};
+use crate::agents::dist::{MaskedCategorical, draw_actions};
 use crate::agents::init::named_vars;
 use crate::agents::{ActorCritic, ObsBatch};
 use crate::error::Error;
@@ -278,21 +279,19 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
             };
             let dist = MaskedCategorical::new(&logits.detach(), mask_t.as_ref())?;
             self.env.policy_outputs(&logits.detach(), mask_t.as_ref())?;
-            let lp = dist.log_probs().to_dtype(DType::F32)?.to_vec2::<f32>()?;
-            if lp.len() != rows || lp.first().is_some_and(|r| r.len() != na) {
+            let (lp_rows, lp_na) = dist.log_probs().dims2()?;
+            if (lp_rows, lp_na) != (rows, na) {
                 return Err(Error::invalid(format!(
-                    "policy returned logits for {} rows x {} actions, the environment has {rows} x {na}",
-                    lp.len(),
-                    lp.first().map_or(0, |r| r.len())
+                    "policy returned logits for {lp_rows} rows x {lp_na} actions, the environment has {rows} x {na}"
                 )));
             }
             let _sample = crate::profile::range("sample");
-            let mut actions = Vec::with_capacity(rows);
-            for row in &lp {
-                let a = sample_row(row, self.rng_action.uniform());
-                actions.push(a);
-                buf.logprobs.push(row[a as usize]);
-            }
+            // Row r takes draw `draws + r` of the action stream, on the policy's device.
+            let st = self.rng_action.state();
+            let (actions, logp) = draw_actions(dist.log_probs(), st.seed, st.draws)?;
+            self.rng_action.skip(rows as u64);
+            let actions = actions.to_vec1::<u32>()?;
+            buf.logprobs.extend(logp.to_vec1::<f32>()?);
             buf.actions.extend_from_slice(&actions);
             buf.values.extend(
                 value
