@@ -7,6 +7,9 @@
 //! - one PPO iteration (rollout + update) on each device from the same initial parameters: the
 //!   losses agree within the stated tolerances (the rollouts sample from logits that differ by
 //!   float rounding, so a rare action can differ; the losses are means over 2 x 64 x 8 samples).
+//! - the trainer's action draw (`agents::dist::draw_actions`) on CUDA tensors (the `sample_policy`
+//!   kernel on candle's stream) gives the CPU's draws from the same log-probabilities, masked rows
+//!   included, and leaves its outputs on the device.
 #![cfg(feature = "gpu")]
 
 use std::path::Path;
@@ -102,4 +105,41 @@ fn cuda_training_iteration_matches_cpu() {
     assert!((c.value_loss - g.value_loss).abs() <= 2e-2 * c.value_loss.abs().max(1e-3));
     assert!((c.policy_loss - g.policy_loss).abs() <= 5e-3);
     assert_eq!(c.global_step, g.global_step);
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn cuda_draw_matches_cpu() {
+    use marl_trade::agents::dist::{MaskedCategorical, draw_actions};
+    let dev = cuda();
+    let mut r = marl_trade::rng::SplitMix64::new(5);
+    let (rows, na) = (4096, 7);
+    let logits: Vec<f32> = (0..rows * na).map(|_| (r.normal() * 2.0) as f32).collect();
+    let mask: Vec<u8> = (0..rows * na)
+        .map(|i| u8::from(i % na == 0 || r.chance(0.6)))
+        .collect();
+    let lt = Tensor::from_vec(logits, (rows, na), &Device::Cpu).unwrap();
+    let mt = Tensor::from_vec(mask.clone(), (rows, na), &Device::Cpu).unwrap();
+    let lp = MaskedCategorical::new(&lt, Some(&mt))
+        .unwrap()
+        .log_probs()
+        .clone();
+    for (seed, draws) in [(1u64, 0u64), (77, 123_456_789)] {
+        let (a_cpu, l_cpu) = draw_actions(&lp, seed, draws).unwrap();
+        let (a_gpu, l_gpu) = draw_actions(&lp.to_device(&dev).unwrap(), seed, draws).unwrap();
+        assert!(a_gpu.device().is_cuda() && l_gpu.device().is_cuda());
+        let (a_cpu, a_gpu) = (
+            a_cpu.to_vec1::<u32>().unwrap(),
+            a_gpu.to_vec1::<u32>().unwrap(),
+        );
+        assert_eq!(a_cpu, a_gpu, "seed {seed}: draws");
+        assert_eq!(flat(&l_cpu), flat(&l_gpu), "seed {seed}: log-probabilities");
+        for (i, &a) in a_gpu.iter().enumerate() {
+            assert_eq!(
+                mask[i * na + a as usize],
+                1,
+                "row {i}: a masked action drawn"
+            );
+        }
+    }
 }

@@ -147,8 +147,8 @@ pub fn draw_actions(log_probs: &Tensor, seed: u64, draws: u64) -> Result<(Tensor
 
 #[cfg(feature = "gpu")]
 mod cuda_draw {
-    use candle_core::op::BackpropOp;
     use candle_core::cuda_backend::CudaStorage;
+    use candle_core::op::BackpropOp;
     use candle_core::{DType, Error, Result, Storage, Tensor};
     use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
