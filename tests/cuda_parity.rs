@@ -421,10 +421,7 @@ fn policy_draws_on_the_gpu_match_the_host() {
     let mut gpu = CudaBackend::new(l, case.md.clone(), case.feats.clone()).expect("CUDA backend");
     cpu.reset(8).unwrap();
     gpu.reset(8).unwrap();
-    let mut wr = marl_trade::rng::SplitMix64::new(31);
-    let w: Vec<f32> = (0..N_ACTIONS * DYN_OBS)
-        .map(|_| (wr.normal() * 2.0) as f32)
-        .collect();
+    let w = parity::learner_weights(31);
     let master = vec![l.params.default_action as u8; n];
     let stream = gpu.stream().clone();
     let dev_master = stream.clone_htod(&master).unwrap();

@@ -287,10 +287,7 @@ fn policy_rollout_on_the_device_path_copies_nothing() {
     let mut dev = host_env(&case, true, false);
     cpu.reset(8).unwrap();
     dev.reset(8).unwrap();
-    let mut wr = marl_trade::rng::SplitMix64::new(31);
-    let w: Vec<f32> = (0..N_ACTIONS * DYN_OBS)
-        .map(|_| (wr.normal() * 2.0) as f32)
-        .collect();
+    let w = parity::learner_weights(31);
     let master = vec![l.params.default_action as u8; n];
     // The learner's buffers "on the device" (host memory here, candle's tensors on a GPU).
     let (mut actions, mut logp, mut env_actions) =

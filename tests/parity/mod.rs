@@ -616,6 +616,16 @@ pub fn width_case(s: usize, n: usize, ep: usize, seed: u64) -> Case {
     }
 }
 
+/// The stand-in learner's weights `[7, DYN_OBS]` (normal, sd 2) for [`learner_log_probs`].
+pub fn learner_weights(seed: u64) -> Vec<f32> {
+    use marl_trade::env::N_ACTIONS;
+    use marl_trade::env::obs::DYN_OBS;
+    let mut r = SplitMix64::new(seed);
+    (0..N_ACTIONS * DYN_OBS)
+        .map(|_| (r.normal() * 2.0) as f32)
+        .collect()
+}
+
 /// A stand-in learner: masked log-softmax of a fixed linear map of the dynamic observation (any
 /// deterministic function of the observation and mask would do; on the GPU it is candle's).
 pub fn learner_log_probs(dyn_obs: &[f32], mask: &[u8], w: &[f32]) -> Vec<f32> {
