@@ -3,10 +3,20 @@ The rollout buffer and generalised advantage estimation.
 
 Layout: `T` steps x `N` environments x `G` agents per environment. Per-row arrays (actions,
 log-probabilities, values, rewards, advantages, returns) are `[T, N, G]` flattened, so the rows of
-unit `u = t * N + n` are `u * G .. (u + 1) * G`. `dones` is `[T, N]`: `dones[t]` is CleanRL's
+unit `u = t * N + n` are `u * G .. (u + 1) * G`.
+
+Where each array lives: what the policy produces (actions, their log-probabilities, values) stays
+a tensor on the policy's device, one per step ([`RolloutBuffer::push_step`]), concatenated once
+per rollout ([`RolloutBuffer::device_rows`]); the minibatches of the update gather from those with
+`index_select` on the device. The values are read to the host once per rollout for GAE
+([`RolloutBuffer::finish`]); what the environment produces (rewards, dones, masks) and the GAE
+results are host arrays. On the CPU all of it is the same memory it always was; on CUDA a step
+copies only the actions back (the environment steps on the host). `dones` is `[T, N]`: `dones[t]` is CleanRL's
 `dones[step]`, the flag that came with observation `t` (its episode has just been reset, so the
 value of step `t - 1` must not bootstrap from it). The optional masks are `[T, N, G, A]`.
 */
+
+use candle_core::{Result, Tensor};
 
 /// One rollout, filled step by step by the trainer.
 #[derive(Debug, Clone)]
@@ -21,11 +31,14 @@ pub struct RolloutBuffer<O> {
     pub num_actions: usize,
     /// The observation of each step (`N` units each).
     pub obs: Vec<O>,
-    /// Action of every row, `[steps * envs * agents]`.
-    pub actions: Vec<u32>,
-    /// Log-probability of the action under the rollout policy.
-    pub logprobs: Vec<f32>,
-    /// The critic's value of every row.
+    /// Per step, the action of every row `[N * G]` u32, on the policy's device.
+    pub step_actions: Vec<Tensor>,
+    /// Per step, the log-probability of the action under the rollout policy `[N * G]` f32.
+    pub step_logprobs: Vec<Tensor>,
+    /// Per step, the critic's value of every row `[N * G]` f32.
+    pub step_values: Vec<Tensor>,
+    /// The critic's values of every row on the host, `[steps * envs * agents]` (after
+    /// [`Self::finish`]).
     pub values: Vec<f32>,
     /// Reward of every row (normalised when `norm_reward`).
     pub rewards: Vec<f32>,
@@ -49,9 +62,10 @@ impl<O> RolloutBuffer<O> {
             agents,
             num_actions,
             obs: Vec::with_capacity(num_steps),
-            actions: Vec::with_capacity(rows),
-            logprobs: Vec::with_capacity(rows),
-            values: Vec::with_capacity(rows),
+            step_actions: Vec::with_capacity(num_steps),
+            step_logprobs: Vec::with_capacity(num_steps),
+            step_values: Vec::with_capacity(num_steps),
+            values: Vec::new(),
             rewards: Vec::with_capacity(rows),
             dones: Vec::with_capacity(num_steps * num_envs),
             masks: None,
@@ -80,6 +94,30 @@ impl<O> RolloutBuffer<O> {
             (None, Some(all)) => all.extend(std::iter::repeat_n(1u8, per)),
             (None, None) => {}
         }
+    }
+
+    /// Record the policy's outputs of the step being filled: actions `[N * G]` u32, their
+    /// log-probabilities and the values `[N * G]` f32 (tensors on the policy's device, kept there).
+    pub fn push_step(&mut self, actions: Tensor, logprobs: Tensor, values: Tensor) {
+        self.step_actions.push(actions);
+        self.step_logprobs.push(logprobs);
+        self.step_values.push(values);
+    }
+
+    /// After the last step: read the values to the host (one copy per rollout), for GAE.
+    pub fn finish(&mut self) -> Result<()> {
+        self.values = Tensor::cat(&self.step_values, 0)?.to_vec1::<f32>()?;
+        Ok(())
+    }
+
+    /// The rollout's actions `[T * N * G]` u32, log-probabilities and values `[T * N * G]` f32, on
+    /// the policy's device (one concatenation each).
+    pub fn device_rows(&self) -> Result<(Tensor, Tensor, Tensor)> {
+        Ok((
+            Tensor::cat(&self.step_actions, 0)?,
+            Tensor::cat(&self.step_logprobs, 0)?,
+            Tensor::cat(&self.step_values, 0)?,
+        ))
     }
 
     /// Fill `advantages` and `returns` (see [`gae`]).

@@ -290,17 +290,12 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
             let st = self.rng_action.state();
             let (actions, logp) = draw_actions(dist.log_probs(), st.seed, st.draws)?;
             self.rng_action.skip(rows as u64);
-            let actions = actions.to_vec1::<u32>()?;
-            buf.logprobs.extend(logp.to_vec1::<f32>()?);
-            buf.actions.extend_from_slice(&actions);
-            buf.values.extend(
-                value
-                    .detach()
-                    .to_dtype(DType::F32)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?,
-            );
+            // The environment steps on the host: only the actions come back.
+            let host_actions = actions.to_vec1::<u32>()?;
+            let value = value.detach().to_dtype(DType::F32)?.flatten_all()?;
+            buf.push_step(actions, logp, value);
             buf.push_mask(mask);
+            let actions = host_actions;
             times.policy += clock.elapsed().as_secs_f64();
             drop(_sample);
             let clock = Instant::now();
@@ -373,6 +368,7 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
             .iter()
             .map(|&d| f32::from(u8::from(d)))
             .collect();
+        buf.finish()?;
         buf.compute_gae(
             &next_value,
             &next_done,
@@ -383,6 +379,13 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
         // Update.
         let update_clock = Instant::now();
         let b_obs = <E::Obs as ObsBatch>::concat(&buf.obs)?;
+        // The batch's rows on the policy's device; each minibatch gathers its rows from them.
+        let (b_actions, b_logprobs, b_values) = buf.device_rows()?;
+        let b_returns = Tensor::from_slice(&buf.returns, buf.returns.len(), &dev)?;
+        let b_masks = match &buf.masks {
+            Some(m) => Some(Tensor::from_slice(m, (m.len() / na, na), &dev)?),
+            None => None,
+        };
         let units = cfg.batch_size(num_envs);
         let mb_units = cfg.minibatch_size(num_envs);
         let group_keys = match cfg.minibatches {
@@ -414,28 +417,23 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
                     .flat_map(|&u| (0..g).map(move |a| u as usize * g + a))
                     .collect();
                 let r = rows.len();
-                let pick = |v: &[f32]| -> Vec<f32> { rows.iter().map(|&i| v[i]).collect() };
-                let actions = Tensor::from_vec(
-                    rows.iter().map(|&i| buf.actions[i]).collect::<Vec<u32>>(),
+                let idx = Tensor::from_vec(
+                    rows.iter().map(|&i| i as u32).collect::<Vec<u32>>(),
                     r,
                     &dev,
                 )?;
-                let old_logprob = Tensor::from_vec(pick(&buf.logprobs), r, &dev)?;
-                let old_values = Tensor::from_vec(pick(&buf.values), r, &dev)?;
-                let returns = Tensor::from_vec(pick(&buf.returns), r, &dev)?;
-                let mut adv = pick(&buf.advantages);
+                let actions = b_actions.index_select(&idx, 0)?;
+                let old_logprob = b_logprobs.index_select(&idx, 0)?;
+                let old_values = b_values.index_select(&idx, 0)?;
+                let returns = b_returns.index_select(&idx, 0)?;
+                // Advantages are normalised per minibatch on the host (f64 mean and std).
+                let mut adv: Vec<f32> = rows.iter().map(|&i| buf.advantages[i]).collect();
                 if cfg.norm_adv {
                     normalize(&mut adv);
                 }
                 let adv = Tensor::from_vec(adv, r, &dev)?;
-                let mask = match &buf.masks {
-                    Some(m) => {
-                        let v: Vec<u8> = rows
-                            .iter()
-                            .flat_map(|&i| m[i * na..(i + 1) * na].iter().copied())
-                            .collect();
-                        Some(Tensor::from_vec(v, (r, na), &dev)?)
-                    }
+                let mask = match &b_masks {
+                    Some(m) => Some(m.index_select(&idx, 0)?),
                     None => None,
                 };
 
