@@ -275,6 +275,31 @@ mod tests {
     }
 
     #[test]
+    fn policy_outputs_stay_tensors_until_the_rollout_ends() -> Result<()> {
+        use candle_core::Device;
+        let dev = Device::Cpu;
+        let mut b: RolloutBuffer<()> = RolloutBuffer::new(2, 1, 3, 7);
+        for t in 0..2u32 {
+            b.obs.push(());
+            let a = Tensor::new(&[t, t + 1, t + 2], &dev)?;
+            let lp = Tensor::new(&[-1f32 - t as f32, -2., -3.], &dev)?;
+            let v = Tensor::new(&[0.5f32 * t as f32, 1., 2.], &dev)?;
+            b.push_step(a, lp, v);
+        }
+        assert!(
+            b.values.is_empty(),
+            "nothing read to the host before finish"
+        );
+        b.finish()?;
+        assert_eq!(b.values, vec![0., 1., 2., 0.5, 1., 2.]);
+        let (a, lp, v) = b.device_rows()?;
+        assert_eq!(a.to_vec1::<u32>()?, vec![0, 1, 2, 1, 2, 3]);
+        assert_eq!(lp.to_vec1::<f32>()?, vec![-1., -2., -3., -2., -2., -3.]);
+        assert_eq!(v.to_vec1::<f32>()?, b.values);
+        Ok(())
+    }
+
+    #[test]
     fn masks_back_fill() {
         let mut b: RolloutBuffer<()> = RolloutBuffer::new(3, 1, 1, 2);
         b.obs.push(());
