@@ -12,8 +12,9 @@ One iteration ([`Ppo::iterate`]):
 2. **Rollout.** For `num_steps` steps: store the observation and the done flags that came with it,
    run the policy (no gradient), sample an action per row from the masked categorical
    ([`draw_actions`]: row r takes draw `draws + r` of the seeded action stream, on the policy's
-   device), store its log-probability and the value, step the environment (which auto-resets finished copies), store
-   the rewards.
+   device), store the action, its log-probability and the value (tensors on the policy's device,
+   [`RolloutBuffer`]), step the environment (which auto-resets finished copies), store the
+   rewards.
 3. **GAE.** Bootstrap from the value of the observation after the last step
    ([`gae`](super::buffer::gae), CleanRL's loop verbatim); `returns = advantages + values`.
 4. **Update.** For `update_epochs` epochs: shuffle the units (environment x step) with the seeded
@@ -382,8 +383,12 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
         // The batch's rows on the policy's device; each minibatch gathers its rows from them.
         let (b_actions, b_logprobs, b_values) = buf.device_rows()?;
         let b_returns = Tensor::from_slice(&buf.returns, buf.returns.len(), &dev)?;
-        let b_masks = match &buf.masks {
-            Some(m) => Some(Tensor::from_slice(m, (m.len() / na, na), &dev)?),
+        // (moved, not copied, on the CPU: nothing else reads the host masks)
+        let b_masks = match buf.masks.take() {
+            Some(m) => {
+                let mrows = m.len() / na;
+                Some(Tensor::from_vec(m, (mrows, na), &dev)?)
+            }
             None => None,
         };
         let units = cfg.batch_size(num_envs);
