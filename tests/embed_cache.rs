@@ -9,7 +9,10 @@
 //!   the cached run did hit the cache;
 //! - a minibatch's loss and gradient with the encoder run once per distinct bar equal those with
 //!   the encoder run separately for every sample;
-//! - a frozen encoder is never updated and the update reads the rollout's embeddings.
+//! - a frozen encoder is never updated and the update reads the rollout's embeddings;
+//! - windows gathered on the device from the uploaded feature array (`set_device_windows`, the
+//!   default off the CPU) equal the host-gathered ones bit for bit, and so do the forward passes;
+//!   a key outside the feature array is a clear error.
 
 use std::path::Path;
 
@@ -294,4 +297,41 @@ fn frozen_encoder_is_not_updated_and_the_update_reuses_the_rollout() {
         );
     }
     assert!(ms[1].policy["cache.misses"] < ms[0].policy["cache.misses"]);
+}
+
+#[test]
+fn device_window_gather_equals_host_gather() {
+    let cfg = small(&[]);
+    let market = Market::load(&cfg.data).unwrap();
+    let (host, _vm0) = policy(&cfg, &market);
+    let (mut dev, _vm1) = policy(&cfg, &market);
+    dev.set_device_windows(true);
+    let (p_n, t_n) = (market.data.paths as u32, market.data.bars as u32);
+    let w = agent_dims(&market).window.window as u32;
+    let mut r = marl_trade::rng::SplitMix64::new(3);
+    // Repeated keys, the first and the last valid bar of every path.
+    let mut keys: Vec<(u32, u32)> = (0..40)
+        .map(|_| {
+            (
+                r.below(p_n as u64) as u32,
+                w - 1 + r.below((t_n - w + 1) as u64) as u32,
+            )
+        })
+        .collect();
+    keys.extend((0..p_n).flat_map(|p| [(p, w - 1), (p, t_n - 1)]));
+    keys.push(keys[0]);
+    let (wh, ah) = host.gather(&keys).unwrap();
+    let (wd, ad) = dev.gather(&keys).unwrap();
+    assert_eq!(wh.dims(), wd.dims());
+    assert_eq!(bits(&wh), bits(&wd));
+    assert_eq!(ah.map(|a| bits(&a)), ad.map(|a| bits(&a)));
+    for o in &steps(&market, 4) {
+        let (lh, vh) = host.forward_inference(o).unwrap();
+        let (ld, vd) = dev.forward_inference(o).unwrap();
+        assert_eq!((bits(&lh), bits(&vh)), (bits(&ld), bits(&vd)));
+    }
+    for bad in [(0, w - 2), (0, t_n), (p_n, w)] {
+        let e = dev.gather(&[bad]).unwrap_err().to_string();
+        assert!(e.contains("outside"), "{bad:?}: {e}");
+    }
 }

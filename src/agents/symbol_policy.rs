@@ -34,7 +34,7 @@ use super::config::AgentDims;
 use super::graph::correlation_graph;
 use super::policy::{ActorCritic, ObsBatch};
 use super::symbol::SymbolAgent;
-use super::windows::WindowSource;
+use super::windows::{TechArray, WindowSource};
 use crate::error::Error;
 
 /// The trading policy's observation: per scenario (unit) a `(path, bar)` key and the dynamic
@@ -129,6 +129,11 @@ pub struct SymbolPolicy {
     source: Arc<dyn WindowSource>,
     device: Device,
     cache: Mutex<EmbedCache>,
+    /// Gather windows on the policy's device from the uploaded feature array (see
+    /// [`SymbolPolicy::set_device_windows`]).
+    device_windows: bool,
+    /// The source's feature array `[P * S * T, F]` on the policy's device, uploaded on first use.
+    tech: Mutex<Option<Tensor>>,
 }
 
 impl SymbolPolicy {
@@ -155,10 +160,23 @@ impl SymbolPolicy {
         }
         Ok(Self {
             agent,
+            device_windows: !device.is_cpu(),
             source,
             device: device.clone(),
             cache: Mutex::new(EmbedCache::default()),
+            tech: Mutex::new(None),
         })
+    }
+
+    /// Where the windows of a batch are gathered. `false` (the default on the CPU): on the host,
+    /// one copy per (key, symbol) out of the source, then the whole batch `[G, S, W, F]` to the
+    /// device. `true` (the default on other devices): the source's feature array (`[P, S, T, F]`,
+    /// [`WindowSource::tech_array`]) is uploaded once, and a batch sends only its `G x S` window
+    /// starts (4 bytes each, instead of `W x F` floats) and gathers the rows on the device with
+    /// `index_select`. Both give the same windows bit for bit; a source without a feature array is
+    /// always read on the host.
+    pub fn set_device_windows(&mut self, on: bool) {
+        self.device_windows = on;
     }
 
     /// Empty the embedding cache (after changing the parameters behind the policy's back, e.g.
@@ -207,12 +225,19 @@ impl SymbolPolicy {
     pub fn gather(&self, keys: &[(u32, u32)]) -> crate::Result<(Tensor, Option<Tensor>)> {
         let ws = self.agent.dims().window;
         let s = self.source.symbols();
-        let per = s * ws.window * ws.features;
-        let mut win = vec![0f32; keys.len() * per];
-        win.par_chunks_mut(per)
-            .zip(keys.par_iter())
-            .for_each(|(out, &(p, t))| self.source.windows_into(p as usize, t as usize, out));
-        let windows = Tensor::from_vec(win, (keys.len(), s, ws.window, ws.features), &self.device)?;
+        let windows = match self.source.tech_array() {
+            Some(ta) if self.device_windows => self.windows_on_device(keys, ta)?,
+            _ => {
+                let per = s * ws.window * ws.features;
+                let mut win = vec![0f32; keys.len() * per];
+                win.par_chunks_mut(per)
+                    .zip(keys.par_iter())
+                    .for_each(|(out, &(p, t))| {
+                        self.source.windows_into(p as usize, t as usize, out)
+                    });
+                Tensor::from_vec(win, (keys.len(), s, ws.window, ws.features), &self.device)?
+            }
+        };
         if !self.agent.encoder().uses_graph() {
             return Ok((windows, None));
         }
@@ -221,6 +246,49 @@ impl SymbolPolicy {
             windows,
             Some(Tensor::from_vec(flat, (keys.len(), s, s), &self.device)?),
         ))
+    }
+
+    /// Windows `[G, S, W, F]` of `keys` gathered on the policy's device from the feature array
+    /// (uploaded on first use): row `((p * S + s) * T + t + 1 - W + i)` of `[P * S * T, F]` is bar
+    /// `t + 1 - W + i` of the window of symbol s (oldest first), as [`WindowSource::windows_into`].
+    fn windows_on_device(&self, keys: &[(u32, u32)], ta: TechArray<'_>) -> crate::Result<Tensor> {
+        let w = self.agent.dims().window.window;
+        let (p_n, s_n, t_n, f) = (ta.paths, ta.symbols, ta.bars, ta.features);
+        let rows = p_n * s_n * t_n;
+        if rows > u32::MAX as usize || ta.data.len() != rows * f {
+            return Err(Error::invalid(format!(
+                "feature array of {} floats for [{p_n}, {s_n}, {t_n}, {f}] (or over 2^32 rows)",
+                ta.data.len()
+            )));
+        }
+        let tech = {
+            let mut g = self.tech.lock().unwrap_or_else(|p| p.into_inner());
+            match &*g {
+                Some(t) => t.clone(),
+                None => {
+                    let t = Tensor::from_slice(ta.data, (rows, f), &self.device)?;
+                    *g = Some(t.clone());
+                    t
+                }
+            }
+        };
+        let mut starts = Vec::with_capacity(keys.len() * s_n);
+        for &(p, t) in keys {
+            let (p, t) = (p as usize, t as usize);
+            if p >= p_n || t >= t_n || t + 1 < w {
+                return Err(Error::invalid(format!(
+                    "window key (path {p}, bar {t}) outside [0, {p_n}) x [{}, {t_n})",
+                    w - 1
+                )));
+            }
+            starts.extend((0..s_n).map(|s| ((p * s_n + s) * t_n + t + 1 - w) as u32));
+        }
+        let starts = Tensor::from_vec(starts, (keys.len() * s_n, 1), &self.device)?;
+        let offsets = Tensor::arange(0u32, w as u32, &self.device)?.reshape((1, w))?;
+        let idx = starts.broadcast_add(&offsets)?.flatten_all()?;
+        Ok(tech
+            .index_select(&idx, 0)?
+            .reshape((keys.len(), s_n, w, f))?)
     }
 
     /// The correlation graphs `[G, S * S]` of `keys`: from the cache where known, built (in

@@ -5,6 +5,23 @@ trading adapter adds the data's returns (`train::windows::MarketWindows`); [`Den
 in-memory source for tests and benches.
 */
 
+/// A feature array in the layout `[P, S, T, F]`, where the window of one (path, bar, symbol) is
+/// one contiguous run of `window * F` floats: what a policy uploads once to gather windows on its
+/// own device ([`WindowSource::tech_array`]).
+#[derive(Debug, Clone, Copy)]
+pub struct TechArray<'a> {
+    /// `[P, S, T, F]` f32.
+    pub data: &'a [f32],
+    /// Paths P.
+    pub paths: usize,
+    /// Symbols S.
+    pub symbols: usize,
+    /// Bars per path T.
+    pub bars: usize,
+    /// Features per bar F.
+    pub features: usize,
+}
+
 /// Where the technical windows (and the returns the symbol graph is built from) come from.
 pub trait WindowSource: Send + Sync {
     /// Number of symbols S.
@@ -20,6 +37,11 @@ pub trait WindowSource: Send + Sync {
     /// `out`; `false` when the source has none (the graph branch then cannot be used).
     fn returns_into(&self, _path: usize, _t: usize, _lookback: usize, _out: &mut [f32]) -> bool {
         false
+    }
+    /// The whole feature array when it is laid out `[P, S, T, F]` (windows contiguous), so that
+    /// [`windows_into`](Self::windows_into) is a copy out of it; `None` otherwise.
+    fn tech_array(&self) -> Option<TechArray<'_>> {
+        None
     }
 }
 
@@ -39,6 +61,15 @@ impl WindowSource for crate::features::Features {
         for (s, chunk) in out.chunks_exact_mut(n).enumerate() {
             self.window_into(path, t, s, chunk);
         }
+    }
+    fn tech_array(&self) -> Option<TechArray<'_>> {
+        Some(TechArray {
+            data: &self.tech,
+            paths: self.paths,
+            symbols: self.symbols,
+            bars: self.bars,
+            features: crate::features::N_TECH,
+        })
     }
 }
 

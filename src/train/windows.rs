@@ -7,7 +7,7 @@ features) for the agents.
 
 use std::sync::Arc;
 
-use crate::agents::windows::WindowSource;
+use crate::agents::windows::{TechArray, WindowSource};
 use crate::data::MarketData;
 use crate::error::Error;
 use crate::features::Features;
@@ -58,6 +58,9 @@ impl WindowSource for MarketWindows {
     }
     fn windows_into(&self, path: usize, t: usize, out: &mut [f32]) {
         self.features.windows_into(path, t, out);
+    }
+    fn tech_array(&self) -> Option<TechArray<'_>> {
+        self.features.tech_array()
     }
     fn returns_into(&self, path: usize, t: usize, lookback: usize, out: &mut [f32]) -> bool {
         let s_n = self.features.symbols;
