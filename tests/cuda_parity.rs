@@ -3,7 +3,7 @@
 //!
 //! - `cuda_matches_cpu`: every parity case of tests/parity (the same as tests/host_parity.rs) plus a
 //!   143-symbol case, each for at least two full episodes, comparing after every step the whole state,
-//!   rewards, the 7 components, master rewards, dones, episode records, full and dynamic observations,
+//!   rewards, the 7 components, master rewards, turnover, dones, episode records, full and dynamic observations,
 //!   masks and observation indices (every other case with an SL prior cache), **exactly** (the kernels fold sums in symbol order and run with
 //!   `--fmad=false`, so no tolerance is expected to be needed; a failure names the first differing
 //!   value).

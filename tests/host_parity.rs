@@ -20,7 +20,7 @@
 //! per-symbol DSR moments, quantities = fills, entry prices, peak prices, entry steps, step counters,
 //! episode counters, directives, open counts, invalid-action and limited-order counters), the
 //! rewards, each of the 7 components (the cost component is `-cost_s / C0`, so costs are compared
-//! too), master rewards, terminated / truncated, the finished-episode records with their component
+//! too), master rewards, turnover, terminated / truncated, the finished-episode records with their component
 //! sums and sums of squares, full and dynamic observations, action masks and observation indices.
 //!
 //! The cases (tests/parity/mod.rs, `cases`) reach masking, the open-position limit with rotated
