@@ -147,14 +147,42 @@ pub fn draw_actions(log_probs: &Tensor, seed: u64, draws: u64) -> Result<(Tensor
 
 #[cfg(feature = "gpu")]
 mod cuda_draw {
-    use candle_core::cuda_backend::CudaStorage;
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+
+    use candle_core::cuda_backend::{CudaDevice, CudaStorage, DeviceId};
     use candle_core::op::BackpropOp;
     use candle_core::{DType, Error, Result, Storage, Tensor};
-    use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+    use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
     use crate::env::abi::{PolicySampleArgs, ROWS_BLOCK};
 
-    /// `sample_policy` on candle's device and stream (module loaded once per device by candle).
+    /// `sample_policy` loaded into `dev`'s context: compiled (once per process and architecture)
+    /// and loaded on a device's first draw, then looked up.
+    fn sample_policy(dev: &CudaDevice) -> Result<CudaFunction> {
+        static LOADED: OnceLock<Mutex<HashMap<DeviceId, CudaFunction>>> = OnceLock::new();
+        let mut loaded = LOADED
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = loaded.get(&dev.id()) {
+            return Ok(f.clone());
+        }
+        let (major, minor) = dev
+            .cuda_stream()
+            .context()
+            .compute_capability()
+            .map_err(|e| Error::Msg(format!("compute capability: {e}")))?;
+        let ptx = crate::env::cuda::program_ptx(&format!("compute_{major}{minor}"), "policy.cu")
+            .map_err(|e| Error::Msg(e.to_string()))?;
+        let f = dev
+            .get_or_load_custom_func("sample_policy", "marl_policy", &ptx)?
+            .into_cuda_function();
+        loaded.insert(dev.id(), f.clone());
+        Ok(f)
+    }
+
+    /// `sample_policy` on candle's device and stream.
     pub fn draw(log_probs: &Tensor, seed: u64, draws: u64) -> Result<(Tensor, Tensor)> {
         let lp = log_probs.to_dtype(DType::F32)?.contiguous()?;
         let (rows, na) = lp.dims2()?;
@@ -166,13 +194,7 @@ mod cuda_draw {
         };
         let dev = cs.device.clone();
         let stream = dev.cuda_stream();
-        let (major, minor) = stream
-            .context()
-            .compute_capability()
-            .map_err(|e| Error::Msg(format!("compute capability: {e}")))?;
-        let ptx = crate::env::cuda::program_ptx(&format!("compute_{major}{minor}"), "policy.cu")
-            .map_err(|e| Error::Msg(e.to_string()))?;
-        let func = dev.get_or_load_custom_func("sample_policy", "marl_policy", &ptx)?;
+        let func = sample_policy(&dev)?;
         let src = cs.as_cuda_slice::<f32>()?.slice(layout.start_offset()..);
         let mut actions = dev.alloc_zeros::<u32>(rows)?;
         let mut logp = dev.alloc_zeros::<f32>(rows)?;
@@ -191,7 +213,7 @@ mod cuda_draw {
             block_dim: (ROWS_BLOCK as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = func.builder();
+        let mut b = stream.launch_builder(&func);
         b.arg(&args);
         // SAFETY: `args` holds device addresses on candle's context: the contiguous `[rows, na]`
         // log-probabilities (read) and the two `[rows]` outputs just allocated (written), all
