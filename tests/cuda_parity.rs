@@ -37,6 +37,14 @@ use marl_trade::env::{Backend, EnvLayout, Period, StepOutputs};
 use marl_trade::{Config, ErrorKind};
 use parity::{Plan, cases, cmp_outputs, cmp_records, cmp_snapshots, cmp_views, run_parity};
 
+/// The CPU backend and the CUDA backend over one parity case.
+fn backends(case: &parity::Case) -> (CpuBackend, CudaBackend) {
+    let l = case.layout;
+    let cpu = CpuBackend::new(l, case.md.clone(), case.feats.clone());
+    let gpu = CudaBackend::new(l, case.md.clone(), case.feats.clone()).expect("CUDA backend");
+    (cpu, gpu)
+}
+
 #[test]
 fn construction_without_gpu_is_a_clear_error() {
     let cfg = parity::stress_config(2, 10);
@@ -116,10 +124,7 @@ fn cuda_matches_cpu() {
 fn cuda_matches_cpu_at_every_block_width() {
     for (i, &(s, n, ep)) in parity::BLOCK_WIDTHS.iter().enumerate() {
         let case = parity::width_case(s, n, ep, 300 + i as u64);
-        let l = case.layout;
-        let mut cpu = CpuBackend::new(l, case.md.clone(), case.feats.clone());
-        let mut gpu =
-            CudaBackend::new(l, case.md.clone(), case.feats.clone()).expect("CUDA backend");
+        let (mut cpu, mut gpu) = backends(&case);
         let (_, block, smem, carry) = gpu.kernel_resources();
         let cov = run_parity(&mut cpu, &mut gpu, &case.md, &case.plan, |_, _| {})
             .unwrap_or_else(|e| panic!("S = {s}, N = {n}: CUDA differs from CPU: {e}"));
@@ -161,8 +166,7 @@ fn kernel_resources_report() {
 fn device_sampler_replays_on_cpu() {
     let case = cases().into_iter().next().unwrap();
     let l = case.layout;
-    let mut cpu = CpuBackend::new(l, case.md.clone(), case.feats.clone());
-    let mut gpu = CudaBackend::new(l, case.md.clone(), case.feats.clone()).expect("CUDA backend");
+    let (mut cpu, mut gpu) = backends(&case);
     cpu.reset(3).unwrap();
     gpu.reset(3).unwrap();
     let (mut oa, mut ob) = (
@@ -199,8 +203,7 @@ fn device_sampler_replays_on_cpu() {
 fn step_device_matches_cpu() {
     let case = cases().into_iter().next().unwrap();
     let l = case.layout;
-    let mut cpu = CpuBackend::new(l, case.md.clone(), case.feats.clone());
-    let mut gpu = CudaBackend::new(l, case.md.clone(), case.feats.clone()).expect("CUDA backend");
+    let (mut cpu, mut gpu) = backends(&case);
     cpu.reset(5).unwrap();
     gpu.reset(5).unwrap();
     let (mut oa, mut ob) = (
@@ -361,8 +364,7 @@ fn events_order_another_stream() {
     let case = cases().into_iter().next().unwrap();
     let l = case.layout;
     let (n, s) = (l.n_scenarios, l.n_symbols);
-    let mut cpu = CpuBackend::new(l, case.md.clone(), case.feats.clone());
-    let mut gpu = CudaBackend::new(l, case.md.clone(), case.feats.clone()).expect("CUDA backend");
+    let (mut cpu, mut gpu) = backends(&case);
     let other = gpu.stream().context().new_stream().unwrap();
     let (pack, out_addr) = gpu.outputs_device();
     let mut mirror = other.alloc_zeros::<u8>(pack.bytes()).unwrap();
@@ -417,8 +419,7 @@ fn policy_draws_on_the_gpu_match_the_host() {
     let l = case.layout;
     let (n, s) = (l.n_scenarios, l.n_symbols);
     let rows = n * s;
-    let mut cpu = CpuBackend::new(l, case.md.clone(), case.feats.clone());
-    let mut gpu = CudaBackend::new(l, case.md.clone(), case.feats.clone()).expect("CUDA backend");
+    let (mut cpu, mut gpu) = backends(&case);
     cpu.reset(8).unwrap();
     gpu.reset(8).unwrap();
     let w = parity::learner_weights(31);

@@ -66,8 +66,8 @@ impl fmt::Display for DeviceSpec {
 impl DeviceSpec {
     /// The candle device: `Device::Cpu`, or the CUDA device `i`, opened once per process (its
     /// context and stream) and shared by every later call, so that evaluating many checkpoints
-    /// (walk-forward, ablations) does not create a context each and their tensors can meet. Errors (`BackendUnavailable`): a build without the `gpu` feature, no driver, no
-    /// device `i`.
+    /// (walk-forward, ablations) does not create a context each and their tensors can meet.
+    /// Errors (`BackendUnavailable`): a build without the `gpu` feature, no driver, no device `i`.
     pub fn candle(&self) -> Result<Device> {
         match *self {
             Self::Cpu => Ok(Device::Cpu),

@@ -153,9 +153,9 @@ mod cuda_draw {
     use candle_core::cuda_backend::{CudaDevice, CudaStorage, DeviceId};
     use candle_core::op::BackpropOp;
     use candle_core::{DType, Error, Result, Storage, Tensor};
-    use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+    use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, PushKernelArg};
 
-    use crate::env::abi::{PolicySampleArgs, ROWS_BLOCK};
+    use crate::env::abi::PolicySampleArgs;
 
     /// `sample_policy` loaded into `dev`'s context: compiled (once per process and architecture)
     /// and loaded on a device's first draw, then looked up.
@@ -208,11 +208,7 @@ mod cuda_draw {
             rows: rows as u32,
             na: na as u32,
         };
-        let cfg = LaunchConfig {
-            grid_dim: (rows.div_ceil(ROWS_BLOCK).max(1) as u32, 1, 1),
-            block_dim: (ROWS_BLOCK as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = crate::env::cuda::rows_launch(rows);
         let mut b = stream.launch_builder(&func);
         b.arg(&args);
         // SAFETY: `args` holds device addresses on candle's context: the contiguous `[rows, na]`

@@ -254,18 +254,19 @@ impl SymbolPolicy {
     fn windows_on_device(&self, keys: &[(u32, u32)], ta: TechArray<'_>) -> crate::Result<Tensor> {
         let w = self.agent.dims().window.window;
         let (p_n, s_n, t_n, f) = (ta.paths, ta.symbols, ta.bars, ta.features);
-        let rows = p_n * s_n * t_n;
-        if rows > u32::MAX as usize || ta.data.len() != rows * f {
-            return Err(Error::invalid(format!(
-                "feature array of {} floats for [{p_n}, {s_n}, {t_n}, {f}] (or over 2^32 rows)",
-                ta.data.len()
-            )));
-        }
         let tech = {
             let mut g = self.tech.lock().unwrap_or_else(|p| p.into_inner());
             match &*g {
                 Some(t) => t.clone(),
                 None => {
+                    let rows = p_n * s_n * t_n;
+                    if rows > u32::MAX as usize || ta.data.len() != rows * f {
+                        return Err(Error::invalid(format!(
+                            "feature array of {} floats for [{p_n}, {s_n}, {t_n}, {f}] (or over \
+                             2^32 rows)",
+                            ta.data.len()
+                        )));
+                    }
                     let t = Tensor::from_slice(ta.data, (rows, f), &self.device)?;
                     *g = Some(t.clone());
                     t

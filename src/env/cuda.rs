@@ -182,6 +182,16 @@ pub fn program_ptx(arch: &str, program: &str) -> Result<String> {
         .ok_or_else(|| backend_err(format!("no kernel program named {program}")))
 }
 
+/// The launch of a row kernel (`__launch_bounds__(MARL_ROWS_BLOCK)`, one thread per index) over
+/// `threads` threads: blocks of [`ROWS_BLOCK`], at least one.
+pub fn rows_launch(threads: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (threads.div_ceil(ROWS_BLOCK).max(1) as u32, 1, 1),
+        block_dim: (ROWS_BLOCK as u32, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 fn backend_err(message: impl Into<String>) -> Error {
     Error::backend("cuda", message)
 }
@@ -454,21 +464,12 @@ impl CudaDevice {
     }
 
     fn rows_cfg(&self, per_row_threads: usize) -> LaunchConfig {
-        let threads = self.rows * per_row_threads;
-        LaunchConfig {
-            grid_dim: (threads.div_ceil(ROWS_BLOCK) as u32, 1, 1),
-            block_dim: (ROWS_BLOCK as u32, 1, 1),
-            shared_mem_bytes: 0,
-        }
+        rows_launch(self.rows * per_row_threads)
     }
 
     /// One thread per scenario (the master observation).
     fn scen_cfg(&self) -> LaunchConfig {
-        LaunchConfig {
-            grid_dim: (self.n.div_ceil(ROWS_BLOCK as u32), 1, 1),
-            block_dim: (ROWS_BLOCK as u32, 1, 1),
-            shared_mem_bytes: 0,
-        }
+        rows_launch(self.n as usize)
     }
 
     fn block_cfg(&self, smem: u32) -> LaunchConfig {

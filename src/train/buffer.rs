@@ -40,6 +40,9 @@ pub struct RolloutBuffer<O> {
     /// The critic's values of every row on the host, `[steps * envs * agents]` (after
     /// [`Self::finish`]).
     pub values: Vec<f32>,
+    /// The steps' actions, log-probabilities and values concatenated `[T * N * G]` (after
+    /// [`Self::finish`]).
+    rows: Option<(Tensor, Tensor, Tensor)>,
     /// Reward of every row (normalised when `norm_reward`).
     pub rewards: Vec<f32>,
     /// Done flag (0/1) of every environment at every step, `[steps * envs]`.
@@ -66,6 +69,7 @@ impl<O> RolloutBuffer<O> {
             step_logprobs: Vec::with_capacity(num_steps),
             step_values: Vec::with_capacity(num_steps),
             values: Vec::new(),
+            rows: None,
             rewards: Vec::with_capacity(rows),
             dones: Vec::with_capacity(num_steps * num_envs),
             masks: None,
@@ -104,20 +108,25 @@ impl<O> RolloutBuffer<O> {
         self.step_values.push(values);
     }
 
-    /// After the last step: read the values to the host (one copy per rollout), for GAE.
+    /// After the last step: concatenate the steps' tensors (once, releasing the per-step ones) and
+    /// read the values to the host (one copy per rollout), for GAE.
     pub fn finish(&mut self) -> Result<()> {
-        self.values = Tensor::cat(&self.step_values, 0)?.to_vec1::<f32>()?;
+        let values = Tensor::cat(&std::mem::take(&mut self.step_values), 0)?;
+        self.values = values.to_vec1::<f32>()?;
+        self.rows = Some((
+            Tensor::cat(&std::mem::take(&mut self.step_actions), 0)?,
+            Tensor::cat(&std::mem::take(&mut self.step_logprobs), 0)?,
+            values,
+        ));
         Ok(())
     }
 
     /// The rollout's actions `[T * N * G]` u32, log-probabilities and values `[T * N * G]` f32, on
-    /// the policy's device (one concatenation each).
+    /// the policy's device, as [`Self::finish`] concatenated them.
     pub fn device_rows(&self) -> Result<(Tensor, Tensor, Tensor)> {
-        Ok((
-            Tensor::cat(&self.step_actions, 0)?,
-            Tensor::cat(&self.step_logprobs, 0)?,
-            Tensor::cat(&self.step_values, 0)?,
-        ))
+        self.rows.clone().ok_or_else(|| {
+            candle_core::Error::Msg("rollout buffer: device_rows before finish".into())
+        })
     }
 
     /// Fill `advantages` and `returns` (see [`gae`]).

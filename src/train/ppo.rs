@@ -289,14 +289,13 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
             let _sample = crate::profile::range("sample");
             // Row r takes draw `draws + r` of the action stream, on the policy's device.
             let st = self.rng_action.state();
-            let (actions, logp) = draw_actions(dist.log_probs(), st.seed, st.draws)?;
+            let (actions_t, logp) = draw_actions(dist.log_probs(), st.seed, st.draws)?;
             self.rng_action.skip(rows as u64);
             // The environment steps on the host: only the actions come back.
-            let host_actions = actions.to_vec1::<u32>()?;
+            let actions = actions_t.to_vec1::<u32>()?;
             let value = value.detach().to_dtype(DType::F32)?.flatten_all()?;
-            buf.push_step(actions, logp, value);
+            buf.push_step(actions_t, logp, value);
             buf.push_mask(mask);
-            let actions = host_actions;
             times.policy += clock.elapsed().as_secs_f64();
             drop(_sample);
             let clock = Instant::now();
