@@ -370,7 +370,7 @@ impl PolicyBench {
             dims.window.features,
             1,
         ));
-        let policy = SymbolPolicy::new(agent, src, &dev)?;
+        let policy = SymbolPolicy::new(agent, src, &dev)?.with_untracked_inference(&vm)?;
         Self::with_policy(policy, &vm, bars, scenarios)
     }
 
@@ -669,6 +669,7 @@ impl TrainBench {
             rollout_policy: get(&m.timing, "time.rollout_policy"),
             update: get(&m.timing, "time.update"),
             encoder: get(&m.timing, "time.encoder"),
+            backward_passes: get(&m.policy, crate::train::BACKWARD_PASSES_STAT) as u64,
             cache_hits: get(&m.policy, "cache.hits") as u64,
             cache_misses: get(&m.policy, "cache.misses") as u64,
             encoder_keys: get(&m.policy, "encoder.keys") as u64,
@@ -695,6 +696,9 @@ pub struct TrainTiming {
     pub update: f64,
     /// Seconds of encoder passes, rollout and update.
     pub encoder: f64,
+    /// Backward passes of the update (minibatches x epochs, more when the memory bound
+    /// `ppo.update_chunk_windows` / `update_chunk_rows` cut minibatches into chunks).
+    pub backward_passes: u64,
     /// Distinct `(path, bar)` keys of rollout steps found in the embedding cache ...
     pub cache_hits: u64,
     /// ... and not found (encoded).
@@ -727,7 +731,7 @@ impl TrainTiming {
     pub fn line(&self) -> String {
         format!(
             "iter {:>3}: {:>10} symbol transitions in {:>8.2} s = {:>9.0} /s | env {:.2} s, rollout policy {:.2} s, \
-             update {:.2} s, encoder {:.2} s ({} bars) | cache hit rate {:.1}% ({} hits, {} misses, {:.1} MiB) | peak RSS {}",
+             update {:.2} s ({} backward passes), encoder {:.2} s ({} bars) | cache hit rate {:.1}% ({} hits, {} misses, {:.1} MiB) | peak RSS {}",
             self.iteration,
             self.transitions,
             self.seconds,
@@ -735,6 +739,7 @@ impl TrainTiming {
             self.env,
             self.rollout_policy,
             self.update,
+            self.backward_passes,
             self.encoder,
             self.encoder_keys,
             100.0 * self.hit_rate(),

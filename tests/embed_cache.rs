@@ -9,6 +9,10 @@
 //!   the cached run did hit the cache;
 //! - a minibatch's loss and gradient with the encoder run once per distinct bar equal those with
 //!   the encoder run separately for every sample;
+//! - an update cut into chunks (`ppo.update_chunk_windows`, `update_chunk_rows`) logs the same losses and gradient norm
+//!   as one pass per minibatch and takes the same step, with the encoder still run once per
+//!   distinct bar of a minibatch; a bound the minibatch fits in changes nothing, bit for bit;
+//! - the rollout's passes record no autograd graph (the untracked twin of the agent);
 //! - a frozen encoder is never updated and the update reads the rollout's embeddings;
 //! - windows gathered on the device from the uploaded feature array (`set_device_windows`, the
 //!   default off the CPU) equal the host-gathered ones bit for bit, and so do the forward passes;
@@ -257,6 +261,106 @@ fn grouped_minibatch_gradient_equals_per_sample_gradient() {
         .flat_map(|(_, g)| g.iter().map(|x| x * x))
         .sum();
     assert!(enc_norm > 0.0);
+}
+
+fn close(a: f64, b: f64, rel: f64) -> bool {
+    (a - b).abs() <= rel * a.abs().max(b.abs()).max(1e-3)
+}
+
+#[test]
+fn chunked_update_equals_one_pass_per_minibatch() {
+    // One iteration, one epoch, one minibatch of 128 units x 8 symbols = 1024 rows: one AdamW step
+    // from the same parameters with the gradient of one pass or of the chunks summed.
+    let one_step = |extra: &str| {
+        small(&[
+            "ppo.update_epochs=1",
+            "ppo.num_minibatches=1",
+            "ppo.total_timesteps=128",
+            extra,
+        ])
+    };
+    let (m_one, p_one) = run(&one_step("ppo.update_chunk_windows=0"), 1);
+    let (_, p0) = run(&one_step("ppo.learning_rate=1e-30"), 1);
+    let a = &m_one[0];
+    assert_eq!(a.policy["update.backward_passes"], 1.0);
+    // 40 rows = 5 units per chunk; 24 windows = 3 bars per chunk.
+    for bound in ["ppo.update_chunk_rows=40", "ppo.update_chunk_windows=24"] {
+        let (m_chunk, p_chunk) = run(&one_step(bound), 1);
+        let b = &m_chunk[0];
+        let passes = b.policy["update.backward_passes"];
+        assert!(passes >= 26.0, "{bound}: 128 units in {passes} passes");
+        // The encoder still ran once per distinct bar (no bar holds more than 4 units here).
+        assert_eq!(
+            a.policy["encoder.keys"], b.policy["encoder.keys"],
+            "{bound}"
+        );
+        for (name, x, y) in [
+            ("policy_loss", a.policy_loss, b.policy_loss),
+            ("value_loss", a.value_loss, b.value_loss),
+            ("entropy", a.entropy, b.entropy),
+            ("approx_kl", a.approx_kl, b.approx_kl),
+            ("clipfrac", a.clipfrac, b.clipfrac),
+            ("grad_norm", a.grad_norm, b.grad_norm),
+        ] {
+            assert!(
+                close(x, y, 1e-5),
+                "{bound}: {name} {x} one pass, {y} chunked"
+            );
+        }
+        // The step moved the parameters, and moved them alike.
+        let mut moved = 0;
+        for ((x, y), z) in p_one.iter().zip(&p_chunk).zip(&p0) {
+            for ((&x, &y), &z) in x.iter().zip(y).zip(z) {
+                let (x, y, z) = (f32::from_bits(x), f32::from_bits(y), f32::from_bits(z));
+                assert!((x - y).abs() <= 1e-6, "{bound}: {x} one pass, {y} chunked");
+                moved += usize::from((x - z).abs() > 1e-4);
+            }
+        }
+        assert!(moved > 100, "only {moved} parameters moved");
+    }
+
+    // Two whole iterations (4 epochs x 4 minibatches of 256 rows): a bound of exactly the
+    // minibatch is one pass, bit-identical to no bound.
+    let two = |extra: &str| small(&["ppo.total_timesteps=256", extra]);
+    let (m0, q0) = run(&two("ppo.update_chunk_windows=0"), 2);
+    let (m1, q1) = run(&two("ppo.update_chunk_rows=256"), 2);
+    assert_eq!(strip(&m0), strip(&m1));
+    assert_eq!(q0, q1);
+    assert_eq!(m1[0].policy["update.backward_passes"], 16.0);
+    // ... and a smaller one ends close to it after 32 optimizer steps.
+    let (m2, q2) = run(&two("ppo.update_chunk_rows=64"), 2);
+    assert!(m2[1].policy["update.backward_passes"] >= 64.0);
+    assert!(close(m0[1].value_loss, m2[1].value_loss, 1e-3));
+    for (x, y) in q0.iter().flatten().zip(q2.iter().flatten()) {
+        let (x, y) = (f32::from_bits(*x), f32::from_bits(*y));
+        assert!((x - y).abs() <= 1e-4 * (1.0 + x.abs()), "{x} vs {y}");
+    }
+}
+
+#[test]
+fn inference_records_no_autograd_graph() {
+    // The rollout's passes run on the untracked twin (`with_untracked_inference`, what
+    // `build_policy` gives): no graph, no saved activations; the training pass records one; both
+    // give the same numbers.
+    let cfg = small(&["agent.embed_cache_mb=0"]);
+    let market = Market::load(&cfg.data).unwrap();
+    let (p, _vm) = policy(&cfg, &market);
+    let obs = steps(&market, 1).remove(0);
+    let (li, vi) = p.forward_inference(&obs).unwrap();
+    let (lt, vt) = p.forward(&obs).unwrap();
+    assert!(
+        !li.track_op() && !vi.track_op(),
+        "inference recorded a graph"
+    );
+    assert!(lt.track_op() && vt.track_op());
+    // One pass per key in inference, one batched pass in training: equal to float rounding.
+    let (a, b) = (
+        li.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        lt.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+    );
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{x} vs {y}");
+    }
 }
 
 #[test]

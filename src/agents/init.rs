@@ -125,6 +125,59 @@ impl SimpleBackend for SeededVarMap {
     }
 }
 
+/// A [`SimpleBackend`] over the existing variables of a `VarMap` that hands out their values
+/// *detached*: the same storage (so an optimizer step, a checkpoint load or any other `Var::set`
+/// shows through at once), but not variables, so nothing computed from them records an autograd
+/// graph or keeps activations for a backward pass. A module built from it is an untracked twin of
+/// the module built from the `VarMap` (inference without the graph's memory). Every tensor asked
+/// for must exist with the same shape: a missing name or another shape is an error.
+pub struct DetachedVars {
+    varmap: VarMap,
+}
+
+impl SimpleBackend for DetachedVars {
+    fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, _: &Device) -> Result<Tensor> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        match data.get(name) {
+            Some(v) if v.shape() == &s && v.dtype() == dtype => Ok(v.as_tensor().detach()),
+            Some(v) => candle_core::bail!(
+                "untracked twin: {name} is {:?} {:?} in the VarMap, {s:?} {dtype:?} asked for",
+                v.shape(),
+                v.dtype()
+            ),
+            None => candle_core::bail!("untracked twin: {name} is not in the VarMap"),
+        }
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        match data.get(name) {
+            Some(v) => v.as_tensor().detach().to_dtype(dtype)?.to_device(dev),
+            None => candle_core::bail!("cannot find tensor {name}"),
+        }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.varmap
+            .data()
+            .lock()
+            .expect("varmap lock")
+            .contains_key(name)
+    }
+}
+
+/// A `VarBuilder` over the variables `varmap` already holds, handing out detached views of them
+/// ([`DetachedVars`]).
+pub fn detached_var_builder(varmap: &VarMap, dtype: DType, dev: &Device) -> VarBuilder<'static> {
+    VarBuilder::from_backend(
+        Box::new(DetachedVars {
+            varmap: varmap.clone(),
+        }),
+        dtype,
+        dev.clone(),
+    )
+}
+
 /// A `VarBuilder` that creates seeded variables in `varmap`.
 pub fn seeded_var_builder(
     varmap: &VarMap,
@@ -206,6 +259,40 @@ pub fn constant_(t: &Tensor, value: f32) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn detached_twin_shares_storage_and_records_no_graph() -> Result<()> {
+        let dev = Device::Cpu;
+        let vm = VarMap::new();
+        let tracked = candle_nn::linear(3, 2, seeded_var_builder(&vm, 5, DType::F32, &dev))?;
+        let twin = candle_nn::linear(3, 2, detached_var_builder(&vm, DType::F32, &dev))?;
+        let x = Tensor::new(&[[1f32, -2., 0.5]], &dev)?;
+        use candle_nn::Module;
+        let (a, b) = (tracked.forward(&x)?, twin.forward(&x)?);
+        assert!(
+            a.track_op() && !b.track_op(),
+            "the twin's output records no graph"
+        );
+        assert_eq!(a.to_vec2::<f32>()?, b.to_vec2::<f32>()?);
+        // An update of the variables (an optimizer step) shows through.
+        for (_, v) in named_vars(&vm) {
+            v.set(&(v.as_tensor() * 2.0)?)?;
+        }
+        let (a, b) = (tracked.forward(&x)?, twin.forward(&x)?);
+        assert_eq!(a.to_vec2::<f32>()?, b.to_vec2::<f32>()?);
+        // A name or shape the VarMap does not hold is an error.
+        assert!(
+            detached_var_builder(&vm, DType::F32, &dev)
+                .get((2, 3), "nope")
+                .is_err()
+        );
+        assert!(
+            detached_var_builder(&vm, DType::F32, &dev)
+                .get((3, 2), "weight")
+                .is_err()
+        );
+        Ok(())
+    }
 
     #[test]
     fn orthogonal_rows_and_columns() {

@@ -126,6 +126,9 @@ impl EmbedCache {
 /// batch once.
 pub struct SymbolPolicy {
     agent: SymbolAgent,
+    /// The same network over detached views of the parameters
+    /// ([`SymbolPolicy::with_untracked_inference`]): what the no-gradient passes run on.
+    untracked: Option<SymbolAgent>,
     source: Arc<dyn WindowSource>,
     device: Device,
     cache: Mutex<EmbedCache>,
@@ -160,12 +163,39 @@ impl SymbolPolicy {
         }
         Ok(Self {
             agent,
+            untracked: None,
             device_windows: !device.is_cpu(),
             source,
             device: device.clone(),
             cache: Mutex::new(EmbedCache::default()),
             tech: Mutex::new(None),
         })
+    }
+
+    /// Run the passes that need no gradient (the rollout's [`forward_inference`]
+    /// (ActorCritic::forward_inference), the cached embeddings of a frozen encoder, the warm
+    /// start's inputs) on an untracked twin of the agent: the same network built over detached
+    /// views of `varmap`'s variables ([`crate::agents::init::detached_var_builder`]: the same
+    /// storage, so every optimizer step and checkpoint load shows through). The parameters are
+    /// variables, so a pass on the agent itself records candle's autograd graph and its custom ops
+    /// keep their activations for a backward pass that never comes: at 143 symbols and the
+    /// default encoder about 0.2 MiB per window, 4 GiB for a rollout step that encodes 128 new
+    /// bars. The twin computes the same values bit for bit (the same operations on the same
+    /// numbers). `varmap` must hold every parameter of the agent with its shape (an error
+    /// otherwise): the one it was built from.
+    pub fn with_untracked_inference(mut self, varmap: &candle_nn::VarMap) -> crate::Result<Self> {
+        let vb = crate::agents::init::detached_var_builder(varmap, DType::F32, &self.device);
+        self.untracked = Some(SymbolAgent::new(
+            self.agent.config(),
+            self.agent.dims(),
+            vb,
+        )?);
+        Ok(self)
+    }
+
+    /// The agent the no-gradient passes run on: the untracked twin when there is one.
+    fn inference_agent(&self) -> &SymbolAgent {
+        self.untracked.as_ref().unwrap_or(&self.agent)
     }
 
     /// Where the windows of a batch are gathered. `false` (the default on the CPU): on the host,
@@ -358,14 +388,16 @@ impl SymbolPolicy {
     /// differ in the last bit; per-key passes keep every shape fixed, so the cached rollout and the
     /// uncached one see the same bits. A key is `S x W` rows (3,432 for 143 symbols), large enough
     /// matmuls that batching keys gains little there. The update (with gradient) batches all the
-    /// distinct keys of a minibatch in one pass.
+    /// distinct keys of a minibatch in one pass. The per-key passes are the no-gradient ones: they
+    /// run on the untracked twin when there is one.
     fn encode_keys(&self, keys: &[(u32, u32)], per_key: bool) -> crate::Result<Tensor> {
         let clock = Instant::now();
         let emb = if per_key {
+            let agent = self.inference_agent();
             let mut parts = Vec::with_capacity(keys.len());
             for k in keys {
                 let (windows, adj) = self.gather(std::slice::from_ref(k))?;
-                parts.push(self.agent.encode(&windows, adj.as_ref())?);
+                parts.push(agent.encode(&windows, adj.as_ref())?);
             }
             Tensor::cat(&parts, 0)?
         } else {
@@ -434,7 +466,7 @@ impl SymbolPolicy {
         let emb = self.cached_embeddings(&unique)?;
         let group = Tensor::from_vec(group, obs.keys.len(), &self.device)?;
         Ok(self
-            .agent
+            .inference_agent()
             .actor_output_inputs(&emb, &group, &obs.dyn_obs)?
             .detach())
     }
@@ -442,12 +474,13 @@ impl SymbolPolicy {
     /// Logits `[B*S, A]` and values `[B*S]` from the embeddings `emb` of the distinct keys.
     fn heads_rows(
         &self,
+        agent: &SymbolAgent,
         obs: &SymbolObs,
         emb: &Tensor,
         group: Vec<u32>,
     ) -> crate::Result<(Tensor, Tensor)> {
         let group = Tensor::from_vec(group, obs.keys.len(), &self.device)?;
-        let (logits, value) = self.agent.heads(emb, &group, &obs.dyn_obs)?;
+        let (logits, value) = agent.heads(emb, &group, &obs.dyn_obs)?;
         let (b, s, a) = logits.dims3()?;
         Ok((logits.reshape((b * s, a))?, value.reshape(b * s)?))
     }
@@ -460,19 +493,23 @@ impl ActorCritic for SymbolPolicy {
     /// encoder runs once per distinct key of the batch, with gradient (or, with a frozen encoder,
     /// not at all for keys in the cache).
     fn forward(&self, obs: &SymbolObs) -> crate::Result<(Tensor, Tensor)> {
-        if self.agent.config().freeze_encoder {
-            return self.forward_inference(obs);
-        }
         let (unique, group) = Self::group_keys(&obs.keys);
-        let emb = self.encode_keys(&unique, false)?;
-        self.heads_rows(obs, &emb, group)
+        let emb = if self.agent.config().freeze_encoder {
+            // The frozen encoder's embeddings from the cache; the heads learn.
+            self.cached_embeddings(&unique)?
+        } else {
+            self.encode_keys(&unique, false)?
+        };
+        self.heads_rows(&self.agent, obs, &emb, group)
     }
 
-    /// As [`forward`](Self::forward), with the embeddings read from / added to the cache.
+    /// As [`forward`](Self::forward), with the embeddings read from / added to the cache, and
+    /// without gradient: on the untracked twin when there is one
+    /// ([`SymbolPolicy::with_untracked_inference`]).
     fn forward_inference(&self, obs: &SymbolObs) -> crate::Result<(Tensor, Tensor)> {
         let (unique, group) = Self::group_keys(&obs.keys);
         let emb = self.cached_embeddings(&unique)?;
-        self.heads_rows(obs, &emb, group)
+        self.heads_rows(self.inference_agent(), obs, &emb, group)
     }
 
     /// Empties the embeddings (not the graphs, which do not depend on the parameters), unless only

@@ -42,6 +42,22 @@ pub struct PpoConfig {
     pub minibatches: MinibatchMode,
     /// Passes over the batch per iteration.
     pub update_epochs: usize,
+    /// Memory bound of the update, part 1: the most encoder windows (distinct bars x symbols)
+    /// one backward pass holds. The autograd graph of a pass grows with the windows its encoder
+    /// runs (about 0.2 MiB per window with the default encoder, 31 MiB per bar at 143 symbols;
+    /// docs/training.md, "Memory of the update"), so a minibatch over the bound is cut into chunks
+    /// of whole bars ([`minibatch::chunks`](super::minibatch::chunks)); each chunk's share of the
+    /// minibatch loss (its means times its fraction of the rows) is backpropagated on its own and
+    /// the gradients are summed before the clipping and the optimizer step: the same loss and
+    /// gradient as one pass, up to float rounding, with one chunk's graph alive at a time, and
+    /// still one encoder pass per distinct bar of the minibatch. A minibatch within both bounds
+    /// runs as one pass, bit-identical to no bound. Every logged loss is the whole minibatch's.
+    /// 0 = no bound.
+    pub update_chunk_windows: usize,
+    /// Memory bound of the update, part 2: the most rows (units x symbols, the heads' and the
+    /// loss's samples) one backward pass holds; 0 = no bound. A bar with more samples than this
+    /// is split (its encoder pass then repeats).
+    pub update_chunk_rows: usize,
     /// Normalise advantages per minibatch: `(A - mean) / (std + 1e-8)`, std unbiased as in torch.
     pub norm_adv: bool,
     /// Surrogate clipping: the ratio is clipped to `[1 - clip_coef, 1 + clip_coef]`.
@@ -136,6 +152,8 @@ impl Default for PpoConfig {
             num_minibatches: 4,
             minibatches: MinibatchMode::Grouped,
             update_epochs: 4,
+            update_chunk_windows: 8_192,
+            update_chunk_rows: 1_048_576,
             norm_adv: true,
             clip_coef: 0.2,
             clip_vloss: true,

@@ -55,7 +55,7 @@ pub mod windows;
 pub use adamw::{AdamW, AdamWConfig};
 pub use config::{MinibatchMode, PpoConfig};
 pub use metrics::{Metrics, MetricsWriter};
-pub use ppo::{KL_PRIOR_COEF_STAT, KL_PRIOR_STAT, Ppo, clip_grad_norm};
+pub use ppo::{BACKWARD_PASSES_STAT, KL_PRIOR_COEF_STAT, KL_PRIOR_STAT, Ppo, clip_grad_norm};
 pub use reward_norm::RewardNorm;
 pub use signals::{Alarm, AlarmKind, SignalReport, SignalThresholds};
 pub use trading::TradingEnv;

@@ -32,7 +32,11 @@ One iteration ([`Ppo::iterate`]):
      `c_i` annealed to 0 over `kl_prior_iters` ([`PpoConfig::kl_prior_coef_at`]); the last
      minibatch's KL is logged as `loss.kl_prior` for the whole run (also after `c_i` reached 0),
      `c_i` as `loss.kl_prior_coef`;
-   - backward, **global** gradient-norm clipping over all parameters, AdamW step.
+   - backward, **global** gradient-norm clipping over all parameters, AdamW step. Not CleanRL: a
+     minibatch over `update_chunk_windows` / `update_chunk_rows` is cut into chunks of whole bars
+     ([`minibatch::chunks`]); each chunk's loss (its means, weighted by its share of the rows) is
+     backpropagated alone and the gradients are summed before the clipping, so that only one
+     chunk's autograd graph is alive at a time; the logged losses are the minibatch's.
 
    After each epoch, stop early if `target_kl` is set and the last `approx_kl` exceeds it.
 5. **Metrics.** Losses of the last minibatch, mean clip fraction, explained variance of the batch,
@@ -68,6 +72,10 @@ use crate::rng::hash2;
 
 /// Name of the KL-to-prior statistic in `Metrics::policy` (last minibatch's `mean KL(pi || prior)`).
 pub const KL_PRIOR_STAT: &str = "loss.kl_prior";
+/// Name of the number of backward passes of the iteration's update in `Metrics::policy`
+/// (minibatches x epochs, more when `ppo.update_chunk_windows` / `update_chunk_rows` cut
+/// minibatches into chunks).
+pub const BACKWARD_PASSES_STAT: &str = "update.backward_passes";
 /// Name of the KL term's coefficient of the iteration in `Metrics::policy`.
 pub const KL_PRIOR_COEF_STAT: &str = "loss.kl_prior_coef";
 /// Name of the cost curriculum's scale of the cost-term weight in the metrics' `policy` map
@@ -392,9 +400,17 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
         };
         let units = cfg.batch_size(num_envs);
         let mb_units = cfg.minibatch_size(num_envs);
+        // Each unit's group key (the trading observation's bar): grouped minibatches are formed
+        // from them, and a minibatch's chunks are cut between them.
+        let unit_keys = b_obs.group_keys().filter(|k| k.len() == units);
         let group_keys = match cfg.minibatches {
-            MinibatchMode::Grouped => b_obs.group_keys().filter(|k| k.len() == units),
+            MinibatchMode::Grouped => unit_keys.as_ref(),
             MinibatchMode::Shuffled => None,
+        };
+        let mut backward_passes = 0usize;
+        let chunk_bound = minibatch::ChunkBound {
+            windows: cfg.update_chunk_windows,
+            rows: cfg.update_chunk_rows,
         };
         let mut inds: Vec<u32> = (0..units as u32).collect();
         let mut clipfracs = Vec::new();
@@ -408,7 +424,7 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
             0
         };
         for _ in 0..update_epochs {
-            let minibatches: Vec<Vec<u32>> = match &group_keys {
+            let minibatches: Vec<Vec<u32>> = match group_keys {
                 Some(keys) => minibatch::grouped(keys, cfg.num_minibatches, &mut self.rng_shuffle),
                 None => {
                     self.rng_shuffle.shuffle(&mut inds);
@@ -420,85 +436,64 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
                     .iter()
                     .flat_map(|&u| (0..g).map(move |a| u as usize * g + a))
                     .collect();
-                let r = rows.len();
-                let idx = Tensor::from_vec(
-                    rows.iter().map(|&i| i as u32).collect::<Vec<u32>>(),
-                    r,
-                    &dev,
-                )?;
-                let actions = b_actions.index_select(&idx, 0)?;
-                let old_logprob = b_logprobs.index_select(&idx, 0)?;
-                let old_values = b_values.index_select(&idx, 0)?;
-                let returns = b_returns.index_select(&idx, 0)?;
                 // Advantages are normalised per minibatch on the host (f64 mean and std).
                 let mut adv: Vec<f32> = rows.iter().map(|&i| buf.advantages[i]).collect();
                 if cfg.norm_adv {
                     normalize(&mut adv);
                 }
-                let adv = Tensor::from_vec(adv, r, &dev)?;
-                let mask = match &b_masks {
-                    Some(m) => Some(m.index_select(&idx, 0)?),
-                    None => None,
-                };
-
-                let mb_obs = b_obs.select_units(mb)?;
-                let (logits, new_value) = self.policy.forward(&mb_obs)?;
-                let dist = MaskedCategorical::new(&logits, mask.as_ref())?;
-                let kl_prior = if cfg.kl_prior_coef > 0.0 {
-                    Some(self.kl_to_prior(&mb_obs, &dist, mask.as_ref())?)
-                } else {
-                    None
-                };
-                let new_logprob = dist.log_prob(&actions)?;
-                let entropy = dist.entropy()?;
-                let logratio = (new_logprob - old_logprob)?;
-                let ratio = logratio.exp()?;
-
-                // Diagnostics, without gradient.
-                let (lr_d, ratio_d) = (logratio.detach(), ratio.detach());
-                last.old_approx_kl = scalar(&lr_d.neg()?.mean_all()?)?;
-                last.approx_kl = scalar(&((&ratio_d - 1.0)? - &lr_d)?.mean_all()?)?;
-                clipfracs.push(scalar(
-                    &(&ratio_d - 1.0)?
-                        .abs()?
-                        .gt(cfg.clip_coef)?
-                        .to_dtype(DType::F32)?
-                        .mean_all()?,
-                )?);
-
-                // Clipped surrogate.
-                let neg_adv = adv.neg()?;
-                let pg1 = (&neg_adv * &ratio)?;
-                let pg2 = (&neg_adv * ratio.clamp(1.0 - cfg.clip_coef, 1.0 + cfg.clip_coef)?)?;
-                let pg_loss = pg1.maximum(&pg2)?.mean_all()?;
-
-                // Value loss.
-                let new_value = new_value.flatten_all()?;
-                let v_unclipped = (&new_value - &returns)?.sqr()?;
-                let v_loss = if cfg.clip_vloss {
-                    let delta = (&new_value - &old_values)?.clamp(-cfg.clip_coef, cfg.clip_coef)?;
-                    let v_clipped = ((&old_values + delta)? - &returns)?.sqr()?;
-                    (v_unclipped.maximum(&v_clipped)?.mean_all()? * 0.5)?
-                } else {
-                    (v_unclipped.mean_all()? * 0.5)?
-                };
-                let entropy_loss = entropy.mean_all()?;
-                let mut loss =
-                    ((&pg_loss - (&entropy_loss * ent_coef)?)? + (&v_loss * cfg.vf_coef)?)?;
-                if let Some(kl) = &kl_prior {
-                    if kl_coef > 0.0 {
-                        loss = (loss + (kl * kl_coef)?)?;
+                // One backward pass per chunk (one chunk unless the minibatch exceeds
+                // `update_chunk_windows` or `update_chunk_rows`); chunk c's loss is its mean times its share of the rows, so
+                // the summed gradients are the minibatch's.
+                let chunks = minibatch::chunks(mb, unit_keys.as_deref(), g, chunk_bound);
+                let whole = chunks.len() == 1;
+                let mut grads: Option<GradStore> = None;
+                let mut parts = LossParts::default();
+                let mut row0 = 0;
+                for chunk in &chunks {
+                    let r = chunk.len() * g;
+                    let share = r as f64 / rows.len() as f64;
+                    let idx = Tensor::from_vec(
+                        rows[row0..row0 + r]
+                            .iter()
+                            .map(|&i| i as u32)
+                            .collect::<Vec<u32>>(),
+                        r,
+                        &dev,
+                    )?;
+                    let batch = ChunkBatch {
+                        obs: b_obs.select_units(chunk)?,
+                        actions: b_actions.index_select(&idx, 0)?,
+                        old_logprob: b_logprobs.index_select(&idx, 0)?,
+                        old_values: b_values.index_select(&idx, 0)?,
+                        returns: b_returns.index_select(&idx, 0)?,
+                        adv: Tensor::from_slice(&adv[row0..row0 + r], r, &dev)?,
+                        mask: match &b_masks {
+                            Some(m) => Some(m.index_select(&idx, 0)?),
+                            None => None,
+                        },
+                    };
+                    row0 += r;
+                    let (loss, p) = self.chunk_loss(&batch, ent_coef, kl_coef)?;
+                    let loss = if whole { loss } else { (loss * share)? };
+                    grads = Some(collect_grads(grads, loss.backward()?, &self.params)?);
+                    if whole {
+                        parts = p;
+                    } else {
+                        parts.add(&p, share);
                     }
-                    last.kl_prior = Some(scalar(kl)?);
+                    backward_passes += 1;
                 }
-
-                let mut grads = loss.backward()?;
+                let mut grads = grads.ok_or_else(|| Error::invalid("an empty minibatch"))?;
                 last.grad_norm = clip_grad_norm(&mut grads, &self.params, cfg.max_grad_norm)?;
                 self.opt.step(&grads)?;
                 self.policy.parameters_changed(false);
-                last.policy_loss = scalar(&pg_loss)?;
-                last.value_loss = scalar(&v_loss)?;
-                last.entropy = scalar(&entropy_loss)?;
+                clipfracs.push(parts.clipfrac);
+                last.old_approx_kl = parts.old_approx_kl;
+                last.approx_kl = parts.approx_kl;
+                last.policy_loss = parts.policy_loss;
+                last.value_loss = parts.value_loss;
+                last.entropy = parts.entropy;
+                last.kl_prior = parts.kl_prior;
             }
             epochs += 1;
             if cfg.target_kl.is_some_and(|k| last.approx_kl > k) {
@@ -525,6 +520,7 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
             let tradable = tradable.min(self.env.agents_per_env());
             policy_stats.insert(TRADABLE_STAT.into(), tradable as f64);
         }
+        policy_stats.insert(BACKWARD_PASSES_STAT.into(), backward_passes as f64);
         timing.insert("time.rollout_env".into(), times.env);
         timing.insert("time.rollout_policy".into(), times.policy);
         timing.insert("time.update".into(), times.update);
@@ -560,6 +556,70 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
 
     /// `mean_rows KL(pi || prior)` of a minibatch: `sum_a pi_a (log pi_a - log prior_a)`, the prior
     /// masked like the policy (masked actions have `pi_a = 0` exactly and add nothing).
+    /// The PPO loss of one chunk of a minibatch (step 4 of the module's description: surrogate,
+    /// value loss, entropy, the KL term), means over the chunk's rows, and its parts as numbers.
+    fn chunk_loss(
+        &self,
+        b: &ChunkBatch<E::Obs>,
+        ent_coef: f64,
+        kl_coef: f64,
+    ) -> Result<(Tensor, LossParts)> {
+        let cfg = &self.cfg;
+        let mut parts = LossParts::default();
+        let (logits, new_value) = self.policy.forward(&b.obs)?;
+        let dist = MaskedCategorical::new(&logits, b.mask.as_ref())?;
+        let kl_prior = if cfg.kl_prior_coef > 0.0 {
+            Some(self.kl_to_prior(&b.obs, &dist, b.mask.as_ref())?)
+        } else {
+            None
+        };
+        let new_logprob = dist.log_prob(&b.actions)?;
+        let entropy = dist.entropy()?;
+        let logratio = (new_logprob - &b.old_logprob)?;
+        let ratio = logratio.exp()?;
+
+        // Diagnostics, without gradient.
+        let (lr_d, ratio_d) = (logratio.detach(), ratio.detach());
+        parts.old_approx_kl = scalar(&lr_d.neg()?.mean_all()?)?;
+        parts.approx_kl = scalar(&((&ratio_d - 1.0)? - &lr_d)?.mean_all()?)?;
+        parts.clipfrac = scalar(
+            &(&ratio_d - 1.0)?
+                .abs()?
+                .gt(cfg.clip_coef)?
+                .to_dtype(DType::F32)?
+                .mean_all()?,
+        )?;
+
+        // Clipped surrogate.
+        let neg_adv = b.adv.neg()?;
+        let pg1 = (&neg_adv * &ratio)?;
+        let pg2 = (&neg_adv * ratio.clamp(1.0 - cfg.clip_coef, 1.0 + cfg.clip_coef)?)?;
+        let pg_loss = pg1.maximum(&pg2)?.mean_all()?;
+
+        // Value loss.
+        let new_value = new_value.flatten_all()?;
+        let v_unclipped = (&new_value - &b.returns)?.sqr()?;
+        let v_loss = if cfg.clip_vloss {
+            let delta = (&new_value - &b.old_values)?.clamp(-cfg.clip_coef, cfg.clip_coef)?;
+            let v_clipped = ((&b.old_values + delta)? - &b.returns)?.sqr()?;
+            (v_unclipped.maximum(&v_clipped)?.mean_all()? * 0.5)?
+        } else {
+            (v_unclipped.mean_all()? * 0.5)?
+        };
+        let entropy_loss = entropy.mean_all()?;
+        let mut loss = ((&pg_loss - (&entropy_loss * ent_coef)?)? + (&v_loss * cfg.vf_coef)?)?;
+        if let Some(kl) = &kl_prior {
+            if kl_coef > 0.0 {
+                loss = (loss + (kl * kl_coef)?)?;
+            }
+            parts.kl_prior = Some(scalar(kl)?);
+        }
+        parts.policy_loss = scalar(&pg_loss)?;
+        parts.value_loss = scalar(&v_loss)?;
+        parts.entropy = scalar(&entropy_loss)?;
+        Ok((loss, parts))
+    }
+
     fn kl_to_prior(
         &self,
         obs: &E::Obs,
@@ -722,6 +782,71 @@ struct LastMinibatch {
     kl_prior: Option<f64>,
 }
 
+/// One chunk of a minibatch: its units' observations and its rows' rollout data (advantages
+/// already normalised over the whole minibatch).
+struct ChunkBatch<O> {
+    obs: O,
+    actions: Tensor,
+    old_logprob: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    adv: Tensor,
+    mask: Option<Tensor>,
+}
+
+/// A loss's logged parts: one chunk's means, or a minibatch's as the chunks' means weighted by
+/// their shares of the rows ([`LossParts::add`]).
+#[derive(Debug, Default)]
+struct LossParts {
+    policy_loss: f64,
+    value_loss: f64,
+    entropy: f64,
+    old_approx_kl: f64,
+    approx_kl: f64,
+    clipfrac: f64,
+    kl_prior: Option<f64>,
+}
+
+impl LossParts {
+    /// Add `w` times `p` (`w = 1` for a minibatch of one chunk: the sums are then exactly `p`).
+    fn add(&mut self, p: &LossParts, w: f64) {
+        self.policy_loss += w * p.policy_loss;
+        self.value_loss += w * p.value_loss;
+        self.entropy += w * p.entropy;
+        self.old_approx_kl += w * p.old_approx_kl;
+        self.approx_kl += w * p.approx_kl;
+        self.clipfrac += w * p.clipfrac;
+        if let Some(k) = p.kl_prior {
+            self.kl_prior = Some(self.kl_prior.unwrap_or(0.0) + w * k);
+        }
+    }
+}
+
+/// The trainable parameters' gradients of `g`, detached, added to `acc` when given; the rest of
+/// `g` (gradients of frozen parameters and of inputs) is dropped. Detached because a parameter's
+/// gradient as candle returns it still records how it was computed (`x^T g` of a matmul keeps its
+/// operand `x`, a forward activation), so holding it would keep that backward pass's whole
+/// autograd graph alive: summed over the chunks of a minibatch, every chunk's graph until the
+/// optimizer step.
+fn collect_grads(
+    acc: Option<GradStore>,
+    mut g: GradStore,
+    params: &[(String, Var)],
+) -> Result<GradStore> {
+    let mut acc = acc.unwrap_or_default();
+    for (_, p) in params {
+        if let Some(x) = g.remove(p.as_tensor()) {
+            let x = x.detach();
+            let sum = match acc.remove(p.as_tensor()) {
+                Some(a) => (a + x)?,
+                None => x,
+            };
+            acc.insert(p.as_tensor(), sum);
+        }
+    }
+    Ok(acc)
+}
+
 /// The parameters of `varmap` the optimiser updates: all but those the policy freezes.
 fn trainable<P: ActorCritic>(policy: &P, varmap: &VarMap) -> Result<Vec<(String, Var)>> {
     let params: Vec<(String, Var)> = named_vars(varmap)
@@ -783,6 +908,33 @@ mod tests {
         let norm2 = clip_grad_norm(&mut grads, &params, 100.0)?;
         assert!((norm2 - 1.3).abs() < 1e-4);
         assert_eq!(grads.get(b.as_tensor()).unwrap().to_vec1::<f32>()?, gb);
+        Ok(())
+    }
+
+    #[test]
+    fn collected_gradients_are_detached_and_summed() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Var::new(&[[1f32, 2.], [3., 4.]], &dev)?;
+        let frozen = Var::new(&[5f32], &dev)?;
+        let params = vec![("w".to_string(), w.clone())];
+        let chunk = |x: &[f32]| -> Result<GradStore> {
+            // x is an activation computed from a variable, as in a network.
+            let x = Tensor::new(x, &dev)?
+                .reshape((1, 2))?
+                .broadcast_mul(frozen.as_tensor())?;
+            Ok(x.matmul(w.as_tensor())?.sum_all()?.backward()?)
+        };
+        let g1 = chunk(&[1., 0.])?;
+        // candle's own gradient of w records the matmul (it would keep the pass's graph alive).
+        assert!(g1.get(w.as_tensor()).is_some_and(|g| g.track_op()));
+        let acc = collect_grads(None, g1, &params)?;
+        let acc = collect_grads(Some(acc), chunk(&[0., 1.])?, &params)?;
+        let g = acc.get(w.as_tensor()).expect("w's gradient");
+        assert!(!g.track_op(), "the collected gradient holds no graph");
+        // d/dw sum(5 x w) = 5 x^T 1, summed over the two chunks.
+        assert_eq!(g.to_vec2::<f32>()?, vec![vec![5., 5.], vec![5., 5.]]);
+        // Only the trainable parameters are kept.
+        assert!(acc.get(frozen.as_tensor()).is_none());
         Ok(())
     }
 

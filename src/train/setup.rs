@@ -36,7 +36,7 @@ pub fn build_policy(
         market.features.clone(),
         market.data.clone(),
     )?);
-    let policy = SymbolPolicy::new(agent, windows, device)?;
+    let policy = SymbolPolicy::new(agent, windows, device)?.with_untracked_inference(&vm)?;
     Ok((policy, vm))
 }
 
