@@ -387,6 +387,8 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
         // Update.
         let update_clock = Instant::now();
         let b_obs = <E::Obs as ObsBatch>::concat(&buf.obs)?;
+        // The per-step observations are now a copy: release them (3.9 GB at 128 x 2048 x 143).
+        buf.obs = Vec::new();
         // The batch's rows on the policy's device; each minibatch gathers its rows from them.
         let (b_actions, b_logprobs, b_values) = buf.device_rows()?;
         let b_returns = Tensor::from_slice(&buf.returns, buf.returns.len(), &dev)?;
