@@ -172,9 +172,9 @@ impl SymbolPolicy {
         })
     }
 
-    /// Run the passes that need no gradient (the rollout's [`forward_inference`]
-    /// (ActorCritic::forward_inference), the cached embeddings of a frozen encoder, the warm
-    /// start's inputs) on an untracked twin of the agent: the same network built over detached
+    /// Run the passes that need no gradient (the rollout's
+    /// [`forward_inference`](ActorCritic::forward_inference), the cached embeddings of a frozen
+    /// encoder, the warm start's inputs) on an untracked twin of the agent: the same network built over detached
     /// views of `varmap`'s variables ([`crate::agents::init::detached_var_builder`]: the same
     /// storage, so every optimizer step and checkpoint load shows through). The parameters are
     /// variables, so a pass on the agent itself records candle's autograd graph and its custom ops

@@ -58,8 +58,9 @@ pub fn grouped(keys: &[u64], m: usize, rng: &mut ResumableRng) -> Vec<Vec<u32>> 
     out
 }
 
-/// The memory bound of one backward pass of the update ([`PpoConfig::update_chunk_windows`],
-/// [`PpoConfig::update_chunk_rows`](super::PpoConfig)); 0 = no bound.
+/// The memory bound of one backward pass of the update
+/// ([`PpoConfig::update_chunk_windows`](super::PpoConfig::update_chunk_windows),
+/// [`PpoConfig::update_chunk_rows`](super::PpoConfig::update_chunk_rows)); 0 = no bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkBound {
     /// The most encoder windows (distinct keys x rows per unit) a chunk holds.
@@ -69,7 +70,8 @@ pub struct ChunkBound {
 }
 
 /// Split one minibatch's `units` (in their order) into consecutive chunks within `bound`, for one
-/// backward pass per chunk with the gradients summed ([`PpoConfig::update_chunk_windows`](super::PpoConfig)).
+/// backward pass per chunk with the gradients summed
+/// ([`PpoConfig::update_chunk_windows`](super::PpoConfig::update_chunk_windows)).
 /// A unit is `rows_per_unit` rows (the trading env's symbols), and each key a policy encodes
 /// costs `rows_per_unit` windows (one per symbol).
 ///

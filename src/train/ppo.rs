@@ -444,8 +444,8 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
                     normalize(&mut adv);
                 }
                 // One backward pass per chunk (one chunk unless the minibatch exceeds
-                // `update_chunk_windows` or `update_chunk_rows`); chunk c's loss is its mean times its share of the rows, so
-                // the summed gradients are the minibatch's.
+                // `update_chunk_windows` or `update_chunk_rows`); a chunk's loss is its means
+                // times its share of the rows, so the summed gradients are the minibatch's.
                 let chunks = minibatch::chunks(mb, unit_keys.as_deref(), g, chunk_bound);
                 let whole = chunks.len() == 1;
                 let mut grads: Option<GradStore> = None;
@@ -556,8 +556,6 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
         })
     }
 
-    /// `mean_rows KL(pi || prior)` of a minibatch: `sum_a pi_a (log pi_a - log prior_a)`, the prior
-    /// masked like the policy (masked actions have `pi_a = 0` exactly and add nothing).
     /// The PPO loss of one chunk of a minibatch (step 4 of the module's description: surrogate,
     /// value loss, entropy, the KL term), means over the chunk's rows, and its parts as numbers.
     fn chunk_loss(
@@ -622,6 +620,8 @@ impl<E: TrainEnv, P: ActorCritic<Obs = E::Obs>> Ppo<E, P> {
         Ok((loss, parts))
     }
 
+    /// `mean_rows KL(pi || prior)` of a minibatch: `sum_a pi_a (log pi_a - log prior_a)`, the prior
+    /// masked like the policy (masked actions have `pi_a = 0` exactly and add nothing).
     fn kl_to_prior(
         &self,
         obs: &E::Obs,
