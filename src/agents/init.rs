@@ -75,6 +75,23 @@ pub fn sample_init(shape: &Shape, init: Init, rng: &mut SplitMix64) -> Vec<f32> 
     }
 }
 
+/// Whether `varmap` holds a variable named `name`.
+fn holds(varmap: &VarMap, name: &str) -> bool {
+    varmap
+        .data()
+        .lock()
+        .expect("varmap lock")
+        .contains_key(name)
+}
+
+/// The variable `name` of `varmap` as a tensor (an error naming it when absent).
+fn stored(varmap: &VarMap, name: &str) -> Result<Tensor> {
+    match varmap.data().lock().expect("varmap lock").get(name) {
+        Some(v) => Ok(v.as_tensor().clone()),
+        None => candle_core::bail!("cannot find tensor {name}"),
+    }
+}
+
 /// A `VarMap`-backed [`SimpleBackend`] with seeded, order-independent initialisation.
 pub struct SeededVarMap {
     varmap: VarMap,
@@ -109,19 +126,11 @@ impl SimpleBackend for SeededVarMap {
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
-        let data = self.varmap.data().lock().expect("varmap lock");
-        match data.get(name) {
-            Some(v) => v.as_tensor().to_dtype(dtype)?.to_device(dev),
-            None => candle_core::bail!("cannot find tensor {name}"),
-        }
+        stored(&self.varmap, name)?.to_dtype(dtype)?.to_device(dev)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.varmap
-            .data()
-            .lock()
-            .expect("varmap lock")
-            .contains_key(name)
+        holds(&self.varmap, name)
     }
 }
 
@@ -150,19 +159,14 @@ impl SimpleBackend for DetachedVars {
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
-        let data = self.varmap.data().lock().expect("varmap lock");
-        match data.get(name) {
-            Some(v) => v.as_tensor().detach().to_dtype(dtype)?.to_device(dev),
-            None => candle_core::bail!("cannot find tensor {name}"),
-        }
+        stored(&self.varmap, name)?
+            .detach()
+            .to_dtype(dtype)?
+            .to_device(dev)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.varmap
-            .data()
-            .lock()
-            .expect("varmap lock")
-            .contains_key(name)
+        holds(&self.varmap, name)
     }
 }
 
