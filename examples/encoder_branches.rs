@@ -49,6 +49,17 @@ fn main() {
     let enc = SharedEncoder::new(&cfg, WindowShape::TECH, vb.pp("e")).unwrap();
     let adj = Tensor::full(1f32 / 143., (143, 143), &dev).unwrap();
     let xw = x.reshape((b / 143, 143, 24, 23)).unwrap();
+    // The same modules over detached views of the variables: the rollout's inference path (no
+    // autograd graph recorded), what `bench policy` times.
+    let ivb = marl_trade::agents::init::detached_var_builder(&vm, DType::F32, &dev);
+    let ti = TransformerEncoder::new(24, 23, &cfg.transformer, ivb.pp("t")).unwrap();
+    let li = BiLstm::new(23, 64, ivb.pp("l")).unwrap();
+    let ci = Cnn1d::new(23, &cfg.cnn, ivb.pp("c")).unwrap();
+    let enci = SharedEncoder::new(&cfg, WindowShape::TECH, ivb.pp("e")).unwrap();
+    time("transformer inference", reps, || ti.forward(&x));
+    time("bilstm inference", reps, || li.forward(&x));
+    time("cnn inference", reps, || ci.forward(&x));
+    time("encoder inference", reps, || enci.forward(&xw, Some(&adj)));
     time("transformer fwd", reps, || t.forward(&x));
     time("bilstm fwd", reps, || l.forward(&x));
     time("cnn fwd", reps, || c.forward(&x));

@@ -433,6 +433,17 @@ impl PolicyBench {
         Ok(logits.sum_all()?.to_scalar::<f32>()? + value.sum_all()?.to_scalar::<f32>()?)
     }
 
+    /// One acting pass of case `i`: the forward of a rollout step or of the policy server
+    /// ([`ActorCritic::forward_inference`](crate::agents::ActorCritic::forward_inference): no
+    /// autograd graph, on the untracked twin), with the embedding cache emptied first so that
+    /// every key is encoded and its correlation graph built, as on a bar not seen before.
+    pub fn act(&self, i: usize) -> Result<f32> {
+        use crate::agents::ActorCritic;
+        self.policy.clear_cache();
+        let (logits, value) = self.policy.forward_inference(&self.cases[i].1)?;
+        Ok(logits.sum_all()?.to_scalar::<f32>()? + value.sum_all()?.to_scalar::<f32>()?)
+    }
+
     /// One forward and backward pass of case `i`: the gradient of `sum(logits) + sum(values)`
     /// with respect to every parameter (what a PPO update step does, without the optimiser).
     pub fn forward_backward(&self, i: usize) -> Result<f32> {
@@ -443,26 +454,35 @@ impl PolicyBench {
         Ok(loss.to_scalar::<f32>()?)
     }
 
-    /// One warm-up and `reps` timed forward passes of every case, then the same for a forward and
-    /// backward pass of the last case (N scenarios at N distinct bars).
+    /// One warm-up and `reps` timed forward passes of every case (recording the autograd graph,
+    /// as the update does), then the same for acting ([`PolicyBench::act`]) on one scenario and
+    /// on N scenarios at N distinct bars, and for a forward and backward pass of the last case.
     pub fn measure(&self, reps: usize) -> Result<Vec<PolicyTiming>> {
         if reps == 0 {
             return Err(Error::invalid("reps must be >= 1"));
         }
         let s = self.policy.agent().dims().symbols;
         let last = self.cases.len() - 1;
-        let runs: Vec<(&'static str, usize, bool)> = (0..self.cases.len())
-            .map(|i| (self.cases[i].0, i, false))
-            .chain([("N bars, fwd + bwd", last, true)])
+        #[derive(Clone, Copy)]
+        enum Pass {
+            Forward,
+            Act,
+            Backward,
+        }
+        let runs: Vec<(&'static str, usize, Pass)> = (0..self.cases.len())
+            .map(|i| (self.cases[i].0, i, Pass::Forward))
+            .chain([
+                ("1 scenario, acting", 0, Pass::Act),
+                ("N bars, acting", last, Pass::Act),
+                ("N bars, fwd + bwd", last, Pass::Backward),
+            ])
             .collect();
         runs.into_iter()
-            .map(|(name, i, backward)| {
-                let run = |i| {
-                    if backward {
-                        self.forward_backward(i)
-                    } else {
-                        self.forward(i)
-                    }
+            .map(|(name, i, pass)| {
+                let run = |i| match pass {
+                    Pass::Forward => self.forward(i),
+                    Pass::Act => self.act(i),
+                    Pass::Backward => self.forward_backward(i),
                 };
                 let (seconds, cpu_seconds) = time_reps(reps, || run(i))?;
                 Ok(PolicyTiming {

@@ -131,6 +131,9 @@ impl MultiHeadAttention {
         let q = linear_rows(&self.q, xq)?; // [B, 1, D]
         let k = linear_rows(&self.k, x)?; // [B, L, D]
         let v = linear_rows(&self.v, x)?;
+        if let Some(y) = one_query_untracked(&q, &k, &v, h)? {
+            return linear_rows(&self.o, &y);
+        }
         // ind[j, h] = 1 if column j belongs to head h.
         let ind: Vec<f32> = (0..d_model)
             .flat_map(|j| (0..h).map(move |hh| if j / dh == hh { 1.0 } else { 0.0 }))
@@ -149,6 +152,70 @@ impl MultiHeadAttention {
         let y = (a * v)?.sum_keepdim(1)?; // [B, 1, D]
         linear_rows(&self.o, &y)
     }
+}
+
+/// The single-query attention of [`MultiHeadAttention::forward_one_query`] (`q [B, 1, D]`, `k`
+/// and `v` `[B, L, D]`, `heads` heads) in one pass over `k` and `v` per sequence, for the passes
+/// that record no gradient (acting: the rollout, the policy server), f32 on the CPU: the
+/// composed path runs a dozen tensor ops over `[B, L, D]` (each a pass over memory and an
+/// allocation), this one none. `None` where it does not apply (a tensor that records a graph,
+/// another device or dtype): the caller takes the composed path. Equal to it to float rounding
+/// (tested).
+fn one_query_untracked(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Option<Tensor>> {
+    use rayon::prelude::*;
+    let tracked = q.track_op() || k.track_op() || v.track_op();
+    let cpu_f32 = [q, k, v]
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32);
+    if tracked || !cpu_f32 {
+        return Ok(None);
+    }
+    let (b, l, d) = k.dims3()?;
+    let dh = d / heads;
+    let scale = 1.0 / (dh as f32).sqrt();
+    let (q, k, v) = (
+        q.flatten_all()?.to_vec1::<f32>()?,
+        k.flatten_all()?.to_vec1::<f32>()?,
+        v.flatten_all()?.to_vec1::<f32>()?,
+    );
+    let mut y = vec![0f32; b * d];
+    y.par_chunks_mut(d).enumerate().for_each(|(i, yi)| {
+        let (qi, ki, vi) = (&q[i * d..(i + 1) * d], &k[i * l * d..], &v[i * l * d..]);
+        let mut a = vec![0f32; l];
+        for hh in 0..heads {
+            let cols = hh * dh..(hh + 1) * dh;
+            for (j, aj) in a.iter_mut().enumerate() {
+                let kj = &ki[j * d + cols.start..j * d + cols.end];
+                *aj = kj
+                    .iter()
+                    .zip(&qi[cols.clone()])
+                    .map(|(x, y)| x * y)
+                    .sum::<f32>()
+                    * scale;
+            }
+            let max = a.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for aj in a.iter_mut() {
+                *aj = (*aj - max).exp();
+                sum += *aj;
+            }
+            let out = &mut yi[cols.clone()];
+            for (j, aj) in a.iter().enumerate() {
+                let w = aj / sum;
+                for (o, x) in out
+                    .iter_mut()
+                    .zip(&vi[j * d + cols.start..j * d + cols.end])
+                {
+                    *o += w * x;
+                }
+            }
+        }
+    });
+    Ok(Some(Tensor::from_vec(
+        y,
+        (b, 1, d),
+        &candle_core::Device::Cpu,
+    )?))
 }
 
 /// `x [.., in] -> [.., out]` through `l` as one 2-D matmul over all leading rows (candle-nn's
@@ -302,6 +369,45 @@ mod tests {
                 "the input gradient is trivially small"
             );
         }
+        Ok(())
+    }
+
+    /// Without a graph to record (the module over detached variables), the single-query path
+    /// takes the fused pass ([`one_query_untracked`]): the same outputs as the composed ops.
+    #[test]
+    fn untracked_one_query_matches_the_composed_path() -> Result<()> {
+        let dev = Device::Cpu;
+        let vm = candle_nn::VarMap::new();
+        let tracked = MultiHeadAttention::new(
+            16,
+            4,
+            crate::agents::init::seeded_var_builder(&vm, 3, DType::F32, &dev),
+        )?;
+        let untracked = MultiHeadAttention::new(
+            16,
+            4,
+            crate::agents::init::detached_var_builder(&vm, DType::F32, &dev),
+        )?;
+        let x = Tensor::arange(0f32, 5. * 9. * 16., &dev)?
+            .reshape((5, 9, 16))?
+            .affine(0.29, 0.1)?
+            .sin()?
+            .affine(3.0, 0.0)?;
+        let xq = x.narrow(1, 8, 1)?;
+        let q = linear_rows(&untracked.q, &xq)?;
+        let (k, v) = (
+            linear_rows(&untracked.k, &x)?,
+            linear_rows(&untracked.v, &x)?,
+        );
+        assert!(
+            one_query_untracked(&q, &k, &v, 4)?.is_some(),
+            "fused path not taken"
+        );
+        let fused = untracked.forward_one_query(&xq, &x)?;
+        let composed = tracked.forward_one_query(&xq, &x)?;
+        let scale = composed.abs()?.max_all()?.to_scalar::<f32>()?;
+        let err = (&fused - &composed)?.abs()?.max_all()?.to_scalar::<f32>()? / scale;
+        assert!(scale > 0.1 && err < 1e-6, "normwise rel. error {err}");
         Ok(())
     }
 
