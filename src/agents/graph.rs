@@ -37,6 +37,7 @@ assert_eq!(gnn.forward_graph(&h, &a)?.dims(), &[5, 3, 8]);
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
+use rayon::prelude::*;
 
 use super::norm::LayerNorm;
 
@@ -72,23 +73,43 @@ pub fn correlation_graph(returns: &[f32], w: usize, s: usize, k: usize) -> Vec<f
         let dot: f64 = (0..w).map(|t| cols[i * w + t] * cols[j * w + t]).sum();
         (dot / d).clamp(-1.0, 1.0)
     };
-    let mut adj = vec![0f32; s * s];
-    let mut cand: Vec<(f64, usize)> = Vec::with_capacity(s);
+    // |corr| of every pair once (the same bits either way round: the products and their order
+    // are the same), rows in parallel.
+    let mut abs_corr = vec![0f64; s * s];
+    abs_corr.par_chunks_mut(s).enumerate().for_each(|(i, row)| {
+        for (j, c) in row.iter_mut().enumerate().skip(i + 1) {
+            *c = corr(i, j).abs();
+        }
+    });
     for i in 0..s {
-        cand.clear();
-        cand.extend((0..s).filter(|&j| j != i).map(|j| (corr(i, j).abs(), j)));
-        // Strongest first; ties by lower index, so the graph is deterministic.
-        cand.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        let top = &cand[..k];
+        for j in 0..i {
+            abs_corr[i * s + j] = abs_corr[j * s + i];
+        }
+    }
+    let mut adj = vec![0f32; s * s];
+    adj.par_chunks_mut(s).enumerate().for_each(|(i, out)| {
+        if k == 0 {
+            return;
+        }
+        let mut cand: Vec<(f64, usize)> = (0..s)
+            .filter(|&j| j != i)
+            .map(|j| (abs_corr[i * s + j], j))
+            .collect();
+        // Strongest first; ties by lower index, so the graph is deterministic (a total order:
+        // the k first after a partial selection are those of a full sort).
+        let order = |a: &(f64, usize), b: &(f64, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        cand.select_nth_unstable_by(k - 1, order);
+        let top = &mut cand[..k];
+        top.sort_by(order);
         let total: f64 = top.iter().map(|c| c.0).sum();
-        for &(c, j) in top {
-            adj[i * s + j] = if total > 0.0 {
+        for &(c, j) in top.iter() {
+            out[j] = if total > 0.0 {
                 (c / total) as f32
             } else {
                 1.0 / k as f32
             };
         }
-    }
+    });
     adj
 }
 
@@ -164,6 +185,79 @@ mod tests {
         // Constant returns: zero correlations, equal weights on the first k others.
         let flat = correlation_graph(&[0.0; 12], 4, 3, 2);
         assert_eq!(flat, vec![0.0, 0.5, 0.5, 0.5, 0.0, 0.5, 0.5, 0.5, 0.0]);
+    }
+
+    /// The graph as first written: every pair's correlation computed for each row, each row's
+    /// candidates fully sorted, one row after the other.
+    fn reference_graph(returns: &[f32], w: usize, s: usize, k: usize) -> Vec<f32> {
+        let k = k.min(s.saturating_sub(1));
+        let mut cols = vec![0f64; w * s];
+        let mut norms = vec![0f64; s];
+        for j in 0..s {
+            let mean = (0..w).map(|t| returns[t * s + j] as f64).sum::<f64>() / w.max(1) as f64;
+            for t in 0..w {
+                cols[j * w + t] = returns[t * s + j] as f64 - mean;
+            }
+            norms[j] = cols[j * w..(j + 1) * w]
+                .iter()
+                .map(|v| v * v)
+                .sum::<f64>()
+                .sqrt();
+        }
+        let corr = |i: usize, j: usize| -> f64 {
+            let d = norms[i] * norms[j];
+            if d <= 1e-300 {
+                return 0.0;
+            }
+            let dot: f64 = (0..w).map(|t| cols[i * w + t] * cols[j * w + t]).sum();
+            (dot / d).clamp(-1.0, 1.0)
+        };
+        let mut adj = vec![0f32; s * s];
+        for i in 0..s {
+            let mut cand: Vec<(f64, usize)> = (0..s)
+                .filter(|&j| j != i)
+                .map(|j| (corr(i, j).abs(), j))
+                .collect();
+            cand.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            let top = &cand[..k];
+            let total: f64 = top.iter().map(|c| c.0).sum();
+            for &(c, j) in top {
+                adj[i * s + j] = if total > 0.0 {
+                    (c / total) as f32
+                } else {
+                    1.0 / k as f32
+                };
+            }
+        }
+        adj
+    }
+
+    /// The symmetric, parallel, partially sorted graph is the reference's bit for bit: random
+    /// returns, returns quantised so that many correlations tie, constant columns, every k.
+    #[test]
+    fn graph_equals_the_straightforward_reference() {
+        let mut rng = crate::rng::SplitMix64::new(9);
+        let (w, s) = (64, 37);
+        let random: Vec<f32> = (0..w * s).map(|_| rng.normal() as f32).collect();
+        // Two values only, and 5 constant columns: ties and zero correlations.
+        let coarse: Vec<f32> = (0..w * s)
+            .map(|i| {
+                if i % s < 5 {
+                    0.0
+                } else {
+                    (rng.below(2) as f32) * 0.01
+                }
+            })
+            .collect();
+        for r in [&random, &coarse] {
+            for k in [0, 1, 8, 36, 50] {
+                assert_eq!(
+                    correlation_graph(r, w, s, k),
+                    reference_graph(r, w, s, k),
+                    "k = {k}"
+                );
+            }
+        }
     }
 
     #[test]
