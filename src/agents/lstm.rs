@@ -11,11 +11,16 @@ encoder's time. Here the work is split so that everything large is a matmul:
   caller with ordinary candle ops (`x [B W, F] x W_ih^T [F, 8H] + b`, so autograd handles it and its
   parameters): `xproj [B, W, 2, 4H]` (direction 0 reads bar `t` at step `t`, direction 1 reads bar
   `W - 1 - t`);
-- [`BiLstmRecurrence`] then runs the `W` steps: per step one batched matmul `h [2, B, H] x
-  W_hh^T [2, H, 4H]` (the four gates fused, both directions in one call) and one fused elementwise
-  pass for the gates and the cell update; it returns the final hidden states `[2, B, H]`;
-- its backward pass walks the steps in reverse with the saved gate activations and cell states:
-  per step one fused elementwise pass, one batched matmul for `dh` and one for `dW_hh`.
+- [`BiLstmRecurrence`] then runs the `W` steps. The sequences of a batch are independent, so the
+  work is split by sequence, not by step: a rayon task takes 12 batch rows (`ROWS_PER_TASK`) and
+  runs all `W` steps of both directions for them, per step one matmul `h [rows, H] x W_hh^T [H, 4H]`
+  (the four gates fused; gemm's kernels called directly on the task's thread) and one fused
+  elementwise pass for the gates and the cell update. No synchronisation between threads per step;
+  it returns the final hidden states `[2, B, H]`;
+- its backward pass is split the same way: each task walks its rows' steps in reverse with the
+  saved gate activations and cell states (per step one fused elementwise pass, one matmul for
+  `dh` and one accumulating its share of `dW_hh`); the shares are summed in task order, so the
+  result does not depend on the number of threads.
 
 The gate order is PyTorch's and candle-nn's (input, forget, cell, output), so the parameters are
 exactly candle-nn's `LSTM` ones and checkpoints load unchanged. The activations use a polynomial
