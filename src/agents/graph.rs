@@ -41,6 +41,43 @@ use rayon::prelude::*;
 
 use super::norm::LayerNorm;
 
+/// The demeaned return columns `[S, W]` and their norms, in f64: what a correlation reads.
+struct Columns {
+    w: usize,
+    cols: Vec<f64>,
+    norms: Vec<f64>,
+}
+
+impl Columns {
+    fn new(returns: &[f32], w: usize, s: usize) -> Self {
+        let mut cols = vec![0f64; w * s];
+        let mut norms = vec![0f64; s];
+        for j in 0..s {
+            let mean = (0..w).map(|t| returns[t * s + j] as f64).sum::<f64>() / w.max(1) as f64;
+            for t in 0..w {
+                cols[j * w + t] = returns[t * s + j] as f64 - mean;
+            }
+            norms[j] = cols[j * w..(j + 1) * w]
+                .iter()
+                .map(|v| v * v)
+                .sum::<f64>()
+                .sqrt();
+        }
+        Self { w, cols, norms }
+    }
+
+    /// Pearson correlation of symbols `i` and `j` (0 when either is constant).
+    fn corr(&self, i: usize, j: usize) -> f64 {
+        let (w, c) = (self.w, &self.cols);
+        let d = self.norms[i] * self.norms[j];
+        if d <= 1e-300 {
+            return 0.0;
+        }
+        let dot: f64 = (0..w).map(|t| c[i * w + t] * c[j * w + t]).sum();
+        (dot / d).clamp(-1.0, 1.0)
+    }
+}
+
 /// Row-normalised top-k adjacency `[S, S]` (row-major) from returns `[W, S]` (row-major, bar-major,
 /// oldest first). Only the given bars are used, so the graph at bar t is causal when they end at t.
 /// `k` is clamped to `S - 1`.
@@ -51,28 +88,8 @@ pub fn correlation_graph(returns: &[f32], w: usize, s: usize, k: usize) -> Vec<f
         "correlation_graph: returns must be [W, S]"
     );
     let k = k.min(s.saturating_sub(1));
-    // Demeaned columns and their norms, in f64.
-    let mut cols = vec![0f64; w * s]; // [S, W]
-    let mut norms = vec![0f64; s];
-    for j in 0..s {
-        let mean = (0..w).map(|t| returns[t * s + j] as f64).sum::<f64>() / w.max(1) as f64;
-        for t in 0..w {
-            cols[j * w + t] = returns[t * s + j] as f64 - mean;
-        }
-        norms[j] = cols[j * w..(j + 1) * w]
-            .iter()
-            .map(|v| v * v)
-            .sum::<f64>()
-            .sqrt();
-    }
-    let corr = |i: usize, j: usize| -> f64 {
-        let d = norms[i] * norms[j];
-        if d <= 1e-300 {
-            return 0.0;
-        }
-        let dot: f64 = (0..w).map(|t| cols[i * w + t] * cols[j * w + t]).sum();
-        (dot / d).clamp(-1.0, 1.0)
-    };
+    let cols = Columns::new(returns, w, s);
+    let corr = |i: usize, j: usize| cols.corr(i, j);
     // |corr| of every pair once (the same bits either way round: the products and their order
     // are the same), rows in parallel.
     let mut abs_corr = vec![0f64; s * s];
@@ -188,30 +205,11 @@ mod tests {
     }
 
     /// The graph as first written: every pair's correlation computed for each row, each row's
-    /// candidates fully sorted, one row after the other.
+    /// candidates fully sorted, one row after the other (over the same [`Columns`]).
     fn reference_graph(returns: &[f32], w: usize, s: usize, k: usize) -> Vec<f32> {
         let k = k.min(s.saturating_sub(1));
-        let mut cols = vec![0f64; w * s];
-        let mut norms = vec![0f64; s];
-        for j in 0..s {
-            let mean = (0..w).map(|t| returns[t * s + j] as f64).sum::<f64>() / w.max(1) as f64;
-            for t in 0..w {
-                cols[j * w + t] = returns[t * s + j] as f64 - mean;
-            }
-            norms[j] = cols[j * w..(j + 1) * w]
-                .iter()
-                .map(|v| v * v)
-                .sum::<f64>()
-                .sqrt();
-        }
-        let corr = |i: usize, j: usize| -> f64 {
-            let d = norms[i] * norms[j];
-            if d <= 1e-300 {
-                return 0.0;
-            }
-            let dot: f64 = (0..w).map(|t| cols[i * w + t] * cols[j * w + t]).sum();
-            (dot / d).clamp(-1.0, 1.0)
-        };
+        let cols = Columns::new(returns, w, s);
+        let corr = |i: usize, j: usize| cols.corr(i, j);
         let mut adj = vec![0f32; s * s];
         for i in 0..s {
             let mut cand: Vec<(f64, usize)> = (0..s)

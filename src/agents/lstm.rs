@@ -429,7 +429,7 @@ impl BiLstmRecurrence {
             .zip(saved_rows)
             .zip(tasks.par_iter())
             .for_each(|(((h0, h1), sv), &(r0, m))| {
-                Self::run_rows(xproj, &w_hh_t, (b, w, h), (r0, m), [h0, h1], sv, avx)
+                Self::run_rows(xproj, &w_hh_t, (w, h), (r0, m), [h0, h1], sv, avx)
             });
         Ok((hs, saved))
     }
@@ -439,7 +439,7 @@ impl BiLstmRecurrence {
     fn run_rows(
         xproj: &[f32],
         w_hh_t: &[f32],
-        (_, w, h): (usize, usize, usize),
+        (w, h): (usize, usize),
         (r0, m): (usize, usize),
         hc: [&mut [f32]; 2],
         mut sv: Option<SavedRows>,
@@ -490,13 +490,12 @@ impl BiLstmRecurrence {
     fn backward_rows(
         sv: &Saved,
         w_hh: &[f32],
-        (b, w, h): (usize, usize, usize),
+        (w, h): (usize, usize),
         (r0, m): (usize, usize),
         dh_final: [&[f32]; 2],
         dx: &mut [f32],
         avx: bool,
     ) -> Vec<f32> {
-        let _ = b;
         let h4 = 4 * h;
         let acts = &sv.acts[r0 * 2 * w * h4..(r0 + m) * 2 * w * h4];
         let cells = &sv.cells[r0 * 2 * (w + 1) * h..(r0 + m) * 2 * (w + 1) * h];
@@ -604,7 +603,7 @@ impl CustomOp2 for BiLstmRecurrence {
                 .zip(tasks.par_iter())
                 .map(|(dx_rows, &(r0, m))| {
                     let g = [&dh0[r0 * h..(r0 + m) * h], &dh1[r0 * h..(r0 + m) * h]];
-                    Self::backward_rows(&saved, wh, (b, w, h), (r0, m), g, dx_rows, avx)
+                    Self::backward_rows(&saved, wh, (w, h), (r0, m), g, dx_rows, avx)
                 })
                 .collect())
         })?;
