@@ -21,7 +21,8 @@ fn bench_env(c: &mut Criterion) {
         ..SyntheticConfig::default()
     };
     for (n, s) in [(16usize, 8usize), (128, 143)] {
-        let mut b = EnvBench::new(&setup, &synth, n, s, BackendKind::Cpu).expect("env builds");
+        let mut b =
+            EnvBench::new(&setup, &synth, n, s, BackendKind::Cpu, None).expect("env builds");
         let size = format!("{n}x{s}");
         g.throughput(Throughput::Elements((n * s) as u64));
         g.bench_function(BenchmarkId::new("step", &size), |it| {

@@ -22,9 +22,10 @@ use crate::agents::{
 };
 use crate::config::Config;
 use crate::data::SyntheticConfig;
+use crate::env::cpu::{CpuBackend, Isa};
 use crate::env::master_obs::MASTER_OBS;
 use crate::env::obs::{DYN_OBS, OBS_DIM};
-use crate::env::{BackendKind, EnvSetup, MASTER_ACTIONS, N_ACTIONS, Period, VecEnv};
+use crate::env::{BackendKind, EnvLayout, EnvSetup, MASTER_ACTIONS, N_ACTIONS, Period, VecEnv};
 use crate::error::{Error, Result};
 use crate::features::{Features, WARMUP};
 use crate::market::Market;
@@ -117,18 +118,22 @@ pub struct EnvBench {
     i: usize,
     /// Seconds spent generating the data and its features.
     pub prep_seconds: f64,
+    /// The CPU backend's instruction set (`None` on the CUDA backend).
+    pub isa: Option<Isa>,
 }
 
 impl EnvBench {
     /// `n` scenarios x `s` symbols of `synth`'s market (its symbol count replaced by `s`, and its
     /// length raised so that the train period holds full episodes), environment `setup` with
-    /// `env.scenarios = n`, on `backend`.
+    /// `env.scenarios = n`, on `backend`; the CPU backend steps with `isa` (`None`: the widest
+    /// this CPU has).
     pub fn new(
         setup: &EnvSetup,
         synth: &SyntheticConfig,
         n: usize,
         s: usize,
         backend: BackendKind,
+        isa: Option<Isa>,
     ) -> Result<Self> {
         if n == 0 || s == 0 {
             return Err(Error::invalid("envs and symbols must be >= 1"));
@@ -138,7 +143,26 @@ impl EnvBench {
         let t = Instant::now();
         let (md, features) = market(&setup, synth, s);
         let prep_seconds = t.elapsed().as_secs_f64();
-        let mut env = VecEnv::new(&setup, md, features, Period::Train, backend)?;
+        let (mut env, isa) = match (backend, isa) {
+            (BackendKind::Cpu, Some(isa)) => {
+                let layout = EnvLayout::new(&setup, &md, Period::Train)?;
+                let cpu = CpuBackend::new(layout, md.clone(), features.clone()).with_isa(isa)?;
+                (VecEnv::from_backend(Box::new(cpu), md, features), Some(isa))
+            }
+            (BackendKind::Cpu, None) => (
+                VecEnv::new(&setup, md, features, Period::Train, backend)?,
+                Some(Isa::detect()),
+            ),
+            (_, Some(isa)) => {
+                return Err(Error::invalid(format!(
+                    "an instruction set ({isa}) is a choice of the cpu backend only"
+                )));
+            }
+            (_, None) => (
+                VecEnv::new(&setup, md, features, Period::Train, backend)?,
+                None,
+            ),
+        };
         env.reset(1)?;
         let mut rng = SplitMix64::new(12345);
         let acts = (0..BATCHES)
@@ -166,6 +190,7 @@ impl EnvBench {
             obs_f16,
             i: 0,
             prep_seconds,
+            isa,
         })
     }
 

@@ -91,14 +91,14 @@ impl CostParams {
 
 /// Slippage fraction of an order of notional `x` against a bar dollar volume `dv` (spec §4.5):
 /// `min(half_spread + impact_coef * sqrt(x / max(dv, 1)), max_slippage)`.
-#[inline]
+#[inline(always)]
 pub fn slippage(p: &CostParams, x: f64, dv: f64) -> f64 {
     let part = x / dv.max(1.0);
     (p.half_spread + p.impact_coef * part.sqrt()).min(p.max_slippage)
 }
 
 /// Borrow fee for one bar on a cash balance (spec §4.9): positive when cash is negative.
-#[inline]
+#[inline(always)]
 pub fn borrow_fee(p: &CostParams, cash: f64) -> f64 {
     if cash < 0.0 {
         -cash * p.borrow_per_bar

@@ -480,6 +480,10 @@ struct BenchEnvArgs {
     /// Worker threads of the CPU backend (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Instruction set of the CPU backend's step: `avx512`, `avx2` or `portable` (default: the
+    /// widest this CPU has; every choice gives the same results).
+    #[arg(long)]
+    isa: Option<marl_trade::env::cpu::Isa>,
 }
 
 fn main() -> ExitCode {
@@ -1015,6 +1019,7 @@ fn bench_env(cfg: &Config, args: &BenchEnvArgs) -> Result<()> {
         args.envs,
         args.symbols,
         args.backend,
+        args.isa,
     )?;
     let env = b.env();
     println!(
@@ -1022,8 +1027,9 @@ fn bench_env(cfg: &Config, args: &BenchEnvArgs) -> Result<()> {
         Machine::here(),
         rayon::current_num_threads()
     );
+    let isa = b.isa.map(|i| format!(" ({i})")).unwrap_or_default();
     println!(
-        "env: backend {}, N = {} scenarios x S = {} symbols, {} bars x {} path(s) (data + features {:.1} s), \
+        "env: backend {}{isa}, N = {} scenarios x S = {} symbols, {} bars x {} path(s) (data + features {:.1} s), \
          episode_len {}, OBS_DIM {}",
         env.backend_name(),
         env.n_scenarios(),

@@ -193,17 +193,18 @@ impl RewardParams {
 /// Saffell 2001) clipped to `[-clip, clip]`, then times `sd`: the change of the running Sharpe
 /// ratio expressed in units of return, so it is bounded by `clip * sd` and near `R - A` once the
 /// moments have warmed up. 0 when `var <= 1e-18`.
-#[inline]
+#[inline(always)]
 pub fn dsr(a: f64, b: f64, r: f64, eta: f64, clip: f64, floor: f64) -> (f64, f64, f64) {
     let da = r - a;
     let db = r * r - b;
     let var = (b - a * a) + floor;
-    let d = if var > 1e-18 {
-        let sd = var.sqrt();
-        ((b * da - 0.5 * a * db) / (var * sd)).clamp(-clip, clip) * sd
-    } else {
-        0.0
-    };
+    // Computed whatever `var` is, then selected (no branch, so loops over symbols vectorise);
+    // `clamp` spelled out without its panic path for the same reason.
+    let sd = var.sqrt();
+    let x = (b * da - 0.5 * a * db) / (var * sd);
+    let x = if x < -clip { -clip } else { x };
+    let x = if x > clip { clip } else { x };
+    let d = if var > 1e-18 { x * sd } else { 0.0 };
     (d, a + eta * da, b + eta * db)
 }
 
@@ -311,7 +312,7 @@ impl SymbolTerms {
     /// The 7 unweighted components and the updated DSR moments `(comps, A', B')` (spec §5).
     /// Divisions by per-step constants are multiplications by `pf`'s reciprocals; `bar_move` is
     /// only read when `dir != 0` (the caller may leave it 0 otherwise).
-    #[inline]
+    #[inline(always)]
     pub fn components(
         &self,
         pf: &PortfolioTerms,
@@ -325,12 +326,11 @@ impl SymbolTerms {
         let cost = -(self.cost * inv_c0);
         // The traded stock's first-bar move (earned by a buy, avoided by a sell), times the
         // order's size as a fraction of a full-cap order.
-        let timing = if self.dir != 0.0 {
-            let size = (self.trade_notional * pf.inv_full).min(1.0);
-            self.dir * self.bar_move * size
-        } else {
-            0.0
-        };
+        // (Each term below is computed whatever the case and then selected: no branches, so the
+        // CPU backend's per-symbol loop vectorises. The selected values are the spec's.)
+        let size = (self.trade_notional * pf.inv_full).min(1.0);
+        let traded = self.dir * self.bar_move * size;
+        let timing = if self.dir != 0.0 { traded } else { 0.0 };
         let (sharpe, a, b) = dsr(
             dsr_a,
             dsr_b,
@@ -342,18 +342,21 @@ impl SymbolTerms {
         let w = self.value * pf.inv_e1;
         let thr = p.trade_dd_threshold;
         // Losses past the intra-trade drawdown threshold count again, times the depth past it.
-        let drawdown = if self.trade_dd > thr && pnl < 0.0 {
-            pnl * ((self.trade_dd - thr) * pf.inv_thr)
+        let deep = pnl * ((self.trade_dd - thr) * pf.inv_thr);
+        let drawdown = if (self.trade_dd > thr) & (pnl < 0.0) {
+            deep
         } else {
             0.0
         };
         // The portfolio's utilisation error, split by responsibility: over the target by the
         // symbol's share of the exposure, under it by the symbol's unused room below the cap.
         let err = pf.util_err;
+        let over = -(err * (self.value * pf.inv_gross)) * bar_vol;
+        let under = -((-err) * ((1.0 - w * pf.inv_cap).max(0.0) * pf.inv_s)) * bar_vol;
         let util = if err > 0.0 {
-            -(err * (self.value * pf.inv_gross)) * bar_vol
+            over
         } else if err < 0.0 {
-            -((-err) * ((1.0 - w * pf.inv_cap).max(0.0) * pf.inv_s)) * bar_vol
+            under
         } else {
             0.0
         };

@@ -71,7 +71,7 @@ use marl_trade::env::abi::{
     PolicySampleArgs, SampleArgs, abi_layout, kernel_constants, step_block_threads,
     step_carry_in_smem, step_smem_bytes,
 };
-use marl_trade::env::cpu::CpuBackend;
+use marl_trade::env::cpu::{CpuBackend, Isa};
 use marl_trade::env::logic::{directive, mask_bits};
 use marl_trade::env::{
     Backend, EnvLayout, EpisodeRecord, ScenarioState, Snapshot, StepOutputs, SymbolState, obs,
@@ -616,13 +616,22 @@ fn sl_slice_reads_the_prior_cache() {
     }
 }
 
-/// The acceptance test: every case, every step, exact equality.
+/// The acceptance test: every case, every step, exact equality; the CPU backend with each
+/// instruction set this machine runs ([`Isa::available`]).
 #[test]
 fn parity_with_cpu_backend() {
     let mut total = Coverage::default();
     let (mut lambda_lt_1, mut fees) = (0usize, 0usize);
-    for (i, case) in cases().into_iter().enumerate() {
-        let cpu = CpuBackend::new(case.layout, case.md.clone(), case.feats.clone());
+    let runs = Isa::available().into_iter().flat_map(|isa| {
+        cases()
+            .into_iter()
+            .enumerate()
+            .map(move |(i, c)| (i, isa, c))
+    });
+    for (i, isa, case) in runs {
+        let cpu = CpuBackend::new(case.layout, case.md.clone(), case.feats.clone())
+            .with_isa(isa)
+            .unwrap();
         let host = HostShimBackend::new(EXACT, case.layout, case.md.clone(), case.feats.clone());
         // both places of the step's per-symbol carry: block scratch and global buffers
         let host = if i % 2 == 1 {
@@ -646,8 +655,8 @@ fn parity_with_cpu_backend() {
                 fees += (d[DBG_FEE] > 0.0) as usize;
             }
         })
-        .unwrap_or_else(|e| panic!("host shim differs from the CPU backend: {e}"));
-        eprintln!("{}: {cov:?}", case.plan.name);
+        .unwrap_or_else(|e| panic!("host shim differs from the CPU backend ({isa}): {e}"));
+        eprintln!("{} ({isa}): {cov:?}", case.plan.name);
         total.merge(&cov);
     }
     eprintln!("total: {total:?}; budget scaled (lambda < 1): {lambda_lt_1}; borrow fees: {fees}");

@@ -27,6 +27,79 @@ use crate::features::{Features, N_REGIME};
 use crate::priors::PriorCache;
 use crate::reward::{self, ComponentSums, N_COMPONENTS, PortfolioTerms, SymbolTerms};
 
+/// The instruction set of the CPU step's per-symbol loops. The step is one Rust function compiled
+/// once per variant (`#[target_feature]`) and chosen at run time; the arithmetic is the same in
+/// each (IEEE operations lane by lane, sums in symbol order), so the outputs are the same bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// x86-64 AVX-512F: 8 f64 lanes.
+    Avx512,
+    /// x86-64 AVX2: 4 f64 lanes.
+    Avx2,
+    /// What the build targets by default (SSE2 on x86-64): 2 f64 lanes at most.
+    Portable,
+}
+
+impl Isa {
+    /// Every variant, widest first.
+    pub const ALL: [Isa; 3] = [Isa::Avx512, Isa::Avx2, Isa::Portable];
+
+    /// The widest variant this CPU runs.
+    pub fn detect() -> Isa {
+        Self::ALL
+            .into_iter()
+            .find(|i| i.supported())
+            .unwrap_or(Isa::Portable)
+    }
+
+    /// Whether this CPU runs the variant.
+    pub fn supported(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            Isa::Portable => true,
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// The variants this CPU runs, widest first.
+    pub fn available() -> Vec<Isa> {
+        Self::ALL.into_iter().filter(|i| i.supported()).collect()
+    }
+
+    fn available_names() -> String {
+        let v: Vec<String> = Self::available().iter().map(|i| i.to_string()).collect();
+        v.join(", ")
+    }
+}
+
+impl std::fmt::Display for Isa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2",
+            Isa::Portable => "portable",
+        })
+    }
+}
+
+impl std::str::FromStr for Isa {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|i| i.to_string() == s)
+            .ok_or_else(|| {
+                crate::error::Error::invalid(format!(
+                    "unknown instruction set `{s}` (avx512, avx2 or portable)"
+                ))
+            })
+    }
+}
+
 /// Per-scenario host state: the spec's scenario state plus episode accumulators.
 #[derive(Debug, Clone, Default)]
 struct Lane {
@@ -43,6 +116,12 @@ struct Scratch {
     qs: Vec<f64>,
     slip: Vec<f64>,
     opener: Vec<bool>,
+    /// The 7 reward components of each symbol, `[7][S]`.
+    comp: [Vec<f64>; N_COMPONENTS],
+    /// Each symbol's cash flow of a phase: sell proceeds (orders), buy cost (buys).
+    cash: Vec<f64>,
+    /// S zeros (the liquidation cost when the kill switch did not fire).
+    zero: Vec<f64>,
 }
 
 impl Scratch {
@@ -53,6 +132,9 @@ impl Scratch {
             qs: vec![0.0; s],
             slip: vec![0.0; s],
             opener: vec![false; s],
+            comp: std::array::from_fn(|_| vec![0.0; s]),
+            cash: vec![0.0; s],
+            zero: vec![0.0; s],
         }
     }
 }
@@ -64,6 +146,9 @@ struct ScratchView<'a> {
     qs: &'a mut [f64],
     slip: &'a mut [f64],
     opener: &'a mut [bool],
+    comp: &'a mut [Vec<f64>; N_COMPONENTS],
+    cash: &'a mut [f64],
+    zero: &'a [f64],
 }
 
 /// Number of f64 fields of per-symbol state, stored `[N][FIELDS][S]`.
@@ -87,6 +172,7 @@ pub struct CpuBackend {
     /// `[N][S]`
     entry_k: Vec<u32>,
     out: StepOutputs,
+    isa: Isa,
 }
 
 /// Read-only context of a step.
@@ -110,7 +196,27 @@ impl CpuBackend {
             sym: vec![0.0; n * FIELDS * s],
             entry_k: vec![0; n * s],
             out: StepOutputs::new(n, s),
+            isa: Isa::detect(),
         }
+    }
+
+    /// Step with the instruction set `isa` instead of the widest this CPU has ([`Isa::detect`]);
+    /// an error when the CPU lacks it. Every choice gives the same bits (tests/host_parity.rs
+    /// runs each one this machine has against the kernels' header); only the speed differs.
+    pub fn with_isa(mut self, isa: Isa) -> Result<Self> {
+        if !isa.supported() {
+            return Err(crate::error::Error::new(
+                crate::error::ErrorKind::BackendUnavailable,
+                format!("this CPU has no {isa} (it has: {})", Isa::available_names()),
+            ));
+        }
+        self.isa = isa;
+        Ok(self)
+    }
+
+    /// The instruction set the step runs with.
+    pub fn isa(&self) -> Isa {
+        self.isa
     }
 
     /// The observation's SL slice reads `priors` (`[P, T, S, 3]`, spec §6); `None`: zeros. The
@@ -209,28 +315,47 @@ struct Step<'a> {
     e1: f64,
     killed: bool,
     open_count: u32,
+    isa: Isa,
+}
+
+/// One scenario's step outputs and state, as [`step_lane`] takes them.
+struct LaneIo<'a> {
+    n: usize,
+    lane: &'a mut Lane,
+    sym: &'a mut [f64],
+    entry_k: &'a mut [u32],
+    actions: &'a [u8],
+    m: u8,
+    reward: &'a mut [f32],
+    comps: &'a mut [f32],
+    master: &'a mut f32,
+    turnover: &'a mut f32,
+    terminated: &'a mut u8,
+    truncated: &'a mut u8,
 }
 
 /// One scenario's step (spec §4), writing its outputs: the phases below in the spec's order, with
-/// the names and order of the CUDA side's (`marl_step_scenario`, kernels/scenario.cuh).
+/// the names and order of the CUDA side's (`marl_step_scenario`, kernels/scenario.cuh). Each
+/// phase is a per-symbol loop with nothing carried between symbols (`symbol_orders`,
+/// `symbol_buys`, `symbol_peaks`, `symbol_rewards`: vectorised) followed by its sums in symbol
+/// order (the CUDA side's order, so the results are the same bits). The per-symbol loops run
+/// with the instruction set `isa`.
 #[inline(never)]
-#[allow(clippy::too_many_arguments)]
-fn step_lane(
-    ctx: &Ctx,
-    n: usize,
-    lane: &mut Lane,
-    sym: &mut [f64],
-    entry_k: &mut [u32],
-    actions: &[u8],
-    m: u8,
-    reward_out: &mut [f32],
-    comp_out: &mut [f32],
-    master_out: &mut f32,
-    turnover_out: &mut f32,
-    term_out: &mut u8,
-    trunc_out: &mut u8,
-    sc: &mut Scratch,
-) {
+fn step_lane(ctx: &Ctx, io: LaneIo, sc: &mut Scratch, isa: Isa) {
+    let LaneIo {
+        n,
+        lane,
+        sym,
+        entry_k,
+        actions,
+        m,
+        reward: reward_out,
+        comps: comp_out,
+        master: master_out,
+        turnover: turnover_out,
+        terminated: term_out,
+        truncated: trunc_out,
+    } = io;
     let l = ctx.l;
     let md = ctx.md;
     let p: &StepParams = &l.params;
@@ -274,6 +399,9 @@ fn step_lane(
             qs: &mut sc.qs[..s_n],
             slip: &mut sc.slip[..s_n],
             opener: &mut sc.opener[..s_n],
+            comp: &mut sc.comp,
+            cash: &mut sc.cash[..s_n],
+            zero: &sc.zero[..s_n],
         };
         let mut c = Step {
             l,
@@ -293,6 +421,7 @@ fn step_lane(
             e1: 0.0,
             killed: false,
             open_count: 0,
+            isa,
         };
         c.orders(st, &sy, &actions[..s_n], &mut sc); // §4.2, 4.3, 4.5, 4.6
         c.open_limit(st, &mut sc); // §4.4
@@ -300,7 +429,7 @@ fn step_lane(
         c.buys(st.k, &mut sy, &mut sc); // §4.8, 4.9
         c.mark_to_market(st, &mut sy); // §4.10
         let liq_cost = c.kill_switch(st.peak, &mut sy); // §4.11
-        let hhi = c.rewards(&mut sy, &sc, &liq_cost, &mut lane.sums, &mut out); // §4.12, §5
+        let hhi = c.rewards(&mut sy, &mut sc, &liq_cost, &mut lane.sums, &mut out); // §4.12, §5
         if !c.advance(st, hhi, m, &mut out) {
             return;
         }
@@ -333,34 +462,34 @@ impl Step<'_> {
         actions: &[u8],
         sc: &mut ScratchView,
     ) {
-        let (p, b, comm) = (self.p, &self.bars, self.comm);
+        let s_n = self.s_n;
+        let b = &self.bars;
+        let k = OrderStep {
+            p: self.p,
+            d: &self.d,
+            e0: self.e0,
+            open0: self.open0,
+            comm: self.comm,
+        };
+        st.invalid_actions += symbol_orders(
+            self.isa,
+            &k,
+            &b.close[..s_n],
+            &b.open1[..s_n],
+            &b.vol[..s_n],
+            sy.q,
+            sy.entry,
+            actions,
+            sc.q0,
+            sc.qb,
+            sc.qs,
+            sc.slip,
+            sc.opener,
+            sc.cash,
+        );
         let mut sell_cash = 0.0;
-        for s in 0..self.s_n {
-            let c = b.close[s] as f64;
-            let o1 = b.open1[s] as f64;
-            let q0 = sy.q[s];
-            let v0 = q0 * c;
-            let bits = logic::mask_bits(q0, v0, self.e0, c, sy.entry[s], self.open0, &self.d);
-            let mut a = actions[s];
-            if bits & (1 << a) == 0 {
-                st.invalid_actions += 1;
-                a = HOLD;
-            }
-            let ord = logic::size_order(p, a, q0, v0, self.e0, c, o1, &self.d);
-            let qty = ord.qb + ord.qs;
-            let slip = if qty > 0.0 {
-                slippage(&p.costs, qty * o1, c * b.vol[s] as f64)
-            } else {
-                0.0
-            };
-            if ord.qs > 0.0 {
-                sell_cash += ord.qs * (o1 * (1.0 - slip)) * (1.0 - comm);
-            }
-            sc.q0[s] = q0;
-            sc.qb[s] = ord.qb;
-            sc.qs[s] = ord.qs;
-            sc.slip[s] = slip;
-            sc.opener[s] = ord.opener;
+        for &x in sc.cash.iter() {
+            sell_cash += x;
         }
         self.cash = st.cash + sell_cash;
     }
@@ -410,32 +539,34 @@ impl Step<'_> {
     /// `sum_s (qs + qb) O[t']`; §4.9 borrow fee.
     #[inline(always)]
     fn buys(&mut self, k: u32, sy: &mut SymView, sc: &mut ScratchView) {
-        let (lambda, comm) = (self.lambda, self.comm);
+        let s_n = self.s_n;
+        let open1 = &self.bars.open1[..s_n];
+        symbol_buys(
+            self.isa,
+            self.lambda,
+            self.comm,
+            k,
+            open1,
+            sc.q0,
+            sc.qs,
+            sc.slip,
+            sc.qb,
+            sy.entry,
+            sy.entry_k,
+            sy.peak_px,
+            sy.q,
+            sc.cash,
+        );
+        // The sums in symbol order.
+        let (qb, qs, q, cash) = (&sc.qb[..s_n], &sc.qs[..s_n], &sy.q[..s_n], &sc.cash[..s_n]);
         let mut buy_cash = 0.0;
         let mut g_open = 0.0;
         let mut traded = 0.0;
-        for s in 0..self.s_n {
-            let o1 = self.bars.open1[s] as f64;
-            let qb = sc.qb[s] * lambda;
-            sc.qb[s] = qb;
-            let q_rest = sc.q0[s] - sc.qs[s];
-            let q1 = q_rest + qb;
-            if qb > 0.0 {
-                let pb = o1 * (1.0 + sc.slip[s]);
-                buy_cash += qb * pb * (1.0 + comm);
-                sy.entry[s] = (q_rest * sy.entry[s] + qb * pb) / q1;
-                if q_rest == 0.0 {
-                    sy.entry_k[s] = k + 1;
-                    sy.peak_px[s] = pb;
-                }
-            }
-            if q1 == 0.0 {
-                sy.entry[s] = 0.0;
-                sy.peak_px[s] = 0.0;
-            }
-            sy.q[s] = q1;
-            g_open += q1 * o1;
-            traded += (sc.qs[s] + qb) * o1;
+        for s in 0..s_n {
+            let o1 = open1[s] as f64;
+            buy_cash += cash[s];
+            g_open += q[s] * o1;
+            traded += (qs[s] + qb[s]) * o1;
         }
         self.cash -= buy_cash;
         self.g_open = g_open;
@@ -447,14 +578,13 @@ impl Step<'_> {
     /// §4.10 mark to market at `C[t']`: gross, E1, peak equity, peak prices.
     #[inline(always)]
     fn mark_to_market(&mut self, st: &mut ScenarioState, sy: &mut SymView) {
+        let s_n = self.s_n;
+        let close1 = &self.bars.close1[..s_n];
+        symbol_peaks(self.isa, close1, sy.q, sy.peak_px);
+        let q = &sy.q[..s_n];
         let mut gross = 0.0;
-        for s in 0..self.s_n {
-            let c1 = self.bars.close1[s] as f64;
-            let q1 = sy.q[s];
-            gross += q1 * c1;
-            if q1 > 0.0 && c1 > sy.peak_px[s] {
-                sy.peak_px[s] = c1;
-            }
+        for s in 0..s_n {
+            gross += q[s] * close1[s] as f64;
         }
         self.gross = gross;
         self.e1 = self.cash + gross;
@@ -513,7 +643,7 @@ impl Step<'_> {
     fn rewards(
         &mut self,
         sy: &mut SymView,
-        sc: &ScratchView,
+        sc: &mut ScratchView,
         liq_cost: &[f64],
         sums: &mut ComponentSums,
         out: &mut LaneOut,
@@ -528,66 +658,41 @@ impl Step<'_> {
             0.0
         };
         let inv_gross = if gross > 0.0 { 1.0 / gross } else { 0.0 };
+        let killed = self.killed;
+        let s_n = self.s_n;
+        let (close1, close, open1) = (&b.close1[..s_n], &b.close[..s_n], &b.open1[..s_n]);
+        let liq = if killed {
+            &liq_cost[..s_n]
+        } else {
+            &sc.zero[..s_n]
+        };
+        let k = RewardStep {
+            p,
+            pf: &pf,
+            comm,
+            fee_share,
+            killed,
+        };
+        let [c0, c1s, c2, c3, c4, c5, c6] = sc.comp.each_mut().map(|c| &mut c[..s_n]);
+        symbol_rewards(
+            self.isa, &k, close, close1, open1, sc.q0, sc.qb, sc.qs, sc.slip, sy.q, sy.peak_px,
+            liq, sy.dsr_a, sy.dsr_b, out.reward, c0, c1s, c2, c3, c4, c5, c6,
+        );
+        // The sums in symbol order (the CUDA side's order).
         let mut hhi = 0.0;
         let mut open_count = 0u32;
-        for s in 0..self.s_n {
-            let c = b.close[s] as f64;
-            let c1 = b.close1[s] as f64;
-            let o1 = b.open1[s] as f64;
-            let (q0, qb, qs) = (sc.q0[s], sc.qb[s], sc.qs[s]);
-            let q1 = sy.q[s];
-            // position before a kill-switch sale, for the mid-price P&L
-            let q_held = q0 - qs + qb;
-            let slip = sc.slip[s];
-            let pb = o1 * (1.0 + slip);
-            let ps = o1 * (1.0 - slip);
-            let fee_s = if fee_share > 0.0 {
-                (q_held * o1) * fee_share
-            } else {
-                0.0
-            };
-            let pnl = q_held * c1 - q0 * c - (qb - qs) * o1;
-            let mut cost = comm * (qb * pb + qs * ps) + qb * (pb - o1) + qs * (o1 - ps) + fee_s;
-            if self.killed {
-                cost += liq_cost[s];
-            }
-            let v1 = q1 * c1;
-            let dir = if qb > 0.0 {
-                1.0
-            } else if qs > 0.0 {
-                -1.0
-            } else {
-                0.0
-            };
-            let terms = SymbolTerms {
-                pnl,
-                cost,
-                dir,
-                trade_notional: (qb + qs) * o1,
-                // only read for a trade (timing)
-                bar_move: if dir != 0.0 { c1 / o1 - 1.0 } else { 0.0 },
-                trade_dd: if q1 > 0.0 {
-                    1.0 - c1 / sy.peak_px[s]
-                } else {
-                    0.0
-                },
-                value: v1,
-            };
-            let (comps, a, bm) = terms.components(&pf, &p.reward, sy.dsr_a[s], sy.dsr_b[s]);
-            sy.dsr_a[s] = a;
-            sy.dsr_b[s] = bm;
+        for s in 0..s_n {
+            let comps = [c0[s], c1s[s], c2[s], c3[s], c4[s], c5[s], c6[s]];
             let mut wt = [0.0; N_COMPONENTS];
-            let mut total = 0.0;
             let oc = &mut out.comps[s * N_COMPONENTS..(s + 1) * N_COMPONENTS];
             for i in 0..N_COMPONENTS {
                 wt[i] = p.reward.w[i] * comps[i];
-                total += wt[i];
                 oc[i] = comps[i] as f32;
             }
-            out.reward[s] = total as f32;
             sums.add(&wt);
+            let q1 = sy.q[s];
             if gross > 0.0 {
-                let w = v1 * inv_gross;
+                let w = (q1 * close1[s] as f64) * inv_gross;
                 hhi += w * w;
             }
             open_count += (q1 > 0.0) as u32;
@@ -631,6 +736,306 @@ impl Step<'_> {
         *out.terminated = self.killed as u8;
         *out.truncated = truncated as u8;
         self.killed || truncated
+    }
+}
+
+/// `fn $name(isa, args..)`: `$body(args..)` compiled once per [`Isa`] (`#[target_feature]`) and
+/// run with the one `isa` names. The per-symbol loops are separate functions so that the
+/// compiler sees each slice as its own argument (no overlap) whatever the caller inlined.
+macro_rules! per_isa {
+    ($(#[$m:meta])* fn $name:ident($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)? = $body:ident;) => {
+        $(#[$m])*
+        #[inline(never)]
+        #[allow(clippy::too_many_arguments)]
+        fn $name(isa: Isa, $($a: $t),*) $(-> $r)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                #[allow(clippy::too_many_arguments)]
+                fn avx512($($a: $t),*) $(-> $r)? {
+                    $body($($a),*)
+                }
+                #[target_feature(enable = "avx2")]
+                #[allow(clippy::too_many_arguments)]
+                fn avx2($($a: $t),*) $(-> $r)? {
+                    $body($($a),*)
+                }
+                match isa {
+                    // SAFETY: `Isa::Avx512` is only selected on a CPU with AVX-512F
+                    // (`Isa::detect`, `CpuBackend::with_isa` check `Isa::supported`).
+                    Isa::Avx512 => return unsafe { avx512($($a),*) },
+                    // SAFETY: as above, for AVX2.
+                    Isa::Avx2 => return unsafe { avx2($($a),*) },
+                    Isa::Portable => {}
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = isa;
+            $body($($a),*)
+        }
+    };
+}
+
+per_isa! {
+    /// [`symbol_orders_body`] with the instruction set `isa`.
+    fn symbol_orders(
+        k: &OrderStep, close: &[f32], open1: &[f32], vol: &[f32], q: &[f64], entry: &[f64],
+        actions: &[u8], q0s: &mut [f64], qbs: &mut [f64], qss: &mut [f64], slips: &mut [f64],
+        opener: &mut [bool], sell: &mut [f64],
+    ) -> u32 = symbol_orders_body;
+}
+
+per_isa! {
+    /// [`symbol_buys_body`] with the instruction set `isa`.
+    fn symbol_buys(
+        lambda: f64, comm: f64, k: u32, open1: &[f32], q0s: &[f64], qss: &[f64], slips: &[f64],
+        qbs: &mut [f64], entry: &mut [f64], entry_k: &mut [u32], peak_px: &mut [f64],
+        q: &mut [f64], buy: &mut [f64],
+    ) = symbol_buys_body;
+}
+
+per_isa! {
+    /// [`symbol_peaks_body`] with the instruction set `isa`.
+    fn symbol_peaks(close1: &[f32], q: &[f64], peak_px: &mut [f64]) = symbol_peaks_body;
+}
+
+per_isa! {
+    /// [`symbol_rewards_body`] with the instruction set `isa`.
+    fn symbol_rewards(
+        k: &RewardStep, close: &[f32], close1: &[f32], open1: &[f32], q0s: &[f64], qbs: &[f64],
+        qss: &[f64], slips: &[f64], q: &[f64], peak_px: &[f64], liq: &[f64],
+        dsr_a: &mut [f64], dsr_b: &mut [f64], reward: &mut [f32], c0: &mut [f64],
+        c1s: &mut [f64], c2: &mut [f64], c3: &mut [f64], c4: &mut [f64], c5: &mut [f64],
+        c6: &mut [f64],
+    ) = symbol_rewards_body;
+}
+
+/// The per-step scalars of [`symbol_orders`].
+struct OrderStep<'a> {
+    p: &'a StepParams,
+    d: &'a Directive,
+    e0: f64,
+    open0: u32,
+    comm: f64,
+}
+
+/// §4.2 mask, §4.3 orders, §4.5 slippage, per symbol: the order (`q0`, `qb`, `qs`, `opener`),
+/// its slippage and its sell proceeds (`sell`, 0 without a sale); returns the number of masked
+/// actions. Per symbol with every slice a separate argument, like [`symbol_rewards`]: vectorised.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn symbol_orders_body(
+    k: &OrderStep,
+    close: &[f32],
+    open1: &[f32],
+    vol: &[f32],
+    q: &[f64],
+    entry: &[f64],
+    actions: &[u8],
+    q0s: &mut [f64],
+    qbs: &mut [f64],
+    qss: &mut [f64],
+    slips: &mut [f64],
+    opener: &mut [bool],
+    sell: &mut [f64],
+) -> u32 {
+    let (p, d, e0, open0, comm) = (k.p, k.d, k.e0, k.open0, k.comm);
+    let s_n = sell.len();
+    let (close, open1, vol) = (&close[..s_n], &open1[..s_n], &vol[..s_n]);
+    let (q, entry, actions) = (&q[..s_n], &entry[..s_n], &actions[..s_n]);
+    let (q0s, qbs, qss) = (&mut q0s[..s_n], &mut qbs[..s_n], &mut qss[..s_n]);
+    let (slips, opener) = (&mut slips[..s_n], &mut opener[..s_n]);
+    let mut invalid = 0u32;
+    for s in 0..s_n {
+        let c = close[s] as f64;
+        let o1 = open1[s] as f64;
+        let q0 = q[s];
+        let v0 = q0 * c;
+        let bits = logic::mask_bits(q0, v0, e0, c, entry[s], open0, d);
+        let a = actions[s];
+        let allowed = bits & (1u8 << (a & 7)) != 0;
+        invalid += !allowed as u32;
+        let a = if allowed { a } else { HOLD };
+        let ord = logic::size_order(p, a, q0, v0, e0, c, o1, d);
+        let qty = ord.qb + ord.qs;
+        let sl = slippage(&p.costs, qty * o1, c * vol[s] as f64);
+        let slip = if qty > 0.0 { sl } else { 0.0 };
+        let proceeds = ord.qs * (o1 * (1.0 - slip)) * (1.0 - comm);
+        sell[s] = if ord.qs > 0.0 { proceeds } else { 0.0 };
+        q0s[s] = q0;
+        qbs[s] = ord.qb;
+        qss[s] = ord.qs;
+        slips[s] = slip;
+        opener[s] = ord.opener;
+    }
+    invalid
+}
+
+/// §4.8 per symbol: the buy scaled by `lambda` (written back to `qbs`), the new position `q`,
+/// entry price and step, peak price, and the buy's cost (`buy`, 0 without a buy).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn symbol_buys_body(
+    lambda: f64,
+    comm: f64,
+    k: u32,
+    open1: &[f32],
+    q0s: &[f64],
+    qss: &[f64],
+    slips: &[f64],
+    qbs: &mut [f64],
+    entry: &mut [f64],
+    entry_k: &mut [u32],
+    peak_px: &mut [f64],
+    q: &mut [f64],
+    buy: &mut [f64],
+) {
+    let s_n = buy.len();
+    let (open1, q0s, qss, slips) = (&open1[..s_n], &q0s[..s_n], &qss[..s_n], &slips[..s_n]);
+    let (qbs, entry, entry_k) = (&mut qbs[..s_n], &mut entry[..s_n], &mut entry_k[..s_n]);
+    let (peak_px, q) = (&mut peak_px[..s_n], &mut q[..s_n]);
+    for s in 0..s_n {
+        let o1 = open1[s] as f64;
+        let qb = qbs[s] * lambda;
+        qbs[s] = qb;
+        let q_rest = q0s[s] - qss[s];
+        let q1 = q_rest + qb;
+        let bought = qb > 0.0;
+        let opened = bought && q_rest == 0.0;
+        let pb = o1 * (1.0 + slips[s]);
+        let cost = qb * pb * (1.0 + comm);
+        buy[s] = if bought { cost } else { 0.0 };
+        let avg = (q_rest * entry[s] + qb * pb) / q1;
+        let e = if bought { avg } else { entry[s] };
+        let pk = if opened { pb } else { peak_px[s] };
+        entry_k[s] = if opened { k + 1 } else { entry_k[s] };
+        entry[s] = if q1 == 0.0 { 0.0 } else { e };
+        peak_px[s] = if q1 == 0.0 { 0.0 } else { pk };
+        q[s] = q1;
+    }
+}
+
+/// §4.10 per symbol: a held position's peak price follows `C[t']` up.
+#[inline(always)]
+fn symbol_peaks_body(close1: &[f32], q: &[f64], peak_px: &mut [f64]) {
+    let s_n = peak_px.len();
+    let (close1, q) = (&close1[..s_n], &q[..s_n]);
+    for s in 0..s_n {
+        let c1 = close1[s] as f64;
+        let pk = peak_px[s];
+        peak_px[s] = if q[s] > 0.0 && c1 > pk { c1 } else { pk };
+    }
+}
+
+/// The per-step scalars of [`symbol_rewards`].
+struct RewardStep<'a> {
+    p: &'a StepParams,
+    pf: &'a PortfolioTerms,
+    comm: f64,
+    fee_share: f64,
+    killed: bool,
+}
+
+/// §4.12 / §5 per symbol: the 7 components (`c0..c6`), the weighted reward, the symbol's DSR
+/// moments. Nothing is carried from one symbol to the next and every slice is a separate
+/// argument (so the compiler knows they do not overlap): the loop is vectorised.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn symbol_rewards_body(
+    k: &RewardStep,
+    close: &[f32],
+    close1: &[f32],
+    open1: &[f32],
+    q0s: &[f64],
+    qbs: &[f64],
+    qss: &[f64],
+    slips: &[f64],
+    q: &[f64],
+    peak_px: &[f64],
+    liq: &[f64],
+    dsr_a: &mut [f64],
+    dsr_b: &mut [f64],
+    reward: &mut [f32],
+    c0: &mut [f64],
+    c1s: &mut [f64],
+    c2: &mut [f64],
+    c3: &mut [f64],
+    c4: &mut [f64],
+    c5: &mut [f64],
+    c6: &mut [f64],
+) {
+    let (p, pf, comm, fee_share, killed) = (k.p, k.pf, k.comm, k.fee_share, k.killed);
+    let w = p.reward.w;
+    let s_n = reward.len();
+    // Every slice cut to S: no bounds check left in the loop.
+    let (close, close1, open1) = (&close[..s_n], &close1[..s_n], &open1[..s_n]);
+    let (q0s, qbs, qss, slips) = (&q0s[..s_n], &qbs[..s_n], &qss[..s_n], &slips[..s_n]);
+    let (q, peak_px, liq) = (&q[..s_n], &peak_px[..s_n], &liq[..s_n]);
+    let (dsr_a, dsr_b) = (&mut dsr_a[..s_n], &mut dsr_b[..s_n]);
+    let (c0, c1s, c2, c3) = (
+        &mut c0[..s_n],
+        &mut c1s[..s_n],
+        &mut c2[..s_n],
+        &mut c3[..s_n],
+    );
+    let (c4, c5, c6) = (&mut c4[..s_n], &mut c5[..s_n], &mut c6[..s_n]);
+    for s in 0..s_n {
+        let c = close[s] as f64;
+        let c1 = close1[s] as f64;
+        let o1 = open1[s] as f64;
+        let (q0, qb, qs) = (q0s[s], qbs[s], qss[s]);
+        let q1 = q[s];
+        // position before a kill-switch sale, for the mid-price P&L
+        let q_held = q0 - qs + qb;
+        let slip = slips[s];
+        let pb = o1 * (1.0 + slip);
+        let ps = o1 * (1.0 - slip);
+        let fee_s = if fee_share > 0.0 {
+            (q_held * o1) * fee_share
+        } else {
+            0.0
+        };
+        let pnl = q_held * c1 - q0 * c - (qb - qs) * o1;
+        let mut cost = comm * (qb * pb + qs * ps) + qb * (pb - o1) + qs * (o1 - ps) + fee_s;
+        if killed {
+            cost += liq[s];
+        }
+        let v1 = q1 * c1;
+        // computed for every symbol, selected below (no branch: the loop vectorises)
+        let bar_move = c1 / o1 - 1.0;
+        let trade_dd = 1.0 - c1 / peak_px[s];
+        let dir = if qb > 0.0 {
+            1.0
+        } else if qs > 0.0 {
+            -1.0
+        } else {
+            0.0
+        };
+        let terms = SymbolTerms {
+            pnl,
+            cost,
+            dir,
+            trade_notional: (qb + qs) * o1,
+            // only read for a trade (timing)
+            bar_move: if dir != 0.0 { bar_move } else { 0.0 },
+            trade_dd: if q1 > 0.0 { trade_dd } else { 0.0 },
+            value: v1,
+        };
+        let (comps, a, bm) = terms.components(pf, &p.reward, dsr_a[s], dsr_b[s]);
+        dsr_a[s] = a;
+        dsr_b[s] = bm;
+        let mut total = 0.0;
+        for i in 0..N_COMPONENTS {
+            total += w[i] * comps[i];
+        }
+        reward[s] = total as f32;
+        c0[s] = comps[0];
+        c1s[s] = comps[1];
+        c2[s] = comps[2];
+        c3[s] = comps[3];
+        c4[s] = comps[4];
+        c5[s] = comps[5];
+        c6[s] = comps[6];
     }
 }
 
@@ -682,6 +1087,7 @@ impl Backend for CpuBackend {
             seed: self.seed,
         };
         let out = &mut self.out;
+        let isa = self.isa;
         let min_len = lanes_per_task(s);
         self.lanes
             .par_iter_mut()
@@ -700,7 +1106,21 @@ impl Backend for CpuBackend {
             .for_each_init(
                 || Scratch::new(s),
                 |sc, (n, ((((((((((lane, sym), ek), acts), &m), rw), cp), mr), to), te), tr))| {
-                    step_lane(&ctx, n, lane, sym, ek, acts, m, rw, cp, mr, to, te, tr, sc);
+                    let io = LaneIo {
+                        n,
+                        lane,
+                        sym,
+                        entry_k: ek,
+                        actions: acts,
+                        m,
+                        reward: rw,
+                        comps: cp,
+                        master: mr,
+                        turnover: to,
+                        terminated: te,
+                        truncated: tr,
+                    };
+                    step_lane(&ctx, io, sc, isa);
                 },
             );
         Ok(())
@@ -1052,5 +1472,22 @@ impl<'a> LaneObs<'a> {
             row[pos + 2] = self.k.saturating_sub(self.entry_k[i]) as f32 / self.episode_len;
             row[pos + 4] = (1.0 - c / self.peak_px[i]) as f32;
         }
+    }
+}
+
+#[cfg(test)]
+mod isa_tests {
+    use super::Isa;
+
+    #[test]
+    fn isa_names_round_trip_and_unknown_ones_are_errors() {
+        for isa in Isa::ALL {
+            assert_eq!(isa.to_string().parse::<Isa>().unwrap(), isa);
+        }
+        let e = "sse9".parse::<Isa>().unwrap_err().to_string();
+        assert!(e.contains("sse9") && e.contains("avx2"), "{e}");
+        assert!(Isa::Portable.supported());
+        assert!(Isa::detect().supported());
+        assert_eq!(Isa::available()[0], Isa::detect());
     }
 }

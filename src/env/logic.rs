@@ -109,7 +109,7 @@ pub struct Directive {
 }
 
 /// Decode a master action `m < 48` (spec §3).
-#[inline]
+#[inline(always)]
 pub fn directive(p: &StepParams, m: u8) -> Directive {
     let m = m as usize;
     let (ri, ci, gi) = (m / 12, (m / 3) % 4, m % 3);
@@ -122,7 +122,7 @@ pub fn directive(p: &StepParams, m: u8) -> Directive {
 }
 
 /// Mask bits (bit a set = action a allowed) for one symbol (spec §4.2).
-#[inline]
+#[inline(always)]
 pub fn mask_bits(
     q0: f64,
     v0: f64,
@@ -160,7 +160,7 @@ pub struct Order {
 }
 
 /// Size the order of a (non-masked) action (spec §4.3). `close` is `C[t]`, `open_next` is `O[t']`.
-#[inline]
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn size_order(
     p: &StepParams,
@@ -172,41 +172,34 @@ pub fn size_order(
     open_next: f64,
     d: &Directive,
 ) -> Order {
-    match action {
-        BUY_SMALL | BUY_MEDIUM | BUY_LARGE | ADD_TO_WINNER => {
-            let idx = if action == ADD_TO_WINNER {
-                3
-            } else {
-                (action - BUY_SMALL) as usize
-            };
-            let room = d.cap * e0 - v0;
-            let dollars = (p.buy_size[idx] * d.risk * e0).min(room);
-            if dollars > 0.0 {
-                Order {
-                    qb: dollars / close,
-                    qs: 0.0,
-                    opener: q0 <= 0.0,
-                }
-            } else {
-                Order::default()
-            }
-        }
-        SELL_PARTIAL | SELL_ALL => {
-            let mut qs = if action == SELL_ALL {
-                q0
-            } else {
-                p.sell_partial * q0
-            };
-            if (q0 - qs) * open_next < 1e-6 * p.initial_capital {
-                qs = q0;
-            }
-            Order {
-                qb: 0.0,
-                qs,
-                opener: false,
-            }
-        }
-        _ => Order::default(),
+    // Written without branches (selects only), so that the per-symbol loop of the CPU backend
+    // vectorises; the arithmetic of each case is the spec's.
+    let is_buy = ((BUY_SMALL..=BUY_LARGE).contains(&action)) | (action == ADD_TO_WINNER);
+    let idx = if action == ADD_TO_WINNER {
+        3
+    } else {
+        action.wrapping_sub(BUY_SMALL) & 3
+    };
+    let room = d.cap * e0 - v0;
+    let dollars = (p.buy_size[idx as usize] * d.risk * e0).min(room);
+    let buys = is_buy & (dollars > 0.0);
+    let is_sell = (action == SELL_PARTIAL) | (action == SELL_ALL);
+    let qs = if action == SELL_ALL {
+        q0
+    } else {
+        p.sell_partial * q0
+    };
+    // a partial sell that would leave dust sells everything
+    let qs = if (q0 - qs) * open_next < 1e-6 * p.initial_capital {
+        q0
+    } else {
+        qs
+    };
+    let qb = dollars / close;
+    Order {
+        qb: if buys { qb } else { 0.0 },
+        qs: if is_sell { qs } else { 0.0 },
+        opener: buys & (q0 <= 0.0),
     }
 }
 
