@@ -481,8 +481,9 @@ impl PolicyBench {
 
     /// One warm-up and `reps` timed forward passes of every case (recording the autograd graph,
     /// as the update does), then the same for acting ([`PolicyBench::act`]) on one scenario and
-    /// on N scenarios at N distinct bars, and for a forward and backward pass of the last case.
-    pub fn measure(&self, reps: usize) -> Result<Vec<PolicyTiming>> {
+    /// on N scenarios at N distinct bars, and for a forward and backward pass of the last case;
+    /// with `only`, just the measurements whose name contains it (e.g. `"acting"`; none may).
+    pub fn measure(&self, reps: usize, only: Option<&str>) -> Result<Vec<PolicyTiming>> {
         if reps == 0 {
             return Err(Error::invalid("reps must be >= 1"));
         }
@@ -501,6 +502,7 @@ impl PolicyBench {
                 ("N bars, acting", last, Pass::Act),
                 ("N bars, fwd + bwd", last, Pass::Backward),
             ])
+            .filter(|(name, _, _)| only.is_none_or(|o| name.contains(o)))
             .collect();
         runs.into_iter()
             .map(|(name, i, pass)| {
@@ -561,9 +563,10 @@ impl MasterBench {
         Ok(Self { net, cases, params })
     }
 
-    /// One warm-up and `reps` timed forward passes (logits and value) of every case; the lines
-    /// are [`PolicyTiming`]s with one "symbol" per scenario (the master is one agent).
-    pub fn measure(&self, reps: usize) -> Result<Vec<PolicyTiming>> {
+    /// One warm-up and `reps` timed forward passes (logits and value) of every case (with
+    /// `only`, of those whose name contains it); the lines are [`PolicyTiming`]s with one
+    /// "symbol" per scenario (the master is one agent).
+    pub fn measure(&self, reps: usize, only: Option<&str>) -> Result<Vec<PolicyTiming>> {
         if reps == 0 {
             return Err(Error::invalid("reps must be >= 1"));
         }
@@ -573,6 +576,7 @@ impl MasterBench {
         };
         self.cases
             .iter()
+            .filter(|(name, _)| only.is_none_or(|o| name.contains(o)))
             .map(|(name, x)| {
                 let (seconds, cpu_seconds) = time_reps(reps, || run(x))?;
                 Ok(PolicyTiming {

@@ -461,6 +461,10 @@ struct BenchPolicyArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Only the measurements whose name contains this text (for example `acting`, `1 scenario`,
+    /// `fwd + bwd`, `master`).
+    #[arg(long)]
+    only: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -1152,10 +1156,22 @@ fn bench_policy(cfg: &Config, args: &BenchPolicyArgs) -> Result<()> {
         agent.config().head_hidden,
         b.params
     );
-    for timing in b.measure(args.reps)? {
+    let only = args.only.as_deref();
+    let timings = b.measure(args.reps, only)?;
+    for timing in &timings {
         println!("{}", timing.line());
     }
     let mb = MasterBench::new(&cfg.master_ppo.net, args.scenarios)?;
+    let master = mb.measure(100 * args.reps, only)?;
+    if timings.is_empty() && master.is_empty() {
+        return Err(Error::invalid(format!(
+            "bench policy --only {:?}: no measurement has that in its name",
+            only.unwrap_or_default()
+        )));
+    }
+    if master.is_empty() {
+        return Ok(());
+    }
     println!(
         "master: {} observation values, hidden {} / {}, {} parameters (design target < 50 ms per decision, aim < 1 ms)",
         marl_trade::env::master_obs::MASTER_OBS,
@@ -1165,7 +1181,7 @@ fn bench_policy(cfg: &Config, args: &BenchPolicyArgs) -> Result<()> {
     );
     // A master forward is short: 100 times the repetitions, wall clock only (the process's CPU
     // time is only updated at scheduler events, too coarse for sub-millisecond loops).
-    for t in mb.measure(100 * args.reps)? {
+    for t in master {
         println!(
             "{:<22} ({:>4}): {:>9.3} ms per forward, {:>8.4} ms per scenario",
             t.name,

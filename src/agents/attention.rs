@@ -67,6 +67,11 @@ impl MultiHeadAttention {
         }
     }
 
+    /// The projections `q`, `k`, `v`, `o`.
+    pub fn projections(&self) -> [&Linear; 4] {
+        [&self.q, &self.k, &self.v, &self.o]
+    }
+
     /// Number of attention heads.
     pub fn num_heads(&self) -> usize {
         self.num_heads
@@ -171,8 +176,6 @@ fn one_query_untracked(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Resu
         return Ok(None);
     }
     let (b, l, d) = k.dims3()?;
-    let dh = d / heads;
-    let scale = 1.0 / (dh as f32).sqrt();
     let (q, k, v) = (
         q.flatten_all()?.to_vec1::<f32>()?,
         k.flatten_all()?.to_vec1::<f32>()?,
@@ -180,36 +183,12 @@ fn one_query_untracked(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Resu
     );
     let mut y = vec![0f32; b * d];
     y.par_chunks_mut(d).enumerate().for_each(|(i, yi)| {
-        let (qi, ki, vi) = (&q[i * d..(i + 1) * d], &k[i * l * d..], &v[i * l * d..]);
         let mut a = vec![0f32; l];
-        for hh in 0..heads {
-            let cols = hh * dh..(hh + 1) * dh;
-            for (j, aj) in a.iter_mut().enumerate() {
-                let kj = &ki[j * d + cols.start..j * d + cols.end];
-                *aj = kj
-                    .iter()
-                    .zip(&qi[cols.clone()])
-                    .map(|(x, y)| x * y)
-                    .sum::<f32>()
-                    * scale;
-            }
-            let max = a.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for aj in a.iter_mut() {
-                *aj = (*aj - max).exp();
-                sum += *aj;
-            }
-            let out = &mut yi[cols.clone()];
-            for (j, aj) in a.iter().enumerate() {
-                let w = aj / sum;
-                for (o, x) in out
-                    .iter_mut()
-                    .zip(&vi[j * d + cols.start..j * d + cols.end])
-                {
-                    *o += w * x;
-                }
-            }
-        }
+        let (ki, vi) = (
+            &k[i * l * d..(i + 1) * l * d],
+            &v[i * l * d..(i + 1) * l * d],
+        );
+        super::fused::attend_one(&q[i * d..(i + 1) * d], (ki, vi), d, (l, heads), &mut a, yi);
     });
     Ok(Some(Tensor::from_vec(
         y,

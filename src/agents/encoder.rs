@@ -374,8 +374,66 @@ impl TransformerEncoder {
     }
 }
 
+impl TransformerEncoder {
+    /// The fused pass ([`super::fused::transformer`]) where it applies: one block, nothing that
+    /// records a graph, f32 on the CPU. `None` otherwise.
+    fn forward_fused(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let [block] = self.blocks.as_slice() else {
+            return Ok(None);
+        };
+        let attn = block.attn.projections();
+        let mut params = vec![&self.pos];
+        for l in [
+            &self.input,
+            attn[0],
+            attn[1],
+            attn[2],
+            attn[3],
+            &block.ff1,
+            &block.ff2,
+        ] {
+            params.push(l.weight());
+            params.extend(l.bias());
+        }
+        for n in [&block.ln1, &block.ln2, &self.ln_f] {
+            params.extend(n.tensors());
+        }
+        if !super::fused::applies(x, &params) {
+            return Ok(None);
+        }
+        let (b, w, f) = x.dims3()?;
+        let d = self.pos.dim(1)?;
+        let [q, k, v, o] = attn.map(super::fused::Dense::of);
+        let (k, v) = (k?, v?);
+        let p = super::fused::TransformerParams {
+            window: w,
+            features: f,
+            d_model: d,
+            heads: block.attn.num_heads(),
+            input: super::fused::Dense::of(&self.input)?,
+            pos: super::fused::values(&self.pos)?,
+            ln1: block.ln1.fused()?,
+            q: q?,
+            kv: super::fused::Dense {
+                weight: [k.weight, v.weight].concat(),
+                bias: [k.bias, v.bias].concat(),
+            },
+            o: o?,
+            ln2: block.ln2.fused()?,
+            ff1: super::fused::Dense::of(&block.ff1)?,
+            ff2: super::fused::Dense::of(&block.ff2)?,
+            ln_f: self.ln_f.fused()?,
+        };
+        let y = super::lstm::tensor_f32(x, |x| Ok(super::fused::transformer(&p, x, b)))?;
+        Ok(Some(Tensor::from_vec(y, (b, d), x.device())?))
+    }
+}
+
 impl Module for TransformerEncoder {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = self.forward_fused(x)? {
+            return Ok(y);
+        }
         let w = x.dim(1)?;
         let mut h = linear_rows(&self.input, x)?.broadcast_add(&self.pos)?;
         let Some((last, rest)) = self.blocks.split_last() else {
@@ -451,8 +509,46 @@ impl BiLstm {
     }
 }
 
+impl BiLstm {
+    /// The pass for acting ([`super::lstm::BiLstmRecurrence::run_from_inputs`]: each task
+    /// projects its own rows' inputs) where it applies: nothing that records a graph, f32 on the
+    /// CPU. `None` otherwise.
+    fn forward_fused(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let [d0, d1] = &self.dirs;
+        let params = [&d0.0, &d0.1, &d0.2, &d0.3, &d1.0, &d1.1, &d1.2, &d1.3];
+        if !super::fused::applies(x, &params) {
+            return Ok(None);
+        }
+        let (b, w, f) = x.dims3()?;
+        let h = self.hidden;
+        let w_ih = super::fused::values(&Tensor::cat(&[&d0.0, &d1.0], 0)?)?;
+        let bias = super::fused::values(
+            &(Tensor::cat(&[&d0.2, &d1.2], 0)? + Tensor::cat(&[&d0.3, &d1.3], 0)?)?,
+        )?;
+        let w_hh = super::fused::values(&Tensor::stack(&[&d0.1, &d1.1], 0)?)?;
+        let hs = super::lstm::tensor_f32(x, |x| {
+            Ok(super::lstm::BiLstmRecurrence::run_from_inputs(
+                x,
+                (&w_ih, &bias),
+                &w_hh,
+                (b, w, f, h),
+            ))
+        })?;
+        // [2, B, H] -> [B, 2H]
+        let mut y = vec![0f32; b * 2 * h];
+        for (i, yr) in y.chunks_mut(2 * h).enumerate() {
+            yr[..h].copy_from_slice(&hs[i * h..(i + 1) * h]);
+            yr[h..].copy_from_slice(&hs[(b + i) * h..(b + i + 1) * h]);
+        }
+        Ok(Some(Tensor::from_vec(y, (b, 2 * h), x.device())?))
+    }
+}
+
 impl Module for BiLstm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = self.forward_fused(x)? {
+            return Ok(y);
+        }
         let (b, w, f) = x.dims3()?;
         let h = self.hidden;
         let [d0, d1] = &self.dirs;
@@ -524,8 +620,35 @@ impl Cnn1d {
     }
 }
 
+impl Cnn1d {
+    /// The fused pass ([`super::fused::cnn`]) where it applies: nothing that records a graph, f32
+    /// on the CPU, at least one convolution. `None` otherwise.
+    fn forward_fused(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let mut params = Vec::new();
+        for c in &self.convs {
+            params.push(c.weight());
+            params.extend(c.bias());
+        }
+        if self.convs.is_empty() || !super::fused::applies(x, &params) {
+            return Ok(None);
+        }
+        let (b, w, _) = x.dims3()?;
+        let convs = self
+            .convs
+            .iter()
+            .map(super::fused::Conv::of)
+            .collect::<Result<Vec<_>>>()?;
+        let c_out = convs.last().map_or(0, |c| c.bias.len());
+        let y = super::lstm::tensor_f32(x, |x| Ok(super::fused::cnn(&convs, x, (b, w))))?;
+        Ok(Some(Tensor::from_vec(y, (b, c_out), x.device())?))
+    }
+}
+
 impl Module for Cnn1d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = self.forward_fused(x)? {
+            return Ok(y);
+        }
         let mut h = x.clone(); // [B, W, F], channels last
         for c in &self.convs {
             h = Self::conv_im2col(c, &h)?.relu()?;
@@ -835,6 +958,47 @@ mod tests {
             toml::from_str("[graph]\nenabled = false\n[cnn]\nchannels = [8]").unwrap();
         assert!(cfg.validate("x").is_ok());
         assert_eq!(cfg.base_dim(WindowShape::TECH.features), 64 + 128 + 8);
+    }
+
+    /// The fused acting passes ([`super::super::fused`], the BiLSTM's per-task projections) equal
+    /// the composed passes over the same variables, at the default sizes, with every parameter
+    /// (biases, LayerNorm scales, positions) perturbed away from its initial value, for batch
+    /// sizes that do and do not fill the last task; the tracked modules never take them.
+    #[test]
+    fn fused_acting_passes_match_the_composed_ones() -> crate::Result<()> {
+        let dev = Device::Cpu;
+        let cfg = EncoderConfig::default();
+        let (w, f) = (WindowShape::TECH.window, WindowShape::TECH.features);
+        let vm = candle_nn::VarMap::new();
+        let vb = crate::agents::init::seeded_var_builder(&vm, 3, DType::F32, &dev);
+        let t = TransformerEncoder::new(w, f, &cfg.transformer, vb.pp("t"))?;
+        let l = BiLstm::new(f, cfg.lstm.hidden, vb.pp("l"))?;
+        let c = Cnn1d::new(f, &cfg.cnn, vb.pp("c"))?;
+        for (i, (_, v)) in crate::agents::init::named_vars(&vm).iter().enumerate() {
+            let noise = det(v.dims(), 100 + i as u64)?.affine(0.05, 0.0)?;
+            v.set(&(v.as_tensor() + noise)?)?;
+        }
+        let ivb = crate::agents::init::detached_var_builder(&vm, DType::F32, &dev);
+        let ti = TransformerEncoder::new(w, f, &cfg.transformer, ivb.pp("t"))?;
+        let li = BiLstm::new(f, cfg.lstm.hidden, ivb.pp("l"))?;
+        let ci = Cnn1d::new(f, &cfg.cnn, ivb.pp("c"))?;
+        for b in [1, 13, 143] {
+            let x = det(&[b, w, f], b as u64)?;
+            assert!(t.forward_fused(&x)?.is_none() && l.forward_fused(&x)?.is_none());
+            assert!(c.forward_fused(&x)?.is_none());
+            let pairs = [
+                ("transformer", ti.forward_fused(&x)?, t.forward(&x)?),
+                ("bilstm", li.forward_fused(&x)?, l.forward(&x)?),
+                ("cnn", ci.forward_fused(&x)?, c.forward(&x)?),
+            ];
+            for (name, fused, composed) in pairs {
+                let fused = fused.expect("the untracked twin takes the fused pass");
+                assert_eq!(fused.dims(), composed.dims(), "{name}");
+                let (err, _) = rel_err(&fused, &composed)?;
+                assert!(err < 1e-5, "{name}, {b} windows: rel. error {err}");
+            }
+        }
+        Ok(())
     }
 
     #[test]

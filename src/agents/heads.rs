@@ -27,7 +27,34 @@ assert_eq!(heads.forward(&x)?.dims(), &[3, 4, 7]);
 
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+
+/// Symbols per rayon task at least in the fused acting pass.
+const HEADS_SYMBOLS_PER_TASK: usize = 8;
+
+/// Rows up to which [`small_matmul`] runs its own loop instead of calling gemm.
+const SMALL_ROWS: usize = 8;
+
+/// `y [m, n] = x [m, k] x w [k, n]` (row-major). For a few rows, one pass over `w` that adds
+/// `x[r, k] w[k, ..]` to every row (each weight row read once, from memory, for all rows: the
+/// case of one scenario, memory-bound); for more, gemm.
+fn small_matmul(y: &mut [f32], (x, k): (&[f32], usize), w: &[f32], n: usize) {
+    let m = y.len() / n.max(1);
+    if m > SMALL_ROWS {
+        super::lstm::matmul_into((m, n, k), y, n, false, x, (k, 1), w, (n, 1));
+        return;
+    }
+    y.fill(0.0);
+    for (kk, wk) in w.chunks(n).enumerate().take(k) {
+        for (r, yr) in y.chunks_mut(n).enumerate() {
+            let a = x[r * k + kk];
+            for (v, wv) in yr.iter_mut().zip(wk) {
+                *v += a * wv;
+            }
+        }
+    }
+}
 
 /// The non-linearity between head layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -177,10 +204,135 @@ impl SymbolHeads {
                 self.symbols
             )
         }
+        if let Some(y) = self.forward_split_fused(shared, group, private)? {
+            return Ok(y);
+        }
         let h_shared = self.matmul(shared, &w0.narrow(1, 0, es)?)?; // [S, G, o]
         let h_private = self.matmul(private, &w0.narrow(1, es, dp)?)?; // [S, B, o]
         let h = (h_shared.index_select(group, 1)? + h_private)?.broadcast_add(b0)?;
         self.rest(h)
+    }
+
+    /// [`forward_split`](Self::forward_split) for the passes that record no gradient (acting),
+    /// f32 on the CPU, per-symbol heads: the symbols split among rayon tasks, each running its
+    /// symbols' whole heads and reading their weights in place. candle runs the `S` products of a
+    /// batched matmul one after the other, each too small to split among threads; with one row
+    /// per symbol (one scenario acting) the pass is a read of every head's weights, which then
+    /// gets one core's memory bandwidth. `None` where it does not apply.
+    fn forward_split_fused(
+        &self,
+        shared: &Tensor,
+        group: &Tensor,
+        private: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        let params: Vec<&Tensor> = self.layers.iter().flat_map(|(w, b)| [w, b]).collect();
+        if self.shared
+            || group.dtype() != candle_core::DType::U32
+            || !super::fused::applies(shared, &params)
+            || !super::fused::applies(private, &[])
+        {
+            return Ok(None);
+        }
+        let (s, g, es) = shared.dims3()?;
+        let (_, b, dp) = private.dims3()?;
+        let group: Vec<u32> = group.to_vec1()?;
+        if let Some(&bad) = group.iter().find(|&&i| i as usize >= g) {
+            candle_core::bail!("heads: group index {bad} >= {g} shared rows")
+        }
+        let dims: Vec<(usize, usize)> = self
+            .layers
+            .iter()
+            .map(|(w, _)| Ok((w.dim(1)?, w.dim(2)?)))
+            .collect::<Result<_>>()?;
+        let out = dims.last().map_or(0, |d| d.1);
+        let tensors: Vec<Tensor> = [shared, private]
+            .into_iter()
+            .chain(params)
+            .map(|t| t.contiguous())
+            .collect::<Result<_>>()?;
+        let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
+        let v = guards
+            .iter()
+            .map(|(st, l)| super::fused::cpu_f32(st, l))
+            .collect::<Result<Vec<&[f32]>>>()?;
+        let (sh, pr, ws) = (v[0], v[1], &v[2..]);
+        let mut y = vec![0f32; s * b * out];
+        if y.is_empty() {
+            return Ok(Some(Tensor::from_vec(y, (s, b, out), shared.device())?));
+        }
+        y.par_chunks_mut(b * out)
+            .with_min_len(HEADS_SYMBOLS_PER_TASK)
+            .enumerate()
+            .for_each(|(sym, ys)| {
+                let layers: Vec<(&[f32], &[f32])> = dims
+                    .iter()
+                    .enumerate()
+                    .map(|(l, &(i, o))| {
+                        let (w, bias) = (ws[2 * l], ws[2 * l + 1]);
+                        (
+                            &w[sym * i * o..(sym + 1) * i * o],
+                            &bias[sym * o..(sym + 1) * o],
+                        )
+                    })
+                    .collect();
+                self.fused_symbol(
+                    &layers,
+                    (&sh[sym * g * es..(sym + 1) * g * es], es),
+                    (&pr[sym * b * dp..(sym + 1) * b * dp], dp),
+                    &group,
+                    ys,
+                );
+            });
+        Ok(Some(Tensor::from_vec(y, (s, b, out), shared.device())?))
+    }
+
+    /// One symbol's head for [`forward_split_fused`](Self::forward_split_fused): `layers` its
+    /// `(weight [in, o], bias [o])` per layer, `sh [G, es]` and `pr [B, dp]` its inputs; writes
+    /// `y [B, out]`. The first layer as in `forward_split`: the shared part once per distinct
+    /// row, gathered by `group`, plus the private part, plus the bias.
+    fn fused_symbol(
+        &self,
+        layers: &[(&[f32], &[f32])],
+        (sh, es): (&[f32], usize),
+        (pr, dp): (&[f32], usize),
+        group: &[u32],
+        y: &mut [f32],
+    ) {
+        let b = group.len();
+        let g = sh.len() / es.max(1);
+        let Some(((w0, b0), rest)) = layers.split_first() else {
+            return;
+        };
+        let o = b0.len();
+        let mut h_shared = vec![0f32; g * o];
+        small_matmul(&mut h_shared, (sh, es), &w0[..es * o], o);
+        let mut h = vec![0f32; b * o];
+        small_matmul(&mut h, (pr, dp), &w0[es * o..], o);
+        for (r, hr) in h.chunks_mut(o).enumerate() {
+            let hs = &h_shared[group[r] as usize * o..(group[r] as usize + 1) * o];
+            for ((v, a), c) in hr.iter_mut().zip(hs).zip(*b0) {
+                *v = (a + *v) + c;
+            }
+        }
+        for &(w, bias) in rest {
+            let o = bias.len();
+            for v in h.iter_mut() {
+                *v = match self.activation {
+                    HeadActivation::Tanh => v.tanh(),
+                    HeadActivation::Relu => v.max(0.0),
+                };
+            }
+            let k = w.len() / o;
+            let mut next = vec![0f32; b * o];
+            small_matmul(&mut next, (&h, k), w, o);
+            for hr in next.chunks_mut(o) {
+                for (v, c) in hr.iter_mut().zip(bias) {
+                    *v += c;
+                }
+            }
+            h = next;
+        }
+        y.copy_from_slice(&h);
     }
 
     /// The input of the output layer for the split input of [`forward_split`](Self::forward_split):
@@ -308,6 +460,88 @@ mod tests {
         let y = heads.forward(&x)?.to_vec3::<f32>()?;
         assert_ne!(y[0], y[1]);
         assert_eq!(vm.data().lock().unwrap()["w0"].dims(), &[2, 3, 2]);
+        Ok(())
+    }
+
+    /// The fused acting pass (an untracked twin of the heads) equals the composed one over the
+    /// same variables: per-symbol heads with and without a hidden layer, tanh and ReLU, biases
+    /// away from zero, few rows per symbol (its own loop) and many (gemm), a group that repeats
+    /// and skips shared rows; the tracked heads never take it, and a group index out of range is
+    /// an error.
+    #[test]
+    fn fused_acting_pass_matches_the_composed_one() -> Result<()> {
+        let dev = Device::Cpu;
+        let det = |shape: (usize, usize, usize), seed: u64| -> Result<Tensor> {
+            let mut rng = crate::rng::SplitMix64::new(seed);
+            let n = shape.0 * shape.1 * shape.2;
+            let v: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+            Tensor::from_vec(v, shape, &dev)
+        };
+        for (hidden, act, g, b) in [
+            (16, HeadActivation::Tanh, 1, 1),
+            (16, HeadActivation::Relu, 3, 5),
+            (16, HeadActivation::Tanh, 4, 37),
+            (0, HeadActivation::Tanh, 2, 9),
+        ] {
+            let vm = candle_nn::VarMap::new();
+            let vb = crate::agents::init::seeded_var_builder(&vm, 4, DType::F32, &dev);
+            let heads =
+                SymbolHeads::new(11, 12 + 3, hidden, 7, false, 1.0, vb)?.with_activation(act);
+            for (i, (_, v)) in crate::agents::init::named_vars(&vm).iter().enumerate() {
+                let (a, b, c) = v.dims3()?;
+                v.set(&(v.as_tensor() + det((a, b, c), 50 + i as u64)?.affine(0.1, 0.0)?)?)?;
+            }
+            let ivb = crate::agents::init::detached_var_builder(&vm, DType::F32, &dev);
+            let twin =
+                SymbolHeads::new(11, 12 + 3, hidden, 7, false, 1.0, ivb)?.with_activation(act);
+            let shared = det((11, g, 12), 1)?;
+            let private = det((11, b, 3), 2)?;
+            let group: Vec<u32> = (0..b).map(|r| ((r * 7) % g) as u32).collect();
+            let group = Tensor::from_vec(group, b, &dev)?;
+            assert!(
+                heads
+                    .forward_split_fused(&shared, &group, &private)?
+                    .is_none()
+            );
+            let fused = twin
+                .forward_split_fused(&shared, &group, &private)?
+                .expect("the twin takes the fused pass");
+            let composed = heads.forward_split(&shared, &group, &private)?;
+            assert_eq!(fused.dims(), composed.dims());
+            let scale = composed.abs()?.max_all()?.to_scalar::<f32>()?;
+            let diff = (fused - composed)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(
+                diff <= 1e-5 * scale,
+                "hidden {hidden}, {g} x {b}: {diff} (scale {scale})"
+            );
+        }
+        let vm = candle_nn::VarMap::new();
+        SymbolHeads::new(
+            2,
+            4,
+            3,
+            2,
+            false,
+            1.0,
+            crate::agents::init::seeded_var_builder(&vm, 1, DType::F32, &dev),
+        )?;
+        let twin = SymbolHeads::new(
+            2,
+            4,
+            3,
+            2,
+            false,
+            1.0,
+            crate::agents::init::detached_var_builder(&vm, DType::F32, &dev),
+        )?;
+        let err = twin
+            .forward_split_fused(
+                &det((2, 1, 3), 1)?,
+                &Tensor::new(&[1u32], &dev)?,
+                &det((2, 1, 1), 2)?,
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("group index 1"), "{err}");
         Ok(())
     }
 

@@ -262,7 +262,7 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]>
     }
 }
 
-fn tensor_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+pub(crate) fn tensor_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let t = t.contiguous()?;
     let (st, l) = t.storage_and_layout();
     match &*st {
@@ -306,7 +306,7 @@ const ROWS_PER_TASK: usize = 12;
 /// row stride, `*_cs` column stride; `dst`'s columns contiguous), on the calling thread: the
 /// caller parallelises over row chunks.
 #[allow(clippy::too_many_arguments)]
-fn matmul_into(
+pub(crate) fn matmul_into(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,
@@ -353,6 +353,20 @@ fn matmul_into(
     }
 }
 
+/// `[2, H, 4H]`: each direction's `W_hh` (`[4H, H]`) transposed, once for all tasks and steps.
+fn transposed_w_hh(w_hh: &[f32], h: usize) -> Vec<f32> {
+    let h4 = 4 * h;
+    let mut w_hh_t = vec![0f32; 2 * h * h4];
+    for d in 0..2 {
+        for j in 0..h4 {
+            for k in 0..h {
+                w_hh_t[(d * h + k) * h4 + j] = w_hh[(d * h4 + j) * h + k];
+            }
+        }
+    }
+    w_hh_t
+}
+
 /// Splits `v` into consecutive slabs of `per_row x rows` elements, one per task of `tasks`.
 fn slabs<'a>(v: &'a mut [f32], tasks: &[(usize, usize)], per_row: usize) -> Vec<&'a mut [f32]> {
     let mut rest = v;
@@ -392,15 +406,7 @@ impl BiLstmRecurrence {
         let h4 = 4 * h;
         let avx = has_avx2_fma();
         let tasks = tasks(b);
-        // [2, H, 4H]: each direction's W_hh transposed once for all tasks and steps.
-        let mut w_hh_t = vec![0f32; 2 * h * h4];
-        for d in 0..2 {
-            for j in 0..h4 {
-                for k in 0..h {
-                    w_hh_t[(d * h + k) * h4 + j] = w_hh[(d * h4 + j) * h + k];
-                }
-            }
-        }
+        let w_hh_t = transposed_w_hh(w_hh, h);
         let mut hs = vec![0f32; 2 * b * h];
         let (hs0, hs1) = hs.split_at_mut(b * h);
         let mut saved = save.then(|| Saved {
@@ -432,6 +438,36 @@ impl BiLstmRecurrence {
                 Self::run_rows(xproj, &w_hh_t, (w, h), (r0, m), [h0, h1], sv, avx)
             });
         Ok((hs, saved))
+    }
+
+    /// The forward pass from the inputs, for passes that record no gradient: each task computes
+    /// the input projections of its own rows (`x [m W, F] x W_ih^T + b`, both directions in one
+    /// product) and runs their recurrence, so the `[B, W, 2, 4H]` projections are never
+    /// materialised whole. `x [B, W, F]`, `w_ih [2, 4H, F]`, `bias [2, 4H]` (`b_ih + b_hh`),
+    /// `w_hh [2, 4H, H]`; returns the final hidden states `[2, B, H]`.
+    pub(crate) fn run_from_inputs(
+        x: &[f32],
+        (w_ih, bias): (&[f32], &[f32]),
+        w_hh: &[f32],
+        (b, w, f, h): (usize, usize, usize, usize),
+    ) -> Vec<f32> {
+        let h8 = 8 * h;
+        let avx = has_avx2_fma();
+        let tasks = tasks(b);
+        let w_hh_t = transposed_w_hh(w_hh, h);
+        let mut hs = vec![0f32; 2 * b * h];
+        let (hs0, hs1) = hs.split_at_mut(b * h);
+        slabs(hs0, &tasks, h)
+            .into_par_iter()
+            .zip(slabs(hs1, &tasks, h))
+            .zip(tasks.par_iter())
+            .for_each(|((h0, h1), &(r0, m))| {
+                let mut xproj = vec![0f32; m * w * h8];
+                let xs = &x[r0 * w * f..(r0 + m) * w * f];
+                super::fused::linear_into(&mut xproj, xs, f, m * w, w_ih, bias);
+                Self::run_rows(&xproj, &w_hh_t, (w, h), (0, m), [h0, h1], None, avx)
+            });
+        hs
     }
 
     /// All `W` steps of batch rows `r0 .. r0 + m` in both directions: `hc[d]` (`[m, H]`, zero on

@@ -9,6 +9,7 @@ Layers follow candle-nn's style: a small struct, a constructor taking a `VarBuil
 - [`lstm`]: the bidirectional LSTM recurrence as one custom op with a hand-written backward pass.
 - [`encoder`]: the shared window encoder (transformer, bidirectional LSTM, 1-D CNN, symbol graph)
   and its [`EncoderConfig`].
+- [`fused`]: the transformer and CNN branches as fused CPU passes for acting (no graph recorded).
 - [`graph`]: the causal correlation graph and message passing over symbols.
 - [`heads`]: symbol-specific actor/critic heads as one batched matmul.
 - [`config`]: the `[agent]` section ([`AgentConfig`]) and the sizes taken from the data ([`AgentDims`]).
@@ -32,6 +33,7 @@ pub mod config;
 pub mod device;
 pub mod dist;
 pub mod encoder;
+pub mod fused;
 pub mod graph;
 pub mod heads;
 pub mod init;

@@ -46,6 +46,22 @@ impl LayerNorm {
     }
 }
 
+impl LayerNorm {
+    /// Weight, bias and eps as plain values (the fused encoder passes, [`super::fused`]).
+    pub(crate) fn fused(&self) -> Result<super::fused::Norm> {
+        Ok(super::fused::Norm {
+            weight: super::fused::values(&self.weight)?,
+            bias: super::fused::values(&self.bias)?,
+            eps: self.eps,
+        })
+    }
+
+    /// The parameter tensors.
+    pub(crate) fn tensors(&self) -> [&Tensor; 2] {
+        [&self.weight, &self.bias]
+    }
+}
+
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if !matches!(x.device(), Device::Cpu) || x.dtype() != DType::F32 {
@@ -99,6 +115,18 @@ fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
+/// The forward pass over whole rows: `y = (x - mean) / sqrt(var + eps) * w + b` per row of
+/// `w.len()` values (what [`LayerNormOp`] runs; the fused encoder passes call it too).
+pub(crate) fn layer_norm_rows(x: &[f32], w: &[f32], b: &[f32], eps: f32, y: &mut [f32]) {
+    let d = w.len();
+    for (yr, xr) in y.chunks_mut(d).zip(x.chunks(d)) {
+        let (mean, rstd) = row_stats(xr, eps);
+        for j in 0..d {
+            yr[j] = (xr[j] - mean) * rstd * w[j] + b[j];
+        }
+    }
+}
+
 impl CustomOp3 for LayerNormOp {
     fn name(&self) -> &'static str {
         "layer-norm"
@@ -125,14 +153,7 @@ impl CustomOp3 for LayerNormOp {
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(NORM_ROWS_PER_TASK * d)
             .zip(x.par_chunks(NORM_ROWS_PER_TASK * d))
-            .for_each(|(yc, xc)| {
-                for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
-                    let (mean, rstd) = row_stats(xr, self.eps);
-                    for j in 0..d {
-                        yr[j] = (xr[j] - mean) * rstd * w[j] + b[j];
-                    }
-                }
-            });
+            .for_each(|(yc, xc)| layer_norm_rows(xc, w, b, self.eps, yc));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
