@@ -132,20 +132,15 @@ pub fn mask_bits(
     open0: u32,
     d: &Directive,
 ) -> u8 {
+    // Without branches (`&`, `|` on bools, bits by multiplication), so that the CPU backend's
+    // per-symbol loop vectorises.
     let has = q0 > 0.0;
     let full = v0 >= d.cap * e0;
-    let buy_ok = !full && (has || open0 < d.max_open);
-    let mut bits = 1u8 << HOLD;
-    if buy_ok {
-        bits |= (1 << BUY_SMALL) | (1 << BUY_MEDIUM) | (1 << BUY_LARGE);
-    }
-    if has {
-        bits |= (1 << SELL_PARTIAL) | (1 << SELL_ALL);
-        if close > entry && !full {
-            bits |= 1 << ADD_TO_WINNER;
-        }
-    }
-    bits
+    let buy_ok = !full & (has | (open0 < d.max_open));
+    let add_ok = has & (close > entry) & !full;
+    let buys = (1 << BUY_SMALL) | (1 << BUY_MEDIUM) | (1 << BUY_LARGE);
+    let sells = (1 << SELL_PARTIAL) | (1 << SELL_ALL);
+    (1u8 << HOLD) | (buy_ok as u8 * buys) | (has as u8 * sells) | ((add_ok as u8) << ADD_TO_WINNER)
 }
 
 /// An order before the open-position limit and the budget (spec §4.3).
