@@ -7,7 +7,9 @@
 //!   the heads on all 128 x 143 rows;
 //! - `128x143_distinct_bars`: 128 scenarios at 128 different bars (128 encoder passes), the worst case;
 //! - `heads_128x143`: the heads alone on precomputed embeddings;
-//! - `128x143_same_bar_relu_heads`: `128x143_same_bar` with `head_activation = "relu"`.
+//! - `128x143_same_bar_relu_heads`: `128x143_same_bar` with `head_activation = "relu"`;
+//! - `1x143_acting`, `128x143_distinct_bars_acting`: the acting pass (`PolicyBench::act`: no
+//!   autograd graph, the untracked twin's fused CPU passes, the embedding cache emptied first).
 //!
 //! Window gathering and the correlation graph (host side) are included, as in training.
 //! `cargo bench --bench policy`.
@@ -43,6 +45,11 @@ fn bench_policy(c: &mut Criterion) {
         let units = b.cases[i].1.keys.len();
         g.throughput(Throughput::Elements((units * S) as u64));
         g.bench_function(name, |it| it.iter(|| black_box(b.forward(i).unwrap())));
+    }
+    for (i, name) in [(0, "1x143_acting"), (2, "128x143_distinct_bars_acting")] {
+        let units = b.cases[i].1.keys.len();
+        g.throughput(Throughput::Elements((units * S) as u64));
+        g.bench_function(name, |it| it.iter(|| black_box(b.act(i).unwrap())));
     }
 
     let dev = Device::Cpu;
