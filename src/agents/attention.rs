@@ -168,11 +168,7 @@ impl MultiHeadAttention {
 /// (tested).
 fn one_query_untracked(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Option<Tensor>> {
     use rayon::prelude::*;
-    let tracked = q.track_op() || k.track_op() || v.track_op();
-    let cpu_f32 = [q, k, v]
-        .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32);
-    if tracked || !cpu_f32 {
+    if !super::fused::applies(q, &[k, v]) {
         return Ok(None);
     }
     let (b, l, d) = k.dims3()?;

@@ -35,7 +35,7 @@ update; candle's autograd for the backward pass), checked against the fused op o
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// `exp(x)` to within 2e-7 relative for `|x| <= 87` (Cephes' `expf` polynomial after range
@@ -265,10 +265,7 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]>
 pub(crate) fn tensor_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let t = t.contiguous()?;
     let (st, l) = t.storage_and_layout();
-    match &*st {
-        Storage::Cpu(s) => f(f32_slice(s, l, "tensor")?),
-        _ => candle_core::bail!("bilstm_recurrence: CPU tensors only"),
-    }
+    f(super::fused::cpu_f32(&st, l)?)
 }
 
 /// The recurrence of [`bilstm_recurrence`] composed of candle ops, on any device: per step
